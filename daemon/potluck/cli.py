@@ -1,0 +1,306 @@
+"""The `potluck` command.
+
+Exit codes: 0 ok, 1 runtime failure (e.g. the node did not answer), 2 usage or configuration error.
+Heavy imports (torch, hivemind) happen only in the commands that need them, so `status` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from potluck import __version__
+from potluck.errors import ConfigError
+from potluck.rpc.address import DEFAULT_RPC_LISTEN
+
+DEFAULT_DATA_DIR = "~/.potluck"
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("POTLUCK_DATA_DIR", DEFAULT_DATA_DIR)),
+        help=f"node state: key, api address, history (env POTLUCK_DATA_DIR, default {DEFAULT_DATA_DIR})",
+    )
+
+
+def _query_args(parser: argparse.ArgumentParser) -> None:
+    _data_dir_arg(parser)
+    parser.add_argument(
+        "--rpc", metavar="HOST:PORT", help="control API address (default: read <data-dir>/api)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the node (default 5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="potluck", description="Build one model together: a P2P federated collaboration node."
+    )
+    parser.add_argument("--version", action="version", version=f"potluck {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser(
+        "run", help="run a node until SIGINT/SIGTERM", description="Run a potluck node."
+    )
+    _data_dir_arg(run)
+    run.add_argument(
+        "--run", default="default", help="name of the run (collaboration) to join (default: default)"
+    )
+    run.add_argument(
+        "--listen",
+        nargs="+",
+        metavar="MULTIADDR",
+        default=None,
+        help="libp2p listen addresses (default /ip4/0.0.0.0/tcp/7451: reachable from other machines)",
+    )
+    run.add_argument(
+        "--announce",
+        nargs="+",
+        metavar="MULTIADDR",
+        default=[],
+        help="addresses to announce instead of the listen ones (e.g. behind NAT)",
+    )
+    run.add_argument(
+        "--initial-peers",
+        nargs="+",
+        metavar="MULTIADDR",
+        default=[],
+        help="bootstrap peers, each ending in /p2p/<peer id>; retried with backoff until one answers",
+    )
+    run.add_argument(
+        "--rpc-listen",
+        default=DEFAULT_RPC_LISTEN,
+        metavar="HOST:PORT",
+        help=f"control API address (default {DEFAULT_RPC_LISTEN}; port 0 picks a free one)",
+    )
+    run.add_argument(
+        "--allow-remote-rpc",
+        action="store_true",
+        help="allow --rpc-listen on a non-loopback address (the API has no authentication)",
+    )
+    run.add_argument(
+        "--role", default="keeper", choices=["keeper", "contributor"], help="role announced to peers"
+    )
+    run.add_argument(
+        "--record-ttl",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="lifetime of this node's peer record; refreshed every third of it (default 30)",
+    )
+
+    for name, text in (
+        ("status", "show a running node's status"),
+        ("peers", "list the peers a running node sees"),
+    ):
+        _query_args(commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + "."))
+
+    ident = commands.add_parser(
+        "id", help="print this node's node id and peer id (creates the key if needed)"
+    )
+    _data_dir_arg(ident)
+    ident.add_argument("--json", action="store_true", help="print JSON")
+
+    demo = commands.add_parser("demo", help="start a local swarm on 127.0.0.1, show it working, stop it")
+    demo.add_argument("--nodes", type=_node_count, default=3, help="number of nodes (default 3)")
+    demo.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds to wait for discovery")
+    demo.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def _node_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 32:
+        raise argparse.ArgumentTypeError(f"expected 1..32, got {text!r}")
+    return int(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"potluck {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")
+    # The DHT child is forked from this process; it never uses gRPC, so gRPC's fork handlers are not needed.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    import asyncio
+
+    from potluck.node import DEFAULT_LISTEN, NodeConfig, run_node
+
+    config = NodeConfig(
+        data_dir=args.data_dir,
+        run=_check_run_name(args.run),
+        listen=args.listen or list(DEFAULT_LISTEN),
+        announce=args.announce,
+        initial_peers=args.initial_peers,
+        rpc_listen=args.rpc_listen,
+        allow_remote_rpc=args.allow_remote_rpc,
+        role=args.role,
+        record_ttl_s=args.record_ttl,
+    )
+    asyncio.run(run_node(config))
+    return 0
+
+
+def _check_run_name(name: str) -> str:
+    if not name or len(name) > 128 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"bad --run {name!r}: use 1-128 letters, digits, '-', '_' or '.'")
+    return name
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from potluck.identity import load_or_create
+    from potluck.node import prepare_data_dir
+
+    identity = load_or_create(prepare_data_dir(args.data_dir))
+    if args.json:
+        print(json.dumps({"node_id": identity.node_id, "peer_id": identity.peer_id}))
+    else:
+        print(f"node id  {identity.node_id}\npeer id  {identity.peer_id}")
+    return 0
+
+
+def _ask(args: argparse.Namespace, what: str) -> Any:
+    from potluck.rpc.client import ControlClient, NodeUnreachable, resolve_address
+
+    address = resolve_address(args.rpc, args.data_dir.expanduser())
+    try:
+        with ControlClient(address, timeout=args.timeout) as client:
+            return client.status() if what == "status" else client.peers()
+    except NodeUnreachable as e:
+        print(f"potluck {args.command}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from potluck.rpc.jsonify import message_to_dict
+
+    status = message_to_dict(_ask(args, "status"))
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from potluck.rpc.jsonify import message_to_dict
+
+    peers = message_to_dict(_ask(args, "peers"))["peers"]
+    print(json.dumps(peers, indent=2) if args.json else format_peers(peers))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from potluck.localswarm import run_demo
+
+    return run_demo(nodes=args.nodes, timeout=args.timeout, as_json=args.json)
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "peers": cmd_peers, "id": cmd_id, "demo": cmd_demo}
+
+
+# ---- tables for people ------------------------------------------------------------------------------
+
+
+def format_status(s: dict[str, Any]) -> str:
+    boot = s["bootstrap"]
+    boot_text = boot["state"]
+    if boot["state"] != "none":
+        boot_text += f" ({boot['attempts']} attempt{'s' if boot['attempts'] != 1 else ''})"
+    if boot["state"] == "retrying":
+        boot_text += f", next in {boot['next_retry_in_s']:.0f}s: {boot['last_error']}"
+    rejected = " ".join(f"{k}={v}" for k, v in sorted(s["rejected_records"].items()) if v) or "none"
+    rows = [
+        ("node id", s["node_id"]),
+        ("peer id", s["peer_id"]),
+        ("run", s["run"]),
+        ("role", s["role"]),
+        ("agent", s["agent_version"]),
+        ("uptime", _duration(s["uptime_s"])),
+        ("peers", str(s["peers"])),
+        ("bootstrap", boot_text),
+        ("round", f"{s['round']} ({s['phase']})"),
+        ("model", s["model_version"] or "-"),
+        ("rejected", rejected),
+        ("dht restarts", str(s["dht_restarts"])),
+        ("control api", s["rpc_address"]),
+    ]
+    rows += [("address" if i == 0 else "", a) for i, a in enumerate(s["addrs"] or ["-"])]
+    return "\n".join(f"{k:<13} {v}" for k, v in rows)
+
+
+def format_peers(peers: list[dict[str, Any]]) -> str:
+    if not peers:
+        return "no peers"
+    now = time.time()
+    header = ("NODE ID", "PEER ID", "ROLE", "SEEN", "MODEL", "ADDRESS")
+    rows = [
+        (
+            p["node_id"][:16],
+            p["peer_id"],
+            p["role"],
+            f"{max(0.0, now - p['last_seen']):.0f}s ago",
+            p["model_version"][:12] or "-",
+            p["addrs"][0] if p["addrs"] else "-",
+        )
+        for p in peers
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (
+        f"{hours}h{minutes:02d}m{secs:02d}s"
+        if hours
+        else f"{minutes}m{secs:02d}s"
+        if minutes
+        else f"{seconds:.1f}s"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""A swarm of real `potluck run` processes on 127.0.0.1: for `potluck demo`, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from potluck.rpc.address import API_FILE
+
+T = TypeVar("T")
+
+
+class LocalNode:
+    """One `potluck run` subprocess in its own session (so a test can kill it, children and all)."""
+
+    def __init__(self, data_dir: Path, args: Sequence[str], env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.log_path = data_dir / "node.log"
+        self._env = env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> LocalNode:
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.data_dir / API_FILE).unlink(missing_ok=True)
+        env = {**os.environ, **(self._env or {})}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "potluck", "run", "--data-dir", str(self.data_dir), *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def rpc_address(self) -> str:
+        return (self.data_dir / API_FILE).read_text().strip()
+
+    def wait_ready(self, timeout: float = 30.0) -> LocalNode:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if not (self.data_dir / API_FILE).exists():
+                return False
+            with contextlib.suppress(Exception):
+                self.status()
+                return True
+            return False
+
+        wait_for(ready, timeout, f"node in {self.data_dir} to start")
+        return self
+
+    def status(self) -> dict[str, Any]:
+        return self._ask("status")
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self._ask("peers")["peers"]
+
+    def _ask(self, what: str) -> Any:
+        from potluck.rpc.client import ControlClient
+        from potluck.rpc.jsonify import message_to_dict
+
+        with ControlClient(self.rpc_address, timeout=5.0) as client:
+            return message_to_dict(client.status() if what == "status" else client.peers())
+
+    def multiaddr(self) -> str:
+        """An address other local nodes can bootstrap from (loopback, with /p2p/)."""
+        return next(a for a in self.status()["addrs"] if a.startswith("/ip4/127.0.0.1/"))
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL the node and every process it started (p2pd, DHT child): a machine losing power."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+class LocalSwarm:
+    """N nodes on 127.0.0.1 with free ports; the first one is everybody's initial peer."""
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        run: str = "default",
+        record_ttl: float = 30.0,
+        extra_args: Sequence[str] = (),
+    ):
+        self._own_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="potluck-swarm-")) if root is None else root
+        self.run, self.record_ttl, self.extra_args = run, record_ttl, list(extra_args)
+        self.nodes: list[LocalNode] = []
+
+    def node_args(self, initial_peers: Sequence[str] = ()) -> list[str]:
+        args = [
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--rpc-listen",
+            "127.0.0.1:0",
+            "--run",
+            self.run,
+            "--record-ttl",
+            str(self.record_ttl),
+            *self.extra_args,
+        ]
+        return [*args, "--initial-peers", *initial_peers] if initial_peers else args
+
+    def add_node(self, initial_peers: Sequence[str] | None = None, name: str | None = None) -> LocalNode:
+        if initial_peers is None:
+            initial_peers = [self.nodes[0].multiaddr()] if self.nodes else []
+        node = LocalNode(self.root / (name or f"node{len(self.nodes)}"), self.node_args(initial_peers))
+        self.nodes.append(node)
+        return node.start()
+
+    def start(self, n: int, timeout: float = 60.0) -> LocalSwarm:
+        """Start n nodes: the bootstrap node first, then the others in parallel."""
+        self.add_node().wait_ready(timeout)
+        rest = [self.add_node() for _ in range(n - 1)]
+        for node in rest:
+            node.wait_ready(timeout)
+        return self
+
+    def wait_all_see(
+        self, expected_peers: int, timeout: float = 60.0, nodes: Sequence[LocalNode] | None = None
+    ) -> None:
+        nodes = list(nodes or self.nodes)
+        wait_for(
+            lambda: all(n.status()["peers"] == expected_peers for n in nodes),
+            timeout,
+            f"every node to see {expected_peers} peers",
+        )
+
+    def stop(self) -> list[int | None]:
+        codes = [node.stop() for node in self.nodes]
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return codes
+
+    def __enter__(self) -> LocalSwarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.kill_group()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (RuntimeError, AssertionError):
+            raise
+        except Exception as e:  # a node still starting: keep polling
+            last_error = e
+        time.sleep(interval)
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_error})" if last_error else "")
+    )
+
+
+def run_demo(*, nodes: int, timeout: float, as_json: bool) -> int:
+    """Start `nodes` nodes, wait until each sees all the others, print their status, stop them all."""
+    say = (lambda *a: print(*a, file=sys.stderr)) if as_json else print
+    started = time.monotonic()
+    with LocalSwarm(record_ttl=10.0) as swarm:
+        say(f"starting {nodes} nodes on 127.0.0.1 in {swarm.root} ...")
+        swarm.add_node().wait_ready(timeout)
+        say(f"  node0 up: {swarm.nodes[0].multiaddr()}")
+        rest = [swarm.add_node() for _ in range(nodes - 1)]
+        for i, node in enumerate(rest, start=1):
+            node.wait_ready(timeout)
+            say(f"  node{i} up (bootstrapping from node0)")
+        say(f"waiting for every node to see the other {nodes - 1} ...")
+        swarm.wait_all_see(nodes - 1, timeout)
+        discovered = time.monotonic() - started
+        statuses = [n.status() for n in swarm.nodes]
+        if not as_json:
+            print(_status_table(statuses))
+            print(f"all {nodes} nodes see each other after {discovered:.1f}s; stopping ...")
+        codes = swarm.stop()
+    clean = all(code == 0 for code in codes)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "nodes": [
+                        {k: s[k] for k in ("node_id", "peer_id", "peers", "addrs", "uptime_s")}
+                        for s in statuses
+                    ],
+                    "discovery_s": round(discovered, 3),
+                    "clean_exit": clean,
+                }
+            )
+        )
+    else:
+        print("stopped cleanly" if clean else f"some nodes did not stop cleanly: exit codes {codes}")
+    return 0 if clean else 1
+
+
+def _status_table(statuses: list[dict[str, Any]]) -> str:
+    header = ("NODE", "NODE ID", "PEER ID", "PEERS", "ADDRESS")
+    rows = [
+        (f"node{i}", s["node_id"][:16], s["peer_id"], str(s["peers"]), s["addrs"][0] if s["addrs"] else "-")
+        for i, s in enumerate(statuses)
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )

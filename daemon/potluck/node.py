@@ -1,0 +1,238 @@
+"""The node daemon: identity + swarm host + membership + control API, run until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from potluck import AGENT
+from potluck.errors import ConfigError
+from potluck.identity import P2P_KEY_FILE, NodeIdentity, load_or_create
+from potluck.rpc.address import DEFAULT_RPC_LISTEN, write_api_file
+from potluck.rpc.server import ControlServer, ControlServicer
+from potluck.swarm.host import SwarmHost
+from potluck.swarm.membership import LocalState, Membership
+from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
+from potluck.v1 import control_pb2
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/7451",)
+DEFAULT_RECORD_TTL_S = 30.0
+LOCK_FILE = "lock"
+
+
+@dataclass
+class NodeConfig:
+    data_dir: Path
+    run: str = "default"
+    listen: list[str] = field(default_factory=lambda: list(DEFAULT_LISTEN))
+    announce: list[str] = field(default_factory=list)
+    initial_peers: list[str] = field(default_factory=list)
+    rpc_listen: str = DEFAULT_RPC_LISTEN
+    allow_remote_rpc: bool = False
+    role: str = "keeper"
+    record_ttl_s: float = DEFAULT_RECORD_TTL_S
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create the data dir (mode 0700) if needed and check we can use it; ConfigError otherwise."""
+    path = path.expanduser()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create data dir {path}: {e.strerror}") from None
+    if not path.is_dir():
+        raise ConfigError(f"data dir {path} is not a directory")
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"data dir {path} is not readable and writable by this user")
+    return path
+
+
+class DataDirLock:
+    """One node per data dir: an exclusive flock on ``<data-dir>/lock`` for the node's lifetime."""
+
+    def __init__(self, data_dir: Path):
+        self._path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"data dir {self._path.parent} is in use by another potluck node (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Node:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.data_dir = prepare_data_dir(config.data_dir)
+        self._lock = DataDirLock(self.data_dir)
+        self.identity: NodeIdentity | None = None
+        self.host: SwarmHost | None = None
+        self.membership: Membership | None = None
+        self.rpc: ControlServer | None = None
+        self.rejections = RejectionCounters()
+        self.local = LocalState(role=config.role, agent=AGENT)
+        self.started_at = time.time()
+        self._api_file: Path | None = None
+
+    async def start(self) -> None:
+        self._lock.acquire()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.identity = load_or_create(self.data_dir)
+        # the control server binds first: a busy port fails fast, before p2pd and the DHT start
+        self.rpc = ControlServer(
+            ControlServicer(self.status, self.list_peers), cfg.rpc_listen, allow_remote=cfg.allow_remote_rpc
+        )
+        rpc_address = await self.rpc.start()
+        validator = PeerRecordValidator(self.identity, cfg.run, self.rejections)
+        self.host = SwarmHost(
+            identity_path=self.data_dir / P2P_KEY_FILE,
+            listen=cfg.listen,
+            announce=cfg.announce,
+            initial_peers=cfg.initial_peers,
+            validators=[validator],
+            on_dht_restart=self._after_dht_restart,
+        )
+        await self.host.start()
+        if self.host.peer_id != self.identity.peer_id:  # p2pd must run with the node key
+            raise RuntimeError(f"p2pd peer id {self.host.peer_id} != node key's {self.identity.peer_id}")
+        self.membership = Membership(self.host, self.identity, cfg.run, self.local, ttl_s=cfg.record_ttl_s)
+        self.membership.start()
+        self._api_file = write_api_file(self.data_dir, rpc_address)
+        logger.info(
+            f"node {self.identity.node_id[:16]} (peer {self.identity.peer_id}) in run {cfg.run!r}; "
+            f"control API on {rpc_address}; addresses: {' '.join(await self.host.visible_addrs())}"
+        )
+
+    async def _after_dht_restart(self) -> None:
+        if self.membership is not None:
+            self.membership.republish_now()
+
+    async def stop(self) -> None:
+        """Stop everything this node started; safe to call at any point of start()."""
+        if self._api_file is not None:
+            self._api_file.unlink(missing_ok=True)
+        if self.rpc is not None:
+            with contextlib.suppress(Exception):
+                await self.rpc.stop()
+        if self.membership is not None:
+            await self.membership.stop()
+        if self.host is not None:
+            await self.host.stop()
+        self._lock.release()
+
+    # ---- control API views ------------------------------------------------------------------------
+
+    def status(self) -> control_pb2.GetStatusResponse:
+        assert self.identity is not None and self.host is not None and self.membership is not None
+        boot = self.host.bootstrap
+        return control_pb2.GetStatusResponse(
+            node_id=self.identity.node_id,
+            peer_id=self.identity.peer_id,
+            run=self.config.run,
+            agent_version=AGENT,
+            listen_addrs=self.host.listen,
+            addrs=self.host.addrs,
+            uptime_s=time.time() - self.started_at,
+            peers=len(self.membership.peers()),
+            role=self.local.role,
+            round=self.local.round,
+            phase="idle",
+            model_version=self.local.model_version,
+            rejected_records=self.rejections.snapshot(),
+            dht_restarts=self.host.dht_restarts,
+            bootstrap=control_pb2.Bootstrap(
+                state=boot.state,
+                initial_peers=boot.initial_peers,
+                attempts=boot.attempts,
+                last_error=boot.last_error,
+                next_retry_in_s=max(0.0, boot.next_retry_at - time.time())
+                if boot.state == "retrying"
+                else 0.0,
+            ),
+            rpc_address=self.rpc.address if self.rpc else "",
+            record_ttl_s=self.membership.ttl_s,
+        )
+
+    def list_peers(self) -> control_pb2.ListPeersResponse:
+        assert self.membership is not None
+        return control_pb2.ListPeersResponse(
+            peers=[
+                control_pb2.Peer(
+                    node_id=p.node_id,
+                    peer_id=p.record.peer_id,
+                    addrs=p.record.addrs,
+                    role=p.record.role,
+                    agent_version=p.record.agent,
+                    last_seen=p.record.timestamp,
+                    expires_at=p.expires_at,
+                    round=p.record.round,
+                    model_version=p.record.model_version,
+                    sequence=p.record.sequence,
+                )
+                for p in self.membership.peers()
+            ]
+        )
+
+
+SHUTDOWN_BUDGET_S = 5.0
+
+
+async def run_node(config: NodeConfig) -> None:
+    """Run a node until SIGINT/SIGTERM, then shut down within SHUTDOWN_BUDGET_S."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    node = Node(config)
+    start = asyncio.create_task(node.start())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if start.done():
+        start.result()  # raise a startup error (ConfigError -> exit 2)
+        await stopped
+    else:  # signalled while starting
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await start
+    logger.info("shutting down")
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal ends us at once
+        loop.add_signal_handler(sig, os._exit, 130)
+    try:
+        await asyncio.wait_for(node.stop(), SHUTDOWN_BUDGET_S - 0.5)
+    except TimeoutError:
+        logger.error("clean shutdown took too long; killing our child processes")
+        if node.host is not None:
+            for pid in node.host.child_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    logger.info("stopped")

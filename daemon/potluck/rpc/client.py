@@ -1,0 +1,45 @@
+"""A small synchronous client of a node's control API, for the CLI and scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from potluck.rpc.address import read_api_file
+from potluck.v1 import control_pb2, control_pb2_grpc
+
+
+class NodeUnreachable(Exception):
+    """The node's control API did not answer (not running, wrong address, timed out)."""
+
+
+def resolve_address(rpc: str | None, data_dir: Path) -> str:
+    return rpc if rpc else read_api_file(data_dir)
+
+
+class ControlClient:
+    def __init__(self, address: str, timeout: float = 5.0):
+        self.address = address
+        self._timeout = timeout
+        self._channel = grpc.insecure_channel(address)
+        self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._channel.close()
+
+    def status(self) -> control_pb2.GetStatusResponse:
+        return self._call(self._stub.GetStatus, control_pb2.GetStatusRequest())
+
+    def peers(self) -> control_pb2.ListPeersResponse:
+        return self._call(self._stub.ListPeers, control_pb2.ListPeersRequest())
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as e:
+            code = e.code().name if hasattr(e, "code") else "UNKNOWN"
+            raise NodeUnreachable(f"node at {self.address} did not answer ({code})") from None

@@ -1,0 +1,307 @@
+"""The node's place in the swarm: its p2pd (libp2p host) and a supervised hivemind DHT child process.
+
+The daemon's own process owns p2pd, so the peer id, the listen sockets and (later) our libp2p stream
+handlers survive a crash of the DHT child: the child only holds a replica of the p2pd connection.
+If the child dies (a peer can crash it with a hostile payload, see shared/HIVEMIND.md) the host
+starts a new one on the same p2pd, re-bootstraps and counts the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hivemind.dht import DHT, DHTNode
+from hivemind.dht.validation import RecordValidatorBase
+from hivemind.p2p import P2P, P2PDaemonError, PeerID
+from hivemind.utils.multiaddr import Multiaddr
+
+from potluck.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BOOTSTRAP_BACKOFF_S = (1.0, 30.0)  # first retry delay, cap
+CONNECT_TIMEOUT_S = 5.0
+DHT_CALL_TIMEOUT_S = 15.0
+
+
+class SupervisedDHT(DHT):
+    """hivemind's DHT process that dies with its parent instead of outliving a SIGKILLed daemon."""
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self._parent_pid:  # parent already gone between fork and prctl
+            os._exit(1)
+        super().run()
+
+
+@dataclass
+class BootstrapState:
+    initial_peers: list[str]
+    state: str = "none"  # none | connecting | connected | retrying
+    attempts: int = 0
+    last_error: str = ""
+    next_retry_at: float = 0.0
+    connected_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def parse_initial_peer(text: str) -> tuple[PeerID, Multiaddr]:
+    """A bootstrap multiaddr must end in /p2p/<peer id>: that is how we know whom we reach."""
+    try:
+        maddr = Multiaddr(text)
+        peer = PeerID.from_base58(maddr["p2p"])
+    except Exception:
+        raise ConfigError(
+            f"bad --initial-peers address {text!r}: expected e.g. /ip4/1.2.3.4/tcp/7451/p2p/12D3KooW..."
+        ) from None
+    return peer, maddr.decapsulate(Multiaddr(f"/p2p/{peer.to_base58()}"))
+
+
+def check_listen_addr(text: str) -> str:
+    try:
+        maddr = Multiaddr(text)
+    except Exception:
+        raise ConfigError(f"bad --listen address {text!r}: expected e.g. /ip4/0.0.0.0/tcp/7451") from None
+    if "p2p" in maddr:
+        raise ConfigError(f"--listen address {text!r} must not name a peer")
+    return str(maddr)
+
+
+class SwarmHost:
+    def __init__(
+        self,
+        *,
+        identity_path: Path,
+        listen: Sequence[str],
+        announce: Sequence[str] = (),
+        initial_peers: Sequence[str] = (),
+        validators: Sequence[RecordValidatorBase] = (),
+        on_dht_restart: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self._identity_path = identity_path
+        self._listen = [check_listen_addr(a) for a in listen]
+        self._announce = list(announce)
+        self._initial = [parse_initial_peer(p) for p in initial_peers]
+        self._validators = list(validators)
+        self._on_dht_restart = on_dht_restart
+        self.bootstrap = BootstrapState(initial_peers=list(initial_peers))
+        self.dht_restarts = 0
+        self.addrs: list[str] = []  # visible multiaddrs, refreshed by visible_addrs()
+        self._p2p: P2P | None = None
+        self._dht: SupervisedDHT | None = None
+        self._socket_dir = ""
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # p2pd and its clients talk over unix sockets; keep ours in a private directory we can clean.
+        self._socket_dir = tempfile.mkdtemp(prefix="potluck-p2p-")
+        P2P._UNIX_SOCKET_PREFIX = f"/unix{self._socket_dir}/"
+        try:
+            self._p2p = await P2P.create(
+                host_maddrs=self._listen,
+                announce_maddrs=self._announce or None,
+                identity_path=str(self._identity_path),
+                check_if_identity_free=False,  # the data dir lock already makes the identity ours alone
+            )
+        except P2PDaemonError as e:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            raise ConfigError(f"cannot start p2pd on {', '.join(self._listen)}: {_p2pd_reason(e)}") from None
+        self._start_dht()
+        if self._initial:
+            self._tasks.append(asyncio.create_task(self._bootstrap_forever(), name="bootstrap"))
+        else:
+            self.bootstrap.state = "none"
+            self.bootstrap.connected_event.set()
+        self._tasks.append(asyncio.create_task(self._supervise(), name="dht-supervisor"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._dht is not None:
+            await asyncio.to_thread(self._stop_dht, self._dht)
+        if self._p2p is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._p2p.shutdown(), timeout=3)
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    @staticmethod
+    def _stop_dht(dht: DHT) -> None:
+        with contextlib.suppress(Exception):
+            dht.shutdown()  # graceful: asks the child to stop, waits up to its shutdown_timeout
+        if dht.is_alive():
+            dht.kill()
+        dht.join(timeout=1)
+
+    def _start_dht(self) -> None:
+        assert self._p2p is not None
+        self._dht = SupervisedDHT(
+            p2p=self._p2p,
+            start=True,
+            record_validators=self._validators,
+            shutdown_timeout=2,
+            await_ready=True,
+        )
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if self._dht is None or self._dht.is_alive() or self._stopping:
+                continue
+            code = self._dht.exitcode
+            self.dht_restarts += 1
+            logger.warning(
+                f"DHT process died (exit code {code}); restarting it (restart #{self.dht_restarts})"
+            )
+            self._remove_stale_sockets()
+            try:
+                await asyncio.to_thread(self._start_dht)
+            except Exception as e:
+                logger.error(f"DHT restart failed: {e}; retrying")
+                continue
+            if self._initial:
+                self.bootstrap.connected_event.clear()
+                self._tasks.append(asyncio.create_task(self._bootstrap_forever(), name="bootstrap"))
+            if self._on_dht_restart is not None:
+                await self._on_dht_restart()
+
+    def _remove_stale_sockets(self) -> None:
+        """A killed DHT child leaves its p2pd client socket behind; keep only the ones p2pd and we use."""
+        assert self._p2p is not None
+        alive = {self._p2p._daemon_listen_maddr["unix"], self._p2p._client_listen_maddr["unix"]}
+        for entry in Path(self._socket_dir).iterdir():
+            if str(entry) not in alive:
+                entry.unlink(missing_ok=True)
+
+    # ---- bootstrap -------------------------------------------------------------------------------
+
+    async def _bootstrap_forever(self) -> None:
+        """Reach the initial peers, retrying with exponential backoff until one answers; never raises."""
+        delay, cap = BOOTSTRAP_BACKOFF_S
+        while True:
+            self.bootstrap.state = "connecting" if self.bootstrap.attempts == 0 else "retrying"
+            self.bootstrap.attempts += 1
+            try:
+                responded = await self._bootstrap_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                responded, self.bootstrap.last_error = 0, f"{type(e).__name__}: {e}"
+            if responded:
+                self.bootstrap.state, self.bootstrap.last_error = "connected", ""
+                self.bootstrap.connected_event.set()
+                logger.info(f"bootstrapped: {responded}/{len(self._initial)} initial peers answered")
+                return
+            self.bootstrap.state = "retrying"
+            self.bootstrap.next_retry_at = time.time() + delay
+            logger.warning(
+                f"no initial peer answered ({self.bootstrap.last_error or 'no reply'}); retry in {delay:.0f}s"
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, cap)
+
+    async def _bootstrap_once(self) -> int:
+        assert self._p2p is not None
+        errors, reached = [], []
+        for peer, addr in self._initial:
+            try:
+                # P2P has no public "dial this address"; hivemind itself uses the daemon client's connect
+                await asyncio.wait_for(self._p2p._client.connect(peer, [addr]), CONNECT_TIMEOUT_S)
+                reached.append(peer)
+            except Exception as e:
+                errors.append(f"{addr}: {type(e).__name__} {e}".strip())
+        self.bootstrap.last_error = "; ".join(errors)[:500]
+        if not reached:
+            return 0
+        return await self.run_in_dht(functools.partial(_ping_and_populate, reached))
+
+    # ---- DHT access --------------------------------------------------------------------------------
+
+    async def run_in_dht(
+        self, fn: Callable[[DHT, DHTNode], Awaitable[T]], timeout: float = DHT_CALL_TIMEOUT_S
+    ) -> T:
+        dht = self._require_dht()
+        return await asyncio.wait_for(_awaitable(dht.run_coroutine(fn, return_future=True)), timeout)
+
+    async def store(self, key: str, subkey: bytes, value: bytes, expiration_time: float) -> bool:
+        dht = self._require_dht()
+        future = dht.store(key, value, expiration_time, subkey=subkey, return_future=True)
+        return bool(await asyncio.wait_for(_awaitable(future), DHT_CALL_TIMEOUT_S))
+
+    async def get(self, key: str) -> dict[Any, Any]:
+        """The subkey -> ValueWithExpiration dictionary under ``key`` (empty if none)."""
+        dht = self._require_dht()
+        found = await asyncio.wait_for(
+            _awaitable(dht.get(key, latest=True, return_future=True)), DHT_CALL_TIMEOUT_S
+        )
+        if found is None or not isinstance(found.value, dict):
+            return {}
+        return found.value
+
+    async def visible_addrs(self) -> list[str]:
+        assert self._p2p is not None
+        self.addrs = [str(a) for a in await self._p2p.get_visible_maddrs()]
+        return self.addrs
+
+    @property
+    def peer_id(self) -> str:
+        assert self._p2p is not None
+        return self._p2p.peer_id.to_base58()
+
+    @property
+    def listen(self) -> list[str]:
+        return list(self._listen)
+
+    def child_pids(self) -> list[int]:
+        """Processes this host started: p2pd and the DHT child (for tests and diagnostics)."""
+        pids = []
+        if self._p2p is not None and self._p2p._child is not None:
+            pids.append(self._p2p._child.pid)
+        if self._dht is not None and self._dht.pid is not None:
+            pids.append(self._dht.pid)
+        return pids
+
+    def _require_dht(self) -> DHT:
+        if self._dht is None or not self._dht.is_alive():
+            raise ConnectionError("DHT process is not running (restarting)")
+        return self._dht
+
+
+async def _awaitable(future: Any) -> Any:
+    return await future
+
+
+async def _ping_and_populate(peers: list[PeerID], _dht: DHT, node: DHTNode) -> int:
+    """Runs inside the DHT child: ping the reached peers into the routing table, then look up our
+    own id so the table fills with our neighbours. Returns how many peers answered."""
+    answers = await asyncio.gather(*(node.protocol.call_ping(peer) for peer in peers))
+    responded = sum(answer is not None for answer in answers)
+    if responded:
+        await node.find_nearest_nodes([node.node_id])
+    return responded
+
+
+def _p2pd_reason(error: Exception) -> str:
+    text = str(error)
+    if "address already in use" in text:
+        return "address already in use"
+    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -1,0 +1,148 @@
+"""Who is online in this run: publish our signed peer record, keep a fresh view of everyone else's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from potluck.identity import NodeIdentity, node_id_of
+from potluck.swarm.host import SwarmHost
+from potluck.swarm.records import PeerRecord, RecordRejected, peers_key, public_key_in, subkey_for
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    node_id: str
+    record: PeerRecord
+    expires_at: float
+
+
+@dataclass
+class LocalState:
+    """What this node says about itself in its record; later issues update round and model version."""
+
+    role: str
+    agent: str
+    round: int = 0
+    model_version: str = ""
+
+
+class Membership:
+    def __init__(
+        self,
+        host: SwarmHost,
+        identity: NodeIdentity,
+        run: str,
+        local: LocalState,
+        *,
+        ttl_s: float,
+        view_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._host, self._identity, self._local = host, identity, local
+        self._key = peers_key(run)
+        self._subkey = subkey_for(identity.public_key)
+        self.ttl_s = ttl_s
+        self._view_interval_s = view_interval_s
+        self._clock = clock
+        self._sequence = 0
+        self._peers: dict[str, PeerInfo] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._republish = asyncio.Event()
+        self.last_published = 0.0
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._publish_forever(), name="publish-record"),
+            asyncio.create_task(self._watch_forever(), name="watch-peers"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def republish_now(self) -> None:
+        self._republish.set()
+
+    def peers(self) -> list[PeerInfo]:
+        """Live peers (records not yet expired), excluding this node, ordered by node id."""
+        now = self._clock()
+        return sorted((p for p in self._peers.values() if p.expires_at > now), key=lambda p: p.node_id)
+
+    # ---- publishing ----------------------------------------------------------------------------------
+
+    def _next_sequence(self) -> int:
+        # time-based so that a restarted node's records are newer than any it signed before
+        self._sequence = max(self._sequence + 1, time.time_ns() // 1000)
+        return self._sequence
+
+    async def publish_once(self) -> bool:
+        now = self._clock()
+        record = PeerRecord(
+            peer_id=self._identity.peer_id,
+            addrs=tuple(await self._host.visible_addrs()),
+            role=self._local.role,
+            agent=self._local.agent,
+            round=self._local.round,
+            model_version=self._local.model_version,
+            timestamp=now,
+            sequence=self._next_sequence(),
+        )
+        ok = await self._host.store(self._key, self._subkey, record.encode(), now + self.ttl_s)
+        if ok:
+            self.last_published = now
+        return ok
+
+    async def _publish_forever(self) -> None:
+        # Refresh at a third of the TTL: two refreshes can fail before the record expires.
+        while True:
+            await self._host.bootstrap.connected_event.wait()
+            try:
+                ok = await self.publish_once()
+                if not ok:
+                    logger.warning("peer record was not stored by any DHT node; retrying")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                ok = False
+                logger.warning(f"publishing peer record failed: {type(e).__name__}: {e}")
+            self._republish.clear()
+            delay = self.ttl_s / 3 if ok else min(2.0, self.ttl_s / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._republish.wait(), delay)
+
+    # ---- watching --------------------------------------------------------------------------------
+
+    async def refresh_view(self) -> None:
+        entries = await self._host.get(self._key)
+        now = self._clock()
+        fresh: dict[str, PeerInfo] = {}
+        for subkey, item in entries.items():
+            # hivemind hands subkeys back deserialized; the DHT validator has checked the signature
+            public_key = public_key_in(subkey) if isinstance(subkey, bytes) else None
+            if public_key is None or public_key == self._identity.public_key or item.expiration_time <= now:
+                continue
+            try:
+                record = PeerRecord.decode(item.value)
+            except RecordRejected as e:
+                logger.debug(f"skipping peer record: {e}")
+                continue
+            fresh[node_id_of(public_key)] = PeerInfo(node_id_of(public_key), record, item.expiration_time)
+        self._peers = fresh
+
+    async def _watch_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh_view()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.debug(f"refreshing the peer view failed: {type(e).__name__}: {e}")
+            await asyncio.sleep(self._view_interval_s)

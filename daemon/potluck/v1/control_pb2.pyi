@@ -1,0 +1,104 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s")
+    class RejectedRecordsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_ADDRS_FIELD_NUMBER: _ClassVar[int]
+    ADDRS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DHT_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    RPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    peer_id: str
+    run: str
+    agent_version: str
+    listen_addrs: _containers.RepeatedScalarFieldContainer[str]
+    addrs: _containers.RepeatedScalarFieldContainer[str]
+    uptime_s: float
+    peers: int
+    role: str
+    round: int
+    phase: str
+    model_version: str
+    rejected_records: _containers.ScalarMap[str, int]
+    dht_restarts: int
+    bootstrap: Bootstrap
+    rpc_address: str
+    record_ttl_s: float
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ...) -> None: ...
+
+class Bootstrap(_message.Message):
+    __slots__ = ("state", "initial_peers", "attempts", "last_error", "next_retry_in_s")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_PEERS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RETRY_IN_S_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    initial_peers: _containers.RepeatedScalarFieldContainer[str]
+    attempts: int
+    last_error: str
+    next_retry_in_s: float
+    def __init__(self, state: _Optional[str] = ..., initial_peers: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., next_retry_in_s: _Optional[float] = ...) -> None: ...
+
+class ListPeersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("node_id", "peer_id", "addrs", "role", "agent_version", "last_seen", "expires_at", "round", "model_version", "sequence")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    peer_id: str
+    addrs: _containers.RepeatedScalarFieldContainer[str]
+    role: str
+    agent_version: str
+    last_seen: float
+    expires_at: float
+    round: int
+    model_version: str
+    sequence: int
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., agent_version: _Optional[str] = ..., last_seen: _Optional[float] = ..., expires_at: _Optional[float] = ..., round: _Optional[int] = ..., model_version: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class ListPeersResponse(_message.Message):
+    __slots__ = ("peers",)
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
