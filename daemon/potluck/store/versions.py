@@ -1,0 +1,175 @@
+"""Model versions: canonical hashing and a content-addressed safetensors store.
+
+Hash function: SHA-256. It is the hash already used for update ids, every peer has it, and with the
+SHA extensions of current x86/ARM CPUs hashlib runs it at ~1.8 GB/s here versus ~0.8 GB/s for
+blake2b, so checking a 400 MB version costs ~0.2 s.
+
+Canonical form (see docs/update-format.md, "Version hash"):
+
+* tensor hash = sha256( msgpack(["potluck/tensor/v1", dtype, shape]) || little-endian C-order bytes ),
+  dtype spelled as in safetensors ("F32", "F16", "I64", ...). It does not include the name, so a
+  peer can check one downloaded tensor against the hash a commit lists for it.
+* version hash = sha256( msgpack(["potluck/version/v1", [[name, tensor hash hex], ...]]) ), names
+  sorted by code point (= by UTF-8 bytes).
+
+States are ``Mapping[str, np.ndarray]`` (torch CPU tensors work too via ``np.asarray``).
+Files are safetensors: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import safetensors.numpy
+
+__all__ = [
+    "CorruptVersion",
+    "VersionNotFound",
+    "VersionStore",
+    "atomic_save",
+    "load_state",
+    "tensor_hash",
+    "tensor_hashes",
+    "version_hash",
+    "version_hash_of",
+]
+
+TENSOR_DOMAIN = "potluck/tensor/v1"
+VERSION_DOMAIN = "potluck/version/v1"
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+_DTYPES = {
+    np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16", np.dtype(np.int8): "I8",
+    np.dtype(np.uint64): "U64", np.dtype(np.uint32): "U32", np.dtype(np.uint16): "U16",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}  # fmt: skip
+
+
+class VersionNotFound(KeyError):
+    """No version with that hash in the store."""
+
+
+class CorruptVersion(ValueError):
+    """A stored file does not parse or does not hash to its name."""
+
+
+def _canonical(array: np.ndarray) -> np.ndarray:
+    """The array as contiguous little-endian (no copy when it already is)."""
+    a = np.asarray(array)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(a)
+
+
+def tensor_hash(array: np.ndarray) -> str:
+    """SHA-256 hex of one tensor's dtype, shape and little-endian bytes."""
+    a = _canonical(array)
+    dtype = _DTYPES.get(a.dtype.newbyteorder("="))
+    if dtype is None:
+        raise ValueError(f"unsupported dtype {a.dtype}")
+    h = hashlib.sha256(msgpack.packb([TENSOR_DOMAIN, dtype, list(a.shape)]))
+    h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
+def tensor_hashes(state: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Per-tensor hashes, sorted by name."""
+    return {name: tensor_hash(state[name]) for name in sorted(state)}
+
+
+def version_hash_of(hashes: Mapping[str, str]) -> str:
+    """The version hash from per-tensor hashes (so a version can be named without its bytes)."""
+    entries = [[name, hashes[name]] for name in sorted(hashes)]
+    return hashlib.sha256(msgpack.packb([VERSION_DOMAIN, entries])).hexdigest()
+
+
+def version_hash(state: Mapping[str, np.ndarray]) -> str:
+    """The canonical hash of a model state (independent of the mapping's order)."""
+    return version_hash_of(tensor_hashes(state))
+
+
+def load_state(path: Path) -> dict[str, np.ndarray]:
+    """Read a safetensors file; any parse failure is :class:`CorruptVersion`."""
+    try:
+        return safetensors.numpy.load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CorruptVersion(f"{path}: {e}") from None
+
+
+def atomic_save(state: Mapping[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``state`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    Temp file in the same directory, fsync, rename over the target, fsync of the directory (so the
+    rename itself survives a crash).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tensors = {name: _canonical(t) for name, t in state.items()}
+    try:
+        safetensors.numpy.save_file(tensors, str(tmp), metadata=metadata)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class VersionStore:
+    """Versions as ``<root>/<version hash>.safetensors``; every load is checked against its name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, version: str) -> Path:
+        if not isinstance(version, str) or not _HASH_RE.fullmatch(version):
+            raise ValueError(f"not a version hash: {version!r}")
+        return self.root / f"{version}.safetensors"
+
+    def has(self, version: str) -> bool:
+        return self.path(version).is_file()
+
+    def put(self, state: Mapping[str, np.ndarray]) -> str:
+        """Store ``state`` (no-op when already there) and return its version hash."""
+        version = version_hash(state)
+        path = self.path(version)
+        if not path.is_file():
+            atomic_save(state, path, metadata={"potluck_version": version})
+        return version
+
+    def get(self, version: str) -> dict[str, np.ndarray]:
+        """Load a version; raise :class:`CorruptVersion` if the file does not hash to ``version``."""
+        path = self.path(version)
+        try:
+            state = load_state(path)
+        except FileNotFoundError:
+            raise VersionNotFound(version) from None
+        try:
+            actual = version_hash(state)
+        except ValueError as e:
+            raise CorruptVersion(f"{path}: {e}") from None
+        if actual != version:
+            raise CorruptVersion(f"{path} hashes to {actual}")
+        return state
