@@ -1,0 +1,36 @@
+"""Why an update was rejected: one enum of reason codes and the one exception that carries them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Reason codes, in the order the validator checks them (cheapest first)."""
+
+    OVERSIZED = "oversized"  # message or a field above a size limit
+    TOO_DEEP = "too_deep"  # msgpack nesting above the bound
+    MALFORMED = "malformed"  # not msgpack, wrong types, wrong lengths, non-canonical bytes
+    BAD_DOMAIN = "bad_domain"  # domain tag is not potluck/update/v1
+    BAD_SIGNATURE = "bad_signature"
+    DUPLICATE = "duplicate"  # this exact update was already accepted
+    WRONG_RUN = "wrong_run"
+    STALE_ROUND = "stale_round"
+    FUTURE_ROUND = "future_round"
+    UNKNOWN_BASE = "unknown_base"
+    NOT_ADMITTED = "not_admitted"
+    EQUIVOCATION = "equivocation"  # a second, different update by the same author for the same round
+    REPLAYED = "replayed"  # sequence number not above the author's high-water mark
+    SHAPE_MISMATCH = "shape_mismatch"  # tensor names/shapes differ from the model's
+    BAD_INDICES = "bad_indices"  # index payload undecodable, unsorted, duplicate or out of range
+    NON_FINITE = "non_finite"
+    NORM_EXCEEDED = "norm_exceeded"
+
+
+class UpdateRejected(Exception):
+    """An update that must not be used, with a reason code for counters and a detail for logs."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail

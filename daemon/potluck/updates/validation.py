@@ -1,0 +1,133 @@
+"""Validation of received updates: every check, cheapest first, one reason code per rejection.
+
+Order: size and nesting (bounded decode) -> domain tag -> types/canonical form -> signature ->
+duplicate -> run -> round window -> base known -> author admitted -> equivocation -> replay ->
+tensor names/shapes -> indices -> finite values -> L2 norm. Payloads (indices, values) are decoded
+only after every header check has passed.
+
+State (in memory): per-author sequence high-water marks, the accepted update id per
+(author, round), equivocation evidence. State changes only when an update is accepted, except
+equivocation evidence, which is recorded when it is found.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from potluck.updates.codec import DecodeLimits, ParsedUpdate, SignedUpdate, parse_update
+from potluck.updates.reasons import Reason, UpdateRejected
+
+__all__ = ["Equivocation", "UpdateValidator", "ValidationContext"]
+
+
+@dataclass(frozen=True)
+class ValidationContext:
+    """What a node knows about its run right now (replace it with ``dataclasses.replace`` each round)."""
+
+    run: str
+    round: int
+    shapes: dict[str, tuple[int, ...]]  # the model's tensors; an update may touch any subset
+    known_bases: frozenset[str]  # version hashes (hex) updates may be based on
+    admitted: frozenset[bytes] | None = None  # author public keys; None = open run
+    max_norm: float | None = None  # bound on the L2 norm of the whole (dequantized) delta
+    rounds_behind: int = 0  # accept rounds in [round - rounds_behind, round + rounds_ahead]
+    rounds_ahead: int = 0
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+
+@dataclass(frozen=True)
+class Equivocation:
+    """Proof that ``author`` signed two different updates for one round (both ids are signed)."""
+
+    author: bytes
+    round: int
+    first_id: str
+    second_id: str
+
+
+class UpdateValidator:
+    """Checks received updates against a :class:`ValidationContext`; never raises anything but
+    :class:`UpdateRejected`. ``counters`` (reason -> count, plus "accepted") is for ``status``."""
+
+    def __init__(self, context: ValidationContext) -> None:
+        self.context = context
+        self.counters: dict[str, int] = {"accepted": 0} | {r.value: 0 for r in Reason}
+        self.high_water: dict[bytes, int] = {}
+        self.round_ids: dict[tuple[bytes, int], str] = {}
+        self.accepted_ids: dict[str, int] = {}  # id -> round
+        self.equivocations: list[Equivocation] = []
+        self.offences: dict[bytes, int] = {}  # author -> equivocations seen
+
+    def validate(self, data: bytes) -> SignedUpdate:
+        """Return the decoded update if it passes every check, else raise (and count) the first failure."""
+        try:
+            signed = self._validate(data)
+        except UpdateRejected as e:
+            self.counters[e.reason.value] += 1
+            raise
+        except Exception as e:  # a bug must cost a counter and a log line, never a crash
+            self.counters[Reason.MALFORMED.value] += 1
+            raise UpdateRejected(Reason.MALFORMED, f"unexpected {type(e).__name__}: {e}") from None
+        self.counters["accepted"] += 1
+        return signed
+
+    def forget_before(self, round_: int) -> None:
+        """Drop per-round ids of rounds before ``round_`` (bounded memory; high-water marks stay)."""
+        self.round_ids = {key: uid for key, uid in self.round_ids.items() if key[1] >= round_}
+        self.accepted_ids = {uid: r for uid, r in self.accepted_ids.items() if r >= round_}
+
+    def _validate(self, data: bytes) -> SignedUpdate:
+        ctx = self.context
+        p = parse_update(data, ctx.limits)  # oversized, too_deep, malformed, bad_domain, bad_signature
+        if p.update_id in self.accepted_ids:
+            raise UpdateRejected(Reason.DUPLICATE, p.update_id)
+        self._check_context(p, ctx)
+        self._check_shapes(p, ctx)
+        signed = p.decode()  # bad_indices, non_finite
+        if ctx.max_norm is not None:
+            norm = math.sqrt(
+                sum(float(np.dot(v, v)) for v in (t.values.astype(np.float64) for t in signed.update.tensors))
+            )
+            if not norm <= ctx.max_norm:
+                raise UpdateRejected(Reason.NORM_EXCEEDED, f"L2 norm {norm:.6g} > {ctx.max_norm:.6g}")
+        self._accept(p)
+        return signed
+
+    def _check_context(self, p: ParsedUpdate, ctx: ValidationContext) -> None:
+        if p.run != ctx.run:
+            raise UpdateRejected(Reason.WRONG_RUN, f"run {p.run[:80]!r}")
+        if p.round < ctx.round - ctx.rounds_behind:
+            raise UpdateRejected(Reason.STALE_ROUND, f"round {p.round} < {ctx.round - ctx.rounds_behind}")
+        if p.round > ctx.round + ctx.rounds_ahead:
+            raise UpdateRejected(Reason.FUTURE_ROUND, f"round {p.round} > {ctx.round + ctx.rounds_ahead}")
+        if p.base not in ctx.known_bases:
+            raise UpdateRejected(Reason.UNKNOWN_BASE, p.base)
+        if ctx.admitted is not None and p.author not in ctx.admitted:
+            raise UpdateRejected(Reason.NOT_ADMITTED, p.author.hex())
+        first = self.round_ids.get((p.author, p.round))
+        if first is not None and first != p.update_id:
+            self.equivocations.append(Equivocation(p.author, p.round, first, p.update_id))
+            self.offences[p.author] = self.offences.get(p.author, 0) + 1
+            raise UpdateRejected(
+                Reason.EQUIVOCATION, f"{p.author.hex()} round {p.round}: {first} and {p.update_id}"
+            )
+        mark = self.high_water.get(p.author)
+        if mark is not None and p.seq <= mark:
+            raise UpdateRejected(Reason.REPLAYED, f"seq {p.seq} <= {mark}")
+
+    @staticmethod
+    def _check_shapes(p: ParsedUpdate, ctx: ValidationContext) -> None:
+        for t in p.tensors:
+            expected = ctx.shapes.get(t.name)
+            if expected is None:
+                raise UpdateRejected(Reason.SHAPE_MISMATCH, f"unknown tensor {t.name[:80]!r}")
+            if tuple(expected) != t.shape:
+                raise UpdateRejected(Reason.SHAPE_MISMATCH, f"{t.name}: {t.shape} != {tuple(expected)}")
+
+    def _accept(self, p: ParsedUpdate) -> None:
+        self.high_water[p.author] = p.seq
+        self.round_ids[(p.author, p.round)] = p.update_id
+        self.accepted_ids[p.update_id] = p.round

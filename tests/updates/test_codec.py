@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+from potluck.updates.codec import SparseTensor, apply_update, decode_update, encode_update
+from potluck.updates.indices import BITMAP, VARINT, decode_indices, encode_indices
+from potluck.updates.quantize import BLOCK, FP16, INT8, dequantize, quantize
+
+from tests.updates.builders import BASE, build, sparse
+
+
+def test_round_trip_int8_within_bound(identity):
+    update = build(identity)
+    signed = decode_update(encode_update(update, identity, "int8"))
+    assert signed.update.author == identity.public_key
+    assert (signed.update.run, signed.update.round, signed.update.base) == ("run-1", 5, BASE)
+    assert (signed.update.seq, signed.update.sample_count) == (1, 100)
+    assert signed.update.created_ms == update.created_ms
+    got = {t.name: t for t in signed.update.tensors}
+    assert [t.name for t in signed.update.tensors] == ["embed", "layer.weight"]  # sorted on the wire
+    for t in update.tensors:
+        out = got[t.name]
+        assert out.shape == t.shape
+        np.testing.assert_array_equal(out.indices, t.indices)
+        for start in range(0, t.values.size, BLOCK):
+            block = t.values[start : start + BLOCK]
+            bound = np.abs(block).max() / 127 / 2 * (1 + 2**-20)
+            assert np.abs(out.values[start : start + BLOCK] - block).max() <= bound
+
+
+def test_round_trip_fp16_within_bound(identity):
+    rng = np.random.default_rng(3)
+    vals = np.concatenate(
+        [rng.standard_normal(200), rng.standard_normal(50) * 1e-6, [1e-8, -3e-7, 65504, -1e5, 7e4]]
+    ).astype(np.float32)
+    t = SparseTensor("w", (2000,), np.arange(0, 4 * vals.size, 4, dtype=np.int64), vals)
+    out = decode_update(encode_update(build(identity, tensors=(t,)), identity, "fp16")).update.tensors[0]
+    clipped = np.clip(vals, -65504, 65504)
+    bound = np.maximum(np.abs(clipped) * 2.0**-11, 2.0**-25)
+    assert np.all(np.abs(out.values - clipped) <= bound)
+    assert np.all(np.isfinite(out.values))
+
+
+def test_int8_zero_block_and_partial_block():
+    vals = np.zeros(300, np.float32)
+    vals[280] = 2.5
+    vb, sb = quantize(vals, INT8)
+    assert len(vb) == 300 and len(sb) == 8
+    out = dequantize(vb, sb, INT8, 300)
+    np.testing.assert_array_equal(out[:256], 0)
+    assert out[280] == pytest.approx(2.5)
+    vb, sb = quantize(vals, FP16)
+    assert sb == b"" and len(vb) == 600
+
+
+def test_update_id_is_stable_and_signature_binds_body(identity):
+    update = build(identity)
+    a, b = encode_update(update, identity), encode_update(update, identity)
+    assert decode_update(a).update_id == decode_update(b).update_id  # Ed25519 is deterministic too
+    assert a == b
+    other = encode_update(build(identity, seq=2), identity)
+    assert decode_update(other).update_id != decode_update(a).update_id
+
+
+@pytest.mark.parametrize("density", [0.001, 0.05, 0.5, 1.0])
+def test_indices_pick_the_smaller_encoding(density):
+    numel = 10_000
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(numel, max(1, int(density * numel)), replace=False))
+    code, data = encode_indices(idx, numel)
+    assert code == (BITMAP if density >= 0.5 else VARINT)
+    assert len(data) <= -(-numel // 8) or code == VARINT
+    np.testing.assert_array_equal(decode_indices(code, data, idx.size, numel), idx)
+
+
+def test_apply_update(identity):
+    base = {name: np.ones(shape, np.float32) for name, shape in {"w": (4, 5), "b": (3,)}.items()}
+    t = SparseTensor("w", (4, 5), np.array([0, 7, 19]), np.array([1.0, -2.0, 0.5], np.float32))
+    out = apply_update(base, build(identity, tensors=(t,)), scale=2.0)
+    expected = np.ones(20, np.float32)
+    expected[[0, 7, 19]] += [2.0, -4.0, 1.0]
+    np.testing.assert_array_equal(out["w"].reshape(-1), expected)
+    np.testing.assert_array_equal(base["w"], 1)  # not modified
+    assert out["b"] is base["b"]
+    apply_update(base, build(identity, tensors=(t,)), inplace=True)
+    assert base["w"].reshape(-1)[7] == -1.0
+    with pytest.raises(ValueError):
+        apply_update({"w": np.ones(3, np.float32)}, build(identity, tensors=(t,)))
+
+
+def test_encoder_refuses_bad_input(identity):
+    other = type(identity).generate()
+    with pytest.raises(ValueError):
+        encode_update(build(other), identity)
+    bad = SparseTensor("w", (10,), np.array([3, 3]), np.ones(2, np.float32))
+    with pytest.raises(ValueError):
+        encode_update(build(identity, tensors=(bad,)), identity)
+    with pytest.raises(ValueError):
+        encode_update(build(identity, tensors=(sparse("a", (4,), 2), sparse("a", (4,), 2))), identity)
+    with pytest.raises(ValueError):
+        encode_update(build(identity), identity, values="int4")

@@ -1,0 +1,62 @@
+import itertools
+
+import numpy as np
+import torch
+from potluck.updates.quantize import roundtrip
+from potluck.updates.sparsify import ErrorFeedback, k_for, sparsify, topk_indices
+
+
+def test_topk_exact_on_sampled_path():
+    x = np.random.default_rng(0).standard_normal(3_000_000).astype(np.float32)  # above the exact cutoff
+    k = 30_000
+    got = topk_indices(x, k)
+    want = np.sort(torch.topk(torch.from_numpy(np.abs(x)), k).indices.numpy())
+    np.testing.assert_array_equal(got, want)
+
+
+def test_topk_handles_zeros_and_torch_input():
+    x = np.zeros(2_000_000, np.float32)
+    x[::1000] = np.arange(1, 2001)
+    got = topk_indices(torch.from_numpy(x), 20_000)  # asks for more than there are non-zeros
+    np.testing.assert_array_equal(got, np.arange(0, 2_000_000, 1000))
+    small = sparsify("w", np.array([[0.1, -5.0], [3.0, 0.0]], np.float32), density=0.5)
+    np.testing.assert_array_equal(small.indices, [1, 2])
+    np.testing.assert_array_equal(small.values, [-5.0, 3.0])
+    assert small.shape == (2, 2) and k_for(4, 0.5) == 2
+
+
+def test_error_feedback_sum_converges_to_total():
+    rng = np.random.default_rng(1)
+    shapes = {"a": (64, 64), "b": (1000,)}
+    ef = ErrorFeedback(density=0.05, values="int8")
+    total = {n: np.zeros(s, np.float32) for n, s in shapes.items()}
+    published = {n: np.zeros(int(np.prod(s)), np.float64) for n, s in shapes.items()}
+    for _ in range(10):
+        delta = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+        for n in shapes:
+            total[n] += delta[n]
+        for t in ef.compress(delta):
+            assert t.indices.size == k_for(int(np.prod(t.shape)), 0.05)
+            published[t.name][t.indices] += t.values
+    # nothing is lost: published + residual == total
+    for n in shapes:
+        np.testing.assert_allclose(published[n] + ef.residual[n].reshape(-1), total[n].reshape(-1), atol=1e-4)
+    total_norm = np.sqrt(sum(np.sum(total[n].astype(np.float64) ** 2) for n in shapes))
+    norms = [ef.residual_norm()]
+    zero = {n: np.zeros(s, np.float32) for n, s in shapes.items()}
+    for _ in range(60):  # keep publishing with no new delta: the residual drains
+        for t in ef.compress(zero):
+            published[t.name][t.indices] += t.values
+        norms.append(ef.residual_norm())
+    assert all(b <= a + 1e-6 for a, b in itertools.pairwise(norms))  # never grows
+    assert norms[-1] < 0.02 * norms[0]
+    err = np.sqrt(sum(np.sum((published[n] - total[n].reshape(-1)) ** 2) for n in shapes))
+    assert err < 0.01 * total_norm
+
+
+def test_error_feedback_carries_quantization_error():
+    ef = ErrorFeedback(density=1.0, values="int8")
+    x = np.random.default_rng(2).standard_normal(500).astype(np.float32)
+    (t,) = ef.compress({"w": x})
+    np.testing.assert_array_equal(t.values, roundtrip(x, 1))
+    np.testing.assert_allclose(ef.residual["w"], x - t.values, atol=1e-7)
