@@ -127,6 +127,8 @@ class EncodedTensor:
             indices = decode_indices(self.index_encoding, self.index_bytes, self.nnz, self.numel)
         except ValueError as e:
             raise UpdateRejected(Reason.BAD_INDICES, f"{self.name}: {e}") from None
+        if self.value_encoding == INT8 and not np.isfinite(np.frombuffer(self.scale_bytes, "<f4")).all():
+            raise UpdateRejected(Reason.NON_FINITE, f"{self.name}: NaN or infinite scales")
         try:
             values = dequantize(self.value_bytes, self.scale_bytes, self.value_encoding, self.nnz)
         except ValueError as e:  # parse_update already checked the lengths
