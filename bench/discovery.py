@@ -1,0 +1,383 @@
+"""Discovery and control-API latency of potluck nodes, next to plain hivemind measured in the same run.
+
+(a) discovery: launch N `potluck run` processes on 127.0.0.1 (the first, then the rest bootstrapping
+    from it, as LocalSwarm does) and time from the first launch until every node has seen all N-1
+    peers. Baseline: N plain hivemind DHT peers, each in its own process started the same way, each
+    storing one subkey under a shared key and polling get(latest=True) at potluck's view interval
+    until it sees N-1 others. Both include process start (imports); that part is reported on its own
+    too: the time until a node's control API answers (potluck) or its DHT is up (baseline).
+(b) control API: GetStatus latency at a paced rate against one node of a 3-node swarm, and the
+    standard grpc.health.v1 Health.Check on the same server, channel and schedule (interleaved
+    half a period apart) as the baseline.
+
+    python bench/discovery.py [--sizes 2,4,8] [--repeats K] [--rate 100] [--seconds 10] [--out FILE]
+
+Progress goes to stderr, one JSON object to stdout (and to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import platform
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from potluck.localswarm import LocalNode, LocalSwarm
+from potluck.rpc.client import ControlClient
+from potluck.v1 import control_pb2, control_pb2_grpc
+
+POLL_S = 0.05  # how often this process asks the potluck nodes; bounds the measurement's resolution
+TIMEOUT_S = 90.0  # per phase: a run that takes longer is a failure, not a number
+WARMUP_CALLS = 20
+
+
+def log(message: str) -> None:
+    print(f"[discovery] {message}", file=sys.stderr, flush=True)
+
+
+def view_interval_s() -> float:
+    """potluck's peer-view refresh interval; the baseline polls at the same pace so both wait alike."""
+    from potluck.swarm.membership import Membership
+
+    return float(inspect.signature(Membership.__init__).parameters["view_interval_s"].default)
+
+
+# ---- (a) potluck discovery ----------------------------------------------------------------------------
+
+
+def potluck_discovery(n: int) -> dict[str, float]:
+    """Seconds from the first launch until every node has seen N-1 peers, and until each API answered."""
+    with LocalSwarm() as swarm:
+        clients: dict[int, ControlClient] = {}
+        api_ready: dict[int, float] = {}  # node index -> seconds since its own launch
+        launched: dict[int, float] = {}
+        seen_all: dict[int, float] = {}  # node index -> seconds since t0 when it first saw N-1 peers
+        try:
+            t0 = time.monotonic()
+            launched[0] = t0
+            swarm.add_node(initial_peers=[])
+            _poll_api(swarm.nodes[0], 0, clients, api_ready, launched)
+            first = swarm.nodes[0].multiaddr()
+            for i in range(1, n):
+                launched[i] = time.monotonic()
+                swarm.add_node(initial_peers=[first])
+            deadline = time.monotonic() + TIMEOUT_S
+            while len(seen_all) < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"potluck n={n}: {len(seen_all)}/{n} nodes saw everyone")
+                for i, node in enumerate(swarm.nodes):
+                    if i not in clients:
+                        _poll_api(node, i, clients, api_ready, launched, wait=False)
+                    if i in clients and i not in seen_all:
+                        with contextlib.suppress(Exception):
+                            if clients[i].status().peers >= n - 1:
+                                seen_all[i] = time.monotonic() - t0
+                time.sleep(POLL_S)
+        finally:
+            for client in clients.values():
+                client.__exit__()
+            _stop_all(swarm)
+    return {
+        "discovery_s": max(seen_all.values()),
+        "first_ready_s": api_ready[0],
+        "api_ready_median_s": statistics.median(api_ready.values()),
+        "api_ready_max_s": max(api_ready.values()),
+    }
+
+
+def _poll_api(
+    node: LocalNode,
+    i: int,
+    clients: dict[int, ControlClient],
+    ready: dict[int, float],
+    launched: dict[int, float],
+    wait: bool = True,
+) -> None:
+    """Record when node i's control API first answers (the api file appears once it is bound)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        if node.proc is not None and node.proc.poll() is not None:
+            raise RuntimeError(f"node {i} exited with {node.proc.returncode}:\n{node.log_tail()}")
+        with contextlib.suppress(Exception):
+            client = ControlClient(node.rpc_address, timeout=2.0)
+            try:
+                client.status()
+            except Exception:
+                client.__exit__()
+                raise
+            ready[i] = time.monotonic() - launched[i]
+            clients[i] = client
+            return
+        if not wait:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"node {i}'s control API did not answer")
+        time.sleep(POLL_S)
+
+
+def _stop_all(swarm: LocalSwarm) -> None:
+    # SIGTERM everyone first so the nodes shut down in parallel, then collect them
+    for node in swarm.nodes:
+        node.signal(signal.SIGTERM)
+    swarm.stop()
+
+
+# ---- (a) baseline: plain hivemind DHT peers -------------------------------------------------------------
+
+
+def baseline_discovery(n: int, poll_s: float) -> dict[str, float]:
+    key = f"bench-{os.getpid()}-{time.time_ns()}"
+    peers: list[_BaselinePeer] = []
+    try:
+        t0 = time.time()
+        peers.append(_BaselinePeer(0, n, key, [], poll_s))
+        first = peers[0].wait("ready")
+        initial = [a for a in first["maddrs"] if "/127.0.0.1/" in a][:1] or first["maddrs"][:1]
+        peers += [_BaselinePeer(i, n, key, initial, poll_s) for i in range(1, n)]
+        ready = [p.wait("ready")["t"] - p.launched for p in peers]
+        seen = [p.wait("seen_all")["t"] - t0 for p in peers]
+    finally:
+        for p in peers:
+            p.close()
+        for p in peers:
+            p.join()
+    return {
+        "discovery_s": max(seen),
+        "first_ready_s": ready[0],
+        "api_ready_median_s": statistics.median(ready),
+        "api_ready_max_s": max(ready),
+    }
+
+
+class _BaselinePeer:
+    """A child process running `baseline_peer` (below); it reports events as JSON lines on stdout."""
+
+    def __init__(self, index: int, n: int, key: str, initial: Sequence[str], poll_s: float):
+        self.index = index
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._seen: dict[str, dict[str, Any]] = {}
+        self.launched = time.time()
+        env = {**os.environ, "HIVEMIND_LOGLEVEL": "WARNING"}
+        argv = [sys.executable, __file__, "_baseline-peer", str(n), key, str(poll_s), *initial]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,  # so p2pd and the DHT process can be killed with it
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self._events.put(json.loads(line))
+        self._events.put({"event": "exit"})
+
+    def wait(self, event: str) -> dict[str, Any]:
+        deadline = time.monotonic() + TIMEOUT_S
+        while event not in self._seen:
+            try:
+                item = self._events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"baseline peer {self.index}: no {event!r} event") from None
+            if item["event"] == "exit":
+                raise RuntimeError(f"baseline peer {self.index} exited before {event!r}")
+            self._seen[item["event"]] = item
+        return self._seen[event]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # EOF: the child shuts its DHT down and exits
+
+    def join(self) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers: p2pd, DHT process
+        self.proc.wait()
+
+
+def baseline_peer(n: int, key: str, poll_s: float, initial: list[str]) -> None:
+    """Child: start a DHT, store one subkey under `key`, poll until N-1 others are there, then idle
+    (still serving the others) until stdin closes."""
+    from hivemind.dht import DHT
+    from hivemind.utils import get_dht_time
+
+    def emit(event: str, **fields: Any) -> None:
+        print(json.dumps({"event": event, "t": time.time(), **fields}), flush=True)
+
+    dht = DHT(initial_peers=initial or None, start=True)
+    emit("ready", maddrs=[str(a) for a in dht.get_visible_maddrs()])
+    me = dht.peer_id.to_base58()
+    dht.store(key, b"here", get_dht_time() + 300, subkey=me)
+    while True:
+        found = dht.get(key, latest=True)
+        others = set(found.value) - {me} if found is not None and isinstance(found.value, dict) else set()
+        if len(others) >= n - 1:
+            emit("seen_all")
+            break
+        time.sleep(poll_s)
+    sys.stdin.read()
+    dht.shutdown()
+
+
+# ---- (b) control-API latency ----------------------------------------------------------------------------
+
+
+def rpc_latency(rate: float, seconds: float) -> dict[str, Any]:
+    with LocalSwarm() as swarm:
+        try:
+            swarm.start(3)
+            swarm.wait_all_see(2, TIMEOUT_S)
+            address = swarm.nodes[0].rpc_address
+            log(f"rpc: 3-node swarm up; {rate:.0f}/s of each call for {seconds:.0f}s against {address}")
+            with grpc.insecure_channel(address) as channel:
+                status = control_pb2_grpc.ControlServiceStub(channel).GetStatus
+                health = health_pb2_grpc.HealthStub(channel).Check
+                calls = {
+                    "get_status": lambda: status(control_pb2.GetStatusRequest(), timeout=5),
+                    "health_check": lambda: health(health_pb2.HealthCheckRequest(service=""), timeout=5),
+                }
+                return _paced(calls, rate, seconds)
+        finally:
+            _stop_all(swarm)
+
+
+def _paced(calls: dict[str, Any], rate: float, seconds: float) -> dict[str, Any]:
+    """Each call at `rate`/s, interleaved evenly, one at a time: an open schedule, so a slow reply
+    delays the next send (counted as `late`) rather than silently lowering the rate."""
+    for call in calls.values():
+        for _ in range(WARMUP_CALLS):
+            call()
+    names = list(calls)
+    step = 1.0 / (rate * len(names))
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    late = 0
+    total = round(rate * seconds) * len(names)
+    start = time.perf_counter()
+    for k in range(total):
+        due = start + k * step
+        wait = due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        elif wait < -step:
+            late += 1
+        name = names[k % len(names)]
+        t = time.perf_counter()
+        calls[name]()
+        samples[name].append((time.perf_counter() - t) * 1000)
+    elapsed = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "rate_per_s_each": rate,
+        "seconds": round(elapsed, 2),
+        "late_sends": late,
+    }
+    for name, ms in samples.items():
+        result[name] = _summary_ms(ms)
+    base = result["health_check"]
+    result["ratio_p50"] = round(result["get_status"]["p50_ms"] / base["p50_ms"], 2)
+    result["ratio_p99"] = round(result["get_status"]["p99_ms"] / base["p99_ms"], 2)
+    return result
+
+
+def _summary_ms(ms: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return {"n": len(ms), "p50_ms": round(q[49], 3), "p99_ms": round(q[98], 3), "max_ms": round(max(ms), 3)}
+
+
+# ---- driver ---------------------------------------------------------------------------------------------
+
+
+def repeats_for(n: int, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    return 1 if n >= 8 else 3  # an 8-node round costs ~16 processes on 2 cores: once by default
+
+
+def discovery(sizes: Sequence[int], requested_repeats: int | None) -> dict[str, Any]:
+    poll_s = view_interval_s()
+    out: dict[str, Any] = {"baseline_poll_s": poll_s, "sizes": {}}
+    keys = ("discovery_s", "first_ready_s", "api_ready_median_s", "api_ready_max_s")
+    for n in sizes:
+        runs: dict[str, list[dict[str, float]]] = {"potluck": [], "hivemind": []}
+        for r in range(repeats_for(n, requested_repeats)):
+            # alternate the two so slow drift of the machine hits both alike
+            runs["potluck"].append(potluck_discovery(n))
+            log(f"n={n} run {r + 1}: potluck {_fmt(runs['potluck'][-1])}")
+            runs["hivemind"].append(baseline_discovery(n, poll_s))
+            log(f"n={n} run {r + 1}: hivemind {_fmt(runs['hivemind'][-1])}")
+        entry: dict[str, Any] = {"repeats": len(runs["potluck"])}
+        for side, results in runs.items():
+            entry[side] = {k: round(statistics.median(x[k] for x in results), 3) for k in keys}
+            entry[side]["discovery_s_all"] = [round(x["discovery_s"], 3) for x in results]
+        for k in ("discovery_s", "first_ready_s", "api_ready_median_s"):
+            entry[f"ratio_{k}"] = round(entry["potluck"][k] / entry["hivemind"][k], 2)
+        out["sizes"][str(n)] = entry
+    return out
+
+
+def _fmt(result: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.2f}" for k, v in result.items())
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected e.g. 2,4,8, got {text!r}") from None
+    if not sizes or any(n < 2 for n in sizes):
+        raise argparse.ArgumentTypeError("each size must be >= 2")
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_baseline-peer"]:  # child mode, see baseline_peer
+        baseline_peer(int(argv[1]), argv[2], float(argv[3]), argv[4:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=_sizes, default=[2, 4, 8], help="swarm sizes (default 2,4,8)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs per size, median reported (default 3; 1 for n >= 8)"
+    )
+    parser.add_argument("--rate", type=float, default=100.0, help="requests/s of each RPC (default 100)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the RPC run (default 10)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "benchmark": "discovery",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    result["discovery"] = discovery(args.sizes, args.repeats)
+    result["rpc"] = rpc_latency(args.rate, args.seconds)
+    result["total_s"] = round(time.monotonic() - started, 1)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
