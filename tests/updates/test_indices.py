@@ -41,4 +41,4 @@ def test_million_indices_fast():
         decode_s.append(time.perf_counter() - t1)
     np.testing.assert_array_equal(out, idx)
     assert len(data) < 1.5 * idx.size  # ~1.28 bytes per index at 1% density
-    assert min(encode_s) < 0.05 and min(decode_s) < 0.05  # measured ~0.015 s each
+    assert min(encode_s) < 0.1 and min(decode_s) < 0.1  # measured ~0.015 s each on an idle machine

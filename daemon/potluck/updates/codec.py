@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import torch
 
 from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
 from potluck.updates.indices import BITMAP, VARINT, decode_indices, encode_indices
@@ -335,6 +336,15 @@ def decode_update(data: bytes, limits: DecodeLimits | None = None) -> SignedUpda
 # ----------------------------------------------------------------------------------------------- apply
 
 
+def _copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy. torch's clone is multi-threaded and, measured on 100M floats here, ~3x
+    faster than ``ndarray.copy`` whose fresh pages fault in one thread."""
+    try:
+        return torch.from_numpy(np.ascontiguousarray(a)).clone().numpy()
+    except (TypeError, RuntimeError):  # a dtype torch lacks
+        return np.array(a, order="C")
+
+
 def apply_update(
     base_state: Mapping[str, np.ndarray],
     update: Update | SignedUpdate,
@@ -362,7 +372,7 @@ def apply_update(
                 raise ValueError(f"{t.name}: in-place apply needs a writeable C-contiguous array")
             target = base
         else:
-            target = base.copy()
+            target = _copy(base)
         flat = target.reshape(-1)
         delta = t.values if scale == 1.0 else t.values * np.float32(scale)
         flat[t.indices] += delta.astype(flat.dtype, copy=False)

@@ -5,15 +5,16 @@ zero-copy). Indices are flat C-order int64, sorted.
 
 Method (:func:`topk_indices`), for tensors above 2**20 elements:
 
-1. Draw a fixed-seed uniform sample of ``s`` magnitudes (``s`` chosen so that ~4000 sampled values
-   lie above the k-th largest, capped at 2**22).
+1. Take a strided sample of ``s`` magnitudes (random offset from a fixed seed, stride coprime to
+   the row length; ``s`` chosen so that ~2000 sampled values lie above the k-th largest).
 2. Take as threshold the sample value at rank ``k_s + 6 sqrt(k_s)`` from the top (``k_s = k s / n``),
    i.e. a little *below* the true k-th magnitude: one chunked pass collects every element at or
-   above it (about ``k (1 + 6/sqrt(k_s))``, i.e. ~10% more than k, candidates).
+   above it (about ``k (1 + 6/sqrt(k_s))``, i.e. ~13% more than k, candidates).
 3. An exact ``argpartition`` among the candidates keeps precisely the k largest.
 
 So k is **exact** (tolerance 0%), not approximate: the sample only sizes the candidate set. If
-the sample was unlucky (fewer than k candidates, a 6-sigma event) it falls back to an exact
+the sample was unlucky (fewer than k candidates: a 6-sigma event for a random sample; a stride
+that lines up with structure in the tensor could also cause it) it falls back to an exact
 partition of the whole tensor. Cost ~0.1 s per 100M floats on 2 cores, against ~2.5 s for
 ``torch.topk``. Small tensors use ``argpartition`` directly. Zeros are never sent, so a tensor
 with fewer than k non-zeros yields all of them.
@@ -34,7 +35,7 @@ __all__ = ["DEFAULT_DENSITY", "ErrorFeedback", "k_for", "sparsify", "topk_indice
 DEFAULT_DENSITY = 0.01
 _EXACT_BELOW = 1 << 20
 _CHUNK = 1 << 18  # elements per pass step: the temporaries stay in L2 cache
-_SAMPLE_ABOVE = 4000  # expected sampled values above the threshold
+_SAMPLE_ABOVE = 2000  # expected sampled values above the threshold
 _MAX_SAMPLE = 1 << 22
 _SIGMAS = 6.0
 
@@ -82,9 +83,10 @@ def _top_of(x: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     return candidates[mags > 0].astype(np.int64, copy=False)
 
 
-def topk_indices(x: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
+def topk_indices(x: np.ndarray, k: int, *, seed: int = 0, row: int = 1) -> np.ndarray:
     """Sorted flat indices of the ``k`` largest-magnitude non-zero entries of ``x`` (exactly k if
-    there are that many non-zeros). Deterministic for a given ``seed``."""
+    there are that many non-zeros). Deterministic for a given ``seed``; ``row`` is the tensor's last
+    dimension (only used to pick a sampling stride)."""
     flat = _flat(x)
     n = flat.size
     k = min(k, n)
@@ -93,7 +95,14 @@ def topk_indices(x: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
     if n <= _EXACT_BELOW or k * 4 > n:
         return _top_of(flat, np.arange(n, dtype=np.int64), k)
     s = min(_MAX_SAMPLE, n, max(1 << 16, math.ceil(_SAMPLE_ABOVE * n / k)))
-    sample = np.abs(flat[np.random.default_rng(seed).integers(0, n, s)])
+    # A strided sample (sequential memory access, ~10x cheaper than a random gather) with a step
+    # coprime to the row length, so that it visits every column of a matrix rather than a few.
+    step = max(1, n // s)
+    while math.gcd(step, row) != 1:
+        step += 1
+    offset = int(np.random.default_rng(seed).integers(0, step))
+    sample = np.abs(flat[offset::step])
+    s = sample.size
     k_s = k * s / n
     rank = math.ceil(k_s + _SIGMAS * math.sqrt(k_s) + 16)  # from the top
     if rank >= s:
@@ -112,7 +121,7 @@ def sparsify(name: str, x: np.ndarray, density: float = DEFAULT_DENSITY) -> Spar
     """The top ``density`` fraction of ``x`` by magnitude, as a :class:`SparseTensor` (float32 values)."""
     a = np.asarray(x)
     flat = _flat(a)
-    idx = topk_indices(flat, k_for(flat.size, density))
+    idx = topk_indices(flat, k_for(flat.size, density), row=a.shape[-1] if a.ndim else 1)
     return SparseTensor(name, tuple(a.shape), idx, flat[idx])
 
 
@@ -144,7 +153,7 @@ class ErrorFeedback:
             else:
                 np.add(acc, d, out=acc, casting="same_kind")
             flat = acc.reshape(-1)
-            idx = topk_indices(flat, k_for(flat.size, self.density))
+            idx = topk_indices(flat, k_for(flat.size, self.density), row=d.shape[-1] if d.ndim else 1)
             sent = roundtrip(flat[idx], self.value_encoding)
             flat[idx] -= sent  # what the receiver won't see stays here
             out.append(SparseTensor(name, tuple(d.shape), idx, sent))
