@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from potluck.localswarm import LocalNode, LocalSwarm
 from potluck.rpc.client import ControlClient
 from potluck.v1 import control_pb2, control_pb2_grpc

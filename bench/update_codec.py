@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+
 from potluck.identity import NodeIdentity
 from potluck.updates.codec import Update, apply_update, decode_update, encode_update
 from potluck.updates.sparsify import k_for, sparsify

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from potluck.cli import build_parser
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"

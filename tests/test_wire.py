@@ -5,6 +5,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from potluck.wire import Malformed, Oversized, TooDeep, WireError, bounded_unpackb
 
 LIMITS = {"max_bytes": 1 << 20, "max_depth": 8}

@@ -154,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `potluck peers | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # ---- commands ---------------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")
     # The DHT child is forked from this process; it never uses gRPC, so gRPC's fork handlers are not needed.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # errors reach the user as our own one-liners
     import asyncio
 
     from potluck.node import DEFAULT_LISTEN, NodeConfig, run_node
@@ -190,8 +193,8 @@ def _check_run_name(name: str) -> str:
 
 
 def cmd_id(args: argparse.Namespace) -> int:
+    from potluck.datadir import prepare_data_dir
     from potluck.identity import load_or_create
-    from potluck.node import prepare_data_dir
 
     identity = load_or_create(prepare_data_dir(args.data_dir))
     if args.json:

@@ -91,15 +91,17 @@ class LocalNode:
 
     def kill_group(self) -> None:
         """SIGKILL the node and every process it started (p2pd, DHT child): a machine losing power."""
-        if self.proc is not None:
+        if self.proc is not None and self.proc.returncode is None:  # not yet reaped: the pid is still ours
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self, timeout: float = 10.0, *, signalled: bool = False) -> int | None:
+        """SIGTERM (once: a second one means "hurry") and wait; SIGKILL the group after ``timeout``."""
         if self.proc is None:
             return None
-        self.signal(signal.SIGTERM)
+        if not signalled:
+            self.signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -168,7 +170,10 @@ class LocalSwarm:
         )
 
     def stop(self) -> list[int | None]:
-        codes = [node.stop() for node in self.nodes]
+        """SIGTERM every node at once, then collect exit codes (0 = clean shutdown)."""
+        for node in self.nodes:
+            node.signal(signal.SIGTERM)
+        codes = [node.stop(signalled=True) for node in self.nodes]
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
         return codes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -13,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from potluck import AGENT
-from potluck.errors import ConfigError
+from potluck.datadir import DataDirLock, prepare_data_dir
 from potluck.identity import P2P_KEY_FILE, NodeIdentity, load_or_create
 from potluck.rpc.address import DEFAULT_RPC_LISTEN, write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
+from potluck.swarm.guard import install_ext_depth_guard
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, Membership
+from potluck.swarm.records import RecordReason
 from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
 from potluck.v1 import control_pb2
 
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/7451",)
 DEFAULT_RECORD_TTL_S = 30.0
-LOCK_FILE = "lock"
 
 
 @dataclass
@@ -40,47 +40,6 @@ class NodeConfig:
     allow_remote_rpc: bool = False
     role: str = "keeper"
     record_ttl_s: float = DEFAULT_RECORD_TTL_S
-
-
-def prepare_data_dir(path: Path) -> Path:
-    """Create the data dir (mode 0700) if needed and check we can use it; ConfigError otherwise."""
-    path = path.expanduser()
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create data dir {path}: {e.strerror}") from None
-    if not path.is_dir():
-        raise ConfigError(f"data dir {path} is not a directory")
-    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise ConfigError(f"data dir {path} is not readable and writable by this user")
-    return path
-
-
-class DataDirLock:
-    """One node per data dir: an exclusive flock on ``<data-dir>/lock`` for the node's lifetime."""
-
-    def __init__(self, data_dir: Path):
-        self._path = data_dir / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ConfigError(
-                f"data dir {self._path.parent} is in use by another potluck node (pid {holder})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class Node:
@@ -113,6 +72,7 @@ class Node:
             ControlServicer(self.status, self.list_peers), cfg.rpc_listen, allow_remote=cfg.allow_remote_rpc
         )
         rpc_address = await self.rpc.start()
+        install_ext_depth_guard(lambda: self.rejections.add(RecordReason.TOO_DEEP))  # before the DHT forks
         validator = PeerRecordValidator(self.identity, cfg.run, self.rejections)
         self.host = SwarmHost(
             identity_path=self.data_dir / P2P_KEY_FILE,

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from potluck.store.versions import (
     CorruptVersion,
     VersionNotFound,

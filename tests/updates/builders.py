@@ -7,6 +7,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
 from potluck.identity import NodeIdentity
 from potluck.updates.codec import SparseTensor, Update
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from potluck.identity import NodeIdentity
 from potluck.updates.codec import encode_update
-
 from tests.updates.builders import build
 
 

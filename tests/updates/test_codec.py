@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+
 from potluck.updates.codec import SparseTensor, apply_update, decode_update, encode_update
 from potluck.updates.indices import BITMAP, VARINT, decode_indices, encode_indices
 from potluck.updates.quantize import BLOCK, FP16, INT8, dequantize, quantize
-
 from tests.updates.builders import BASE, build, sparse
 
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import safetensors.numpy
+
 from potluck.identity import NodeIdentity
 from potluck.store.versions import load_state, version_hash
 from potluck.updates.files import apply_update_file, inspect_update, make_update

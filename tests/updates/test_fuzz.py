@@ -7,11 +7,11 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from potluck.identity import NodeIdentity
 from potluck.updates.codec import DecodeLimits, decode_update, encode_update
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.updates.validation import UpdateValidator, ValidationContext
-
 from tests.updates.builders import BASE, RUN, SHAPES, body_of, build, sign_body
 
 IDENTITY = NodeIdentity.generate()

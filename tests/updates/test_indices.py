@@ -2,6 +2,7 @@ import time
 
 import numpy as np
 import pytest
+
 from potluck.updates.indices import decode_indices, encode_indices, varint_decode, varint_encode
 
 

@@ -2,6 +2,7 @@ import itertools
 
 import numpy as np
 import torch
+
 from potluck.updates.quantize import roundtrip
 from potluck.updates.sparsify import ErrorFeedback, k_for, sparsify, topk_indices
 

@@ -2,12 +2,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from potluck.identity import NodeIdentity
 from potluck.updates.codec import DecodeLimits, encode_update
 from potluck.updates.indices import varint_encode
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.updates.validation import UpdateValidator, ValidationContext
-
 from tests.updates.builders import BASE, RUN, SHAPES, body_of, build, sign_body
 
 

@@ -34,6 +34,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def connectable(host: str) -> str:
+    """The address a local client dials for a server bound to ``host`` (0.0.0.0 is not a destination)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 def write_api_file(data_dir: Path, address: str) -> Path:
     path = data_dir / API_FILE
     tmp = path.with_name(f".{API_FILE}.{os.getpid()}.tmp")

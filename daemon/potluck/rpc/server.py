@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from potluck.errors import ConfigError
-from potluck.rpc.address import is_loopback, join_host_port, split_host_port
+from potluck.rpc.address import connectable, is_loopback, join_host_port, split_host_port
 from potluck.v1 import control_pb2, control_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class ControlServer:
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.address = join_host_port(self._host, port)
+        self.address = join_host_port(connectable(self._host), port)
         return self.address
 
     async def stop(self, grace: float = 0.5) -> None:

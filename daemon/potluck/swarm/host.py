@@ -146,11 +146,13 @@ class SwarmHost:
 
     @staticmethod
     def _stop_dht(dht: DHT) -> None:
-        with contextlib.suppress(Exception):
-            dht.shutdown()  # graceful: asks the child to stop, waits up to its shutdown_timeout
+        # The child keeps no state and p2pd (ours) goes down next, so SIGTERM is enough. hivemind's
+        # graceful DHT.shutdown() waits out its whole grace period and then terminates anyway.
+        dht.terminate()
+        dht.join(timeout=1)
         if dht.is_alive():
             dht.kill()
-        dht.join(timeout=1)
+            dht.join(timeout=1)
 
     def _start_dht(self) -> None:
         assert self._p2p is not None
@@ -158,7 +160,6 @@ class SwarmHost:
             p2p=self._p2p,
             start=True,
             record_validators=self._validators,
-            shutdown_timeout=2,
             await_ready=True,
         )
 

@@ -37,6 +37,7 @@ class RecordReason(enum.StrEnum):
     PEER_ID_MISMATCH = "peer_id_mismatch"
     BAD_EXPIRATION = "bad_expiration"
     REPLAYED = "replayed"
+    TOO_DEEP = "too_deep"  # a DHT message nested deep enough to crash hivemind's decoder (swarm/guard.py)
 
 
 class RecordRejected(Exception):

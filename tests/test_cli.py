@@ -1,0 +1,195 @@
+"""The `potluck` command's contract: usage and configuration errors are one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from potluck.cli import build_parser, format_peers, format_status, main
+
+
+def potluck(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_config_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected a one-line error, got:\n{proc.stderr}"
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """Run main() here (fast) for commands that don't start a node; same exit code and output contract."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+@pytest.mark.parametrize("command", ["", "run", "status", "peers", "id", "demo"])
+def test_every_command_has_help(capsys, command):
+    proc = in_process(capsys, *([command] if command else []), "--help")
+    assert proc.returncode == 0 and "usage: potluck" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "--bogus"], "unrecognized arguments"),
+        (["run", "--record-ttl", "-1"], "must be > 0"),
+        (["frobnicate"], "invalid choice"),
+        (["demo", "--nodes", "0"], "expected 1..32"),
+    ],
+)
+def test_bad_flags(capsys, args, needle):
+    assert_config_error(in_process(capsys, *args), needle)
+
+
+def test_id_is_stable_and_env_selects_the_data_dir(tmp_path):
+    first = json.loads(potluck("id", "--json", env={"POTLUCK_DATA_DIR": str(tmp_path)}).stdout)
+    second = json.loads(potluck("id", "--data-dir", str(tmp_path), "--json").stdout)
+    assert first == second and first["peer_id"].startswith("12D3KooW") and len(first["node_id"]) == 64
+
+
+def test_status_without_a_node_says_how_to_start_one(capsys, tmp_path):
+    assert_config_error(
+        in_process(capsys, "status", "--data-dir", str(tmp_path)), "no running node", "potluck run"
+    )
+
+
+def test_status_of_a_dead_address_fails_with_exit_1(capsys):
+    proc = in_process(capsys, "peers", "--rpc", "127.0.0.1:1", "--timeout", "1")
+    assert proc.returncode == 1 and "did not answer" in proc.stderr
+
+
+def run_args(data_dir, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--rpc-listen",
+        "127.0.0.1:0",
+        *extra,
+    ]
+
+
+def test_corrupt_key_refuses_to_start_and_is_kept(tmp_path):
+    key = tmp_path / "node.key"
+    key.write_bytes(b"garbage")
+    key.chmod(0o600)
+    assert_config_error(potluck(*run_args(tmp_path)), "corrupt")
+    assert key.read_bytes() == b"garbage"
+
+
+def test_group_readable_key_refuses_to_start(tmp_path):
+    potluck("id", "--data-dir", str(tmp_path))
+    (tmp_path / "node.key").chmod(0o640)
+    assert_config_error(potluck(*run_args(tmp_path)), "chmod 600")
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("")
+    assert_config_error(potluck(*run_args(path)), str(path))
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--initial-peers", "/ip4/127.0.0.1/tcp/1"], "--initial-peers"),
+        (["--initial-peers", "not-a-multiaddr"], "--initial-peers"),
+        (["--rpc-listen", "0.0.0.0:0"], "--allow-remote-rpc"),
+        (["--rpc-listen", "nonsense"], "--rpc-listen"),
+        (["--run", "a/b"], "--run"),
+    ],
+)
+def test_bad_configuration(tmp_path, extra, needle):
+    assert_config_error(potluck(*run_args(tmp_path), *extra), needle)
+
+
+def test_busy_ports_are_one_line_errors(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = potluck(
+            "run",
+            "--data-dir",
+            str(tmp_path),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--rpc-listen",
+            f"127.0.0.1:{port}",
+        )
+        assert_config_error(proc, "control API", str(port))
+        proc = potluck(
+            "run",
+            "--data-dir",
+            str(tmp_path),
+            "--listen",
+            f"/ip4/127.0.0.1/tcp/{port}",
+            "--rpc-listen",
+            "127.0.0.1:0",
+        )
+        assert_config_error(proc, "address already in use")
+    assert not (tmp_path / "api").exists()
+
+
+def test_parser_accepts_the_documented_interface():
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--data-dir",
+            "d",
+            "--listen",
+            "/ip4/0.0.0.0/tcp/7451",
+            "--initial-peers",
+            "/ip4/1.2.3.4/tcp/1/p2p/x",
+            "--rpc-listen",
+            "127.0.0.1:0",
+            "--run",
+            "r",
+        ]
+    )
+    assert args.listen == ["/ip4/0.0.0.0/tcp/7451"] and args.run == "r"
+
+
+def test_tables_show_what_people_look_for():
+    status = {
+        "node_id": "ab" * 32, "peer_id": "12D3KooWx", "run": "default", "role": "keeper",
+        "agent_version": "potluck/1",
+        "uptime_s": 3725.0, "peers": 2, "round": 0, "phase": "idle", "model_version": "", "dht_restarts": 1,
+        "rejected_records": {"bad_signature": 3, "unsigned": 0}, "rpc_address": "127.0.0.1:7450",
+        "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWx"],
+        "bootstrap": {"state": "retrying", "attempts": 3, "next_retry_in_s": 4.0, "last_error": "refused"},
+    }  # fmt: skip
+    text = format_status(status)
+    assert "1h02m05s" in text and "bad_signature=3" in text and "unsigned" not in text
+    assert "retrying (3 attempts), next in 4s: refused" in text
+    assert format_peers([]) == "no peers"
+    peer = {
+        "node_id": "cd" * 32,
+        "peer_id": "12D3KooWy",
+        "role": "keeper",
+        "last_seen": 0.0,
+        "model_version": "",
+        "addrs": ["/ip4/1.2.3.4/tcp/1"],
+    }
+    assert "cdcdcdcd" in format_peers([peer]) and "/ip4/1.2.3.4/tcp/1" in format_peers([peer])

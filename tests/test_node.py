@@ -1,0 +1,336 @@
+"""Real `potluck run` processes on 127.0.0.1: discovery, forged records, crashes, restarts, shutdown."""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from potluck.localswarm import LocalNode, LocalSwarm, wait_for
+from tests.attacks import nested_dictionary_value
+
+pytestmark = pytest.mark.multiprocess
+TTL = 6.0  # short peer-record lifetime so expiry tests stay quick
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "potluck", *args], capture_output=True, text=True, timeout=60
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"potluck {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def dht_child(node: LocalNode) -> psutil.Process:
+    return next(p for p in psutil.Process(node.pid).children() if p.name() != "p2pd" and "python" in p.name())
+
+
+def node_ids(node: LocalNode) -> set[str]:
+    return {p["node_id"] for p in node.peers()}
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    with LocalSwarm(tmp_path_factory.mktemp("potluck-swarm-"), record_ttl=TTL) as swarm:
+        swarm.start(3)
+        swarm.wait_all_see(2, timeout=60)
+        yield swarm
+
+
+def test_three_nodes_discover_each_other(swarm):
+    ids = [json.loads(cli("id", "--data-dir", str(n.data_dir), "--json").stdout) for n in swarm.nodes]
+    for node, own in zip(swarm.nodes, ids, strict=True):
+        status = json.loads(cli("status", "--data-dir", str(node.data_dir), "--json").stdout)
+        assert status["peers"] == 2
+        # p2pd runs with the node key: the peer id it reports is the one `potluck id` derives
+        assert (status["node_id"], status["peer_id"]) == (own["node_id"], own["peer_id"])
+        assert status["run"] == "default" and status["uptime_s"] > 0
+        assert status["addrs"] and all(a.endswith(f"/p2p/{own['peer_id']}") for a in status["addrs"])
+        peers = json.loads(cli("peers", "--data-dir", str(node.data_dir), "--json").stdout)
+        assert {p["node_id"] for p in peers} == {i["node_id"] for i in ids} - {own["node_id"]}
+        for peer in peers:
+            assert peer["addrs"] and peer["peer_id"] in peer["addrs"][0]
+            assert time.time() - TTL - 5 < peer["last_seen"] <= time.time() + 1
+    table = cli("status", "--data-dir", str(swarm.nodes[0].data_dir)).stdout
+    assert "peers" in table and ids[0]["peer_id"] in table
+    assert ids[1]["node_id"][:16] in cli("peers", "--data-dir", str(swarm.nodes[0].data_dir)).stdout
+
+
+def _attacker_dht(swarm: LocalSwarm, validators=()):
+    from hivemind.dht import DHT
+
+    return DHT(
+        initial_peers=[swarm.nodes[0].multiaddr()],
+        start=True,
+        record_validators=validators,
+        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+    )
+
+
+def _rejected(swarm: LocalSwarm) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for node in swarm.nodes:
+        for reason, count in node.status()["rejected_records"].items():
+            totals[reason] = totals.get(reason, 0) + count
+    return totals
+
+
+def test_forged_peer_records_are_rejected_and_counted(swarm):
+    import msgpack
+    from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+    from hivemind.utils import get_dht_time
+
+    from potluck.identity import NodeIdentity
+    from potluck.swarm.records import PeerRecord, peers_key, subkey_for
+    from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
+
+    victim = swarm.nodes[1].status()
+    victim_key = bytes.fromhex(victim["node_id"])
+    mallory = NodeIdentity.generate()
+    honest_signer = PeerRecordValidator(mallory, "default", RejectionCounters())
+
+    modes = ["raw", "mallory-signs-victim", "genuine"]
+    mode = multiprocessing.get_context("fork").Value("i", 0)  # shared with the attacker's DHT child
+
+    class Forger(RecordValidatorBase):
+        """Signs whatever the test says, so the bytes on the wire are exactly the forgery."""
+
+        def validate(self, record: DHTRecord) -> bool:
+            return True
+
+        def sign_value(self, record: DHTRecord) -> bytes:
+            if modes[mode.value] == "mallory-signs-victim":  # victim's subkey, mallory's signature
+                as_mallory = DHTRecord(
+                    record.key,
+                    msgpack.packb(subkey_for(mallory.public_key)),
+                    record.value,
+                    record.expiration_time,
+                )
+                return honest_signer.sign_value(as_mallory)
+            if modes[mode.value] == "genuine":  # mallory's own record, correctly signed
+                return honest_signer.sign_value(record)
+            return record.value  # unsigned / oversized: raw bytes
+
+    forger = Forger()
+    attacker = _attacker_dht(swarm, [forger])
+    try:
+        key = peers_key("default")
+        before = _rejected(swarm)
+
+        def record(identity, sequence, **kw):
+            fields = dict(
+                peer_id=identity.peer_id,
+                addrs=(),
+                role="keeper",
+                agent="evil",
+                round=0,
+                model_version="",
+                timestamp=time.time(),
+                sequence=sequence,
+            )
+            return PeerRecord(**{**fields, **kw}).encode()
+
+        def store(how, subkey_owner, value, ttl=TTL):
+            mode.value = modes.index(how)
+            future = attacker.store(
+                key, value, get_dht_time() + ttl, subkey=subkey_for(subkey_owner), return_future=True
+            )
+            return future.result(timeout=20)
+
+        store(
+            "mallory-signs-victim",
+            victim_key,
+            record(NodeIdentity.generate(), 10**18, peer_id=victim["peer_id"]),
+        )
+        store("raw", victim_key, record(mallory, 1))  # unsigned
+        store("raw", mallory.public_key, b"\x00" * 8000)  # oversized (below hivemind's 16 KiB hazard)
+        assert store("genuine", mallory.public_key, record(mallory, 2000, addrs=("/ip4/6.6.6.6/tcp/1",)))
+        store("genuine", mallory.public_key, record(mallory, 1000), ttl=TTL + 30)  # replay of an older record
+
+        def all_counted():
+            now = _rejected(swarm)
+            return all(
+                now.get(r, 0) > before.get(r, 0)
+                for r in ("bad_signature", "unsigned", "oversized", "replayed")
+            )
+
+        wait_for(all_counted, 20, "every forgery to be counted")
+        mallory_id = mallory.public_key.hex()
+        for node in swarm.nodes:
+            peers = {p["node_id"]: p for p in node.peers()}
+            if node is not swarm.nodes[1]:  # nobody took the forged record of the victim
+                assert peers[victim["node_id"]]["sequence"] < 10**18
+            if mallory_id in peers:  # the genuine record is accepted; the replay never replaces it
+                assert peers[mallory_id]["sequence"] == 2000
+        assert "rejected" in cli("status", "--data-dir", str(swarm.nodes[0].data_dir)).stdout
+    finally:
+        attacker.shutdown()
+
+
+async def _send_raw_store(peer_b58: str, value: bytes, _dht, node) -> str:
+    from hivemind.dht.routing import DHTID
+    from hivemind.p2p import PeerID
+    from hivemind.proto import dht_pb2
+    from hivemind.utils import get_dht_time
+
+    request = dht_pb2.StoreRequest(
+        keys=[DHTID.generate(source="attack").to_bytes()],
+        subkeys=[node.protocol.IS_DICTIONARY],
+        values=[value],
+        expiration_time=[get_dht_time() + 30],
+        in_cache=[False],
+        peer=node.protocol.node_info,
+    )
+    try:
+        await node.protocol.get_stub(PeerID.from_base58(peer_b58)).rpc_store(request, timeout=5)
+        return "stored"
+    except Exception as e:
+        return type(e).__name__
+
+
+def test_deeply_nested_payload_does_not_crash_the_dht(swarm):
+    target = swarm.nodes[2]
+    status = target.status()
+    dht_pid = dht_child(target).pid
+    attacker = _attacker_dht(swarm)
+    try:
+        outcome = attacker.run_coroutine(
+            functools.partial(_send_raw_store, status["peer_id"], nested_dictionary_value(200))
+        )
+    finally:
+        attacker.shutdown()
+    assert outcome != "stored"
+    after = target.status()
+    assert after["rejected_records"]["too_deep"] > status["rejected_records"]["too_deep"]
+    assert after["dht_restarts"] == status["dht_restarts"] and dht_child(target).pid == dht_pid
+
+
+def test_killed_dht_child_is_restarted_and_the_node_seen_again(swarm):
+    node, observer = swarm.nodes[2], swarm.nodes[0]
+    node_id = node.status()["node_id"]
+    restarts = node.status()["dht_restarts"]
+    killed_at = time.time()
+    dht_child(node).kill()
+    wait_for(lambda: node.status()["dht_restarts"] == restarts + 1, 15, "the DHT child to be restarted")
+
+    def republished():
+        peers = {p["node_id"]: p for p in observer.peers()}
+        return node_id in peers and peers[node_id]["last_seen"] > killed_at
+
+    wait_for(republished, 20, "the restarted node's fresh record at its peers")
+    others = {n.status()["node_id"] for n in swarm.nodes[:2]}
+    wait_for(lambda: others <= node_ids(node), 10, "the restarted node to see its peers again")
+
+
+def test_sigkilled_node_leaves_peer_lists_after_its_ttl(swarm):
+    doomed = swarm.add_node(name="doomed").wait_ready()
+    doomed_id = doomed.status()["node_id"]
+    wait_for(lambda: all(doomed_id in node_ids(n) for n in swarm.nodes[:3]), 30, "the new node to be seen")
+    doomed.kill_group()
+    killed_at = time.monotonic()
+    wait_for(
+        lambda: all(doomed_id not in node_ids(n) for n in swarm.nodes[:3]),
+        TTL + 10,
+        "the dead node to expire",
+    )
+    assert time.monotonic() - killed_at <= TTL + 10
+    swarm.nodes.remove(doomed)
+
+
+def test_graceful_restart_keeps_identity_and_leaves_nothing_behind(swarm):
+    node = swarm.add_node(name="restarter").wait_ready()
+    first = node.status()
+    children = descendants(node.pid)
+    assert any(p.name() == "p2pd" for p in children)
+    socket_dirs = {Path(p) for p in Path("/tmp").glob("potluck-p2p-*")}
+    t0 = time.monotonic()
+    node.signal(signal.SIGTERM)
+    assert node.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 5.0, "shutdown must take at most 5 s"
+    wait_for(
+        lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children),
+        3,
+        "p2pd and the DHT child to exit",
+    )
+    assert not (node.data_dir / "api").exists()
+    assert {Path(p) for p in Path("/tmp").glob("potluck-p2p-*")} < socket_dirs or not socket_dirs
+
+    node.start().wait_ready()
+    second = node.status()
+    assert (second["node_id"], second["peer_id"]) == (first["node_id"], first["peer_id"])
+    wait_for(lambda: first["node_id"] in node_ids(swarm.nodes[0]), 20, "the restarted node to be seen again")
+    node.stop()
+    swarm.nodes.remove(node)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_initial_peer_is_retried_until_it_comes_up(tmp_path):
+    late_dir = tmp_path / "late"
+    late_id = json.loads(cli("id", "--data-dir", str(late_dir), "--json").stdout)
+    port = _free_port()
+    late_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{late_id['peer_id']}"
+    swarm = LocalSwarm(tmp_path, record_ttl=TTL)
+    with swarm:
+        early = swarm.add_node(initial_peers=[late_addr], name="early").wait_ready()
+        wait_for(lambda: early.status()["bootstrap"]["attempts"] >= 2, 20, "a second bootstrap attempt")
+        boot = early.status()["bootstrap"]
+        assert boot["state"] == "retrying" and boot["last_error"]
+        assert early.proc.poll() is None
+        late = LocalNode(
+            late_dir,
+            [
+                "--listen",
+                f"/ip4/127.0.0.1/tcp/{port}",
+                "--rpc-listen",
+                "127.0.0.1:0",
+                "--record-ttl",
+                str(TTL),
+            ],
+        )
+        swarm.nodes.append(late.start().wait_ready())
+        wait_for(
+            lambda: early.status()["bootstrap"]["state"] == "connected",
+            40,
+            "the retry to reach the late peer",
+        )
+        swarm.wait_all_see(1, timeout=30)
+        assert swarm.stop() == [0, 0]
+
+
+def test_nothing_of_ours_is_left_after_the_swarm_stops(swarm):
+    pids = [swarm.nodes[i].pid for i in range(3)]
+    children = [c for pid in pids for c in descendants(pid)]
+    assert sum(c.name() == "p2pd" for c in children) == 3
+    assert swarm.stop() == [0, 0, 0]
+    wait_for(
+        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+        5,
+        "every p2pd and DHT child to exit",
+    )
+    assert not any(
+        os.path.exists(f"/proc/{pid}") and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        for pid in pids
+    )
