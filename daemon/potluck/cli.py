@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -100,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--role", default="keeper", choices=["keeper", "contributor"], help="role announced to peers"
     )
     run.add_argument(
+        "--model",
+        type=Path,
+        metavar="FILE.safetensors",
+        help="the model version updates are validated against (its hash is the base updates must name)",
+    )
+    run.add_argument(
+        "--allow",
+        nargs="+",
+        default=[],
+        metavar="NODE_ID",
+        help="admit updates only from these authors (default: open)",
+    )
+    run.add_argument(
+        "--max-update-norm",
+        type=_positive_float,
+        metavar="L2",
+        help="reject updates whose delta is larger than this",
+    )
+    run.add_argument(
         "--record-ttl",
         type=_positive_float,
         default=30.0,
@@ -119,11 +138,81 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_arg(ident)
     ident.add_argument("--json", action="store_true", help="print JSON")
 
+    _update_commands(
+        commands.add_parser("update", help="make, inspect, publish and apply signed sparse updates")
+    )
+
     demo = commands.add_parser("demo", help="start a local swarm on 127.0.0.1, show it working, stop it")
     demo.add_argument("--nodes", type=_node_count, default=3, help="number of nodes (default 3)")
     demo.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds to wait for discovery")
     demo.add_argument("--json", action="store_true", help="print one JSON object at the end")
     return parser
+
+
+def _update_commands(update: argparse.ArgumentParser) -> None:
+    sub = update.add_subparsers(dest="update_command", required=True, metavar="ACTION", parser_class=_Parser)
+    make = sub.add_parser(
+        "make",
+        help="sign a sparse update: MODEL minus BASE (offline)",
+        description="Make a signed sparse update.",
+    )
+    _data_dir_arg(make)
+    make.add_argument(
+        "--base", type=Path, required=True, metavar="BASE.safetensors", help="the version you started from"
+    )
+    make.add_argument(
+        "--model", type=Path, required=True, metavar="TUNED.safetensors", help="your fine-tuned model"
+    )
+    make.add_argument(
+        "--density", type=_density, default=0.01, help="fraction of entries sent (default 0.01)"
+    )
+    make.add_argument(
+        "--values", choices=["int8", "fp16"], default="int8", help="value format (default int8)"
+    )
+    make.add_argument(
+        "--round", type=_non_negative_int, default=0, help="round the update is for (default 0)"
+    )
+    make.add_argument("--run", default="default", help="run name (default: default)")
+    make.add_argument(
+        "--samples", type=_non_negative_int, default=1, help="training samples behind it (merge weight)"
+    )
+    make.add_argument("--seq", type=_non_negative_int, help="sequence number (default: unix time in ms)")
+    make.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE", help="where to write the update"
+    )
+
+    inspect = sub.add_parser(
+        "inspect", help="show what an update says and whether it is valid (exit 1 if not)"
+    )
+    inspect.add_argument("file", type=Path, metavar="FILE")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+
+    publish = sub.add_parser(
+        "publish", help="hand an update to the running node, which validates and announces it"
+    )
+    publish.add_argument("file", type=Path, metavar="FILE")
+    _query_args(publish)
+
+    listing = sub.add_parser("list", help="the updates a running node holds")
+    _query_args(listing)
+
+    apply = sub.add_parser("apply", help="write BASE + update to a new model file")
+    apply.add_argument("--base", type=Path, required=True, metavar="BASE.safetensors")
+    apply.add_argument("file", type=Path, metavar="FILE")
+    apply.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.safetensors")
+
+
+def _density(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
 
 
 def _positive_float(text: str) -> float:
@@ -181,6 +270,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_remote_rpc=args.allow_remote_rpc,
         role=args.role,
         record_ttl_s=args.record_ttl,
+        model=args.model,
+        allow=args.allow,
+        max_update_norm=args.max_update_norm,
     )
     asyncio.run(run_node(config))
     return 0
@@ -204,32 +296,118 @@ def cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(args: argparse.Namespace, what: str) -> Any:
+def _ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> dict[str, Any]:
+    """Call the running node's control API; exit 1 with one line if it does not answer."""
     from potluck.rpc.client import ControlClient, NodeUnreachable, resolve_address
+    from potluck.rpc.jsonify import message_to_dict
 
     address = resolve_address(args.rpc, args.data_dir.expanduser())
     try:
         with ControlClient(address, timeout=args.timeout) as client:
-            return client.status() if what == "status" else client.peers()
+            return message_to_dict(call(client))
     except NodeUnreachable as e:
         print(f"potluck {args.command}: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from potluck.rpc.jsonify import message_to_dict
-
-    status = message_to_dict(_ask(args, "status"))
+    status = _ask(args, lambda c: c.status())
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from potluck.rpc.jsonify import message_to_dict
-
-    peers = message_to_dict(_ask(args, "peers"))["peers"]
+    peers = _ask(args, lambda c: c.peers())["peers"]
     print(json.dumps(peers, indent=2) if args.json else format_peers(peers))
     return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    return UPDATE_COMMANDS[args.update_command](args)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+
+
+def cmd_update_make(args: argparse.Namespace) -> int:
+    from potluck.datadir import prepare_data_dir
+    from potluck.identity import load_or_create
+    from potluck.store.atomic import atomic_write_bytes
+    from potluck.updates.files import make_update
+
+    identity = load_or_create(prepare_data_dir(args.data_dir))
+    seq = args.seq if args.seq is not None else time.time_ns() // 1_000_000
+    try:
+        data = make_update(
+            args.base, args.model, identity, density=args.density, values=args.values, round=args.round,
+            run=args.run, seq=seq, sample_count=args.samples,
+        )  # fmt: skip
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    atomic_write_bytes(args.output, data)
+    print(f"wrote {args.output}: {len(data)} bytes, round {args.round}, seq {seq}")
+    return 0
+
+
+def cmd_update_inspect(args: argparse.Namespace) -> int:
+    from potluck.updates.files import inspect_update
+
+    info = inspect_update(_read(args.file))
+    print(json.dumps(info, indent=2) if args.json else format_update(info))
+    if not info["valid"]:
+        print(
+            f"potluck update inspect: invalid update: {info['reason']}: {info.get('detail', '')}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_update_publish(args: argparse.Namespace) -> int:
+    data = _read(args.file)
+    reply = _ask(args, lambda c: c.publish(data))
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif reply["accepted"]:
+        print(f"published {reply['update_id']}")
+    if not reply["accepted"]:
+        print(f"potluck update publish: rejected: {reply['reason']}: {reply['detail']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_update_list(args: argparse.Namespace) -> int:
+    updates = _ask(args, lambda c: c.updates())["updates"]
+    print(json.dumps(updates, indent=2) if args.json else format_updates(updates))
+    return 0
+
+
+def cmd_update_apply(args: argparse.Namespace) -> int:
+    from potluck.updates.files import apply_update_file
+    from potluck.updates.reasons import UpdateRejected
+
+    try:
+        version = apply_update_file(args.base, _read(args.file), args.output)
+    except UpdateRejected as e:
+        print(f"potluck update apply: {e.reason.value}: {e.detail}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    print(f"wrote {args.output}: version {version}")
+    return 0
+
+
+UPDATE_COMMANDS = {
+    "make": cmd_update_make,
+    "inspect": cmd_update_inspect,
+    "publish": cmd_update_publish,
+    "list": cmd_update_list,
+    "apply": cmd_update_apply,
+}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -238,7 +416,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(nodes=args.nodes, timeout=args.timeout, as_json=args.json)
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "peers": cmd_peers, "id": cmd_id, "demo": cmd_demo}
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "peers": cmd_peers,
+    "id": cmd_id,
+    "update": cmd_update,
+    "demo": cmd_demo,
+}
 
 
 # ---- tables for people ------------------------------------------------------------------------------
@@ -287,6 +472,45 @@ def format_peers(peers: list[dict[str, Any]]) -> str:
         )
         for p in peers
     ]
+    return _table(header, rows)
+
+
+def format_update(info: dict[str, Any]) -> str:
+    if "id" not in info:
+        return f"not an update ({info['bytes']} bytes): {info['reason']}: {info.get('detail', '')}"
+    rows = [
+        ("id", info["id"]),
+        ("valid", "yes" if info["valid"] else f"no: {info['reason']}"),
+        ("signature", "ok" if info["signature_ok"] else "BAD"),
+        ("author", info["author"]),
+        ("run", info["run"]),
+        ("round", str(info["round"])),
+        ("base", info["base"]),
+        ("seq", str(info["seq"])),
+        ("samples", str(info["sample_count"])),
+        ("nonzeros", f"{info['nonzeros']} in {len(info['tensors'])} tensors"),
+        ("bytes", f"{info['bytes']} ({info['compression_ratio']:.0f}x smaller than dense fp32)"),
+    ]
+    lines = [f"{k:<10} {v}" for k, v in rows]
+    lines += [
+        f"  {t['name']}: {t['nonzeros']} of {t['shape']}, {t['indices']} + {t['values']}"
+        for t in info["tensors"]
+    ]
+    return "\n".join(lines)
+
+
+def format_updates(updates: list[dict[str, Any]]) -> str:
+    if not updates:
+        return "no updates held"
+    header = ("UPDATE ID", "AUTHOR", "ROUND", "SEQ", "BYTES", "SOURCE")
+    rows = [
+        (u["update_id"][:16], u["author"][:16], str(u["round"]), str(u["seq"]), str(u["size"]), u["source"])
+        for u in updates
+    ]
+    return _table(header, rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]

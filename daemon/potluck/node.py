@@ -13,14 +13,21 @@ from pathlib import Path
 
 from potluck import AGENT
 from potluck.datadir import DataDirLock, prepare_data_dir
-from potluck.identity import P2P_KEY_FILE, NodeIdentity, load_or_create
+from potluck.errors import ConfigError
+from potluck.exchange.service import UpdateExchange
+from potluck.identity import P2P_KEY_FILE, PUBLIC_KEY_SIZE, NodeIdentity, load_or_create, node_id_of
 from potluck.rpc.address import DEFAULT_RPC_LISTEN, write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
+from potluck.store.updates import UpdateStore
+from potluck.store.versions import VersionStore, load_state
 from potluck.swarm.guard import install_ext_depth_guard
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, Membership
 from potluck.swarm.records import RecordReason
 from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
+from potluck.updates.codec import DecodeLimits
+from potluck.updates.reasons import UpdateRejected
+from potluck.updates.validation import UpdateValidator, ValidationContext
 from potluck.v1 import control_pb2
 
 logger = logging.getLogger(__name__)
@@ -40,6 +47,9 @@ class NodeConfig:
     allow_remote_rpc: bool = False
     role: str = "keeper"
     record_ttl_s: float = DEFAULT_RECORD_TTL_S
+    model: Path | None = None  # the version updates are validated against (until rounds exist)
+    allow: list[str] = field(default_factory=list)  # admitted authors (node ids); empty = open run
+    max_update_norm: float | None = None
 
 
 class Node:
@@ -50,6 +60,7 @@ class Node:
         self.identity: NodeIdentity | None = None
         self.host: SwarmHost | None = None
         self.membership: Membership | None = None
+        self.exchange: UpdateExchange | None = None
         self.rpc: ControlServer | None = None
         self.rejections = RejectionCounters()
         self.local = LocalState(role=config.role, agent=AGENT)
@@ -69,8 +80,9 @@ class Node:
         self.identity = load_or_create(self.data_dir)
         # the control server binds first: a busy port fails fast, before p2pd and the DHT start
         self.rpc = ControlServer(
-            ControlServicer(self.status, self.list_peers), cfg.rpc_listen, allow_remote=cfg.allow_remote_rpc
-        )
+            ControlServicer(self), cfg.rpc_listen, allow_remote=cfg.allow_remote_rpc,
+            max_message_bytes=DecodeLimits().max_bytes + (1 << 20),
+        )  # fmt: skip
         rpc_address = await self.rpc.start()
         install_ext_depth_guard(lambda: self.rejections.add(RecordReason.TOO_DEEP))  # before the DHT forks
         validator = PeerRecordValidator(self.identity, cfg.run, self.rejections)
@@ -87,10 +99,70 @@ class Node:
             raise RuntimeError(f"p2pd peer id {self.host.peer_id} != node key's {self.identity.peer_id}")
         self.membership = Membership(self.host, self.identity, cfg.run, self.local, ttl_s=cfg.record_ttl_s)
         self.membership.start()
+        self.exchange = UpdateExchange(
+            self.host, self.identity, cfg.run, UpdateStore(self.data_dir / "updates"),
+            UpdateValidator(self._validation_context()), self._addresses_of,
+        )  # fmt: skip
+        await self.exchange.start()
         self._api_file = write_api_file(self.data_dir, rpc_address)
         logger.info(
             f"node {self.identity.node_id[:16]} (peer {self.identity.peer_id}) in run {cfg.run!r}; "
             f"control API on {rpc_address}; addresses: {' '.join(await self.host.visible_addrs())}"
+        )
+
+    def _validation_context(self) -> ValidationContext:
+        cfg = self.config
+        shapes: dict[str, tuple[int, ...]] = {}
+        if cfg.model is not None:
+            try:
+                state = load_state(cfg.model)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"cannot load --model {cfg.model}: {e}") from None
+            self.local.model_version = VersionStore(self.data_dir / "versions").put(state)
+            shapes = {name: tuple(t.shape) for name, t in state.items()}
+        try:
+            admitted = frozenset(bytes.fromhex(a) for a in cfg.allow) or None
+        except ValueError:
+            raise ConfigError("--allow takes node ids (64 hex digits, see `potluck id`)") from None
+        if admitted and any(len(a) != PUBLIC_KEY_SIZE for a in admitted):
+            raise ConfigError("--allow takes node ids (64 hex digits, see `potluck id`)")
+        return ValidationContext(
+            run=cfg.run, round=self.local.round, shapes=shapes,
+            known_bases=frozenset({self.local.model_version} - {""}), admitted=admitted,
+            max_norm=cfg.max_update_norm,
+        )  # fmt: skip
+
+    def _addresses_of(self, peer_id: str) -> list[str]:
+        assert self.membership is not None
+        return next(
+            (list(p.record.addrs) for p in self.membership.peers() if p.record.peer_id == peer_id), []
+        )
+
+    async def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse:
+        assert self.exchange is not None
+        try:
+            held = await self.exchange.accept(data, "published")
+        except UpdateRejected as e:
+            return control_pb2.PublishUpdateResponse(accepted=False, reason=e.reason.value, detail=e.detail)
+        return control_pb2.PublishUpdateResponse(accepted=True, update_id=held.update_id)
+
+    def list_updates(self) -> control_pb2.ListUpdatesResponse:
+        assert self.exchange is not None
+        held = sorted(self.exchange.held.values(), key=lambda u: (-u.round, u.update_id))
+        return control_pb2.ListUpdatesResponse(
+            updates=[
+                control_pb2.UpdateInfo(
+                    update_id=u.update_id,
+                    author=node_id_of(u.author),
+                    round=u.round,
+                    seq=u.seq,
+                    size=u.size,
+                    sample_count=u.sample_count,
+                    base=u.base,
+                    source=u.source,
+                )
+                for u in held
+            ]
         )
 
     async def _after_dht_restart(self) -> None:
@@ -104,6 +176,8 @@ class Node:
         if self.rpc is not None:
             with contextlib.suppress(Exception):
                 await self.rpc.stop()
+        if self.exchange is not None:
+            await self.exchange.stop()
         if self.membership is not None:
             await self.membership.stop()
         if self.host is not None:
@@ -141,7 +215,21 @@ class Node:
             ),
             rpc_address=self.rpc.address if self.rpc else "",
             record_ttl_s=self.membership.ttl_s,
+            **self._update_status(),
         )
+
+    def _update_status(self) -> dict:
+        if self.exchange is None:
+            return {}
+        counters = self.exchange.validator.counters
+        return {
+            "accepted_updates": counters["accepted"],
+            "held_updates": len(self.exchange.held),
+            "rejected_updates": {reason: n for reason, n in counters.items() if reason != "accepted"},
+            "bad_holder_fetches": self.exchange.bad_holder_fetches,
+            "fetched_updates": self.exchange.fetched,
+            "base_version": self.local.model_version,
+        }
 
     def list_peers(self) -> control_pb2.ListPeersResponse:
         assert self.membership is not None

@@ -22,7 +22,7 @@ class ControlClient:
     def __init__(self, address: str, timeout: float = 5.0):
         self.address = address
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20)])
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
 
     def __enter__(self) -> ControlClient:
@@ -36,6 +36,12 @@ class ControlClient:
 
     def peers(self) -> control_pb2.ListPeersResponse:
         return self._call(self._stub.ListPeers, control_pb2.ListPeersRequest())
+
+    def updates(self) -> control_pb2.ListUpdatesResponse:
+        return self._call(self._stub.ListUpdates, control_pb2.ListUpdatesRequest())
+
+    def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse:
+        return self._call(self._stub.PublishUpdate, control_pb2.PublishUpdateRequest(update=data))
 
     def _call(self, method, request):
         try:

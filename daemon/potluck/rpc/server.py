@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,23 +17,41 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
 
 
+class NodeView(Protocol):
+    """What the control API asks of a node."""
+
+    def status(self) -> control_pb2.GetStatusResponse: ...
+    def list_peers(self) -> control_pb2.ListPeersResponse: ...
+    def list_updates(self) -> control_pb2.ListUpdatesResponse: ...
+    async def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse: ...
+
+
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
-    def __init__(
-        self,
-        status: Callable[[], control_pb2.GetStatusResponse],
-        peers: Callable[[], control_pb2.ListPeersResponse],
-    ):
-        self._status, self._peers = status, peers
+    def __init__(self, node: NodeView):
+        self._node = node
 
     async def GetStatus(self, request, context):
-        return self._status()
+        return self._node.status()
 
     async def ListPeers(self, request, context):
-        return self._peers()
+        return self._node.list_peers()
+
+    async def ListUpdates(self, request, context):
+        return self._node.list_updates()
+
+    async def PublishUpdate(self, request, context):
+        return await self._node.publish(request.update)
 
 
 class ControlServer:
-    def __init__(self, servicer: ControlServicer, listen: str, *, allow_remote: bool = False):
+    def __init__(
+        self,
+        servicer: ControlServicer,
+        listen: str,
+        *,
+        allow_remote: bool = False,
+        max_message_bytes: int = 4 << 20,
+    ):
         host, self._port = split_host_port(listen)
         if not is_loopback(host) and not allow_remote:
             raise ConfigError(
@@ -44,7 +62,9 @@ class ControlServer:
             logger.warning(f"control API bound to {host}: anyone who can reach it can query this node")
         self._host = host
         # no SO_REUSEPORT: a second node on the same port must fail, not silently share it
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message_bytes)]
+        )
         control_pb2_grpc.add_ControlServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

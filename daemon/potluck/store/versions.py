@@ -18,17 +18,16 @@ Files are safetensors: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 import msgpack
 import numpy as np
 import safetensors.numpy
+
+from potluck.store.atomic import atomic_write
 
 __all__ = [
     "CorruptVersion",
@@ -109,31 +108,9 @@ def load_state(path: Path) -> dict[str, np.ndarray]:
 
 
 def atomic_save(state: Mapping[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write ``state`` to ``path`` so that readers see the old file or the whole new one, never a part.
-
-    Temp file in the same directory, fsync, rename over the target, fsync of the directory (so the
-    rename itself survives a crash).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """Write ``state`` as safetensors to ``path`` crash-safely (see :func:`atomic_write`)."""
     tensors = {name: _canonical(t) for name, t in state.items()}
-    try:
-        safetensors.numpy.save_file(tensors, str(tmp), metadata=metadata)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(Path(path), lambda tmp: safetensors.numpy.save_file(tensors, str(tmp), metadata=metadata))
 
 
 class VersionStore:

@@ -112,6 +112,7 @@ class SwarmHost:
 
     async def start(self) -> None:
         # p2pd and its clients talk over unix sockets; keep ours in a private directory we can clean.
+        self._loop = asyncio.get_running_loop()
         self._socket_dir = tempfile.mkdtemp(prefix="potluck-p2p-")
         P2P._UNIX_SOCKET_PREFIX = f"/unix{self._socket_dir}/"
         try:
@@ -225,8 +226,7 @@ class SwarmHost:
         errors, reached = [], []
         for peer, addr in self._initial:
             try:
-                # P2P has no public "dial this address"; hivemind itself uses the daemon client's connect
-                await asyncio.wait_for(self._p2p._client.connect(peer, [addr]), CONNECT_TIMEOUT_S)
+                await self.connect(peer, [str(addr)])
                 reached.append(peer)
             except Exception as e:
                 errors.append(f"{addr}: {type(e).__name__} {e}".strip())
@@ -234,6 +234,23 @@ class SwarmHost:
         if not reached:
             return 0
         return await self.run_in_dht(functools.partial(_ping_and_populate, reached))
+
+    async def connect(self, peer: PeerID, addrs: Sequence[str]) -> None:
+        """Dial ``peer`` at ``addrs`` (multiaddrs, with or without a /p2p/ suffix)."""
+        assert self._p2p is not None
+        maddrs = [Multiaddr(a.split("/p2p/", 1)[0]) for a in addrs]
+        # P2P has no public "dial this address"; hivemind itself uses the daemon client's connect
+        await asyncio.wait_for(self._p2p._client.connect(peer, maddrs), CONNECT_TIMEOUT_S)
+
+    @property
+    def p2p(self) -> P2P:
+        """The node's libp2p host (p2pd): add stream handlers here, they survive DHT restarts."""
+        assert self._p2p is not None
+        return self._p2p
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the host's event loop (safe from worker threads)."""
+        self._loop.call_soon_threadsafe(callback)
 
     # ---- DHT access --------------------------------------------------------------------------------
 

@@ -11,8 +11,15 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s")
+    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version")
     class RejectedRecordsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RejectedUpdatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +43,12 @@ class GetStatusResponse(_message.Message):
     BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     RPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RECORD_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    HELD_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    BAD_HOLDER_FETCHES_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     run: str
@@ -53,7 +66,13 @@ class GetStatusResponse(_message.Message):
     bootstrap: Bootstrap
     rpc_address: str
     record_ttl_s: float
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ...) -> None: ...
+    accepted_updates: int
+    held_updates: int
+    rejected_updates: _containers.ScalarMap[str, int]
+    bad_holder_fetches: int
+    fetched_updates: int
+    base_version: str
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ...) -> None: ...
 
 class Bootstrap(_message.Message):
     __slots__ = ("state", "initial_peers", "attempts", "last_error", "next_retry_in_s")
@@ -102,3 +121,51 @@ class ListPeersResponse(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class PublishUpdateRequest(_message.Message):
+    __slots__ = ("update",)
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    update: bytes
+    def __init__(self, update: _Optional[bytes] = ...) -> None: ...
+
+class PublishUpdateResponse(_message.Message):
+    __slots__ = ("accepted", "update_id", "reason", "detail")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    update_id: str
+    reason: str
+    detail: str
+    def __init__(self, accepted: _Optional[bool] = ..., update_id: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListUpdatesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UpdateInfo(_message.Message):
+    __slots__ = ("update_id", "author", "round", "seq", "size", "sample_count", "base", "source")
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    update_id: str
+    author: str
+    round: int
+    seq: int
+    size: int
+    sample_count: int
+    base: str
+    source: str
+    def __init__(self, update_id: _Optional[str] = ..., author: _Optional[str] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., size: _Optional[int] = ..., sample_count: _Optional[int] = ..., base: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ListUpdatesResponse(_message.Message):
+    __slots__ = ("updates",)
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[UpdateInfo]
+    def __init__(self, updates: _Optional[_Iterable[_Union[UpdateInfo, _Mapping]]] = ...) -> None: ...

@@ -44,6 +44,16 @@ class ControlServiceStub:
                 request_serializer=potluck_dot_v1_dot_control__pb2.ListPeersRequest.SerializeToString,
                 response_deserializer=potluck_dot_v1_dot_control__pb2.ListPeersResponse.FromString,
                 _registered_method=True)
+        self.PublishUpdate = channel.unary_unary(
+                '/potluck.v1.ControlService/PublishUpdate',
+                request_serializer=potluck_dot_v1_dot_control__pb2.PublishUpdateRequest.SerializeToString,
+                response_deserializer=potluck_dot_v1_dot_control__pb2.PublishUpdateResponse.FromString,
+                _registered_method=True)
+        self.ListUpdates = channel.unary_unary(
+                '/potluck.v1.ControlService/ListUpdates',
+                request_serializer=potluck_dot_v1_dot_control__pb2.ListUpdatesRequest.SerializeToString,
+                response_deserializer=potluck_dot_v1_dot_control__pb2.ListUpdatesResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -63,6 +73,20 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishUpdate(self, request, context):
+        """Hand the node a signed update (docs/update-format.md): it validates, holds and announces it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUpdates(self, request, context):
+        """The updates this node holds (validated), newest round first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +99,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListPeers,
                     request_deserializer=potluck_dot_v1_dot_control__pb2.ListPeersRequest.FromString,
                     response_serializer=potluck_dot_v1_dot_control__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'PublishUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishUpdate,
+                    request_deserializer=potluck_dot_v1_dot_control__pb2.PublishUpdateRequest.FromString,
+                    response_serializer=potluck_dot_v1_dot_control__pb2.PublishUpdateResponse.SerializeToString,
+            ),
+            'ListUpdates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUpdates,
+                    request_deserializer=potluck_dot_v1_dot_control__pb2.ListUpdatesRequest.FromString,
+                    response_serializer=potluck_dot_v1_dot_control__pb2.ListUpdatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +165,60 @@ class ControlService:
             '/potluck.v1.ControlService/ListPeers',
             potluck_dot_v1_dot_control__pb2.ListPeersRequest.SerializeToString,
             potluck_dot_v1_dot_control__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potluck.v1.ControlService/PublishUpdate',
+            potluck_dot_v1_dot_control__pb2.PublishUpdateRequest.SerializeToString,
+            potluck_dot_v1_dot_control__pb2.PublishUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUpdates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potluck.v1.ControlService/ListUpdates',
+            potluck_dot_v1_dot_control__pb2.ListUpdatesRequest.SerializeToString,
+            potluck_dot_v1_dot_control__pb2.ListUpdatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

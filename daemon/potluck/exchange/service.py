@@ -1,0 +1,306 @@
+"""The update exchange: hold validated updates, announce them, serve their bytes, fetch everyone else's.
+
+Data flow (DESIGN.md): publish or fetch -> validate -> hold (disk) -> announce in the DHT ->
+serve over libp2p. Every fetched update comes from a holder named in an announcement; its bytes
+must hash to the announced id (else the holder is counted and avoided) and pass the validator
+(else the id is remembered as rejected, with the reason counted). Once held, a node serves and
+announces the update itself, so an update outlives its author.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from hivemind.p2p import P2P, P2PContext, PeerID
+
+from potluck.exchange.announcements import MAX_HOLDERS, Announcement, BadAnnouncement, updates_key
+from potluck.identity import NodeIdentity, node_id_of
+from potluck.store.updates import UpdateStore
+from potluck.swarm.host import SwarmHost
+from potluck.updates.codec import parse_update
+from potluck.updates.reasons import Reason, UpdateRejected
+from potluck.updates.validation import UpdateValidator
+from potluck.v1 import exchange_pb2
+from potluck.wire import WireError, bounded_unpackb
+
+logger = logging.getLogger(__name__)
+
+HANDLER = "potluck.v1.GetUpdate"
+CHUNK_BYTES = 1 << 20  # below p2pd's 2 MiB message limit with room for framing
+ANNOUNCE_TTL_S = 120.0
+POLL_INTERVAL_S = 1.0
+FETCH_TIMEOUT_S = 60.0
+AVOID_HOLDER_S = 300.0
+# Reasons that depend on when the update is seen (the round moves on, a base arrives): try again later.
+RETRYABLE = frozenset({Reason.FUTURE_ROUND, Reason.UNKNOWN_BASE})
+
+
+@dataclass(frozen=True)
+class HeldUpdate:
+    update_id: str
+    author: bytes
+    round: int
+    seq: int
+    size: int
+    sample_count: int
+    base: str
+    source: str  # "published" | "fetched" | "stored" (held before a restart)
+
+
+class FetchFailed(Exception):
+    pass
+
+
+def _id_or_none(data: bytes, max_bytes: int) -> str | None:
+    """The update id (sha256 of the body) of an envelope, checking nothing else: is it what we asked for?"""
+    try:
+        envelope = bounded_unpackb(data, max_bytes, 1, max_array_len=2, max_str_len=0, max_map_len=0)
+    except WireError:
+        return None
+    if type(envelope) is not list or len(envelope) != 2 or type(envelope[0]) is not bytes:
+        return None
+    return hashlib.sha256(envelope[0]).hexdigest()
+
+
+class UpdateExchange:
+    def __init__(
+        self,
+        host: SwarmHost,
+        identity: NodeIdentity,
+        run: str,
+        store: UpdateStore,
+        validator: UpdateValidator,
+        addresses_of: Callable[[str], list[str]],
+        *,
+        announce_ttl_s: float = ANNOUNCE_TTL_S,
+        poll_interval_s: float = POLL_INTERVAL_S,
+    ):
+        self._host, self._identity, self._run = host, identity, run
+        self._store, self.validator = store, validator
+        self._addresses_of = addresses_of  # peer id -> multiaddrs, from the peer records
+        self._announce_ttl_s, self._poll_interval_s = announce_ttl_s, poll_interval_s
+        self.held: dict[str, HeldUpdate] = {}
+        self._holders: dict[str, set[str]] = {}  # update id -> peer ids known to hold it
+        self._rejected: dict[str, Reason] = {}  # update ids that failed validation for good
+        self._avoid: dict[str, float] = {}  # peer id -> until when
+        self._inflight: set[str] = set()
+        self.fetched = 0
+        self.bad_holder_fetches = 0
+        self._tasks: list[asyncio.Task] = []
+        self._announce_now = asyncio.Event()
+        self._validating = asyncio.Lock()
+        self._fetches: set[asyncio.Task] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._load_held()
+        await self._host.p2p.add_protobuf_handler(
+            HANDLER, self._serve, exchange_pb2.UpdateRequest, stream_output=True
+        )
+        self._tasks = [
+            asyncio.create_task(self._announce_forever(), name="announce-updates"),
+            asyncio.create_task(self._fetch_forever(), name="fetch-updates"),
+        ]
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *self._fetches]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _load_held(self) -> None:
+        """Updates held before a restart: re-checked (structure and signature) before being served again."""
+        for update_id in self._store.ids():
+            try:
+                data = self._store.get(update_id)
+                parsed = parse_update(data, self.validator.context.limits)
+            except (OSError, UpdateRejected) as e:
+                logger.warning(f"dropping stored update {update_id[:12]}: {e}")
+                self._store.delete(update_id)
+                continue
+            if parsed.update_id == update_id:
+                self._hold(update_id, data, parsed.author, parsed.round, parsed.seq, parsed.sample_count,
+                           parsed.base, "stored")  # fmt: skip
+
+    # ---- accepting updates -------------------------------------------------------------------------
+
+    def rounds_of_interest(self) -> range:
+        ctx = self.validator.context
+        return range(max(0, ctx.round - ctx.rounds_behind), ctx.round + ctx.rounds_ahead + 1)
+
+    async def accept(self, data: bytes, source: str) -> HeldUpdate:
+        """Validate and hold ``data``; UpdateRejected (counted by the validator) if it fails.
+
+        Validation decodes every tensor: it runs off the event loop, one update at a time (the
+        validator's replay and equivocation state is not shared between threads).
+        """
+        async with self._validating:
+            return await asyncio.to_thread(self._accept, data, source)
+
+    def _accept(self, data: bytes, source: str) -> HeldUpdate:
+        signed = self.validator.validate(data)
+        if signed.update_id in self.held:
+            return self.held[signed.update_id]
+        u = signed.update
+        held = self._hold(signed.update_id, data, u.author, u.round, u.seq, u.sample_count, u.base, source)
+        self._host.call_soon(self._announce_now.set)
+        logger.info(
+            f"holding update {signed.update_id[:12]} by {node_id_of(u.author)[:12]} "
+            f"(round {u.round}, {len(data)} B, {source})"
+        )
+        return held
+
+    def _hold(
+        self, update_id: str, data: bytes, author: bytes, round_: int, seq: int, sample_count: int, base: str,
+        source: str,
+    ) -> HeldUpdate:  # fmt: skip
+        self._store.put(update_id, data)
+        held = HeldUpdate(update_id, author, round_, seq, len(data), sample_count, base, source)
+        self.held[update_id] = held
+        self._holders.setdefault(update_id, set()).add(self._identity.peer_id)
+        return held
+
+    # ---- serving -----------------------------------------------------------------------------------
+
+    async def _serve(
+        self, request: exchange_pb2.UpdateRequest, context: P2PContext
+    ) -> AsyncIterator[exchange_pb2.UpdateChunk]:
+        update_id = request.update_id.hex()
+        if update_id not in self.held:
+            yield exchange_pb2.UpdateChunk(total_size=0)
+            return
+        data = await asyncio.to_thread(self._store.get, update_id)
+        for offset in range(0, len(data), CHUNK_BYTES):
+            chunk = data[offset : offset + CHUNK_BYTES]
+            yield exchange_pb2.UpdateChunk(total_size=len(data) if offset == 0 else 0, data=chunk)
+
+    # ---- announcing --------------------------------------------------------------------------------
+
+    async def _announce_forever(self) -> None:
+        while True:
+            await self._host.bootstrap.connected_event.wait()
+            try:
+                await self.announce_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.warning(f"announcing updates failed: {type(e).__name__}: {e}")
+            self._announce_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._announce_now.wait(), self._announce_ttl_s / 3)
+
+    async def announce_all(self) -> None:
+        rounds = self.rounds_of_interest()
+        now = time.time()
+        for held in list(self.held.values()):
+            if held.round not in rounds:
+                continue
+            others = sorted(self._holders.get(held.update_id, set()) - {self._identity.peer_id})
+            announcement = Announcement(
+                held.update_id, held.round, held.author, held.size,
+                (self._identity.peer_id, *others[: MAX_HOLDERS - 1]), self._identity.public_key, now,
+            )  # fmt: skip
+            key, value = updates_key(self._run, held.round), announcement.sign(self._identity)
+            await self._host.store(key, held.update_id.encode(), value, now + self._announce_ttl_s)
+
+    # ---- fetching ----------------------------------------------------------------------------------
+
+    async def _fetch_forever(self) -> None:
+        while True:
+            await self._host.bootstrap.connected_event.wait()
+            try:
+                await self.fetch_announced()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.debug(f"looking for updates failed: {type(e).__name__}: {e}")
+            await asyncio.sleep(self._poll_interval_s)
+
+    async def fetch_announced(self) -> None:
+        if not self.validator.context.known_bases:  # no model to check updates against: don't fetch
+            return
+        wanted: list[Announcement] = []
+        for round_ in self.rounds_of_interest():
+            for item in (await self._host.get(updates_key(self._run, round_))).values():
+                try:
+                    announcement = Announcement.verify(item.value)
+                except BadAnnouncement as e:
+                    logger.debug(f"ignoring announcement: {e}")
+                    continue
+                if announcement.round != round_:
+                    continue
+                self._holders.setdefault(announcement.update_id, set()).update(announcement.holders)
+                uid = announcement.update_id
+                if uid not in self.held and uid not in self._rejected and uid not in self._inflight:
+                    wanted.append(announcement)
+        for announcement in wanted:
+            self._inflight.add(announcement.update_id)
+            task = asyncio.create_task(self._fetch(announcement), name=f"fetch-{announcement.update_id[:12]}")
+            self._fetches.add(task)
+            task.add_done_callback(self._fetches.discard)
+
+    async def _fetch(self, announcement: Announcement) -> None:
+        uid = announcement.update_id
+        try:
+            limit = min(announcement.size, self.validator.context.limits.max_bytes)
+            for holder in self._holder_order(uid):
+                try:
+                    data = await asyncio.wait_for(self._download(holder, uid, limit), FETCH_TIMEOUT_S)
+                except Exception as e:  # unreachable, slow or misbehaving holder: try the next one
+                    logger.debug(f"fetching {uid[:12]} from {holder} failed: {type(e).__name__}: {e}")
+                    continue
+                if _id_or_none(data, limit) != uid:
+                    self.bad_holder_fetches += 1
+                    self._avoid[holder] = time.monotonic() + AVOID_HOLDER_S
+                    logger.warning(
+                        f"holder {holder} served bytes that are not update {uid[:12]}; avoiding it"
+                    )
+                    continue
+                try:
+                    await self.accept(data, "fetched")
+                    self.fetched += 1
+                except UpdateRejected as e:
+                    logger.info(f"rejected update {uid[:12]} from {holder}: {e}")
+                    if e.reason not in RETRYABLE:
+                        self._rejected[uid] = e.reason
+                return
+        finally:
+            self._inflight.discard(uid)
+
+    def _holder_order(self, update_id: str) -> list[str]:
+        now = time.monotonic()
+        return sorted(
+            h
+            for h in self._holders.get(update_id, ())
+            if h != self._identity.peer_id and self._avoid.get(h, 0) < now
+        )
+
+    async def _download(self, holder: str, update_id: str, limit: int) -> bytes:
+        p2p: P2P = self._host.p2p
+        peer = PeerID.from_base58(holder)
+        addrs = self._addresses_of(holder)
+        if addrs:  # p2pd may not know where a holder is yet: tell it, from the holder's peer record
+            await self._host.connect(peer, addrs)
+        request = exchange_pb2.UpdateRequest(update_id=bytes.fromhex(update_id))
+        stream = await p2p.iterate_protobuf_handler(peer, HANDLER, request, exchange_pb2.UpdateChunk)
+        buffer, total = bytearray(), None
+        async for chunk in stream:
+            if total is None:
+                total = chunk.total_size
+                if total == 0:
+                    raise FetchFailed("holder does not have it")
+                if total > limit:
+                    raise FetchFailed(f"holder offers {total} bytes, announced/allowed {limit}")
+            buffer += chunk.data
+            if len(buffer) > total:
+                raise FetchFailed("holder sent more than it declared")
+        if total is None or len(buffer) != total:
+            raise FetchFailed("truncated")
+        return bytes(buffer)
