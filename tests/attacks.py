@@ -22,3 +22,48 @@ def nested_dictionary_value(levels: int) -> bytes:
             )
         )
     return payload
+
+
+async def lying_holder(
+    bootstrap: str, run: str, announced: str, round_: int, author: bytes, served: bytes, workdir, done
+) -> None:
+    """A node that announces it holds update ``announced`` and serves ``served`` instead, until ``done()``.
+
+    It speaks the real protocol (its own Ed25519 identity, a signed announcement, our stream handler),
+    so only the id check on the received bytes can catch it.
+    """
+    import asyncio
+    import time
+
+    from hivemind.dht import DHT
+    from hivemind.p2p import P2P, PeerID
+    from hivemind.utils import get_dht_time
+    from hivemind.utils.multiaddr import Multiaddr
+
+    from potluck.exchange.announcements import Announcement, updates_key
+    from potluck.exchange.service import HANDLER
+    from potluck.identity import P2P_KEY_FILE, load_or_create
+    from potluck.v1 import exchange_pb2
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    identity = load_or_create(workdir)
+    p2p = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], identity_path=str(workdir / P2P_KEY_FILE))
+    target = Multiaddr(bootstrap)
+    await p2p._client.connect(PeerID.from_base58(target["p2p"]), [Multiaddr(bootstrap.split("/p2p/")[0])])
+    dht = DHT(p2p=p2p, initial_peers=[bootstrap], start=True)
+
+    async def serve(request, context):
+        yield exchange_pb2.UpdateChunk(total_size=len(served), data=served)
+
+    await p2p.add_protobuf_handler(HANDLER, serve, exchange_pb2.UpdateRequest, stream_output=True)
+    value = Announcement(
+        announced, round_, author, len(served), (identity.peer_id,), identity.public_key, time.time()
+    )
+    try:
+        await dht.store(updates_key(run, round_), value.sign(identity), get_dht_time() + 60,
+                        subkey=announced.encode(), return_future=True)  # fmt: skip
+        while not await asyncio.to_thread(done):
+            await asyncio.sleep(0.5)
+    finally:
+        dht.shutdown()
+        await p2p.shutdown()
