@@ -1,0 +1,412 @@
+"""The run manifest: a run's rules, signed by its creator; the run id is the hash of the signed bytes.
+
+Canonical form:
+
+* body = msgpack ``["potluck/manifest/v1", {field: value, ...}]``, the map's keys sorted by code point
+  (``task_args`` too), floats as float64, ints as the smallest msgpack int, ``max_update_norm`` nil
+  when absent, ``allow`` sorted and unique.
+* signature = Ed25519 by the creator over ``sha256(body)`` (the domain tag is inside the body).
+* signed bytes (:meth:`Manifest.to_bytes`) = msgpack ``[body: bin, signature: bin(64)]``;
+  ``run_id = sha256(signed bytes)`` hex. A node that fetches a manifest by run id checks
+  ``sha256(bytes) == run_id`` and then the signature (:meth:`Manifest.from_bytes` does both).
+
+On disk the manifest is a TOML file (:meth:`Manifest.to_toml` / :func:`load_manifest`): flat keys,
+a ``[task_args]`` table and the signature in hex. Loading rebuilds the canonical body from the
+values and verifies the signature, so the file may be reformatted by hand but not edited.
+
+The genesis version is ``version_hash(get_task(task, task_args).init_state(seed))`` (potluck.tasks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from potluck.identity import SIGNATURE_SIZE, NodeIdentity, verify
+from potluck.store.atomic import atomic_write_bytes
+from potluck.wire import WireError, bounded_unpackb
+
+__all__ = [
+    "DOMAIN",
+    "MAX_MANIFEST_BYTES",
+    "Manifest",
+    "ManifestError",
+    "create_manifest",
+    "load_manifest",
+]
+
+DOMAIN = "potluck/manifest/v1"
+MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: room for an allowlist of ~10k node ids
+MAX_ALLOW = 10_000
+MAX_TASK_ARGS = 256
+_MAX_STR = 4096
+_INT64 = 1 << 63
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+WEIGHTINGS = ("samples",)
+VALUE_ENCODINGS = ("int8", "fp16")
+ADMISSIONS = ("open", "allowlist")
+
+TaskArg = str | int | float
+
+
+class ManifestError(ValueError):
+    """A manifest that is malformed, badly signed, or does not match its run id."""
+
+
+def _is_int(x: Any) -> bool:
+    return type(x) is int
+
+
+def _is_number(x: Any) -> bool:
+    return type(x) in (int, float)
+
+
+def _check_hex(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise ManifestError(f"{what} must be 64 lowercase hex digits, got {str(value)[:80]!r}")
+    return value
+
+
+def _check_float(value: Any, what: str, *, positive: bool = False) -> float:
+    if not _is_number(value) or not math.isfinite(value):
+        raise ManifestError(f"{what} must be a finite number, got {value!r}")
+    value = float(value)
+    if positive and not value > 0:
+        raise ManifestError(f"{what} must be > 0, got {value!r}")
+    return value
+
+
+def _check_int(value: Any, what: str, lo: int, hi: int = _INT64 - 1) -> int:
+    if not _is_int(value) or not lo <= value <= hi:
+        raise ManifestError(f"{what} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _check_str(value: Any, what: str, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_STR:
+        raise ManifestError(f"{what} must be a non-empty string")
+    if choices is not None and value not in choices:
+        raise ManifestError(f"{what} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _check_task_args(args: Any) -> dict[str, TaskArg]:
+    if not isinstance(args, Mapping):
+        raise ManifestError("task_args must be a table of str -> str | int | float")
+    if len(args) > MAX_TASK_ARGS:
+        raise ManifestError(f"task_args has {len(args)} entries > {MAX_TASK_ARGS}")
+    out: dict[str, TaskArg] = {}
+    for key in sorted(args):
+        value = args[key]
+        _check_str(key, "task_args key")
+        if isinstance(value, str):
+            _check_str(value, f"task_args.{key}")
+        elif _is_int(value):
+            _check_int(value, f"task_args.{key}", -_INT64)
+        elif type(value) is float:
+            _check_float(value, f"task_args.{key}")
+        else:
+            raise ManifestError(f"task_args.{key} must be str, int or float, got {type(value).__name__}")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A run's rules. Build one with :func:`create_manifest` (which signs it); values are validated
+    and normalized on construction (floats as float, ``allow`` sorted and unique).
+
+    Fields:
+      task: "toy", "digits" or "package.module:factory" (see potluck.tasks.get_task)
+      task_args: keyword arguments of the task factory (str -> str | int | float)
+      genesis: version hash of round 0's base model
+      round_seconds: length of a round; round r spans [start_time + r*round_seconds, + round_seconds)
+      start_time: unix seconds at which round 0 starts
+      weighting: "samples": an update weighs ``min(sample_count, weight_cap)``
+      weight_cap: cap on one update's weight (<= 2**24, see potluck.rounds.fixedpoint)
+      outer_lr: V_{r+1} = V_r + outer_lr * weighted mean delta
+      density: fraction of each tensor's entries an update may carry (top-k), in (0, 1]
+      values: value encoding of updates, "int8" or "fp16"
+      admission: "open", or "allowlist" (only authors in ``allow`` are admitted)
+      allow: node ids (hex) admitted under "allowlist"
+      quorum: signatures on the same commit needed to consider a round committed (>= 1)
+      max_update_norm: bound on an update's L2 norm, or None
+      creator: node id (hex) of the signer
+      created: unix seconds of creation
+      seed: seed of ``Task.init_state`` that produced ``genesis``
+      signature: Ed25519 signature by ``creator`` (empty until signed)
+    """
+
+    task: str
+    genesis: str
+    creator: str
+    round_seconds: float = 60.0
+    start_time: float = 0.0
+    task_args: Mapping[str, TaskArg] = field(default_factory=dict)
+    weighting: str = "samples"
+    weight_cap: int = 10_000
+    outer_lr: float = 1.0
+    density: float = 0.01
+    values: str = "int8"
+    admission: str = "open"
+    allow: tuple[str, ...] = ()
+    quorum: int = 1
+    max_update_norm: float | None = None
+    created: float = 0.0
+    seed: int = 0
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        def norm(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        _check_str(self.task, "task")
+        _check_hex(self.genesis, "genesis")
+        _check_hex(self.creator, "creator")
+        norm("round_seconds", _check_float(self.round_seconds, "round_seconds", positive=True))
+        norm("start_time", _check_float(self.start_time, "start_time"))
+        norm("task_args", _check_task_args(self.task_args))
+        _check_str(self.weighting, "weighting", WEIGHTINGS)
+        _check_int(self.weight_cap, "weight_cap", 1, 1 << 24)
+        norm("outer_lr", _check_float(self.outer_lr, "outer_lr", positive=True))
+        density = _check_float(self.density, "density", positive=True)
+        if density > 1:
+            raise ManifestError(f"density must be in (0, 1], got {density}")
+        norm("density", density)
+        _check_str(self.values, "values", VALUE_ENCODINGS)
+        _check_str(self.admission, "admission", ADMISSIONS)
+        if isinstance(self.allow, str | bytes) or not hasattr(self.allow, "__iter__"):
+            raise ManifestError("allow must be a list of node ids")
+        allow = tuple(sorted({_check_hex(a, "allow entry") for a in self.allow}))
+        if len(allow) > MAX_ALLOW:
+            raise ManifestError(f"allow has {len(allow)} entries > {MAX_ALLOW}")
+        norm("allow", allow)
+        _check_int(self.quorum, "quorum", 1, 1 << 16)
+        if self.max_update_norm is not None:
+            norm("max_update_norm", _check_float(self.max_update_norm, "max_update_norm", positive=True))
+        norm("created", _check_float(self.created, "created"))
+        _check_int(self.seed, "seed", 0, (1 << 64) - 1)
+        if not isinstance(self.signature, bytes) or len(self.signature) not in (0, SIGNATURE_SIZE):
+            raise ManifestError("signature must be empty or 64 bytes")
+
+    def __hash__(self) -> int:
+        return hash(self.body())
+
+    # ----------------------------------------------------------------------------------- encoding
+
+    def _fields(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signature"}
+        values["task_args"] = dict(values["task_args"])
+        values["allow"] = list(values["allow"])
+        return {key: values[key] for key in sorted(values)}
+
+    def body(self) -> bytes:
+        """The canonical unsigned encoding (what the signature covers, through its sha256)."""
+        return msgpack.packb([DOMAIN, self._fields()], use_bin_type=True)
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.signature)
+
+    def verify(self) -> bool:
+        """True when ``signature`` is the creator's valid signature of the body."""
+        return verify(bytes.fromhex(self.creator), self.signature, hashlib.sha256(self.body()).digest())
+
+    def to_bytes(self) -> bytes:
+        """The signed canonical encoding; ``sha256`` of it is the run id."""
+        if not self.signed:
+            raise ManifestError("the manifest is not signed")
+        return msgpack.packb([self.body(), self.signature], use_bin_type=True)
+
+    @cached_property
+    def run_id(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, run_id: str | None = None) -> Manifest:
+        """Decode and verify signed bytes (from a peer); with ``run_id``, also check that they hash to it.
+
+        Raises :class:`ManifestError` and nothing else.
+        """
+        try:
+            return cls._from_bytes(data, run_id)
+        except ManifestError:
+            raise
+        except Exception as e:  # a bug must not become a crash on peer input
+            raise ManifestError(f"bad manifest: unexpected {type(e).__name__}: {e}") from None
+
+    @classmethod
+    def _from_bytes(cls, data: bytes, run_id: str | None) -> Manifest:
+        if run_id is not None and hashlib.sha256(data).hexdigest() != run_id:
+            raise ManifestError(f"manifest bytes do not hash to run id {run_id}")
+        try:
+            envelope = bounded_unpackb(data, MAX_MANIFEST_BYTES, 1, max_array_len=2, max_map_len=0)
+        except WireError as e:
+            raise ManifestError(f"bad manifest envelope: {e}") from None
+        if (
+            type(envelope) is not list
+            or len(envelope) != 2
+            or type(envelope[0]) is not bytes
+            or type(envelope[1]) is not bytes
+        ):
+            raise ManifestError("manifest envelope must be [body: bin, signature: bin]")
+        body_bytes, signature = envelope
+        try:
+            body = bounded_unpackb(
+                body_bytes, MAX_MANIFEST_BYTES, 3, max_str_len=_MAX_STR, max_array_len=MAX_ALLOW,
+                max_map_len=MAX_TASK_ARGS, max_bin_len=0,
+            )  # fmt: skip
+        except WireError as e:
+            raise ManifestError(f"bad manifest body: {e}") from None
+        if type(body) is not list or len(body) != 2 or body[0] != DOMAIN or type(body[1]) is not dict:
+            raise ManifestError(f"manifest body must be [{DOMAIN!r}, {{...}}]")
+        manifest = cls._from_values(body[1], signature)
+        if manifest.body() != body_bytes:
+            raise ManifestError("manifest body is not canonical")
+        if not manifest.verify():
+            raise ManifestError(f"bad manifest signature (creator {manifest.creator})")
+        return manifest
+
+    @classmethod
+    def _from_values(cls, values: Mapping[str, Any], signature: bytes) -> Manifest:
+        names = {f.name for f in fields(cls)} - {"signature"}
+        unknown = set(values) - names
+        if unknown:
+            raise ManifestError(f"unknown manifest fields: {sorted(unknown)}")
+        missing = {"task", "genesis", "creator"} - set(values)
+        if missing:
+            raise ManifestError(f"missing manifest fields: {sorted(missing)}")
+        values = dict(values)
+        if isinstance(values.get("allow"), list):
+            values["allow"] = tuple(values["allow"])
+        return cls(**values, signature=signature)
+
+    # ------------------------------------------------------------------------------------ TOML
+
+    def to_toml(self) -> str:
+        """The manifest as TOML (tomllib reads it back; :func:`load_manifest` verifies it)."""
+        lines = [f"# potluck run manifest ({DOMAIN})"]
+        if self.signed:
+            lines.append(f"# run_id = {self.run_id} (informative: recomputed on load)")
+        for key, value in self._fields().items():
+            if key == "task_args" or value is None:
+                continue  # TOML has no null: an absent max_update_norm is None
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append(f"signature = {_toml_value(self.signature.hex())}")
+        lines.append("")
+        lines.append("[task_args]")
+        for key, value in self.task_args.items():
+            lines.append(f"{_toml_string(key)} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: Path) -> None:
+        """Write the TOML file atomically."""
+        atomic_write_bytes(Path(path), self.to_toml().encode())
+
+    # ------------------------------------------------------------------------------------ rules
+
+    def update_weight(self, sample_count: int) -> int:
+        """The merge weight of an update with ``sample_count`` samples."""
+        return max(0, min(int(sample_count), self.weight_cap))
+
+    def admits(self, node_id: str) -> bool:
+        """Whether updates by ``node_id`` (hex) are admitted."""
+        return self.admission == "open" or node_id in self.allow
+
+
+def _toml_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return _toml_string(value)
+    if type(value) is int:
+        return str(value)
+    if type(value) is float:
+        return repr(value)  # shortest repr that round-trips; finite (checked on construction)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read a manifest TOML file and verify its signature; raise :class:`ManifestError` if anything is off."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"cannot read manifest {path}: {e}") from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"manifest {path} is not valid TOML: {e}") from None
+    signature_hex = values.pop("signature", None)
+    if not isinstance(signature_hex, str) or not re.fullmatch(r"[0-9a-f]{128}", signature_hex):
+        raise ManifestError(f"manifest {path}: signature must be 128 hex digits")
+    values.setdefault("task_args", {})
+    values.setdefault("max_update_norm", None)
+    try:
+        manifest = Manifest._from_values(values, bytes.fromhex(signature_hex))
+    except ManifestError as e:
+        raise ManifestError(f"manifest {path}: {e}") from None
+    except TypeError as e:
+        raise ManifestError(f"manifest {path}: {e}") from None
+    if not manifest.verify():
+        raise ManifestError(
+            f"manifest {path}: the signature does not match its contents (creator {manifest.creator})"
+        )
+    return manifest
+
+
+def create_manifest(
+    identity: NodeIdentity,
+    task: str,
+    genesis_hash: str,
+    *,
+    round_seconds: float = 60.0,
+    start_time: float | None = None,
+    task_args: Mapping[str, TaskArg] | None = None,
+    created: float | None = None,
+    **rules: Any,
+) -> Manifest:
+    """A manifest created and signed by ``identity``. ``rules`` are the other :class:`Manifest`
+    fields (weight_cap, outer_lr, density, values, admission, allow, quorum, max_update_norm, seed).
+    ``start_time`` defaults to now (round 0 starts at once), ``created`` to now."""
+    now = time.time()
+    if "signature" in rules or "creator" in rules:
+        raise ManifestError("creator and signature come from the identity")
+    unsigned = Manifest(
+        task=task,
+        genesis=genesis_hash,
+        creator=identity.node_id,
+        round_seconds=round_seconds,
+        start_time=now if start_time is None else start_time,
+        task_args=dict(task_args or {}),
+        created=now if created is None else created,
+        **rules,
+    )
+    signature = identity.sign(hashlib.sha256(unsigned.body()).digest())
+    return replace(unsigned, signature=signature)

@@ -1,0 +1,127 @@
+import hashlib
+import tomllib
+from dataclasses import replace
+
+import msgpack
+import pytest
+
+from potluck.identity import NodeIdentity
+from potluck.manifest import Manifest, ManifestError, create_manifest, load_manifest
+
+GENESIS = "ab" * 32
+
+
+def _manifest(**rules) -> tuple[NodeIdentity, Manifest]:
+    identity = NodeIdentity.generate()
+    rules.setdefault("task_args", {"hidden": 32, "name": 'we"ird\\ \n\x01 é', "lr": 0.1})
+    rules.setdefault("round_seconds", 30)
+    m = create_manifest(identity, "toy", GENESIS, start_time=1_700_000_000.25, **rules)
+    return identity, m
+
+
+def test_create_signs_and_normalizes():
+    identity, m = _manifest(allow=["cd" * 32, "01" * 32, "cd" * 32], admission="allowlist", quorum=2)
+    assert m.verify() and m.creator == identity.node_id
+    assert m.round_seconds == 30.0 and type(m.round_seconds) is float
+    assert m.allow == ("01" * 32, "cd" * 32)
+    assert m.admits("01" * 32) and not m.admits("ef" * 32)
+    assert m.run_id == hashlib.sha256(m.to_bytes()).hexdigest()
+    assert m.update_weight(50_000) == m.weight_cap and m.update_weight(3) == 3
+
+
+def test_body_is_canonical_sorted_msgpack():
+    _, m = _manifest()
+    domain, values = msgpack.unpackb(m.body())
+    assert domain == "potluck/manifest/v1"
+    assert list(values) == sorted(values)
+    assert list(values["task_args"]) == sorted(values["task_args"])
+
+
+def test_bytes_round_trip_and_run_id_check():
+    _, m = _manifest(max_update_norm=5.0)
+    data = m.to_bytes()
+    back = Manifest.from_bytes(data, m.run_id)
+    assert back == m and back.run_id == m.run_id
+    with pytest.raises(ManifestError, match="run id"):
+        Manifest.from_bytes(data, "00" * 32)
+
+
+def test_toml_round_trip(tmp_path):
+    _, m = _manifest(max_update_norm=2.5, outer_lr=0.7, density=0.05, values="fp16")
+    path = tmp_path / "manifest.toml"
+    m.save(path)
+    tomllib.loads(path.read_text())  # plain TOML
+    back = load_manifest(path)
+    assert back == m and back.run_id == m.run_id and back.to_bytes() == m.to_bytes()
+    _, m2 = _manifest(task_args={})
+    m2.save(path)
+    assert load_manifest(path) == m2 and load_manifest(path).max_update_norm is None
+
+
+def test_edited_toml_is_refused(tmp_path):
+    _, m = _manifest()
+    path = tmp_path / "manifest.toml"
+    path.write_text(m.to_toml().replace("quorum = 1", "quorum = 2"))
+    with pytest.raises(ManifestError, match="signature does not match"):
+        load_manifest(path)
+    path.write_text(m.to_toml().replace("[task_args]", "[task_args"))
+    with pytest.raises(ManifestError, match="not valid TOML"):
+        load_manifest(path)
+    path.write_text(m.to_toml() + "bogus = 1\n")  # lands in [task_args]: changes the body
+    with pytest.raises(ManifestError):
+        load_manifest(path)
+    with pytest.raises(ManifestError, match="cannot read"):
+        load_manifest(tmp_path / "missing.toml")
+
+
+def test_forged_or_broken_bytes_raise_manifest_error_only():
+    _, m = _manifest()
+    other = NodeIdentity.generate()
+    forged = replace(m, signature=other.sign(hashlib.sha256(m.body()).digest()))
+    with pytest.raises(ManifestError, match="signature"):
+        Manifest.from_bytes(forged.to_bytes())
+    data = m.to_bytes()
+    bad_inputs = [
+        b"",
+        b"\xc1",
+        data[:-1],
+        data + b"\x00",
+        b"\x91" * 100_000,
+        msgpack.packb([1, 2]),
+        msgpack.packb([msgpack.packb(["potluck/manifest/v1", {"task": 1}]), b"x" * 64]),
+        msgpack.packb([msgpack.packb(["potluck/update/v1", {}]), b"x" * 64]),
+    ]
+    for i in range(0, len(data), 7):
+        flipped = bytearray(data)
+        flipped[i] ^= 0x55
+        bad_inputs.append(bytes(flipped))
+    for bad in bad_inputs:
+        with pytest.raises(ManifestError):
+            Manifest.from_bytes(bad)
+
+
+def test_non_canonical_body_refused():
+    identity, m = _manifest()
+    domain, values = msgpack.unpackb(m.body())
+    values["round_seconds"] = 30  # int instead of float: same value, different bytes
+    body = msgpack.packb([domain, values])
+    data = msgpack.packb([body, identity.sign(hashlib.sha256(body).digest())])
+    with pytest.raises(ManifestError, match="canonical"):
+        Manifest.from_bytes(data)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [{"quorum": 0}, {"round_seconds": 0}, {"density": 1.5}, {"values": "int4"}, {"admission": "closed"},
+     {"allow": ["xyz"]}, {"outer_lr": float("nan")}, {"weight_cap": 0}, {"task_args": {"a": True}},
+     {"task_args": {"a": [1]}}, {"weighting": "equal"}],
+)  # fmt: skip
+def test_invalid_rules_raise(rules):
+    with pytest.raises(ManifestError):
+        _manifest(**rules)
+
+
+def test_unsigned_manifest_has_no_bytes():
+    m = Manifest(task="toy", genesis=GENESIS, creator="00" * 32)
+    with pytest.raises(ManifestError, match="not signed"):
+        m.to_bytes()
