@@ -1,0 +1,369 @@
+"""Canonical aggregation: every participant of an all-reduce ends with the same bytes of V_{r+1}.
+
+hivemind's butterfly all-reduce gives each peer a result that differs in the last bits, and a slice
+whose reducer died silently keeps each survivor's own values (shared/HIVEMIND.md). This module makes
+the result exact and checked:
+
+1. **Integers.** Each update u (merge weight ``w_u = min(sample_count, weight_cap)``) becomes the
+   integer vector ``round(w_u * delta_u / QUANTUM)`` (dense over the :class:`Layout`); a
+   participant's contribution ``q`` is the int64 sum over the updates it carries. Quantizing each
+   update *before* summing makes the group's integer sum independent of who carries what, so
+   :func:`local_average` (one node, all updates) and the group path give bit-identical versions.
+2. **Packing.** :func:`pack` writes ``q`` as float64 into rows of ``ROW = 256`` values: 255 data
+   values then one sentinel, the participant's random integer ``r_p`` (1 <= r_p < 2**20, announced
+   in its gather metadata). The last row is zero-padded. This vector is what the averager averages,
+   with **equal weights (``weight=1``), no compression, float64 tensors**.
+3. **Exact recovery.** The averaged vector is ``mean_p(x_p)`` up to rounding; :func:`unpack`
+   multiplies by the group size n and rounds. Why this is exact, for ``|q| <= BOUND = 2**40`` and
+   ``n <= MAX_GROUP = 256``: the reducer's running sum of integer-valued float64 parts stays below
+   ``n * 2**40 <= 2**48 < 2**53``, so it is exact; the division by n, the subtraction
+   ``avg - x_p`` (|.| <= 2**41) and the peer's ``x_p + delta`` each round once, by at most half an ulp
+   of a number <= 2**41: ``2**-12 + 2**-13 + 2**-13 = 2**-11`` in all. Times n <= 2**8 that is at
+   most ``2**-3``, plus half an ulp of ``result * n`` (<= 2**48: 2**-5): the error before rounding
+   is < 0.16 < 0.25 < 0.5, so ``rint(result * n)`` is the exact integer sum on every peer (the
+   simpler bound ``n * ulp(2**40) = 2**8 * 2**-12 = 1/16 < 0.5`` is the same argument per step).
+4. **Partial results.** After rounding, every sentinel must equal ``sum_p r_p`` exactly and every
+   value must have been within 0.25 of an integer (:class:`PartialResult` otherwise: never commit).
+   A slice kept at a survivor's local values shows its own ``r_p`` (< the group's sum, as all
+   r_p >= 1) at each sentinel inside the slice. Any contiguous stretch of >= ROW values holds a
+   sentinel, so set the averager's ``min_vector_size`` to at least ``ROW``; a lost stretch shorter
+   than a row (e.g. the tail of a reducer's span that hivemind sent as a separate part) may hold no
+   sentinel, which is why :func:`unpack` also takes the group's :func:`checksum`: a linear, exact
+   checksum of the integers (peers announce theirs; the sum's checksum must be their sum). A lost
+   stretch escapes both only if the other peers' values in it cancel in the checksum, and if they
+   are all zero there, the stretch is correct anyway.
+5. **Next version.** :func:`next_version` computes
+   ``V_{r+1} = V_r + outer_lr * (S * QUANTUM) / W`` with separate IEEE float64 ufuncs (each
+   correctly rounded, no fused ops) and one final cast to each tensor's dtype, so equal integers
+   give equal bytes on every node.
+
+QUANTUM = 2**-24 is far below the resolution of int8/fp16 update values; the range is
+``BOUND * QUANTUM = 2**16`` per coordinate of a weighted sum (e.g. 64 updates of weight 1000 with
+|delta| <= 1). A contribution beyond it is clipped and the count reported
+(:attr:`Contribution.clipped`); clipping breaks the partition independence of point 1 for the
+clipped coordinates, so the shell should log it (and a run should set ``max_update_norm``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from potluck.updates.codec import SignedUpdate, Update
+
+__all__ = [
+    "BOUND",
+    "MAX_GROUP",
+    "MAX_WEIGHT",
+    "QUANTUM",
+    "ROW",
+    "SENTINEL_MAX",
+    "SPACING",
+    "Contribution",
+    "Layout",
+    "PartialResult",
+    "TensorSlot",
+    "checksum",
+    "contribution",
+    "local_average",
+    "new_sentinel",
+    "next_version",
+    "pack",
+    "unpack",
+]
+
+QUANTUM = 2.0**-24
+_INV_QUANTUM = 2.0**24
+BOUND = 1 << 40  # |q| per coordinate of one participant's contribution
+MAX_GROUP = 256  # largest group for which recovery is proven exact
+MAX_WEIGHT = 1 << 24  # w * float32 value is exact in float64 below 2**29
+SPACING = 255  # data values per sentinel
+ROW = SPACING + 1
+SENTINEL_MAX = 1 << 20  # sentinels are in [1, SENTINEL_MAX)
+_NON_INTEGER = 0.25
+_CHUNK_ROWS = 1 << 16  # unpack works on 16M values at a time
+_CHECKSUM_PERIOD = 7
+
+
+class PartialResult(Exception):
+    """The all-reduce result is partial or corrupt: do not commit this round's result."""
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int  # first coordinate in the flat vector
+    size: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The flat coordinate system of a model: its floating-point tensors sorted by name, concatenated
+    in C order. Other tensors (integer counters, masks) are ``passthrough``: never averaged."""
+
+    slots: tuple[TensorSlot, ...]
+    passthrough: tuple[str, ...]
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> Layout:
+        slots, passthrough, offset = [], [], 0
+        for name in sorted(state):
+            a = np.asarray(state[name])
+            if not np.issubdtype(a.dtype, np.floating):
+                passthrough.append(name)
+                continue
+            slots.append(TensorSlot(name, tuple(int(d) for d in a.shape), a.dtype, offset, int(a.size)))
+            offset += int(a.size)
+        return cls(tuple(slots), tuple(passthrough))
+
+    @property
+    def length(self) -> int:
+        """L: the number of averaged coordinates."""
+        return self.slots[-1].offset + self.slots[-1].size if self.slots else 0
+
+    @property
+    def rows(self) -> int:
+        return max(1, -(-self.length // SPACING))
+
+    @property
+    def packed_length(self) -> int:
+        """Length of the float64 vector given to the averager: ``ceil(L / 255) * 256``."""
+        return self.rows * ROW
+
+    def slot(self, name: str) -> TensorSlot:
+        for s in self.slots:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of names, dtypes and shapes: equal on peers that average the same vector."""
+        entries = [[s.name, s.dtype.str, list(s.shape)] for s in self.slots]
+        return hashlib.sha256(
+            msgpack.packb(["potluck/layout/v1", entries, list(self.passthrough)])
+        ).hexdigest()
+
+    def check_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Raise ValueError unless ``state`` has exactly this layout."""
+        other = Layout.from_state(state)
+        if other != self:
+            raise ValueError("the state does not match the layout (names, shapes or dtypes differ)")
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A participant's quantized weighted sum of the updates it carries."""
+
+    q: np.ndarray  # int64, length layout.length, |q| <= BOUND
+    weight: int  # sum of the carried updates' weights
+    updates: int  # number of carried updates
+    clipped: int  # coordinates clipped to +-BOUND (0 in a healthy run)
+
+
+def new_sentinel() -> int:
+    """A fresh sentinel for one all-reduce, in [1, SENTINEL_MAX), from the OS RNG."""
+    return 1 + secrets.randbelow(SENTINEL_MAX - 1)
+
+
+def contribution(layout: Layout, carried: Iterable[tuple[int, Update | SignedUpdate]]) -> Contribution:
+    """``sum_u round(w_u * delta_u / QUANTUM)`` over ``carried`` = [(weight, update)], clipped to +-BOUND.
+
+    Updates are expected to be validated already (shapes, finite values); a violation raises
+    ValueError.
+    """
+    q = np.zeros(layout.length, dtype=np.int64)
+    total_weight = count = clipped = 0
+    bound = float(BOUND)
+    for weight, update in carried:
+        if isinstance(update, SignedUpdate):
+            update = update.update
+        if type(weight) is not int or not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"an update weight is an integer in [0, {MAX_WEIGHT}], got {weight!r}")
+        total_weight += weight
+        count += 1
+        for t in update.tensors:
+            try:
+                slot = layout.slot(t.name)
+            except KeyError:
+                raise ValueError(f"update touches {t.name!r}, not an averaged tensor") from None
+            if tuple(t.shape) != slot.shape:
+                raise ValueError(f"{t.name}: update shape {tuple(t.shape)} != {slot.shape}")
+            idx = np.asarray(t.indices, dtype=np.int64)
+            if idx.size == 0 or weight == 0:
+                continue
+            if idx.min() < 0 or idx.max() >= slot.size or np.unique(idx).size != idx.size:
+                raise ValueError(f"{t.name}: indices out of range or repeated")
+            x = np.asarray(t.values).astype(np.float64) * float(weight)  # exact: 24 + 24 bits
+            x *= _INV_QUANTUM  # exact: a power of two
+            if not np.isfinite(x).all():
+                raise ValueError(f"{t.name}: non-finite values")
+            np.rint(x, out=x)
+            over = np.abs(x) > bound
+            if over.any():
+                clipped += int(over.sum())
+                np.clip(x, -bound, bound, out=x)
+            q[slot.offset + idx] += x.astype(np.int64)
+    over = np.abs(q) > BOUND
+    if over.any():
+        clipped += int(over.sum())
+        np.clip(q, -BOUND, BOUND, out=q)
+    return Contribution(q, total_weight, count, clipped)
+
+
+def checksum(values: np.ndarray) -> int:
+    """An exact linear checksum of an integer vector: ``sum_i (1 + i % 7) * v_i`` as a Python int.
+
+    Linear, so the checksum of the group's sum is the sum of the members' checksums. Valid for
+    |v| <= 2**62 and up to 2**32 values (computed as high and low 24-bit halves in int64).
+    """
+    v = np.asarray(values)
+    if v.ndim != 1 or not np.issubdtype(v.dtype, np.integer):
+        raise ValueError("checksum takes a 1-D integer vector")
+    v = v.astype(np.int64, copy=False)
+    total = 0
+    for k in range(_CHECKSUM_PERIOD):
+        part = v[k::_CHECKSUM_PERIOD]
+        high = int(np.sum(part >> 24, dtype=np.int64))
+        low = int(np.sum(part & 0xFFFFFF, dtype=np.int64))
+        total += (k + 1) * ((high << 24) + low)
+    return total
+
+
+def pack(layout: Layout, contribution_q: np.ndarray, sentinel: int) -> np.ndarray:
+    """The float64 vector (length ``layout.packed_length``) this participant gives the averager."""
+    q = np.asarray(contribution_q)
+    if q.shape != (layout.length,):
+        raise ValueError(f"contribution has shape {q.shape}, the layout needs ({layout.length},)")
+    if np.issubdtype(q.dtype, np.floating):
+        if not np.isfinite(q).all() or not np.array_equal(q, np.rint(q)):
+            raise ValueError("a float contribution must hold integers")
+    elif not np.issubdtype(q.dtype, np.integer):
+        raise ValueError(f"contribution dtype {q.dtype} is neither integer nor float")
+    if q.size and np.abs(q).max() > BOUND:
+        raise ValueError("contribution exceeds +-2**40 (clip it: see contribution())")
+    if type(sentinel) is not int or not 1 <= sentinel < SENTINEL_MAX:
+        raise ValueError(f"sentinel must be an int in [1, {SENTINEL_MAX}), got {sentinel!r}")
+    data = np.zeros(layout.rows * SPACING, dtype=np.float64)
+    data[: layout.length] = q
+    out = np.empty((layout.rows, ROW), dtype=np.float64)
+    out[:, :SPACING] = data.reshape(layout.rows, SPACING)
+    out[:, SPACING] = float(sentinel)
+    return out.reshape(-1)
+
+
+def unpack(
+    layout: Layout,
+    averaged: np.ndarray,
+    group_size: int,
+    sentinel_sum: int,
+    group_checksum: int | None = None,
+) -> np.ndarray:
+    """The exact int64 sum of the group's contributions from this peer's averaged vector.
+
+    ``group_size`` is the number of peers whose vectors were averaged (equal weights),
+    ``sentinel_sum`` the sum of their announced sentinels, ``group_checksum`` (recommended) the sum
+    of their announced :func:`checksum` of ``q``. Raises :class:`PartialResult` if the result is not
+    a complete, exact average of exactly those vectors; ValueError for a wrong-sized or non-float64
+    ``averaged`` (a caller bug).
+    """
+    a = np.asarray(averaged)
+    if a.dtype != np.float64:
+        raise ValueError(f"the averaged vector must be float64 (got {a.dtype}): float32 loses the integers")
+    if a.shape != (layout.packed_length,):
+        raise ValueError(f"averaged has shape {a.shape}, the layout packs ({layout.packed_length},)")
+    if type(group_size) is not int or not 1 <= group_size <= MAX_GROUP:
+        raise ValueError(f"group size must be in [1, {MAX_GROUP}], got {group_size!r}")
+    n = float(group_size)
+    limit = float(group_size * BOUND)
+    data = np.empty(layout.rows * SPACING, dtype=np.int64)
+    rows = a.reshape(layout.rows, ROW)
+    for start in range(0, layout.rows, _CHUNK_ROWS):
+        x = rows[start : start + _CHUNK_ROWS] * n
+        r = np.rint(x)
+        with np.errstate(invalid="ignore"):
+            error = np.abs(x - r)
+        if not np.isfinite(x).all():
+            raise PartialResult("the averaged vector holds NaN or infinite values")
+        if error.max() > _NON_INTEGER:
+            bad = int(np.argmax(error.max(axis=1))) + start
+            raise PartialResult(f"non-integer sum in row {bad} (error {error.max():.3g}): partial or corrupt")
+        if not (r[:, SPACING] == float(sentinel_sum)).all():
+            bad = int(np.argmax(r[:, SPACING] != float(sentinel_sum))) + start
+            raise PartialResult(
+                f"sentinel of row {bad} is {r[bad - start, SPACING]:.0f}, expected {sentinel_sum}: "
+                "a slice was not reduced by the whole group"
+            )
+        values = r[:, :SPACING]
+        if np.abs(values).max() > limit:
+            raise PartialResult("a value exceeds group_size * 2**40")
+        data[start * SPACING : start * SPACING + values.size] = values.reshape(-1)
+    if data[layout.length :].any():
+        raise PartialResult("padding is not zero")
+    result = data[: layout.length]
+    if group_checksum is not None and checksum(result) != group_checksum:
+        raise PartialResult("checksum mismatch: part of the vector was not reduced by the whole group")
+    return result
+
+
+def next_version(
+    base_state: Mapping[str, np.ndarray],
+    layout: Layout,
+    summed_q: np.ndarray,
+    total_weight: int,
+    outer_lr: float,
+) -> dict[str, np.ndarray]:
+    """``V_{r+1} = V_r + outer_lr * (summed_q * QUANTUM) / total_weight``, the same bytes on every node.
+
+    Each float tensor is computed as float64 ``base + ((S * 2**-24) / W) * outer_lr`` (each step one
+    IEEE-rounded ufunc) and cast once to its dtype. Passthrough tensors are the same objects as in
+    ``base_state``. With ``total_weight == 0`` (no updates) the state is returned unchanged.
+    """
+    layout.check_state(base_state)
+    s = np.asarray(summed_q)
+    if s.shape != (layout.length,) or not np.issubdtype(s.dtype, np.integer):
+        raise ValueError(f"summed_q must be an integer vector of length {layout.length}")
+    if type(total_weight) is not int or total_weight < 0:
+        raise ValueError(f"total weight must be a non-negative int, got {total_weight!r}")
+    if not isinstance(outer_lr, int | float) or not math.isfinite(outer_lr) or outer_lr <= 0:
+        raise ValueError(f"outer_lr must be a positive finite number, got {outer_lr!r}")
+    if s.size and np.abs(s).max() > MAX_GROUP * BOUND:
+        raise ValueError("summed_q exceeds MAX_GROUP * 2**40")
+    out = dict(base_state)
+    if total_weight == 0:
+        if s.any():
+            raise ValueError("a non-zero sum with zero total weight")
+        return out
+    w, lr = float(total_weight), float(outer_lr)
+    for slot in layout.slots:
+        step = s[slot.offset : slot.offset + slot.size].astype(np.float64)
+        step *= QUANTUM
+        step /= w
+        step *= lr
+        step += np.asarray(base_state[slot.name], dtype=np.float64).reshape(-1)
+        with np.errstate(over="ignore"):
+            out[slot.name] = step.astype(slot.dtype).reshape(slot.shape)
+    return out
+
+
+def local_average(
+    base_state: Mapping[str, np.ndarray],
+    layout: Layout,
+    carried: Sequence[tuple[int, Update | SignedUpdate]],
+    outer_lr: float,
+) -> tuple[dict[str, np.ndarray], Contribution]:
+    """The next version from updates merged by one node alone, with no all-reduce.
+
+    Bit-identical to the group path (contributions -> pack -> all-reduce -> unpack -> next_version)
+    for the same set of updates, however they were spread over the group (unless clipped).
+    """
+    c = contribution(layout, carried)
+    return next_version(base_state, layout, c.q, c.weight, outer_lr), c
