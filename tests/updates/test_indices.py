@@ -2,8 +2,10 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from potluck.updates.indices import decode_indices, encode_indices, varint_decode, varint_encode
+from potluck.updates.indices import VARINT, decode_indices, encode_indices, varint_decode, varint_encode
 
 
 @pytest.mark.parametrize("top", [1, 127, 128, 16383, 16384, 2**32, 2**63 - 1])
@@ -43,3 +45,57 @@ def test_million_indices_fast():
     np.testing.assert_array_equal(out, idx)
     assert len(data) < 1.5 * idx.size  # ~1.28 bytes per index at 1% density
     assert min(encode_s) < 0.1 and min(decode_s) < 0.1  # measured ~0.015 s each on an idle machine
+
+
+def _reference_varints(data: bytes, count: int) -> list[int] | None:
+    """Byte-at-a-time LEB128 decoder (the spec, literally); None where the input is invalid."""
+    out, value, shift, length = [], 0, 0, 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        shift, length = shift + 7, length + 1
+        if length > 9:
+            return None
+        if byte < 0x80:
+            if length > 1 and byte == 0:
+                return None  # overlong
+            out.append(value)
+            value, shift, length = 0, 0, 0
+    if length or len(out) != count:
+        return None  # truncated, or wrong count
+    return out
+
+
+_byte = st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0x81, 0xFF]) | st.integers(0, 255)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_byte, max_size=40).map(bytes), st.integers(0, 12))
+def test_varint_decode_matches_reference(data, count):
+    expected = _reference_varints(data, count)
+    if expected is None:
+        with pytest.raises(ValueError):
+            varint_decode(data, count)
+    else:
+        assert varint_decode(data, count).tolist() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**63 - 1) | st.integers(0, 300), max_size=30))
+def test_varint_round_trip_mixed_lengths(values):
+    v = np.array(values, np.uint64)
+    assert varint_decode(varint_encode(v), v.size).tolist() == values
+
+
+def test_varint_length_limit_at_every_position():
+    one = varint_encode(np.array([5, 2**63 - 1, 300], np.uint64))  # 1 + 9 + 2 bytes
+    assert varint_decode(one, 3).tolist() == [5, 2**63 - 1, 300]
+    ten = one[:1] + b"\xff" + one[1:]  # a 10-byte value in the middle
+    with pytest.raises(ValueError):
+        varint_decode(ten, 3)
+
+
+@pytest.mark.parametrize("deltas", [[0, 1, 2**63 - 1, 2**63 - 1], [5, 2**63 - 1, 2**63 - 1, 1]])
+def test_wrapping_indices_are_rejected(deltas):
+    data = varint_encode(np.array(deltas, np.uint64))
+    with pytest.raises(ValueError):
+        decode_indices(VARINT, data, len(deltas), 2**62)

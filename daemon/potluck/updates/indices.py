@@ -55,8 +55,15 @@ def varint_encode(values: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def varint_decode(data: bytes, count: int) -> np.ndarray:
-    """Decode exactly ``count`` LEB128 values (uint64); ValueError on any deviation from the format."""
+def _varint_prefix_sums(data: bytes, count: int) -> np.ndarray:
+    """Running sums (uint64, mod 2**64) of exactly ``count`` LEB128 values; ValueError on any
+    deviation from the format.
+
+    Vectorised over bytes rather than values: byte ``i`` contributes ``(b[i] & 0x7F) << 7 * p[i]``
+    where ``p[i]`` is the number of continuation bytes right before it (its place in its value), so
+    one cumulative sum over all bytes, read at each value's last byte, gives the running sums of the
+    values. Same results (mod 2**64) as decoding each value and summing, at about half the cost.
+    """
     b = np.frombuffer(data, np.uint8)
     if count == 0:
         if b.size:
@@ -64,25 +71,35 @@ def varint_decode(data: bytes, count: int) -> np.ndarray:
         return np.zeros(0, np.uint64)
     if b.size == 0 or b[-1] >= 0x80:
         raise ValueError("truncated varint")
-    ends = np.flatnonzero(b < 0x80)
+    cont = b >= 0x80
+    ends = np.flatnonzero(~cont)
     if ends.size != count:
         raise ValueError(f"{ends.size} varints, expected {count}")
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts + 1
-    if int(lengths.max()) > _MAX_VARINT_BYTES:
-        raise ValueError("varint longer than 9 bytes")
-    if np.any(b[ends[lengths > 1]] == 0):
+    if ends.size == b.size:  # every value is one byte
+        return np.cumsum(b, dtype=np.uint64)
+    if np.any(cont[:-1] & (b[1:] == 0)):  # a continuation byte followed by a final 0x00
         raise ValueError("overlong varint")
-    out = b[starts].astype(np.uint64)  # first byte has no continuation bit only if it is the last
-    out &= np.uint64(0x7F)
-    sel = np.flatnonzero(lengths > 1)
-    j = 1
-    while sel.size:
-        out[sel] |= (b[starts[sel] + j].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * j)
-        j += 1
-        sel = sel[lengths[sel] > j]
+    place = np.zeros(b.size, np.uint8)
+    run = cont[:-1]  # run[i - j]: bytes i-1 .. i-j are all continuation bytes
+    for j in range(1, _MAX_VARINT_BYTES + 1):
+        if not run.any():
+            break
+        if j == _MAX_VARINT_BYTES:
+            raise ValueError(f"varint longer than {_MAX_VARINT_BYTES} bytes")
+        place[j:] += run
+        run = run[1:] & cont[: run.size - 1]
+    place *= 7
+    sums = (b & 0x7F).astype(np.uint64)
+    np.left_shift(sums, place, out=sums, dtype=np.uint64)
+    np.cumsum(sums, out=sums)
+    return sums[ends]
+
+
+def varint_decode(data: bytes, count: int) -> np.ndarray:
+    """Decode exactly ``count`` LEB128 values (uint64); ValueError on any deviation from the format."""
+    sums = _varint_prefix_sums(data, count)
+    out = sums.copy()
+    np.subtract(sums[1:], sums[:-1], out=out[1:])  # exact: each value is < 2**63
     return out
 
 
@@ -120,7 +137,7 @@ def decode_indices(encoding: int, data: bytes, nnz: int, numel: int) -> np.ndarr
     if nnz > numel:
         raise ValueError(f"{nnz} indices for {numel} elements")
     if encoding == VARINT:
-        idx = np.cumsum(varint_decode(data, nnz), dtype=np.uint64)
+        idx = _varint_prefix_sums(data, nnz)  # = cumsum(deltas), wrapping mod 2**64 like it
         # strictly increasing also catches zero deltas (duplicates) and uint64 wrap-around
         if idx.size > 1 and not np.all(idx[1:] > idx[:-1]):
             raise ValueError("indices not strictly increasing")
