@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--role", default="keeper", choices=["keeper", "contributor"], help="role announced to peers"
     )
     run.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="RUN.toml",
+        help="the run's signed rules (`potluck init`): take part in its rounds; or pass --run RUN_ID to fetch them",
+    )
+    run.add_argument(
         "--model",
         type=Path,
         metavar="FILE.safetensors",
@@ -137,6 +143,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_dir_arg(ident)
     ident.add_argument("--json", action="store_true", help="print JSON")
+
+    init = commands.add_parser(
+        "init", help="create a run: a signed manifest and its genesis weights", description="Create a run."
+    )
+    _data_dir_arg(init)
+    init.add_argument("--task", required=True, help="built-in task (toy, ...) or package.module:factory")
+    init.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task factory argument")
+    init.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the genesis weights")
+    init.add_argument("--round-seconds", type=_positive_float, default=60.0, help="round length (default 60)")
+    init.add_argument("--start-in", type=float, default=0.0, metavar="SECONDS", help="round 0 starts this much later")
+    init.add_argument("--density", type=_density, default=0.01, help="top-k density of updates (default 0.01)")
+    init.add_argument("--values", choices=["int8", "fp16"], default="int8")
+    init.add_argument("--quorum", type=_positive_int, default=1, help="signatures needed to commit (default 1)")
+    init.add_argument("--outer-lr", type=_positive_float, default=1.0, help="V+1 = V + lr * mean delta (default 1)")
+    init.add_argument("--weight-cap", type=_positive_int, default=10_000, help="cap on an update's sample weight")
+    init.add_argument("--max-update-norm", type=_positive_float, help="reject updates with a larger L2 norm")
+    init.add_argument("--admission", choices=["open", "allowlist"], default="open")
+    init.add_argument("--allow", nargs="+", default=[], metavar="NODE_ID", help="admitted authors (allowlist)")
+    init.add_argument("-o", "--output", type=Path, required=True, metavar="RUN.toml")
+
+    log = commands.add_parser("log", help="the committed versions of this node's run (reads <data-dir>)")
+    _data_dir_arg(log)
+    log.add_argument("--json", action="store_true", help="print JSON")
+
+    export = commands.add_parser("export", help="write a committed version to a safetensors file")
+    _data_dir_arg(export)
+    export.add_argument("--version", help="version hash or its prefix (default: the latest)")
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.safetensors")
 
     _update_commands(
         commands.add_parser("update", help="make, inspect, publish and apply signed sparse updates")
@@ -209,6 +243,12 @@ def _density(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
@@ -270,6 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_remote_rpc=args.allow_remote_rpc,
         role=args.role,
         record_ttl_s=args.record_ttl,
+        manifest=args.manifest,
         model=args.model,
         allow=args.allow,
         max_update_norm=args.max_update_norm,
@@ -319,6 +360,91 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_peers(args: argparse.Namespace) -> int:
     peers = _ask(args, lambda c: c.peers())["peers"]
     print(json.dumps(peers, indent=2) if args.json else format_peers(peers))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from potluck.datadir import prepare_data_dir
+    from potluck.identity import load_or_create
+    from potluck.manifest import ManifestError, create_manifest, genesis_path
+    from potluck.store.versions import atomic_save
+    from potluck.tasks import TaskError, get_task
+    from potluck.tasks import genesis as task_genesis
+
+    task_args: dict[str, str | int | float] = {}
+    for item in args.task_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad --task-arg {item!r}: expected KEY=VALUE")
+        task_args[key] = _number_or_str(value)
+    if args.admission == "allowlist" and not args.allow:
+        raise ConfigError("--admission allowlist needs --allow NODE_ID ...")
+    identity = load_or_create(prepare_data_dir(args.data_dir))
+    try:
+        state, genesis_hash = task_genesis(get_task(args.task, task_args), args.seed)
+        manifest = create_manifest(
+            identity, args.task, genesis_hash, round_seconds=args.round_seconds, task_args=task_args,
+            start_time=time.time() + args.start_in, seed=args.seed, density=args.density, values=args.values,
+            quorum=args.quorum, outer_lr=args.outer_lr, weight_cap=args.weight_cap,
+            max_update_norm=args.max_update_norm, admission=args.admission, allow=tuple(args.allow),
+        )  # fmt: skip
+    except (TaskError, ManifestError) as e:
+        raise ConfigError(str(e)) from None
+    atomic_save(state, genesis_path(args.output))
+    manifest.save(args.output)
+    print(
+        f"run {manifest.run_id}\nwrote {args.output} and {genesis_path(args.output)} (genesis {genesis_hash[:16]})"
+    )
+    return 0
+
+
+def _number_or_str(text: str) -> str | int | float:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _open_history(data_dir: Path):
+    from potluck.node import HISTORY_FILE
+    from potluck.store.history import History
+
+    path = data_dir.expanduser() / HISTORY_FILE
+    if not path.exists():
+        raise ConfigError(f"no history in {data_dir}: this node has not taken part in a run")
+    return History(path)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    with _open_history(args.data_dir) as history:
+        entries = history.log()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        print(format_log(entries))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore, atomic_save
+
+    with _open_history(args.data_dir) as history:
+        versions = [e["version"] for e in history.log()]
+    if not versions:
+        raise ConfigError("no committed version yet")
+    wanted = args.version or versions[-1]
+    matches = sorted({v for v in versions if v.startswith(wanted)})
+    if len(matches) != 1:
+        raise ConfigError(f"--version {wanted!r} matches {len(matches)} committed versions")
+    try:
+        state = VersionStore(args.data_dir.expanduser() / "versions").get(matches[0])
+    except (VersionNotFound, CorruptVersion) as e:
+        print(f"potluck export: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    atomic_save(state, args.output)
+    print(f"wrote {args.output}: version {matches[0]}")
     return 0
 
 
@@ -422,6 +548,9 @@ COMMANDS = {
     "peers": cmd_peers,
     "id": cmd_id,
     "update": cmd_update,
+    "init": cmd_init,
+    "log": cmd_log,
+    "export": cmd_export,
     "demo": cmd_demo,
 }
 
@@ -497,6 +626,21 @@ def format_update(info: dict[str, Any]) -> str:
         for t in info["tensors"]
     ]
     return "\n".join(lines)
+
+
+def format_log(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "no committed versions yet"
+    header = ("ROUND", "VERSION", "PARENT", "UPDATES", "CONTRIBUTORS", "ACCURACY", "TIME")
+    rows = [
+        (
+            str(e["round"]), e["version"][:16], e["parent"][:16], str(e["updates"]), str(len(e["contributors"])),
+            "-" if e.get("accuracy") is None else f"{e['accuracy']:.3f}",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"])),
+        )
+        for e in entries
+    ]  # fmt: skip
+    return _table(header, rows)
 
 
 def format_updates(updates: list[dict[str, Any]]) -> str:

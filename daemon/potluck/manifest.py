@@ -410,3 +410,13 @@ def create_manifest(
     )
     signature = identity.sign(hashlib.sha256(unsigned.body()).digest())
     return replace(unsigned, signature=signature)
+
+
+def is_run_id(text: str) -> bool:
+    """A run id is the sha256 (64 lowercase hex digits) of a signed manifest."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def genesis_path(manifest_path: Path) -> Path:
+    """Where `potluck init` writes the genesis weights: beside the manifest, ``run.toml`` -> ``run.genesis.safetensors``."""
+    return manifest_path.with_name(manifest_path.stem + ".genesis.safetensors")

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,14 @@ from potluck import AGENT
 from potluck.datadir import DataDirLock, prepare_data_dir
 from potluck.errors import ConfigError
 from potluck.exchange.service import UpdateExchange
+from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import P2P_KEY_FILE, PUBLIC_KEY_SIZE, NodeIdentity, load_or_create, node_id_of
+from potluck.manifest import Manifest, ManifestError, genesis_path, is_run_id, load_manifest
+from potluck.rounds.engine import RoundEngine
 from potluck.rpc.address import DEFAULT_RPC_LISTEN, write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
+from potluck.store.atomic import atomic_write_bytes
+from potluck.store.history import History
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import VersionStore, load_state
 from potluck.swarm.guard import install_ext_depth_guard
@@ -25,6 +31,8 @@ from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, Membership
 from potluck.swarm.records import RecordReason
 from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
+from potluck.tasks import TaskError, get_task
+from potluck.tasks import genesis as task_genesis
 from potluck.updates.codec import DecodeLimits
 from potluck.updates.reasons import UpdateRejected
 from potluck.updates.validation import UpdateValidator, ValidationContext
@@ -34,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/7451",)
 DEFAULT_RECORD_TTL_S = 30.0
+HISTORY_FILE = "history.sqlite"
 
 
 @dataclass
@@ -47,7 +56,8 @@ class NodeConfig:
     allow_remote_rpc: bool = False
     role: str = "keeper"
     record_ttl_s: float = DEFAULT_RECORD_TTL_S
-    model: Path | None = None  # the version updates are validated against (until rounds exist)
+    manifest: Path | None = None  # a run's signed rules (`potluck init`); or --run RUN_ID to fetch them
+    model: Path | None = None  # without a manifest: the version updates are validated against
     allow: list[str] = field(default_factory=list)  # admitted authors (node ids); empty = open run
     max_update_norm: float | None = None
 
@@ -61,6 +71,13 @@ class Node:
         self.host: SwarmHost | None = None
         self.membership: Membership | None = None
         self.exchange: UpdateExchange | None = None
+        self.state_service: StateService | None = None
+        self.engine: RoundEngine | None = None
+        self.history: History | None = None
+        self.manifest: Manifest | None = None
+        self.run = config.run
+        self.restore_signals: Callable[[], None] = lambda: None
+        self._background: list[asyncio.Task] = []
         self.rpc: ControlServer | None = None
         self.rejections = RejectionCounters()
         self.local = LocalState(role=config.role, agent=AGENT)
@@ -78,6 +95,9 @@ class Node:
     async def _start(self) -> None:
         cfg = self.config
         self.identity = load_or_create(self.data_dir)
+        self.versions = VersionStore(self.data_dir / "versions")
+        self.manifest = self._local_manifest()
+        self.run = self.manifest.run_id if self.manifest is not None else cfg.run
         # the control server binds first: a busy port fails fast, before p2pd and the DHT start
         self.rpc = ControlServer(
             ControlServicer(self), cfg.rpc_listen, allow_remote=cfg.allow_remote_rpc,
@@ -85,7 +105,7 @@ class Node:
         )  # fmt: skip
         rpc_address = await self.rpc.start()
         install_ext_depth_guard(lambda: self.rejections.add(RecordReason.TOO_DEEP))  # before the DHT forks
-        validator = PeerRecordValidator(self.identity, cfg.run, self.rejections)
+        validator = PeerRecordValidator(self.identity, self.run, self.rejections)
         self.host = SwarmHost(
             identity_path=self.data_dir / P2P_KEY_FILE,
             listen=cfg.listen,
@@ -97,28 +117,123 @@ class Node:
         await self.host.start()
         if self.host.peer_id != self.identity.peer_id:  # p2pd must run with the node key
             raise RuntimeError(f"p2pd peer id {self.host.peer_id} != node key's {self.identity.peer_id}")
-        self.membership = Membership(self.host, self.identity, cfg.run, self.local, ttl_s=cfg.record_ttl_s)
+        self.state_service = StateService(self.host, self.versions, self._manifest_bytes)
+        await self.state_service.start()
+        self.membership = Membership(self.host, self.identity, self.run, self.local, ttl_s=cfg.record_ttl_s)
         self.membership.start()
+        if self.manifest is None and is_run_id(self.run):
+            # joined by run id alone: the rules come from peers; the rest starts once they have
+            self._background.append(asyncio.create_task(self._join_run(), name="join-run"))
+        else:
+            await self._start_updates_and_rounds()
+        self._api_file = write_api_file(self.data_dir, rpc_address)
+        logger.info(
+            f"node {self.identity.node_id[:16]} (peer {self.identity.peer_id}) in run {self.run!r}; "
+            f"control API on {rpc_address}; addresses: {' '.join(await self.host.visible_addrs())}"
+        )
+
+    async def _start_updates_and_rounds(self) -> None:
+        assert self.host is not None and self.identity is not None and self.membership is not None
         self.exchange = UpdateExchange(
-            self.host, self.identity, cfg.run, UpdateStore(self.data_dir / "updates"),
+            self.host, self.identity, self.run, UpdateStore(self.data_dir / "updates"),
             UpdateValidator(self._validation_context()), self._addresses_of,
         )  # fmt: skip
         await self.exchange.start()
-        self._api_file = write_api_file(self.data_dir, rpc_address)
-        logger.info(
-            f"node {self.identity.node_id[:16]} (peer {self.identity.peer_id}) in run {cfg.run!r}; "
-            f"control API on {rpc_address}; addresses: {' '.join(await self.host.visible_addrs())}"
+        if self.manifest is not None:
+            self.history = History(self.data_dir / HISTORY_FILE, self.versions)
+            self.engine = RoundEngine(
+                host=self.host, identity=self.identity, manifest=self.manifest, versions=self.versions,
+                history=self.history, exchange=self.exchange, local=self.local, state_service=self.state_service,
+                peers=self.membership.peers, on_new_version=self.membership.republish_now,
+                restore_signals=self.restore_signals,
+            )  # fmt: skip
+            self.engine.start()
+
+    async def _join_run(self) -> None:
+        """Fetch the manifest of ``self.run`` from its peers (checked against the run id), then start."""
+        assert self.membership is not None and self.state_service is not None
+        delay = 1.0
+        while self.manifest is None:
+            holders = [(p.record.peer_id, list(p.record.addrs)) for p in self.membership.peers()]
+            try:
+                data = await self.state_service.fetch_manifest(self.run, holders) if holders else None
+                if data is not None:
+                    manifest = Manifest.from_bytes(data, self.run)
+                    atomic_write_bytes(self._manifest_cache(), data)
+                    self._ensure_genesis(manifest, None)
+                    self.manifest = manifest
+            except (SyncFailed, ManifestError, ConfigError) as e:
+                logger.warning(f"fetching the manifest of run {self.run[:16]}: {e}; retrying")
+            if self.manifest is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        logger.info(f"joined run {self.run[:16]} ({self.manifest.task}, quorum {self.manifest.quorum})")
+        await self._start_updates_and_rounds()
+
+    def _manifest_cache(self) -> Path:
+        return self.data_dir / f"{self.run}.manifest"
+
+    def _local_manifest(self) -> Manifest | None:
+        """The run's manifest from --manifest, or one fetched from peers on an earlier start."""
+        cfg = self.config
+        if cfg.manifest is not None:
+            try:
+                manifest = load_manifest(cfg.manifest)
+            except (OSError, ManifestError) as e:
+                raise ConfigError(f"cannot load --manifest {cfg.manifest}: {e}") from None
+            if cfg.run not in ("default", manifest.run_id):
+                raise ConfigError(f"--run {cfg.run} is not the run id of --manifest ({manifest.run_id})")
+            self._ensure_genesis(manifest, cfg.manifest)
+            return manifest
+        if is_run_id(cfg.run):
+            cached = self.data_dir / f"{cfg.run}.manifest"
+            if cached.exists():
+                try:
+                    return Manifest.from_bytes(cached.read_bytes(), cfg.run)
+                except (OSError, ManifestError) as e:
+                    logger.warning(f"ignoring cached manifest {cached}: {e}")
+        return None
+
+    def _ensure_genesis(self, manifest: Manifest, manifest_path: Path | None) -> None:
+        """Genesis weights in the version store: from the file beside the manifest, or rebuilt by the task."""
+        if self.versions.has(manifest.genesis):
+            return
+        beside = genesis_path(manifest_path) if manifest_path is not None else None
+        if beside is not None and beside.exists():
+            state = load_state(beside)
+        else:
+            try:
+                state, _ = task_genesis(get_task(manifest.task, manifest.task_args), manifest.seed)
+            except TaskError as e:
+                raise ConfigError(f"cannot rebuild the genesis weights: {e}") from None
+        if self.versions.put(state) != manifest.genesis:
+            raise ConfigError(
+                f"genesis weights do not hash to the manifest's genesis {manifest.genesis[:16]}"
+            )
+
+    def _manifest_bytes(self, run_id: str) -> bytes | None:
+        return (
+            self.manifest.to_bytes() if self.manifest is not None and self.manifest.run_id == run_id else None
         )
 
     def _validation_context(self) -> ValidationContext:
         cfg = self.config
         shapes: dict[str, tuple[int, ...]] = {}
+        if self.manifest is not None:
+            m = self.manifest
+            genesis_state = self.versions.get(m.genesis)
+            return ValidationContext(
+                run=m.run_id, round=0, shapes={n: tuple(t.shape) for n, t in genesis_state.items()},
+                known_bases=frozenset({m.genesis}),
+                admitted=frozenset(bytes.fromhex(a) for a in m.allow) if m.admission == "allowlist" else None,
+                max_norm=m.max_update_norm,
+            )  # fmt: skip
         if cfg.model is not None:
             try:
                 state = load_state(cfg.model)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"cannot load --model {cfg.model}: {e}") from None
-            self.local.model_version = VersionStore(self.data_dir / "versions").put(state)
+            self.local.model_version = self.versions.put(state)
             shapes = {name: tuple(t.shape) for name, t in state.items()}
         try:
             admitted = frozenset(bytes.fromhex(a) for a in cfg.allow) or None
@@ -127,7 +242,7 @@ class Node:
         if admitted and any(len(a) != PUBLIC_KEY_SIZE for a in admitted):
             raise ConfigError("--allow takes node ids (64 hex digits, see `potluck id`)")
         return ValidationContext(
-            run=cfg.run, round=self.local.round, shapes=shapes,
+            run=self.run, round=self.local.round, shapes=shapes,
             known_bases=frozenset({self.local.model_version} - {""}), admitted=admitted,
             max_norm=cfg.max_update_norm,
         )  # fmt: skip
@@ -139,7 +254,10 @@ class Node:
         )
 
     async def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse:
-        assert self.exchange is not None
+        if self.exchange is None:
+            return control_pb2.PublishUpdateResponse(
+                accepted=False, reason="not_ready", detail="this node has not fetched its run's manifest yet"
+            )
         try:
             held = await self.exchange.accept(data, "published")
         except UpdateRejected as e:
@@ -147,7 +265,8 @@ class Node:
         return control_pb2.PublishUpdateResponse(accepted=True, update_id=held.update_id)
 
     def list_updates(self) -> control_pb2.ListUpdatesResponse:
-        assert self.exchange is not None
+        if self.exchange is None:
+            return control_pb2.ListUpdatesResponse()
         held = sorted(self.exchange.held.values(), key=lambda u: (-u.round, u.update_id))
         return control_pb2.ListUpdatesResponse(
             updates=[
@@ -173,6 +292,11 @@ class Node:
         """Stop everything this node started; safe to call at any point of start()."""
         if self._api_file is not None:
             self._api_file.unlink(missing_ok=True)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.engine is not None:
+            await self.engine.stop()
         if self.rpc is not None:
             with contextlib.suppress(Exception):
                 await self.rpc.stop()
@@ -189,10 +313,10 @@ class Node:
     def status(self) -> control_pb2.GetStatusResponse:
         assert self.identity is not None and self.host is not None and self.membership is not None
         boot = self.host.bootstrap
-        return control_pb2.GetStatusResponse(
+        fields = dict(
             node_id=self.identity.node_id,
             peer_id=self.identity.peer_id,
-            run=self.config.run,
+            run=self.run,
             agent_version=AGENT,
             listen_addrs=self.host.listen,
             addrs=self.host.addrs,
@@ -215,12 +339,30 @@ class Node:
             ),
             rpc_address=self.rpc.address if self.rpc else "",
             record_ttl_s=self.membership.ttl_s,
-            **self._update_status(),
         )
+        fields |= self._update_status() | self._round_status()
+        return control_pb2.GetStatusResponse(**fields)
+
+    def _round_status(self) -> dict:
+        if self.engine is None:
+            return {"run_id": self.run if is_run_id(self.run) else "", "committed_round": -1}
+        e = self.engine
+        return {
+            "run_id": e.run_id,
+            "round": max(e.status.round, 0),
+            "phase": e.status.phase,
+            "version": e.version,
+            "deadline": e.status.deadline,
+            "participants": e.status.last_participants,
+            "committed_round": e.committed_round,
+            "abandoned_rounds": e.status.abandoned_rounds,
+            "round_error": e.status.last_error,
+            "bad_tensors": self.state_service.stats.bad_tensors if self.state_service else 0,
+        }
 
     def _update_status(self) -> dict:
         if self.exchange is None:
-            return {}
+            return {"base_version": self.local.model_version}
         counters = self.exchange.validator.counters
         return {
             "accepted_updates": counters["accepted"],
@@ -262,6 +404,12 @@ async def run_node(config: NodeConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     node = Node(config)
+
+    def restore_signals() -> None:  # hivemind's averager sets SIGINT to "ignore" when it starts
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+    node.restore_signals = restore_signals
     start = asyncio.create_task(node.start())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -39,6 +40,7 @@ FETCH_TIMEOUT_S = 60.0
 AVOID_HOLDER_S = 300.0
 # Reasons that depend on when the update is seen (the round moves on, a base arrives): try again later.
 RETRYABLE = frozenset({Reason.FUTURE_ROUND, Reason.UNKNOWN_BASE})
+RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class UpdateExchange:
         self._rejected: dict[str, Reason] = {}  # update ids that failed validation for good
         self._avoid: dict[str, float] = {}  # peer id -> until when
         self._inflight: set[str] = set()
+        self._retry_after: dict[str, float] = {}  # update id -> when to try a retryable rejection again
         self.fetched = 0
         self.bad_holder_fetches = 0
         self._tasks: list[asyncio.Task] = []
@@ -130,6 +133,19 @@ class UpdateExchange:
                            parsed.base, "stored")  # fmt: skip
 
     # ---- accepting updates -------------------------------------------------------------------------
+
+    def set_context(self, *, round: int, known_bases: frozenset[str]) -> None:
+        """Move validation on to ``round`` (the round engine calls this); older rounds are forgotten."""
+        ctx = self.validator.context
+        if (ctx.round, ctx.known_bases) == (round, known_bases):
+            return
+        self.validator.context = dataclasses.replace(ctx, round=round, known_bases=known_bases)
+        self.validator.forget_before(round)
+        self._retry_after.clear()  # what was too early or on an unknown base may be fine now
+        self._announce_now.set()
+
+    def read(self, update_id: str) -> bytes:
+        return self._store.get(update_id)
 
     def rounds_of_interest(self) -> range:
         ctx = self.validator.context
@@ -238,8 +254,11 @@ class UpdateExchange:
                     continue
                 self._holders.setdefault(announcement.update_id, set()).update(announcement.holders)
                 uid = announcement.update_id
-                if uid not in self.held and uid not in self._rejected and uid not in self._inflight:
-                    wanted.append(announcement)
+                if uid in self.held or uid in self._rejected or uid in self._inflight:
+                    continue
+                if self._retry_after.get(uid, 0.0) > time.monotonic():
+                    continue
+                wanted.append(announcement)
         for announcement in wanted:
             self._inflight.add(announcement.update_id)
             task = asyncio.create_task(self._fetch(announcement), name=f"fetch-{announcement.update_id[:12]}")
@@ -268,7 +287,9 @@ class UpdateExchange:
                     self.fetched += 1
                 except UpdateRejected as e:
                     logger.info(f"rejected update {uid[:12]} from {holder}: {e}")
-                    if e.reason not in RETRYABLE:
+                    if e.reason in RETRYABLE:
+                        self._retry_after[uid] = time.monotonic() + RETRY_S
+                    else:
                         self._rejected[uid] = e.reason
                 return
         finally:

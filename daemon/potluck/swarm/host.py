@@ -243,6 +243,11 @@ class SwarmHost:
         await asyncio.wait_for(self._p2p._client.connect(peer, maddrs), CONNECT_TIMEOUT_S)
 
     @property
+    def dht(self) -> DHT:
+        """The current DHT child's handle (replaced when the child is restarted)."""
+        return self._require_dht()
+
+    @property
     def p2p(self) -> P2P:
         """The node's libp2p host (p2pd): add stream handlers here, they survive DHT restarts."""
         assert self._p2p is not None

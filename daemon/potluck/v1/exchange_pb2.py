@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19potluck/v1/exchange.proto\x12\npotluck.v1\"\"\n\rUpdateRequest\x12\x11\n\tupdate_id\x18\x01 \x01(\x0c\"/\n\x0bUpdateChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19potluck/v1/exchange.proto\x12\npotluck.v1\"\"\n\rUpdateRequest\x12\x11\n\tupdate_id\x18\x01 \x01(\x0c\"/\n\x0bUpdateChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\".\n\rTensorRequest\x12\x0f\n\x07version\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\"M\n\x0bTensorChunk\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"!\n\x0fManifestRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x0c\"$\n\x10ManifestResponse\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEREQUEST']._serialized_end=75
   _globals['_UPDATECHUNK']._serialized_start=77
   _globals['_UPDATECHUNK']._serialized_end=124
+  _globals['_TENSORREQUEST']._serialized_start=126
+  _globals['_TENSORREQUEST']._serialized_end=172
+  _globals['_TENSORCHUNK']._serialized_start=174
+  _globals['_TENSORCHUNK']._serialized_end=251
+  _globals['_MANIFESTREQUEST']._serialized_start=253
+  _globals['_MANIFESTREQUEST']._serialized_end=286
+  _globals['_MANIFESTRESPONSE']._serialized_start=288
+  _globals['_MANIFESTRESPONSE']._serialized_end=324
 # @@protoc_insertion_point(module_scope)

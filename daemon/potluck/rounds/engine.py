@@ -1,0 +1,452 @@
+"""The round engine: every round, the run's keepers turn the round's accepted updates into one
+agreed, signed, content-addressed version.
+
+Per round r (times from rounds/schedule.py, derived from the manifest alone):
+
+collecting    updates against V_r are validated and held by the exchange.
+aggregating   for attempt a = 0, 1, ... while the round's aggregation window lasts:
+  1. freeze: publish a signed entry (held update ids) under the (round, attempt) key;
+  2. after ENTRY_WINDOW_S read every entry: the participants; derive the same assignment as
+     everyone else (each update carried by exactly one holder, rounds/entries.py);
+  3. all-reduce the fixed-point contributions with a fresh averager whose group must be exactly
+     the participants (min_group_size = their number); the gather carries the entry digest, each
+     peer's sentinel, its carried ids and weight;
+  4. check: same digest everywhere, the carried ids are exactly the assignment, every sentinel and
+     coordinate recovers an exact integer sum (rounds/fixedpoint.py) -> else abandon the attempt;
+  5. V_{r+1} = V_r + eta * sum / W, hash it, sign the commit, publish the signature, wait for the
+     manifest's quorum of signatures on the same commit, then store the version and the history row.
+A node alone skips the all-reduce: same integers, same bytes. A round without updates commits
+nothing (V_{r+1} = V_r).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import torch
+
+from potluck.exchange.service import UpdateExchange
+from potluck.exchange.state import StateService
+from potluck.identity import NodeIdentity, node_id_of
+from potluck.manifest import Manifest
+from potluck.rounds import fixedpoint, schedule
+from potluck.rounds.averaging import CanonicalAverager, next_power_of_two
+from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker, sign_commit
+from potluck.rounds.entries import BadEntry, RoundEntry, agreement_digest, assign, entries_key
+from potluck.store.history import History
+from potluck.store.versions import VersionStore, tensor_hashes, version_hash
+from potluck.swarm.host import SwarmHost
+from potluck.swarm.membership import LocalState, PeerInfo
+from potluck.updates.codec import decode_update
+from potluck.wire import WireError, bounded_unpackb
+
+logger = logging.getLogger(__name__)
+
+ENTRY_WINDOW_S = 1.0  # participants publish entries, then everyone reads the same set
+MATCHMAKING_S = 1.5  # hivemind forms the group before the scheduled all-reduce
+ALLREDUCE_TIMEOUT_S = 20.0
+MIN_ATTEMPT_S = 4.0
+MAX_SIGNED_COMMIT_BYTES = 14 << 10
+COMMIT_TTL_S = 24 * 3600.0
+CATCH_UP_PERIOD_S = 2.0
+
+
+def signed_commit_bytes(commit: Commit, signature: CommitSignature) -> bytes:
+    """What a participant stores in the DHT: the commit body and its signature of it (small models:
+    a body with a few hundred tensor hashes stays far below hivemind's 15 KB value hazard)."""
+    return msgpack.packb([commit.to_bytes(), signature.to_bytes(commit.id)], use_bin_type=True)
+
+
+def parse_signed_commit(data: bytes) -> tuple[Commit, CommitSignature]:
+    try:
+        body, signature = bounded_unpackb(data, MAX_SIGNED_COMMIT_BYTES, 1, max_array_len=2, max_str_len=0)
+    except (WireError, TypeError, ValueError) as e:
+        raise CommitError(f"not a signed commit: {e}") from None
+    if type(body) is not bytes or type(signature) is not bytes:
+        raise CommitError("not a signed commit")
+    commit = Commit.from_bytes(body)
+    cid, sig = CommitSignature.from_bytes(signature)
+    if cid != commit.id:
+        raise CommitError("the signature is for another commit")
+    return commit, sig
+
+
+def commits_key(run_id: str, round_: int) -> str:
+    return f"potluck/{run_id}/commits/{round_}"
+
+
+class AttemptFailed(Exception):
+    pass
+
+
+@dataclass
+class RoundStatus:
+    round: int = -1
+    phase: str = "waiting"
+    deadline: float = 0.0
+    attempts: int = 0
+    last_error: str = ""
+    last_participants: list[str] = field(default_factory=list)
+    abandoned_rounds: int = 0
+
+
+class RoundEngine:
+    def __init__(
+        self,
+        *,
+        host: SwarmHost,
+        identity: NodeIdentity,
+        manifest: Manifest,
+        versions: VersionStore,
+        history: History,
+        exchange: UpdateExchange,
+        local: LocalState,
+        state_service: StateService,
+        peers: Callable[[], list[PeerInfo]],
+        on_new_version: Callable[[], None],
+        restore_signals: Callable[[], None],
+    ):
+        self._host, self._identity, self.manifest = host, identity, manifest
+        self.run_id = manifest.run_id
+        self._versions, self._history, self._exchange = versions, history, exchange
+        self._local, self._on_new_version, self._restore_signals = local, on_new_version, restore_signals
+        self._state, self._peers = state_service, peers
+        self.status = RoundStatus()
+        self._task: asyncio.Task | None = None
+        latest = history.latest()
+        self.version = latest.version if latest is not None else manifest.genesis
+        self.committed_round = latest.round if latest is not None else -1
+        self.state = versions.get(self.version)
+        self.layout = fixedpoint.Layout.from_state(self.state)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._publish_version()
+        self._task = asyncio.create_task(self._run_forever(), name="round-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def adopt(self, commit: Commit, state: dict[str, np.ndarray]) -> None:
+        """Take a version committed elsewhere (a late joiner's sync): it becomes our V."""
+        self.version, self.state, self.committed_round = commit.version, state, commit.round
+        self._publish_version()
+
+    def _publish_version(self) -> None:
+        """Tell the exchange and our peer record which version updates must be based on."""
+        self._local.model_version = self.version
+        self._local.round = max(self.committed_round + 1, 0)
+        round_ = max(self.status.round, self.committed_round + 1, 0)
+        self._exchange.set_context(round=round_, known_bases=frozenset({self.version}))
+        self._on_new_version()
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    async def _run_forever(self) -> None:
+        m = self.manifest
+        while True:
+            try:
+                await self.catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.status.last_error = f"catching up: {type(e).__name__}: {e}"
+                logger.warning(self.status.last_error)
+            now = time.time()
+            r = schedule.round_at(m, now)
+            if r < 0:
+                self.status.phase = "waiting"
+                await asyncio.sleep(min(1.0, m.start_time - now))
+                continue
+            self.status.round, self.status.deadline = r, schedule.deadline(m, r)
+            self._exchange.set_context(
+                round=max(r, self.committed_round + 1), known_bases=frozenset({self.version})
+            )
+            if self.committed_round >= r:  # V_{r+1} is already here (synced, or committed)
+                self.status.phase = "committed"
+                await _sleep_until(min(schedule.deadline(m, r), now + CATCH_UP_PERIOD_S))
+                continue
+            agg_start = schedule.aggregation_start(m, r)
+            if now < agg_start:
+                self.status.phase = "collecting"
+                await _sleep_until(min(agg_start, now + CATCH_UP_PERIOD_S))
+                continue
+            self.status.phase = "aggregating"
+            await self._aggregate_round(r)
+            await _sleep_until(schedule.deadline(m, r))
+
+    async def _aggregate_round(self, r: int) -> None:
+        m = self.manifest
+        end = schedule.deadline(m, r)
+        attempt_s = max(MIN_ATTEMPT_S, (end - schedule.aggregation_start(m, r)) / 3)
+        attempt = 0
+        while True:
+            start = schedule.aggregation_start(m, r) + attempt * attempt_s
+            if start + MIN_ATTEMPT_S > end:
+                break
+            await _sleep_until(start)
+            self.status.attempts += 1
+            try:
+                done = await self._attempt(r, attempt, start, min(start + attempt_s, end))
+                if done:
+                    return
+            except AttemptFailed as e:
+                self.status.last_error = f"round {r} attempt {attempt}: {e}"
+                logger.warning(self.status.last_error)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug in one attempt must not end the node
+                self.status.last_error = f"round {r} attempt {attempt}: {type(e).__name__}: {e}"
+                logger.exception(self.status.last_error)
+            attempt += 1
+        self.status.abandoned_rounds += 1
+        logger.warning(f"round {r} abandoned: no attempt committed before the deadline")
+
+    async def _attempt(self, r: int, attempt: int, start: float, until: float) -> bool:
+        """One aggregation attempt; True when round r is settled (committed, or nothing to commit)."""
+        held = sorted(
+            u.update_id for u in self._exchange.held.values() if u.round == r and u.base == self.version
+        )
+        mine = RoundEntry(self.run_id, r, attempt, self.version, self._identity.public_key, tuple(held))
+        key = entries_key(self.run_id, r, attempt)
+        await self._host.store(key, self._identity.public_key, mine.sign(self._identity), start + 3600)
+        await _sleep_until(start + ENTRY_WINDOW_S)
+        entries = await self._read_entries(key, r, attempt)
+        if self._identity.public_key not in {e.node for e in entries}:
+            entries.append(mine)  # our own store may not be visible yet; we know what we said
+        entries.sort(key=lambda e: e.node)
+        assignment = assign(entries)
+        if not assignment:
+            logger.info(f"round {r}: no updates; the version stays {self.version[:12]}")
+            return True
+        carried = sorted(uid for uid, node in assignment.items() if node == self._identity.public_key)
+        weighted = [
+            (self.manifest.update_weight(self._exchange.held[uid].sample_count), uid) for uid in carried
+        ]
+        contribution = await asyncio.to_thread(self._contribution, weighted)
+        if contribution.clipped:
+            logger.warning(f"round {r}: {contribution.clipped} coordinates clipped to the fixed-point range")
+        participants = [e.node for e in entries]
+        digest = agreement_digest(entries)
+        if len(participants) == 1:
+            summed, total_weight = contribution.q, contribution.weight
+        else:
+            summed, total_weight = await self._allreduce(
+                r, attempt, participants, digest, contribution, carried, assignment, start
+            )
+        new_state = await asyncio.to_thread(
+            fixedpoint.next_version, self.state, self.layout, summed, total_weight, self.manifest.outer_lr
+        )
+        hashes = tensor_hashes(new_state)
+        contributors = sorted({node_id_of(self._exchange.held[uid].author) for uid in assignment})
+        commit = Commit(
+            run_id=self.run_id, round=r, parent=self.version, version=version_hash(new_state),
+            tensor_hashes=hashes, updates=tuple(sorted(assignment)), contributors=tuple(contributors),
+            participants=tuple(sorted(node_id_of(p) for p in participants)), total_weight=total_weight,
+        )  # fmt: skip
+        signatures = await self._collect_quorum(commit, until)
+        await asyncio.to_thread(self._persist, commit, signatures, new_state)
+        logger.info(
+            f"round {r}: committed {commit.version[:12]} from {len(commit.updates)} updates, "
+            f"{len(participants)} participants, {len(signatures)} signatures"
+        )
+        return True
+
+    def _contribution(self, weighted: list[tuple[int, str]]) -> fixedpoint.Contribution:
+        carried = [(w, decode_update(self._exchange.read(uid)).update) for w, uid in weighted]
+        return fixedpoint.contribution(self.layout, carried)
+
+    async def _read_entries(self, key: str, r: int, attempt: int) -> list[RoundEntry]:
+        entries = []
+        for subkey, item in (await self._host.get(key)).items():
+            try:
+                entry = RoundEntry.verify(item.value)
+            except BadEntry as e:
+                logger.debug(f"ignoring round entry: {e}")
+                continue
+            if (entry.run, entry.round, entry.attempt, entry.node) != (self.run_id, r, attempt, subkey):
+                continue
+            if entry.base != self.version:  # on another branch: it will sync, not take part
+                continue
+            entries.append(entry)
+        return entries
+
+    async def _allreduce(
+        self, r: int, attempt: int, participants: list[bytes], digest: str, contribution: fixedpoint.Contribution,
+        carried: list[str], assignment: dict[str, bytes], start: float,
+    ) -> tuple[np.ndarray, int]:  # fmt: skip
+        sentinel = fixedpoint.new_sentinel()
+        packed = await asyncio.to_thread(fixedpoint.pack, self.layout, contribution.q, sentinel)
+        n = len(participants)
+        averager = CanonicalAverager(
+            [torch.from_numpy(packed)], self._host.dht, start=False,
+            prefix=f"potluck_{self.run_id[:16]}_r{r}_a{attempt}",
+            target_group_size=next_power_of_two(n), min_group_size=n,
+            min_matchmaking_time=MATCHMAKING_S, request_timeout=MATCHMAKING_S / 2,
+            allreduce_timeout=ALLREDUCE_TIMEOUT_S, allow_state_sharing=False,
+            min_vector_size=fixedpoint.ROW,  # every peer's slice holds at least one sentinel
+        )  # fmt: skip
+        averager.run_in_background(await_ready=False)
+        self._restore_signals()  # hivemind sets SIGINT to "ignore" in the host process
+        try:
+            await asyncio.to_thread(averager.wait_until_ready, 10)
+            gather = {
+                "digest": digest,
+                "sentinel": sentinel,
+                "checksum": str(fixedpoint.checksum(contribution.q)),  # may exceed 64 bits
+                "carried": carried,
+                "weight": contribution.weight,
+                "node": self._identity.public_key,
+            }
+            scheduled = start + ENTRY_WINDOW_S + MATCHMAKING_S
+            try:
+                gathered = await asyncio.to_thread(
+                    averager.step, gather=gather, scheduled_time=scheduled, timeout=MATCHMAKING_S * 4,
+                    allow_retries=False,
+                )  # fmt: skip
+            except Exception as e:
+                raise AttemptFailed(f"all-reduce failed: {type(e).__name__}: {e}") from None
+            if not gathered:
+                raise AttemptFailed("no group formed")
+            peers = [_checked_gather(p) for p in gathered.values()]
+            if sorted(p["node"] for p in peers) != sorted(participants):
+                raise AttemptFailed(f"group of {len(peers)} is not the {n} participants")
+            if any(p.get("digest") != digest for p in peers):
+                raise AttemptFailed("participants derived the assignment from different entries")
+            carried_all = sorted(uid for p in peers for uid in p["carried"])
+            if carried_all != sorted(assignment):
+                raise AttemptFailed("carried updates differ from the assignment")
+            with averager.get_tensors() as tensors:
+                averaged = tensors[0].numpy().copy()
+            sentinels = sum(int(p["sentinel"]) for p in peers)
+            checksums = sum(int(p["checksum"]) for p in peers)
+            try:
+                summed = await asyncio.to_thread(
+                    fixedpoint.unpack, self.layout, averaged, n, sentinels, checksums
+                )
+            except fixedpoint.PartialResult as e:
+                raise AttemptFailed(f"partial all-reduce result: {e}") from None
+            return summed, sum(int(p["weight"]) for p in peers)
+        finally:
+            await asyncio.to_thread(_shutdown_averager, averager)
+
+    async def _collect_quorum(self, commit: Commit, until: float) -> list[CommitSignature]:
+        key = commits_key(self.run_id, commit.round)
+        mine = sign_commit(commit, self._identity)
+        await self._host.store(
+            key, self._identity.public_key, signed_commit_bytes(commit, mine), time.time() + COMMIT_TTL_S
+        )
+        tracker = QuorumTracker(self.run_id, commit.round, self.manifest.quorum)
+        tracker.add(commit, mine)
+        while True:
+            if tracker.count(commit.id) >= self.manifest.quorum:
+                return tracker.signatures(commit.id)
+            if time.time() >= until:
+                raise AttemptFailed(f"only {tracker.count(commit.id)} of {self.manifest.quorum} signatures")
+            await asyncio.sleep(0.3)
+            await self._read_commits(key, tracker)
+
+    async def _read_commits(self, key: str, tracker: QuorumTracker) -> None:
+        for item in (await self._host.get(key)).values():
+            with contextlib.suppress(CommitError):
+                other, signature = parse_signed_commit(item.value)
+                tracker.add(other, signature)
+
+    # ---- catching up -------------------------------------------------------------------------------
+
+    async def catch_up(self) -> bool:
+        """If peers report a newer committed version, verify its commit and download it; True if we moved."""
+        ahead = [
+            p for p in self._peers() if p.record.round > self.committed_round + 1 and p.record.model_version
+        ]
+        if not ahead:
+            return False
+        target_round = max(p.record.round for p in ahead) - 1
+        tracker = QuorumTracker(self.run_id, target_round, self.manifest.quorum)
+        await self._read_commits(commits_key(self.run_id, target_round), tracker)
+        commit = tracker.winner()
+        if commit is None:
+            logger.debug(f"peers are at round {target_round + 1} but its commit has no quorum (yet)")
+            return False
+        holders = [
+            (p.record.peer_id, list(p.record.addrs))
+            for p in self._peers()
+            if p.record.model_version == commit.version
+        ]
+        self.status.phase = "syncing"
+        state = await self._state.download(commit.version, commit.tensor_hashes, holders, have=self.state)
+        if version_hash(state) != commit.version:  # every tensor matched, so this cannot happen
+            raise AttemptFailed("downloaded state does not hash to the commit's version")
+        await asyncio.to_thread(self._persist, commit, tracker.signatures(commit.id), state)
+        logger.info(
+            f"caught up to round {commit.round}: version {commit.version[:12]} from {len(holders)} holders"
+        )
+        return True
+
+    def _persist(
+        self, commit: Commit, signatures: list[CommitSignature], state: dict[str, np.ndarray]
+    ) -> None:
+        # the version first, then the history row: a crash in between leaves V_r as the latest commit
+        stored = self._versions.put(state)
+        if stored != commit.version:
+            raise AttemptFailed(f"stored state hashes to {stored}, the commit says {commit.version}")
+        self._history.record(commit, signatures)
+        self.state, self.version, self.committed_round = state, commit.version, commit.round
+        self.status.last_participants = list(commit.participants)
+        self._host.call_soon(self._publish_version)
+
+    def status_fields(self) -> dict[str, Any]:
+        return {
+            "round": max(self.status.round, 0),
+            "phase": self.status.phase,
+            "deadline": self.status.deadline,
+            "model_version": self.version,
+            "run_id": self.run_id,
+            "last_participants": self.status.last_participants,
+        }
+
+
+def _checked_gather(data: Any) -> dict[str, Any]:
+    """A peer's gather metadata, type-checked: it comes from the network."""
+    ok = (
+        isinstance(data, dict)
+        and isinstance(data.get("digest"), str)
+        and type(data.get("sentinel")) is int
+        and isinstance(data.get("checksum"), str) and len(data["checksum"]) < 40
+        and isinstance(data.get("carried"), list) and all(isinstance(u, str) for u in data["carried"])
+        and type(data.get("weight")) is int and data["weight"] >= 0
+        and isinstance(data.get("node"), bytes)
+    )  # fmt: skip
+    if not ok:
+        raise AttemptFailed("a peer sent malformed gather metadata")
+    try:
+        int(data["checksum"])
+    except ValueError:
+        raise AttemptFailed("a peer sent a malformed checksum") from None
+    return data
+
+
+async def _sleep_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def _shutdown_averager(averager: CanonicalAverager) -> None:
+    with contextlib.suppress(Exception):
+        averager.shutdown()
+    averager.join(timeout=3)
+    if averager.is_alive():
+        averager.kill()

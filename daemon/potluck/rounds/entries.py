@@ -1,0 +1,108 @@
+"""Round entries and update assignment (pure): who takes part in an aggregation and who carries what.
+
+At a round's deadline every participant freezes the set of updates it accepted for the round and
+publishes a signed entry ``[domain, run, round, attempt, base, node, updates]`` in the DHT. After a
+short window all participants read the same entries and derive, each on its own, the same
+assignment: every update goes to exactly one participant among those holding it (the one with the
+smallest sha256(update id || node id)), so the all-reduce counts each update exactly once, whoever
+authored it and whether or not its author is still online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgpack
+
+from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
+from potluck.wire import WireError, bounded_unpackb
+
+DOMAIN = "potluck/round-entry/v1"
+MAX_ENTRY_UPDATES = 256  # 256 ids * 32 B keeps an entry far below hivemind's 15 KB DHT value hazard
+MAX_ENTRY_BYTES = 12 << 10
+
+
+class BadEntry(ValueError):
+    pass
+
+
+def entries_key(run_id: str, round_: int, attempt: int) -> str:
+    return f"potluck/{run_id}/round/{round_}/attempt/{attempt}/entries"
+
+
+@dataclass(frozen=True)
+class RoundEntry:
+    run: str
+    round: int
+    attempt: int
+    base: str  # the version (hex) this participant aggregates onto
+    node: bytes  # participant public key
+    updates: tuple[str, ...]  # sorted ids (hex) of the round's updates it holds
+
+    def _body(self) -> bytes:
+        return msgpack.packb(
+            [DOMAIN, self.run, self.round, self.attempt, bytes.fromhex(self.base), self.node,
+             [bytes.fromhex(u) for u in self.updates]],
+            use_bin_type=True,
+        )  # fmt: skip
+
+    def sign(self, identity: NodeIdentity) -> bytes:
+        if identity.public_key != self.node:
+            raise ValueError("a participant signs only its own entry")
+        body = self._body()
+        return msgpack.packb([body, identity.sign(body)], use_bin_type=True)
+
+    @classmethod
+    def verify(cls, data: bytes) -> RoundEntry:
+        try:
+            body, signature = bounded_unpackb(data, MAX_ENTRY_BYTES, 1, max_array_len=2, max_str_len=0)
+            fields = bounded_unpackb(
+                body, MAX_ENTRY_BYTES, 2, max_array_len=MAX_ENTRY_UPDATES, max_str_len=256
+            )
+        except (WireError, TypeError, ValueError) as e:
+            raise BadEntry(f"not a round entry: {e}") from None
+        if type(fields) is not list or len(fields) != 7 or fields[0] != DOMAIN:
+            raise BadEntry("wrong domain or field count")
+        _, run, round_, attempt, base, node, updates = fields
+        ok = (
+            type(run) is str
+            and type(round_) is int and round_ >= 0
+            and type(attempt) is int and attempt >= 0
+            and type(base) is bytes and len(base) == 32
+            and type(node) is bytes and len(node) == PUBLIC_KEY_SIZE
+            and type(updates) is list and all(type(u) is bytes and len(u) == 32 for u in updates)
+        )  # fmt: skip
+        if not ok:
+            raise BadEntry("wrong field types")
+        ids = tuple(u.hex() for u in updates)
+        if list(ids) != sorted(set(ids)):
+            raise BadEntry("update ids must be sorted and unique")
+        if (
+            type(signature) is not bytes
+            or len(signature) != SIGNATURE_SIZE
+            or not verify(node, signature, body)
+        ):
+            raise BadEntry("bad signature")
+        return cls(run, round_, attempt, base.hex(), node, ids)
+
+
+def assign(entries: Iterable[RoundEntry]) -> dict[str, bytes]:
+    """update id -> the participant (public key) that carries it into the all-reduce."""
+    best: dict[str, tuple[bytes, bytes]] = {}
+    for entry in entries:
+        for uid in entry.updates:
+            rank = hashlib.sha256(bytes.fromhex(uid) + entry.node).digest()
+            if uid not in best or rank < best[uid][0]:
+                best[uid] = (rank, entry.node)
+    return {uid: node for uid, (_, node) in sorted(best.items())}
+
+
+def agreement_digest(entries: Iterable[RoundEntry]) -> str:
+    """One hash of the entry set: participants compare it in the all-reduce's gather to be sure they
+    all derived the assignment from the same entries."""
+    h = hashlib.sha256()
+    for entry in sorted(entries, key=lambda e: e.node):
+        h.update(entry._body())
+    return h.hexdigest()
