@@ -60,10 +60,33 @@ async def lying_holder(
         announced, round_, author, len(served), (identity.peer_id,), identity.public_key, time.time()
     )
     try:
-        await dht.store(updates_key(run, round_), value.sign(identity), get_dht_time() + 60,
-                        subkey=announced.encode(), return_future=True)  # fmt: skip
+        await dht.store(
+            updates_key(run, round_),
+            value.sign(identity),
+            get_dht_time() + 60,
+            subkey=announced.encode(),
+            return_future=True,
+        )
         while not await asyncio.to_thread(done):
             await asyncio.sleep(0.5)
     finally:
         dht.shutdown()
         await p2p.shutdown()
+
+
+async def serve_tampered_tensors(p2p, state) -> None:
+    """Answer GetTensor for any version with ``state``'s tensors, one byte flipped in each."""
+    import numpy as np
+
+    from potluck.exchange.state import TENSOR_HANDLER
+    from potluck.v1 import exchange_pb2
+
+    async def serve(request, context):
+        array = np.ascontiguousarray(state[request.name])
+        data = bytearray(array.tobytes())
+        data[0] ^= 0x01
+        yield exchange_pb2.TensorChunk(
+            dtype=array.dtype.str, shape=list(array.shape), total_size=len(data), data=bytes(data)
+        )
+
+    await p2p.add_protobuf_handler(TENSOR_HANDLER, serve, exchange_pb2.TensorRequest, stream_output=True)

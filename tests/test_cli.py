@@ -173,13 +173,22 @@ def test_parser_accepts_the_documented_interface():
 
 def test_tables_show_what_people_look_for():
     status = {
-        "node_id": "ab" * 32, "peer_id": "12D3KooWx", "run": "default", "role": "keeper",
+        "node_id": "ab" * 32,
+        "peer_id": "12D3KooWx",
+        "run": "default",
+        "role": "keeper",
         "agent_version": "potluck/1",
-        "uptime_s": 3725.0, "peers": 2, "round": 0, "phase": "idle", "model_version": "", "dht_restarts": 1,
-        "rejected_records": {"bad_signature": 3, "unsigned": 0}, "rpc_address": "127.0.0.1:7450",
+        "uptime_s": 3725.0,
+        "peers": 2,
+        "round": 0,
+        "phase": "idle",
+        "model_version": "",
+        "dht_restarts": 1,
+        "rejected_records": {"bad_signature": 3, "unsigned": 0},
+        "rpc_address": "127.0.0.1:7450",
         "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWx"],
         "bootstrap": {"state": "retrying", "attempts": 3, "next_retry_in_s": 4.0, "last_error": "refused"},
-    }  # fmt: skip
+    }
     text = format_status(status)
     assert "1h02m05s" in text and "bad_signature=3" in text and "unsigned" not in text
     assert "retrying (3 attempts), next in 4s: refused" in text

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest",
         type=Path,
         metavar="RUN.toml",
-        help="the run's signed rules (`potluck init`): take part in its rounds; or pass --run RUN_ID to fetch them",
+        help="signed rules of a run (`potluck init`) to take part in; or --run RUN_ID fetches them",
     )
     run.add_argument(
         "--model",
@@ -149,18 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_dir_arg(init)
     init.add_argument("--task", required=True, help="built-in task (toy, ...) or package.module:factory")
-    init.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task factory argument")
+    init.add_argument(
+        "--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task factory argument"
+    )
     init.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the genesis weights")
     init.add_argument("--round-seconds", type=_positive_float, default=60.0, help="round length (default 60)")
-    init.add_argument("--start-in", type=float, default=0.0, metavar="SECONDS", help="round 0 starts this much later")
-    init.add_argument("--density", type=_density, default=0.01, help="top-k density of updates (default 0.01)")
+    init.add_argument(
+        "--start-in", type=float, default=0.0, metavar="SECONDS", help="round 0 starts this much later"
+    )
+    init.add_argument(
+        "--density", type=_density, default=0.01, help="top-k density of updates (default 0.01)"
+    )
     init.add_argument("--values", choices=["int8", "fp16"], default="int8")
-    init.add_argument("--quorum", type=_positive_int, default=1, help="signatures needed to commit (default 1)")
-    init.add_argument("--outer-lr", type=_positive_float, default=1.0, help="V+1 = V + lr * mean delta (default 1)")
-    init.add_argument("--weight-cap", type=_positive_int, default=10_000, help="cap on an update's sample weight")
+    init.add_argument(
+        "--quorum", type=_positive_int, default=1, help="signatures needed to commit (default 1)"
+    )
+    init.add_argument(
+        "--outer-lr", type=_positive_float, default=1.0, help="V+1 = V + lr * mean delta (default 1)"
+    )
+    init.add_argument(
+        "--weight-cap", type=_positive_int, default=10_000, help="cap on an update's sample weight"
+    )
     init.add_argument("--max-update-norm", type=_positive_float, help="reject updates with a larger L2 norm")
     init.add_argument("--admission", choices=["open", "allowlist"], default="open")
-    init.add_argument("--allow", nargs="+", default=[], metavar="NODE_ID", help="admitted authors (allowlist)")
+    init.add_argument(
+        "--allow", nargs="+", default=[], metavar="NODE_ID", help="admitted authors (allowlist)"
+    )
     init.add_argument("-o", "--output", type=Path, required=True, metavar="RUN.toml")
 
     log = commands.add_parser("log", help="the committed versions of this node's run (reads <data-dir>)")
@@ -383,17 +397,29 @@ def cmd_init(args: argparse.Namespace) -> int:
     try:
         state, genesis_hash = task_genesis(get_task(args.task, task_args), args.seed)
         manifest = create_manifest(
-            identity, args.task, genesis_hash, round_seconds=args.round_seconds, task_args=task_args,
-            start_time=time.time() + args.start_in, seed=args.seed, density=args.density, values=args.values,
-            quorum=args.quorum, outer_lr=args.outer_lr, weight_cap=args.weight_cap,
-            max_update_norm=args.max_update_norm, admission=args.admission, allow=tuple(args.allow),
-        )  # fmt: skip
+            identity,
+            args.task,
+            genesis_hash,
+            round_seconds=args.round_seconds,
+            task_args=task_args,
+            start_time=time.time() + args.start_in,
+            seed=args.seed,
+            density=args.density,
+            values=args.values,
+            quorum=args.quorum,
+            outer_lr=args.outer_lr,
+            weight_cap=args.weight_cap,
+            max_update_norm=args.max_update_norm,
+            admission=args.admission,
+            allow=tuple(args.allow),
+        )
     except (TaskError, ManifestError) as e:
         raise ConfigError(str(e)) from None
     atomic_save(state, genesis_path(args.output))
     manifest.save(args.output)
     print(
-        f"run {manifest.run_id}\nwrote {args.output} and {genesis_path(args.output)} (genesis {genesis_hash[:16]})"
+        f"run {manifest.run_id}\n"
+        f"wrote {args.output} and {genesis_path(args.output)} (genesis {genesis_hash[:16]})"
     )
     return 0
 
@@ -469,9 +495,16 @@ def cmd_update_make(args: argparse.Namespace) -> int:
     seq = args.seq if args.seq is not None else time.time_ns() // 1_000_000
     try:
         data = make_update(
-            args.base, args.model, identity, density=args.density, values=args.values, round=args.round,
-            run=args.run, seq=seq, sample_count=args.samples,
-        )  # fmt: skip
+            args.base,
+            args.model,
+            identity,
+            density=args.density,
+            values=args.values,
+            round=args.round,
+            run=args.run,
+            seq=seq,
+            sample_count=args.samples,
+        )
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from None
     atomic_write_bytes(args.output, data)
@@ -634,12 +667,16 @@ def format_log(entries: list[dict[str, Any]]) -> str:
     header = ("ROUND", "VERSION", "PARENT", "UPDATES", "CONTRIBUTORS", "ACCURACY", "TIME")
     rows = [
         (
-            str(e["round"]), e["version"][:16], e["parent"][:16], str(e["updates"]), str(len(e["contributors"])),
+            str(e["round"]),
+            e["version"][:16],
+            e["parent"][:16],
+            str(e["updates"]),
+            str(len(e["contributors"])),
             "-" if e.get("accuracy") is None else f"{e['accuracy']:.3f}",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"])),
         )
         for e in entries
-    ]  # fmt: skip
+    ]
     return _table(header, rows)
 
 

@@ -130,7 +130,9 @@ class LocalSwarm:
         self.run, self.record_ttl, self.extra_args = run, record_ttl, list(extra_args)
         self.nodes: list[LocalNode] = []
 
-    def node_args(self, initial_peers: Sequence[str] = ()) -> list[str]:
+    def node_args(
+        self, initial_peers: Sequence[str] = (), extra_args: Sequence[str] | None = None
+    ) -> list[str]:
         args = [
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
@@ -140,14 +142,22 @@ class LocalSwarm:
             self.run,
             "--record-ttl",
             str(self.record_ttl),
-            *self.extra_args,
+            *(self.extra_args if extra_args is None else extra_args),
         ]
         return [*args, "--initial-peers", *initial_peers] if initial_peers else args
 
-    def add_node(self, initial_peers: Sequence[str] | None = None, name: str | None = None) -> LocalNode:
+    def add_node(
+        self,
+        initial_peers: Sequence[str] | None = None,
+        name: str | None = None,
+        extra_args: Sequence[str] | None = None,
+    ) -> LocalNode:
+        """Start one more node (bootstrapping from the first); ``extra_args`` replaces the swarm's."""
         if initial_peers is None:
             initial_peers = [self.nodes[0].multiaddr()] if self.nodes else []
-        node = LocalNode(self.root / (name or f"node{len(self.nodes)}"), self.node_args(initial_peers))
+        node = LocalNode(
+            self.root / (name or f"node{len(self.nodes)}"), self.node_args(initial_peers, extra_args)
+        )
         self.nodes.append(node)
         return node.start()
 

@@ -418,5 +418,5 @@ def is_run_id(text: str) -> bool:
 
 
 def genesis_path(manifest_path: Path) -> Path:
-    """Where `potluck init` writes the genesis weights: beside the manifest, ``run.toml`` -> ``run.genesis.safetensors``."""
+    """Where `potluck init` writes the genesis weights: ``run.toml`` -> ``run.genesis.safetensors``."""
     return manifest_path.with_name(manifest_path.stem + ".genesis.safetensors")

@@ -100,9 +100,11 @@ class Node:
         self.run = self.manifest.run_id if self.manifest is not None else cfg.run
         # the control server binds first: a busy port fails fast, before p2pd and the DHT start
         self.rpc = ControlServer(
-            ControlServicer(self), cfg.rpc_listen, allow_remote=cfg.allow_remote_rpc,
+            ControlServicer(self),
+            cfg.rpc_listen,
+            allow_remote=cfg.allow_remote_rpc,
             max_message_bytes=DecodeLimits().max_bytes + (1 << 20),
-        )  # fmt: skip
+        )
         rpc_address = await self.rpc.start()
         install_ext_depth_guard(lambda: self.rejections.add(RecordReason.TOO_DEEP))  # before the DHT forks
         validator = PeerRecordValidator(self.identity, self.run, self.rejections)
@@ -135,18 +137,29 @@ class Node:
     async def _start_updates_and_rounds(self) -> None:
         assert self.host is not None and self.identity is not None and self.membership is not None
         self.exchange = UpdateExchange(
-            self.host, self.identity, self.run, UpdateStore(self.data_dir / "updates"),
-            UpdateValidator(self._validation_context()), self._addresses_of,
-        )  # fmt: skip
+            self.host,
+            self.identity,
+            self.run,
+            UpdateStore(self.data_dir / "updates"),
+            UpdateValidator(self._validation_context()),
+            self._addresses_of,
+        )
         await self.exchange.start()
         if self.manifest is not None:
             self.history = History(self.data_dir / HISTORY_FILE, self.versions)
             self.engine = RoundEngine(
-                host=self.host, identity=self.identity, manifest=self.manifest, versions=self.versions,
-                history=self.history, exchange=self.exchange, local=self.local, state_service=self.state_service,
-                peers=self.membership.peers, on_new_version=self.membership.republish_now,
+                host=self.host,
+                identity=self.identity,
+                manifest=self.manifest,
+                versions=self.versions,
+                history=self.history,
+                exchange=self.exchange,
+                local=self.local,
+                state_service=self.state_service,
+                peers=self.membership.peers,
+                on_new_version=self.membership.republish_now,
                 restore_signals=self.restore_signals,
-            )  # fmt: skip
+            )
             self.engine.start()
 
     async def _join_run(self) -> None:
@@ -223,11 +236,13 @@ class Node:
             m = self.manifest
             genesis_state = self.versions.get(m.genesis)
             return ValidationContext(
-                run=m.run_id, round=0, shapes={n: tuple(t.shape) for n, t in genesis_state.items()},
+                run=m.run_id,
+                round=0,
+                shapes={n: tuple(t.shape) for n, t in genesis_state.items()},
                 known_bases=frozenset({m.genesis}),
                 admitted=frozenset(bytes.fromhex(a) for a in m.allow) if m.admission == "allowlist" else None,
                 max_norm=m.max_update_norm,
-            )  # fmt: skip
+            )
         if cfg.model is not None:
             try:
                 state = load_state(cfg.model)
@@ -242,10 +257,13 @@ class Node:
         if admitted and any(len(a) != PUBLIC_KEY_SIZE for a in admitted):
             raise ConfigError("--allow takes node ids (64 hex digits, see `potluck id`)")
         return ValidationContext(
-            run=self.run, round=self.local.round, shapes=shapes,
-            known_bases=frozenset({self.local.model_version} - {""}), admitted=admitted,
+            run=self.run,
+            round=self.local.round,
+            shapes=shapes,
+            known_bases=frozenset({self.local.model_version} - {""}),
+            admitted=admitted,
             max_norm=cfg.max_update_norm,
-        )  # fmt: skip
+        )
 
     def _addresses_of(self, peer_id: str) -> list[str]:
         assert self.membership is not None

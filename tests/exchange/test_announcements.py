@@ -7,9 +7,14 @@ from potluck.identity import NodeIdentity
 
 def make(identity: NodeIdentity, **overrides) -> Announcement:
     fields = dict(
-        update_id="ab" * 32, round=3, author=NodeIdentity.generate().public_key, size=1234,
-        holders=(identity.peer_id, "12D3KooWother"), announcer=identity.public_key, timestamp=1.5e9,
-    )  # fmt: skip
+        update_id="ab" * 32,
+        round=3,
+        author=NodeIdentity.generate().public_key,
+        size=1234,
+        holders=(identity.peer_id, "12D3KooWother"),
+        announcer=identity.public_key,
+        timestamp=1.5e9,
+    )
     return Announcement(**{**fields, **overrides})
 
 

@@ -34,9 +34,16 @@ def models(tmp_path_factory):
 
 def update(models, i: int, base: str = "base", author: NodeIdentity | None = None) -> bytes:
     return make_update(
-        models / f"{base}.safetensors", models / f"tuned{i}.safetensors", author or NodeIdentity.generate(),
-        density=0.1, values="int8", round=0, run="default", seq=1, sample_count=10,
-    )  # fmt: skip
+        models / f"{base}.safetensors",
+        models / f"tuned{i}.safetensors",
+        author or NodeIdentity.generate(),
+        density=0.1,
+        values="int8",
+        round=0,
+        run="default",
+        seq=1,
+        sample_count=10,
+    )
 
 
 def potluck(*args: str) -> subprocess.CompletedProcess:
@@ -55,8 +62,11 @@ def _updates(node) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def swarm(models, tmp_path_factory):
-    with LocalSwarm(tmp_path_factory.mktemp("potluck-swarm-"), record_ttl=6,
-                    extra_args=["--model", str(models / "base.safetensors")]) as swarm:  # fmt: skip
+    with LocalSwarm(
+        tmp_path_factory.mktemp("potluck-swarm-"),
+        record_ttl=6,
+        extra_args=["--model", str(models / "base.safetensors")],
+    ) as swarm:
         swarm.start(2)
         swarm.wait_all_see(1)
         yield swarm
@@ -114,8 +124,18 @@ def test_a_holder_serving_other_bytes_is_caught_and_avoided(swarm, models, tmp_p
     def caught() -> bool:
         return victim.status()["bad_holder_fetches"] > before
 
-    asyncio.run(lying_holder(swarm.nodes[1].multiaddr(), "default", wanted_id, 0, author.public_key, decoy,
-                             tmp_path / "liar", caught))  # fmt: skip
+    asyncio.run(
+        lying_holder(
+            swarm.nodes[1].multiaddr(),
+            "default",
+            wanted_id,
+            0,
+            author.public_key,
+            decoy,
+            tmp_path / "liar",
+            caught,
+        )
+    )
     assert wanted_id not in _updates(victim) and parse_update(decoy).update_id not in _updates(victim)
     # the real update, published at an honest node, still arrives
     path = tmp_path / "wanted.update"

@@ -51,9 +51,16 @@ def test_rejections_are_counted_by_reason():
     oversized = DHTRecord(RUN_KEY, unsigned.subkey, b"\x00" * 5000, time.time() + 30)
     assert not checker.validate(oversized)
     assert counters.snapshot() == {
-        "unsigned": 1, "bad_subkey": 1, "oversized": 1, "bad_signature": 1,
-        "malformed": 0, "peer_id_mismatch": 0, "bad_expiration": 0, "replayed": 0, "too_deep": 0,
-    }  # fmt: skip
+        "unsigned": 1,
+        "bad_subkey": 1,
+        "oversized": 1,
+        "bad_signature": 1,
+        "malformed": 0,
+        "peer_id_mismatch": 0,
+        "bad_expiration": 0,
+        "replayed": 0,
+        "too_deep": 0,
+    }
 
 
 def test_an_older_record_is_a_replay_once_a_newer_one_was_seen():

@@ -40,10 +40,18 @@ class Announcement:
 
     def _body(self) -> bytes:
         return msgpack.packb(
-            [DOMAIN, bytes.fromhex(self.update_id), self.round, self.author, self.size, list(self.holders),
-             self.announcer, self.timestamp],
+            [
+                DOMAIN,
+                bytes.fromhex(self.update_id),
+                self.round,
+                self.author,
+                self.size,
+                list(self.holders),
+                self.announcer,
+                self.timestamp,
+            ],
             use_bin_type=True,
-        )  # fmt: skip
+        )
 
     def sign(self, identity: NodeIdentity) -> bytes:
         if identity.public_key != self.announcer:
@@ -65,14 +73,21 @@ class Announcement:
             raise BadAnnouncement("wrong domain or field count")
         _, update_id, round_, author, size, holders, announcer, timestamp = fields
         ok = (
-            type(update_id) is bytes and len(update_id) == 32
-            and type(round_) is int and round_ >= 0
-            and type(author) is bytes and len(author) == PUBLIC_KEY_SIZE
-            and type(size) is int and size > 0
-            and type(holders) is list and len(holders) > 0 and all(type(h) is str for h in holders)
-            and type(announcer) is bytes and len(announcer) == PUBLIC_KEY_SIZE
+            type(update_id) is bytes
+            and len(update_id) == 32
+            and type(round_) is int
+            and round_ >= 0
+            and type(author) is bytes
+            and len(author) == PUBLIC_KEY_SIZE
+            and type(size) is int
+            and size > 0
+            and type(holders) is list
+            and len(holders) > 0
+            and all(type(h) is str for h in holders)
+            and type(announcer) is bytes
+            and len(announcer) == PUBLIC_KEY_SIZE
             and type(timestamp) is float
-        )  # fmt: skip
+        )
         if not ok:
             raise BadAnnouncement("wrong field types")
         if (

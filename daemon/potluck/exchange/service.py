@@ -129,8 +129,16 @@ class UpdateExchange:
                 self._store.delete(update_id)
                 continue
             if parsed.update_id == update_id:
-                self._hold(update_id, data, parsed.author, parsed.round, parsed.seq, parsed.sample_count,
-                           parsed.base, "stored")  # fmt: skip
+                self._hold(
+                    update_id,
+                    data,
+                    parsed.author,
+                    parsed.round,
+                    parsed.seq,
+                    parsed.sample_count,
+                    parsed.base,
+                    "stored",
+                )
 
     # ---- accepting updates -------------------------------------------------------------------------
 
@@ -174,9 +182,16 @@ class UpdateExchange:
         return held
 
     def _hold(
-        self, update_id: str, data: bytes, author: bytes, round_: int, seq: int, sample_count: int, base: str,
+        self,
+        update_id: str,
+        data: bytes,
+        author: bytes,
+        round_: int,
+        seq: int,
+        sample_count: int,
+        base: str,
         source: str,
-    ) -> HeldUpdate:  # fmt: skip
+    ) -> HeldUpdate:
         self._store.put(update_id, data)
         held = HeldUpdate(update_id, author, round_, seq, len(data), sample_count, base, source)
         self.held[update_id] = held
@@ -220,9 +235,14 @@ class UpdateExchange:
                 continue
             others = sorted(self._holders.get(held.update_id, set()) - {self._identity.peer_id})
             announcement = Announcement(
-                held.update_id, held.round, held.author, held.size,
-                (self._identity.peer_id, *others[: MAX_HOLDERS - 1]), self._identity.public_key, now,
-            )  # fmt: skip
+                held.update_id,
+                held.round,
+                held.author,
+                held.size,
+                (self._identity.peer_id, *others[: MAX_HOLDERS - 1]),
+                self._identity.public_key,
+                now,
+            )
             key, value = updates_key(self._run, held.round), announcement.sign(self._identity)
             await self._host.store(key, held.update_id.encode(), value, now + self._announce_ttl_s)
 

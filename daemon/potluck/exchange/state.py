@@ -99,7 +99,7 @@ class StateService:
     # ---- fetching ----------------------------------------------------------------------------------
 
     async def fetch_manifest(self, run_id: str, holders: Sequence[tuple[str, list[str]]]) -> bytes:
-        """The manifest bytes of ``run_id`` from the first holder that has them (the caller checks the hash)."""
+        """The manifest bytes of ``run_id`` from the first holder that has them (the caller checks them)."""
         for peer_id, addrs in holders:
             try:
                 peer = PeerID.from_base58(peer_id)
@@ -107,11 +107,13 @@ class StateService:
                     await self._host.connect(peer, addrs)
                 reply = await asyncio.wait_for(
                     self._host.p2p.call_protobuf_handler(
-                        peer, MANIFEST_HANDLER, exchange_pb2.ManifestRequest(run_id=bytes.fromhex(run_id)),
+                        peer,
+                        MANIFEST_HANDLER,
+                        exchange_pb2.ManifestRequest(run_id=bytes.fromhex(run_id)),
                         exchange_pb2.ManifestResponse,
                     ),
                     10,
-                )  # fmt: skip
+                )
             except Exception as e:
                 logger.debug(f"manifest from {peer_id}: {type(e).__name__}: {e}")
                 continue

@@ -54,6 +54,7 @@ ENTRY_WINDOW_S = 1.0  # participants publish entries, then everyone reads the sa
 MATCHMAKING_S = 1.5  # hivemind forms the group before the scheduled all-reduce
 ALLREDUCE_TIMEOUT_S = 20.0
 MIN_ATTEMPT_S = 4.0
+QUORUM_MARGIN_S = 0.5  # time left in an attempt for collecting commit signatures
 MAX_SIGNED_COMMIT_BYTES = 14 << 10
 COMMIT_TTL_S = 24 * 3600.0
 CATCH_UP_PERIOD_S = 2.0
@@ -244,7 +245,7 @@ class RoundEngine:
             summed, total_weight = contribution.q, contribution.weight
         else:
             summed, total_weight = await self._allreduce(
-                r, attempt, participants, digest, contribution, carried, assignment, start
+                r, attempt, participants, digest, contribution, carried, assignment, start, until
             )
         new_state = await asyncio.to_thread(
             fixedpoint.next_version, self.state, self.layout, summed, total_weight, self.manifest.outer_lr
@@ -252,10 +253,16 @@ class RoundEngine:
         hashes = tensor_hashes(new_state)
         contributors = sorted({node_id_of(self._exchange.held[uid].author) for uid in assignment})
         commit = Commit(
-            run_id=self.run_id, round=r, parent=self.version, version=version_hash(new_state),
-            tensor_hashes=hashes, updates=tuple(sorted(assignment)), contributors=tuple(contributors),
-            participants=tuple(sorted(node_id_of(p) for p in participants)), total_weight=total_weight,
-        )  # fmt: skip
+            run_id=self.run_id,
+            round=r,
+            parent=self.version,
+            version=version_hash(new_state),
+            tensor_hashes=hashes,
+            updates=tuple(sorted(assignment)),
+            contributors=tuple(contributors),
+            participants=tuple(sorted(node_id_of(p) for p in participants)),
+            total_weight=total_weight,
+        )
         signatures = await self._collect_quorum(commit, until)
         await asyncio.to_thread(self._persist, commit, signatures, new_state)
         logger.info(
@@ -284,20 +291,33 @@ class RoundEngine:
         return entries
 
     async def _allreduce(
-        self, r: int, attempt: int, participants: list[bytes], digest: str, contribution: fixedpoint.Contribution,
-        carried: list[str], assignment: dict[str, bytes], start: float,
-    ) -> tuple[np.ndarray, int]:  # fmt: skip
+        self,
+        r: int,
+        attempt: int,
+        participants: list[bytes],
+        digest: str,
+        contribution: fixedpoint.Contribution,
+        carried: list[str],
+        assignment: dict[str, bytes],
+        start: float,
+        until: float,
+    ) -> tuple[np.ndarray, int]:
         sentinel = fixedpoint.new_sentinel()
         packed = await asyncio.to_thread(fixedpoint.pack, self.layout, contribution.q, sentinel)
         n = len(participants)
         averager = CanonicalAverager(
-            [torch.from_numpy(packed)], self._host.dht, start=False,
+            [torch.from_numpy(packed)],
+            self._host.dht,
+            start=False,
             prefix=f"potluck_{self.run_id[:16]}_r{r}_a{attempt}",
-            target_group_size=next_power_of_two(n), min_group_size=n,
-            min_matchmaking_time=MATCHMAKING_S, request_timeout=MATCHMAKING_S / 2,
-            allreduce_timeout=ALLREDUCE_TIMEOUT_S, allow_state_sharing=False,
+            target_group_size=next_power_of_two(n),
+            min_group_size=n,
+            min_matchmaking_time=MATCHMAKING_S,
+            request_timeout=MATCHMAKING_S / 2,
+            allreduce_timeout=ALLREDUCE_TIMEOUT_S,
+            allow_state_sharing=False,
             min_vector_size=fixedpoint.ROW,  # every peer's slice holds at least one sentinel
-        )  # fmt: skip
+        )
         averager.run_in_background(await_ready=False)
         self._restore_signals()  # hivemind sets SIGINT to "ignore" in the host process
         try:
@@ -313,9 +333,12 @@ class RoundEngine:
             scheduled = start + ENTRY_WINDOW_S + MATCHMAKING_S
             try:
                 gathered = await asyncio.to_thread(
-                    averager.step, gather=gather, scheduled_time=scheduled, timeout=MATCHMAKING_S * 4,
+                    averager.step,
+                    gather=gather,
+                    scheduled_time=scheduled,
+                    timeout=max(until - time.time() - QUORUM_MARGIN_S, MATCHMAKING_S + 0.5),
                     allow_retries=False,
-                )  # fmt: skip
+                )
             except Exception as e:
                 raise AttemptFailed(f"all-reduce failed: {type(e).__name__}: {e}") from None
             if not gathered:
@@ -424,11 +447,14 @@ def _checked_gather(data: Any) -> dict[str, Any]:
         isinstance(data, dict)
         and isinstance(data.get("digest"), str)
         and type(data.get("sentinel")) is int
-        and isinstance(data.get("checksum"), str) and len(data["checksum"]) < 40
-        and isinstance(data.get("carried"), list) and all(isinstance(u, str) for u in data["carried"])
-        and type(data.get("weight")) is int and data["weight"] >= 0
+        and isinstance(data.get("checksum"), str)
+        and len(data["checksum"]) < 40
+        and isinstance(data.get("carried"), list)
+        and all(isinstance(u, str) for u in data["carried"])
+        and type(data.get("weight")) is int
+        and data["weight"] >= 0
         and isinstance(data.get("node"), bytes)
-    )  # fmt: skip
+    )
     if not ok:
         raise AttemptFailed("a peer sent malformed gather metadata")
     try:

@@ -43,10 +43,17 @@ class RoundEntry:
 
     def _body(self) -> bytes:
         return msgpack.packb(
-            [DOMAIN, self.run, self.round, self.attempt, bytes.fromhex(self.base), self.node,
-             [bytes.fromhex(u) for u in self.updates]],
+            [
+                DOMAIN,
+                self.run,
+                self.round,
+                self.attempt,
+                bytes.fromhex(self.base),
+                self.node,
+                [bytes.fromhex(u) for u in self.updates],
+            ],
             use_bin_type=True,
-        )  # fmt: skip
+        )
 
     def sign(self, identity: NodeIdentity) -> bytes:
         if identity.public_key != self.node:
@@ -68,12 +75,17 @@ class RoundEntry:
         _, run, round_, attempt, base, node, updates = fields
         ok = (
             type(run) is str
-            and type(round_) is int and round_ >= 0
-            and type(attempt) is int and attempt >= 0
-            and type(base) is bytes and len(base) == 32
-            and type(node) is bytes and len(node) == PUBLIC_KEY_SIZE
-            and type(updates) is list and all(type(u) is bytes and len(u) == 32 for u in updates)
-        )  # fmt: skip
+            and type(round_) is int
+            and round_ >= 0
+            and type(attempt) is int
+            and attempt >= 0
+            and type(base) is bytes
+            and len(base) == 32
+            and type(node) is bytes
+            and len(node) == PUBLIC_KEY_SIZE
+            and type(updates) is list
+            and all(type(u) is bytes and len(u) == 32 for u in updates)
+        )
         if not ok:
             raise BadEntry("wrong field types")
         ids = tuple(u.hex() for u in updates)

@@ -1,0 +1,181 @@
+"""Rounds between real nodes: every node ends each round with the same bytes, equal to an independent
+recomputation from the signed updates; newcomers and restarted nodes catch up; a dead node does not
+stall the run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from potluck.identity import NodeIdentity
+from potluck.localswarm import LocalNode, LocalSwarm, wait_for
+from potluck.manifest import create_manifest, genesis_path
+from potluck.rounds import fixedpoint, schedule
+from potluck.rpc.client import ControlClient
+from potluck.store.versions import VersionStore, atomic_save, version_hash
+from potluck.tasks import genesis, get_task
+from potluck.updates.codec import Update, decode_update
+from potluck.updates.sparsify import sparsify
+
+pytestmark = pytest.mark.multiprocess
+ROUND_S = 16.0
+AUTHORS = [NodeIdentity.generate() for _ in range(8)]
+
+
+class Run:
+    def __init__(self, root: Path):
+        state, genesis_hash = genesis(get_task("toy"), 0)
+        self.manifest = create_manifest(
+            NodeIdentity.generate(), "toy", genesis_hash, round_seconds=ROUND_S, density=0.25
+        )
+        self.path = root / "run.toml"
+        self.manifest.save(self.path)
+        atomic_save(state, genesis_path(self.path))
+        self.published: dict[int, list[tuple[int, bytes]]] = {}  # round -> [(weight, update bytes)]
+
+    def next_collecting_round(self) -> int:
+        """Wait for the start of the next round's collecting phase; return that round."""
+        r = schedule.round_at(self.manifest, time.time()) + 1
+        while time.time() < schedule.round_start(self.manifest, r) + 0.3:
+            time.sleep(0.05)
+        return r
+
+    def publish(self, node: LocalNode, author: NodeIdentity, r: int, seed: int) -> None:
+        status = node.status()
+        base = VersionStore(node.data_dir / "versions").get(status["version"])
+        rng = np.random.default_rng(seed)
+        tensors = tuple(
+            sparsify(name, rng.standard_normal(t.shape).astype(np.float32) * 0.05, 0.25)
+            for name, t in base.items()
+        )
+        samples = 10 + seed % 7
+        update = Update(
+            self.manifest.run_id,
+            r,
+            status["version"],
+            author.public_key,
+            int(time.time() * 1000),
+            samples,
+            tensors,
+        )
+        from potluck.updates.codec import encode_update
+
+        data = encode_update(update, author)
+        with ControlClient(node.rpc_address) as client:
+            reply = client.publish(data)
+        assert reply.accepted, f"{reply.reason}: {reply.detail}"
+        self.published.setdefault(r, []).append((self.manifest.update_weight(samples), data))
+
+    def recompute(self, base_state: dict, r: int) -> str:
+        """V_{r+1} from the round's signed updates alone: no network, no all-reduce."""
+        layout = fixedpoint.Layout.from_state(base_state)
+        carried = [(w, decode_update(data)) for w, data in self.published[r]]
+        state, _ = fixedpoint.local_average(base_state, layout, carried, self.manifest.outer_lr)
+        return version_hash(state)
+
+
+def statuses(swarm: LocalSwarm) -> list[dict]:
+    return [n.status() for n in swarm.nodes]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return Run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def swarm(run, tmp_path_factory):
+    with LocalSwarm(
+        tmp_path_factory.mktemp("potluck-swarm-"), record_ttl=6, extra_args=["--manifest", str(run.path)]
+    ) as swarm:
+        swarm.start(4)
+        swarm.wait_all_see(3)
+        yield swarm
+
+
+def test_four_nodes_agree_bit_for_bit_every_round(run, swarm):
+    for k in range(3):
+        r = run.next_collecting_round()
+        before = statuses(swarm)
+        assert len({s["version"] for s in before}) == 1
+        base_state = VersionStore(swarm.nodes[0].data_dir / "versions").get(before[0]["version"])
+        for i, node in enumerate(swarm.nodes):
+            run.publish(node, AUTHORS[i], r, seed=10 * k + i)
+        wait_for(
+            lambda r=r: all(s["committed_round"] >= r for s in statuses(swarm)), ROUND_S + 10, f"round {r}"
+        )
+        after = statuses(swarm)
+        versions = {s["version"] for s in after}
+        assert len(versions) == 1, f"nodes disagree after round {r}: {versions}"
+        assert versions == {run.recompute(base_state, r)}
+        assert sorted(after[0]["participants"]) == sorted(s["node_id"] for s in after)
+    log = potluck_json("log", "--data-dir", str(swarm.nodes[2].data_dir))
+    assert [e["updates"] for e in log] == [4, 4, 4]
+    assert len({a for e in log for a in e["contributors"]}) == 4
+    assert all(e["parent"] == prev["version"] for prev, e in itertools.pairwise(log))
+
+
+def test_newcomer_with_only_the_run_id_syncs_to_the_latest_version(run, swarm):
+    target = swarm.nodes[0].status()
+    newcomer = swarm.add_node(name="newcomer", extra_args=["--run", run.manifest.run_id]).wait_ready()
+    wait_for(lambda: newcomer.status()["version"] == target["version"], 40, "the newcomer to sync")
+    status = newcomer.status()
+    assert status["committed_round"] == target["committed_round"] and status["run_id"] == run.manifest.run_id
+    assert (newcomer.data_dir / f"{run.manifest.run_id}.manifest").exists()
+
+
+def test_restarted_node_resumes_at_its_version(swarm):
+    node = swarm.nodes[1]
+    before = node.status()
+    assert node.stop() == 0
+    node.start().wait_ready()
+    after = node.status()
+    assert (after["version"], after["committed_round"]) == (before["version"], before["committed_round"])
+
+
+def test_a_node_killed_mid_round_does_not_stall_the_others(run, swarm):
+    r = run.next_collecting_round()
+    for i, node in enumerate(swarm.nodes):
+        run.publish(node, AUTHORS[i], r, seed=100 + i)
+    victim = swarm.nodes[3]
+    held = lambda n: len([u for u in _updates(n) if u["round"] == r])  # noqa: E731
+    wait_for(
+        lambda: all(held(n) == len(swarm.nodes) for n in swarm.nodes), ROUND_S / 2, "every update everywhere"
+    )
+    victim.kill_group()
+    swarm.nodes.remove(victim)
+    wait_for(
+        lambda: all(s["committed_round"] >= r for s in statuses(swarm)), 2 * ROUND_S, f"round {r} without it"
+    )
+    after = statuses(swarm)
+    assert len({s["version"] for s in after}) == 1
+    assert victim_id(victim) not in after[0]["participants"]
+    log = potluck_json("log", "--data-dir", str(swarm.nodes[0].data_dir))
+    assert log[-1]["round"] == r and log[-1]["updates"] == len(
+        run.published[r]
+    )  # the dead node's update counts
+
+
+def _updates(node: LocalNode) -> list[dict]:
+    from potluck.rpc.jsonify import message_to_dict
+
+    with ControlClient(node.rpc_address) as client:
+        return message_to_dict(client.updates())["updates"]
+
+
+def potluck_json(*args: str):
+    proc = subprocess.run(
+        [sys.executable, "-m", "potluck", *args, "--json"], capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout)
+
+
+def victim_id(node: LocalNode) -> str:
+    return potluck_json("id", "--data-dir", str(node.data_dir))["node_id"]
