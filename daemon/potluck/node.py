@@ -374,6 +374,7 @@ class Node:
             "participants": e.status.last_participants,
             "committed_round": e.committed_round,
             "abandoned_rounds": e.status.abandoned_rounds,
+            "fork_switches": e.status.fork_switches,
             "round_error": e.status.last_error,
             "bad_tensors": self.state_service.stats.bad_tensors if self.state_service else 0,
         }

@@ -30,10 +30,10 @@ AUTHORS = [NodeIdentity.generate() for _ in range(8)]
 
 
 class Run:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, round_seconds: float = ROUND_S):
         state, genesis_hash = genesis(get_task("toy"), 0)
         self.manifest = create_manifest(
-            NodeIdentity.generate(), "toy", genesis_hash, round_seconds=ROUND_S, density=0.25
+            NodeIdentity.generate(), "toy", genesis_hash, round_seconds=round_seconds, density=0.25
         )
         self.path = root / "run.toml"
         self.manifest.save(self.path)
@@ -179,3 +179,34 @@ def potluck_json(*args: str):
 
 def victim_id(node: LocalNode) -> str:
     return potluck_json("id", "--data-dir", str(node.data_dir))["node_id"]
+
+
+def test_split_halves_converge_on_one_history(run, tmp_path):
+    """Two halves of a run that never met each commit the same round differently; once a node
+    bridges them, every node ends on the fork choice's winner."""
+    with (
+        LocalSwarm(tmp_path / "a", record_ttl=6, extra_args=["--manifest", str(run.path)]) as half_a,
+        LocalSwarm(tmp_path / "b", record_ttl=6, extra_args=["--manifest", str(run.path)]) as half_b,
+    ):
+        half_a.start(2)
+        half_b.start(2)
+        half_a.wait_all_see(1)
+        half_b.wait_all_see(1)
+        r = run.next_collecting_round()
+        for i, node in enumerate([*half_a.nodes, *half_b.nodes]):
+            run.publish(node, AUTHORS[4 + i], r, seed=1000 + i)
+        everyone = [*half_a.nodes, *half_b.nodes]
+        wait_for(
+            lambda: all(n.status()["committed_round"] >= r for n in everyone), ROUND_S + 10, "both halves"
+        )
+        assert len({n.status()["version"] for n in everyone}) == 2, "each half commits its own version"
+
+        bridge = LocalNode(
+            tmp_path / "bridge", half_a.node_args([half_a.nodes[0].multiaddr(), half_b.nodes[0].multiaddr()])
+        )
+        half_a.nodes.append(bridge.start().wait_ready())
+        everyone.append(bridge)
+        wait_for(lambda: len({n.status()["version"] for n in everyone}) == 1, 3 * ROUND_S, "one history")
+        statuses_ = [n.status() for n in everyone]
+        assert sum(s["fork_switches"] for s in statuses_) == 2  # the losing half, and nobody else
+        assert {s["committed_round"] for s in statuses_} == {r}

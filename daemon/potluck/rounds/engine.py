@@ -97,6 +97,7 @@ class RoundStatus:
     last_error: str = ""
     last_participants: list[str] = field(default_factory=list)
     abandoned_rounds: int = 0
+    fork_switches: int = 0
 
 
 class RoundEngine:
@@ -390,18 +391,29 @@ class RoundEngine:
     # ---- catching up -------------------------------------------------------------------------------
 
     async def catch_up(self) -> bool:
-        """If peers report a newer committed version, verify its commit and download it; True if we moved."""
-        ahead = [
-            p for p in self._peers() if p.record.round > self.committed_round + 1 and p.record.model_version
-        ]
-        if not ahead:
+        """Move to the run's winning history when peers report another committed version; True if we moved.
+
+        Peers ahead of us: verify the newer round's quorum-signed commit and download its version.
+        Peers at our round with another version (two halves of a split swarm each committed): both
+        commits are judged by the same fork choice (more signatures, then the lower commit id) on every
+        node, and the losing half switches to the winner, replacing that round in its history.
+        """
+        others = [
+            p for p in self._peers()
+            if p.record.model_version and p.record.model_version != self.version
+            and p.record.round >= self.committed_round + 1
+        ]  # fmt: skip
+        if not others:
             return False
-        target_round = max(p.record.round for p in ahead) - 1
+        target_round = max(p.record.round for p in others) - 1
         tracker = QuorumTracker(self.run_id, target_round, self.manifest.quorum)
+        mine = self._history.get(target_round) if target_round == self.committed_round else None
+        if mine is not None:
+            for signature in self._history.signatures(target_round):
+                tracker.add(mine, signature)
         await self._read_commits(commits_key(self.run_id, target_round), tracker)
         commit = tracker.winner()
-        if commit is None:
-            logger.debug(f"peers are at round {target_round + 1} but its commit has no quorum (yet)")
+        if commit is None or commit.version == self.version:
             return False
         holders = [
             (p.record.peer_id, list(p.record.addrs))
@@ -412,20 +424,32 @@ class RoundEngine:
         state = await self._state.download(commit.version, commit.tensor_hashes, holders, have=self.state)
         if version_hash(state) != commit.version:  # every tensor matched, so this cannot happen
             raise AttemptFailed("downloaded state does not hash to the commit's version")
-        await asyncio.to_thread(self._persist, commit, tracker.signatures(commit.id), state)
-        logger.info(
-            f"caught up to round {commit.round}: version {commit.version[:12]} from {len(holders)} holders"
-        )
+        switch = mine is not None
+        await asyncio.to_thread(self._persist, commit, tracker.signatures(commit.id), state, switch)
+        if switch:
+            self.status.fork_switches += 1
+            logger.warning(
+                f"round {commit.round}: switched from {mine.version[:12]} to {commit.version[:12]}, "
+                f"the fork choice's winner ({tracker.count(commit.id)} signatures)"
+            )
+        else:
+            logger.info(
+                f"caught up to round {commit.round}: version {commit.version[:12]} from {len(holders)} holders"
+            )
         return True
 
     def _persist(
-        self, commit: Commit, signatures: list[CommitSignature], state: dict[str, np.ndarray]
+        self,
+        commit: Commit,
+        signatures: list[CommitSignature],
+        state: dict[str, np.ndarray],
+        replace: bool = False,
     ) -> None:
         # the version first, then the history row: a crash in between leaves V_r as the latest commit
         stored = self._versions.put(state)
         if stored != commit.version:
             raise AttemptFailed(f"stored state hashes to {stored}, the commit says {commit.version}")
-        self._history.record(commit, signatures)
+        self._history.record(commit, signatures, replace=replace)
         self.state, self.version, self.committed_round = state, commit.version, commit.round
         self.status.last_participants = list(commit.participants)
         self._host.call_soon(self._publish_version)
