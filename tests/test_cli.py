@@ -172,26 +172,22 @@ def test_parser_accepts_the_documented_interface():
 
 
 def test_tables_show_what_people_look_for():
-    status = {
-        "node_id": "ab" * 32,
-        "peer_id": "12D3KooWx",
-        "run": "default",
-        "role": "keeper",
-        "agent_version": "potluck/1",
-        "uptime_s": 3725.0,
-        "peers": 2,
-        "round": 0,
-        "phase": "idle",
-        "model_version": "",
-        "dht_restarts": 1,
-        "rejected_records": {"bad_signature": 3, "unsigned": 0},
+    from potluck.rpc.jsonify import message_to_dict
+    from potluck.v1 import control_pb2
+
+    status = message_to_dict(control_pb2.GetStatusResponse()) | {
+        "node_id": "ab" * 32, "peer_id": "12D3KooWx", "run": "default", "role": "keeper",
+        "agent_version": "potluck/1", "uptime_s": 3725.0, "peers": 2, "round": 4, "phase": "collecting",
+        "dht_restarts": 1, "rejected_records": {"bad_signature": 3, "unsigned": 0},
         "rpc_address": "127.0.0.1:7450",
-        "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWx"],
-        "bootstrap": {"state": "retrying", "attempts": 3, "next_retry_in_s": 4.0, "last_error": "refused"},
-    }
+        "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWx"], "version": "ef" * 32, "committed_round": 3,
+        "bootstrap": {"state": "retrying", "attempts": 3, "next_retry_in_s": 4.0, "last_error": "refused",
+                      "initial_peers": []},
+    }  # fmt: skip
     text = format_status(status)
     assert "1h02m05s" in text and "bad_signature=3" in text and "unsigned" not in text
     assert "retrying (3 attempts), next in 4s: refused" in text
+    assert "4 (collecting)" in text and "ef" * 32 + " (round 3)" in text
     assert format_peers([]) == "no peers"
     peer = {
         "node_id": "cd" * 32,

@@ -608,9 +608,27 @@ def format_status(s: dict[str, Any]) -> str:
         ("uptime", _duration(s["uptime_s"])),
         ("peers", str(s["peers"])),
         ("bootstrap", boot_text),
-        ("round", f"{s['round']} ({s['phase']})"),
-        ("model", s["model_version"] or "-"),
-        ("rejected", rejected),
+        ("run id", s["run_id"] or "-"),
+        (
+            "round",
+            f"{s['round']} ({s['phase']})"
+            + (f", ends in {max(0.0, s['deadline'] - time.time()):.0f}s" if s["deadline"] else ""),
+        ),
+        (
+            "version",
+            (s["version"] or s["model_version"] or "-")
+            + (f" (round {s['committed_round']})" if s["committed_round"] >= 0 else ""),
+        ),
+        ("signed by", f"{len(s['participants'])} participants" if s["participants"] else "-"),
+        (
+            "updates",
+            f"{s['held_updates']} held, {s['accepted_updates']} accepted, {s['fetched_updates']} fetched",
+        ),
+        (
+            "rejected upd",
+            " ".join(f"{k}={v}" for k, v in sorted(s["rejected_updates"].items()) if v) or "none",
+        ),
+        ("rejected rec", rejected),
         ("dht restarts", str(s["dht_restarts"])),
         ("control api", s["rpc_address"]),
     ]

@@ -434,7 +434,7 @@ class RoundEngine:
             )
         else:
             logger.info(
-                f"caught up to round {commit.round}: version {commit.version[:12]} from {len(holders)} holders"
+                f"caught up to round {commit.round}: {commit.version[:12]} from {len(holders)} holders"
             )
         return True
 
