@@ -53,7 +53,7 @@ def test_every_command_has_help(capsys, command):
         (["run", "--bogus"], "unrecognized arguments"),
         (["run", "--record-ttl", "-1"], "must be > 0"),
         (["frobnicate"], "invalid choice"),
-        (["demo", "--nodes", "0"], "expected 1..32"),
+        (["demo", "--contributors", "0"], "expected 1..32"),
     ],
 )
 def test_bad_flags(capsys, args, needle):

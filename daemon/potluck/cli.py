@@ -144,6 +144,35 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_arg(ident)
     ident.add_argument("--json", action="store_true", help="print JSON")
 
+    join = commands.add_parser(
+        "join",
+        help="contribute: train on your data every round and publish signed sparse updates",
+        description="Join a run as a contributor: a node that also trains.",
+    )
+    _data_dir_arg(join)
+    join.add_argument(
+        "initial_peers", nargs="*", metavar="MULTIADDR", help="peers of the run, ending in /p2p/<id>"
+    )
+    join.add_argument("--run", metavar="RUN_ID", help="the run to join (its manifest is fetched from peers)")
+    join.add_argument("--manifest", type=Path, metavar="RUN.toml", help="or the run's manifest file")
+    join.add_argument("--task", help="the task you expect (refused if the run trains another)")
+    join.add_argument(
+        "--shard", metavar="I/N", help="train on the I-th of N label shards (non-IID); default: all"
+    )
+    join.add_argument(
+        "--dirichlet", type=_positive_float, metavar="ALPHA", help="with --shard: Dirichlet label mix"
+    )
+    join.add_argument(
+        "--local-steps", type=_positive_int, default=50, help="training steps per round (default 50)"
+    )
+    join.add_argument("--seed", type=_non_negative_int, default=0, help="seed of local training")
+    join.add_argument("--rounds", type=_positive_int, help="leave after contributing this many rounds")
+    join.add_argument("--listen", nargs="+", metavar="MULTIADDR", default=["/ip4/0.0.0.0/tcp/0"])
+    join.add_argument(
+        "--rpc-listen", default="127.0.0.1:0", metavar="HOST:PORT", help="control API (default: any port)"
+    )
+    join.add_argument("--record-ttl", type=_positive_float, default=30.0, metavar="SECONDS")
+
     init = commands.add_parser(
         "init", help="create a run: a signed manifest and its genesis weights", description="Create a run."
     )
@@ -190,9 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("update", help="make, inspect, publish and apply signed sparse updates")
     )
 
-    demo = commands.add_parser("demo", help="start a local swarm on 127.0.0.1, show it working, stop it")
-    demo.add_argument("--nodes", type=_node_count, default=3, help="number of nodes (default 3)")
-    demo.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds to wait for discovery")
+    demo = commands.add_parser(
+        "demo",
+        help="a whole run on this machine: a keeper, N contributors with non-IID data, R rounds",
+        description="Start a local run on 127.0.0.1 (real processes), show it round by round, stop it.",
+    )
+    demo.add_argument("--contributors", type=_node_count, default=4, help="contributors (default 4)")
+    demo.add_argument("--rounds", type=_positive_int, default=5, help="rounds to run (default 5)")
+    demo.add_argument("--round-seconds", type=_positive_float, default=16.0, help="round length (default 16)")
+    demo.add_argument("--task", default="digits", help="the run's task (default digits)")
+    demo.add_argument(
+        "--local-steps", type=_positive_int, default=40, help="training steps per round (default 40)"
+    )
+    demo.add_argument(
+        "--density", type=_density, default=0.05, help="top-k density of updates (default 0.05)"
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object at the end")
     return parser
 
@@ -377,6 +418,51 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_join(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    import asyncio
+
+    from potluck.contribute import Contributor
+    from potluck.manifest import is_run_id
+    from potluck.node import NodeConfig, run_node
+
+    if (args.run is None) == (args.manifest is None):
+        raise ConfigError("give the run to join: --run RUN_ID (fetched from peers) or --manifest RUN.toml")
+    if args.run is not None and not is_run_id(args.run):
+        raise ConfigError(
+            f"--run takes a run id (64 hex digits, printed by `potluck init`), got {args.run!r}"
+        )
+    if args.dirichlet is not None and args.shard is None:
+        raise ConfigError("--dirichlet needs --shard I/N (which of the N contributors you are)")
+    shard = args.shard if args.dirichlet is None else f"dirichlet:{args.dirichlet}:{args.shard}"
+    if shard is not None:
+        _check_shard(shard)
+    config = NodeConfig(
+        data_dir=args.data_dir, run=args.run or "default", manifest=args.manifest, listen=args.listen,
+        initial_peers=args.initial_peers, rpc_listen=args.rpc_listen, role="contributor",
+        record_ttl_s=args.record_ttl,
+    )  # fmt: skip
+
+    def contributor(node):
+        return Contributor(
+            node, task_spec=args.task, shard=shard, local_steps=args.local_steps, seed=args.seed,
+            max_rounds=args.rounds,
+        )  # fmt: skip
+
+    asyncio.run(run_node(config, contributor))
+    return 0
+
+
+def _check_shard(spec: str) -> None:
+    """Catch a malformed --shard before starting anything (the task checks the rest)."""
+    index = spec.rsplit(":", 1)[-1]
+    i, sep, n = index.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise ConfigError(f"bad --shard {index!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from potluck.datadir import prepare_data_dir
     from potluck.identity import load_or_create
@@ -440,7 +526,7 @@ def _open_history(data_dir: Path):
     path = data_dir.expanduser() / HISTORY_FILE
     if not path.exists():
         raise ConfigError(f"no history in {data_dir}: this node has not taken part in a run")
-    return History(path)
+    return History(path, readonly=True)
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -570,9 +656,21 @@ UPDATE_COMMANDS = {
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from potluck.localswarm import run_demo
+    from potluck.demo import run_demo
+    from potluck.tasks import TaskError
 
-    return run_demo(nodes=args.nodes, timeout=args.timeout, as_json=args.json)
+    try:
+        return run_demo(
+            contributors=args.contributors,
+            rounds=args.rounds,
+            round_seconds=args.round_seconds,
+            task=args.task,
+            local_steps=args.local_steps,
+            density=args.density,
+            as_json=args.json,
+        )
+    except TaskError as e:
+        raise ConfigError(str(e)) from None
 
 
 COMMANDS = {
@@ -582,6 +680,7 @@ COMMANDS = {
     "id": cmd_id,
     "update": cmd_update,
     "init": cmd_init,
+    "join": cmd_join,
     "log": cmd_log,
     "export": cmd_export,
     "demo": cmd_demo,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -23,9 +22,12 @@ T = TypeVar("T")
 class LocalNode:
     """One `potluck run` subprocess in its own session (so a test can kill it, children and all)."""
 
-    def __init__(self, data_dir: Path, args: Sequence[str], env: dict[str, str] | None = None):
+    def __init__(
+        self, data_dir: Path, args: Sequence[str], env: dict[str, str] | None = None, command: str = "run"
+    ):
         self.data_dir = data_dir
         self.args = list(args)
+        self.command = command  # "run" (a keeper) or "join" (a contributor)
         self.log_path = data_dir / "node.log"
         self._env = env
         self.proc: subprocess.Popen | None = None
@@ -36,7 +38,7 @@ class LocalNode:
         env = {**os.environ, **(self._env or {})}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "potluck", "run", "--data-dir", str(self.data_dir), *self.args],
+                [sys.executable, "-m", "potluck", self.command, "--data-dir", str(self.data_dir), *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -214,55 +216,4 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
     raise TimeoutError(
         f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_error})" if last_error else "")
-    )
-
-
-def run_demo(*, nodes: int, timeout: float, as_json: bool) -> int:
-    """Start `nodes` nodes, wait until each sees all the others, print their status, stop them all."""
-    say = (lambda *a: print(*a, file=sys.stderr)) if as_json else print
-    started = time.monotonic()
-    with LocalSwarm(record_ttl=10.0) as swarm:
-        say(f"starting {nodes} nodes on 127.0.0.1 in {swarm.root} ...")
-        swarm.add_node().wait_ready(timeout)
-        say(f"  node0 up: {swarm.nodes[0].multiaddr()}")
-        rest = [swarm.add_node() for _ in range(nodes - 1)]
-        for i, node in enumerate(rest, start=1):
-            node.wait_ready(timeout)
-            say(f"  node{i} up (bootstrapping from node0)")
-        say(f"waiting for every node to see the other {nodes - 1} ...")
-        swarm.wait_all_see(nodes - 1, timeout)
-        discovered = time.monotonic() - started
-        statuses = [n.status() for n in swarm.nodes]
-        if not as_json:
-            print(_status_table(statuses))
-            print(f"all {nodes} nodes see each other after {discovered:.1f}s; stopping ...")
-        codes = swarm.stop()
-    clean = all(code == 0 for code in codes)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "nodes": [
-                        {k: s[k] for k in ("node_id", "peer_id", "peers", "addrs", "uptime_s")}
-                        for s in statuses
-                    ],
-                    "discovery_s": round(discovered, 3),
-                    "clean_exit": clean,
-                }
-            )
-        )
-    else:
-        print("stopped cleanly" if clean else f"some nodes did not stop cleanly: exit codes {codes}")
-    return 0 if clean else 1
-
-
-def _status_table(statuses: list[dict[str, Any]]) -> str:
-    header = ("NODE", "NODE ID", "PEER ID", "PEERS", "ADDRESS")
-    rows = [
-        (f"node{i}", s["node_id"][:16], s["peer_id"], str(s["peers"]), s["addrs"][0] if s["addrs"] else "-")
-        for i, s in enumerate(statuses)
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
     )

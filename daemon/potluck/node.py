@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from potluck import AGENT
 from potluck.datadir import DataDirLock, prepare_data_dir
@@ -31,7 +32,7 @@ from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, Membership
 from potluck.swarm.records import RecordReason
 from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
-from potluck.tasks import TaskError, get_task
+from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
 from potluck.tasks import genesis as task_genesis
 from potluck.updates.codec import DecodeLimits
 from potluck.updates.reasons import UpdateRejected
@@ -159,8 +160,19 @@ class Node:
                 peers=self.membership.peers,
                 on_new_version=self.membership.republish_now,
                 restore_signals=self.restore_signals,
+                task=self._evaluation_task(),
             )
             self.engine.start()
+
+    def _evaluation_task(self) -> TrainableTask | None:
+        """Keepers evaluate every version on the task's held-out split, when the task can."""
+        assert self.manifest is not None
+        try:
+            task = get_task(self.manifest.task, self.manifest.task_args)
+        except TaskError as e:
+            logger.warning(f"versions will not be evaluated: {e}")
+            return None
+        return task if is_trainable(task) else None
 
     async def _join_run(self) -> None:
         """Fetch the manifest of ``self.run`` from its peers (checked against the run id), then start."""
@@ -363,7 +375,11 @@ class Node:
 
     def _round_status(self) -> dict:
         if self.engine is None:
-            return {"run_id": self.run if is_run_id(self.run) else "", "committed_round": -1}
+            return {
+                "run_id": self.run if is_run_id(self.run) else "",
+                "committed_round": -1,
+                "accuracy": -1.0,
+            }
         e = self.engine
         return {
             "run_id": e.run_id,
@@ -375,13 +391,14 @@ class Node:
             "committed_round": e.committed_round,
             "abandoned_rounds": e.status.abandoned_rounds,
             "fork_switches": e.status.fork_switches,
+            "accuracy": e.status.accuracy,
             "round_error": e.status.last_error,
             "bad_tensors": self.state_service.stats.bad_tensors if self.state_service else 0,
         }
 
     def _update_status(self) -> dict:
         if self.exchange is None:
-            return {"base_version": self.local.model_version}
+            return {"base_version": self.local.model_version, "accuracy": -1.0}
         counters = self.exchange.validator.counters
         return {
             "accepted_updates": counters["accepted"],
@@ -389,6 +406,8 @@ class Node:
             "rejected_updates": {reason: n for reason, n in counters.items() if reason != "accepted"},
             "bad_holder_fetches": self.exchange.bad_holder_fetches,
             "fetched_updates": self.exchange.fetched,
+            "published_updates": sum(u.source == "published" for u in self.exchange.held.values()),
+            "published_bytes": sum(u.size for u in self.exchange.held.values() if u.source == "published"),
             "base_version": self.local.model_version,
         }
 
@@ -416,25 +435,44 @@ class Node:
 SHUTDOWN_BUDGET_S = 5.0
 
 
-async def run_node(config: NodeConfig) -> None:
-    """Run a node until SIGINT/SIGTERM, then shut down within SHUTDOWN_BUDGET_S."""
+class Worker(Protocol):
+    """Work that runs beside a node (a contributor's training loop) and ends the node when it ends."""
+
+    async def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+async def run_node(config: NodeConfig, make_worker: Callable[[Node], Worker] | None = None) -> None:
+    """Run a node (and an optional worker) until SIGINT/SIGTERM or the worker's end, then shut down
+    within SHUTDOWN_BUDGET_S. Startup and worker configuration errors propagate (ConfigError: exit 2)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     node = Node(config)
 
-    def restore_signals() -> None:  # hivemind's averager sets SIGINT to "ignore" when it starts
+    def restore_signals() -> None:  # also after hivemind's averager set SIGINT to "ignore"
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
 
+    restore_signals()
     node.restore_signals = restore_signals
     start = asyncio.create_task(node.start())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    failure: BaseException | None = None
     if start.done():
-        start.result()  # raise a startup error (ConfigError -> exit 2)
-        await stopped
+        start.result()  # raise a startup error (ConfigError -> exit 2); start() cleaned up already
+        worker = make_worker(node) if make_worker is not None else None
+        work = asyncio.create_task(worker.run(), name="worker") if worker is not None else None
+        await asyncio.wait({stopped, *([work] if work else [])}, return_when=asyncio.FIRST_COMPLETED)
+        if worker is not None and work is not None:
+            worker.stop()  # training leaves after its current step
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await asyncio.wait_for(work, SHUTDOWN_BUDGET_S / 2)
+                except TimeoutError:
+                    logger.warning("the worker did not stop in time")
+                except Exception as e:  # e.g. ConfigError: report it after a clean shutdown
+                    failure = e
     else:  # signalled while starting
         start.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -451,3 +489,5 @@ async def run_node(config: NodeConfig) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     logger.info("stopped")
+    if failure is not None:
+        raise failure

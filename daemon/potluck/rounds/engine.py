@@ -45,6 +45,7 @@ from potluck.store.history import History
 from potluck.store.versions import VersionStore, tensor_hashes, version_hash
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, PeerInfo
+from potluck.tasks import TrainableTask
 from potluck.updates.codec import decode_update
 from potluck.wire import WireError, bounded_unpackb
 
@@ -98,6 +99,7 @@ class RoundStatus:
     last_participants: list[str] = field(default_factory=list)
     abandoned_rounds: int = 0
     fork_switches: int = 0
+    accuracy: float = -1.0  # held-out accuracy of the current version, once evaluated
 
 
 class RoundEngine:
@@ -115,14 +117,17 @@ class RoundEngine:
         peers: Callable[[], list[PeerInfo]],
         on_new_version: Callable[[], None],
         restore_signals: Callable[[], None],
+        task: TrainableTask | None = None,
     ):
         self._host, self._identity, self.manifest = host, identity, manifest
         self.run_id = manifest.run_id
         self._versions, self._history, self._exchange = versions, history, exchange
         self._local, self._on_new_version, self._restore_signals = local, on_new_version, restore_signals
         self._state, self._peers = state_service, peers
+        self._task = task
+        self._evaluation: asyncio.Task | None = None
         self.status = RoundStatus()
-        self._task: asyncio.Task | None = None
+        self._loop_task: asyncio.Task | None = None
         latest = history.latest()
         self.version = latest.version if latest is not None else manifest.genesis
         self.committed_round = latest.round if latest is not None else -1
@@ -133,21 +138,46 @@ class RoundEngine:
 
     def start(self) -> None:
         self._publish_version()
-        self._task = asyncio.create_task(self._run_forever(), name="round-engine")
+        self._loop_task = asyncio.create_task(self._run_forever(), name="round-engine")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._loop_task, self._evaluation):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     def adopt(self, commit: Commit, state: dict[str, np.ndarray]) -> None:
         """Take a version committed elsewhere (a late joiner's sync): it becomes our V."""
         self.version, self.state, self.committed_round = commit.version, state, commit.round
         self._publish_version()
 
+    def _evaluate_soon(self) -> None:
+        """Score the current version on the task's held-out split, off the loop (one at a time)."""
+        if self._task is None or (self._evaluation is not None and not self._evaluation.done()):
+            return
+        version, state, round_ = self.version, self.state, self.committed_round
+
+        async def evaluate() -> None:
+            try:
+                accuracy = float(await asyncio.to_thread(self._task.evaluate, state))
+            except Exception as e:  # a task bug must not take the node down
+                logger.warning(f"evaluating {version[:12]} failed: {type(e).__name__}: {e}")
+                return
+            if round_ >= 0:
+                await asyncio.to_thread(self._history.set_accuracy, round_, accuracy)
+            if self.version == version:
+                self.status.accuracy = accuracy
+            logger.info(f"version {version[:12]} (round {round_}): held-out accuracy {accuracy:.4f}")
+            if self.version != version:
+                self._evaluate_soon()  # a newer version arrived meanwhile
+
+        self._evaluation = asyncio.create_task(evaluate(), name="evaluate")
+
     def _publish_version(self) -> None:
         """Tell the exchange and our peer record which version updates must be based on."""
+        self.status.accuracy = -1.0
+        self._evaluate_soon()
         self._local.model_version = self.version
         self._local.round = max(self.committed_round + 1, 0)
         round_ = max(self.status.round, self.committed_round + 1, 0)

@@ -75,10 +75,17 @@ class History:
     :meth:`record` writes states to (and checks versions against). Thread-safe; use as a context
     manager or call :meth:`close`."""
 
-    def __init__(self, path: Path, versions: VersionStore | None = None) -> None:
+    def __init__(self, path: Path, versions: VersionStore | None = None, *, readonly: bool = False) -> None:
+        """``readonly``: for readers beside a running node (`potluck log`): no schema writes."""
         self.path = Path(path)
         self.versions = versions
         self._lock = threading.Lock()
+        if readonly:
+            uri = f"file:{self.path.resolve()}?mode=ro"
+            self._db = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            return
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

@@ -1,0 +1,150 @@
+"""A contributor: a node that also trains. Each round it trains on its own data from V_r, turns the
+change into a signed sparse update (top-k with error feedback) and hands it to its node, which
+validates, holds and announces it like any other update.
+
+Training runs in a worker thread, so the node keeps serving peers and the control API meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from potluck.errors import ConfigError
+from potluck.rounds import schedule
+from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
+from potluck.updates.codec import Update, encode_update
+from potluck.updates.reasons import UpdateRejected
+from potluck.updates.sparsify import ErrorFeedback
+
+logger = logging.getLogger(__name__)
+
+
+class StopTraining(Exception):
+    """Raised from the progress callback: leave after the current step."""
+
+
+@dataclass
+class ContributorStats:
+    rounds_contributed: int = 0
+    rounds_missed: int = 0
+    bytes_sent: int = 0
+    last_round: int = -1
+
+
+class Progress:
+    """A one-line progress bar on stderr when it is a terminal; a log line per quarter otherwise."""
+
+    def __init__(self, label: str, total: int, stream=sys.stderr):
+        self.label, self.total, self.stream = label, total, stream
+        self.tty = stream.isatty()
+        self._last_quarter = -1
+
+    def __call__(self, done: int) -> None:
+        if self.tty:
+            filled = int(30 * done / max(self.total, 1))
+            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}")
+            if done >= self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif (quarter := 4 * done // max(self.total, 1)) != self._last_quarter:
+            self._last_quarter = quarter
+            logger.info(f"{self.label}: {done}/{self.total} steps")
+
+
+class Contributor:
+    def __init__(self, node, *, task_spec: str | None, shard: str | None, local_steps: int, seed: int,
+                 max_rounds: int | None = None):  # fmt: skip
+        self._node = node
+        self._task_spec, self._shard, self._steps, self._seed = task_spec, shard, local_steps, seed
+        self._max_rounds = max_rounds
+        self.stats = ContributorStats()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _check_task(self) -> TrainableTask:
+        manifest = self._node.manifest
+        if self._task_spec is not None and self._task_spec != manifest.task:
+            raise ConfigError(f"this run trains task {manifest.task!r}, not {self._task_spec!r}")
+        try:
+            task = get_task(manifest.task, manifest.task_args)
+        except TaskError as e:
+            raise ConfigError(f"cannot load the run's task: {e}") from None
+        if not is_trainable(task):
+            raise ConfigError(f"task {manifest.task!r} cannot train (it has no local_data/train/evaluate)")
+        genesis = self._node.versions.get(manifest.genesis)
+        mine = task.init_state(manifest.seed)
+        if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in genesis.items()}:
+            raise ConfigError(f"task {manifest.task!r} here builds a different model than the run's genesis")
+        return task
+
+    async def run(self) -> None:
+        """Contribute every round until stopped (or after ``max_rounds`` contributions)."""
+        while self._node.engine is None:  # joined by run id: the manifest is on its way
+            await asyncio.sleep(0.2)
+        engine, manifest = self._node.engine, self._node.manifest
+        task = self._check_task()
+        data = await asyncio.to_thread(task.local_data, self._shard, self._seed)
+        feedback = ErrorFeedback(manifest.density, manifest.values)
+        identity = self._node.identity
+        while not self._stop.is_set():
+            if self._max_rounds is not None and self.stats.rounds_contributed >= self._max_rounds:
+                return
+            r = engine.status.round
+            # the engine collects round r only once it holds V_r (committed, synced or unchanged)
+            if engine.status.phase != "collecting" or r <= self.stats.last_round:
+                await asyncio.sleep(0.2)
+                continue
+            base_version, base_state = engine.version, {k: v.copy() for k, v in engine.state.items()}
+            self.stats.last_round = r
+            progress = Progress(f"round {r}: training", self._steps)
+
+            def step(done: int, progress: Callable[[int], None] = progress) -> None:
+                progress(done)
+                if self._stop.is_set():
+                    raise StopTraining
+
+            try:
+                trained, samples = await asyncio.to_thread(
+                    task.train,
+                    base_state,
+                    data,
+                    steps=self._steps,
+                    seed=self._seed * 100_003 + r,
+                    progress=step,
+                )
+            except StopTraining:
+                logger.info("stopped after the current training step")
+                return
+            if engine.version != base_version or time.time() >= schedule.aggregation_start(manifest, r):
+                self.stats.rounds_missed += 1
+                logger.warning(
+                    f"round {r}: training finished too late for the round; re-syncing to the next one"
+                )
+                continue
+            delta = {k: np.subtract(trained[k], base_state[k], dtype=np.float32) for k in base_state
+                     if np.issubdtype(base_state[k].dtype, np.floating)}  # fmt: skip
+            tensors = await asyncio.to_thread(feedback.compress, delta)
+            update = Update(manifest.run_id, r, base_version, identity.public_key, time.time_ns() // 1000,
+                            int(samples), tuple(tensors))  # fmt: skip
+            data_bytes = await asyncio.to_thread(encode_update, update, identity, manifest.values)
+            try:
+                held = await self._node.exchange.accept(data_bytes, "published")
+            except UpdateRejected as e:
+                logger.warning(f"round {r}: our own update was rejected: {e}")
+                continue
+            self.stats.rounds_contributed += 1
+            self.stats.bytes_sent += len(data_bytes)
+            logger.info(
+                f"round {r}: published {held.update_id[:12]} ({len(data_bytes)} bytes, {samples} samples, "
+                f"residual norm {feedback.residual_norm():.3g})"
+            )
