@@ -11,7 +11,7 @@ from potluck.tasks.toy import ToyTask
 
 def test_toy_default_shapes_and_dtype():
     task = get_task("toy")
-    assert isinstance(task, Task) and task.name == "toy" and not is_trainable(task)
+    assert isinstance(task, Task) and task.name == "toy" and is_trainable(task)
     state = task.init_state(0)
     assert {k: v.shape for k, v in state.items()} == {
         "l1.weight": (32, 16), "l1.bias": (32,), "l2.weight": (4, 32), "l2.bias": (4,),
@@ -37,7 +37,9 @@ def test_toy_sizes_from_args():
     assert state["l1.weight"].shape == (5, 3) and state["l2.weight"].shape == (2, 5)
 
 
-@pytest.mark.parametrize("args", [{"hidden": 0}, {"hidden": 2.5}, {"hidden": "8"}, {"depth": 3}])
+@pytest.mark.parametrize(
+    "args", [{"hidden": 0}, {"hidden": 2.5}, {"hidden": "8"}, {"depth": 3}, {"lr": 0}, {"batch": 1.5}]
+)
 def test_toy_bad_args(args):
     with pytest.raises(TaskError):
         get_task("toy", args)
@@ -81,3 +83,32 @@ def test_unknown_specs():
     for spec in ["nope", "no_such_module_xyz:make", "a b:c", ""]:
         with pytest.raises(TaskError):
             get_task(spec)
+
+
+def test_toy_train_and_evaluate():
+    task = get_task("toy")
+    state = task.init_state(0)
+    data = task.local_data()
+    assert len(data) == 1024
+    before = task.evaluate(state)
+    steps_seen = []
+    new, samples = task.train(state, data, steps=60, seed=3, progress=steps_seen.append)
+    assert steps_seen == list(range(1, 61)) and samples == 1024  # min(60 * 32, 1024)
+    assert task.evaluate(new) > 0.85 > before + 0.3
+    assert version_hash(state) == version_hash(task.init_state(0))  # the input is not modified
+    again, _ = task.train(state, data, steps=60, seed=3)
+    assert version_hash(again) == version_hash(new)
+    assert {k: (v.shape, v.dtype) for k, v in new.items()} == {
+        k: (v.shape, v.dtype) for k, v in state.items()
+    }
+
+
+def test_toy_shards():
+    task = get_task("toy")
+    parts = [task.local_data(f"{i}/2") for i in range(2)]
+    assert sum(len(p) for p in parts) == 1024
+    for p in parts:  # 4 labels: two dominate each shard (chunks straddle label boundaries a little)
+        counts = np.sort(np.bincount(p.y, minlength=4))
+        assert counts[-2:].sum() >= 0.95 * len(p)
+    with pytest.raises(TaskError):
+        task.local_data("2/2")

@@ -1,12 +1,15 @@
 """Tasks: what a run trains. A task names its model and produces the genesis weights.
 
 The minimal protocol is :class:`Task` (``name`` and a deterministic ``init_state(seed)``); tasks
-that can train and evaluate also satisfy :class:`TrainableTask`, whose methods are optional for a
-keeper (a node that only merges never calls them). Check with :func:`is_trainable`.
+that can train and evaluate also satisfy :class:`TrainableTask` (``local_data``, ``train``,
+``evaluate``), whose methods are optional for a keeper that only merges. Check with
+:func:`is_trainable`.
 
 A manifest's ``task`` string is resolved by :func:`get_task`: a built-in name ("toy", and whatever
 :func:`register_task` added), or ``"package.module:factory"`` where ``factory(**task_args)`` returns
-a Task. The genesis version of a run is ``version_hash(task.init_state(manifest.seed))``.
+a Task. The built-in tasks are "toy" (synthetic teacher data, for tests and demos) and "digits"
+(scikit-learn's 8x8 digits, a small MLP; :mod:`potluck.tasks.digits`). The genesis version of a
+run is ``version_hash(task.init_state(manifest.seed))``.
 """
 
 from __future__ import annotations
@@ -52,14 +55,38 @@ class Task(Protocol):
 
 @runtime_checkable
 class TrainableTask(Task, Protocol):
-    """A task a contributor can train (provisional: the digits task will settle the signatures).
+    """A task a contributor can train and a keeper can score.
 
-    ``train`` starts from ``state`` (not modified), runs ``steps`` local steps and returns the new
-    state and the number of training samples used (the update's ``sample_count``).
-    ``evaluate`` returns a score in [0, 1] (higher is better, e.g. accuracy) on held-out data.
+    A contributor process calls ``data = task.local_data(shard, seed)`` once, then per round
+    ``new_state, samples = task.train(state, data, steps=K, seed=s, progress=callback)``:
+
+    * ``local_data(shard, seed)``: this contributor's training data. ``shard`` is ``None`` (all
+      training data), ``"I/N"`` (the I-th, 0-based, of N label-sorted non-IID shards, ~2 labels
+      each) or ``"dirichlet:ALPHA:I/N"`` (label proportions from Dirichlet(ALPHA)); see
+      :mod:`potluck.tasks.data`. The partition itself is fixed by the task (not by ``seed``), so
+      contributors with different seeds hold disjoint shards; ``seed`` is for tasks whose local
+      data is itself sampled (the built-in ones ignore it). A bad spec raises :class:`TaskError`.
+      The returned object is opaque to the caller: it is only handed back to ``train``.
+    * ``train(state, data, *, steps, seed, progress=None)``: ``steps`` local optimizer steps from
+      ``state`` (not modified); returns the new state (same names, shapes and dtypes) and the
+      number of training samples behind it (the update's ``sample_count``, i.e. its merge weight
+      before the run's cap). Deterministic given ``(state, data, steps, seed)``. ``progress``, if
+      given, is called as ``progress(steps_done)`` after every step (1 .. steps).
+    * ``evaluate(state)``: a score in [0, 1], higher is better (accuracy), on the task's fixed
+      held-out test split (the same on every machine, never part of any shard).
     """
 
-    def train(self, state: Mapping[str, np.ndarray], *, steps: int, seed: int) -> tuple[State, int]: ...
+    def local_data(self, shard: str | None = None, seed: int = 0) -> Any: ...
+
+    def train(
+        self,
+        state: Mapping[str, np.ndarray],
+        data: Any,
+        *,
+        steps: int,
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[State, int]: ...
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> float: ...
 
@@ -84,8 +111,8 @@ def builtin_tasks() -> list[str]:
 
 
 def _load_builtins() -> None:
-    if "toy" not in _BUILTINS:
-        from potluck.tasks import toy  # noqa: F401  (registers itself)
+    if "toy" not in _BUILTINS or "digits" not in _BUILTINS:
+        from potluck.tasks import digits, toy  # noqa: F401  (register themselves)
 
 
 def _resolve(spec: str) -> TaskFactory:

@@ -1,21 +1,39 @@
-"""The "toy" task: the weights of a tiny 2-layer MLP, for tests and demos (no training data).
+"""The "toy" task: a tiny 2-layer MLP and synthetic data from a fixed random teacher, for tests and
+fast demos.
 
 Weights are drawn uniformly from +-1/sqrt(fan_in) (PyTorch's nn.Linear default range) with numpy's
 PCG64 ``Generator.random``, whose output for a seed is fixed (53 random bits per double), computed
 in float64 and cast once to float32: the same seed gives the same bytes on every machine.
+
+Data: inputs ~ N(0, I) in ``inputs`` dimensions, labelled by a fixed random linear teacher
+(``argmax(x @ T.T)`` over ``outputs`` classes); 1024 training and 512 held-out test samples, all
+drawn from fixed PCG64 streams (independent of the run seed). Shards as in potluck.tasks.data.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from potluck.tasks import State, TaskError, register_task
+from potluck.tasks.data import (
+    PARTITION_SEED,
+    LabeledData,
+    check_number,
+    evaluate_mlp,
+    shard_indices,
+    train_mlp,
+    uniform_init,
+)
 
 __all__ = ["ToyTask"]
 
 _MAX_DIM = 1 << 16
+_TRAIN, _TEST = 1024, 512
+_DATA_SEED = 7_001
+_LAYERS = ("l1", "l2")
 
 
 def _dim(value: object, what: str) -> int:
@@ -24,16 +42,30 @@ def _dim(value: object, what: str) -> int:
     return value
 
 
+@functools.cache
+def _teacher_data(inputs: int, outputs: int) -> tuple[LabeledData, LabeledData]:
+    rng = np.random.Generator(np.random.PCG64([_DATA_SEED, inputs, outputs]))
+    teacher = rng.standard_normal((outputs, inputs))
+    x = rng.standard_normal((_TRAIN + _TEST, inputs))
+    y = np.argmax(x @ teacher.T, axis=1).astype(np.int64)
+    x = x.astype(np.float32)
+    return LabeledData(x[:_TRAIN], y[:_TRAIN]), LabeledData(x[_TRAIN:], y[_TRAIN:])
+
+
 class ToyTask:
     """``{"l1.weight": (hidden, inputs), "l1.bias": (hidden,), "l2.weight": (outputs, hidden),
-    "l2.bias": (outputs,)}``, float32."""
+    "l2.bias": (outputs,)}``, float32; trained with SGD (``lr``, ``batch``)."""
 
     name = "toy"
 
-    def __init__(self, inputs: int = 16, hidden: int = 32, outputs: int = 4) -> None:
+    def __init__(
+        self, inputs: int = 16, hidden: int = 32, outputs: int = 4, lr: float = 0.1, batch: int = 32
+    ) -> None:
         self.inputs = _dim(inputs, "inputs")
         self.hidden = _dim(hidden, "hidden")
         self.outputs = _dim(outputs, "outputs")
+        self.lr = float(check_number(lr, "toy: lr", high=100.0))
+        self.batch = int(check_number(batch, "toy: batch", integer=True, high=_MAX_DIM))
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {
@@ -44,14 +76,31 @@ class ToyTask:
         }
 
     def init_state(self, seed: int) -> State:
-        rng = np.random.Generator(np.random.PCG64(seed))
-        state: State = {}
-        for name, shape in self.shapes().items():  # fixed order: the stream is part of the format
-            fan_in = self.inputs if name.startswith("l1.") else self.hidden
-            bound = 1.0 / math.sqrt(fan_in)
-            u = rng.random(shape)  # float64 in [0, 1)
-            state[name] = ((2.0 * u - 1.0) * bound).astype(np.float32)
-        return state
+        fan_in = {name: self.inputs if name.startswith("l1.") else self.hidden for name in self.shapes()}
+        return uniform_init(seed, self.shapes(), fan_in)  # fixed order: the stream is part of the format
+
+    def local_data(self, shard: str | None = None, seed: int = 0) -> LabeledData:
+        """The training samples of ``shard``; ``seed`` is ignored: the partition is fixed."""
+        train, _ = _teacher_data(self.inputs, self.outputs)
+        idx = shard_indices(train.y, shard, PARTITION_SEED)
+        return LabeledData(train.x[idx], train.y[idx], shard)
+
+    def train(
+        self,
+        state: Mapping[str, np.ndarray],
+        data: LabeledData,
+        *,
+        steps: int,
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[State, int]:
+        return train_mlp(
+            state, data, layers=_LAYERS, steps=steps, seed=seed, batch=self.batch, lr=self.lr,
+            momentum=0.9, progress=progress,
+        )  # fmt: skip
+
+    def evaluate(self, state: Mapping[str, np.ndarray]) -> float:
+        return evaluate_mlp(state, _teacher_data(self.inputs, self.outputs)[1], layers=_LAYERS)
 
 
 register_task("toy", ToyTask)
