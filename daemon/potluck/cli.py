@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rpc-listen", default="127.0.0.1:0", metavar="HOST:PORT", help="control API (default: any port)"
     )
     join.add_argument("--record-ttl", type=_positive_float, default=30.0, metavar="SECONDS")
+    join.add_argument(
+        "--join-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up (exit 2) if the run cannot be reached in this time (default 60)",
+    )
 
     init = commands.add_parser(
         "init", help="create a run: a signed manifest and its genesis weights", description="Create a run."
@@ -448,7 +455,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     def contributor(node):
         return Contributor(
             node, task_spec=args.task, shard=shard, local_steps=args.local_steps, seed=args.seed,
-            max_rounds=args.rounds,
+            max_rounds=args.rounds, join_timeout=args.join_timeout,
         )  # fmt: skip
 
     asyncio.run(run_node(config, contributor))

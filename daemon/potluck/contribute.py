@@ -61,10 +61,11 @@ class Progress:
 
 class Contributor:
     def __init__(self, node, *, task_spec: str | None, shard: str | None, local_steps: int, seed: int,
-                 max_rounds: int | None = None):  # fmt: skip
+                 max_rounds: int | None = None, join_timeout: float = 60.0):  # fmt: skip
         self._node = node
         self._task_spec, self._shard, self._steps, self._seed = task_spec, shard, local_steps, seed
         self._max_rounds = max_rounds
+        self._join_timeout = join_timeout
         self.stats = ContributorStats()
         self._stop = threading.Event()
 
@@ -89,11 +90,22 @@ class Contributor:
 
     async def run(self) -> None:
         """Contribute every round until stopped (or after ``max_rounds`` contributions)."""
+        give_up = time.monotonic() + self._join_timeout
         while self._node.engine is None:  # joined by run id: the manifest is on its way
+            if time.monotonic() > give_up:
+                boot = self._node.host.bootstrap
+                reason = f"no initial peer answered ({boot.last_error})" if boot.state == "retrying" else (
+                    "no peer of the run served its manifest")  # fmt: skip
+                raise ConfigError(
+                    f"could not join run {self._node.run[:16]} within {self._join_timeout:.0f}s: {reason}"
+                )
             await asyncio.sleep(0.2)
         engine, manifest = self._node.engine, self._node.manifest
         task = self._check_task()
-        data = await asyncio.to_thread(task.local_data, self._shard, self._seed)
+        try:
+            data = await asyncio.to_thread(task.local_data, self._shard, self._seed)
+        except TaskError as e:
+            raise ConfigError(str(e)) from None
         feedback = ErrorFeedback(manifest.density, manifest.values)
         identity = self._node.identity
         while not self._stop.is_set():

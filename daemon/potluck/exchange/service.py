@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ HANDLER = "potluck.v1.GetUpdate"
 CHUNK_BYTES = 1 << 20  # below p2pd's 2 MiB message limit with room for framing
 ANNOUNCE_TTL_S = 120.0
 POLL_INTERVAL_S = 1.0
-FETCH_TIMEOUT_S = 60.0
+FETCH_TIMEOUT_S = 10.0  # plus the update's size at MIN_FETCH_BYTES_PER_S: a dead holder costs seconds
+MIN_FETCH_BYTES_PER_S = 1 << 20
 AVOID_HOLDER_S = 300.0
 # Reasons that depend on when the update is seen (the round moves on, a base arrives): try again later.
 RETRYABLE = frozenset({Reason.FUTURE_ROUND, Reason.UNKNOWN_BASE})
@@ -291,7 +293,8 @@ class UpdateExchange:
             limit = min(announcement.size, self.validator.context.limits.max_bytes)
             for holder in self._holder_order(uid):
                 try:
-                    data = await asyncio.wait_for(self._download(holder, uid, limit), FETCH_TIMEOUT_S)
+                    timeout = FETCH_TIMEOUT_S + limit / MIN_FETCH_BYTES_PER_S
+                    data = await asyncio.wait_for(self._download(holder, uid, limit), timeout)
                 except Exception as e:  # unreachable, slow or misbehaving holder: try the next one
                     logger.debug(f"fetching {uid[:12]} from {holder} failed: {type(e).__name__}: {e}")
                     continue
@@ -316,12 +319,16 @@ class UpdateExchange:
             self._inflight.discard(uid)
 
     def _holder_order(self, update_id: str) -> list[str]:
+        """Holders to try: those with a live peer record first (others may be gone), each group shuffled
+        so that one slow or dead holder does not stall every fetch the same way."""
         now = time.monotonic()
-        return sorted(
+        candidates = [
             h
             for h in self._holders.get(update_id, ())
             if h != self._identity.peer_id and self._avoid.get(h, 0) < now
-        )
+        ]
+        random.shuffle(candidates)
+        return sorted(candidates, key=lambda h: not self._addresses_of(h))
 
     async def _download(self, holder: str, update_id: str, limit: int) -> bytes:
         p2p: P2P = self._host.p2p

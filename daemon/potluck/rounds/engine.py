@@ -53,8 +53,9 @@ logger = logging.getLogger(__name__)
 
 ENTRY_WINDOW_S = 1.0  # participants publish entries, then everyone reads the same set
 MATCHMAKING_S = 1.5  # hivemind forms the group before the scheduled all-reduce
+PREP_PARAMS_PER_S = 4e6  # contribution + pack speed measured on 2 cores: large models need longer to prepare
 ALLREDUCE_TIMEOUT_S = 20.0
-MIN_ATTEMPT_S = 4.0
+MIN_ATTEMPT_S = 3.5  # entries (1 s) + matchmaking (1.5 s) + all-reduce and signatures of a small model
 QUORUM_MARGIN_S = 0.5  # time left in an attempt for collecting commit signatures
 MAX_SIGNED_COMMIT_BYTES = 14 << 10
 COMMIT_TTL_S = 24 * 3600.0
@@ -133,6 +134,8 @@ class RoundEngine:
         self.committed_round = latest.round if latest is not None else -1
         self.state = versions.get(self.version)
         self.layout = fixedpoint.Layout.from_state(self.state)
+        # same on every node (same layout): when the all-reduce starts after an attempt's start
+        self.prep_s = ENTRY_WINDOW_S + MATCHMAKING_S + self.layout.length / PREP_PARAMS_PER_S
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -222,11 +225,12 @@ class RoundEngine:
     async def _aggregate_round(self, r: int) -> None:
         m = self.manifest
         end = schedule.deadline(m, r)
-        attempt_s = max(MIN_ATTEMPT_S, (end - schedule.aggregation_start(m, r)) / 3)
+        min_attempt = MIN_ATTEMPT_S + self.layout.length / PREP_PARAMS_PER_S
+        attempt_s = max(min_attempt, (end - schedule.aggregation_start(m, r)) / 3)
         attempt = 0
         while True:
             start = schedule.aggregation_start(m, r) + attempt * attempt_s
-            if start + MIN_ATTEMPT_S > end:
+            if start + min_attempt > end:
                 break
             await _sleep_until(start)
             self.status.attempts += 1
@@ -272,17 +276,17 @@ class RoundEngine:
             logger.warning(f"round {r}: {contribution.clipped} coordinates clipped to the fixed-point range")
         participants = [e.node for e in entries]
         digest = agreement_digest(entries)
+        authors = sorted({node_id_of(self._exchange.held[uid].author) for uid in carried})
         if len(participants) == 1:
-            summed, total_weight = contribution.q, contribution.weight
+            summed, total_weight, contributors = contribution.q, contribution.weight, authors
         else:
-            summed, total_weight = await self._allreduce(
-                r, attempt, participants, digest, contribution, carried, assignment, start, until
+            summed, total_weight, contributors = await self._allreduce(
+                r, attempt, participants, digest, contribution, carried, authors, assignment, start, until
             )
         new_state = await asyncio.to_thread(
             fixedpoint.next_version, self.state, self.layout, summed, total_weight, self.manifest.outer_lr
         )
         hashes = tensor_hashes(new_state)
-        contributors = sorted({node_id_of(self._exchange.held[uid].author) for uid in assignment})
         commit = Commit(
             run_id=self.run_id,
             round=r,
@@ -329,10 +333,11 @@ class RoundEngine:
         digest: str,
         contribution: fixedpoint.Contribution,
         carried: list[str],
+        authors: list[str],
         assignment: dict[str, bytes],
         start: float,
         until: float,
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[np.ndarray, int, list[str]]:
         sentinel = fixedpoint.new_sentinel()
         packed = await asyncio.to_thread(fixedpoint.pack, self.layout, contribution.q, sentinel)
         n = len(participants)
@@ -358,10 +363,11 @@ class RoundEngine:
                 "sentinel": sentinel,
                 "checksum": str(fixedpoint.checksum(contribution.q)),  # may exceed 64 bits
                 "carried": carried,
+                "authors": authors,  # node ids of the carried updates' authors: the commit names them all
                 "weight": contribution.weight,
                 "node": self._identity.public_key,
             }
-            scheduled = start + ENTRY_WINDOW_S + MATCHMAKING_S
+            scheduled = start + self.prep_s
             try:
                 gathered = await asyncio.to_thread(
                     averager.step,
@@ -392,7 +398,8 @@ class RoundEngine:
                 )
             except fixedpoint.PartialResult as e:
                 raise AttemptFailed(f"partial all-reduce result: {e}") from None
-            return summed, sum(int(p["weight"]) for p in peers)
+            contributors = sorted({a for p in peers for a in p["authors"]})
+            return summed, sum(int(p["weight"]) for p in peers), contributors
         finally:
             await asyncio.to_thread(_shutdown_averager, averager)
 

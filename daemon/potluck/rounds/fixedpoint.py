@@ -87,7 +87,7 @@ SPACING = 255  # data values per sentinel
 ROW = SPACING + 1
 SENTINEL_MAX = 1 << 20  # sentinels are in [1, SENTINEL_MAX)
 _NON_INTEGER = 0.25
-_CHUNK_ROWS = 1 << 16  # unpack works on 16M values at a time
+_CHUNK_ROWS = 1 << 12  # unpack works on 1M values at a time: 8 MB temporaries stay in reused pages
 _CHECKSUM_PERIOD = 7
 
 

@@ -222,18 +222,43 @@ class SwarmHost:
             delay = min(delay * 2, cap)
 
     async def _bootstrap_once(self) -> int:
-        assert self._p2p is not None
+        responded, self.bootstrap.last_error = await self._dial(
+            [(peer, [str(addr)]) for peer, addr in self._initial]
+        )
+        return responded
+
+    async def rejoin(self, known: Sequence[tuple[str, list[str]]]) -> int:
+        """Dial the initial peers and peers seen before (``(peer id, addrs)``) and ping them into the DHT's
+        routing table: for a node that lost every peer (a cut link, a long suspend). Never raises."""
+        candidates = [(peer, [str(addr)]) for peer, addr in self._initial]
+        for peer_id, addrs in known:
+            with contextlib.suppress(Exception):
+                candidates.append((PeerID.from_base58(peer_id), list(addrs)))
+        try:
+            responded, error = await self._dial(candidates)
+        except Exception as e:
+            responded, error = 0, f"{type(e).__name__}: {e}"
+        if responded:
+            logger.info(f"rejoined the swarm: {responded} peers answered")
+        else:
+            logger.warning(
+                f"isolated: none of {len(candidates)} known peers answered ({error or 'no reply'})"
+            )
+        return responded
+
+    async def _dial(self, candidates: Sequence[tuple[PeerID, list[str]]]) -> tuple[int, str]:
+        """Connect to each candidate, ping those reached into the DHT: (how many answered, errors)."""
         errors, reached = [], []
-        for peer, addr in self._initial:
+        for peer, addrs in candidates:
             try:
-                await self.connect(peer, [str(addr)])
+                await self.connect(peer, addrs)
                 reached.append(peer)
             except Exception as e:
-                errors.append(f"{addr}: {type(e).__name__} {e}".strip())
-        self.bootstrap.last_error = "; ".join(errors)[:500]
+                errors.append(f"{peer.to_base58()[:16]}: {type(e).__name__} {e}".strip())
+        error = "; ".join(errors)[:500]
         if not reached:
-            return 0
-        return await self.run_in_dht(functools.partial(_ping_and_populate, reached))
+            return 0, error
+        return await self.run_in_dht(functools.partial(_ping_and_populate, reached)), error
 
     async def connect(self, peer: PeerID, addrs: Sequence[str]) -> None:
         """Dial ``peer`` at ``addrs`` (multiaddrs, with or without a /p2p/ suffix)."""

@@ -14,6 +14,8 @@ from potluck.swarm.host import SwarmHost
 from potluck.swarm.records import PeerRecord, RecordRejected, peers_key, public_key_in, subkey_for
 
 logger = logging.getLogger(__name__)
+REJOIN_AFTER_S = 5.0  # alone this long (no live peer record): dial everyone we knew
+MAX_KNOWN_PEERS = 64
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Membership:
         self._clock = clock
         self._sequence = 0
         self._peers: dict[str, PeerInfo] = {}
+        self._known: dict[str, list[str]] = {}  # peer id -> last addresses seen, newest last
         self._tasks: list[asyncio.Task] = []
         self._republish = asyncio.Event()
         self.last_published = 0.0
@@ -138,9 +141,23 @@ class Membership:
         self._peers = fresh
 
     async def _watch_forever(self) -> None:
+        alone_since: float | None = None
         while True:
             try:
                 await self.refresh_view()
+                peers = self.peers()
+                for p in peers:  # remember where peers were, to find them again after a cut
+                    self._known.pop(p.record.peer_id, None)
+                    self._known[p.record.peer_id] = list(p.record.addrs)
+                self._known = dict(list(self._known.items())[-MAX_KNOWN_PEERS:])
+                if peers or not (self._known or self._host.bootstrap.initial_peers):
+                    alone_since = None
+                elif alone_since is None:
+                    alone_since = time.monotonic()
+                elif time.monotonic() - alone_since > REJOIN_AFTER_S:
+                    if await self._host.rejoin(list(self._known.items())):
+                        self.republish_now()
+                    alone_since = time.monotonic()  # try again after another while
             except asyncio.CancelledError:
                 raise
             except Exception as e:
