@@ -110,7 +110,11 @@ class Contributor:
         identity = self._node.identity
         while not self._stop.is_set():
             if self._max_rounds is not None and self.stats.rounds_contributed >= self._max_rounds:
-                return
+                # stay until our last update is merged (or its round is over), then leave
+                if engine.committed_round >= self.stats.last_round or engine.status.round > self.stats.last_round:
+                    return
+                await asyncio.sleep(0.2)
+                continue
             r = engine.status.round
             # the engine collects round r only once it holds V_r (committed, synced or unchanged)
             if engine.status.phase != "collecting" or r <= self.stats.last_round:

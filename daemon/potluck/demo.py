@@ -78,7 +78,7 @@ def run_demo(
                 row = {
                     "round": entry["round"],
                     "version": entry["version"],
-                    "nodes_agreeing": sum(_at_version(n, entry["version"]) for n in swarm.nodes),
+                    "nodes_agreeing": _agreeing(swarm.nodes, entry["version"]),
                     "nodes": len(swarm.nodes),
                     "contributors": len(entry["contributors"]),
                     "accuracy": accuracy,
@@ -126,10 +126,28 @@ def _wait_accuracy(node: LocalNode, round_: int, timeout: float = 10.0) -> float
     return None
 
 
+def _agreeing(nodes: list[LocalNode], version: str, timeout: float = 3.0) -> int:
+    """How many nodes hold ``version`` (each commits when it has the quorum's signatures: allow a moment)."""
+    end = time.monotonic() + timeout
+    while True:
+        count = sum(_at_version(n, version) for n in nodes)
+        if count == len(nodes) or time.monotonic() > end:
+            return count
+        time.sleep(0.2)
+
+
 def _at_version(node: LocalNode, version: str) -> bool:
+    """Whether ``node`` committed ``version`` (its history says so even after it left)."""
+    from potluck.node import HISTORY_FILE
+    from potluck.store.history import History
+
+    path = node.data_dir / HISTORY_FILE
+    if not path.exists():
+        return False
     try:
-        return node.status()["version"] == version
-    except Exception:  # a contributor that already left after its last round
+        with History(path, readonly=True) as history:
+            return history.has_version(version)
+    except Exception:  # being created right now
         return False
 
 

@@ -478,8 +478,9 @@ async def run_node(config: NodeConfig, make_worker: Callable[[Node], Worker] | N
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await start
     logger.info("shutting down")
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal ends us at once
-        loop.add_signal_handler(sig, os._exit, 130)
+    if stop.is_set():  # a second signal ends us at once; a first one (we were leaving anyway) changes nothing
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, os._exit, 130)
     try:
         await asyncio.wait_for(node.stop(), SHUTDOWN_BUDGET_S - 0.5)
     except TimeoutError:

@@ -1,0 +1,119 @@
+"""Contributors end to end: `potluck demo` trains the shared model above genesis with every node
+agreeing, a contributor leaving mid-round does not stall the run, a third-party task works, and
+`potluck join` refuses bad input with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from potluck.identity import NodeIdentity
+from potluck.localswarm import LocalNode, LocalSwarm, wait_for
+from potluck.manifest import create_manifest, genesis_path
+from potluck.rounds import schedule
+from potluck.store.versions import atomic_save
+from potluck.tasks import genesis, get_task
+
+pytestmark = pytest.mark.multiprocess
+
+
+def potluck(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def make_run(root, task: str, round_seconds: float = 16.0, start_in: float = 20.0):
+    state, genesis_hash = genesis(get_task(task), 0)
+    manifest = create_manifest(NodeIdentity.generate(), task, genesis_hash, round_seconds=round_seconds,
+                               start_time=time.time() + start_in, density=0.05)  # fmt: skip
+    path = root / "run.toml"
+    manifest.save(path)
+    atomic_save(state, genesis_path(path))
+    return manifest, path
+
+
+def contributor(swarm: LocalSwarm, manifest, i: int, n: int, *extra: str) -> LocalNode:
+    node = LocalNode(swarm.root / f"contributor{i}", [
+        swarm.nodes[0].multiaddr(), "--run", manifest.run_id, "--shard", f"{i}/{n}", "--local-steps", "30",
+        "--listen", "/ip4/127.0.0.1/tcp/0", "--record-ttl", "6", *extra,
+    ], command="join")  # fmt: skip
+    swarm.nodes.append(node.start())
+    return node
+
+
+def test_demo_trains_the_shared_model_above_genesis_and_every_node_agrees():
+    proc = potluck("demo", "--contributors", "2", "--rounds", "2", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert len(result["rounds"]) == 2
+    for row in result["rounds"]:
+        assert row["nodes_agreeing"] == row["nodes"] == 3 and row["contributors"] == 2
+        assert row["bytes_sent"] > 0
+    assert result["final_accuracy"] > result["genesis_accuracy"] + 0.1
+
+
+def test_a_contributor_leaving_mid_round_does_not_stall_the_run(tmp_path):
+    manifest, path = make_run(tmp_path, "digits")
+    with LocalSwarm(
+        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
+    ) as swarm:
+        keeper = swarm.add_node(name="keeper").wait_ready()
+        leaver = contributor(swarm, manifest, 0, 3)
+        stayers = [contributor(swarm, manifest, i, 3) for i in (1, 2)]
+        for node in swarm.nodes:
+            node.wait_ready()
+        wait_for(lambda: keeper.status()["committed_round"] >= 0, 60, "round 0")
+        r = keeper.status()["committed_round"] + 1
+        # leave in the middle of round r's collecting phase
+        time.sleep(max(0.0, schedule.round_start(manifest, r) + 4 - time.time()))
+        leaver.kill_group()
+        swarm.nodes.remove(leaver)
+        wait_for(
+            lambda: keeper.status()["committed_round"] >= r + 1, 3 * manifest.round_seconds, "two more rounds"
+        )
+        versions = {n.status()["version"] for n in [keeper, *stayers]}
+        assert len(versions) == 1
+
+
+def test_a_third_party_task_from_an_entry_point(tmp_path):
+    manifest, path = make_run(tmp_path, "tests.tasks.custom_task:make", start_in=15.0)
+    with LocalSwarm(
+        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
+    ) as swarm:
+        keeper = swarm.add_node(name="keeper").wait_ready()
+        author = contributor(swarm, manifest, 0, 1, "--task", "tests.tasks.custom_task:make").wait_ready()
+        wait_for(lambda: keeper.status()["committed_round"] >= 0, 60, "a committed round")
+        wait_for(lambda: keeper.status()["accuracy"] >= 0, 10, "the evaluation")
+        log = json.loads(potluck("log", "--data-dir", str(keeper.data_dir), "--json").stdout)
+        assert log[0]["updates"] == 1 and log[0]["contributors"] == [author.status()["node_id"]]
+        assert 0.0 <= keeper.status()["accuracy"] <= 1.0 and log[0]["accuracy"] is not None
+
+
+def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
+    manifest, path = make_run(tmp_path, "toy", start_in=0)
+    base = [
+        "join",
+        "--data-dir",
+        str(tmp_path / "c"),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--join-timeout",
+        "3",
+    ]
+    cases = [
+        ([*base, "--manifest", str(path), "--task", "digits"], "trains task 'toy', not 'digits'"),
+        ([*base, "--manifest", str(path), "--shard", "5/2"], "--shard"),
+        ([*base, "--manifest", str(path), "--shard", "dirichlet:x:0/2"], "Dirichlet ALPHA"),
+        ([*base, "--run", manifest.run_id, f"/ip4/127.0.0.1/tcp/1/p2p/{NodeIdentity.generate().peer_id}"],
+         "could not join"),
+        ([*base, "--run", "not-a-run-id"], "--run takes a run id"),
+    ]  # fmt: skip
+    for args, needle in cases:
+        proc = potluck(*args, timeout=60)
+        assert proc.returncode == 2, (args, proc.stderr[-1000:])
+        assert needle in proc.stderr.strip().splitlines()[-1], proc.stderr[-1000:]
