@@ -31,8 +31,10 @@ lint: $(STAMP)
 proto: $(STAMP)  ## regenerate daemon/potluck/v1 from proto/
 	$(BIN)/python scripts/gen_proto.py
 
-bench: $(STAMP)
-	$(BIN)/python bench/discovery.py
+bench: $(STAMP)  ## every benchmark, one JSON object each (bench/README.md); minutes each on 2 cores
+	$(BIN)/pip install --quiet -e '.[bench]'
+	mkdir -p bench/out
+	for b in discovery update_codec rounds federated; do $(BIN)/python bench/$$b.py > bench/out/$$b.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
