@@ -353,11 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---- commands ---------------------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")
+def _quiet_libraries(log_level: str) -> None:
+    """Before hivemind and grpc are imported by a command that starts a node."""
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if log_level != "DEBUG" else "DEBUG")
     # The DHT child is forked from this process; it never uses gRPC, so gRPC's fork handlers are not needed.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # errors reach the user as our own one-liners
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _quiet_libraries(args.log_level)
     import asyncio
 
     from potluck.node import DEFAULT_LISTEN, NodeConfig, run_node
@@ -426,9 +431,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    _quiet_libraries(args.log_level)
     import asyncio
 
     from potluck.contribute import Contributor

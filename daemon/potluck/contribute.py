@@ -111,7 +111,8 @@ class Contributor:
         while not self._stop.is_set():
             if self._max_rounds is not None and self.stats.rounds_contributed >= self._max_rounds:
                 # stay until our last update is merged (or its round is over), then leave
-                if engine.committed_round >= self.stats.last_round or engine.status.round > self.stats.last_round:
+                last = self.stats.last_round
+                if engine.committed_round >= last or engine.status.round > last:
                     return
                 await asyncio.sleep(0.2)
                 continue

@@ -22,7 +22,16 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["Malformed", "Oversized", "TooDeep", "WireError", "bounded_unpackb", "scan_msgpack"]
+__all__ = [
+    "Malformed",
+    "Oversized",
+    "TooDeep",
+    "WireError",
+    "bounded_unpackb",
+    "pack_pair",
+    "scan_msgpack",
+    "unpack_pair",
+]
 
 
 class WireError(ValueError):
@@ -168,3 +177,16 @@ def bounded_unpackb(
         return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, max_ext_len=0, **limits)
     except Exception as e:  # the scan makes this unreachable in practice; keep the contract anyway
         raise Malformed(f"msgpack: {e}") from None
+
+
+def pack_pair(first: bytes, second: bytes) -> bytes:
+    """``[first, second]`` as msgpack: how a signed body travels with its signature."""
+    return msgpack.packb([first, second], use_bin_type=True)
+
+
+def unpack_pair(data: bytes, max_bytes: int) -> tuple[bytes, bytes]:
+    """The two byte strings of :func:`pack_pair`, from untrusted ``data``; :class:`WireError` otherwise."""
+    pair = bounded_unpackb(data, max_bytes, 1, max_array_len=2, max_str_len=0, max_map_len=0)
+    if type(pair) is not list or len(pair) != 2 or not all(type(x) is bytes for x in pair):
+        raise Malformed("expected [bin, bin]")
+    return pair[0], pair[1]

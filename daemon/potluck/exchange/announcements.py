@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import msgpack
 
 from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, peer_id_of, verify
-from potluck.wire import WireError, bounded_unpackb
+from potluck.wire import WireError, bounded_unpackb, pack_pair, unpack_pair
 
 DOMAIN = "potluck/announce/v1"
 MAX_HOLDERS = 8
@@ -57,13 +57,13 @@ class Announcement:
         if identity.public_key != self.announcer:
             raise ValueError("the announcer must sign its own announcement")
         body = self._body()
-        return msgpack.packb([body, identity.sign(body)], use_bin_type=True)
+        return pack_pair(body, identity.sign(body))
 
     @classmethod
     def verify(cls, data: bytes) -> Announcement:
         """Parse and check a signed announcement; BadAnnouncement on anything wrong."""
         try:
-            body, signature = bounded_unpackb(data, MAX_ANNOUNCEMENT_BYTES, 1, max_array_len=2, max_str_len=0)
+            body, signature = unpack_pair(data, MAX_ANNOUNCEMENT_BYTES)
             fields = bounded_unpackb(
                 body, MAX_ANNOUNCEMENT_BYTES, 2, max_array_len=MAX_HOLDERS, max_str_len=64
             )

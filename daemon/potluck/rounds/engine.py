@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
 import torch
 
@@ -47,7 +46,7 @@ from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, PeerInfo
 from potluck.tasks import TrainableTask
 from potluck.updates.codec import decode_update
-from potluck.wire import WireError, bounded_unpackb
+from potluck.wire import WireError, pack_pair, unpack_pair
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +64,14 @@ CATCH_UP_PERIOD_S = 2.0
 def signed_commit_bytes(commit: Commit, signature: CommitSignature) -> bytes:
     """What a participant stores in the DHT: the commit body and its signature of it (small models:
     a body with a few hundred tensor hashes stays far below hivemind's 15 KB value hazard)."""
-    return msgpack.packb([commit.to_bytes(), signature.to_bytes(commit.id)], use_bin_type=True)
+    return pack_pair(commit.to_bytes(), signature.to_bytes(commit.id))
 
 
 def parse_signed_commit(data: bytes) -> tuple[Commit, CommitSignature]:
     try:
-        body, signature = bounded_unpackb(data, MAX_SIGNED_COMMIT_BYTES, 1, max_array_len=2, max_str_len=0)
-    except (WireError, TypeError, ValueError) as e:
+        body, signature = unpack_pair(data, MAX_SIGNED_COMMIT_BYTES)
+    except WireError as e:
         raise CommitError(f"not a signed commit: {e}") from None
-    if type(body) is not bytes or type(signature) is not bytes:
-        raise CommitError("not a signed commit")
     commit = Commit.from_bytes(body)
     cid, sig = CommitSignature.from_bytes(signature)
     if cid != commit.id:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import msgpack
 
 from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
-from potluck.wire import WireError, bounded_unpackb
+from potluck.wire import WireError, bounded_unpackb, pack_pair, unpack_pair
 
 DOMAIN = "potluck/round-entry/v1"
 MAX_ENTRY_UPDATES = 256  # 256 ids * 32 B keeps an entry far below hivemind's 15 KB DHT value hazard
@@ -59,12 +59,12 @@ class RoundEntry:
         if identity.public_key != self.node:
             raise ValueError("a participant signs only its own entry")
         body = self._body()
-        return msgpack.packb([body, identity.sign(body)], use_bin_type=True)
+        return pack_pair(body, identity.sign(body))
 
     @classmethod
     def verify(cls, data: bytes) -> RoundEntry:
         try:
-            body, signature = bounded_unpackb(data, MAX_ENTRY_BYTES, 1, max_array_len=2, max_str_len=0)
+            body, signature = unpack_pair(data, MAX_ENTRY_BYTES)
             fields = bounded_unpackb(
                 body, MAX_ENTRY_BYTES, 2, max_array_len=MAX_ENTRY_UPDATES, max_str_len=256
             )
