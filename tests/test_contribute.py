@@ -117,3 +117,28 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
         proc = potluck(*args, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr[-1000:])
         assert needle in proc.stderr.strip().splitlines()[-1], proc.stderr[-1000:]
+
+
+def test_a_client_mode_contributor_pushes_its_updates_to_keepers(tmp_path):
+    manifest, path = make_run(tmp_path, "toy", start_in=15.0)
+    with LocalSwarm(
+        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
+    ) as swarm:
+        keeper = swarm.add_node(name="keeper").wait_ready()
+        client = contributor(swarm, manifest, 0, 1, "--client-mode").wait_ready()
+        wait_for(lambda: keeper.status()["committed_round"] >= 0, 60, "a committed round")
+        client_id = client.status()["node_id"]
+        log = json.loads(potluck("log", "--data-dir", str(keeper.data_dir), "--json").stdout)
+        assert log[0]["contributors"] == [client_id]  # its update got in, though nobody could fetch from it
+        status = keeper.status()
+        assert client_id not in status["participants"]  # it cannot be dialed for the all-reduce
+        assert any(u["source"] == "pushed" for u in _updates(keeper))
+        wait_for(lambda: client.status()["version"] == keeper.status()["version"], 20, "the client to follow")
+
+
+def _updates(node: LocalNode) -> list[dict]:
+    from potluck.rpc.client import ControlClient
+    from potluck.rpc.jsonify import message_to_dict
+
+    with ControlClient(node.rpc_address) as client:
+        return message_to_dict(client.updates())["updates"]

@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     join.add_argument("--seed", type=_non_negative_int, default=0, help="seed of local training")
     join.add_argument("--rounds", type=_positive_int, help="leave after contributing this many rounds")
+    join.add_argument(
+        "--client-mode",
+        action="store_true",
+        help="behind NAT/firewall: nobody dials us; updates are pushed to keepers, versions pulled",
+    )
     join.add_argument("--listen", nargs="+", metavar="MULTIADDR", default=["/ip4/0.0.0.0/tcp/0"])
     join.add_argument(
         "--rpc-listen", default="127.0.0.1:0", metavar="HOST:PORT", help="control API (default: any port)"
@@ -451,7 +456,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         _check_shard(shard)
     config = NodeConfig(
         data_dir=args.data_dir, run=args.run or "default", manifest=args.manifest, listen=args.listen,
-        initial_peers=args.initial_peers, rpc_listen=args.rpc_listen, role="contributor",
+        initial_peers=args.initial_peers, rpc_listen=args.rpc_listen,
+        role="client" if args.client_mode else "contributor",
         record_ttl_s=args.record_ttl,
     )  # fmt: skip
 

@@ -159,6 +159,16 @@ class Contributor:
             except UpdateRejected as e:
                 logger.warning(f"round {r}: our own update was rejected: {e}")
                 continue
+            if self._node.host.client_mode:
+                keepers = [
+                    (p.record.peer_id, list(p.record.addrs))
+                    for p in self._node.membership.peers()
+                    if p.record.role != "client"
+                ]
+                if not await self._node.exchange.push(data_bytes, keepers):
+                    self.stats.rounds_missed += 1
+                    logger.warning(f"round {r}: no keeper took our update ({len(keepers)} tried)")
+                    continue
             self.stats.rounds_contributed += 1
             self.stats.bytes_sent += len(data_bytes)
             logger.info(

@@ -55,7 +55,7 @@ class NodeConfig:
     initial_peers: list[str] = field(default_factory=list)
     rpc_listen: str = DEFAULT_RPC_LISTEN
     allow_remote_rpc: bool = False
-    role: str = "keeper"
+    role: str = "keeper"  # "contributor" (trains too) or "client" (a contributor nobody can dial)
     record_ttl_s: float = DEFAULT_RECORD_TTL_S
     manifest: Path | None = None  # a run's signed rules (`potluck init`); or --run RUN_ID to fetch them
     model: Path | None = None  # without a manifest: the version updates are validated against
@@ -116,6 +116,7 @@ class Node:
             initial_peers=cfg.initial_peers,
             validators=[validator],
             on_dht_restart=self._after_dht_restart,
+            client_mode=cfg.role == "client",
         )
         await self.host.start()
         if self.host.peer_id != self.identity.peer_id:  # p2pd must run with the node key
@@ -161,6 +162,7 @@ class Node:
                 on_new_version=self.membership.republish_now,
                 restore_signals=self.restore_signals,
                 task=self._evaluation_task(),
+                aggregates=self.config.role != "client",
             )
             self.engine.start()
 

@@ -34,6 +34,8 @@ from potluck.wire import WireError, bounded_unpackb
 logger = logging.getLogger(__name__)
 
 HANDLER = "potluck.v1.GetUpdate"
+PUSH_HANDLER = "potluck.v1.PushUpdate"
+PUSH_TIMEOUT_S = 30.0
 CHUNK_BYTES = 1 << 20  # below p2pd's 2 MiB message limit with room for framing
 ANNOUNCE_TTL_S = 120.0
 POLL_INTERVAL_S = 1.0
@@ -108,6 +110,9 @@ class UpdateExchange:
         self._load_held()
         await self._host.p2p.add_protobuf_handler(
             HANDLER, self._serve, exchange_pb2.UpdateRequest, stream_output=True
+        )
+        await self._host.p2p.add_protobuf_handler(
+            PUSH_HANDLER, self._receive_push, exchange_pb2.UpdateChunk, stream_input=True
         )
         self._tasks = [
             asyncio.create_task(self._announce_forever(), name="announce-updates"),
@@ -214,6 +219,62 @@ class UpdateExchange:
             chunk = data[offset : offset + CHUNK_BYTES]
             yield exchange_pb2.UpdateChunk(total_size=len(data) if offset == 0 else 0, data=chunk)
 
+    async def _receive_push(
+        self, chunks: AsyncIterator[exchange_pb2.UpdateChunk], context: P2PContext
+    ) -> exchange_pb2.PushUpdateResponse:
+        """A client-mode node hands us its update: bounded receive, then the same validation as any."""
+        limit = self.validator.context.limits.max_bytes
+        buffer, total = bytearray(), None
+        async for chunk in chunks:
+            if total is None:
+                total = chunk.total_size
+                if not 0 < total <= limit:
+                    return exchange_pb2.PushUpdateResponse(accepted=False, reason=Reason.OVERSIZED.value)
+            buffer += chunk.data
+            if len(buffer) > total:
+                return exchange_pb2.PushUpdateResponse(accepted=False, reason=Reason.MALFORMED.value)
+        if total is None or len(buffer) != total:
+            return exchange_pb2.PushUpdateResponse(accepted=False, reason=Reason.MALFORMED.value)
+        try:
+            held = await self.accept(bytes(buffer), "pushed")
+        except UpdateRejected as e:
+            return exchange_pb2.PushUpdateResponse(accepted=False, reason=e.reason.value)
+        logger.info(f"update {held.update_id[:12]} pushed by {context.remote_id}")
+        return exchange_pb2.PushUpdateResponse(accepted=True, update_id=held.update_id)
+
+    async def push(self, data: bytes, keepers: list[tuple[str, list[str]]], want: int = 2) -> int:
+        """Hand ``data`` to up to ``want`` keepers (for a node nobody can dial); how many accepted it."""
+        accepted = 0
+        for peer_id, addrs in keepers:
+            try:
+                peer = PeerID.from_base58(peer_id)
+                if addrs:
+                    await self._host.connect(peer, addrs)
+
+                async def chunks() -> AsyncIterator[exchange_pb2.UpdateChunk]:
+                    for offset in range(0, max(len(data), 1), CHUNK_BYTES):
+                        yield exchange_pb2.UpdateChunk(
+                            total_size=len(data) if offset == 0 else 0,
+                            data=data[offset : offset + CHUNK_BYTES],
+                        )
+
+                reply = await asyncio.wait_for(
+                    self._host.p2p.call_protobuf_handler(
+                        peer, PUSH_HANDLER, chunks(), exchange_pb2.PushUpdateResponse
+                    ),
+                    PUSH_TIMEOUT_S,
+                )
+            except Exception as e:
+                logger.info(f"pushing to {peer_id} failed: {type(e).__name__}: {e}")
+                continue
+            if reply.accepted:
+                accepted += 1
+            else:
+                logger.warning(f"keeper {peer_id} rejected our update: {reply.reason}")
+            if accepted >= want:
+                break
+        return accepted
+
     # ---- announcing --------------------------------------------------------------------------------
 
     async def _announce_forever(self) -> None:
@@ -232,6 +293,8 @@ class UpdateExchange:
     async def announce_all(self) -> None:
         rounds = self.rounds_of_interest()
         now = time.time()
+        if self._host.client_mode:  # nobody can fetch from us: keepers announce what we pushed to them
+            return
         for held in list(self.held.values()):
             if held.round not in rounds:
                 continue

@@ -116,6 +116,7 @@ class RoundEngine:
         on_new_version: Callable[[], None],
         restore_signals: Callable[[], None],
         task: TrainableTask | None = None,
+        aggregates: bool = True,
     ):
         self._host, self._identity, self.manifest = host, identity, manifest
         self.run_id = manifest.run_id
@@ -123,6 +124,8 @@ class RoundEngine:
         self._local, self._on_new_version, self._restore_signals = local, on_new_version, restore_signals
         self._state, self._peers = state_service, peers
         self._task = task
+        # a client-mode node only follows: nobody can dial it for the all-reduce
+        self._aggregates = aggregates
         self._evaluation: asyncio.Task | None = None
         self.status = RoundStatus()
         self._loop_task: asyncio.Task | None = None
@@ -214,6 +217,10 @@ class RoundEngine:
             if now < agg_start:
                 self.status.phase = "collecting"
                 await _sleep_until(min(agg_start, now + CATCH_UP_PERIOD_S))
+                continue
+            if not self._aggregates:
+                self.status.phase = "following"  # the keepers aggregate; we catch up to their commit
+                await _sleep_until(min(schedule.deadline(m, r), time.time() + CATCH_UP_PERIOD_S))
                 continue
             self.status.phase = "aggregating"
             await self._aggregate_round(r)

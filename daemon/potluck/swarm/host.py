@@ -92,6 +92,7 @@ class SwarmHost:
         initial_peers: Sequence[str] = (),
         validators: Sequence[RecordValidatorBase] = (),
         on_dht_restart: Callable[[], Awaitable[None]] | None = None,
+        client_mode: bool = False,
     ):
         self._identity_path = identity_path
         self._listen = [check_listen_addr(a) for a in listen]
@@ -99,6 +100,7 @@ class SwarmHost:
         self._initial = [parse_initial_peer(p) for p in initial_peers]
         self._validators = list(validators)
         self._on_dht_restart = on_dht_restart
+        self.client_mode = client_mode  # behind NAT: the DHT child serves no requests, only makes them
         self.bootstrap = BootstrapState(initial_peers=list(initial_peers))
         self.dht_restarts = 0
         self.addrs: list[str] = []  # visible multiaddrs, refreshed by visible_addrs()
@@ -162,6 +164,7 @@ class SwarmHost:
             start=True,
             record_validators=self._validators,
             await_ready=True,
+            client_mode=self.client_mode,
         )
 
     async def _supervise(self) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19potluck/v1/exchange.proto\x12\npotluck.v1\"\"\n\rUpdateRequest\x12\x11\n\tupdate_id\x18\x01 \x01(\x0c\"/\n\x0bUpdateChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\".\n\rTensorRequest\x12\x0f\n\x07version\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\"M\n\x0bTensorChunk\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"!\n\x0fManifestRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x0c\"$\n\x10ManifestResponse\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19potluck/v1/exchange.proto\x12\npotluck.v1\"\"\n\rUpdateRequest\x12\x11\n\tupdate_id\x18\x01 \x01(\x0c\"/\n\x0bUpdateChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\".\n\rTensorRequest\x12\x0f\n\x07version\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\"M\n\x0bTensorChunk\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"!\n\x0fManifestRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x0c\"$\n\x10ManifestResponse\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\"I\n\x12PushUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tupdate_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,4 +43,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MANIFESTREQUEST']._serialized_end=286
   _globals['_MANIFESTRESPONSE']._serialized_start=288
   _globals['_MANIFESTRESPONSE']._serialized_end=324
+  _globals['_PUSHUPDATERESPONSE']._serialized_start=326
+  _globals['_PUSHUPDATERESPONSE']._serialized_end=399
 # @@protoc_insertion_point(module_scope)

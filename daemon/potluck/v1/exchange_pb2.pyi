@@ -51,3 +51,13 @@ class ManifestResponse(_message.Message):
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     manifest: bytes
     def __init__(self, manifest: _Optional[bytes] = ...) -> None: ...
+
+class PushUpdateResponse(_message.Message):
+    __slots__ = ("accepted", "update_id", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    update_id: str
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., update_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
