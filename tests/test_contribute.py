@@ -142,3 +142,20 @@ def _updates(node: LocalNode) -> list[dict]:
 
     with ControlClient(node.rpc_address) as client:
         return message_to_dict(client.updates())["updates"]
+
+
+def test_ctrl_c_leaves_cleanly_after_the_current_training_step(tmp_path):
+    import signal
+
+    manifest, path = make_run(tmp_path, "toy", start_in=8.0)
+    with LocalSwarm(
+        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
+    ) as swarm:
+        swarm.add_node(name="keeper").wait_ready()
+        trainer = contributor(swarm, manifest, 0, 1, "--local-steps", "100000000").wait_ready()
+        wait_for(lambda: "training" in trainer.log_path.read_text(), 40, "training to start")
+        started = time.monotonic()
+        trainer.signal(signal.SIGINT)
+        assert trainer.proc.wait(10) == 0
+        assert time.monotonic() - started < 5.0
+        assert "stopped after the current training step" in trainer.log_path.read_text()
