@@ -23,7 +23,7 @@ them robust to f attackers per coordinate, but on sparse non-IID updates almost 
 touched by that many deltas, and the aggregate degrades to the dense rule's zeros. ``sparse = false``
 is the classical rule over all n deltas (the same as ``min_support = n``). For a robust default on
 sparse updates use ``centered_clip`` (a vector rule whose start is the sparse-aware median and whose
-clipping bounds every delta's influence).
+clipping bounds every delta's influence; its start pads to a majority) or ``geometric_median``.
 """
 
 from __future__ import annotations
@@ -132,12 +132,13 @@ class CenteredClip(BaseStrategy):
     """CenteredClip (Karimireddy, He & Jaggi 2021): ``v <- v + (1/n) sum_i clip_tau(x_i - v)``, where
     ``clip_tau(d) = d * min(1, tau / ||d||)`` (L2 over the whole delta), for ``iterations`` steps.
 
-    Start ``v_0``: the sparse-aware coordinate median (``start = "median"``, default; ``sparse`` and
-    ``min_support`` as for coordinate_median) or the mean (``start = "mean"``; a poor start under
-    large outliers). ``tau`` (> 0) defaults to the lower median of ``||x_i - v_0||`` over the deltas,
-    so at least half of them are unclipped in the first step and each outlier moves v by at most
-    ``tau / n`` per step. Args: ``tau``, ``iterations`` (default 5), ``start``, ``sparse``,
-    ``min_support``.
+    Start ``v_0``: the sparse-aware coordinate median padded to a majority (``start = "median"``,
+    default; ``sparse`` as for coordinate_median, ``min_support`` default ``n // 2 + 1`` here, so
+    that a coordinate only a minority touches starts at 0 and attackers cannot place the start) or
+    the mean (``start = "mean"``; a poor start under large outliers). ``tau`` (> 0) defaults to the
+    lower median of ``||x_i - v_0||`` over the deltas, so at least half of them are unclipped in the
+    first step and each outlier moves v by at most ``tau / n`` per step. Args: ``tau``,
+    ``iterations`` (default 5), ``start``, ``sparse``, ``min_support``.
     """
 
     name = "centered_clip"
@@ -152,7 +153,11 @@ class CenteredClip(BaseStrategy):
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
         n, x = batch.n, batch.matrix
-        v = median_of(batch, self.sparse, self.min_support) if self.start == "median" else rowsum(x) / n
+        if self.start == "median":
+            support = self.min_support if self.min_support is not None else n // 2 + 1
+            v = median_of(batch, self.sparse, support)
+        else:
+            v = rowsum(x) / n
         tau = self.tau
         if tau is None:
             tau = sorted(_norms(x - v))[(n - 1) // 2]
