@@ -51,6 +51,7 @@ from potluck.wire import WireError, pack_pair, unpack_pair
 logger = logging.getLogger(__name__)
 
 ENTRY_WINDOW_S = 1.0  # participants publish entries, then everyone reads the same set
+ENTRY_GRACE_S = 0.4  # re-reads while live peers' entries are missing
 MATCHMAKING_S = 1.5  # hivemind forms the group before the scheduled all-reduce
 PREP_PARAMS_PER_S = 4e6  # contribution + pack speed measured on 2 cores: large models need longer to prepare
 ALLREDUCE_TIMEOUT_S = 20.0
@@ -135,7 +136,7 @@ class RoundEngine:
         self.state = versions.get(self.version)
         self.layout = fixedpoint.Layout.from_state(self.state)
         # same on every node (same layout): when the all-reduce starts after an attempt's start
-        self.prep_s = ENTRY_WINDOW_S + MATCHMAKING_S + self.layout.length / PREP_PARAMS_PER_S
+        self.prep_s = ENTRY_WINDOW_S + ENTRY_GRACE_S + MATCHMAKING_S + self.layout.length / PREP_PARAMS_PER_S
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -239,7 +240,8 @@ class RoundEngine:
             await _sleep_until(start)
             self.status.attempts += 1
             try:
-                done = await self._attempt(r, attempt, start, min(start + attempt_s, end))
+                last = start + attempt_s + min_attempt > end  # no retry fits: this one may use the whole rest
+                done = await self._attempt(r, attempt, start, end if last else start + attempt_s)
                 if done:
                     return
             except AttemptFailed as e:
@@ -263,7 +265,13 @@ class RoundEngine:
         key = entries_key(self.run_id, r, attempt)
         await self._host.store(key, self._identity.public_key, mine.sign(self._identity), start + 3600)
         await _sleep_until(start + ENTRY_WINDOW_S)
+        expected = 1 + sum(
+            p.record.model_version == self.version and p.record.role != "client" for p in self._peers()
+        )
         entries = await self._read_entries(key, r, attempt)
+        while len(entries) < expected and time.time() < start + ENTRY_WINDOW_S + ENTRY_GRACE_S:
+            await asyncio.sleep(0.1)  # a slow DHT under load: every participant waits for the same set
+            entries = await self._read_entries(key, r, attempt)
         if self._identity.public_key not in {e.node for e in entries}:
             entries.append(mine)  # our own store may not be visible yet; we know what we said
         entries.sort(key=lambda e: e.node)

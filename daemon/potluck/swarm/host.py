@@ -116,6 +116,9 @@ class SwarmHost:
         # p2pd and its clients talk over unix sockets; keep ours in a private directory we can clean.
         self._loop = asyncio.get_running_loop()
         self._socket_dir = tempfile.mkdtemp(prefix="potluck-p2p-")
+        # p2pd, this process's client and every replica (DHT child, averagers) put their sockets here;
+        # restored on stop, so other P2P users in the process (tests) get hivemind's default again
+        self._saved_socket_prefix = P2P._UNIX_SOCKET_PREFIX
         P2P._UNIX_SOCKET_PREFIX = f"/unix{self._socket_dir}/"
         try:
             self._p2p = await P2P.create(
@@ -126,6 +129,7 @@ class SwarmHost:
             )
         except P2PDaemonError as e:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+            P2P._UNIX_SOCKET_PREFIX = self._saved_socket_prefix
             raise ConfigError(f"cannot start p2pd on {', '.join(self._listen)}: {_p2pd_reason(e)}") from None
         self._start_dht()
         if self._initial:
@@ -146,6 +150,8 @@ class SwarmHost:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._p2p.shutdown(), timeout=3)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if f"/unix{self._socket_dir}/" == P2P._UNIX_SOCKET_PREFIX:
+            P2P._UNIX_SOCKET_PREFIX = self._saved_socket_prefix
 
     @staticmethod
     def _stop_dht(dht: DHT) -> None:
@@ -257,7 +263,9 @@ class SwarmHost:
                 await self.connect(peer, addrs)
                 reached.append(peer)
             except Exception as e:
-                errors.append(f"{peer.to_base58()[:16]}: {type(e).__name__} {e}".strip())
+                errors.append(
+                    " ".join(f"{peer.to_base58()[:16]}: {type(e).__name__} {e}".split())
+                )  # one line
         error = "; ".join(errors)[:500]
         if not reached:
             return 0, error
