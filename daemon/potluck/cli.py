@@ -212,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-cap", type=_positive_int, default=10_000, help="cap on an update's sample weight"
     )
     init.add_argument("--max-update-norm", type=_positive_float, help="reject updates with a larger L2 norm")
+    init.add_argument(
+        "--strategy",
+        default="weighted_mean",
+        help="how updates are merged: weighted_mean (default, inside the all-reduce), mean, "
+        "task_arithmetic, ties, dare, trimmed_mean, coordinate_median, centered_clip, multi_krum, "
+        "geometric_median, or package.module:factory",
+    )
+    init.add_argument(
+        "--strategy-arg", action="append", default=[], metavar="KEY=VALUE", help="strategy argument"
+    )
     init.add_argument("--admission", choices=["open", "allowlist"], default="open")
     init.add_argument(
         "--allow", nargs="+", default=[], metavar="NODE_ID", help="admitted authors (allowlist)"
@@ -483,16 +493,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     from potluck.datadir import prepare_data_dir
     from potluck.identity import load_or_create
     from potluck.manifest import ManifestError, create_manifest, genesis_path
+    from potluck.merge import StrategyError, get_strategy
     from potluck.store.versions import atomic_save
     from potluck.tasks import TaskError, get_task
     from potluck.tasks import genesis as task_genesis
 
-    task_args: dict[str, str | int | float] = {}
-    for item in args.task_arg:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"bad --task-arg {item!r}: expected KEY=VALUE")
-        task_args[key] = _number_or_str(value)
+    task_args = _key_values(args.task_arg, "--task-arg")
+    strategy_args = _key_values(args.strategy_arg, "--strategy-arg")
+    try:
+        get_strategy(args.strategy, strategy_args)
+    except StrategyError as e:
+        raise ConfigError(f"--strategy {args.strategy}: {e}") from None
     if args.admission == "allowlist" and not args.allow:
         raise ConfigError("--admission allowlist needs --allow NODE_ID ...")
     identity = load_or_create(prepare_data_dir(args.data_dir))
@@ -514,16 +525,32 @@ def cmd_init(args: argparse.Namespace) -> int:
             max_update_norm=args.max_update_norm,
             admission=args.admission,
             allow=tuple(args.allow),
+            strategy=args.strategy,
+            strategy_args=strategy_args,
         )
     except (TaskError, ManifestError) as e:
         raise ConfigError(str(e)) from None
-    atomic_save(state, genesis_path(args.output))
-    manifest.save(args.output)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(state, genesis_path(args.output))
+        manifest.save(args.output)
+    except OSError as e:
+        raise ConfigError(f"cannot write {args.output}: {e.strerror}") from None
     print(
         f"run {manifest.run_id}\n"
         f"wrote {args.output} and {genesis_path(args.output)} (genesis {genesis_hash[:16]})"
     )
     return 0
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, str | int | float]:
+    out: dict[str, str | int | float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad {flag} {item!r}: expected KEY=VALUE")
+        out[key] = _number_or_str(value)
+    return out
 
 
 def _number_or_str(text: str) -> str | int | float:

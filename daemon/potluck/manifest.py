@@ -100,23 +100,23 @@ def _check_str(value: Any, what: str, choices: tuple[str, ...] | None = None) ->
     return value
 
 
-def _check_task_args(args: Any) -> dict[str, TaskArg]:
+def _check_task_args(args: Any, what: str = "task_args") -> dict[str, TaskArg]:
     if not isinstance(args, Mapping):
-        raise ManifestError("task_args must be a table of str -> str | int | float")
+        raise ManifestError(f"{what} must be a table of str -> str | int | float")
     if len(args) > MAX_TASK_ARGS:
-        raise ManifestError(f"task_args has {len(args)} entries > {MAX_TASK_ARGS}")
+        raise ManifestError(f"{what} has {len(args)} entries > {MAX_TASK_ARGS}")
     out: dict[str, TaskArg] = {}
     for key in sorted(args):
         value = args[key]
-        _check_str(key, "task_args key")
+        _check_str(key, f"{what} key")
         if isinstance(value, str):
-            _check_str(value, f"task_args.{key}")
+            _check_str(value, f"{what}.{key}")
         elif _is_int(value):
-            _check_int(value, f"task_args.{key}", -_INT64)
+            _check_int(value, f"{what}.{key}", -_INT64)
         elif type(value) is float:
-            _check_float(value, f"task_args.{key}")
+            _check_float(value, f"{what}.{key}")
         else:
-            raise ManifestError(f"task_args.{key} must be str, int or float, got {type(value).__name__}")
+            raise ManifestError(f"{what}.{key} must be str, int or float, got {type(value).__name__}")
         out[key] = value
     return out
 
@@ -153,6 +153,8 @@ class Manifest:
     round_seconds: float = 60.0
     start_time: float = 0.0
     task_args: Mapping[str, TaskArg] = field(default_factory=dict)
+    strategy: str = "weighted_mean"
+    strategy_args: Mapping[str, TaskArg] = field(default_factory=dict)
     weighting: str = "samples"
     weight_cap: int = 10_000
     outer_lr: float = 1.0
@@ -176,6 +178,8 @@ class Manifest:
         norm("round_seconds", _check_float(self.round_seconds, "round_seconds", positive=True))
         norm("start_time", _check_float(self.start_time, "start_time"))
         norm("task_args", _check_task_args(self.task_args))
+        _check_str(self.strategy, "strategy")
+        norm("strategy_args", _check_task_args(self.strategy_args, "strategy_args"))
         _check_str(self.weighting, "weighting", WEIGHTINGS)
         _check_int(self.weight_cap, "weight_cap", 1, 1 << 24)
         norm("outer_lr", _check_float(self.outer_lr, "outer_lr", positive=True))
@@ -207,6 +211,7 @@ class Manifest:
     def _fields(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signature"}
         values["task_args"] = dict(values["task_args"])
+        values["strategy_args"] = dict(values["strategy_args"])
         values["allow"] = list(values["allow"])
         return {key: values[key] for key in sorted(values)}
 
@@ -299,15 +304,17 @@ class Manifest:
         if self.signed:
             lines.append(f"# run_id = {self.run_id} (informative: recomputed on load)")
         for key, value in self._fields().items():
-            if key == "task_args" or value is None:
+            if key in ("task_args", "strategy_args") or value is None:
                 continue  # TOML has no null: an absent max_update_norm is None
             lines.append(f"{key} = {_toml_value(value)}")
         lines.append(f"signature = {_toml_value(self.signature.hex())}")
         lines.append("")
-        lines.append("[task_args]")
-        for key, value in self.task_args.items():
-            lines.append(f"{_toml_string(key)} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
+        for table in ("task_args", "strategy_args"):
+            lines.append(f"[{table}]")
+            for key, value in getattr(self, table).items():
+                lines.append(f"{_toml_string(key)} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
 
     def save(self, path: Path) -> None:
         """Write the TOML file atomically."""
@@ -367,6 +374,7 @@ def load_manifest(path: Path) -> Manifest:
     if not isinstance(signature_hex, str) or not re.fullmatch(r"[0-9a-f]{128}", signature_hex):
         raise ManifestError(f"manifest {path}: signature must be 128 hex digits")
     values.setdefault("task_args", {})
+    values.setdefault("strategy_args", {})
     values.setdefault("max_update_norm", None)
     try:
         manifest = Manifest._from_values(values, bytes.fromhex(signature_hex))

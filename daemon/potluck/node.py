@@ -20,6 +20,7 @@ from potluck.exchange.service import UpdateExchange
 from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import P2P_KEY_FILE, PUBLIC_KEY_SIZE, NodeIdentity, load_or_create, node_id_of
 from potluck.manifest import Manifest, ManifestError, genesis_path, is_run_id, load_manifest
+from potluck.merge import StrategyError
 from potluck.rounds.engine import RoundEngine
 from potluck.rpc.address import DEFAULT_RPC_LISTEN, write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
@@ -149,21 +150,24 @@ class Node:
         await self.exchange.start()
         if self.manifest is not None:
             self.history = History(self.data_dir / HISTORY_FILE, self.versions)
-            self.engine = RoundEngine(
-                host=self.host,
-                identity=self.identity,
-                manifest=self.manifest,
-                versions=self.versions,
-                history=self.history,
-                exchange=self.exchange,
-                local=self.local,
-                state_service=self.state_service,
-                peers=self.membership.peers,
-                on_new_version=self.membership.republish_now,
-                restore_signals=self.restore_signals,
-                task=self._evaluation_task(),
-                aggregates=self.config.role != "client",
-            )
+            try:
+                self.engine = RoundEngine(
+                    host=self.host,
+                    identity=self.identity,
+                    manifest=self.manifest,
+                    versions=self.versions,
+                    history=self.history,
+                    exchange=self.exchange,
+                    local=self.local,
+                    state_service=self.state_service,
+                    peers=self.membership.peers,
+                    on_new_version=self.membership.republish_now,
+                    restore_signals=self.restore_signals,
+                    task=self._evaluation_task(),
+                    aggregates=self.config.role != "client",
+                )
+            except StrategyError as e:
+                raise ConfigError(f"the run's merge strategy {self.manifest.strategy!r}: {e}") from None
             self.engine.start()
 
     def _evaluation_task(self) -> TrainableTask | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from potluck.exchange.service import UpdateExchange
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.manifest import Manifest
+from potluck.merge import DEFAULT_STRATEGY, get_strategy, next_state
 from potluck.rounds import fixedpoint, schedule
 from potluck.rounds.averaging import CanonicalAverager, next_power_of_two
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker, sign_commit
@@ -127,6 +129,12 @@ class RoundEngine:
         self._task = task
         # a client-mode node only follows: nobody can dial it for the all-reduce
         self._aggregates = aggregates
+        # the default weighted mean runs inside the all-reduce; other strategies where updates are gathered
+        self._strategy = (
+            None
+            if manifest.strategy == DEFAULT_STRATEGY
+            else get_strategy(manifest.strategy, manifest.strategy_args)
+        )
         self._evaluation: asyncio.Task | None = None
         self.status = RoundStatus()
         self._loop_task: asyncio.Task | None = None
@@ -279,6 +287,8 @@ class RoundEngine:
         if not assignment:
             logger.info(f"round {r}: no updates; the version stays {self.version[:12]}")
             return True
+        if self._strategy is not None:
+            return await self._merge_gathered(r, entries, assignment, until)
         carried = sorted(uid for uid, node in assignment.items() if node == self._identity.public_key)
         weighted = [
             (self.manifest.update_weight(self._exchange.held[uid].sample_count), uid) for uid in carried
@@ -298,14 +308,44 @@ class RoundEngine:
         new_state = await asyncio.to_thread(
             fixedpoint.next_version, self.state, self.layout, summed, total_weight, self.manifest.outer_lr
         )
-        hashes = tensor_hashes(new_state)
+        return await self._commit(
+            r, new_state, sorted(assignment), contributors, participants, total_weight, until
+        )
+
+    async def _merge_gathered(
+        self, r: int, entries: list[RoundEntry], assignment: dict[str, bytes], until: float
+    ) -> bool:
+        """A whole-vector strategy (robust aggregation): every participant merges every update of the
+        round itself, deterministically, and the quorum of equal signatures shows they agree."""
+        ids = sorted(assignment)
+        while missing := [uid for uid in ids if uid not in self._exchange.held]:
+            if time.time() > until - 2 * QUORUM_MARGIN_S:
+                raise AttemptFailed(f"{len(missing)} of the round's updates not fetched in time")
+            await asyncio.sleep(0.2)
+
+        def merge() -> tuple[dict[str, np.ndarray], list[str], int]:
+            updates = [decode_update(self._exchange.read(uid)) for uid in ids]
+            weights = [self.manifest.update_weight(u.update.sample_count) for u in updates]
+            seed = int.from_bytes(hashlib.sha256(f"{self.run_id}/{r}".encode()).digest()[:8], "little")
+            merged = self._strategy.merge(updates, [float(w) for w in weights], round_seed=seed)
+            authors = sorted({node_id_of(u.update.author) for u in updates})
+            return next_state(self.state, merged, self.manifest.outer_lr), authors, sum(weights)
+
+        new_state, contributors, total_weight = await asyncio.to_thread(merge)
+        participants = [e.node for e in entries]
+        return await self._commit(r, new_state, ids, contributors, participants, total_weight, until)
+
+    async def _commit(
+        self, r: int, new_state: dict[str, np.ndarray], update_ids: list[str], contributors: list[str],
+        participants: list[bytes], total_weight: int, until: float,
+    ) -> bool:  # fmt: skip
         commit = Commit(
             run_id=self.run_id,
             round=r,
             parent=self.version,
             version=version_hash(new_state),
-            tensor_hashes=hashes,
-            updates=tuple(sorted(assignment)),
+            tensor_hashes=tensor_hashes(new_state),
+            updates=tuple(update_ids),
             contributors=tuple(contributors),
             participants=tuple(sorted(node_id_of(p) for p in participants)),
             total_weight=total_weight,
