@@ -33,6 +33,7 @@ from potluck.errors import ConfigError
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+HIVEMIND_SOCKET_PREFIX = P2P._UNIX_SOCKET_PREFIX  # hivemind's default, restored when a host stops
 BOOTSTRAP_BACKOFF_S = (1.0, 30.0)  # first retry delay, cap
 CONNECT_TIMEOUT_S = 5.0
 DHT_CALL_TIMEOUT_S = 15.0
@@ -118,7 +119,6 @@ class SwarmHost:
         self._socket_dir = tempfile.mkdtemp(prefix="potluck-p2p-")
         # p2pd, this process's client and every replica (DHT child, averagers) put their sockets here;
         # restored on stop, so other P2P users in the process (tests) get hivemind's default again
-        self._saved_socket_prefix = P2P._UNIX_SOCKET_PREFIX
         P2P._UNIX_SOCKET_PREFIX = f"/unix{self._socket_dir}/"
         try:
             self._p2p = await P2P.create(
@@ -129,7 +129,7 @@ class SwarmHost:
             )
         except P2PDaemonError as e:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
-            P2P._UNIX_SOCKET_PREFIX = self._saved_socket_prefix
+            P2P._UNIX_SOCKET_PREFIX = HIVEMIND_SOCKET_PREFIX
             raise ConfigError(f"cannot start p2pd on {', '.join(self._listen)}: {_p2pd_reason(e)}") from None
         self._start_dht()
         if self._initial:
@@ -151,7 +151,7 @@ class SwarmHost:
                 await asyncio.wait_for(self._p2p.shutdown(), timeout=3)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
         if f"/unix{self._socket_dir}/" == P2P._UNIX_SOCKET_PREFIX:
-            P2P._UNIX_SOCKET_PREFIX = self._saved_socket_prefix
+            P2P._UNIX_SOCKET_PREFIX = HIVEMIND_SOCKET_PREFIX
 
     @staticmethod
     def _stop_dht(dht: DHT) -> None:
