@@ -9,6 +9,7 @@ bytes contributors sent. Everything started is stopped at the end.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -93,6 +94,11 @@ def run_demo(
                     n, sent = row["contributors"], row["bytes_sent"]
                     print(f"{row['round']:>5}  {version:<14}{agree:>7}  {n:>7}  {shown:>8}  {sent:>10}")
         codes = swarm.stop()
+    complete = len(rows) == rounds
+    if complete:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        say(f"only {len(rows)} of {rounds} rounds committed; node logs kept in {root}/*/node.log")
     final = rows[-1]["accuracy"] if rows else None
     summary = {"rounds": rows, "genesis_accuracy": genesis_accuracy, "final_accuracy": final}
     if as_json:
@@ -101,7 +107,7 @@ def run_demo(
         sent = sum(r["bytes_sent"] for r in rows)
         print(f"accuracy {genesis_accuracy:.3f} -> {final or 0:.3f} in {len(rows)} rounds; {sent} bytes sent")
         print("stopped everything" + ("" if all(c == 0 for c in codes) else f" (exit codes {codes})"))
-    return 0 if len(rows) == rounds else 1
+    return 0 if complete else 1
 
 
 def keeper_log(node: LocalNode) -> list[dict[str, Any]]:
