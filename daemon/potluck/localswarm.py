@@ -23,11 +23,17 @@ class LocalNode:
     """One `potluck run` subprocess in its own session (so a test can kill it, children and all)."""
 
     def __init__(
-        self, data_dir: Path, args: Sequence[str], env: dict[str, str] | None = None, command: str = "run"
+        self,
+        data_dir: Path,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        command: str = "run",
+        module: str = "potluck",
     ):
         self.data_dir = data_dir
         self.args = list(args)
         self.command = command  # "run" (a keeper) or "join" (a contributor)
+        self.module = module  # what `python -m` runs: tests start misbehaving nodes from their own modules
         self.log_path = data_dir / "node.log"
         self._env = env
         self.proc: subprocess.Popen | None = None
@@ -38,7 +44,15 @@ class LocalNode:
         env = {**os.environ, **(self._env or {})}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "potluck", self.command, "--data-dir", str(self.data_dir), *self.args],
+                [
+                    sys.executable,
+                    "-m",
+                    self.module,
+                    self.command,
+                    "--data-dir",
+                    str(self.data_dir),
+                    *self.args,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -153,12 +167,15 @@ class LocalSwarm:
         initial_peers: Sequence[str] | None = None,
         name: str | None = None,
         extra_args: Sequence[str] | None = None,
+        module: str = "potluck",
     ) -> LocalNode:
         """Start one more node (bootstrapping from the first); ``extra_args`` replaces the swarm's."""
         if initial_peers is None:
             initial_peers = [self.nodes[0].multiaddr()] if self.nodes else []
         node = LocalNode(
-            self.root / (name or f"node{len(self.nodes)}"), self.node_args(initial_peers, extra_args)
+            self.root / (name or f"node{len(self.nodes)}"),
+            self.node_args(initial_peers, extra_args),
+            module=module,
         )
         self.nodes.append(node)
         return node.start()

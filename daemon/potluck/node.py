@@ -17,6 +17,7 @@ from potluck import AGENT
 from potluck.datadir import DataDirLock, prepare_data_dir
 from potluck.errors import ConfigError
 from potluck.exchange.service import UpdateExchange
+from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import P2P_KEY_FILE, PUBLIC_KEY_SIZE, NodeIdentity, load_or_create, node_id_of
 from potluck.manifest import Manifest, ManifestError, genesis_path, is_run_id, load_manifest
@@ -149,6 +150,8 @@ class Node:
         )
         await self.exchange.start()
         if self.manifest is not None:
+            slice_service = SliceService(self.host, self.manifest.run_id)
+            await slice_service.start()
             self.history = History(self.data_dir / HISTORY_FILE, self.versions)
             try:
                 self.engine = RoundEngine(
@@ -165,6 +168,7 @@ class Node:
                     restore_signals=self.restore_signals,
                     task=self._evaluation_task(),
                     aggregates=self.config.role != "client",
+                    slice_service=slice_service,
                 )
             except StrategyError as e:
                 raise ConfigError(f"the run's merge strategy {self.manifest.strategy!r}: {e}") from None
@@ -400,6 +404,7 @@ class Node:
             "accuracy": e.status.accuracy,
             "round_error": e.status.last_error,
             "bad_tensors": self.state_service.stats.bad_tensors if self.state_service else 0,
+            "aggregation": e.aggregation_status(),
         }
 
     def _update_status(self) -> dict:

@@ -34,11 +34,13 @@ import numpy as np
 import torch
 
 from potluck.exchange.service import UpdateExchange
+from potluck.exchange.slices import SliceService, SliceUnavailable
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.manifest import Manifest
 from potluck.merge import DEFAULT_STRATEGY, get_strategy, next_state
-from potluck.rounds import fixedpoint, schedule
+from potluck.merge.base import supports_columns
+from potluck.rounds import fixedpoint, schedule, slices
 from potluck.rounds.averaging import CanonicalAverager, next_power_of_two
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker, sign_commit
 from potluck.rounds.entries import BadEntry, RoundEntry, agreement_digest, assign, entries_key
@@ -47,7 +49,8 @@ from potluck.store.versions import VersionStore, tensor_hashes, version_hash
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, PeerInfo
 from potluck.tasks import TrainableTask
-from potluck.updates.codec import decode_update
+from potluck.updates.codec import SignedUpdate, decode_update
+from potluck.v1 import control_pb2
 from potluck.wire import WireError, pack_pair, unpack_pair
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,8 @@ QUORUM_MARGIN_S = 0.5  # time left in an attempt for collecting commit signature
 MAX_SIGNED_COMMIT_BYTES = 14 << 10
 COMMIT_TTL_S = 24 * 3600.0
 CATCH_UP_PERIOD_S = 2.0
+AUDIT_SAMPLES = 256  # coordinates of every other reducer's slice each participant recomputes
+MAX_FAULTS_READ = 32  # reducer faults verified per attempt (each costs a signature and a recomputation)
 
 
 def signed_commit_bytes(commit: Commit, signature: CommitSignature) -> bytes:
@@ -86,6 +91,10 @@ def commits_key(run_id: str, round_: int) -> str:
     return f"potluck/{run_id}/commits/{round_}"
 
 
+def faults_key(run_id: str) -> str:
+    return f"potluck/{run_id}/faults"
+
+
 class AttemptFailed(Exception):
     pass
 
@@ -101,6 +110,10 @@ class RoundStatus:
     abandoned_rounds: int = 0
     fork_switches: int = 0
     accuracy: float = -1.0  # held-out accuracy of the current version, once evaluated
+    audited_slices: int = 0  # other reducers' slices this node recomputed a sample of
+    audited_coordinates: int = 0
+    convicted: dict[str, tuple[int, str]] = field(default_factory=dict)  # reducer id -> (round, fault id)
+    bad_faults: int = 0  # published faults that did not prove a lie
 
 
 class RoundEngine:
@@ -120,6 +133,8 @@ class RoundEngine:
         restore_signals: Callable[[], None],
         task: TrainableTask | None = None,
         aggregates: bool = True,
+        slice_service: SliceService | None = None,
+        on_convicted: Callable[[bytes, int, str], None] = lambda node, round_, fault_id: None,
     ):
         self._host, self._identity, self.manifest = host, identity, manifest
         self.run_id = manifest.run_id
@@ -135,6 +150,13 @@ class RoundEngine:
             if manifest.strategy == DEFAULT_STRATEGY
             else get_strategy(manifest.strategy, manifest.strategy_args)
         )
+        # coordinate strategies run sliced: each participant reduces one slice, the others audit it
+        self._slices = slice_service
+        self._sliced = (
+            self._strategy is not None and slice_service is not None and supports_columns(self._strategy)
+        )
+        self._on_convicted = on_convicted
+        self._faults_seen: set[bytes] = set()  # fault subkeys verified, or proven bogus
         self._evaluation: asyncio.Task | None = None
         self.status = RoundStatus()
         self._loop_task: asyncio.Task | None = None
@@ -266,6 +288,7 @@ class RoundEngine:
 
     async def _attempt(self, r: int, attempt: int, start: float, until: float) -> bool:
         """One aggregation attempt; True when round r is settled (committed, or nothing to commit)."""
+        await self._learn_faults()  # before reading entries: a convicted reducer takes no part
         held = sorted(
             u.update_id for u in self._exchange.held.values() if u.round == r and u.base == self.version
         )
@@ -274,7 +297,10 @@ class RoundEngine:
         await self._host.store(key, self._identity.public_key, mine.sign(self._identity), start + 3600)
         await _sleep_until(start + ENTRY_WINDOW_S)
         expected = 1 + sum(
-            p.record.model_version == self.version and p.record.role != "client" for p in self._peers()
+            p.record.model_version == self.version
+            and p.record.role != "client"
+            and p.node_id not in self.status.convicted
+            for p in self._peers()
         )
         entries = await self._read_entries(key, r, attempt)
         while len(entries) < expected and time.time() < start + ENTRY_WINDOW_S + ENTRY_GRACE_S:
@@ -287,6 +313,8 @@ class RoundEngine:
         if not assignment:
             logger.info(f"round {r}: no updates; the version stays {self.version[:12]}")
             return True
+        if self._sliced:
+            return await self._merge_sliced(r, attempt, entries, assignment, until)
         if self._strategy is not None:
             return await self._merge_gathered(r, entries, assignment, until)
         carried = sorted(uid for uid, node in assignment.items() if node == self._identity.public_key)
@@ -318,22 +346,174 @@ class RoundEngine:
         """A whole-vector strategy (robust aggregation): every participant merges every update of the
         round itself, deterministically, and the quorum of equal signatures shows they agree."""
         ids = sorted(assignment)
-        while missing := [uid for uid in ids if uid not in self._exchange.held]:
-            if time.time() > until - 2 * QUORUM_MARGIN_S:
-                raise AttemptFailed(f"{len(missing)} of the round's updates not fetched in time")
-            await asyncio.sleep(0.2)
+        await self._wait_for_updates(ids, until)
 
         def merge() -> tuple[dict[str, np.ndarray], list[str], int]:
             updates = [decode_update(self._exchange.read(uid)) for uid in ids]
             weights = [self.manifest.update_weight(u.update.sample_count) for u in updates]
-            seed = int.from_bytes(hashlib.sha256(f"{self.run_id}/{r}".encode()).digest()[:8], "little")
-            merged = self._strategy.merge(updates, [float(w) for w in weights], round_seed=seed)
+            merged = self._strategy.merge(updates, [float(w) for w in weights], round_seed=self._seed(r))
             authors = sorted({node_id_of(u.update.author) for u in updates})
             return next_state(self.state, merged, self.manifest.outer_lr), authors, sum(weights)
 
         new_state, contributors, total_weight = await asyncio.to_thread(merge)
         participants = [e.node for e in entries]
         return await self._commit(r, new_state, ids, contributors, participants, total_weight, until)
+
+    async def _wait_for_updates(self, ids: list[str], until: float) -> None:
+        while missing := [uid for uid in ids if uid not in self._exchange.held]:
+            if time.time() > until - 2 * QUORUM_MARGIN_S:
+                raise AttemptFailed(f"{len(missing)} of the round's updates not fetched in time")
+            await asyncio.sleep(0.2)
+
+    def _seed(self, r: int) -> int:
+        """The round's seed for randomized strategies (DARE): the same on every node."""
+        return int.from_bytes(hashlib.sha256(f"{self.run_id}/{r}".encode()).digest()[:8], "little")
+
+    def _recompute(self, r: int, updates: list[SignedUpdate]) -> slices.Recompute:
+        """The strategy at given coordinates of round r's merge of ``updates`` (reducing and auditing)."""
+        weights = [float(self.manifest.update_weight(u.update.sample_count)) for u in updates]
+        shapes = {s.name: s.shape for s in self.layout.slots}
+        seed = self._seed(r)
+
+        def recompute(columns: np.ndarray) -> np.ndarray:
+            return self._strategy.merge_columns(
+                updates, weights, round_seed=seed, shapes=shapes, columns=columns
+            )
+
+        return recompute
+
+    async def _merge_sliced(
+        self, r: int, attempt: int, entries: list[RoundEntry], assignment: dict[str, bytes], until: float
+    ) -> bool:
+        """A coordinate strategy inside the averaging: participant i reduces slice i of the merged delta
+        and signs it; everyone fetches the other slices, checks them against their signed Merkle roots,
+        audits a random sample of coordinates of each, and commits the assembled delta (rounds/slices.py).
+        A reducer caught lying is convicted: its fault is published and it takes no further part."""
+        assert self._slices is not None
+        ids = sorted(assignment)
+        await self._wait_for_updates(ids, until)
+        updates = await asyncio.to_thread(lambda: [decode_update(self._exchange.read(uid)) for uid in ids])
+        recompute = self._recompute(r, updates)
+        participants = [e.node for e in entries]
+        bounds = slices.slice_bounds(self.layout.length, len(participants))
+        me = participants.index(self._identity.public_key)
+        lo, hi = bounds[me]
+        values = await asyncio.to_thread(self._reduce_slice, recompute, lo, hi)
+        digest = agreement_digest(entries)
+        mine = slices.SliceHeader(
+            self.run_id, r, attempt, self.version, digest, participants[me], lo, hi, tuple(ids),
+            slices.merkle_root(values),
+        )  # fmt: skip
+        self._slices.offer(r, attempt, slices.SliceResult.make(mine, self._identity, values).to_bytes())
+        addrs = {p.node_id: list(p.record.addrs) for p in self._peers()}
+        widest = max(b - a for a, b in bounds)
+
+        async def fetch(j: int) -> np.ndarray:
+            node = participants[j]
+            try:
+                data = await self._slices.fetch(
+                    node, addrs.get(node_id_of(node), []), r, attempt, 8 * widest + (64 << 10),
+                    until - QUORUM_MARGIN_S,
+                )  # fmt: skip
+                header, result = slices.SliceResult.from_bytes(data, widest)
+            except (SliceUnavailable, slices.BadSlice) as e:
+                raise AttemptFailed(f"slice {j}: {e}") from None
+            expected = (self.run_id, r, attempt, self.version, digest, node, *bounds[j], tuple(ids))
+            got = (header.run, header.round, header.attempt, header.parent, header.digest, header.reducer,
+                   header.lo, header.hi, header.updates)  # fmt: skip
+            if got != expected:
+                raise AttemptFailed(f"slice {j} was signed for another attempt or update set")
+            fault = await asyncio.to_thread(slices.audit, header, result, recompute, AUDIT_SAMPLES)
+            self.status.audited_slices += 1
+            self.status.audited_coordinates += min(AUDIT_SAMPLES, header.hi - header.lo)
+            if fault is not None:
+                await self._publish_fault(fault, r)
+                raise AttemptFailed(
+                    f"reducer {node_id_of(node)[:16]} signed a wrong value at coordinate {fault.column}: "
+                    f"convicted, fault {fault.id[:12]} published"
+                )
+            return result.values
+
+        outcomes = await asyncio.gather(
+            *(fetch(j) for j in range(len(participants)) if j != me), return_exceptions=True
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:  # report a conviction first: it is the reason that matters
+            convicting = [f for f in failures if "convicted" in str(f)]
+            raise (convicting or failures)[0]
+        parts = list(outcomes)
+        parts.insert(me, values)
+        flat = np.concatenate(parts) if parts else np.zeros(0)
+        touched = {t.name for u in updates for t in u.update.tensors}
+        merged = {
+            s.name: flat[s.offset : s.offset + s.size].reshape(s.shape)
+            for s in self.layout.slots
+            if s.name in touched
+        }
+        new_state = await asyncio.to_thread(next_state, self.state, merged, self.manifest.outer_lr)
+        contributors = sorted({node_id_of(u.update.author) for u in updates})
+        total_weight = sum(self.manifest.update_weight(u.update.sample_count) for u in updates)
+        return await self._commit(r, new_state, ids, contributors, participants, total_weight, until)
+
+    @staticmethod
+    def _reduce_slice(recompute: slices.Recompute, lo: int, hi: int) -> np.ndarray:
+        """This node's slice of the merged delta (tests replace it to make a lying reducer)."""
+        return np.asarray(recompute(np.arange(lo, hi, dtype=np.int64)), dtype=np.float64)
+
+    async def _publish_fault(self, fault: slices.ReducerFault, r: int) -> None:
+        header = fault.header()
+        self._convict(header.reducer, header.round, fault.id)
+        self._faults_seen.add(bytes.fromhex(fault.id))
+        await self._host.store(
+            faults_key(self.run_id), bytes.fromhex(fault.id), fault.to_bytes(), time.time() + COMMIT_TTL_S
+        )
+
+    def _convict(self, reducer: bytes, round_: int, fault_id: str) -> None:
+        node = node_id_of(reducer)
+        if node in self.status.convicted:
+            return
+        self.status.convicted[node] = (round_, fault_id)
+        logger.warning(
+            f"reducer {node[:16]} convicted of a wrong slice in round {round_} (fault {fault_id[:12]})"
+        )
+        self._on_convicted(reducer, round_, fault_id)
+
+    async def _learn_faults(self) -> None:
+        """Verify reducer faults other participants published; convict those they prove. A fault is
+        checked against our own copies of the updates its reducer merged (until we hold them all, it
+        waits); one that proves nothing is counted and ignored."""
+        if not self._sliced:
+            return
+        try:
+            items = await self._host.get(faults_key(self.run_id))
+        except Exception as e:
+            logger.debug(f"reading reducer faults: {e}")
+            return
+        checked = 0
+        for subkey, item in items.items():
+            if checked >= MAX_FAULTS_READ:
+                break
+            if not isinstance(subkey, bytes) or subkey in self._faults_seen:
+                continue
+            try:
+                fault = slices.ReducerFault.from_bytes(item.value)
+                header = fault.header()
+                if header.run != self.run_id or any(uid not in self._exchange.held for uid in header.updates):
+                    if header.run != self.run_id:
+                        raise slices.BadSlice("a fault of another run")
+                    continue  # cannot check it yet
+                checked += 1
+                updates = await asyncio.to_thread(
+                    lambda h=header: [decode_update(self._exchange.read(uid)) for uid in h.updates]
+                )
+                await asyncio.to_thread(fault.verify, self._recompute(header.round, updates))
+            except slices.BadSlice as e:
+                self.status.bad_faults += 1
+                self._faults_seen.add(subkey)
+                logger.info(f"ignoring a reducer fault: {e}")
+                continue
+            self._faults_seen.add(subkey)
+            self._convict(header.reducer, header.round, fault.id)
 
     async def _commit(
         self, r: int, new_state: dict[str, np.ndarray], update_ids: list[str], contributors: list[str],
@@ -373,6 +553,8 @@ class RoundEngine:
             if (entry.run, entry.round, entry.attempt, entry.node) != (self.run_id, r, attempt, subkey):
                 continue
             if entry.base != self.version:  # on another branch: it will sync, not take part
+                continue
+            if node_id_of(entry.node) in self.status.convicted:
                 continue
             entries.append(entry)
         return entries
@@ -543,15 +725,24 @@ class RoundEngine:
         self.status.last_participants = list(commit.participants)
         self._host.call_soon(self._publish_version)
 
-    def status_fields(self) -> dict[str, Any]:
-        return {
-            "round": max(self.status.round, 0),
-            "phase": self.status.phase,
-            "deadline": self.status.deadline,
-            "model_version": self.version,
-            "run_id": self.run_id,
-            "last_participants": self.status.last_participants,
-        }
+    @property
+    def placement(self) -> str:
+        """Where the merge runs: inside hivemind's all-reduce, per reducer slice, or on gathered updates."""
+        return "allreduce" if self._strategy is None else "sliced" if self._sliced else "gathered"
+
+    def aggregation_status(self) -> control_pb2.Aggregation:
+        st = self.status
+        return control_pb2.Aggregation(
+            strategy=self.manifest.strategy,
+            placement=self.placement,
+            audited_slices=st.audited_slices,
+            audited_coordinates=st.audited_coordinates,
+            convicted=[
+                control_pb2.Conviction(node_id=node, round=round_, fault_id=fault)
+                for node, (round_, fault) in sorted(st.convicted.items())
+            ],
+            bad_faults=st.bad_faults,
+        )
 
 
 def _checked_gather(data: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18potluck/v1/control.proto\x12\npotluck.v1\"\x12\n\x10GetStatusRequest\"\xd7\x07\n\x11GetStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0b\n\x03run\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x14\n\x0clisten_addrs\x18\x05 \x03(\t\x12\r\n\x05\x61\x64\x64rs\x18\x06 \x03(\t\x12\x10\n\x08uptime_s\x18\x07 \x01(\x01\x12\r\n\x05peers\x18\x08 \x01(\r\x12\x0c\n\x04role\x18\t \x01(\t\x12\r\n\x05round\x18\n \x01(\x04\x12\r\n\x05phase\x18\x0b \x01(\t\x12\x15\n\rmodel_version\x18\x0c \x01(\t\x12L\n\x10rejected_records\x18\r \x03(\x0b\x32\x32.potluck.v1.GetStatusResponse.RejectedRecordsEntry\x12\x14\n\x0c\x64ht_restarts\x18\x0e \x01(\r\x12(\n\tbootstrap\x18\x0f \x01(\x0b\x32\x15.potluck.v1.Bootstrap\x12\x13\n\x0brpc_address\x18\x10 \x01(\t\x12\x14\n\x0crecord_ttl_s\x18\x11 \x01(\x01\x12\x18\n\x10\x61\x63\x63\x65pted_updates\x18\x12 \x01(\x04\x12\x14\n\x0cheld_updates\x18\x13 \x01(\r\x12L\n\x10rejected_updates\x18\x14 \x03(\x0b\x32\x32.potluck.v1.GetStatusResponse.RejectedUpdatesEntry\x12\x1a\n\x12\x62\x61\x64_holder_fetches\x18\x15 \x01(\x04\x12\x17\n\x0f\x66\x65tched_updates\x18\x16 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x17 \x01(\t\x12\x0e\n\x06run_id\x18\x18 \x01(\t\x12\x0f\n\x07version\x18\x19 \x01(\t\x12\x10\n\x08\x64\x65\x61\x64line\x18\x1a \x01(\x01\x12\x14\n\x0cparticipants\x18\x1b \x03(\t\x12\x17\n\x0f\x63ommitted_round\x18\x1c \x01(\x03\x12\x18\n\x10\x61\x62\x61ndoned_rounds\x18\x1d \x01(\r\x12\x13\n\x0bround_error\x18\x1e \x01(\t\x12\x13\n\x0b\x62\x61\x64_tensors\x18\x1f \x01(\x04\x12\x15\n\rfork_switches\x18  \x01(\r\x12\x10\n\x08\x61\x63\x63uracy\x18! \x01(\x01\x12\x19\n\x11published_updates\x18\" \x01(\x04\x12\x17\n\x0fpublished_bytes\x18# \x01(\x04\x1a\x36\n\x14RejectedRecordsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x36\n\x14RejectedUpdatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"p\n\tBootstrap\x12\r\n\x05state\x18\x01 \x01(\t\x12\x15\n\rinitial_peers\x18\x02 \x03(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x17\n\x0fnext_retry_in_s\x18\x05 \x01(\x01\"\x12\n\x10ListPeersRequest\"\xbb\x01\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x03 \x03(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x11\n\tlast_seen\x18\x06 \x01(\x01\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\r\n\x05round\x18\x08 \x01(\x04\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x10\n\x08sequence\x18\n \x01(\x04\"4\n\x11ListPeersResponse\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.potluck.v1.Peer\"&\n\x14PublishUpdateRequest\x12\x0e\n\x06update\x18\x01 \x01(\x0c\"\\\n\x15PublishUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tupdate_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x14\n\x12ListUpdatesRequest\"\x8d\x01\n\nUpdateInfo\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x14\n\x0csample_count\x18\x06 \x01(\x04\x12\x0c\n\x04\x62\x61se\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\">\n\x13ListUpdatesResponse\x12\'\n\x07updates\x18\x01 \x03(\x0b\x32\x16.potluck.v1.UpdateInfo2\xca\x02\n\x0e\x43ontrolService\x12H\n\tGetStatus\x12\x1c.potluck.v1.GetStatusRequest\x1a\x1d.potluck.v1.GetStatusResponse\x12H\n\tListPeers\x12\x1c.potluck.v1.ListPeersRequest\x1a\x1d.potluck.v1.ListPeersResponse\x12T\n\rPublishUpdate\x12 .potluck.v1.PublishUpdateRequest\x1a!.potluck.v1.PublishUpdateResponse\x12N\n\x0bListUpdates\x12\x1e.potluck.v1.ListUpdatesRequest\x1a\x1f.potluck.v1.ListUpdatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18potluck/v1/control.proto\x12\npotluck.v1\"\x12\n\x10GetStatusRequest\"\x85\x08\n\x11GetStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0b\n\x03run\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x14\n\x0clisten_addrs\x18\x05 \x03(\t\x12\r\n\x05\x61\x64\x64rs\x18\x06 \x03(\t\x12\x10\n\x08uptime_s\x18\x07 \x01(\x01\x12\r\n\x05peers\x18\x08 \x01(\r\x12\x0c\n\x04role\x18\t \x01(\t\x12\r\n\x05round\x18\n \x01(\x04\x12\r\n\x05phase\x18\x0b \x01(\t\x12\x15\n\rmodel_version\x18\x0c \x01(\t\x12L\n\x10rejected_records\x18\r \x03(\x0b\x32\x32.potluck.v1.GetStatusResponse.RejectedRecordsEntry\x12\x14\n\x0c\x64ht_restarts\x18\x0e \x01(\r\x12(\n\tbootstrap\x18\x0f \x01(\x0b\x32\x15.potluck.v1.Bootstrap\x12\x13\n\x0brpc_address\x18\x10 \x01(\t\x12\x14\n\x0crecord_ttl_s\x18\x11 \x01(\x01\x12\x18\n\x10\x61\x63\x63\x65pted_updates\x18\x12 \x01(\x04\x12\x14\n\x0cheld_updates\x18\x13 \x01(\r\x12L\n\x10rejected_updates\x18\x14 \x03(\x0b\x32\x32.potluck.v1.GetStatusResponse.RejectedUpdatesEntry\x12\x1a\n\x12\x62\x61\x64_holder_fetches\x18\x15 \x01(\x04\x12\x17\n\x0f\x66\x65tched_updates\x18\x16 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x17 \x01(\t\x12\x0e\n\x06run_id\x18\x18 \x01(\t\x12\x0f\n\x07version\x18\x19 \x01(\t\x12\x10\n\x08\x64\x65\x61\x64line\x18\x1a \x01(\x01\x12\x14\n\x0cparticipants\x18\x1b \x03(\t\x12\x17\n\x0f\x63ommitted_round\x18\x1c \x01(\x03\x12\x18\n\x10\x61\x62\x61ndoned_rounds\x18\x1d \x01(\r\x12\x13\n\x0bround_error\x18\x1e \x01(\t\x12\x13\n\x0b\x62\x61\x64_tensors\x18\x1f \x01(\x04\x12\x15\n\rfork_switches\x18  \x01(\r\x12\x10\n\x08\x61\x63\x63uracy\x18! \x01(\x01\x12\x19\n\x11published_updates\x18\" \x01(\x04\x12\x17\n\x0fpublished_bytes\x18# \x01(\x04\x12,\n\x0b\x61ggregation\x18\x32 \x01(\x0b\x32\x17.potluck.v1.Aggregation\x1a\x36\n\x14RejectedRecordsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x36\n\x14RejectedUpdatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa6\x01\n\x0b\x41ggregation\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x16\n\x0e\x61udited_slices\x18\x03 \x01(\x04\x12\x1b\n\x13\x61udited_coordinates\x18\x04 \x01(\x04\x12)\n\tconvicted\x18\x05 \x03(\x0b\x32\x16.potluck.v1.Conviction\x12\x12\n\nbad_faults\x18\x06 \x01(\x04\">\n\nConviction\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ult_id\x18\x03 \x01(\t\"p\n\tBootstrap\x12\r\n\x05state\x18\x01 \x01(\t\x12\x15\n\rinitial_peers\x18\x02 \x03(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x17\n\x0fnext_retry_in_s\x18\x05 \x01(\x01\"\x12\n\x10ListPeersRequest\"\xbb\x01\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x03 \x03(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x11\n\tlast_seen\x18\x06 \x01(\x01\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\r\n\x05round\x18\x08 \x01(\x04\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x10\n\x08sequence\x18\n \x01(\x04\"4\n\x11ListPeersResponse\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.potluck.v1.Peer\"&\n\x14PublishUpdateRequest\x12\x0e\n\x06update\x18\x01 \x01(\x0c\"\\\n\x15PublishUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tupdate_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x14\n\x12ListUpdatesRequest\"\x8d\x01\n\nUpdateInfo\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x14\n\x0csample_count\x18\x06 \x01(\x04\x12\x0c\n\x04\x62\x61se\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\">\n\x13ListUpdatesResponse\x12\'\n\x07updates\x18\x01 \x03(\x0b\x32\x16.potluck.v1.UpdateInfo2\xca\x02\n\x0e\x43ontrolService\x12H\n\tGetStatus\x12\x1c.potluck.v1.GetStatusRequest\x1a\x1d.potluck.v1.GetStatusResponse\x12H\n\tListPeers\x12\x1c.potluck.v1.ListPeersRequest\x1a\x1d.potluck.v1.ListPeersResponse\x12T\n\rPublishUpdate\x12 .potluck.v1.PublishUpdateRequest\x1a!.potluck.v1.PublishUpdateResponse\x12N\n\x0bListUpdates\x12\x1e.potluck.v1.ListUpdatesRequest\x1a\x1f.potluck.v1.ListUpdatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,29 +38,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=40
   _globals['_GETSTATUSREQUEST']._serialized_end=58
   _globals['_GETSTATUSRESPONSE']._serialized_start=61
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1044
-  _globals['_GETSTATUSRESPONSE_REJECTEDRECORDSENTRY']._serialized_start=934
-  _globals['_GETSTATUSRESPONSE_REJECTEDRECORDSENTRY']._serialized_end=988
-  _globals['_GETSTATUSRESPONSE_REJECTEDUPDATESENTRY']._serialized_start=990
-  _globals['_GETSTATUSRESPONSE_REJECTEDUPDATESENTRY']._serialized_end=1044
-  _globals['_BOOTSTRAP']._serialized_start=1046
-  _globals['_BOOTSTRAP']._serialized_end=1158
-  _globals['_LISTPEERSREQUEST']._serialized_start=1160
-  _globals['_LISTPEERSREQUEST']._serialized_end=1178
-  _globals['_PEER']._serialized_start=1181
-  _globals['_PEER']._serialized_end=1368
-  _globals['_LISTPEERSRESPONSE']._serialized_start=1370
-  _globals['_LISTPEERSRESPONSE']._serialized_end=1422
-  _globals['_PUBLISHUPDATEREQUEST']._serialized_start=1424
-  _globals['_PUBLISHUPDATEREQUEST']._serialized_end=1462
-  _globals['_PUBLISHUPDATERESPONSE']._serialized_start=1464
-  _globals['_PUBLISHUPDATERESPONSE']._serialized_end=1556
-  _globals['_LISTUPDATESREQUEST']._serialized_start=1558
-  _globals['_LISTUPDATESREQUEST']._serialized_end=1578
-  _globals['_UPDATEINFO']._serialized_start=1581
-  _globals['_UPDATEINFO']._serialized_end=1722
-  _globals['_LISTUPDATESRESPONSE']._serialized_start=1724
-  _globals['_LISTUPDATESRESPONSE']._serialized_end=1786
-  _globals['_CONTROLSERVICE']._serialized_start=1789
-  _globals['_CONTROLSERVICE']._serialized_end=2119
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1090
+  _globals['_GETSTATUSRESPONSE_REJECTEDRECORDSENTRY']._serialized_start=980
+  _globals['_GETSTATUSRESPONSE_REJECTEDRECORDSENTRY']._serialized_end=1034
+  _globals['_GETSTATUSRESPONSE_REJECTEDUPDATESENTRY']._serialized_start=1036
+  _globals['_GETSTATUSRESPONSE_REJECTEDUPDATESENTRY']._serialized_end=1090
+  _globals['_AGGREGATION']._serialized_start=1093
+  _globals['_AGGREGATION']._serialized_end=1259
+  _globals['_CONVICTION']._serialized_start=1261
+  _globals['_CONVICTION']._serialized_end=1323
+  _globals['_BOOTSTRAP']._serialized_start=1325
+  _globals['_BOOTSTRAP']._serialized_end=1437
+  _globals['_LISTPEERSREQUEST']._serialized_start=1439
+  _globals['_LISTPEERSREQUEST']._serialized_end=1457
+  _globals['_PEER']._serialized_start=1460
+  _globals['_PEER']._serialized_end=1647
+  _globals['_LISTPEERSRESPONSE']._serialized_start=1649
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1701
+  _globals['_PUBLISHUPDATEREQUEST']._serialized_start=1703
+  _globals['_PUBLISHUPDATEREQUEST']._serialized_end=1741
+  _globals['_PUBLISHUPDATERESPONSE']._serialized_start=1743
+  _globals['_PUBLISHUPDATERESPONSE']._serialized_end=1835
+  _globals['_LISTUPDATESREQUEST']._serialized_start=1837
+  _globals['_LISTUPDATESREQUEST']._serialized_end=1857
+  _globals['_UPDATEINFO']._serialized_start=1860
+  _globals['_UPDATEINFO']._serialized_end=2001
+  _globals['_LISTUPDATESRESPONSE']._serialized_start=2003
+  _globals['_LISTUPDATESRESPONSE']._serialized_end=2065
+  _globals['_CONTROLSERVICE']._serialized_start=2068
+  _globals['_CONTROLSERVICE']._serialized_end=2398
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes")
+    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "aggregation")
     class RejectedRecordsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class GetStatusResponse(_message.Message):
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_UPDATES_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     run: str
@@ -96,7 +97,34 @@ class GetStatusResponse(_message.Message):
     accuracy: float
     published_updates: int
     published_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ...) -> None: ...
+    aggregation: Aggregation
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ...) -> None: ...
+
+class Aggregation(_message.Message):
+    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults")
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    AUDITED_SLICES_FIELD_NUMBER: _ClassVar[int]
+    AUDITED_COORDINATES_FIELD_NUMBER: _ClassVar[int]
+    CONVICTED_FIELD_NUMBER: _ClassVar[int]
+    BAD_FAULTS_FIELD_NUMBER: _ClassVar[int]
+    strategy: str
+    placement: str
+    audited_slices: int
+    audited_coordinates: int
+    convicted: _containers.RepeatedCompositeFieldContainer[Conviction]
+    bad_faults: int
+    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ...) -> None: ...
+
+class Conviction(_message.Message):
+    __slots__ = ("node_id", "round", "fault_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    FAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    round: int
+    fault_id: str
+    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., fault_id: _Optional[str] = ...) -> None: ...
 
 class Bootstrap(_message.Message):
     __slots__ = ("state", "initial_peers", "attempts", "last_error", "next_retry_in_s")

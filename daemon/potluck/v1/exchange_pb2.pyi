@@ -61,3 +61,13 @@ class PushUpdateResponse(_message.Message):
     update_id: str
     reason: str
     def __init__(self, accepted: _Optional[bool] = ..., update_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SliceRequest(_message.Message):
+    __slots__ = ("run_id", "round", "attempt")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    run_id: bytes
+    round: int
+    attempt: int
+    def __init__(self, run_id: _Optional[bytes] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...

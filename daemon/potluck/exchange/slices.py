@@ -1,0 +1,93 @@
+"""Slice results over libp2p: a reducer serves its signed slice of an aggregation attempt; the other
+participants fetch it (rounds/slices.py checks and audits what they get)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+
+from hivemind.p2p import P2PContext, PeerID
+
+from potluck.identity import peer_id_of
+from potluck.swarm.host import SwarmHost
+from potluck.v1 import exchange_pb2
+
+HANDLER = "potluck.v1.GetSlice"
+CHUNK_BYTES = 1 << 20
+KEEP = 8  # attempts whose slices stay served (a slow peer may still be fetching an old one)
+RETRY_S = 0.2
+
+
+class SliceUnavailable(Exception):
+    pass
+
+
+class SliceService:
+    def __init__(self, host: SwarmHost, run_id: str) -> None:
+        self._host, self._run = host, bytes.fromhex(run_id)
+        self._offered: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+
+    async def start(self) -> None:
+        await self._host.p2p.add_protobuf_handler(
+            HANDLER, self._serve, exchange_pb2.SliceRequest, stream_output=True
+        )
+
+    def offer(self, round_: int, attempt: int, data: bytes) -> None:
+        self._offered[(round_, attempt)] = data
+        while len(self._offered) > KEEP:
+            self._offered.popitem(last=False)
+
+    async def _serve(
+        self, request: exchange_pb2.SliceRequest, context: P2PContext
+    ) -> AsyncIterator[exchange_pb2.UpdateChunk]:
+        data = self._offered.get((request.round, request.attempt)) if request.run_id == self._run else None
+        if not data:
+            yield exchange_pb2.UpdateChunk(total_size=0)
+            return
+        for offset in range(0, len(data), CHUNK_BYTES):
+            chunk = data[offset : offset + CHUNK_BYTES]
+            yield exchange_pb2.UpdateChunk(total_size=len(data) if offset == 0 else 0, data=chunk)
+
+    async def fetch(
+        self, reducer: bytes, addrs: Sequence[str], round_: int, attempt: int, limit: int, until: float
+    ) -> bytes:
+        """The reducer's slice bytes, asking again while it is still computing, until ``until``."""
+        peer = PeerID.from_base58(peer_id_of(reducer))
+        if addrs:
+            await self._host.connect(peer, list(addrs))
+        request = exchange_pb2.SliceRequest(run_id=self._run, round=round_, attempt=attempt)
+        last = "no answer"
+        while time.time() < until:
+            try:
+                data = await asyncio.wait_for(self._download(peer, request, limit), until - time.time())
+            except SliceUnavailable as e:
+                last = str(e)
+            except TimeoutError:
+                break
+            except Exception as e:  # a transport error: the reducer may be restarting its stream
+                last = f"{type(e).__name__}: {e}"
+            else:
+                return data
+            await asyncio.sleep(RETRY_S)
+        raise SliceUnavailable(f"slice of {peer_id_of(reducer)[:16]}: {last}")
+
+    async def _download(self, peer: PeerID, request: exchange_pb2.SliceRequest, limit: int) -> bytes:
+        stream = await self._host.p2p.iterate_protobuf_handler(
+            peer, HANDLER, request, exchange_pb2.UpdateChunk
+        )
+        buffer, total = bytearray(), None
+        async for chunk in stream:
+            if total is None:
+                total = chunk.total_size
+                if total == 0:
+                    raise SliceUnavailable("not ready")
+                if total > limit:
+                    raise SliceUnavailable(f"{total} bytes > {limit}")
+            buffer += chunk.data
+            if len(buffer) > total:
+                raise SliceUnavailable("more bytes than declared")
+        if total is None or len(buffer) != total:
+            raise SliceUnavailable("truncated")
+        return bytes(buffer)
