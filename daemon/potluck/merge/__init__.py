@@ -5,6 +5,8 @@ API (all a node needs is :func:`get_strategy`, with a manifest's ``strategy`` an
     strategy = get_strategy(name, args)          # StrategyError on unknown names or bad args
     merged = strategy.merge(deltas, weights, round_seed=seed)   # {tensor name: float64 array}
     new_state = next_state(base_state, merged, outer_lr)        # V_r + outer_lr * merged
+    if supports_columns(strategy):                              # a reducer of one slice:
+        part = strategy.merge_columns(deltas, weights, round_seed=seed, shapes=shapes, columns=cols)
 
 ``deltas`` are the round's updates (:class:`~potluck.updates.codec.Update`, ``SignedUpdate``, or
 per-tensor mappings of :class:`~potluck.updates.codec.SparseTensor` or dense arrays), ``weights`` their
@@ -48,6 +50,20 @@ coordinate of every tensor, which no reducer of one slice sees; it must run wher
 are gathered (every node that fetched all of the round's updates computes the same result alone,
 like ``local_average``).
 
+``merge_columns(deltas, weights, *, round_seed, shapes, columns)`` is that reducer's entry point:
+``shapes`` is the model's layout (``{name: shape}``, flattened in sorted-name order, C order within a
+tensor), ``columns`` the sorted, unique int64 flat indices of the slice; it returns the float64
+values of the merge at those indices, **bitwise equal** to ``merge`` flattened in that layout (0 for
+a tensor no delta names). It builds only the window's columns of the batch
+(:func:`~potluck.merge.batch.make_batch` with ``columns``: O(total nnz * log + n * len(columns)),
+sparse updates are never densified) and the canonical row order is the one of the full merge. TIES
+decides each update's top-k% trim on the whole update (its sparse form) and keeps the survivors in
+the window; DARE draws each tensor's keep mask only over the span of the window's columns in it.
+Every built-in ``coordinate`` strategy has it; a vector strategy raises :class:`StrategyError`.
+:func:`supports_columns` says whether a strategy can: a third-party ``coordinate`` strategy without
+``merge_columns`` (or a :class:`BaseStrategy` subclass without ``windowed = True``) counts as a
+vector strategy and is merged where the updates are gathered.
+
 Sparse-aware robust aggregation (the default of ``coordinate_median`` and ``trimmed_mean``, and of
 centered_clip's median start) is described in :mod:`potluck.merge.robust`.
 
@@ -56,7 +72,7 @@ Third-party strategies: declare an entry point in group ``"potluck.strategies"``
 ``"package.module:factory"`` directly. Built-in names cannot be shadowed.
 """
 
-from potluck.merge.base import KINDS, Args, BaseStrategy, Strategy, StrategyError
+from potluck.merge.base import KINDS, Args, BaseStrategy, Strategy, StrategyError, supports_columns
 from potluck.merge.batch import Batch, Delta, make_batch
 from potluck.merge.linear import next_state
 from potluck.merge.registry import BUILTINS, ENTRY_POINT_GROUP, available_strategies, get_strategy
@@ -78,4 +94,5 @@ __all__ = [
     "get_strategy",
     "make_batch",
     "next_state",
+    "supports_columns",
 ]

@@ -10,7 +10,7 @@ import numpy as np
 
 from potluck.merge.batch import Batch, Delta, InputError, make_batch
 
-__all__ = ["KINDS", "ArgValue", "Args", "BaseStrategy", "Strategy", "StrategyError"]
+__all__ = ["KINDS", "ArgValue", "Args", "BaseStrategy", "Strategy", "StrategyError", "supports_columns"]
 
 ArgValue = str | int | float
 KINDS = ("coordinate", "vector")
@@ -22,7 +22,21 @@ class StrategyError(ValueError):
 
 @runtime_checkable
 class Strategy(Protocol):
-    """A merge rule: a pure, deterministic function of the round's deltas, weights and seed."""
+    """A merge rule: a pure, deterministic function of the round's deltas, weights and seed.
+
+    A ``coordinate`` strategy may also have the optional method (not part of the runtime check)::
+
+        def merge_columns(self, deltas, weights, *, round_seed: int,
+                          shapes: Mapping[str, tuple[int, ...]], columns: np.ndarray) -> np.ndarray
+
+    the merge restricted to a window of coordinates: a float64 vector of ``len(columns)``, bitwise
+    equal to ``merge(deltas, weights, round_seed=round_seed)`` flattened in the layout of ``shapes``
+    (tensors in sorted-name order, each flat in C order; a tensor the merge does not name is 0) at
+    the sorted, unique flat indices ``columns``. A reducer of one slice of the all-reduce runs it on
+    its slice. Callers check :func:`supports_columns`: a coordinate strategy without this method (or
+    a :class:`BaseStrategy` subclass that does not declare ``windowed = True``) is treated like a
+    vector strategy, i.e. merged where the round's updates are gathered.
+    """
 
     name: str
     kind: Literal["coordinate", "vector"]
@@ -138,11 +152,39 @@ class Args:
         return dict(self.resolved)
 
 
+def _seed(round_seed: int) -> int:
+    if isinstance(round_seed, bool) or not isinstance(round_seed, int | np.integer):
+        raise StrategyError(f"round_seed is an integer, got {round_seed!r}")
+    return int(round_seed) % (1 << 64)
+
+
+def supports_columns(strategy: Strategy) -> bool:
+    """Whether ``strategy`` can merge a window of coordinates (``merge_columns``, see :class:`Strategy`):
+    a ``coordinate`` strategy with a ``merge_columns`` method; for a :class:`BaseStrategy`, one that
+    declares ``windowed = True``. Any other strategy must be merged where the whole updates are."""
+    if getattr(strategy, "kind", None) != "coordinate":
+        return False
+    if not callable(getattr(strategy, "merge_columns", None)):
+        return False
+    if isinstance(strategy, BaseStrategy):
+        return bool(strategy.windowed)
+    return True
+
+
 class BaseStrategy:
-    """Built-in strategies: parse args in ``__init__`` (via :meth:`configure`), merge a :class:`Batch`."""
+    """Built-in strategies: parse args in ``__init__`` (via :meth:`configure`), merge a :class:`Batch`.
+
+    A subclass implements :meth:`merge_batch`. One that sets ``windowed = True`` (only meaningful for
+    ``kind = "coordinate"``) promises that its ``merge_batch`` also accepts a window batch
+    (``batch.columns`` set, see :func:`~potluck.merge.batch.make_batch`) and returns, for each of its
+    columns, the same bits as on the whole batch; :meth:`merge_columns` then works. A per-update
+    step over the whole update goes through ``batch.nonzeros(i)`` (the row over the whole layout) and
+    ``batch.segments()`` (which tensor each column belongs to).
+    """
 
     name: ClassVar[str]
     kind: ClassVar[Literal["coordinate", "vector"]]
+    windowed: ClassVar[bool] = False
 
     def __init__(self, args: Mapping[str, ArgValue] | None = None) -> None:
         a = Args(self.name, args)
@@ -158,17 +200,49 @@ class BaseStrategy:
     def merge(
         self, deltas: Sequence[Delta], weights: Sequence[float], *, round_seed: int
     ) -> dict[str, np.ndarray]:
-        if isinstance(round_seed, bool) or not isinstance(round_seed, int | np.integer):
-            raise StrategyError(f"round_seed is an integer, got {round_seed!r}")
+        seed = _seed(round_seed)
         try:
             batch = make_batch(deltas, weights)
         except InputError as e:
             raise StrategyError(f"{self.name}: {e}") from None
         if batch.n == 0:
             return batch.split(np.zeros(batch.length, dtype=np.float64))
-        flat = self.merge_batch(batch, int(round_seed) % (1 << 64))
+        flat = self.merge_batch(batch, seed)
         return batch.split(flat)
 
+    def merge_columns(
+        self,
+        deltas: Sequence[Delta],
+        weights: Sequence[float],
+        *,
+        round_seed: int,
+        shapes: Mapping[str, tuple[int, ...]],
+        columns: np.ndarray,
+    ) -> np.ndarray:
+        """The merge at the flat indices ``columns`` (sorted, unique) of the layout of ``shapes``: float64
+        of ``len(columns)``, bitwise equal to :meth:`merge` flattened in that layout (0 for a tensor it
+        does not name) at those indices. Every delta's tensors must be tensors of ``shapes``.
+
+        Raises :class:`StrategyError` for a strategy that is not ``windowed`` (vector strategies: their
+        result at one coordinate depends on all coordinates) and for malformed input.
+        """
+        if self.kind != "coordinate" or not self.windowed:
+            raise StrategyError(
+                f"{self.name}: a {self.kind} strategy that cannot merge a window of coordinates; "
+                "merge the whole updates"
+            )
+        seed = _seed(round_seed)
+        try:
+            batch = make_batch(deltas, weights, shapes=shapes, columns=columns)
+        except InputError as e:
+            raise StrategyError(f"{self.name}: {e}") from None
+        if batch.n == 0:
+            return np.zeros(batch.length, dtype=np.float64)
+        out = np.asarray(self.merge_batch(batch, seed), dtype=np.float64)
+        if out.shape != (batch.length,):
+            raise StrategyError(f"{self.name}: merge_batch returned shape {out.shape}, not ({batch.length},)")
+        return out
+
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
-        """The merged delta as a flat float64 vector of length ``batch.length``."""
+        """The merged delta as a flat float64 vector of length ``batch.length`` (the matrix's columns)."""
         raise NotImplementedError

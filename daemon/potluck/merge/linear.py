@@ -2,7 +2,9 @@
 
 All are ``kind = "coordinate"``: the value of a coordinate of the result depends only on that
 coordinate of the deltas (TIES and DARE after a per-update step that needs only that one update:
-the trim to its top-k%, the seeded drop mask).
+the trim to its top-k%, the seeded drop mask). All are ``windowed``: ``merge_columns`` gives the
+bits of the full merge at any window of coordinates (after the per-update step, every operation is
+elementwise per column; the per-update step itself is computed as on the whole update).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class WeightedMean(BaseStrategy):
 
     name = "weighted_mean"
     kind = "coordinate"
+    windowed = True
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
         weights = batch.int_weights or tuple(float(w) for w in batch.weights)
@@ -75,6 +78,7 @@ class Mean(BaseStrategy):
 
     name = "mean"
     kind = "coordinate"
+    windowed = True
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
         return fixed_point_mean(batch, (1,) * batch.n)
@@ -88,6 +92,7 @@ class TaskArithmetic(BaseStrategy):
 
     name = "task_arithmetic"
     kind = "coordinate"
+    windowed = True
 
     def configure(self, a: Args) -> None:
         self.scale = a.number("lambda", 1.0, low=0.0, low_open=True)
@@ -98,19 +103,14 @@ class TaskArithmetic(BaseStrategy):
         return out
 
 
-def _trim(v: np.ndarray, percent: float) -> np.ndarray:
-    """``v`` with all but its top ``percent``% non-zero entries by magnitude set to 0.
+def _top(values: np.ndarray, percent: float) -> np.ndarray:
+    """Positions in ``values`` (an update's non-zero entries in flat order) of its top ``percent``%.
 
-    Keeps ``ceil(percent / 100 * nnz)`` entries; equal magnitudes at the cut are broken by the lower
-    index (stable sort), so the result is deterministic.
+    Keeps ``ceil(percent / 100 * nnz)`` entries by magnitude; equal magnitudes at the cut are broken by
+    the lower index (stable sort), so the result is deterministic.
     """
-    nz = np.flatnonzero(v)
-    keep = min(nz.size, math.ceil(percent * nz.size / 100 - 1e-9))
-    out = np.zeros_like(v)
-    if keep:
-        top = nz[np.argsort(-np.abs(v[nz]), kind="stable")[:keep]]
-        out[top] = v[top]
-    return out
+    keep = min(values.size, math.ceil(percent * values.size / 100 - 1e-9))
+    return np.argsort(-np.abs(values), kind="stable")[:keep]
 
 
 class Ties(BaseStrategy):
@@ -125,17 +125,26 @@ class Ties(BaseStrategy):
        none does), times ``lambda``.
 
     Args: ``k`` (percent in (0, 100], default 20), ``lambda`` (> 0, default 1.0).
+
+    On a window (``merge_columns``) the trim is still decided on each whole update, from its sparse
+    form (``Batch.nonzeros``: O(nnz log nnz) per update, never densified), then restricted to the
+    window's columns.
     """
 
     name = "ties"
     kind = "coordinate"
+    windowed = True
 
     def configure(self, a: Args) -> None:
         self.k = a.number("k", 20.0, low=0.0, high=100.0, low_open=True)
         self.scale = a.number("lambda", 1.0, low=0.0, low_open=True)
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
-        trimmed = np.stack([_trim(batch.matrix[i], self.k) for i in range(batch.n)])
+        trimmed = np.zeros_like(batch.matrix)
+        for i in range(batch.n):
+            pos, values = batch.nonzeros(i)  # the whole update, in flat order
+            at = batch.locate(pos[_top(values, self.k)])  # its survivors' columns in this batch's matrix
+            trimmed[i, at] = batch.matrix[i, at]
         elected = np.sign(rowsum(trimmed))
         agree = (np.sign(trimmed) == elected) & (trimmed != 0)
         total = rowsum(np.where(agree, trimmed, 0.0))
@@ -149,16 +158,25 @@ def _name_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
 
 
-def keep_mask(seed: int, index: int, name: str, size: int, p: float) -> np.ndarray:
+def keep_mask(
+    seed: int, index: int, name: str, size: int, p: float, start: int = 0, stop: int | None = None
+) -> np.ndarray:
     """DARE's keep mask of one tensor of update ``index``: each coordinate kept with probability 1-p.
 
     The stream is Philox seeded by ``SeedSequence([seed, index, sha256(name)[:8]])``, read as raw
     uint64 words (numpy guarantees bit generator streams across versions and machines); coordinate j
     is dropped when its word is below ``p * 2**64``. One tensor's mask depends on nothing else, so a
-    reducer can compute it for its slice.
+    reducer can compute it for its slice: ``start``/``stop`` give ``mask[start:stop]`` of the tensor's
+    mask at a cost of O(stop - start), by advancing Philox's counter (4 words per step) to ``start``.
     """
+    stop = size if stop is None else stop
+    if not 0 <= start <= stop <= size:
+        raise ValueError(f"keep_mask: [{start}, {stop}) is not within a tensor of {size}")
     bits = np.random.Philox(np.random.SeedSequence([seed, index, _name_key(name)]))
-    raw = bits.random_raw(size)
+    blocks, skip = divmod(start, 4)
+    if blocks:
+        bits.advance(blocks)
+    raw = bits.random_raw(stop - start + skip)[skip:]
     threshold = min(int(p * 2.0**64), (1 << 64) - 1)
     return raw >= np.uint64(threshold)
 
@@ -171,10 +189,18 @@ class Dare(BaseStrategy):
     The randomness is seeded by ``round_seed`` and the update's index in the canonical order (see
     potluck.merge.batch) and the tensor name (:func:`keep_mask`): every node draws the same masks.
     Args: ``p`` (drop rate in [0, 1), default 0.5), ``lambda`` (> 0, default 1.0).
+
+    Cost of a window (``merge_columns``): for each update and each tensor the window overlaps where
+    that update has a non-zero (or -0.0) value, the tensor's mask from the window's first to its last
+    column in that tensor (O(that span), not the whole tensor: :func:`keep_mask` skips ahead in the
+    Philox stream). A contiguous window therefore costs O(n * len(columns)) words; a scattered one up
+    to O(n * size of the tensors it touches). A row with only +0.0 in a tensor needs no mask (the
+    result there is +0.0 whatever the mask), in the full merge too.
     """
 
     name = "dare"
     kind = "coordinate"
+    windowed = True
 
     def configure(self, a: Args) -> None:
         self.p = a.number("p", 0.5, low=0.0, high=1.0, high_open=True)
@@ -182,15 +208,23 @@ class Dare(BaseStrategy):
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
         rescale = 1.0 / (1.0 - self.p)
-        parts = np.empty_like(batch.matrix)
+        parts = np.zeros_like(batch.matrix)
+        segments = batch.segments()
         for i in range(batch.n):
-            for s in batch.slots:
-                v = batch.matrix[i, s.offset : s.offset + s.size]
-                keep = keep_mask(seed, i, s.name, s.size, self.p)
+            for g in segments:
+                v = batch.matrix[i, g.lo : g.hi]
+                if not v.view(np.uint64).any():  # all +0.0: +0.0 whatever the mask
+                    continue
+                s = g.slot
+                if g.local is None:
+                    keep = keep_mask(seed, i, s.name, s.size, self.p)
+                else:
+                    first, last = int(g.local[0]), int(g.local[-1]) + 1
+                    keep = keep_mask(seed, i, s.name, s.size, self.p, first, last)[g.local - first]
                 d = np.where(keep, v, 0.0)
                 d *= rescale
                 d *= batch.weights[i]
-                parts[i, s.offset : s.offset + s.size] = d
+                parts[i, g.lo : g.hi] = d
         out = rowsum(parts)
         out /= math.fsum(batch.weights.tolist())
         out *= self.scale

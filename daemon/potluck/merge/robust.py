@@ -83,6 +83,7 @@ class CoordinateMedian(BaseStrategy):
 
     name = "coordinate_median"
     kind = "coordinate"
+    windowed = True
 
     def configure(self, a: Args) -> None:
         self.sparse = a.boolean("sparse", True)
@@ -102,6 +103,7 @@ class TrimmedMean(BaseStrategy):
 
     name = "trimmed_mean"
     kind = "coordinate"
+    windowed = True
 
     def configure(self, a: Args) -> None:
         self.beta = a.number("beta", 0.25, low=0.0, high=0.5, high_open=True)
