@@ -38,8 +38,7 @@ from potluck.exchange.slices import SliceService, SliceUnavailable
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.manifest import Manifest
-from potluck.merge import DEFAULT_STRATEGY, get_strategy, next_state
-from potluck.merge.base import supports_columns
+from potluck.merge import DEFAULT_STRATEGY, get_strategy, next_state, supports_columns
 from potluck.rounds import fixedpoint, schedule, slices
 from potluck.rounds.averaging import CanonicalAverager, next_power_of_two
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker, sign_commit
@@ -114,6 +113,8 @@ class RoundStatus:
     audited_coordinates: int = 0
     convicted: dict[str, tuple[int, str]] = field(default_factory=dict)  # reducer id -> (round, fault id)
     bad_faults: int = 0  # published faults that did not prove a lie
+    last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
+    # slices or gathered merge, whichever the strategy uses), before collecting signatures
 
 
 class RoundEngine:
@@ -157,6 +158,7 @@ class RoundEngine:
         )
         self._on_convicted = on_convicted
         self._faults_seen: set[bytes] = set()  # fault subkeys verified, or proven bogus
+        self._merge_started = 0.0
         self._evaluation: asyncio.Task | None = None
         self.status = RoundStatus()
         self._loop_task: asyncio.Task | None = None
@@ -310,6 +312,7 @@ class RoundEngine:
             entries.append(mine)  # our own store may not be visible yet; we know what we said
         entries.sort(key=lambda e: e.node)
         assignment = assign(entries)
+        self._merge_started = time.time()
         if not assignment:
             logger.info(f"round {r}: no updates; the version stays {self.version[:12]}")
             return True
@@ -519,6 +522,7 @@ class RoundEngine:
         self, r: int, new_state: dict[str, np.ndarray], update_ids: list[str], contributors: list[str],
         participants: list[bytes], total_weight: int, until: float,
     ) -> bool:  # fmt: skip
+        self.status.last_merge_s = time.time() - self._merge_started
         commit = Commit(
             run_id=self.run_id,
             round=r,
@@ -742,6 +746,7 @@ class RoundEngine:
                 for node, (round_, fault) in sorted(st.convicted.items())
             ],
             bad_faults=st.bad_faults,
+            last_merge_s=st.last_merge_s,
         )
 
 

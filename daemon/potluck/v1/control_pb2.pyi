@@ -101,20 +101,22 @@ class GetStatusResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ...) -> None: ...
 
 class Aggregation(_message.Message):
-    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults")
+    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     AUDITED_SLICES_FIELD_NUMBER: _ClassVar[int]
     AUDITED_COORDINATES_FIELD_NUMBER: _ClassVar[int]
     CONVICTED_FIELD_NUMBER: _ClassVar[int]
     BAD_FAULTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_MERGE_S_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     placement: str
     audited_slices: int
     audited_coordinates: int
     convicted: _containers.RepeatedCompositeFieldContainer[Conviction]
     bad_faults: int
-    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ...) -> None: ...
+    last_merge_s: float
+    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ...) -> None: ...
 
 class Conviction(_message.Message):
     __slots__ = ("node_id", "round", "fault_id")
