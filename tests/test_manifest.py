@@ -125,3 +125,31 @@ def test_unsigned_manifest_has_no_bytes():
     m = Manifest(task="toy", genesis=GENESIS, creator="00" * 32)
     with pytest.raises(ManifestError, match="not signed"):
         m.to_bytes()
+
+
+def test_probation_rounds_keep_older_manifests_bytes():
+    _, m = _manifest()
+    assert m.probation_rounds == 0 and "probation_rounds" not in msgpack.unpackb(m.body())[1]
+    identity, p = _manifest(probation_rounds=3)
+    assert msgpack.unpackb(p.body())[1]["probation_rounds"] == 3
+    assert Manifest.from_bytes(p.to_bytes(), p.run_id).probation_rounds == 3
+    domain, values = msgpack.unpackb(m.body())
+    values["probation_rounds"] = 0  # the default spelled out: not the canonical body
+    body = msgpack.packb([domain, dict(sorted(values.items()))])
+    with pytest.raises(ManifestError, match="canonical"):
+        Manifest.from_bytes(msgpack.packb([body, identity.sign(hashlib.sha256(body).digest())]))
+
+
+def test_a_tampered_allowlist_is_another_run_or_a_bad_signature(tmp_path):
+    creator, m = _manifest(admission="allowlist", allow=["01" * 32], max_update_norm=3.0)
+    edited = replace(m, allow=("01" * 32, "02" * 32))
+    with pytest.raises(ManifestError, match="signature"):
+        Manifest.from_bytes(edited.to_bytes())  # the creator's signature does not cover it
+    resigned = create_manifest(creator, "toy", GENESIS, start_time=m.start_time, created=m.created,
+                               task_args=m.task_args, admission="allowlist", allow=["01" * 32, "02" * 32],
+                               max_update_norm=3.0)  # fmt: skip
+    assert resigned.run_id != m.run_id  # re-signed by the creator: a different run
+    path = tmp_path / "run.toml"
+    path.write_text(m.to_toml().replace('"' + "01" * 32 + '"', '"' + "02" * 32 + '"'))
+    with pytest.raises(ManifestError, match="signature does not match"):
+        load_manifest(path)

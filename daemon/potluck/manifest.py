@@ -57,6 +57,8 @@ VALUE_ENCODINGS = ("int8", "fp16")
 ADMISSIONS = ("open", "allowlist")
 
 TaskArg = str | int | float
+# fields added after the first manifests: absent from the canonical body while at their default
+_OMITTED_AT_DEFAULT: dict[str, Any] = {"probation_rounds": 0}
 
 
 class ManifestError(ValueError):
@@ -141,6 +143,8 @@ class Manifest:
       allow: node ids (hex) admitted under "allowlist"
       quorum: signatures on the same commit needed to consider a round committed (>= 1)
       max_update_norm: bound on an update's L2 norm, or None
+      probation_rounds: an author's updates weigh 0 until it has contributed to this many committed
+        rounds (0 = off; the rule is in potluck.defence.probation)
       creator: node id (hex) of the signer
       created: unix seconds of creation
       seed: seed of ``Task.init_state`` that produced ``genesis``
@@ -164,6 +168,7 @@ class Manifest:
     allow: tuple[str, ...] = ()
     quorum: int = 1
     max_update_norm: float | None = None
+    probation_rounds: int = 0
     created: float = 0.0
     seed: int = 0
     signature: bytes = b""
@@ -198,6 +203,7 @@ class Manifest:
         _check_int(self.quorum, "quorum", 1, 1 << 16)
         if self.max_update_norm is not None:
             norm("max_update_norm", _check_float(self.max_update_norm, "max_update_norm", positive=True))
+        _check_int(self.probation_rounds, "probation_rounds", 0, 1 << 20)
         norm("created", _check_float(self.created, "created"))
         _check_int(self.seed, "seed", 0, (1 << 64) - 1)
         if not isinstance(self.signature, bytes) or len(self.signature) not in (0, SIGNATURE_SIZE):
@@ -213,6 +219,9 @@ class Manifest:
         values["task_args"] = dict(values["task_args"])
         values["strategy_args"] = dict(values["strategy_args"])
         values["allow"] = list(values["allow"])
+        for name, default in _OMITTED_AT_DEFAULT.items():
+            if values[name] == default:
+                del values[name]
         return {key: values[key] for key in sorted(values)}
 
     def body(self) -> bytes:
