@@ -183,3 +183,35 @@ def test_state_is_pruned_by_round(valid):
     v.forget_before(6)
     assert not v.round_ids and not v.accepted_ids
     assert v.high_water  # replay protection survives
+
+
+def test_banned_author_is_rejected_before_anything_costly(valid, identity):
+    banned: set[bytes] = set()
+    v = UpdateValidator(_context(), is_banned=banned.__contains__)
+    v.validate(valid(seq=1, round=5))
+    banned.add(identity.public_key)
+    _reject(v, valid(seq=2), Reason.BANNED)
+    _reject(v, valid(seq=1, round=5), Reason.BANNED)  # even what it already had accepted
+    v.context = dataclasses.replace(v.context, admitted=frozenset())
+    _reject(v, valid(seq=3), Reason.NOT_ADMITTED)  # admission is checked first
+
+
+def test_rate_limit_counts_distinct_signed_updates_per_author_and_round(valid, identity):
+    v = UpdateValidator(_context(max_norm=1e-9, rounds_ahead=1), max_per_author_round=2)
+    _reject(v, valid(seq=1), Reason.NORM_EXCEEDED)  # costly check: counts towards the limit
+    _reject(v, valid(seq=2), Reason.NORM_EXCEEDED)
+    assert v.budget_spent(identity.public_key, 5) and not v.budget_spent(identity.public_key, 6)
+    _reject(v, valid(seq=3), Reason.RATE_LIMITED)
+    _reject(v, valid(seq=1), Reason.NORM_EXCEEDED)  # one it already counted is checked again
+    other = NodeIdentity.generate()
+    _reject(v, encode_update(build(other), other), Reason.NORM_EXCEEDED)  # others have their own budget
+    _reject(v, valid(seq=4, round=6), Reason.NORM_EXCEEDED)  # and so has the next round
+    assert set(v.ids_by(5).values()) == {identity.public_key, other.public_key}
+    v.forget_before(6)
+    assert not v.ids_by(5) and not v.budget_spent(identity.public_key, 5)
+
+
+def test_equivocation_is_found_whatever_the_second_update_s_base(valid, identity):
+    v = UpdateValidator(_context())
+    v.validate(valid(seq=10))
+    _reject(v, valid(seq=11, base="cd" * 32), Reason.EQUIVOCATION)

@@ -13,7 +13,9 @@ class Reason(StrEnum):
     MALFORMED = "malformed"  # not msgpack, wrong types, wrong lengths, non-canonical bytes
     BAD_DOMAIN = "bad_domain"  # domain tag is not potluck/update/v1
     BAD_SIGNATURE = "bad_signature"
+    BANNED = "banned"  # the author is banned for the run (potluck.defence.bans), e.g. for equivocation
     DUPLICATE = "duplicate"  # this exact update was already accepted
+    RATE_LIMITED = "rate_limited"  # the author sent more distinct updates for the round than a node checks
     WRONG_RUN = "wrong_run"
     STALE_ROUND = "stale_round"
     FUTURE_ROUND = "future_round"

@@ -1,18 +1,24 @@
 """Validation of received updates: every check, cheapest first, one reason code per rejection.
 
 Order: size and nesting (bounded decode) -> domain tag -> types/canonical form -> signature ->
-duplicate -> run -> round window -> base known -> author admitted -> equivocation -> replay ->
-tensor names/shapes -> indices -> finite values -> L2 norm. Payloads (indices, values) are decoded
-only after every header check has passed.
+run -> round window -> author admitted -> author banned -> duplicate -> rate limit -> equivocation ->
+base known -> replay -> tensor names/shapes -> indices -> finite values -> L2 norm. Payloads
+(indices, values) are decoded only after every header check has passed.
 
 State (in memory): per-author sequence high-water marks, the accepted update id per
-(author, round), equivocation evidence. State changes only when an update is accepted, except
-equivocation evidence, which is recorded when it is found.
+(author, round), the distinct signed ids seen per (author, round) (at most the rate limit of them),
+equivocation evidence. State changes only when an update is accepted, except the signed ids seen
+(counted for the rate limit before the costly checks) and equivocation evidence, which is recorded
+when it is found.
+
+Bans and the rate limit come from outside (``is_banned``: the node's ban registry,
+potluck.defence.bans; ``max_per_author_round``: a node setting, see ``NodeConfig``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,8 +58,20 @@ class UpdateValidator:
     """Checks received updates against a :class:`ValidationContext`; never raises anything but
     :class:`UpdateRejected`. ``counters`` (reason -> count, plus "accepted") is for ``status``."""
 
-    def __init__(self, context: ValidationContext) -> None:
+    def __init__(
+        self,
+        context: ValidationContext,
+        *,
+        is_banned: Callable[[bytes], bool] | None = None,
+        max_per_author_round: int | None = None,
+    ) -> None:
+        """``is_banned(author public key)``: reject that author's updates as ``banned``.
+        ``max_per_author_round``: check at most this many distinct signed updates per (author, round)
+        past the signature; more are ``rate_limited`` before anything costly (None: no limit)."""
         self.context = context
+        self.is_banned = is_banned or (lambda author: False)
+        self.max_per_author_round = max_per_author_round
+        self.signed_ids: dict[tuple[bytes, int], set[str]] = {}  # (author, round) -> ids seen signed
         self.counters: dict[str, int] = {"accepted": 0} | {r.value: 0 for r in Reason}
         self.high_water: dict[bytes, int] = {}
         self.round_ids: dict[tuple[bytes, int], str] = {}
@@ -77,13 +95,34 @@ class UpdateValidator:
     def forget_before(self, round_: int) -> None:
         """Drop per-round ids of rounds before ``round_`` (bounded memory; high-water marks stay)."""
         self.round_ids = {key: uid for key, uid in self.round_ids.items() if key[1] >= round_}
+        self.signed_ids = {key: ids for key, ids in self.signed_ids.items() if key[1] >= round_}
         self.accepted_ids = {uid: r for uid, r in self.accepted_ids.items() if r >= round_}
+
+    def budget_spent(self, author: bytes, round_: int) -> bool:
+        """Whether ``author`` used up its distinct updates for ``round_`` (the exchange stops fetching)."""
+        limit = self.max_per_author_round
+        return limit is not None and len(self.signed_ids.get((author, round_), ())) >= limit
+
+    def ids_by(self, round_: int) -> dict[str, bytes]:
+        """update id -> author of the validly signed updates seen for ``round_`` (within the limit)."""
+        return {uid: author for (author, r), ids in self.signed_ids.items() if r == round_ for uid in ids}
 
     def _validate(self, data: bytes) -> SignedUpdate:
         ctx = self.context
         p = parse_update(data, ctx.limits)  # oversized, too_deep, malformed, bad_domain, bad_signature
+        self._check_header(p, ctx)
+        ids = self.signed_ids.setdefault((p.author, p.round), set())
+        limit = self.max_per_author_round
+        if p.update_id not in ids and (limit is None or len(ids) < limit):
+            ids.add(p.update_id)
+        if self.is_banned(p.author):
+            raise UpdateRejected(Reason.BANNED, p.author.hex())
         if p.update_id in self.accepted_ids:
             raise UpdateRejected(Reason.DUPLICATE, p.update_id)
+        if p.update_id not in ids:
+            raise UpdateRejected(
+                Reason.RATE_LIMITED, f"{p.author.hex()} sent over {limit} updates for round {p.round}"
+            )
         self._check_context(p, ctx)
         self._check_shapes(p, ctx)
         signed = p.decode()  # bad_indices, non_finite
@@ -96,24 +135,27 @@ class UpdateValidator:
         self._accept(p)
         return signed
 
-    def _check_context(self, p: ParsedUpdate, ctx: ValidationContext) -> None:
+    @staticmethod
+    def _check_header(p: ParsedUpdate, ctx: ValidationContext) -> None:
         if p.run != ctx.run:
             raise UpdateRejected(Reason.WRONG_RUN, f"run {p.run[:80]!r}")
         if p.round < ctx.round - ctx.rounds_behind:
             raise UpdateRejected(Reason.STALE_ROUND, f"round {p.round} < {ctx.round - ctx.rounds_behind}")
         if p.round > ctx.round + ctx.rounds_ahead:
             raise UpdateRejected(Reason.FUTURE_ROUND, f"round {p.round} > {ctx.round + ctx.rounds_ahead}")
-        if p.base not in ctx.known_bases:
-            raise UpdateRejected(Reason.UNKNOWN_BASE, p.base)
         if ctx.admitted is not None and p.author not in ctx.admitted:
             raise UpdateRejected(Reason.NOT_ADMITTED, p.author.hex())
+
+    def _check_context(self, p: ParsedUpdate, ctx: ValidationContext) -> None:
         first = self.round_ids.get((p.author, p.round))
-        if first is not None and first != p.update_id:
+        if first is not None and first != p.update_id:  # signed for the same round: whatever its base
             self.equivocations.append(Equivocation(p.author, p.round, first, p.update_id))
             self.offences[p.author] = self.offences.get(p.author, 0) + 1
             raise UpdateRejected(
                 Reason.EQUIVOCATION, f"{p.author.hex()} round {p.round}: {first} and {p.update_id}"
             )
+        if p.base not in ctx.known_bases:
+            raise UpdateRejected(Reason.UNKNOWN_BASE, p.base)
         mark = self.high_water.get(p.author)
         if mark is not None and p.seq <= mark:
             raise UpdateRejected(Reason.REPLAYED, f"seq {p.seq} <= {mark}")
