@@ -1,11 +1,21 @@
 """Round entries and update assignment (pure): who takes part in an aggregation and who carries what.
 
 At a round's deadline every participant freezes the set of updates it accepted for the round and
-publishes a signed entry ``[domain, run, round, attempt, base, node, updates]`` in the DHT. After a
-short window all participants read the same entries and derive, each on its own, the same
-assignment: every update goes to exactly one participant among those holding it (the one with the
-smallest sha256(update id || node id)), so the all-reduce counts each update exactly once, whoever
-authored it and whether or not its author is still online.
+publishes a signed entry ``[domain, run, round, attempt, base, node, updates, senior, excluded]`` in
+the DHT. After a short window all participants read the same entries and derive, each on its own,
+the same assignment: every update goes to exactly one participant among those holding it (the one
+with the smallest sha256(update id || node id)), so the all-reduce counts each update exactly once,
+whoever authored it and whether or not its author is still online.
+
+Defences (potluck.defence) ride on the same entries, so that they too are decided by what every
+participant reads, not by what each one happens to know:
+
+* ``excluded``: ``[update id, evidence id, evidence round]`` for updates of the round whose author
+  this participant has banned. An update excluded by any entry is left out of the assignment
+  (:func:`assign`); every participant checks the named evidence before it takes part.
+* ``senior``: a bitmap over ``updates``: bit i says the author of ``updates[i]`` has served its
+  probation by this participant's committed history. An update is senior when any entry holding it
+  says so (:func:`senior_ids`; the rule is in potluck.defence.probation).
 """
 
 from __future__ import annotations
@@ -19,8 +29,9 @@ import msgpack
 from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
 from potluck.wire import WireError, bounded_unpackb, pack_pair, unpack_pair
 
-DOMAIN = "potluck/round-entry/v1"
+DOMAIN = "potluck/round-entry/v2"
 MAX_ENTRY_UPDATES = 256  # 256 ids * 32 B keeps an entry far below hivemind's 15 KB DHT value hazard
+MAX_ENTRY_EXCLUDED = 16  # 16 * ~70 B
 MAX_ENTRY_BYTES = 12 << 10
 
 
@@ -40,6 +51,8 @@ class RoundEntry:
     base: str  # the version (hex) this participant aggregates onto
     node: bytes  # participant public key
     updates: tuple[str, ...]  # sorted ids (hex) of the round's updates it holds
+    senior: bytes = b""  # bitmap over updates (potluck.defence.probation.pack_bits); b"": none
+    excluded: tuple[tuple[str, str, int], ...] = ()  # (update id, evidence id, evidence round), by id
 
     def _body(self) -> bytes:
         return msgpack.packb(
@@ -51,6 +64,8 @@ class RoundEntry:
                 bytes.fromhex(self.base),
                 self.node,
                 [bytes.fromhex(u) for u in self.updates],
+                self.senior,
+                [[bytes.fromhex(u), bytes.fromhex(e), r] for u, e, r in self.excluded],
             ],
             use_bin_type=True,
         )
@@ -66,13 +81,13 @@ class RoundEntry:
         try:
             body, signature = unpack_pair(data, MAX_ENTRY_BYTES)
             fields = bounded_unpackb(
-                body, MAX_ENTRY_BYTES, 2, max_array_len=MAX_ENTRY_UPDATES, max_str_len=256
+                body, MAX_ENTRY_BYTES, 3, max_array_len=MAX_ENTRY_UPDATES, max_str_len=256
             )
         except (WireError, TypeError, ValueError) as e:
             raise BadEntry(f"not a round entry: {e}") from None
-        if type(fields) is not list or len(fields) != 7 or fields[0] != DOMAIN:
+        if type(fields) is not list or len(fields) != 9 or fields[0] != DOMAIN:
             raise BadEntry("wrong domain or field count")
-        _, run, round_, attempt, base, node, updates = fields
+        _, run, round_, attempt, base, node, updates, senior, excluded = fields
         ok = (
             type(run) is str
             and type(round_) is int
@@ -85,26 +100,71 @@ class RoundEntry:
             and len(node) == PUBLIC_KEY_SIZE
             and type(updates) is list
             and all(type(u) is bytes and len(u) == 32 for u in updates)
-        )
+            and type(senior) is bytes
+            and type(excluded) is list
+            and len(excluded) <= MAX_ENTRY_EXCLUDED
+            and all(
+                type(x) is list and len(x) == 3 and type(x[0]) is bytes and len(x[0]) == 32
+                and type(x[1]) is bytes and len(x[1]) == 32 and type(x[2]) is int and x[2] >= 0
+                for x in excluded
+            )
+        )  # fmt: skip
         if not ok:
             raise BadEntry("wrong field types")
         ids = tuple(u.hex() for u in updates)
         if list(ids) != sorted(set(ids)):
             raise BadEntry("update ids must be sorted and unique")
+        if senior and (len(senior) != (len(ids) + 7) // 8 or not senior[-1] or _bits_past(senior, len(ids))):
+            raise BadEntry("senior bitmap does not fit the updates")
+        excluded_ids = [x[0] for x in excluded]
+        if excluded_ids != sorted(set(excluded_ids)):
+            raise BadEntry("excluded ids must be sorted and unique")
         if (
             type(signature) is not bytes
             or len(signature) != SIGNATURE_SIZE
             or not verify(node, signature, body)
         ):
             raise BadEntry("bad signature")
-        return cls(run, round_, attempt, base.hex(), node, ids)
+        return cls(
+            run, round_, attempt, base.hex(), node, ids, senior,
+            tuple((u.hex(), e.hex(), r) for u, e, r in excluded),
+        )  # fmt: skip
+
+
+def _bits_past(bitmap: bytes, n: int) -> bool:
+    """Whether any bit at position >= n is set (a canonical bitmap has none)."""
+    return any(bitmap[i // 8] >> (i % 8) & 1 for i in range(n, len(bitmap) * 8))
+
+
+def excluded_ids(entries: Iterable[RoundEntry]) -> dict[str, set[tuple[str, int]]]:
+    """update id -> the (evidence id, evidence round) pairs the entries name to exclude it."""
+    out: dict[str, set[tuple[str, int]]] = {}
+    for entry in entries:
+        for uid, evidence_id, evidence_round in entry.excluded:
+            out.setdefault(uid, set()).add((evidence_id, evidence_round))
+    return out
+
+
+def senior_ids(entries: Iterable[RoundEntry]) -> set[str]:
+    """Ids of the updates some entry marks as by an author past probation."""
+    out: set[str] = set()
+    for entry in entries:
+        if entry.senior:
+            bits = entry.senior
+            out.update(uid for i, uid in enumerate(entry.updates) if bits[i // 8] >> (i % 8) & 1)
+    return out
 
 
 def assign(entries: Iterable[RoundEntry]) -> dict[str, bytes]:
-    """update id -> the participant (public key) that carries it into the all-reduce."""
+    """update id -> the participant (public key) that carries it into the all-reduce; updates that
+    any entry excludes are left out."""
+    entries = list(entries)
+    excluded = excluded_ids(entries)
     best: dict[str, tuple[bytes, bytes]] = {}
     for entry in entries:
         for uid in entry.updates:
+            if uid in excluded:
+                continue
             rank = hashlib.sha256(bytes.fromhex(uid) + entry.node).digest()
             if uid not in best or rank < best[uid][0]:
                 best[uid] = (rank, entry.node)
