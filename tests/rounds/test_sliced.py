@@ -96,8 +96,12 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
     with LocalSwarm(
         tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
     ) as swarm:
-        swarm.start(3)
-        liar = swarm.add_node(name="liar", module="tests.rounds.lying_reducer").wait_ready(60)
+        swarm.start(2)
+        # audits nothing: it can only learn of the lie from the fault the others publish
+        trusting = swarm.add_node(name="trusting", module="tests.rounds.trusting_keeper")
+        liar = swarm.add_node(name="liar", module="tests.rounds.lying_reducer")
+        for node in (trusting, liar):
+            node.wait_ready(60)
         honest = swarm.nodes[:3]
         swarm.wait_all_see(3)
         liar_id = liar.status()["node_id"]
@@ -111,4 +115,5 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
             convicted = st["aggregation"]["convicted"]
             assert [c["node_id"] for c in convicted] == [liar_id], node.log_tail()
             assert convicted[0]["round"] == r
+        assert trusting.status()["aggregation"].get("audited_coordinates", 0) == 0
         assert "convicted" in honest[0].log_path.read_text()
