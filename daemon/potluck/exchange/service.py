@@ -5,6 +5,13 @@ serve over libp2p. Every fetched update comes from a holder named in an announce
 must hash to the announced id (else the holder is counted and avoided) and pass the validator
 (else the id is remembered as rejected, with the reason counted). Once held, a node serves and
 announces the update itself, so an update outlives its author.
+
+Defences: announcements by a banned author, or by one that used up its distinct updates for the
+round (the validator's rate limit), are not fetched (counted once per update id as ``banned`` /
+``rate_limited``); held updates of a banned author are no longer announced. When the validator finds
+an equivocation, the second update's bytes are kept beside the first in an evidence store and
+handed to ``on_equivocation``; ids in the evidence store are served like held ones, so any node can
+fetch both and check the evidence (potluck.defence).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from potluck.store.updates import UpdateStore
 from potluck.swarm.host import SwarmHost
 from potluck.updates.codec import parse_update
 from potluck.updates.reasons import Reason, UpdateRejected
-from potluck.updates.validation import UpdateValidator
+from potluck.updates.validation import Equivocation, UpdateValidator
 from potluck.v1 import exchange_pb2
 from potluck.wire import WireError, bounded_unpackb
 
@@ -86,9 +93,14 @@ class UpdateExchange:
         *,
         announce_ttl_s: float = ANNOUNCE_TTL_S,
         poll_interval_s: float = POLL_INTERVAL_S,
+        evidence_store: UpdateStore | None = None,
+        on_equivocation: Callable[[Equivocation, bytes, bytes], None] | None = None,
     ):
         self._host, self._identity, self._run = host, identity, run
         self._store, self.validator = store, validator
+        self.evidence_store = evidence_store  # both updates of each equivocation found or verified
+        self.on_equivocation = on_equivocation  # (found, first bytes, second bytes), on the event loop
+        self._skipped: set[str] = set()  # announced ids not fetched (banned/rate-limited author), counted
         self._addresses_of = addresses_of  # peer id -> multiaddrs, from the peer records
         self._announce_ttl_s, self._poll_interval_s = announce_ttl_s, poll_interval_s
         self.held: dict[str, HeldUpdate] = {}
@@ -156,6 +168,7 @@ class UpdateExchange:
             return
         self.validator.context = dataclasses.replace(ctx, round=round, known_bases=known_bases)
         self.validator.forget_before(round)
+        self._skipped.clear()  # announcements of older rounds are no longer read
         self._retry_after.clear()  # what was too early or on an unknown base may be fine now
         self._announce_now.set()
 
@@ -176,7 +189,12 @@ class UpdateExchange:
             return await asyncio.to_thread(self._accept, data, source)
 
     def _accept(self, data: bytes, source: str) -> HeldUpdate:
-        signed = self.validator.validate(data)
+        try:
+            signed = self.validator.validate(data)
+        except UpdateRejected as e:
+            if e.reason is Reason.EQUIVOCATION and self.validator.equivocations:
+                self._keep_equivocation(self.validator.equivocations[-1], data)
+            raise
         if signed.update_id in self.held:
             return self.held[signed.update_id]
         u = signed.update
@@ -205,16 +223,44 @@ class UpdateExchange:
         self._holders.setdefault(update_id, set()).add(self._identity.peer_id)
         return held
 
+    def _keep_equivocation(self, found: Equivocation, second: bytes) -> None:
+        """Both updates of an equivocation into the evidence store; then tell the defence (on the loop)."""
+        try:
+            first = self._store.get(found.first_id)
+        except OSError as e:
+            logger.warning(f"equivocation by {node_id_of(found.author)[:12]}: first update unreadable: {e}")
+            return
+        if self.evidence_store is not None:
+            self.evidence_store.put(found.first_id, first)
+            self.evidence_store.put(found.second_id, second)
+        if self.on_equivocation is not None:
+            callback = self.on_equivocation
+            self._host.call_soon(lambda: callback(found, first, second))
+
+    def read_any(self, update_id: str) -> bytes | None:
+        """The bytes of a held update or of one kept as evidence; None if this node has neither."""
+        stores = [self._store] if update_id in self.held else []
+        stores += [self.evidence_store] if self.evidence_store is not None else []
+        for store in stores:
+            with contextlib.suppress(OSError, ValueError):
+                return store.get(update_id)
+        return None
+
+    def _servable(self, update_id: str) -> bool:
+        return update_id in self.held or (
+            self.evidence_store is not None and self.evidence_store.has(update_id)
+        )
+
     # ---- serving -----------------------------------------------------------------------------------
 
     async def _serve(
         self, request: exchange_pb2.UpdateRequest, context: P2PContext
     ) -> AsyncIterator[exchange_pb2.UpdateChunk]:
         update_id = request.update_id.hex()
-        if update_id not in self.held:
+        data = await asyncio.to_thread(self.read_any, update_id) if self._servable(update_id) else None
+        if data is None:
             yield exchange_pb2.UpdateChunk(total_size=0)
             return
-        data = await asyncio.to_thread(self._store.get, update_id)
         for offset in range(0, len(data), CHUNK_BYTES):
             chunk = data[offset : offset + CHUNK_BYTES]
             yield exchange_pb2.UpdateChunk(total_size=len(data) if offset == 0 else 0, data=chunk)
@@ -296,7 +342,7 @@ class UpdateExchange:
         if self._host.client_mode:  # nobody can fetch from us: keepers announce what we pushed to them
             return
         for held in list(self.held.values()):
-            if held.round not in rounds:
+            if held.round not in rounds or self.validator.is_banned(held.author):
                 continue
             others = sorted(self._holders.get(held.update_id, set()) - {self._identity.peer_id})
             announcement = Announcement(
@@ -341,6 +387,8 @@ class UpdateExchange:
                 uid = announcement.update_id
                 if uid in self.held or uid in self._rejected or uid in self._inflight:
                     continue
+                if self._skip(announcement):
+                    continue
                 if self._retry_after.get(uid, 0.0) > time.monotonic():
                     continue
                 wanted.append(announcement)
@@ -349,6 +397,43 @@ class UpdateExchange:
             task = asyncio.create_task(self._fetch(announcement), name=f"fetch-{announcement.update_id[:12]}")
             self._fetches.add(task)
             task.add_done_callback(self._fetches.discard)
+
+    def _skip(self, announcement: Announcement) -> bool:
+        """Don't fetch what a banned author, or one past its rate limit, announces (the author named in
+        an announcement is a claim: nothing is remembered for good, the next poll looks again)."""
+        if self.validator.is_banned(announcement.author):
+            reason = Reason.BANNED
+        elif self.validator.budget_spent(announcement.author, announcement.round):
+            reason = Reason.RATE_LIMITED
+        else:
+            return False
+        if announcement.update_id not in self._skipped:
+            self._skipped.add(announcement.update_id)
+            self.validator.counters[reason.value] += 1
+        return True
+
+    async def fetch_by_id(self, update_id: str, holders: list[str]) -> bytes | None:
+        """The bytes of ``update_id`` from this node or one of ``holders`` (peer ids), checked against the
+        id (a hash) and nothing else; None if nobody served them."""
+        local = await asyncio.to_thread(self.read_any, update_id)
+        if local is not None:
+            return local
+        limit = self.validator.context.limits.max_bytes
+        now = time.monotonic()
+        for holder in holders:
+            if holder == self._identity.peer_id or self._avoid.get(holder, 0) > now:
+                continue
+            try:
+                timeout = FETCH_TIMEOUT_S + limit / MIN_FETCH_BYTES_PER_S
+                data = await asyncio.wait_for(self._download(holder, update_id, limit), timeout)
+            except Exception as e:
+                logger.debug(f"fetching {update_id[:12]} from {holder} failed: {type(e).__name__}: {e}")
+                continue
+            if _id_or_none(data, limit) == update_id:
+                return data
+            self.bad_holder_fetches += 1
+            self._avoid[holder] = time.monotonic() + AVOID_HOLDER_S
+        return None
 
     async def _fetch(self, announcement: Announcement) -> None:
         uid = announcement.update_id

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from potluck.defence import probation
+from potluck.defence.service import DefenceError, DefenceService
 from potluck.exchange.service import UpdateExchange
 from potluck.exchange.slices import SliceService, SliceUnavailable
 from potluck.exchange.state import StateService
@@ -42,7 +44,7 @@ from potluck.merge import DEFAULT_STRATEGY, get_strategy, next_state, supports_c
 from potluck.rounds import fixedpoint, schedule, slices
 from potluck.rounds.averaging import CanonicalAverager, next_power_of_two
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker, sign_commit
-from potluck.rounds.entries import BadEntry, RoundEntry, agreement_digest, assign, entries_key
+from potluck.rounds.entries import BadEntry, RoundEntry, agreement_digest, assign, entries_key, senior_ids
 from potluck.store.history import History
 from potluck.store.versions import VersionStore, tensor_hashes, version_hash
 from potluck.swarm.host import SwarmHost
@@ -136,6 +138,7 @@ class RoundEngine:
         aggregates: bool = True,
         slice_service: SliceService | None = None,
         on_convicted: Callable[[bytes, int, str], None] = lambda node, round_, fault_id: None,
+        defence: DefenceService | None = None,
     ):
         self._host, self._identity, self.manifest = host, identity, manifest
         self.run_id = manifest.run_id
@@ -157,6 +160,8 @@ class RoundEngine:
             self._strategy is not None and slice_service is not None and supports_columns(self._strategy)
         )
         self._on_convicted = on_convicted
+        self._defence = defence  # bans and probation ride on the round entries (see _entry_extras)
+        self._seniors: set[str] = set()  # this attempt's updates past probation (entries.senior_ids)
         self._faults_seen: set[bytes] = set()  # fault subkeys verified, or proven bogus
         self._merge_started = 0.0
         self._evaluation: asyncio.Task | None = None
@@ -294,7 +299,10 @@ class RoundEngine:
         held = sorted(
             u.update_id for u in self._exchange.held.values() if u.round == r and u.base == self.version
         )
-        mine = RoundEntry(self.run_id, r, attempt, self.version, self._identity.public_key, tuple(held))
+        mine = RoundEntry(
+            self.run_id, r, attempt, self.version, self._identity.public_key, tuple(held),
+            **self._entry_extras(r, held),
+        )  # fmt: skip
         key = entries_key(self.run_id, r, attempt)
         await self._host.store(key, self._identity.public_key, mine.sign(self._identity), start + 3600)
         await _sleep_until(start + ENTRY_WINDOW_S)
@@ -311,7 +319,9 @@ class RoundEngine:
         if self._identity.public_key not in {e.node for e in entries}:
             entries.append(mine)  # our own store may not be visible yet; we know what we said
         entries.sort(key=lambda e: e.node)
-        assignment = assign(entries)
+        await self._check_defences(entries, start)
+        assignment = assign(entries)  # without the updates any entry excludes (banned authors)
+        self._seniors = senior_ids(entries)
         self._merge_started = time.time()
         if not assignment:
             logger.info(f"round {r}: no updates; the version stays {self.version[:12]}")
@@ -321,9 +331,7 @@ class RoundEngine:
         if self._strategy is not None:
             return await self._merge_gathered(r, entries, assignment, until)
         carried = sorted(uid for uid, node in assignment.items() if node == self._identity.public_key)
-        weighted = [
-            (self.manifest.update_weight(self._exchange.held[uid].sample_count), uid) for uid in carried
-        ]
+        weighted = [(self._weight(uid, self._exchange.held[uid].sample_count), uid) for uid in carried]
         contribution = await asyncio.to_thread(self._contribution, weighted)
         if contribution.clipped:
             logger.warning(f"round {r}: {contribution.clipped} coordinates clipped to the fixed-point range")
@@ -353,9 +361,14 @@ class RoundEngine:
 
         def merge() -> tuple[dict[str, np.ndarray], list[str], int]:
             updates = [decode_update(self._exchange.read(uid)) for uid in ids]
-            weights = [self.manifest.update_weight(u.update.sample_count) for u in updates]
-            merged = self._strategy.merge(updates, [float(w) for w in weights], round_seed=self._seed(r))
             authors = sorted({node_id_of(u.update.author) for u in updates})
+            updates = self._counted(updates)  # on probation: listed in the commit, not merged
+            weights = [self.manifest.update_weight(u.update.sample_count) for u in updates]
+            merged = (
+                self._strategy.merge(updates, [float(w) for w in weights], round_seed=self._seed(r))
+                if updates
+                else {}
+            )
             return next_state(self.state, merged, self.manifest.outer_lr), authors, sum(weights)
 
         new_state, contributors, total_weight = await asyncio.to_thread(merge)
@@ -367,6 +380,29 @@ class RoundEngine:
             if time.time() > until - 2 * QUORUM_MARGIN_S:
                 raise AttemptFailed(f"{len(missing)} of the round's updates not fetched in time")
             await asyncio.sleep(0.2)
+
+    # ---- defences (potluck.defence): bans and probation, agreed through the round entries -----------
+
+    def _entry_extras(self, r: int, held: list[str]) -> dict[str, Any]:
+        """Our entry's ``senior`` bitmap over ``held`` and ``excluded`` updates by banned authors."""
+        return self._defence.entry_extras(r, held) if self._defence is not None else {}
+
+    async def _check_defences(self, entries: list[RoundEntry], start: float) -> None:
+        """Every exclusion an entry names must be backed by evidence we verified (or verify now, before
+        the contributions are due); else this attempt stops here, the same way on every honest node."""
+        if self._defence is not None:
+            try:
+                await self._defence.check_entries(entries, start + ENTRY_WINDOW_S + ENTRY_GRACE_S + 0.5)
+            except DefenceError as e:
+                raise AttemptFailed(str(e)) from None
+
+    def _weight(self, uid: str, sample_count: int) -> int:
+        """An update's merge weight in this attempt: 0 while its author is on probation."""
+        return probation.update_weight(self.manifest, sample_count, uid in self._seniors)
+
+    def _counted(self, updates: list[SignedUpdate]) -> list[SignedUpdate]:
+        """The updates that weigh something (strategies that ignore weights must not see the others)."""
+        return [u for u in updates if self._weight(u.update_id, u.update.sample_count) > 0]
 
     def _seed(self, r: int) -> int:
         """The round's seed for randomized strategies (DARE): the same on every node."""
@@ -396,6 +432,13 @@ class RoundEngine:
         ids = sorted(assignment)
         await self._wait_for_updates(ids, until)
         updates = await asyncio.to_thread(lambda: [decode_update(self._exchange.read(uid)) for uid in ids])
+        contributors = sorted({node_id_of(u.update.author) for u in updates})
+        listed, updates = ids, self._counted(updates)  # on probation: listed in the commit, not merged
+        ids = [u.update_id for u in updates]
+        if not updates:
+            return await self._commit(
+                r, dict(self.state), listed, contributors, [e.node for e in entries], 0, until
+            )
         recompute = self._recompute(r, updates)
         participants = [e.node for e in entries]
         bounds = slices.slice_bounds(self.layout.length, len(participants))
@@ -454,9 +497,8 @@ class RoundEngine:
             if s.name in touched
         }
         new_state = await asyncio.to_thread(next_state, self.state, merged, self.manifest.outer_lr)
-        contributors = sorted({node_id_of(u.update.author) for u in updates})
         total_weight = sum(self.manifest.update_weight(u.update.sample_count) for u in updates)
-        return await self._commit(r, new_state, ids, contributors, participants, total_weight, until)
+        return await self._commit(r, new_state, listed, contributors, participants, total_weight, until)
 
     @staticmethod
     def _reduce_slice(recompute: slices.Recompute, lo: int, hi: int) -> np.ndarray:
