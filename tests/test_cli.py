@@ -198,3 +198,31 @@ def test_tables_show_what_people_look_for():
         "addrs": ["/ip4/1.2.3.4/tcp/1"],
     }
     assert "cdcdcdcd" in format_peers([peer]) and "/ip4/1.2.3.4/tcp/1" in format_peers([peer])
+
+
+def test_tables_show_bans_probation_and_evidence():
+    from potluck.rpc.jsonify import message_to_dict
+    from potluck.v1 import control_pb2
+
+    defence = control_pb2.Defence(
+        bans=[control_pb2.Ban(node_id="ee" * 32, reason="equivocation", round=7, evidence_id="12" * 32)],
+        probation=[control_pb2.Probation(node_id="cd" * 32, rounds_left=2)],
+        probation_rounds=3,
+        evidence_verified=1,
+        evidence_rejected={"wrong_round": 2},
+    )
+    status = message_to_dict(control_pb2.GetStatusResponse(defence=defence)) | {
+        "bootstrap": {"state": "none"}, "uptime_s": 1.0,
+    }  # fmt: skip
+    text = format_status(status)
+    assert "eeeeeeeeeeeeeeee equivocation in round 7" in text
+    assert "cdcdcdcdcdcdcdcd(2 left)" in text and "rejected wrong_round=2" in text
+    base = {"peer_id": "p", "role": "keeper", "last_seen": 0.0, "model_version": "", "addrs": []}
+    table = format_peers([
+        base | {"node_id": "ee" * 32, "banned": True, "ban_reason": "equivocation"},
+        base | {"node_id": "cd" * 32, "probation_rounds_left": 2},
+    ])  # fmt: skip
+    assert "banned (equivocation)" in table and "probation (2 left)" in table
+    args = build_parser().parse_args(["init", "--task", "toy", "--probation-rounds", "2", "-o", "r.toml"])
+    assert args.probation_rounds == 2
+    assert build_parser().parse_args(["run", "--max-updates-per-author", "5"]).max_updates_per_author == 5

@@ -131,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="lifetime of this node's peer record; refreshed every third of it (default 30)",
     )
+    run.add_argument(
+        "--max-updates-per-author",
+        type=_non_negative_int,
+        default=3,
+        metavar="N",
+        help="check at most N distinct updates per author and round; more are rate_limited "
+        "(default 3, 0: no limit; an honest author sends one)",
+    )
 
     for name, text in (
         ("status", "show a running node's status"),
@@ -221,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument(
         "--strategy-arg", action="append", default=[], metavar="KEY=VALUE", help="strategy argument"
+    )
+    init.add_argument(
+        "--probation-rounds",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="a new author's updates weigh 0 until it contributed to N committed rounds (default 0: off)",
     )
     init.add_argument("--admission", choices=["open", "allowlist"], default="open")
     init.add_argument(
@@ -396,6 +411,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         model=args.model,
         allow=args.allow,
         max_update_norm=args.max_update_norm,
+        max_updates_per_author=args.max_updates_per_author or None,
     )
     asyncio.run(run_node(config))
     return 0
@@ -527,6 +543,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             allow=tuple(args.allow),
             strategy=args.strategy,
             strategy_args=strategy_args,
+            probation_rounds=args.probation_rounds,
         )
     except (TaskError, ManifestError) as e:
         raise ConfigError(str(e)) from None
@@ -771,6 +788,7 @@ def format_status(s: dict[str, Any]) -> str:
             " ".join(f"{k}={v}" for k, v in sorted(s["rejected_updates"].items()) if v) or "none",
         ),
         ("rejected rec", rejected),
+        *_defence_rows(s.get("defence")),
         ("dht restarts", str(s["dht_restarts"])),
         ("control api", s["rpc_address"]),
     ]
@@ -778,11 +796,42 @@ def format_status(s: dict[str, Any]) -> str:
     return "\n".join(f"{k:<13} {v}" for k, v in rows)
 
 
+def _defence_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not d:
+        return []
+    rows = [
+        (
+            "banned" if i == 0 else "",
+            f"{b['node_id'][:16]} {b['reason']} in round {b['round']} (evidence {b['evidence_id'][:12]})",
+        )
+        for i, b in enumerate(d["bans"])
+    ] or [("banned", "none")]
+    if d["probation_rounds"]:
+        on = " ".join(f"{p['node_id'][:16]}({p['rounds_left']} left)" for p in d["probation"]) or "nobody"
+        rows.append(("probation", f"{d['probation_rounds']} rounds; {on}"))
+    rejected = " ".join(f"{k}={v}" for k, v in sorted(d["evidence_rejected"].items()) if v)
+    rows.append((
+        "evidence",
+        f"{d['evidence_verified']} verified ({d['equivocations_found']} found here), "
+        f"{d['evidence_published']} published, {d['evidence_pending']} pending"
+        + (f", rejected {rejected}" if rejected else ""),
+    ))  # fmt: skip
+    return rows
+
+
+def _peer_defence(p: dict[str, Any]) -> str:
+    if p.get("banned"):
+        return f"banned ({p['ban_reason']})"
+    if p.get("probation_rounds_left"):
+        return f"probation ({p['probation_rounds_left']} left)"
+    return "-"
+
+
 def format_peers(peers: list[dict[str, Any]]) -> str:
     if not peers:
         return "no peers"
     now = time.time()
-    header = ("NODE ID", "PEER ID", "ROLE", "SEEN", "MODEL", "ADDRESS")
+    header = ("NODE ID", "PEER ID", "ROLE", "SEEN", "MODEL", "DEFENCE", "ADDRESS")
     rows = [
         (
             p["node_id"][:16],
@@ -790,6 +839,7 @@ def format_peers(peers: list[dict[str, Any]]) -> str:
             p["role"],
             f"{max(0.0, now - p['last_seen']):.0f}s ago",
             p["model_version"][:12] or "-",
+            _peer_defence(p),
             p["addrs"][0] if p["addrs"] else "-",
         )
         for p in peers

@@ -15,6 +15,8 @@ from typing import Protocol
 
 from potluck import AGENT
 from potluck.datadir import DataDirLock, prepare_data_dir
+from potluck.defence.bans import BanRegistry, BanStoreError
+from potluck.defence.service import DefenceService
 from potluck.errors import ConfigError
 from potluck.exchange.service import UpdateExchange
 from potluck.exchange.slices import SliceService
@@ -46,6 +48,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/7451",)
 DEFAULT_RECORD_TTL_S = 30.0
 HISTORY_FILE = "history.sqlite"
+# How many distinct updates per author and round a node checks past the signature. An honest author
+# signs one update per round (a second one is equivocation), so any limit >= 1 never refuses it.
+DEFAULT_MAX_UPDATES_PER_AUTHOR = 3
+
+
+def bans_path(data_dir: Path, run: str) -> Path:
+    """Where a node keeps the bans of a run (potluck.defence.bans)."""
+    return data_dir / "bans" / f"{run}.json"
 
 
 @dataclass
@@ -63,6 +73,11 @@ class NodeConfig:
     model: Path | None = None  # without a manifest: the version updates are validated against
     allow: list[str] = field(default_factory=list)  # admitted authors (node ids); empty = open run
     max_update_norm: float | None = None
+    # The per-author rate limit is a node setting, not a manifest rule: it protects this node's CPU,
+    # bandwidth and disk from one key's flood, like a firewall rule, and it cannot change what the run
+    # agrees on: the round merges the union of the participants' entries, and an honest author's one
+    # update per round passes any limit >= 1. None: no limit.
+    max_updates_per_author: int | None = DEFAULT_MAX_UPDATES_PER_AUTHOR
 
 
 class Node:
@@ -77,6 +92,8 @@ class Node:
         self.state_service: StateService | None = None
         self.engine: RoundEngine | None = None
         self.history: History | None = None
+        self.bans: BanRegistry | None = None
+        self.defence: DefenceService | None = None
         self.manifest: Manifest | None = None
         self.run = config.run
         self.restore_signals: Callable[[], None] = lambda: None
@@ -140,19 +157,40 @@ class Node:
 
     async def _start_updates_and_rounds(self) -> None:
         assert self.host is not None and self.identity is not None and self.membership is not None
+        try:
+            self.bans = BanRegistry(bans_path(self.data_dir, self.run))
+        except BanStoreError as e:
+            raise ConfigError(f"{e}; refusing to start without the run's bans") from None
+        validator = UpdateValidator(
+            self._validation_context(),
+            is_banned=self.bans.is_banned,
+            max_per_author_round=self.config.max_updates_per_author,
+        )
         self.exchange = UpdateExchange(
             self.host,
             self.identity,
             self.run,
             UpdateStore(self.data_dir / "updates"),
-            UpdateValidator(self._validation_context()),
+            validator,
             self._addresses_of,
+            evidence_store=UpdateStore(self.data_dir / "evidence"),
+        )
+        self.defence = DefenceService(
+            host=self.host,
+            identity=self.identity,
+            run=self.run,
+            bans=self.bans,
+            exchange=self.exchange,
+            peers=self.membership.peers,
+            manifest=self.manifest,
         )
         await self.exchange.start()
+        self.defence.start()
         if self.manifest is not None:
             slice_service = SliceService(self.host, self.manifest.run_id)
             await slice_service.start()
             self.history = History(self.data_dir / HISTORY_FILE, self.versions)
+            self.defence.history = self.history
             try:
                 self.engine = RoundEngine(
                     host=self.host,
@@ -169,6 +207,7 @@ class Node:
                     task=self._evaluation_task(),
                     aggregates=self.config.role != "client",
                     slice_service=slice_service,
+                    defence=self.defence,
                 )
             except StrategyError as e:
                 raise ConfigError(f"the run's merge strategy {self.manifest.strategy!r}: {e}") from None
@@ -340,6 +379,8 @@ class Node:
         if self.rpc is not None:
             with contextlib.suppress(Exception):
                 await self.rpc.stop()
+        if self.defence is not None:
+            await self.defence.stop()
         if self.exchange is not None:
             await self.exchange.stop()
         if self.membership is not None:
@@ -381,6 +422,8 @@ class Node:
             record_ttl_s=self.membership.ttl_s,
         )
         fields |= self._update_status() | self._round_status()
+        if self.defence is not None:
+            fields["defence"] = self._defence_status()
         return control_pb2.GetStatusResponse(**fields)
 
     def _round_status(self) -> dict:
@@ -422,6 +465,25 @@ class Node:
             "base_version": self.local.model_version,
         }
 
+    def _defence_status(self) -> control_pb2.Defence:
+        assert self.defence is not None
+        d = self.defence.status_fields()
+        return control_pb2.Defence(
+            bans=[control_pb2.Ban(**b) for b in d.pop("bans")],
+            probation=[control_pb2.Probation(**p) for p in d.pop("probation")],
+            **d,
+        )
+
+    def _peer_defence(self, node_id: str) -> dict:
+        if self.defence is None:
+            return {}
+        ban = self.defence.ban_of(node_id)
+        return {
+            "banned": ban is not None,
+            "ban_reason": ban.reason if ban is not None else "",
+            "probation_rounds_left": self.defence.rounds_left(node_id) if ban is None else 0,
+        }
+
     def list_peers(self) -> control_pb2.ListPeersResponse:
         assert self.membership is not None
         return control_pb2.ListPeersResponse(
@@ -437,6 +499,7 @@ class Node:
                     round=p.record.round,
                     model_version=p.record.model_version,
                     sequence=p.record.sequence,
+                    **self._peer_defence(p.node_id),
                 )
                 for p in self.membership.peers()
             ]

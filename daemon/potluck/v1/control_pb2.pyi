@@ -11,7 +11,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "aggregation")
+    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "aggregation", "defence")
     class RejectedRecordsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class GetStatusResponse(_message.Message):
     PUBLISHED_UPDATES_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_BYTES_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    DEFENCE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     run: str
@@ -98,7 +99,59 @@ class GetStatusResponse(_message.Message):
     published_updates: int
     published_bytes: int
     aggregation: Aggregation
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ...) -> None: ...
+    defence: Defence
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ..., defence: _Optional[_Union[Defence, _Mapping]] = ...) -> None: ...
+
+class Defence(_message.Message):
+    __slots__ = ("bans", "probation", "probation_rounds", "max_updates_per_author", "equivocations_found", "evidence_verified", "evidence_rejected", "evidence_pending", "evidence_published")
+    class EvidenceRejectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BANS_FIELD_NUMBER: _ClassVar[int]
+    PROBATION_FIELD_NUMBER: _ClassVar[int]
+    PROBATION_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPDATES_PER_AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    EQUIVOCATIONS_FOUND_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_PENDING_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    bans: _containers.RepeatedCompositeFieldContainer[Ban]
+    probation: _containers.RepeatedCompositeFieldContainer[Probation]
+    probation_rounds: int
+    max_updates_per_author: int
+    equivocations_found: int
+    evidence_verified: int
+    evidence_rejected: _containers.ScalarMap[str, int]
+    evidence_pending: int
+    evidence_published: int
+    def __init__(self, bans: _Optional[_Iterable[_Union[Ban, _Mapping]]] = ..., probation: _Optional[_Iterable[_Union[Probation, _Mapping]]] = ..., probation_rounds: _Optional[int] = ..., max_updates_per_author: _Optional[int] = ..., equivocations_found: _Optional[int] = ..., evidence_verified: _Optional[int] = ..., evidence_rejected: _Optional[_Mapping[str, int]] = ..., evidence_pending: _Optional[int] = ..., evidence_published: _Optional[int] = ...) -> None: ...
+
+class Ban(_message.Message):
+    __slots__ = ("node_id", "reason", "round", "evidence_id", "since")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    reason: str
+    round: int
+    evidence_id: str
+    since: float
+    def __init__(self, node_id: _Optional[str] = ..., reason: _Optional[str] = ..., round: _Optional[int] = ..., evidence_id: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
+
+class Probation(_message.Message):
+    __slots__ = ("node_id", "rounds_left")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    rounds_left: int
+    def __init__(self, node_id: _Optional[str] = ..., rounds_left: _Optional[int] = ...) -> None: ...
 
 class Aggregation(_message.Message):
     __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s")
@@ -147,7 +200,7 @@ class ListPeersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("node_id", "peer_id", "addrs", "role", "agent_version", "last_seen", "expires_at", "round", "model_version", "sequence")
+    __slots__ = ("node_id", "peer_id", "addrs", "role", "agent_version", "last_seen", "expires_at", "round", "model_version", "sequence", "banned", "ban_reason", "probation_rounds_left")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRS_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +211,9 @@ class Peer(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    BANNED_FIELD_NUMBER: _ClassVar[int]
+    BAN_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROBATION_ROUNDS_LEFT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     addrs: _containers.RepeatedScalarFieldContainer[str]
@@ -168,7 +224,10 @@ class Peer(_message.Message):
     round: int
     model_version: str
     sequence: int
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., agent_version: _Optional[str] = ..., last_seen: _Optional[float] = ..., expires_at: _Optional[float] = ..., round: _Optional[int] = ..., model_version: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    banned: bool
+    ban_reason: str
+    probation_rounds_left: int
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., agent_version: _Optional[str] = ..., last_seen: _Optional[float] = ..., expires_at: _Optional[float] = ..., round: _Optional[int] = ..., model_version: _Optional[str] = ..., sequence: _Optional[int] = ..., banned: _Optional[bool] = ..., ban_reason: _Optional[str] = ..., probation_rounds_left: _Optional[int] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers",)
