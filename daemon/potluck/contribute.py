@@ -121,6 +121,11 @@ class Contributor:
             if engine.status.phase != "collecting" or r <= self.stats.last_round:
                 await asyncio.sleep(0.2)
                 continue
+            if any(
+                u.author == identity.public_key and u.round == r for u in self._node.exchange.held.values()
+            ):
+                self.stats.last_round = r  # published before a restart: a second update would be equivocation
+                continue
             base_version, base_state = engine.version, {k: v.copy() for k, v in engine.state.items()}
             self.stats.last_round = r
             progress = Progress(f"round {r}: training", self._steps)
