@@ -8,10 +8,11 @@ import asyncio
 import time
 from types import SimpleNamespace
 
+import msgpack
 import pytest
 
 from potluck.defence.bans import BanRegistry
-from potluck.defence.evidence import Equivocation, EvidenceRecord, evidence_key
+from potluck.defence.evidence import DOMAIN, RECORD_DOMAIN, Equivocation, EvidenceRecord, evidence_key
 from potluck.defence.service import DefenceError, DefenceService
 from potluck.exchange.service import UpdateExchange
 from potluck.identity import NodeIdentity
@@ -20,6 +21,7 @@ from potluck.store.updates import UpdateStore
 from potluck.updates.codec import encode_update, parse_update
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.updates.validation import UpdateValidator, ValidationContext
+from potluck.wire import pack_pair
 from tests.updates.builders import BASE, RUN, SHAPES, build
 
 ATTACKER, HONEST, LIAR = (NodeIdentity.generate() for _ in range(3))
@@ -148,6 +150,9 @@ def test_bogus_evidence_is_rejected_counted_and_bans_nobody(swarm):
     forged = bytearray(value)
     forged[-1] ^= 1
     dht[evidence_key(RUN, 5)][b"forged"] = bytes(forged)
+    twice = msgpack.packb([DOMAIN, RUN, 5, ATTACKER.public_key, bytes.fromhex(uid(x)), bytes.fromhex(uid(x))])
+    body = msgpack.packb([RECORD_DOMAIN, twice, a.identity.public_key, 1.0])
+    dht[evidence_key(RUN, 5)][b"twice"] = pack_pair(body, a.identity.sign(body))
 
     async def poll():
         for _ in range(2):  # a second look counts nothing twice
@@ -157,7 +162,10 @@ def test_bogus_evidence_is_rejected_counted_and_bans_nobody(swarm):
 
     asyncio.run(poll())
     assert len(b.bans) == 0
-    assert b.defence.rejections == {"wrong_round": 1, "wrong_author": 1, "bad_record_signature": 1}
+    assert b.defence.rejections == {
+        "wrong_round": 1, "wrong_author": 1, "bad_record_signature": 1, "same_update": 1
+    }  # fmt: skip
+    assert b.defence.status_fields()["evidence_rejected"]["same_update"] == 1
     # a participant that names bogus evidence in its entry stops the attempt instead of excluding
     liar = RoundEntry(
         RUN, 5, 0, BASE, LIAR.public_key, (), excluded=((uid(z), records["wrong_author"].evidence_id, 5),)

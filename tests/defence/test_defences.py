@@ -1,0 +1,189 @@
+"""Defences between real nodes: an author that signs two updates for one round is banned by every
+honest node, the round commits without it, the ban shows in `potluck status` and `potluck peers` and
+survives a restart; a node that never saw the two updates bans on the published evidence alone.
+Probation, the allowlist and the norm cap of the manifest hold on the same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from potluck.identity import KEY_FILE, NodeIdentity
+from potluck.localswarm import LocalNode, LocalSwarm, wait_for
+from potluck.manifest import create_manifest, genesis_path
+from potluck.rounds import fixedpoint, schedule
+from potluck.rpc.client import ControlClient
+from potluck.store.versions import VersionStore, atomic_save, version_hash
+from potluck.tasks import genesis, get_task
+from potluck.updates.codec import Update, decode_update, encode_update, parse_update
+from potluck.updates.sparsify import sparsify
+
+pytestmark = pytest.mark.multiprocess
+ROUND_S = 16.0
+HONEST = [NodeIdentity.generate() for _ in range(4)]  # 3 veterans and one newcomer (probation)
+MALLORY = NodeIdentity.generate()  # signs two different updates for one round
+OUTSIDER = NodeIdentity.generate()  # not on the allowlist
+
+
+def potluck_json(*args: str):
+    proc = subprocess.run(
+        [sys.executable, "-m", "potluck", *args, "--json"], capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout)
+
+
+def next_collecting_round(manifest) -> int:
+    r = schedule.round_at(manifest, time.time()) + 1
+    while time.time() < schedule.round_start(manifest, r) + 0.3:
+        time.sleep(0.05)
+    return r
+
+
+def make_update(manifest, base: str, state, author: NodeIdentity, r: int, seed: int, scale=0.05) -> bytes:
+    rng = np.random.default_rng(seed)
+    tensors = tuple(
+        sparsify(name, rng.standard_normal(t.shape).astype(np.float32) * scale, 0.25)
+        for name, t in state.items()
+    )
+    update = Update(
+        manifest.run_id, r, base, author.public_key, int(time.time() * 1000), 10 + seed % 7, tensors
+    )
+    return encode_update(update, author)
+
+
+def publish(node: LocalNode, data: bytes):
+    with ControlClient(node.rpc_address) as client:
+        return client.publish(data)
+
+
+def defence(node: LocalNode) -> dict:
+    return node.status()["defence"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    state, genesis_hash = genesis(get_task("toy"), 0)
+    manifest = create_manifest(
+        NodeIdentity.generate(), "toy", genesis_hash, round_seconds=ROUND_S, density=0.25,
+        admission="allowlist", allow=[a.node_id for a in [*HONEST, MALLORY]], max_update_norm=5.0,
+        probation_rounds=1,
+    )  # fmt: skip
+    path = root / "run.toml"
+    manifest.save(path)
+    atomic_save(state, genesis_path(path))
+    return manifest, path
+
+
+@pytest.fixture(scope="module")
+def swarm(run, tmp_path_factory):
+    _, path = run
+    with LocalSwarm(
+        tmp_path_factory.mktemp("potluck-swarm-"), record_ttl=6, extra_args=["--manifest", str(path)]
+    ) as swarm:
+        swarm.start(3)
+        mallory_dir = swarm.root / "mallory"  # Mallory runs a node too, with the key it signs with
+        mallory_dir.mkdir(mode=0o700)
+        fd = os.open(mallory_dir / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, MALLORY.to_pem())
+        os.close(fd)
+        swarm.add_node(name="mallory").wait_ready()
+        swarm.wait_all_see(3)
+        yield swarm
+
+
+def test_equivocation_bans_the_author_everywhere_and_the_round_commits_without_it(run, swarm):
+    manifest, _ = run
+    honest_nodes, mallory_node = swarm.nodes[:3], swarm.nodes[3]
+    versions = VersionStore(honest_nodes[0].data_dir / "versions")
+
+    # round r1: three new authors, all on probation (weight 0): listed, version unchanged
+    r1 = next_collecting_round(manifest)
+    v0 = honest_nodes[0].status()["version"]
+    state0 = versions.get(v0)
+    for i, node in enumerate(honest_nodes):
+        assert publish(node, make_update(manifest, v0, state0, HONEST[i], r1, seed=i)).accepted
+    wait_for(lambda: all(n.status()["committed_round"] >= r1 for n in honest_nodes), ROUND_S + 10, "round 1")
+    log = potluck_json("log", "--data-dir", str(honest_nodes[0].data_dir))
+    assert log[-1]["round"] == r1 and log[-1]["updates"] == 3 and len(log[-1]["contributors"]) == 3
+    assert {n.status()["version"] for n in honest_nodes} == {v0}  # all weighed 0
+
+    # round r2: the veterans count, a newcomer is on probation, Mallory equivocates
+    r2 = next_collecting_round(manifest)
+    statuses = [n.status() for n in honest_nodes]
+    assert {s["version"] for s in statuses} == {v0}
+    veterans = [make_update(manifest, v0, state0, HONEST[i], r2, seed=10 + i) for i in range(3)]
+    newcomer = make_update(manifest, v0, state0, HONEST[3], r2, seed=13)
+    first = make_update(manifest, v0, state0, MALLORY, r2, seed=20)
+    second = make_update(manifest, v0, state0, MALLORY, r2, seed=21)
+    assert publish(honest_nodes[1], second).accepted  # Mallory slips one update to node 1 ...
+    assert publish(mallory_node, first).accepted  # ... and announces another one itself
+    for i, data in enumerate(veterans):
+        assert publish(honest_nodes[i], data).accepted
+    assert publish(honest_nodes[2], newcomer).accepted
+    # the manifest's allowlist and norm cap hold on a real node
+    reply = publish(honest_nodes[0], make_update(manifest, v0, state0, OUTSIDER, r2, seed=30))
+    assert (reply.accepted, reply.reason) == (False, "not_admitted")
+    reply = publish(honest_nodes[0], make_update(manifest, v0, state0, HONEST[3], r2, seed=31, scale=1.0))
+    assert (reply.accepted, reply.reason) == (False, "norm_exceeded")
+
+    def banned_everywhere() -> bool:
+        return all(any(b["node_id"] == MALLORY.node_id for b in defence(n)["bans"]) for n in honest_nodes)
+
+    wait_for(banned_everywhere, ROUND_S, "every honest node to ban Mallory")
+    bans = [next(b for b in defence(n)["bans"] if b["node_id"] == MALLORY.node_id) for n in honest_nodes]
+    assert {(b["reason"], b["round"]) for b in bans} == {("equivocation", r2)}
+    assert len({b["evidence_id"] for b in bans}) == 1  # the same evidence, whoever found it
+    reply = publish(honest_nodes[0], make_update(manifest, v0, state0, MALLORY, r2, seed=22))
+    assert (reply.accepted, reply.reason) == (False, "banned")
+
+    wait_for(lambda: all(n.status()["committed_round"] >= r2 for n in honest_nodes), ROUND_S + 10, "round 2")
+    after = [n.status() for n in honest_nodes]
+    assert len({s["version"] for s in after}) == 1, "honest nodes disagree"
+    carried = [
+        (manifest.update_weight(decode_update(d).update.sample_count), decode_update(d)) for d in veterans
+    ]
+    expected, _ = fixedpoint.local_average(
+        state0, fixedpoint.Layout.from_state(state0), carried, manifest.outer_lr
+    )
+    assert after[0]["version"] == version_hash(expected)  # veterans only: no Mallory, newcomer weighs 0
+    log = potluck_json("log", "--data-dir", str(honest_nodes[2].data_dir))
+    assert log[-1]["round"] == r2 and log[-1]["updates"] == 4  # 3 veterans + the newcomer, listed
+    assert MALLORY.node_id not in log[-1]["contributors"] and HONEST[3].node_id in log[-1]["contributors"]
+    for s in after:
+        assert s["rejected_updates"]["equivocation"] + s["rejected_updates"]["banned"] >= 1
+
+    # what people see: status and peers, as JSON
+    status = potluck_json("status", "--data-dir", str(honest_nodes[2].data_dir))
+    assert any(b["node_id"] == MALLORY.node_id for b in status["defence"]["bans"])
+    assert status["defence"]["evidence_verified"] >= 1 and status["defence"]["probation_rounds"] == 1
+    assert not any(p["node_id"] == HONEST[3].node_id for p in status["defence"]["probation"])  # served in r2
+    peers = potluck_json("peers", "--data-dir", str(honest_nodes[2].data_dir))
+    (seen,) = [p for p in peers if p["node_id"] == MALLORY.node_id]
+    assert seen["banned"] and seen["ban_reason"] == "equivocation"
+    assert not any(p["banned"] for p in peers if p["node_id"] != MALLORY.node_id)
+
+    # a node that never saw the two updates bans on the published evidence alone
+    late = swarm.add_node(name="late").wait_ready()
+    wait_for(
+        lambda: any(b["node_id"] == MALLORY.node_id for b in defence(late)["bans"]), ROUND_S, "the late node"
+    )
+    assert defence(late)["equivocations_found"] == 0 and defence(late)["evidence_verified"] == 1
+
+    # bans survive a restart
+    node = honest_nodes[2]
+    assert node.stop() == 0
+    node.start().wait_ready()
+    assert any(b["node_id"] == MALLORY.node_id for b in defence(node)["bans"])
+    wait_for(lambda: any(p["node_id"] == MALLORY.node_id for p in node.peers()), 20, "peers after restart")
+    (seen,) = [p for p in node.peers() if p["node_id"] == MALLORY.node_id]
+    assert seen["banned"]
+    assert parse_update(first).update_id != parse_update(second).update_id
+    assert (Path(node.data_dir) / "bans").is_dir()
