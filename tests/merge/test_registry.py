@@ -30,6 +30,7 @@ KINDS = {
     "centered_clip": "vector",
     "multi_krum": "vector",
     "geometric_median": "vector",
+    "norm_filter": "coordinate",
 }
 
 

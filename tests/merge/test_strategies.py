@@ -24,6 +24,7 @@ ALL = (
     "centered_clip",
     "multi_krum",
     "geometric_median",
+    "norm_filter",
 )
 
 

@@ -33,6 +33,7 @@ name                   kind        rule (args)
 ``dare``               coordinate  seeded drop p, rescale 1/(1-p), weighted mean (``p``, ``lambda``)
 ``trimmed_mean``       coordinate  drop b = floor(beta n) each end (``beta``, ``sparse``, ``min_support``)
 ``coordinate_median``  coordinate  median (``sparse``, ``min_support``)
+``norm_filter``        coordinate  drop far-out norms, clip, mean (``reject``, ``clip``)
 ``centered_clip``      vector      iterative L2 clipping around v (``tau``, ``iterations``, ``start``, ...)
 ``multi_krum``         vector      average the m best Krum scores (``f``, ``m``)
 ``geometric_median``   vector      Weiszfeld (``iterations``, ``eps``)
@@ -63,6 +64,10 @@ Every built-in ``coordinate`` strategy has it; a vector strategy raises :class:`
 :func:`supports_columns` says whether a strategy can: a third-party ``coordinate`` strategy without
 ``merge_columns`` (or a :class:`BaseStrategy` subclass without ``windowed = True``) counts as a
 vector strategy and is merged where the updates are gathered.
+
+``norm_filter`` is the recommended robust strategy (bench/robust.py): a coordinate strategy after a
+per-round step that needs each update's norm, which every node holding the round's updates computes
+(:mod:`potluck.merge.norm_filter`).
 
 Sparse-aware robust aggregation (the default of ``coordinate_median`` and ``trimmed_mean``, and of
 centered_clip's median start) is described in :mod:`potluck.merge.robust`.

@@ -31,6 +31,7 @@ BUILTINS: dict[str, str] = {
     "centered_clip": "potluck.merge.robust:CenteredClip",
     "multi_krum": "potluck.merge.robust:MultiKrum",
     "geometric_median": "potluck.merge.robust:GeometricMedian",
+    "norm_filter": "potluck.merge.norm_filter:NormFilter",
 }
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 

@@ -22,8 +22,11 @@ their own coordinates at will). ``min_support = 2f + 1`` pads such coordinates w
 them robust to f attackers per coordinate, but on sparse non-IID updates almost no coordinate is
 touched by that many deltas, and the aggregate degrades to the dense rule's zeros. ``sparse = false``
 is the classical rule over all n deltas (the same as ``min_support = n``). For a robust default on
-sparse updates use ``centered_clip`` (a vector rule whose start is the sparse-aware median and whose
-clipping bounds every delta's influence; its start pads to a majority) or ``geometric_median``.
+sparse updates use ``norm_filter`` (:mod:`potluck.merge.norm_filter`: drops deltas far above the
+median norm, clips and averages the rest); ``centered_clip`` (a vector rule whose start is the
+sparse-aware median and whose clipping bounds every delta's influence; its start pads to a majority)
+and ``geometric_median`` bound large attacks too but, on non-IID sparse updates, let a clipped
+attacker cancel much of the honest mean (bench/README.md).
 """
 
 from __future__ import annotations
