@@ -14,6 +14,7 @@ from potluck.rounds.fixedpoint import (
     PartialResult,
     checksum,
     contribution,
+    contribution_at,
     local_average,
     new_sentinel,
     next_version,
@@ -245,3 +246,20 @@ def test_checksum_is_linear_and_exact():
     b = rng.integers(-(2**48), 2**48, 10_001)
     assert checksum(a) + checksum(b) == checksum(a + b)
     assert checksum(a) == sum((1 + i % 7) * int(v) for i, v in enumerate(a))
+
+
+def test_contribution_at_is_the_contribution_at_those_columns():
+    rng = np.random.default_rng(5)
+    state = {"a": np.zeros((30, 7), np.float32), "b": np.zeros(50, np.float32)}
+    layout = Layout.from_state(state)
+    carried = []
+    for i in range(4):
+        tensors = []
+        for name, arr in sorted(state.items()):
+            idx = np.sort(rng.choice(arr.size, 9, replace=False))
+            vals = (rng.standard_normal(9) * 10.0 ** rng.integers(-6, 7)).astype(np.float32)
+            tensors.append(SparseTensor(name, arr.shape, idx, vals))
+        carried.append((i * 3, Update("r", 0, "00" * 32, b"\x01" * 32, 1, 1, tuple(tensors))))
+    full = contribution(layout, carried).q
+    for columns in (np.arange(layout.length), np.array([0, 209, 210, 259]), np.array([], dtype=np.int64)):
+        assert np.array_equal(contribution_at(layout, carried, columns), full[columns])

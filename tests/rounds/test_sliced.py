@@ -117,3 +117,30 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
             assert convicted[0]["round"] == r
         assert trusting.status()["aggregation"].get("audited_coordinates", 0) == 0
         assert "convicted" in honest[0].log_path.read_text()
+
+
+def test_the_all_reduce_refuses_a_sum_that_is_not_the_signed_updates(tmp_path):
+    """The default weighted mean: a keeper feeding the all-reduce numbers of its own is caught by the
+    others' audits; nothing is committed with its numbers, and once it is gone the run goes on."""
+    manifest, path, state, genesis_hash = _run(tmp_path, 16.0, quorum=3)
+    with LocalSwarm(
+        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
+    ) as swarm:
+        swarm.start(3)
+        liar = swarm.add_node(name="liar", module="tests.rounds.lying_carrier").wait_ready(60)
+        honest = swarm.nodes[:3]
+        swarm.wait_all_see(3)
+        r, _ = _publish_round(swarm, honest, manifest, state, genesis_hash)
+        wait_for(lambda: time.time() > schedule.deadline(manifest, r) + 1, 40, f"round {r} to end")
+        for node in honest:
+            st = node.status()
+            assert st["committed_round"] < r and st["version"] == genesis_hash
+            assert "not the sum of the signed updates" in st["round_error"]
+            assert st["aggregation"]["audited_sums"] >= 1
+        liar.kill_group()
+        swarm.wait_all_see(2, nodes=honest)
+        r2, datas = _publish_round(swarm, honest, manifest, state, genesis_hash)
+        wait_for(lambda: all(n.status()["committed_round"] >= r2 for n in honest), 30, f"round {r2}")
+        assert {n.status()["version"] for n in honest} == {
+            _expected(manifest, state, datas, r2, "weighted_mean")
+        }

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ class RoundStatus:
     audited_coordinates: int = 0
     convicted: dict[str, tuple[int, str]] = field(default_factory=dict)  # reducer id -> (round, fault id)
     bad_faults: int = 0  # published faults that did not prove a lie
+    audited_sums: int = 0  # all-reduce results this node checked against the signed updates
+    unaudited_sums: int = 0  # all-reduce results it could not check (it lacked some of the updates)
     last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
     # slices or gathered merge, whichever the strategy uses), before collecting signatures
 
@@ -344,6 +347,7 @@ class RoundEngine:
             summed, total_weight, contributors = await self._allreduce(
                 r, attempt, participants, digest, contribution, carried, authors, assignment, start, until
             )
+            await self._audit_sum(assignment, summed)
         new_state = await asyncio.to_thread(
             fixedpoint.next_version, self.state, self.layout, summed, total_weight, self.manifest.outer_lr
         )
@@ -374,6 +378,43 @@ class RoundEngine:
         new_state, contributors, total_weight = await asyncio.to_thread(merge)
         participants = [e.node for e in entries]
         return await self._commit(r, new_state, ids, contributors, participants, total_weight, until)
+
+    async def _audit_sum(self, assignment: dict[str, bytes], summed: np.ndarray) -> None:
+        """Recompute a random sample of the all-reduce's integer sums from the signed updates, carrier by
+        carrier, and refuse the result if one differs: a participant that fed the all-reduce something
+        other than its carried updates, or a reducer that returned a wrong part, is caught (but not named:
+        hivemind's parts are not signed; a sliced strategy names the liar). Needs every update of the
+        round, which the exchange fetches anyway; without them the result is not audited (counted)."""
+        if any(uid not in self._exchange.held for uid in assignment):
+            self.status.unaudited_sums += 1
+            return
+
+        def check() -> int | None:
+            length = self.layout.length
+            k = min(AUDIT_SAMPLES * max(1, len(set(assignment.values()))), length)
+            rng = np.random.default_rng(secrets.randbits(128))
+            columns = np.sort(rng.choice(length, size=k, replace=False)).astype(np.int64)
+            expected = np.zeros(k, dtype=np.int64)
+            for carrier in sorted(set(assignment.values())):
+                carried = [
+                    (
+                        self.manifest.update_weight(self._exchange.held[uid].sample_count),
+                        decode_update(self._exchange.read(uid)),
+                    )
+                    for uid, node in assignment.items()
+                    if node == carrier
+                ]
+                expected += fixedpoint.contribution_at(self.layout, carried, columns)
+            wrong = np.flatnonzero(expected != summed[columns])
+            return int(columns[wrong[0]]) if wrong.size else None
+
+        column = await asyncio.to_thread(check)
+        self.status.audited_sums += 1
+        if column is not None:
+            raise AttemptFailed(
+                f"the all-reduce's sum at coordinate {column} is not the sum of the signed updates: "
+                "refusing to sign it"
+            )
 
     async def _wait_for_updates(self, ids: list[str], until: float) -> None:
         while missing := [uid for uid in ids if uid not in self._exchange.held]:
@@ -789,6 +830,8 @@ class RoundEngine:
             ],
             bad_faults=st.bad_faults,
             last_merge_s=st.last_merge_s,
+            audited_sums=st.audited_sums,
+            unaudited_sums=st.unaudited_sums,
         )
 
 

@@ -219,6 +219,39 @@ def contribution(layout: Layout, carried: Iterable[tuple[int, Update | SignedUpd
     return Contribution(q, total_weight, count, clipped)
 
 
+def contribution_at(
+    layout: Layout, carried: Iterable[tuple[int, Update | SignedUpdate]], columns: np.ndarray
+) -> np.ndarray:
+    """``contribution(layout, carried).q[columns]`` (sorted unique flat ``columns``), computing only those
+    coordinates: what an auditor recomputes of a carrier's share of the all-reduce."""
+    columns = np.asarray(columns, dtype=np.int64)
+    q = np.zeros(columns.size, dtype=np.int64)
+    bound = float(BOUND)
+    for weight, update in carried:
+        if isinstance(update, SignedUpdate):
+            update = update.update
+        if weight == 0:
+            continue
+        for t in update.tensors:
+            slot = layout.slot(t.name)
+            idx = np.asarray(t.indices, dtype=np.int64) + slot.offset
+            if idx.size == 0:
+                continue
+            order = np.argsort(idx, kind="stable")
+            idx = idx[order]
+            pos = np.minimum(np.searchsorted(idx, columns), idx.size - 1)
+            hit = idx[pos] == columns
+            if not hit.any():
+                continue
+            x = np.asarray(t.values)[order][pos[hit]].astype(np.float64) * float(weight)
+            x *= _INV_QUANTUM
+            np.rint(x, out=x)
+            np.clip(x, -bound, bound, out=x)
+            q[hit] += x.astype(np.int64)
+    np.clip(q, -BOUND, BOUND, out=q)
+    return q
+
+
 def checksum(values: np.ndarray) -> int:
     """An exact linear checksum of an integer vector: ``sum_i (1 + i % 7) * v_i`` as a Python int.
 

@@ -154,7 +154,7 @@ class Probation(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., rounds_left: _Optional[int] = ...) -> None: ...
 
 class Aggregation(_message.Message):
-    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s")
+    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     AUDITED_SLICES_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,8 @@ class Aggregation(_message.Message):
     CONVICTED_FIELD_NUMBER: _ClassVar[int]
     BAD_FAULTS_FIELD_NUMBER: _ClassVar[int]
     LAST_MERGE_S_FIELD_NUMBER: _ClassVar[int]
+    AUDITED_SUMS_FIELD_NUMBER: _ClassVar[int]
+    UNAUDITED_SUMS_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     placement: str
     audited_slices: int
@@ -169,7 +171,9 @@ class Aggregation(_message.Message):
     convicted: _containers.RepeatedCompositeFieldContainer[Conviction]
     bad_faults: int
     last_merge_s: float
-    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ...) -> None: ...
+    audited_sums: int
+    unaudited_sums: int
+    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ...) -> None: ...
 
 class Conviction(_message.Message):
     __slots__ = ("node_id", "round", "fault_id")
