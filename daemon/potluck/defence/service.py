@@ -275,9 +275,8 @@ class DefenceService:
     def exclusions(self, round_: int) -> tuple[tuple[str, str, int], ...]:
         """(update id, evidence id, evidence round) for the round's updates by banned authors that this
         node knows of: held, seen by the validator, or named by evidence."""
-        known: dict[str, bytes] = {
-            u.update_id: u.author for u in self._exchange.held.values() if u.round == round_
-        }
+        held = list(self._exchange.held.values())  # the validating thread may add meanwhile
+        known: dict[str, bytes] = {u.update_id: u.author for u in held if u.round == round_}
         known.update(self._exchange.validator.ids_by(round_))
         for claim in self.verified.values():
             if claim.round == round_:
@@ -333,7 +332,7 @@ class DefenceService:
         for claim in self.verified.values():
             if uid in claim.update_ids:
                 return claim.author
-        for (author, _), ids in self._exchange.validator.signed_ids.items():
+        for (author, _), ids in list(self._exchange.validator.signed_ids.items()):
             if uid in ids:
                 return author
         return None
@@ -372,7 +371,7 @@ class DefenceService:
         if n == 0:
             return {}
         counts = self.contributions()
-        authors = set(counts) | {node_id_of(u.author) for u in self._exchange.held.values()}
+        authors = set(counts) | {node_id_of(u.author) for u in list(self._exchange.held.values())}
         out = {a: probation.rounds_left(counts.get(a, 0), n) for a in sorted(authors)}
         return {a: left for a, left in out.items() if left > 0 and not self.bans.is_banned(bytes.fromhex(a))}
 

@@ -105,7 +105,8 @@ class UpdateValidator:
 
     def ids_by(self, round_: int) -> dict[str, bytes]:
         """update id -> author of the validly signed updates seen for ``round_`` (within the limit)."""
-        return {uid: author for (author, r), ids in self.signed_ids.items() if r == round_ for uid in ids}
+        items = list(self.signed_ids.items())  # one C call each: safe beside the validating thread
+        return {uid: author for (author, r), ids in items if r == round_ for uid in tuple(ids)}
 
     def _validate(self, data: bytes) -> SignedUpdate:
         ctx = self.context
