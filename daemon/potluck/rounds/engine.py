@@ -398,7 +398,7 @@ class RoundEngine:
             for carrier in sorted(set(assignment.values())):
                 carried = [
                     (
-                        self.manifest.update_weight(self._exchange.held[uid].sample_count),
+                        self._weight(uid, self._exchange.held[uid].sample_count),  # probation: 0
                         decode_update(self._exchange.read(uid)),
                     )
                     for uid, node in assignment.items()
