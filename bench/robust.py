@@ -1,7 +1,9 @@
 """Benchmark: merge strategies against Byzantine contributors on non-IID digits (potluck.merge).
 
-    python bench/robust.py            # every strategy x every attack; ~4-6 minutes on 2 cores
-    python bench/robust.py --quick    # 6 strategies, fewer rounds; ~1.5 minutes
+    python bench/robust.py            # every strategy x every attack; ~5-8 minutes on 2 cores
+    python bench/robust.py --quick    # 7 strategies, fewer rounds; ~1.5 minutes
+    python bench/robust.py --seed 1 --strategies mean,norm_filter --attacks sign_flip,ipm_100 --rounds 12
+    python bench/robust.py --strategies norm_filter,centered_clip --attacks ipm_2,ipm_4  # IPM, any eps
 
 The round loop of bench/federated.py (same task args, shards, K, density 2%, int8, error feedback,
 real codec: encode with the contributor's Ed25519 key, decode with the signature checked), with the
@@ -12,7 +14,8 @@ contributor would (training on its shard, its own error feedback; ``label_flip``
 labels), then sends ``attack(delta)`` through the same codec at the same density, claiming its real
 sample count. ``honest_only`` is the 6 honest contributors alone with the ``mean`` strategy: the
 accuracy robust merging should keep. Final held-out accuracy per strategy and attack -> JSON on
-stdout, heatmap PNG (``--out``). Also a small simulation of the sparse-aware rule: relative error of
+stdout, heatmap PNG (``--out``). ``--seed`` changes the initial weights and every contributor's
+training stream (the shards are fixed). Also a small simulation of the sparse-aware rule: relative error of
 each coordinate-wise aggregate against the honest mean on real top-1% digits updates.
 """
 
@@ -55,8 +58,18 @@ STRATEGIES: dict[str, tuple[str, dict]] = {  # label -> (strategy name, args)
     "centered_clip": ("centered_clip", {}),
     "multi_krum": ("multi_krum", {}),
     "geometric_median": ("geometric_median", {}),
+    "norm_filter": ("norm_filter", {}),
+    "norm_filter_clip_only": ("norm_filter", {"reject": 0, "clip": 1}),  # clip to the median norm, mean
 }
-QUICK = ("mean", "trimmed_mean", "coordinate_median", "centered_clip", "multi_krum", "geometric_median")
+QUICK = (
+    "mean",
+    "trimmed_mean",
+    "coordinate_median",
+    "centered_clip",
+    "multi_krum",
+    "geometric_median",
+    "norm_filter",
+)
 SIM_LABELS = (
     "mean",
     "coordinate_median_dense",
@@ -65,8 +78,17 @@ SIM_LABELS = (
     "trimmed_mean_dense",
     "trimmed_mean",
     "centered_clip",
+    "norm_filter",
 )
-ROBUST = ("trimmed_mean", "coordinate_median", "centered_clip", "multi_krum", "geometric_median")
+# robust rules with their default args: the recommended default is the one with the smallest worst drop
+ROBUST = (
+    "trimmed_mean",
+    "coordinate_median",
+    "centered_clip",
+    "multi_krum",
+    "geometric_median",
+    "norm_filter",
+)
 
 
 def log(*parts: object) -> None:
@@ -201,6 +223,13 @@ def sparse_simulation(cfg: dict) -> dict:
     return out
 
 
+def _is_ipm(attack: str) -> bool:
+    try:
+        return attack.startswith("ipm_") and math.isfinite(float(attack.removeprefix("ipm_")))
+    except ValueError:
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"strategies {QUICK}, 12 rounds")
@@ -213,10 +242,14 @@ def main() -> None:
     ap.add_argument("--outer-lr", type=float, default=1.0)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=0.02)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="initial weights and training streams (default 0)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--strategies", default="", help="comma-separated subset of the labels")
-    ap.add_argument("--attacks", default="", help="comma-separated subset of " + ",".join(attacks.ATTACKS))
+    ap.add_argument("--strategies", default="", help="comma-separated subset of: " + ",".join(STRATEGIES))
+    ap.add_argument(
+        "--attacks",
+        default="",
+        help="comma-separated subset of " + ",".join(attacks.ATTACKS) + " (or ipm_EPS for any EPS)",
+    )
     ap.add_argument("--out", default="bench/out/robust.png")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -225,6 +258,10 @@ def main() -> None:
     cols = args.attacks.split(",") if args.attacks else list(attacks.ATTACKS)
     if args.strategies:
         labels = args.strategies.split(",")
+    unknown = [s for s in labels if s not in STRATEGIES]
+    unknown += [a for a in cols if a not in attacks.ATTACKS and not _is_ipm(a)]
+    if unknown:
+        ap.error(f"unknown strategy label(s) or attack(s) {unknown}; labels: {', '.join(STRATEGIES)}")
     cfg = {
         "rounds": rounds,
         "contributors": args.contributors,
