@@ -116,6 +116,16 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
             assert [c["node_id"] for c in convicted] == [liar_id], node.log_tail()
             assert convicted[0]["round"] == r
         assert trusting.status()["aggregation"].get("audited_coordinates", 0) == 0
+        for node in honest:  # a ban for the run, in status and in the peer list
+            bans = node.status()["defence"]["bans"]
+            assert [(b["node_id"], b["reason"]) for b in bans] == [(liar_id, "lying_reducer")]
+            listed = {p["node_id"]: p for p in node.peers()}
+            assert listed[liar_id]["banned"] and listed[liar_id]["ban_reason"] == "lying_reducer"
+        restarted = honest[1]
+        restarted.stop()
+        restarted.start().wait_ready(60)
+        convicted = restarted.status()["aggregation"]["convicted"]
+        assert [c["node_id"] for c in convicted] == [liar_id]  # still out after a restart
         assert "convicted" in honest[0].log_path.read_text()
 
 

@@ -68,6 +68,7 @@ MAX_SIGNED_COMMIT_BYTES = 14 << 10
 COMMIT_TTL_S = 24 * 3600.0
 CATCH_UP_PERIOD_S = 2.0
 AUDIT_SAMPLES = 256  # coordinates of every other reducer's slice each participant recomputes
+LYING_REDUCER = "lying_reducer"  # the ban reason of a convicted reducer
 MAX_FAULTS_READ = 32  # reducer faults verified per attempt (each costs a signature and a recomputation)
 
 
@@ -140,7 +141,6 @@ class RoundEngine:
         task: TrainableTask | None = None,
         aggregates: bool = True,
         slice_service: SliceService | None = None,
-        on_convicted: Callable[[bytes, int, str], None] = lambda node, round_, fault_id: None,
         defence: DefenceService | None = None,
     ):
         self._host, self._identity, self.manifest = host, identity, manifest
@@ -162,13 +162,16 @@ class RoundEngine:
         self._sliced = (
             self._strategy is not None and slice_service is not None and supports_columns(self._strategy)
         )
-        self._on_convicted = on_convicted
         self._defence = defence  # bans and probation ride on the round entries (see _entry_extras)
         self._seniors: set[str] = set()  # this attempt's updates past probation (entries.senior_ids)
         self._faults_seen: set[bytes] = set()  # fault subkeys verified, or proven bogus
         self._merge_started = 0.0
         self._evaluation: asyncio.Task | None = None
         self.status = RoundStatus()
+        for ban in defence.bans.list() if defence is not None else ():
+            if ban.reason == LYING_REDUCER:  # convicted before a restart: still out
+                self.status.convicted[node_id_of(ban.node_id)] = (ban.round, ban.evidence_id)
+                self._faults_seen.add(bytes.fromhex(ban.evidence_id))
         self._loop_task: asyncio.Task | None = None
         latest = history.latest()
         self.version = latest.version if latest is not None else manifest.genesis
@@ -312,7 +315,7 @@ class RoundEngine:
         expected = 1 + sum(
             p.record.model_version == self.version
             and p.record.role != "client"
-            and p.node_id not in self.status.convicted
+            and not self._excluded(bytes.fromhex(p.node_id))
             for p in self._peers()
         )
         entries = await self._read_entries(key, r, attempt)
@@ -514,7 +517,7 @@ class RoundEngine:
             self.status.audited_slices += 1
             self.status.audited_coordinates += min(AUDIT_SAMPLES, header.hi - header.lo)
             if fault is not None:
-                await self._publish_fault(fault, r)
+                await self._publish_fault(fault)
                 raise AttemptFailed(
                     f"reducer {node_id_of(node)[:16]} signed a wrong value at coordinate {fault.column}: "
                     f"convicted, fault {fault.id[:12]} published"
@@ -546,23 +549,29 @@ class RoundEngine:
         """This node's slice of the merged delta (tests replace it to make a lying reducer)."""
         return np.asarray(recompute(np.arange(lo, hi, dtype=np.int64)), dtype=np.float64)
 
-    async def _publish_fault(self, fault: slices.ReducerFault, r: int) -> None:
-        header = fault.header()
-        self._convict(header.reducer, header.round, fault.id)
+    async def _publish_fault(self, fault: slices.ReducerFault) -> None:
+        self._convict(fault, fault.header().round)
         self._faults_seen.add(bytes.fromhex(fault.id))
         await self._host.store(
             faults_key(self.run_id), bytes.fromhex(fault.id), fault.to_bytes(), time.time() + COMMIT_TTL_S
         )
 
-    def _convict(self, reducer: bytes, round_: int, fault_id: str) -> None:
+    def _excluded(self, node: bytes) -> bool:
+        """A participant convicted of a wrong slice (this session or, through the run's persisted bans,
+        before a restart): its entries are ignored, so it takes no part in any attempt."""
+        return node_id_of(node) in self.status.convicted
+
+    def _convict(self, fault: slices.ReducerFault, round_: int) -> None:
+        reducer, fault_id = fault.header().reducer, fault.id
         node = node_id_of(reducer)
         if node in self.status.convicted:
             return
         self.status.convicted[node] = (round_, fault_id)
+        if self._defence is not None:  # a ban for the run: persisted, shown in status and peers
+            self._defence.bans.ban(reducer, LYING_REDUCER, round_, fault_id, evidence=fault.to_bytes())
         logger.warning(
             f"reducer {node[:16]} convicted of a wrong slice in round {round_} (fault {fault_id[:12]})"
         )
-        self._on_convicted(reducer, round_, fault_id)
 
     async def _learn_faults(self) -> None:
         """Verify reducer faults other participants published; convict those they prove. A fault is
@@ -599,7 +608,7 @@ class RoundEngine:
                 logger.info(f"ignoring a reducer fault: {e}")
                 continue
             self._faults_seen.add(subkey)
-            self._convict(header.reducer, header.round, fault.id)
+            self._convict(fault, header.round)
 
     async def _commit(
         self, r: int, new_state: dict[str, np.ndarray], update_ids: list[str], contributors: list[str],
@@ -641,7 +650,7 @@ class RoundEngine:
                 continue
             if entry.base != self.version:  # on another branch: it will sync, not take part
                 continue
-            if node_id_of(entry.node) in self.status.convicted:
+            if self._excluded(entry.node):
                 continue
             entries.append(entry)
         return entries
