@@ -21,8 +21,8 @@ whatever the attackers send, and one delta kept among k others moves their mean 
 ``2 * clip * med / (k + 1)`` (plus what it changes of the median, which stays in the honest range).
 On the benchmark's non-IID digits (8 contributors, top-2% int8 updates) honest norms stay within
 0.68-1.83x of the round's median over 30 rounds and 2 seeds, so the defaults neither drop nor clip
-an honest delta there; the x1000 attacks and IPM with eps = 100 (hundreds of times the median) are
-dropped outright.
+an honest delta there; the x1000 attacks (760x the median and more) and IPM with eps = 100 (26-37x)
+are dropped outright.
 
 **Why dropping, not clipping.** Honest non-IID sparse deltas are nearly orthogonal (pairwise cosines
 within about +-0.2 after the first rounds), so their mean is ~1/sqrt(n) as long as each of them. An
