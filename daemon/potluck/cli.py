@@ -223,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--strategy",
         default="weighted_mean",
-        help="how updates are merged: weighted_mean (default, inside the all-reduce), mean, "
-        "task_arithmetic, ties, dare, trimmed_mean, coordinate_median, centered_clip, multi_krum, "
-        "geometric_median, or package.module:factory",
+        help="how updates are merged: weighted_mean (default, inside the all-reduce), norm_filter "
+        "(the recommended robust rule), mean, task_arithmetic, ties, dare, trimmed_mean, "
+        "coordinate_median, centered_clip, multi_krum, geometric_median, or package.module:factory",
     )
     init.add_argument(
         "--strategy-arg", action="append", default=[], metavar="KEY=VALUE", help="strategy argument"
