@@ -162,6 +162,9 @@ class RoundEngine:
         self._sliced = (
             self._strategy is not None and slice_service is not None and supports_columns(self._strategy)
         )
+        # what a sliced attempt merges with: the run's strategy, or (for the all-reduce's retries) the
+        # weighted mean, whose slices have the bytes of the all-reduce's result
+        self._column_strategy = self._strategy if self._sliced else get_strategy(DEFAULT_STRATEGY, {})
         self._defence = defence  # bans and probation ride on the round entries (see _entry_extras)
         self._seniors: set[str] = set()  # this attempt's updates past probation (entries.senior_ids)
         self._faults_seen: set[bytes] = set()  # fault subkeys verified, or proven bogus
@@ -332,7 +335,9 @@ class RoundEngine:
         if not assignment:
             logger.info(f"round {r}: no updates; the version stays {self.version[:12]}")
             return True
-        if self._sliced:
+        if self._sliced or (self._strategy is None and self._slices is not None and attempt > 0):
+            # the weighted mean's retries run sliced too: the same bytes, but a reducer that lies is
+            # named and excluded, where the all-reduce can only refuse a wrong sum (_audit_sum)
             return await self._merge_sliced(r, attempt, entries, assignment, until)
         if self._strategy is not None:
             return await self._merge_gathered(r, entries, assignment, until)
@@ -459,7 +464,7 @@ class RoundEngine:
         seed = self._seed(r)
 
         def recompute(columns: np.ndarray) -> np.ndarray:
-            return self._strategy.merge_columns(
+            return self._column_strategy.merge_columns(
                 updates, weights, round_seed=seed, shapes=shapes, columns=columns
             )
 
@@ -577,8 +582,8 @@ class RoundEngine:
         """Verify reducer faults other participants published; convict those they prove. A fault is
         checked against our own copies of the updates its reducer merged (until we hold them all, it
         waits); one that proves nothing is counted and ignored."""
-        if not self._sliced:
-            return
+        if self._slices is None or (self._strategy is not None and not self._sliced):
+            return  # this run never slices (a gathered strategy)
         try:
             items = await self._host.get(faults_key(self.run_id))
         except Exception as e:
