@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from hivemind.p2p import P2P, P2PContext, PeerID
 
 from potluck.exchange.announcements import MAX_HOLDERS, Announcement, BadAnnouncement, updates_key
+from potluck.exchange.chunks import BadStream, NotHeld, TooLarge, chunked, received
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.store.updates import UpdateStore
 from potluck.swarm.host import SwarmHost
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 HANDLER = "potluck.v1.GetUpdate"
 PUSH_HANDLER = "potluck.v1.PushUpdate"
 PUSH_TIMEOUT_S = 30.0
-CHUNK_BYTES = 1 << 20  # below p2pd's 2 MiB message limit with room for framing
 ANNOUNCE_TTL_S = 120.0
 POLL_INTERVAL_S = 1.0
 FETCH_TIMEOUT_S = 10.0  # plus the update's size at MIN_FETCH_BYTES_PER_S: a dead holder costs seconds
@@ -258,31 +258,21 @@ class UpdateExchange:
     ) -> AsyncIterator[exchange_pb2.UpdateChunk]:
         update_id = request.update_id.hex()
         data = await asyncio.to_thread(self.read_any, update_id) if self._servable(update_id) else None
-        if data is None:
-            yield exchange_pb2.UpdateChunk(total_size=0)
-            return
-        for offset in range(0, len(data), CHUNK_BYTES):
-            chunk = data[offset : offset + CHUNK_BYTES]
-            yield exchange_pb2.UpdateChunk(total_size=len(data) if offset == 0 else 0, data=chunk)
+        for chunk in chunked(data):
+            yield chunk
 
     async def _receive_push(
         self, chunks: AsyncIterator[exchange_pb2.UpdateChunk], context: P2PContext
     ) -> exchange_pb2.PushUpdateResponse:
         """A client-mode node hands us its update: bounded receive, then the same validation as any."""
         limit = self.validator.context.limits.max_bytes
-        buffer, total = bytearray(), None
-        async for chunk in chunks:
-            if total is None:
-                total = chunk.total_size
-                if not 0 < total <= limit:
-                    return exchange_pb2.PushUpdateResponse(accepted=False, reason=Reason.OVERSIZED.value)
-            buffer += chunk.data
-            if len(buffer) > total:
-                return exchange_pb2.PushUpdateResponse(accepted=False, reason=Reason.MALFORMED.value)
-        if total is None or len(buffer) != total:
-            return exchange_pb2.PushUpdateResponse(accepted=False, reason=Reason.MALFORMED.value)
         try:
-            held = await self.accept(bytes(buffer), "pushed")
+            data = await received(chunks, limit)
+        except (NotHeld, BadStream) as e:
+            reason = Reason.OVERSIZED if isinstance(e, TooLarge) else Reason.MALFORMED
+            return exchange_pb2.PushUpdateResponse(accepted=False, reason=reason.value)
+        try:
+            held = await self.accept(data, "pushed")
         except UpdateRejected as e:
             return exchange_pb2.PushUpdateResponse(accepted=False, reason=e.reason.value)
         logger.info(f"update {held.update_id[:12]} pushed by {context.remote_id}")
@@ -298,11 +288,8 @@ class UpdateExchange:
                     await self._host.connect(peer, addrs)
 
                 async def chunks() -> AsyncIterator[exchange_pb2.UpdateChunk]:
-                    for offset in range(0, max(len(data), 1), CHUNK_BYTES):
-                        yield exchange_pb2.UpdateChunk(
-                            total_size=len(data) if offset == 0 else 0,
-                            data=data[offset : offset + CHUNK_BYTES],
-                        )
+                    for chunk in chunked(data):
+                        yield chunk
 
                 reply = await asyncio.wait_for(
                     self._host.p2p.call_protobuf_handler(
@@ -486,17 +473,7 @@ class UpdateExchange:
             await self._host.connect(peer, addrs)
         request = exchange_pb2.UpdateRequest(update_id=bytes.fromhex(update_id))
         stream = await p2p.iterate_protobuf_handler(peer, HANDLER, request, exchange_pb2.UpdateChunk)
-        buffer, total = bytearray(), None
-        async for chunk in stream:
-            if total is None:
-                total = chunk.total_size
-                if total == 0:
-                    raise FetchFailed("holder does not have it")
-                if total > limit:
-                    raise FetchFailed(f"holder offers {total} bytes, announced/allowed {limit}")
-            buffer += chunk.data
-            if len(buffer) > total:
-                raise FetchFailed("holder sent more than it declared")
-        if total is None or len(buffer) != total:
-            raise FetchFailed("truncated")
-        return bytes(buffer)
+        try:
+            return await received(stream, limit)
+        except (NotHeld, BadStream) as e:
+            raise FetchFailed(f"holder {holder[:16]}: {e}") from None

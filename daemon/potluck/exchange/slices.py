@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Sequence
 
 from hivemind.p2p import P2PContext, PeerID
 
+from potluck.exchange.chunks import BadStream, NotHeld, chunked, received
 from potluck.identity import peer_id_of
 from potluck.swarm.host import SwarmHost
 from potluck.v1 import exchange_pb2
 
 HANDLER = "potluck.v1.GetSlice"
-CHUNK_BYTES = 1 << 20
 KEEP = 8  # attempts whose slices stay served (a slow peer may still be fetching an old one)
 RETRY_S = 0.2
 
@@ -43,12 +43,8 @@ class SliceService:
         self, request: exchange_pb2.SliceRequest, context: P2PContext
     ) -> AsyncIterator[exchange_pb2.UpdateChunk]:
         data = self._offered.get((request.round, request.attempt)) if request.run_id == self._run else None
-        if not data:
-            yield exchange_pb2.UpdateChunk(total_size=0)
-            return
-        for offset in range(0, len(data), CHUNK_BYTES):
-            chunk = data[offset : offset + CHUNK_BYTES]
-            yield exchange_pb2.UpdateChunk(total_size=len(data) if offset == 0 else 0, data=chunk)
+        for chunk in chunked(data):
+            yield chunk
 
     async def fetch(
         self, reducer: bytes, addrs: Sequence[str], round_: int, attempt: int, limit: int, until: float
@@ -61,9 +57,12 @@ class SliceService:
         last = "no answer"
         while time.time() < until:
             try:
-                data = await asyncio.wait_for(self._download(peer, request, limit), until - time.time())
-            except SliceUnavailable as e:
-                last = str(e)
+                stream = await self._host.p2p.iterate_protobuf_handler(
+                    peer, HANDLER, request, exchange_pb2.UpdateChunk
+                )
+                data = await asyncio.wait_for(received(stream, limit), until - time.time())
+            except (NotHeld, BadStream) as e:
+                last = "not computed yet" if isinstance(e, NotHeld) else str(e)
             except TimeoutError:
                 break
             except Exception as e:  # a transport error: the reducer may be restarting its stream
@@ -72,22 +71,3 @@ class SliceService:
                 return data
             await asyncio.sleep(RETRY_S)
         raise SliceUnavailable(f"slice of {peer_id_of(reducer)[:16]}: {last}")
-
-    async def _download(self, peer: PeerID, request: exchange_pb2.SliceRequest, limit: int) -> bytes:
-        stream = await self._host.p2p.iterate_protobuf_handler(
-            peer, HANDLER, request, exchange_pb2.UpdateChunk
-        )
-        buffer, total = bytearray(), None
-        async for chunk in stream:
-            if total is None:
-                total = chunk.total_size
-                if total == 0:
-                    raise SliceUnavailable("not ready")
-                if total > limit:
-                    raise SliceUnavailable(f"{total} bytes > {limit}")
-            buffer += chunk.data
-            if len(buffer) > total:
-                raise SliceUnavailable("more bytes than declared")
-        if total is None or len(buffer) != total:
-            raise SliceUnavailable("truncated")
-        return bytes(buffer)

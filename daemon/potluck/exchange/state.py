@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from hivemind.p2p import P2PContext, PeerID
 
+from potluck.exchange.chunks import CHUNK_BYTES
 from potluck.store.versions import VersionNotFound, VersionStore, tensor_hash
 from potluck.swarm.host import SwarmHost
 from potluck.v1 import exchange_pb2
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 TENSOR_HANDLER = "potluck.v1.GetTensor"
 MANIFEST_HANDLER = "potluck.v1.GetManifest"
-CHUNK_BYTES = 1 << 20
+
 TENSOR_TIMEOUT_S = 120.0
 MAX_TENSOR_BYTES = 16 << 30
 _DTYPES = {"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|i1", "|u1", "|b1", "<u2", "<u4", "<u8"}
