@@ -6,83 +6,26 @@ node names it, with a fault that anyone holding the updates can check."""
 
 from __future__ import annotations
 
-import hashlib
-import time
-
-import numpy as np
 import pytest
 
-from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalSwarm, wait_for
-from potluck.manifest import create_manifest, genesis_path
-from potluck.merge import get_strategy, next_state
-from potluck.rounds import schedule
-from potluck.rpc.client import ControlClient
-from potluck.store.versions import atomic_save, version_hash
-from potluck.tasks import genesis, get_task
-from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
-from potluck.updates.sparsify import sparsify
+from tests.rounds.attacked_round import expected_version, make_run, publish_attacked_round
 
 pytestmark = pytest.mark.multiprocess
 TASK_ARGS = {"hidden": 128}  # 2692 coordinates: 11 blocks, so every one of 4 reducers has a slice
 
 
-def _run(tmp_path, round_s: float, **rules):
-    state, genesis_hash = genesis(get_task("toy", TASK_ARGS), 0)
-    manifest = create_manifest(
-        NodeIdentity.generate(), "toy", genesis_hash, round_seconds=round_s, task_args=TASK_ARGS,
-        density=0.25, **rules,
-    )  # fmt: skip
-    path = tmp_path / "run.toml"
-    manifest.save(path)
-    atomic_save(state, genesis_path(path))
-    return manifest, path, state, genesis_hash
-
-
-def _publish_round(swarm, nodes, manifest, state, genesis_hash) -> tuple[int, list[bytes]]:
-    """Three honest updates and a sign-flipped x1000 copy, published at the start of the next round."""
-    r = schedule.round_at(manifest, time.time()) + 1
-    while time.time() < schedule.round_start(manifest, r) + 0.3:
-        time.sleep(0.05)
-    rng = np.random.default_rng(r)
-    authors = [NodeIdentity.generate() for _ in range(3)]
-    honest = [
-        Update(manifest.run_id, r, genesis_hash, a.public_key, 1, 10,
-               tuple(sparsify(n, rng.standard_normal(t.shape).astype(np.float32) * 0.05, 0.25)
-                     for n, t in state.items()))
-        for a in authors
-    ]  # fmt: skip
-    mallory = NodeIdentity.generate()
-    flipped = tuple(SparseTensor(t.name, t.shape, t.indices, -1000 * t.values) for t in honest[0].tensors)
-    datas = [encode_update(u, a) for u, a in zip(honest, authors, strict=True)]
-    datas.append(
-        encode_update(Update(manifest.run_id, r, genesis_hash, mallory.public_key, 1, 10, flipped), mallory)
-    )
-    for i, data in enumerate(datas):
-        with ControlClient(nodes[i % len(nodes)].rpc_address) as client:
-            reply = client.publish(data)
-        assert reply.accepted, reply.reason
-    return r, datas
-
-
-def _expected(manifest, state, datas, r, strategy: str) -> str:
-    decoded = [decode_update(d) for d in datas]
-    seed = int.from_bytes(hashlib.sha256(f"{manifest.run_id}/{r}".encode()).digest()[:8], "little")
-    merged = get_strategy(strategy, {}).merge(decoded, [10.0] * len(decoded), round_seed=seed)
-    return version_hash(next_state(state, merged, manifest.outer_lr))
-
-
 def test_sliced_median_agrees_with_an_independent_merge(tmp_path):
-    manifest, path, state, genesis_hash = _run(tmp_path, 16.0, strategy="coordinate_median")
+    manifest, path, state, genesis_hash = make_run(tmp_path, 16.0, TASK_ARGS, strategy="coordinate_median")
     with LocalSwarm(
         tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
     ) as swarm:
         swarm.start(3)
         swarm.wait_all_see(2)
-        r, datas = _publish_round(swarm, swarm.nodes, manifest, state, genesis_hash)
+        r, datas = publish_attacked_round(swarm.nodes, manifest, state, genesis_hash)
         wait_for(lambda: all(n.status()["committed_round"] >= r for n in swarm.nodes), 26, f"round {r}")
         versions = {n.status()["version"] for n in swarm.nodes}
-        assert versions == {_expected(manifest, state, datas, r, "coordinate_median")}
+        assert versions == {expected_version(manifest, state, datas, r, "coordinate_median")}
         for node in swarm.nodes:
             aggregation = node.status()["aggregation"]
             assert aggregation["placement"] == "sliced"
@@ -92,7 +35,9 @@ def test_sliced_median_agrees_with_an_independent_merge(tmp_path):
 
 def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
     # quorum 3 of 4: the liar's own signature cannot commit its lie anywhere; two attempts fit a round
-    manifest, path, state, genesis_hash = _run(tmp_path, 32.0, strategy="trimmed_mean", quorum=3)
+    manifest, path, state, genesis_hash = make_run(
+        tmp_path, 32.0, TASK_ARGS, strategy="trimmed_mean", quorum=3
+    )
     with LocalSwarm(
         tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
     ) as swarm:
@@ -105,9 +50,9 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
         honest = swarm.nodes[:3]
         swarm.wait_all_see(3)
         liar_id = liar.status()["node_id"]
-        r, datas = _publish_round(swarm, honest, manifest, state, genesis_hash)
+        r, datas = publish_attacked_round(honest, manifest, state, genesis_hash)
         wait_for(lambda: all(n.status()["committed_round"] >= r for n in honest), 45, f"round {r}")
-        expected = _expected(manifest, state, datas, r, "trimmed_mean")
+        expected = expected_version(manifest, state, datas, r, "trimmed_mean")
         for node in honest:
             st = node.status()
             assert st["version"] == expected
@@ -134,7 +79,7 @@ def test_the_all_reduce_refuses_a_wrong_sum_and_the_retry_runs_sliced(tmp_path):
     others' audits, so nothing is committed with its numbers; the round's retry runs sliced, where
     that keeper can only reduce its slice from the signed updates, and commits the right bytes."""
     # 48 s rounds: a 12 s aggregation window, 4 s per attempt (the all-reduce has room under load)
-    manifest, path, state, genesis_hash = _run(tmp_path, 48.0, quorum=3)
+    manifest, path, state, genesis_hash = make_run(tmp_path, 48.0, TASK_ARGS, quorum=3)
     with LocalSwarm(
         tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
     ) as swarm:
@@ -142,9 +87,9 @@ def test_the_all_reduce_refuses_a_wrong_sum_and_the_retry_runs_sliced(tmp_path):
         swarm.add_node(name="liar", module="tests.rounds.lying_carrier").wait_ready(60)
         honest = swarm.nodes[:3]
         swarm.wait_all_see(3)
-        r, datas = _publish_round(swarm, honest, manifest, state, genesis_hash)
+        r, datas = publish_attacked_round(honest, manifest, state, genesis_hash)
         wait_for(lambda: all(n.status()["committed_round"] >= r for n in honest), 60, f"round {r}")
-        expected = _expected(manifest, state, datas, r, "weighted_mean")
+        expected = expected_version(manifest, state, datas, r, "weighted_mean")
         for node in honest:
             st = node.status()
             assert st["version"] == expected

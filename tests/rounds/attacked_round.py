@@ -1,0 +1,67 @@
+"""A round under attack, for tests with real nodes: a toy run, three honest updates and a sign-flipped
+x1000 one published at the start of a round, and the version an independent merge of them gives."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from potluck.identity import NodeIdentity
+from potluck.manifest import create_manifest, genesis_path
+from potluck.merge import get_strategy, next_state
+from potluck.rounds import schedule
+from potluck.rpc.client import ControlClient
+from potluck.store.versions import atomic_save, version_hash
+from potluck.tasks import genesis, get_task
+from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
+from potluck.updates.sparsify import sparsify
+
+
+def make_run(tmp_path, round_s: float, task_args=None, **rules):
+    """A signed toy-task manifest and its genesis in ``tmp_path``: (manifest, path, state, genesis hash)."""
+    state, genesis_hash = genesis(get_task("toy", task_args or {}), 0)
+    manifest = create_manifest(
+        NodeIdentity.generate(), "toy", genesis_hash, round_seconds=round_s, task_args=task_args or {},
+        density=0.25, **rules,
+    )  # fmt: skip
+    path = tmp_path / "run.toml"
+    manifest.save(path)
+    atomic_save(state, genesis_path(path))
+    return manifest, path, state, genesis_hash
+
+
+def publish_attacked_round(nodes, manifest, state, genesis_hash) -> tuple[int, list[bytes]]:
+    """Three honest updates and a sign-flipped x1000 copy of the first (by another key), published at
+    the start of the next round, spread over ``nodes``: (round, the four signed updates)."""
+    r = schedule.round_at(manifest, time.time()) + 1
+    while time.time() < schedule.round_start(manifest, r) + 0.3:
+        time.sleep(0.05)
+    rng = np.random.default_rng(r)
+    authors = [NodeIdentity.generate() for _ in range(3)]
+    honest = [
+        Update(manifest.run_id, r, genesis_hash, a.public_key, 1, 10,
+               tuple(sparsify(n, rng.standard_normal(t.shape).astype(np.float32) * 0.05, 0.25)
+                     for n, t in state.items()))
+        for a in authors
+    ]  # fmt: skip
+    mallory = NodeIdentity.generate()
+    flipped = tuple(SparseTensor(t.name, t.shape, t.indices, -1000 * t.values) for t in honest[0].tensors)
+    datas = [encode_update(u, a) for u, a in zip(honest, authors, strict=True)]
+    datas.append(
+        encode_update(Update(manifest.run_id, r, genesis_hash, mallory.public_key, 1, 10, flipped), mallory)
+    )
+    for i, data in enumerate(datas):
+        with ControlClient(nodes[i % len(nodes)].rpc_address) as client:
+            reply = client.publish(data)
+        assert reply.accepted, reply.reason
+    return r, datas
+
+
+def expected_version(manifest, state, datas, r, strategy: str) -> str:
+    """The version an independent merge of ``datas`` with ``strategy`` (default args) gives."""
+    decoded = [decode_update(d) for d in datas]
+    seed = int.from_bytes(hashlib.sha256(f"{manifest.run_id}/{r}".encode()).digest()[:8], "little")
+    merged = get_strategy(strategy, {}).merge(decoded, [10.0] * len(decoded), round_seed=seed)
+    return version_hash(next_state(state, merged, manifest.outer_lr))
