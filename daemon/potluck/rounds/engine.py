@@ -304,7 +304,9 @@ class RoundEngine:
 
     async def _attempt(self, r: int, attempt: int, start: float, until: float) -> bool:
         """One aggregation attempt; True when round r is settled (committed, or nothing to commit)."""
-        await self._learn_faults()  # before reading entries: a convicted reducer takes no part
+        # a previous attempt that overran (hivemind's matchmaking can outlast its timeout) makes every
+        # participant late alike: each then gives the entries a whole window from its own late start
+        entered = max(start, time.time())
         held = sorted(
             u.update_id for u in self._exchange.held.values() if u.round == r and u.base == self.version
         )
@@ -314,7 +316,11 @@ class RoundEngine:
         )  # fmt: skip
         key = entries_key(self.run_id, r, attempt)
         await self._host.store(key, self._identity.public_key, mine.sign(self._identity), start + 3600)
-        await _sleep_until(start + ENTRY_WINDOW_S)
+        # while the entries gather: learn of convicted reducers, so that none takes part (bounded: a slow
+        # DHT must not make this node late for the entries)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._learn_faults(), max(0.0, entered + ENTRY_WINDOW_S - time.time()))
+        await _sleep_until(entered + ENTRY_WINDOW_S)
         expected = 1 + sum(
             p.record.model_version == self.version
             and p.record.role != "client"
@@ -322,13 +328,13 @@ class RoundEngine:
             for p in self._peers()
         )
         entries = await self._read_entries(key, r, attempt)
-        while len(entries) < expected and time.time() < start + ENTRY_WINDOW_S + ENTRY_GRACE_S:
+        while len(entries) < expected and time.time() < entered + ENTRY_WINDOW_S + ENTRY_GRACE_S:
             await asyncio.sleep(0.1)  # a slow DHT under load: every participant waits for the same set
             entries = await self._read_entries(key, r, attempt)
         if self._identity.public_key not in {e.node for e in entries}:
             entries.append(mine)  # our own store may not be visible yet; we know what we said
         entries.sort(key=lambda e: e.node)
-        await self._check_defences(entries, start)
+        await self._check_defences(entries, entered)
         assignment = assign(entries)  # without the updates any entry excludes (banned authors)
         self._seniors = senior_ids(entries)
         self._merge_started = time.time()
@@ -353,7 +359,7 @@ class RoundEngine:
             summed, total_weight, contributors = contribution.q, contribution.weight, authors
         else:
             summed, total_weight, contributors = await self._allreduce(
-                r, attempt, participants, digest, contribution, carried, authors, assignment, start, until
+                r, attempt, participants, digest, contribution, carried, authors, assignment, entered, until
             )
             await self._audit_sum(assignment, summed)
         new_state = await asyncio.to_thread(
