@@ -313,13 +313,15 @@ class UpdateExchange:
     async def _announce_forever(self) -> None:
         while True:
             await self._host.bootstrap.connected_event.wait()
+            # cleared before announcing: an update held while announce_all runs sets it again, so it is
+            # announced at once rather than a third of the TTL later
+            self._announce_now.clear()
             try:
                 await self.announce_all()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 logger.warning(f"announcing updates failed: {type(e).__name__}: {e}")
-            self._announce_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._announce_now.wait(), self._announce_ttl_s / 3)
 

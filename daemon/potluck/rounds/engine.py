@@ -361,7 +361,7 @@ class RoundEngine:
             summed, total_weight, contributors = await self._allreduce(
                 r, attempt, participants, digest, contribution, carried, authors, assignment, entered, until
             )
-            await self._audit_sum(assignment, summed)
+            await self._audit_sum(assignment, summed, until)
         new_state = await asyncio.to_thread(
             fixedpoint.next_version, self.state, self.layout, summed, total_weight, self.manifest.outer_lr
         )
@@ -393,12 +393,17 @@ class RoundEngine:
         participants = [e.node for e in entries]
         return await self._commit(r, new_state, ids, contributors, participants, total_weight, until)
 
-    async def _audit_sum(self, assignment: dict[str, bytes], summed: np.ndarray) -> None:
+    async def _audit_sum(self, assignment: dict[str, bytes], summed: np.ndarray, until: float) -> None:
         """Recompute a random sample of the all-reduce's integer sums from the signed updates, carrier by
         carrier, and refuse the result if one differs: a participant that fed the all-reduce something
         other than its carried updates, or a reducer that returned a wrong part, is caught (but not named:
         hivemind's parts are not signed; a sliced strategy names the liar). Needs every update of the
-        round, which the exchange fetches anyway; without them the result is not audited (counted)."""
+        round, which the exchange fetches anyway (it waits for them while the attempt leaves time to sign);
+        without them the result is not audited (counted)."""
+        while any(uid not in self._exchange.held for uid in assignment):
+            if time.time() > until - 2 * QUORUM_MARGIN_S:
+                break
+            await asyncio.sleep(0.1)
         if any(uid not in self._exchange.held for uid in assignment):
             self.status.unaudited_sums += 1
             return
