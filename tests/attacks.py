@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import msgpack
 from hivemind.utils.serializer import MSGPackSerializer
 
@@ -90,3 +92,117 @@ async def serve_tampered_tensors(p2p, state) -> None:
         )
 
     await p2p.add_protobuf_handler(TENSOR_HANDLER, serve, exchange_pb2.TensorRequest, stream_output=True)
+
+
+def _attacker_dht(bootstrap: str, validators=()):
+    from hivemind.dht import DHT
+
+    return DHT(
+        initial_peers=[bootstrap],
+        start=True,
+        record_validators=validators,
+        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+    )
+
+
+async def _store_nested(target_peer_id: str, levels: int, _dht, node) -> str:
+    from hivemind.dht.routing import DHTID
+    from hivemind.p2p import PeerID
+    from hivemind.proto import dht_pb2
+    from hivemind.utils import get_dht_time
+
+    request = dht_pb2.StoreRequest(
+        keys=[DHTID.generate(source="attack").to_bytes()],
+        subkeys=[node.protocol.IS_DICTIONARY],
+        values=[nested_dictionary_value(levels)],
+        expiration_time=[get_dht_time() + 30],
+        in_cache=[False],
+        peer=node.protocol.node_info,
+    )
+    try:
+        await node.protocol.get_stub(PeerID.from_base58(target_peer_id)).rpc_store(request, timeout=5)
+        return "stored"
+    except Exception as e:
+        return type(e).__name__
+
+
+def store_nested_value(bootstrap: str, target_peer_id: str, levels: int) -> str:
+    """One raw ``rpc_store`` of a dictionary value nested ``levels`` deep to ``target_peer_id``, from a
+    plain hivemind DHT peer: "stored" if the target took it, else the name of the error it caused.
+    Run it with tests.spawned.run_spawned (it starts a DHT of its own)."""
+    attacker = _attacker_dht(bootstrap)
+    try:
+        return attacker.run_coroutine(functools.partial(_store_nested, target_peer_id, levels))
+    finally:
+        attacker.shutdown()
+
+
+def forge_peer_records(
+    bootstrap: str, victim_key: bytes, victim_peer_id: str, mallory_pem: bytes, ttl: float
+) -> bool:
+    """Store forged peer records of run "default" from a hivemind DHT peer whose validator signs as the
+    forgery needs (so the bytes on the wire are exactly the forgery): the victim's record signed by
+    Mallory, an unsigned one, an oversized one, Mallory's genuine record (sequence 2000) and a replay of
+    an older one. Returns whether the genuine store succeeded. Run it with tests.spawned.run_spawned."""
+    import multiprocessing
+    import time
+
+    from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+    from hivemind.utils import get_dht_time
+
+    from potluck.identity import NodeIdentity
+    from potluck.swarm.records import PeerRecord, peers_key, subkey_for
+    from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
+
+    mallory = NodeIdentity.from_pem(mallory_pem)
+    honest_signer = PeerRecordValidator(mallory, "default", RejectionCounters())
+    modes = ["raw", "mallory-signs-victim", "genuine"]
+    mode = multiprocessing.get_context("fork").Value("i", 0)  # shared with the DHT's forked process
+
+    class Forger(RecordValidatorBase):
+        def validate(self, record: DHTRecord) -> bool:
+            return True
+
+        def sign_value(self, record: DHTRecord) -> bytes:
+            if modes[mode.value] == "mallory-signs-victim":  # victim's subkey, mallory's signature
+                as_mallory = DHTRecord(
+                    record.key,
+                    msgpack.packb(subkey_for(mallory.public_key)),
+                    record.value,
+                    record.expiration_time,
+                )
+                return honest_signer.sign_value(as_mallory)
+            if modes[mode.value] == "genuine":  # mallory's own record, correctly signed
+                return honest_signer.sign_value(record)
+            return record.value  # unsigned / oversized: raw bytes
+
+    def record(identity: NodeIdentity, sequence: int, **kw) -> bytes:
+        fields = dict(
+            peer_id=identity.peer_id, addrs=(), role="keeper", agent="evil", round=0, model_version="",
+            timestamp=time.time(), sequence=sequence,
+        )  # fmt: skip
+        return PeerRecord(**{**fields, **kw}).encode()
+
+    attacker = _attacker_dht(bootstrap, [Forger()])
+    key = peers_key("default")
+
+    def store(how: str, subkey_owner: bytes, value: bytes, ttl: float = ttl) -> bool:
+        mode.value = modes.index(how)
+        future = attacker.store(
+            key, value, get_dht_time() + ttl, subkey=subkey_for(subkey_owner), return_future=True
+        )
+        return bool(future.result(timeout=20))
+
+    try:
+        store(
+            "mallory-signs-victim",
+            victim_key,
+            record(NodeIdentity.generate(), 10**18, peer_id=victim_peer_id),
+        )
+        store("raw", victim_key, record(mallory, 1))  # unsigned
+        store("raw", mallory.public_key, b"\x00" * 8000)  # oversized (below hivemind's 16 KiB hazard)
+        genuine = store("genuine", mallory.public_key, record(mallory, 2000, addrs=("/ip4/6.6.6.6/tcp/1",)))
+        store("genuine", mallory.public_key, record(mallory, 1000), ttl=ttl + 30)  # replay of an older record
+        return genuine
+    finally:
+        attacker.shutdown()

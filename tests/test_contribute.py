@@ -76,8 +76,17 @@ def test_a_contributor_leaving_mid_round_does_not_stall_the_run(tmp_path):
         wait_for(
             lambda: keeper.status()["committed_round"] >= r + 1, 3 * manifest.round_seconds, "two more rounds"
         )
-        versions = {n.status()["version"] for n in [keeper, *stayers]}
-        assert len(versions) == 1
+
+        def agreed() -> bool:
+            # a node may commit a moment after the keeper, or (quorum 1) alone and then switch to the
+            # fork choice's winner: what must hold is that all of them settle on one version
+            statuses = [n.status() for n in [keeper, *stayers]]
+            return (
+                min(s["committed_round"] for s in statuses) >= r + 1
+                and len({s["version"] for s in statuses}) == 1
+            )
+
+        wait_for(agreed, 2 * manifest.round_seconds, "the keeper and the stayers to agree on one version")
 
 
 def test_a_third_party_task_from_an_entry_point(tmp_path):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import multiprocessing
 import os
 import signal
 import socket
@@ -17,7 +15,8 @@ import psutil
 import pytest
 
 from potluck.localswarm import LocalNode, LocalSwarm, wait_for
-from tests.attacks import nested_dictionary_value
+from tests.attacks import forge_peer_records, store_nested_value
+from tests.spawned import run_spawned
 
 pytestmark = pytest.mark.multiprocess
 TTL = 6.0  # short peer-record lifetime so expiry tests stay quick
@@ -74,17 +73,6 @@ def test_three_nodes_discover_each_other(swarm):
     assert ids[1]["node_id"][:16] in cli("peers", "--data-dir", str(swarm.nodes[0].data_dir)).stdout
 
 
-def _attacker_dht(swarm: LocalSwarm, validators=()):
-    from hivemind.dht import DHT
-
-    return DHT(
-        initial_peers=[swarm.nodes[0].multiaddr()],
-        start=True,
-        record_validators=validators,
-        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
-    )
-
-
 def _rejected(swarm: LocalSwarm) -> dict[str, int]:
     totals: dict[str, int] = {}
     for node in swarm.nodes:
@@ -94,129 +82,38 @@ def _rejected(swarm: LocalSwarm) -> dict[str, int]:
 
 
 def test_forged_peer_records_are_rejected_and_counted(swarm):
-    import msgpack
-    from hivemind.dht.validation import DHTRecord, RecordValidatorBase
-    from hivemind.utils import get_dht_time
-
     from potluck.identity import NodeIdentity
-    from potluck.swarm.records import PeerRecord, peers_key, subkey_for
-    from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
 
     victim = swarm.nodes[1].status()
-    victim_key = bytes.fromhex(victim["node_id"])
     mallory = NodeIdentity.generate()
-    honest_signer = PeerRecordValidator(mallory, "default", RejectionCounters())
+    before = _rejected(swarm)
+    assert run_spawned(
+        forge_peer_records, swarm.nodes[0].multiaddr(), bytes.fromhex(victim["node_id"]), victim["peer_id"],
+        mallory.to_pem(), TTL,
+    )  # fmt: skip
 
-    modes = ["raw", "mallory-signs-victim", "genuine"]
-    mode = multiprocessing.get_context("fork").Value("i", 0)  # shared with the attacker's DHT child
-
-    class Forger(RecordValidatorBase):
-        """Signs whatever the test says, so the bytes on the wire are exactly the forgery."""
-
-        def validate(self, record: DHTRecord) -> bool:
-            return True
-
-        def sign_value(self, record: DHTRecord) -> bytes:
-            if modes[mode.value] == "mallory-signs-victim":  # victim's subkey, mallory's signature
-                as_mallory = DHTRecord(
-                    record.key,
-                    msgpack.packb(subkey_for(mallory.public_key)),
-                    record.value,
-                    record.expiration_time,
-                )
-                return honest_signer.sign_value(as_mallory)
-            if modes[mode.value] == "genuine":  # mallory's own record, correctly signed
-                return honest_signer.sign_value(record)
-            return record.value  # unsigned / oversized: raw bytes
-
-    forger = Forger()
-    attacker = _attacker_dht(swarm, [forger])
-    try:
-        key = peers_key("default")
-        before = _rejected(swarm)
-
-        def record(identity, sequence, **kw):
-            fields = dict(
-                peer_id=identity.peer_id,
-                addrs=(),
-                role="keeper",
-                agent="evil",
-                round=0,
-                model_version="",
-                timestamp=time.time(),
-                sequence=sequence,
-            )
-            return PeerRecord(**{**fields, **kw}).encode()
-
-        def store(how, subkey_owner, value, ttl=TTL):
-            mode.value = modes.index(how)
-            future = attacker.store(
-                key, value, get_dht_time() + ttl, subkey=subkey_for(subkey_owner), return_future=True
-            )
-            return future.result(timeout=20)
-
-        store(
-            "mallory-signs-victim",
-            victim_key,
-            record(NodeIdentity.generate(), 10**18, peer_id=victim["peer_id"]),
+    def all_counted():
+        now = _rejected(swarm)
+        return all(
+            now.get(r, 0) > before.get(r, 0) for r in ("bad_signature", "unsigned", "oversized", "replayed")
         )
-        store("raw", victim_key, record(mallory, 1))  # unsigned
-        store("raw", mallory.public_key, b"\x00" * 8000)  # oversized (below hivemind's 16 KiB hazard)
-        assert store("genuine", mallory.public_key, record(mallory, 2000, addrs=("/ip4/6.6.6.6/tcp/1",)))
-        store("genuine", mallory.public_key, record(mallory, 1000), ttl=TTL + 30)  # replay of an older record
 
-        def all_counted():
-            now = _rejected(swarm)
-            return all(
-                now.get(r, 0) > before.get(r, 0)
-                for r in ("bad_signature", "unsigned", "oversized", "replayed")
-            )
-
-        wait_for(all_counted, 20, "every forgery to be counted")
-        mallory_id = mallory.public_key.hex()
-        for node in swarm.nodes:
-            peers = {p["node_id"]: p for p in node.peers()}
-            if node is not swarm.nodes[1]:  # nobody took the forged record of the victim
-                assert peers[victim["node_id"]]["sequence"] < 10**18
-            if mallory_id in peers:  # the genuine record is accepted; the replay never replaces it
-                assert peers[mallory_id]["sequence"] == 2000
-        assert "rejected" in cli("status", "--data-dir", str(swarm.nodes[0].data_dir)).stdout
-    finally:
-        attacker.shutdown()
-
-
-async def _send_raw_store(peer_b58: str, value: bytes, _dht, node) -> str:
-    from hivemind.dht.routing import DHTID
-    from hivemind.p2p import PeerID
-    from hivemind.proto import dht_pb2
-    from hivemind.utils import get_dht_time
-
-    request = dht_pb2.StoreRequest(
-        keys=[DHTID.generate(source="attack").to_bytes()],
-        subkeys=[node.protocol.IS_DICTIONARY],
-        values=[value],
-        expiration_time=[get_dht_time() + 30],
-        in_cache=[False],
-        peer=node.protocol.node_info,
-    )
-    try:
-        await node.protocol.get_stub(PeerID.from_base58(peer_b58)).rpc_store(request, timeout=5)
-        return "stored"
-    except Exception as e:
-        return type(e).__name__
+    wait_for(all_counted, 20, "every forgery to be counted")
+    mallory_id = mallory.public_key.hex()
+    for node in swarm.nodes:
+        peers = {p["node_id"]: p for p in node.peers()}
+        if node is not swarm.nodes[1]:  # nobody took the forged record of the victim
+            assert peers[victim["node_id"]]["sequence"] < 10**18
+        if mallory_id in peers:  # the genuine record is accepted; the replay never replaces it
+            assert peers[mallory_id]["sequence"] == 2000
+    assert "rejected" in cli("status", "--data-dir", str(swarm.nodes[0].data_dir)).stdout
 
 
 def test_deeply_nested_payload_does_not_crash_the_dht(swarm):
     target = swarm.nodes[2]
     status = target.status()
     dht_pid = dht_child(target).pid
-    attacker = _attacker_dht(swarm)
-    try:
-        outcome = attacker.run_coroutine(
-            functools.partial(_send_raw_store, status["peer_id"], nested_dictionary_value(200))
-        )
-    finally:
-        attacker.shutdown()
+    outcome = run_spawned(store_nested_value, swarm.nodes[0].multiaddr(), status["peer_id"], 200)
     assert outcome != "stored"
     after = target.status()
     assert after["rejected_records"]["too_deep"] > status["rejected_records"]["too_deep"]

@@ -5,10 +5,7 @@ Probation, the allowlist and the norm cap of the manifest hold on the same run."
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,19 +21,13 @@ from potluck.store.versions import VersionStore, atomic_save, version_hash
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.sparsify import sparsify
+from tests.cli import potluck_json
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0
 HONEST = [NodeIdentity.generate() for _ in range(4)]  # 3 veterans and one newcomer (probation)
 MALLORY = NodeIdentity.generate()  # signs two different updates for one round
 OUTSIDER = NodeIdentity.generate()  # not on the allowlist
-
-
-def potluck_json(*args: str):
-    proc = subprocess.run(
-        [sys.executable, "-m", "potluck", *args, "--json"], capture_output=True, text=True, check=True
-    )
-    return json.loads(proc.stdout)
 
 
 def next_collecting_round(manifest) -> int:

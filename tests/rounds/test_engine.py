@@ -5,9 +5,6 @@ stall the run."""
 from __future__ import annotations
 
 import itertools
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from potluck.store.versions import VersionStore, atomic_save, version_hash
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, decode_update
 from potluck.updates.sparsify import sparsify
+from tests.cli import potluck_json
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0
@@ -168,13 +166,6 @@ def _updates(node: LocalNode) -> list[dict]:
 
     with ControlClient(node.rpc_address) as client:
         return message_to_dict(client.updates())["updates"]
-
-
-def potluck_json(*args: str):
-    proc = subprocess.run(
-        [sys.executable, "-m", "potluck", *args, "--json"], capture_output=True, text=True, check=True
-    )
-    return json.loads(proc.stdout)
 
 
 def victim_id(node: LocalNode) -> str:
