@@ -15,6 +15,7 @@ from potluck.rounds.entries import (
     agreement_digest,
     assign,
     excluded_ids,
+    retry_holders,
     senior_ids,
 )
 from potluck.wire import pack_pair
@@ -73,6 +74,20 @@ def test_any_entry_excludes_an_update_from_everyone_s_assignment():
         assert sorted(assignment) == sorted([uid(1), uid(3)])
     assert excluded_ids([a, b, c]) == {uid(2): {(uid(50), 3)}}
     assert agreement_digest([a, b, c]) == agreement_digest([c, a, b])
+
+
+def test_a_retry_merges_only_updates_a_majority_holds():
+    phantom = uid(99)  # listed by one participant only: nobody else can fetch it
+    a = entry(NODES[0], sorted([uid(1), uid(2), phantom]))
+    b = entry(NODES[1], [uid(1), uid(2)])
+    c = entry(NODES[2], [uid(1)])  # has not fetched update 2 yet
+    assert sorted(assign([a, b, c])) == sorted([uid(1), uid(2), phantom])  # attempt 0: any holder
+    assert [retry_holders(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 2, 3, 3]
+    retry = assign([a, b, c], retry_holders(3))
+    assert sorted(retry) == sorted([uid(1), uid(2)])
+    assert retry[uid(2)] in (a.node, b.node)  # carried by a holder
+    assert retry == {u: n for u, n in assign([a, b, c]).items() if u != phantom}  # the same carriers
+    assert assign([a], retry_holders(1)) == assign([a])  # alone, everything it holds
 
 
 def test_an_update_is_senior_when_any_holder_vouches_for_it():

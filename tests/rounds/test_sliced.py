@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from potluck.localswarm import LocalSwarm, wait_for
+from tests.cli import potluck_json
 from tests.rounds.attacked_round import expected_version, make_run, publish_attacked_round
 
 pytestmark = pytest.mark.multiprocess
@@ -72,6 +73,29 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
         convicted = restarted.status()["aggregation"]["convicted"]
         assert [c["node_id"] for c in convicted] == [liar_id]  # still out after a restart
         assert "convicted" in honest[0].log_path.read_text()
+
+
+def test_a_phantom_update_fails_one_attempt_and_the_retry_commits_without_it(tmp_path):
+    """A keeper lists an update id nobody can fetch: attempt 0 cannot merge (every participant needs
+    every update of a sliced merge), and the retry merges only the updates a majority holds."""
+    manifest, path, state, genesis_hash = make_run(tmp_path, 32.0, TASK_ARGS, strategy="coordinate_median")
+    with LocalSwarm(
+        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
+    ) as swarm:
+        swarm.start(3)
+        phantom = swarm.add_node(name="phantom", module="tests.rounds.phantom_lister").wait_ready(60)
+        swarm.wait_all_see(3)
+        r, datas = publish_attacked_round(swarm.nodes[:3], manifest, state, genesis_hash)
+        wait_for(lambda: all(n.status()["committed_round"] >= r for n in swarm.nodes), 45, f"round {r}")
+        expected = expected_version(manifest, state, datas, r, "coordinate_median")
+        for node in swarm.nodes:
+            st = node.status()
+            assert st["version"] == expected, node.log_tail(40)
+            assert f"round {r} attempt 0" in st["round_error"] and "not fetched in time" in st["round_error"]
+            assert len(st["participants"]) == 4  # the lister took part in the retry, honestly this time
+        log = potluck_json("log", "--data-dir", str(swarm.nodes[0].data_dir))
+        assert log[-1]["round"] == r and log[-1]["updates"] == len(datas)  # the phantom is not listed
+        assert phantom.status()["committed_round"] >= r
 
 
 def test_the_all_reduce_refuses_a_wrong_sum_and_the_retry_runs_sliced(tmp_path):

@@ -45,7 +45,15 @@ from potluck.merge import DEFAULT_STRATEGY, get_strategy, next_state, supports_c
 from potluck.rounds import fixedpoint, schedule, slices
 from potluck.rounds.averaging import CanonicalAverager, next_power_of_two
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker, sign_commit
-from potluck.rounds.entries import BadEntry, RoundEntry, agreement_digest, assign, entries_key, senior_ids
+from potluck.rounds.entries import (
+    BadEntry,
+    RoundEntry,
+    agreement_digest,
+    assign,
+    entries_key,
+    retry_holders,
+    senior_ids,
+)
 from potluck.store.history import History
 from potluck.store.versions import VersionStore, tensor_hashes, version_hash
 from potluck.swarm.host import SwarmHost
@@ -118,7 +126,7 @@ class RoundStatus:
     convicted: dict[str, tuple[int, str]] = field(default_factory=dict)  # reducer id -> (round, fault id)
     bad_faults: int = 0  # published faults that did not prove a lie
     audited_sums: int = 0  # all-reduce results this node checked against the signed updates
-    unaudited_sums: int = 0  # all-reduce results it could not check (it lacked some of the updates)
+    unaudited_sums: int = 0  # all-reduce sums refused unchecked (some updates not fetched in time)
     last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
     # slices or gathered merge, whichever the strategy uses), before collecting signatures
 
@@ -307,9 +315,7 @@ class RoundEngine:
         # a previous attempt that overran (hivemind's matchmaking can outlast its timeout) makes every
         # participant late alike: each then gives the entries a whole window from its own late start
         entered = max(start, time.time())
-        held = sorted(
-            u.update_id for u in self._exchange.held.values() if u.round == r and u.base == self.version
-        )
+        held = self._held_ids(r)
         mine = RoundEntry(
             self.run_id, r, attempt, self.version, self._identity.public_key, tuple(held),
             **self._entry_extras(r, held),
@@ -335,7 +341,9 @@ class RoundEngine:
             entries.append(mine)  # our own store may not be visible yet; we know what we said
         entries.sort(key=lambda e: e.node)
         await self._check_defences(entries, entered)
-        assignment = assign(entries)  # without the updates any entry excludes (banned authors)
+        # without the updates any entry excludes (banned authors); a retry merges only updates that a
+        # majority holds, so an id nobody can fetch (a phantom) cannot stall the round's every attempt
+        assignment = assign(entries, 1 if attempt == 0 else retry_holders(len(entries)))
         self._seniors = senior_ids(entries)
         self._merge_started = time.time()
         if not assignment:
@@ -369,6 +377,12 @@ class RoundEngine:
             r, new_state, sorted(assignment), contributors, participants, total_weight, until
         )
 
+    def _held_ids(self, r: int) -> list[str]:
+        """The updates for round r onto our version that we hold: what our entry lists."""
+        return sorted(
+            u.update_id for u in self._exchange.held.values() if u.round == r and u.base == self.version
+        )
+
     async def _merge_gathered(
         self, r: int, entries: list[RoundEntry], assignment: dict[str, bytes], until: float
     ) -> bool:
@@ -398,15 +412,17 @@ class RoundEngine:
         carrier, and refuse the result if one differs: a participant that fed the all-reduce something
         other than its carried updates, or a reducer that returned a wrong part, is caught (but not named:
         hivemind's parts are not signed; a sliced strategy names the liar). Needs every update of the
-        round, which the exchange fetches anyway (it waits for them while the attempt leaves time to sign);
-        without them the result is not audited (counted)."""
-        while any(uid not in self._exchange.held for uid in assignment):
+        round, which the exchange fetches anyway (it waits for them while the attempt leaves time to sign).
+        Without them the sum is refused too (counted): an update nobody can fetch would let its carrier
+        add anything; the retry merges only updates a majority holds."""
+        while missing := [uid for uid in assignment if uid not in self._exchange.held]:
             if time.time() > until - 2 * QUORUM_MARGIN_S:
-                break
+                self.status.unaudited_sums += 1
+                raise AttemptFailed(
+                    f"{len(missing)} of the round's updates not fetched in time to audit the all-reduce's "
+                    "sum: refusing to sign it"
+                )
             await asyncio.sleep(0.1)
-        if any(uid not in self._exchange.held for uid in assignment):
-            self.status.unaudited_sums += 1
-            return
 
         def check() -> int | None:
             length = self.layout.length

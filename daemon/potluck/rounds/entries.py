@@ -155,20 +155,32 @@ def senior_ids(entries: Iterable[RoundEntry]) -> set[str]:
     return out
 
 
-def assign(entries: Iterable[RoundEntry]) -> dict[str, bytes]:
-    """update id -> the participant (public key) that carries it into the all-reduce; updates that
-    any entry excludes are left out."""
+def assign(entries: Iterable[RoundEntry], min_holders: int = 1) -> dict[str, bytes]:
+    """update id -> the participant (public key) that carries it into the all-reduce.
+
+    Left out: updates that any entry excludes, and updates held by fewer than ``min_holders`` entries.
+    A round's retries ask for a majority (:func:`retry_holders`): an id that only its lister "holds"
+    (a phantom nobody can fetch) would otherwise stall every attempt of the round, and a majority of
+    honest holders means every participant can fetch what is merged.
+    """
     entries = list(entries)
     excluded = excluded_ids(entries)
     best: dict[str, tuple[bytes, bytes]] = {}
+    holders: dict[str, int] = {}
     for entry in entries:
         for uid in entry.updates:
             if uid in excluded:
                 continue
+            holders[uid] = holders.get(uid, 0) + 1
             rank = hashlib.sha256(bytes.fromhex(uid) + entry.node).digest()
             if uid not in best or rank < best[uid][0]:
                 best[uid] = (rank, entry.node)
-    return {uid: node for uid, (_, node) in sorted(best.items())}
+    return {uid: node for uid, (_, node) in sorted(best.items()) if holders[uid] >= min_holders}
+
+
+def retry_holders(participants: int) -> int:
+    """Holders an update needs in a retry: more than half of the participants."""
+    return participants // 2 + 1
 
 
 def agreement_digest(entries: Iterable[RoundEntry]) -> str:
