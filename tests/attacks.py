@@ -206,3 +206,17 @@ def forge_peer_records(
         return genuine
     finally:
         attacker.shutdown()
+
+
+def store_values(bootstrap: str, key: str, items: list[tuple[bytes, bytes]], ttl: float) -> list[bool]:
+    """Store raw ``(subkey, value)`` pairs under ``key`` from a plain hivemind DHT peer (no validator
+    of ours signs or checks them): whether each store succeeded. Run it with tests.spawned.run_spawned."""
+    from hivemind.utils import get_dht_time
+
+    attacker = _attacker_dht(bootstrap)
+    try:
+        return [
+            bool(attacker.store(key, value, get_dht_time() + ttl, subkey=subkey)) for subkey, value in items
+        ]
+    finally:
+        attacker.shutdown()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from potluck.defence.evidence import Equivocation, EvidenceRecord, evidence_key
 from potluck.identity import KEY_FILE, NodeIdentity
 from potluck.localswarm import LocalNode, LocalSwarm, wait_for
 from potluck.manifest import create_manifest, genesis_path
@@ -21,7 +22,10 @@ from potluck.store.versions import VersionStore, atomic_save, version_hash
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.sparsify import sparsify
+from potluck.wire import pack_pair
+from tests.attacks import store_values
 from tests.cli import potluck_json
+from tests.spawned import run_spawned
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0
@@ -178,3 +182,52 @@ def test_equivocation_bans_the_author_everywhere_and_the_round_commits_without_i
     assert seen["banned"]
     assert parse_update(first).update_id != parse_update(second).update_id
     assert (Path(node.data_dir) / "bans").is_dir()
+
+
+def test_bogus_evidence_in_the_dht_bans_nobody(run, swarm):
+    """Eve, who is not even admitted, stores evidence records in the real DHT: one claims that an
+    honest author equivocated, naming that author's update and another author's; one carries a
+    forged signature. Every node checks them on its own, counts them by reason, and bans nobody;
+    the round commits both honest updates."""
+    manifest, _ = run
+    honest_nodes = swarm.nodes[:3]
+    eve = NodeIdentity.generate()
+    r = next_collecting_round(manifest)
+    version = honest_nodes[0].status()["version"]
+    state = VersionStore(honest_nodes[0].data_dir / "versions").get(version)
+    datas = [make_update(manifest, version, state, HONEST[i], r, seed=40 + i) for i in range(2)]
+    for node, data in zip(honest_nodes, datas, strict=False):
+        assert publish(node, data).accepted
+    ids = [parse_update(d).update_id for d in datas]
+    claim = Equivocation.of(manifest.run_id, r, HONEST[0].public_key, *ids)  # the second is HONEST[1]'s
+    framed = EvidenceRecord(claim, eve.public_key, time.time()).sign(eve)
+    as_other = EvidenceRecord(claim, HONEST[2].public_key, time.time())._body()
+    forged = pack_pair(as_other, eve.sign(as_other))  # names another reporter, signed by Eve
+    before = [defence(n) for n in honest_nodes]
+    stored = run_spawned(
+        store_values, honest_nodes[0].multiaddr(), evidence_key(manifest.run_id, r),
+        [(b"framed", framed), (b"forged", forged)], 60.0,
+    )  # fmt: skip
+    assert stored == [True, True]
+
+    def rejected(status: dict, reason: str) -> int:
+        return status.get("evidence_rejected", {}).get(reason, 0)
+
+    def all_rejected() -> bool:
+        now = [defence(n) for n in honest_nodes]
+        return all(
+            rejected(a, reason) > rejected(b, reason)
+            for a, b in zip(now, before, strict=True)
+            for reason in ("wrong_author", "bad_record_signature")
+        )
+
+    wait_for(all_rejected, ROUND_S, "every honest node to reject both records")
+    wait_for(
+        lambda: all(n.status()["committed_round"] >= r for n in honest_nodes), ROUND_S + 10, f"round {r}"
+    )
+    for node in honest_nodes:
+        assert [b["node_id"] for b in defence(node)["bans"]] == [MALLORY.node_id]  # the earlier ban only
+        assert not any(p["banned"] for p in node.peers() if p["node_id"] != MALLORY.node_id)
+    log = potluck_json("log", "--data-dir", str(honest_nodes[1].data_dir))
+    assert log[-1]["round"] == r and log[-1]["updates"] == 2
+    assert {HONEST[0].node_id, HONEST[1].node_id} <= set(log[-1]["contributors"])
