@@ -76,6 +76,32 @@ async def lying_holder(
         await p2p.shutdown()
 
 
+def run_lying_holder(
+    bootstrap: str,
+    run: str,
+    announced: str,
+    round_: int,
+    author: bytes,
+    served: bytes,
+    workdir,
+    victim_rpc: str,
+    caught_after: int,
+) -> None:
+    """:func:`lying_holder` until the victim (control API ``victim_rpc``) counts more than
+    ``caught_after`` bad holder fetches. Run it with tests.spawned.run_spawned."""
+    import asyncio
+
+    done = functools.partial(_bad_fetches_above, victim_rpc, caught_after)
+    asyncio.run(lying_holder(bootstrap, run, announced, round_, author, served, workdir, done))
+
+
+def _bad_fetches_above(rpc_address: str, count: int) -> bool:
+    from potluck.rpc.client import ControlClient
+
+    with ControlClient(rpc_address, timeout=5.0) as client:
+        return client.status().bad_holder_fetches > count
+
+
 async def serve_tampered_tensors(p2p, state) -> None:
     """Answer GetTensor for any version with ``state``'s tensors, one byte flipped in each."""
     import numpy as np

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -14,7 +13,8 @@ from safetensors.numpy import save_file
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalSwarm, wait_for
 from potluck.updates.files import make_update
-from tests.attacks import lying_holder
+from tests.attacks import run_lying_holder
+from tests.spawned import run_spawned
 
 pytestmark = pytest.mark.multiprocess
 
@@ -120,22 +120,10 @@ def test_a_holder_serving_other_bytes_is_caught_and_avoided(swarm, models, tmp_p
     wanted, decoy = update(models, 2, author=author), update(models, 1)
     wanted_id = parse_update(wanted).update_id
     before = victim.status()["bad_holder_fetches"]
-
-    def caught() -> bool:
-        return victim.status()["bad_holder_fetches"] > before
-
-    asyncio.run(
-        lying_holder(
-            swarm.nodes[1].multiaddr(),
-            "default",
-            wanted_id,
-            0,
-            author.public_key,
-            decoy,
-            tmp_path / "liar",
-            caught,
-        )
-    )
+    run_spawned(
+        run_lying_holder, swarm.nodes[1].multiaddr(), "default", wanted_id, 0, author.public_key, decoy,
+        tmp_path / "liar", victim.rpc_address, before, timeout=90,
+    )  # fmt: skip
     assert wanted_id not in _updates(victim) and parse_update(decoy).update_id not in _updates(victim)
     # the real update, published at an honest node, still arrives
     path = tmp_path / "wanted.update"
