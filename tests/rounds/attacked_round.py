@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from potluck.identity import NodeIdentity
+from potluck.localswarm import LocalSwarm
 from potluck.manifest import create_manifest, genesis_path
 from potluck.merge import get_strategy, next_state
 from potluck.rounds import schedule
@@ -30,6 +31,13 @@ def make_run(tmp_path, round_s: float, task_args=None, **rules):
     manifest.save(path)
     atomic_save(state, genesis_path(path))
     return manifest, path, state, genesis_hash
+
+
+def run_swarm(tmp_path, manifest, path) -> LocalSwarm:
+    """A local swarm (not started) whose nodes serve the run of ``manifest`` saved at ``path``."""
+    return LocalSwarm(
+        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
+    )
 
 
 def publish_attacked_round(nodes, manifest, state, genesis_hash) -> tuple[int, list[bytes]]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from potluck.localswarm import LocalSwarm, wait_for
+from potluck.localswarm import wait_for
 from tests.cli import potluck_json
-from tests.rounds.attacked_round import expected_version, make_run, publish_attacked_round
+from tests.rounds.attacked_round import expected_version, make_run, publish_attacked_round, run_swarm
 
 pytestmark = pytest.mark.multiprocess
 TASK_ARGS = {"hidden": 128}  # 2692 coordinates: 11 blocks, so every one of 4 reducers has a slice
@@ -18,9 +18,7 @@ TASK_ARGS = {"hidden": 128}  # 2692 coordinates: 11 blocks, so every one of 4 re
 
 def test_sliced_median_agrees_with_an_independent_merge(tmp_path):
     manifest, path, state, genesis_hash = make_run(tmp_path, 16.0, TASK_ARGS, strategy="coordinate_median")
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
         swarm.wait_all_see(2)
         r, datas = publish_attacked_round(swarm.nodes, manifest, state, genesis_hash)
@@ -39,9 +37,7 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
     manifest, path, state, genesis_hash = make_run(
         tmp_path, 32.0, TASK_ARGS, strategy="trimmed_mean", quorum=3
     )
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(2)
         # audits nothing: it can only learn of the lie from the fault the others publish
         trusting = swarm.add_node(name="trusting", module="tests.rounds.trusting_keeper")
@@ -79,9 +75,7 @@ def test_a_phantom_update_fails_one_attempt_and_the_retry_commits_without_it(tmp
     """A keeper lists an update id nobody can fetch: attempt 0 cannot merge (every participant needs
     every update of a sliced merge), and the retry merges only the updates a majority holds."""
     manifest, path, state, genesis_hash = make_run(tmp_path, 32.0, TASK_ARGS, strategy="coordinate_median")
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
         phantom = swarm.add_node(name="phantom", module="tests.rounds.phantom_lister").wait_ready(60)
         swarm.wait_all_see(3)
@@ -104,9 +98,7 @@ def test_the_all_reduce_refuses_a_wrong_sum_and_the_retry_runs_sliced(tmp_path):
     that keeper can only reduce its slice from the signed updates, and commits the right bytes."""
     # 48 s rounds: a 12 s aggregation window, 4 s per attempt (the all-reduce has room under load)
     manifest, path, state, genesis_hash = make_run(tmp_path, 48.0, TASK_ARGS, quorum=3)
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
         swarm.add_node(name="liar", module="tests.rounds.lying_carrier").wait_ready(60)
         honest = swarm.nodes[:3]

@@ -8,11 +8,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from potluck.localswarm import LocalSwarm, wait_for
+from potluck.localswarm import wait_for
 from potluck.merge import get_strategy, next_state
 from potluck.store.versions import VersionStore
 from potluck.updates.codec import decode_update
-from tests.rounds.attacked_round import expected_version, make_run, publish_attacked_round
+from tests.rounds.attacked_round import expected_version, make_run, publish_attacked_round, run_swarm
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0
@@ -20,9 +20,7 @@ ROUND_S = 16.0
 
 def test_centered_clip_run_agrees_and_clips_an_attacker(tmp_path):
     manifest, path, state, genesis_hash = make_run(tmp_path, ROUND_S, strategy="centered_clip")
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
         swarm.wait_all_see(2)
         r, datas = publish_attacked_round(swarm.nodes, manifest, state, genesis_hash)

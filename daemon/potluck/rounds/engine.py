@@ -415,14 +415,11 @@ class RoundEngine:
         round, which the exchange fetches anyway (it waits for them while the attempt leaves time to sign).
         Without them the sum is refused too (counted): an update nobody can fetch would let its carrier
         add anything; the retry merges only updates a majority holds."""
-        while missing := [uid for uid in assignment if uid not in self._exchange.held]:
-            if time.time() > until - 2 * QUORUM_MARGIN_S:
-                self.status.unaudited_sums += 1
-                raise AttemptFailed(
-                    f"{len(missing)} of the round's updates not fetched in time to audit the all-reduce's "
-                    "sum: refusing to sign it"
-                )
-            await asyncio.sleep(0.1)
+        try:
+            await self._wait_for_updates(sorted(assignment), until)
+        except AttemptFailed as e:
+            self.status.unaudited_sums += 1
+            raise AttemptFailed(f"{e} to audit the all-reduce's sum: refusing to sign it") from None
 
         def check() -> int | None:
             length = self.layout.length

@@ -182,7 +182,6 @@ def contribution(layout: Layout, carried: Iterable[tuple[int, Update | SignedUpd
     """
     q = np.zeros(layout.length, dtype=np.int64)
     total_weight = count = clipped = 0
-    bound = float(BOUND)
     for weight, update in carried:
         if isinstance(update, SignedUpdate):
             update = update.update
@@ -202,16 +201,9 @@ def contribution(layout: Layout, carried: Iterable[tuple[int, Update | SignedUpd
                 continue
             if idx.min() < 0 or idx.max() >= slot.size or np.unique(idx).size != idx.size:
                 raise ValueError(f"{t.name}: indices out of range or repeated")
-            x = np.asarray(t.values).astype(np.float64) * float(weight)  # exact: 24 + 24 bits
-            x *= _INV_QUANTUM  # exact: a power of two
-            if not np.isfinite(x).all():
-                raise ValueError(f"{t.name}: non-finite values")
-            np.rint(x, out=x)
-            over = np.abs(x) > bound
-            if over.any():
-                clipped += int(over.sum())
-                np.clip(x, -bound, bound, out=x)
-            q[slot.offset + idx] += x.astype(np.int64)
+            x, over = _quantized(t.name, t.values, weight)
+            clipped += over
+            q[slot.offset + idx] += x
     over = np.abs(q) > BOUND
     if over.any():
         clipped += int(over.sum())
@@ -226,7 +218,6 @@ def contribution_at(
     coordinates: what an auditor recomputes of a carrier's share of the all-reduce."""
     columns = np.asarray(columns, dtype=np.int64)
     q = np.zeros(columns.size, dtype=np.int64)
-    bound = float(BOUND)
     for weight, update in carried:
         if isinstance(update, SignedUpdate):
             update = update.update
@@ -243,13 +234,24 @@ def contribution_at(
             hit = idx[pos] == columns
             if not hit.any():
                 continue
-            x = np.asarray(t.values)[order][pos[hit]].astype(np.float64) * float(weight)
-            x *= _INV_QUANTUM
-            np.rint(x, out=x)
-            np.clip(x, -bound, bound, out=x)
-            q[hit] += x.astype(np.int64)
+            q[hit] += _quantized(t.name, np.asarray(t.values)[order][pos[hit]], weight)[0]
     np.clip(q, -BOUND, BOUND, out=q)
     return q
+
+
+def _quantized(name: str, values: np.ndarray, weight: int) -> tuple[np.ndarray, int]:
+    """``round(weight·values / 2⁻²⁴)`` clipped to ±BOUND, and how many were clipped: the integers an
+    update adds to a contribution (one function, so an auditor's recomputation has the same bits)."""
+    x = np.asarray(values).astype(np.float64) * float(weight)  # exact: 24 + 24 bits
+    x *= _INV_QUANTUM  # exact: a power of two
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: non-finite values")
+    np.rint(x, out=x)
+    over = np.abs(x) > BOUND
+    clipped = int(over.sum())
+    if clipped:
+        np.clip(x, -float(BOUND), float(BOUND), out=x)
+    return x.astype(np.int64), clipped
 
 
 def checksum(values: np.ndarray) -> int:
