@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.rounds.fixedpoint import Layout, local_average
-from potluck.store.versions import version_hash
 from potluck.tasks import get_task
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update, parse_update
 from potluck.updates.sparsify import ErrorFeedback

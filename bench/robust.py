@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.merge.attacks
 
+from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.merge import get_strategy, next_state
-from potluck.store.versions import version_hash
 from potluck.tasks import get_task
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
 from potluck.updates.sparsify import ErrorFeedback, sparsify

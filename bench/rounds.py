@@ -458,8 +458,8 @@ class Peer:
         return out
 
     def _next_version(self) -> dict[str, Any]:
+        from potluck.hashing import tensor_hashes, version_hash_of
         from potluck.rounds import fixedpoint
-        from potluck.store.versions import tensor_hashes, version_hash_of
 
         out: dict[str, Any] = {}
         new_state = _timed(
@@ -773,8 +773,9 @@ def sync_bench(params: int, repeats: int, logdir: Path, workdir: Path) -> dict[s
 
 async def _newcomer(params: int, repeats: int, info: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
     from potluck.exchange.state import StateService
+    from potluck.hashing import tensor_hashes, version_hash
     from potluck.identity import P2P_KEY_FILE, load_or_create
-    from potluck.store.versions import VersionStore, tensor_hashes, version_hash
+    from potluck.store.versions import VersionStore
     from potluck.swarm.host import SwarmHost
 
     state = model_state(params)

@@ -632,9 +632,9 @@ def _read(path: Path) -> bytes:
 
 
 def cmd_update_make(args: argparse.Namespace) -> int:
+    from potluck.atomic import atomic_write_bytes
     from potluck.datadir import prepare_data_dir
     from potluck.identity import load_or_create
-    from potluck.store.atomic import atomic_write_bytes
     from potluck.updates.files import make_update
 
     identity = load_or_create(prepare_data_dir(args.data_dir))

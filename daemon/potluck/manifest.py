@@ -32,8 +32,8 @@ from typing import Any
 
 import msgpack
 
+from potluck.atomic import atomic_write_bytes
 from potluck.identity import SIGNATURE_SIZE, NodeIdentity, verify
-from potluck.store.atomic import atomic_write_bytes
 from potluck.wire import WireError, bounded_unpackb
 
 __all__ = [

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from potluck import AGENT
+from potluck.atomic import atomic_write_bytes
 from potluck.datadir import DataDirLock, prepare_data_dir
 from potluck.defence.bans import BanRegistry, BanStoreError
 from potluck.defence.service import DefenceService
@@ -27,7 +28,6 @@ from potluck.merge import StrategyError
 from potluck.rounds.engine import RoundEngine
 from potluck.rpc.address import DEFAULT_RPC_LISTEN, write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
-from potluck.store.atomic import atomic_write_bytes
 from potluck.store.history import History
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import VersionStore, load_state

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from potluck.defence.evidence import Equivocation, EvidenceRecord, evidence_key
+from potluck.hashing import version_hash
 from potluck.identity import KEY_FILE, NodeIdentity
 from potluck.localswarm import LocalNode, LocalSwarm, wait_for
 from potluck.manifest import create_manifest, genesis_path
 from potluck.rounds import fixedpoint, schedule
 from potluck.rpc.client import ControlClient
-from potluck.store.versions import VersionStore, atomic_save, version_hash
+from potluck.store.versions import VersionStore, atomic_save
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.sparsify import sparsify

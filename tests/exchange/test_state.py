@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from potluck.exchange.state import StateService, SyncFailed
+from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import P2P_KEY_FILE, load_or_create
-from potluck.store.versions import VersionStore, tensor_hashes, version_hash
+from potluck.store.versions import VersionStore
 from potluck.swarm.host import SwarmHost
 from tests.attacks import serve_tampered_tensors
 

@@ -8,13 +8,14 @@ import time
 
 import numpy as np
 
+from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalSwarm
 from potluck.manifest import create_manifest, genesis_path
 from potluck.merge import get_strategy, next_state
 from potluck.rounds import schedule
 from potluck.rpc.client import ControlClient
-from potluck.store.versions import atomic_save, version_hash
+from potluck.store.versions import atomic_save
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
 from potluck.updates.sparsify import sparsify

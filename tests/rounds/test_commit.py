@@ -2,6 +2,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import NodeIdentity
 from potluck.rounds.commit import (
     Commit,
@@ -12,7 +13,6 @@ from potluck.rounds.commit import (
     sign_commit,
     verify_signature,
 )
-from potluck.store.versions import tensor_hashes, version_hash
 
 NODES = [NodeIdentity.generate() for _ in range(5)]
 RUN = "ab" * 32

@@ -3,6 +3,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from potluck.hashing import version_hash
 from potluck.rounds.fixedpoint import (
     BOUND,
     MAX_GROUP,
@@ -21,7 +22,6 @@ from potluck.rounds.fixedpoint import (
     pack,
     unpack,
 )
-from potluck.store.versions import version_hash
 from potluck.tasks import get_task
 from potluck.updates.codec import SparseTensor, Update
 from tests.rounds.butterfly import butterfly

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import NodeIdentity
 from potluck.rounds.commit import Commit, CommitSignature, sign_commit
 from potluck.store.history import History, HistoryConflict, HistoryError
-from potluck.store.versions import VersionStore, tensor_hashes, version_hash
+from potluck.store.versions import VersionStore
 
 # deterministic keys: the crash tests' child processes build the same commits
 NODES = [NodeIdentity(Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32)) for i in range(3)]

@@ -4,15 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from potluck.store.versions import (
-    CorruptVersion,
-    VersionNotFound,
-    VersionStore,
-    tensor_hash,
-    tensor_hashes,
-    version_hash,
-    version_hash_of,
-)
+from potluck.hashing import tensor_hash, tensor_hashes, version_hash, version_hash_of
+from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
 
 
 def _state() -> dict[str, np.ndarray]:

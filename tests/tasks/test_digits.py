@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from potluck.store.versions import version_hash
+from potluck.hashing import version_hash
 from potluck.tasks import TaskError, TrainableTask, builtin_tasks, genesis, get_task, is_trainable
 from potluck.tasks.digits import DigitsTask, digits_split
 

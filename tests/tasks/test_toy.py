@@ -4,7 +4,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from potluck.store.versions import version_hash
+from potluck.hashing import version_hash
 from potluck.tasks import Task, TaskError, builtin_tasks, genesis, get_task, is_trainable
 from potluck.tasks.toy import ToyTask
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
-from potluck.store.versions import load_state, version_hash
+from potluck.store.versions import load_state
 from potluck.updates.files import apply_update_file, inspect_update, make_update
 from potluck.updates.reasons import Reason, UpdateRejected
 

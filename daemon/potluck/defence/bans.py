@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from potluck.atomic import atomic_write_bytes
 from potluck.identity import PUBLIC_KEY_SIZE
-from potluck.store.atomic import atomic_write_bytes
 
 __all__ = ["Ban", "BanRegistry", "BanStoreError"]
 

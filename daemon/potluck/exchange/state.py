@@ -17,7 +17,8 @@ import numpy as np
 from hivemind.p2p import P2PContext, PeerID
 
 from potluck.exchange.chunks import CHUNK_BYTES
-from potluck.store.versions import VersionNotFound, VersionStore, tensor_hash
+from potluck.hashing import tensor_hash
+from potluck.store.versions import VersionNotFound, VersionStore
 from potluck.swarm.host import SwarmHost
 from potluck.v1 import exchange_pb2
 

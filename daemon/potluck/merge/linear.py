@@ -16,9 +16,10 @@ import numpy as np
 
 from potluck.merge.base import Args, BaseStrategy
 from potluck.merge.batch import Batch, rowsum
-from potluck.rounds.fixedpoint import BOUND, QUANTUM
 
 __all__ = [
+    "BOUND",
+    "QUANTUM",
     "Dare",
     "Mean",
     "TaskArithmetic",
@@ -29,6 +30,10 @@ __all__ = [
     "next_state",
 ]
 
+# The fixed-point grid of exact weighted sums: this merge sums on it, and potluck.rounds.fixedpoint
+# carries the same integers through hivemind's all-reduce (its docstring says why they are exact).
+QUANTUM = 2.0**-24
+BOUND = 1 << 40  # |q| per coordinate of one participant's contribution
 _INV_QUANTUM = 1.0 / QUANTUM
 
 

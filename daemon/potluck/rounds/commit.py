@@ -26,8 +26,8 @@ from typing import Any
 
 import msgpack
 
+from potluck.hashing import version_hash_of
 from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
-from potluck.store.versions import version_hash_of
 from potluck.wire import WireError, bounded_unpackb
 
 __all__ = [

@@ -39,6 +39,7 @@ from potluck.defence.service import DefenceError, DefenceService
 from potluck.exchange.service import UpdateExchange
 from potluck.exchange.slices import SliceService, SliceUnavailable
 from potluck.exchange.state import StateService
+from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.manifest import Manifest
 from potluck.merge import DEFAULT_STRATEGY, get_strategy, next_state, supports_columns
@@ -55,7 +56,7 @@ from potluck.rounds.entries import (
     senior_ids,
 )
 from potluck.store.history import History
-from potluck.store.versions import VersionStore, tensor_hashes, version_hash
+from potluck.store.versions import VersionStore
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, PeerInfo
 from potluck.tasks import TrainableTask

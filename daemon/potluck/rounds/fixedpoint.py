@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+from potluck.merge.linear import BOUND, QUANTUM
 from potluck.updates.codec import SignedUpdate, Update
 
 __all__ = [
@@ -78,9 +79,7 @@ __all__ = [
     "unpack",
 ]
 
-QUANTUM = 2.0**-24
 _INV_QUANTUM = 2.0**24
-BOUND = 1 << 40  # |q| per coordinate of one participant's contribution
 MAX_GROUP = 256  # largest group for which recovery is proven exact
 MAX_WEIGHT = 1 << 24  # w * float32 value is exact in float64 below 2**29
 SPACING = 255  # data values per sentinel

@@ -1,14 +1,7 @@
-"""Content-addressed storage of model versions (and, later, history)."""
+"""Storage on disk: content-addressed versions, held updates, the SQLite history."""
 
-from potluck.store.versions import (
-    CorruptVersion,
-    VersionNotFound,
-    VersionStore,
-    tensor_hash,
-    tensor_hashes,
-    version_hash,
-    version_hash_of,
-)
+from potluck.hashing import tensor_hash, tensor_hashes, version_hash, version_hash_of
+from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
 
 __all__ = [
     "CorruptVersion",

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from potluck.store.atomic import atomic_write_bytes
+from potluck.atomic import atomic_write_bytes
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 

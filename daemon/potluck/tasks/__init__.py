@@ -150,7 +150,7 @@ def get_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
 
 def genesis(task: Task, seed: int) -> tuple[State, str]:
     """The genesis state of ``task`` and its version hash."""
-    from potluck.store.versions import version_hash
+    from potluck.hashing import version_hash
 
     state = task.init_state(seed)
     return state, version_hash(state)

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity, node_id_of
-from potluck.store.versions import atomic_save, load_state, version_hash
+from potluck.store.versions import atomic_save, load_state
 from potluck.updates.codec import (
     DecodeLimits,
     EncodedTensor,
