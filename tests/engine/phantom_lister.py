@@ -1,5 +1,5 @@
 """A keeper whose round entries list an update nobody can fetch (tests only, never the shipped CLI):
-``python -m tests.rounds.phantom_lister run ...`` takes the same arguments as ``potluck``."""
+``python -m tests.engine.phantom_lister run ...`` takes the same arguments as ``potluck``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A keeper that audits nothing (tests only): it learns about lying reducers only from the faults
-others publish. ``python -m tests.rounds.trusting_keeper run ...`` takes the same arguments as ``potluck``."""
+others publish. ``python -m tests.engine.trusting_keeper run ...`` takes the same arguments as ``potluck``."""
 
 from __future__ import annotations
 

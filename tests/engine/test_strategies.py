@@ -12,7 +12,7 @@ from potluck.localswarm import wait_for
 from potluck.merge import get_strategy, next_state
 from potluck.store.versions import VersionStore
 from potluck.updates.codec import decode_update
-from tests.rounds.attacked_round import expected_version, make_run, publish_attacked_round, run_swarm
+from tests.engine.attacked_round import expected_version, make_run, publish_attacked_round, run_swarm
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0

@@ -10,7 +10,7 @@ import pytest
 
 from potluck.localswarm import wait_for
 from tests.cli import potluck_json
-from tests.rounds.attacked_round import expected_version, make_run, publish_attacked_round, run_swarm
+from tests.engine.attacked_round import expected_version, make_run, publish_attacked_round, run_swarm
 
 pytestmark = pytest.mark.multiprocess
 TASK_ARGS = {"hidden": 128}  # 2692 coordinates: 11 blocks, so every one of 4 reducers has a slice
@@ -40,8 +40,8 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
     with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(2)
         # audits nothing: it can only learn of the lie from the fault the others publish
-        trusting = swarm.add_node(name="trusting", module="tests.rounds.trusting_keeper")
-        liar = swarm.add_node(name="liar", module="tests.rounds.lying_reducer")
+        trusting = swarm.add_node(name="trusting", module="tests.engine.trusting_keeper")
+        liar = swarm.add_node(name="liar", module="tests.engine.lying_reducer")
         for node in (trusting, liar):
             node.wait_ready(60)
         honest = swarm.nodes[:3]
@@ -77,7 +77,7 @@ def test_a_phantom_update_fails_one_attempt_and_the_retry_commits_without_it(tmp
     manifest, path, state, genesis_hash = make_run(tmp_path, 32.0, TASK_ARGS, strategy="coordinate_median")
     with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
-        phantom = swarm.add_node(name="phantom", module="tests.rounds.phantom_lister").wait_ready(60)
+        phantom = swarm.add_node(name="phantom", module="tests.engine.phantom_lister").wait_ready(60)
         swarm.wait_all_see(3)
         r, datas = publish_attacked_round(swarm.nodes[:3], manifest, state, genesis_hash)
         wait_for(lambda: all(n.status()["committed_round"] >= r for n in swarm.nodes), 45, f"round {r}")
@@ -100,7 +100,7 @@ def test_the_all_reduce_refuses_a_wrong_sum_and_the_retry_runs_sliced(tmp_path):
     manifest, path, state, genesis_hash = make_run(tmp_path, 48.0, TASK_ARGS, quorum=3)
     with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
-        swarm.add_node(name="liar", module="tests.rounds.lying_carrier").wait_ready(60)
+        swarm.add_node(name="liar", module="tests.engine.lying_carrier").wait_ready(60)
         honest = swarm.nodes[:3]
         swarm.wait_all_see(3)
         r, datas = publish_attacked_round(honest, manifest, state, genesis_hash)

@@ -1,5 +1,5 @@
 """A keeper that signs a wrong slice whenever it reduces one (tests only, never the shipped CLI):
-``python -m tests.rounds.lying_reducer run ...`` takes the same arguments as ``potluck``."""
+``python -m tests.engine.lying_reducer run ...`` takes the same arguments as ``potluck``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A keeper that feeds the all-reduce something other than the updates it carries (tests only):
-``python -m tests.rounds.lying_carrier run ...`` takes the same arguments as ``potluck``."""
+``python -m tests.engine.lying_carrier run ...`` takes the same arguments as ``potluck``."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 from potluck.localswarm import LocalSwarm, wait_for
 from potluck.rounds import schedule
 from potluck.rounds.engine import ENTRY_WINDOW_S
-from tests.rounds.test_engine import AUTHORS, Run
+from tests.engine.test_engine import AUTHORS, Run
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 32.0  # an 8 s aggregation window: room for a failed attempt and a retry
