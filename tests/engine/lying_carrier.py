@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from potluck.cli import main
-from potluck.rounds.engine import RoundEngine
+from potluck.engine.loop import RoundEngine
 
 _honest = RoundEngine._contribution
 

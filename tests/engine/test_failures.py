@@ -12,7 +12,7 @@ import pytest
 
 from potluck.localswarm import LocalSwarm, wait_for
 from potluck.rounds import schedule
-from potluck.rounds.engine import ENTRY_WINDOW_S
+from potluck.engine.loop import ENTRY_WINDOW_S
 from tests.engine.test_engine import AUTHORS, Run
 
 pytestmark = pytest.mark.multiprocess

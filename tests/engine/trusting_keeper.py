@@ -3,10 +3,10 @@ others publish. ``python -m tests.engine.trusting_keeper run ...`` takes the sam
 
 from __future__ import annotations
 
-import potluck.rounds.engine
+import potluck.engine.loop
 from potluck.cli import main
 
-potluck.rounds.engine.AUDIT_SAMPLES = 0
+potluck.engine.loop.AUDIT_SAMPLES = 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

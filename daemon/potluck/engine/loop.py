@@ -44,7 +44,7 @@ from potluck.identity import NodeIdentity, node_id_of
 from potluck.manifest import Manifest
 from potluck.merge import DEFAULT_STRATEGY, get_strategy, next_state, supports_columns
 from potluck.rounds import fixedpoint, schedule, slices
-from potluck.rounds.averaging import CanonicalAverager, next_power_of_two
+from potluck.engine.averager import CanonicalAverager, next_power_of_two
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker, sign_commit
 from potluck.rounds.entries import (
     BadEntry,
