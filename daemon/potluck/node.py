@@ -13,31 +13,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from potluck import AGENT
-from potluck.atomic import atomic_write_bytes
+from potluck import AGENT, joining
 from potluck.datadir import DataDirLock, prepare_data_dir
 from potluck.defence.bans import BanRegistry, BanStoreError
 from potluck.defence.service import DefenceService
+from potluck.engine import RoundEngine
 from potluck.errors import ConfigError
 from potluck.exchange.service import UpdateExchange
 from potluck.exchange.slices import SliceService
-from potluck.exchange.state import StateService, SyncFailed
-from potluck.identity import P2P_KEY_FILE, PUBLIC_KEY_SIZE, NodeIdentity, load_or_create, node_id_of
-from potluck.manifest import Manifest, ManifestError, genesis_path, is_run_id, load_manifest
+from potluck.exchange.state import StateService
+from potluck.identity import P2P_KEY_FILE, NodeIdentity, load_or_create
+from potluck.manifest import Manifest, is_run_id
 from potluck.merge import StrategyError
-from potluck.rounds.engine import RoundEngine
+from potluck.rpc import replies
 from potluck.rpc.address import DEFAULT_RPC_LISTEN, write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
 from potluck.store.history import History
 from potluck.store.updates import UpdateStore
-from potluck.store.versions import VersionStore, load_state
+from potluck.store.versions import VersionStore
 from potluck.swarm.guard import install_ext_depth_guard
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, Membership
 from potluck.swarm.records import RecordReason
 from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
-from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
-from potluck.tasks import genesis as task_genesis
 from potluck.updates.codec import DecodeLimits
 from potluck.updates.reasons import UpdateRejected
 from potluck.updates.validation import UpdateValidator, ValidationContext
@@ -116,7 +114,7 @@ class Node:
         cfg = self.config
         self.identity = load_or_create(self.data_dir)
         self.versions = VersionStore(self.data_dir / "versions")
-        self.manifest = self._local_manifest()
+        self.manifest = joining.local_manifest(cfg.manifest, cfg.run, self.data_dir, self.versions)
         self.run = self.manifest.run_id if self.manifest is not None else cfg.run
         # the control server binds first: a busy port fails fast, before p2pd and the DHT start
         self.rpc = ControlServer(
@@ -204,7 +202,7 @@ class Node:
                     peers=self.membership.peers,
                     on_new_version=self.membership.republish_now,
                     restore_signals=self.restore_signals,
-                    task=self._evaluation_task(),
+                    task=joining.evaluation_task(self.manifest),
                     aggregates=self.config.role != "client",
                     slice_service=slice_service,
                     defence=self.defence,
@@ -213,77 +211,14 @@ class Node:
                 raise ConfigError(f"the run's merge strategy {self.manifest.strategy!r}: {e}") from None
             self.engine.start()
 
-    def _evaluation_task(self) -> TrainableTask | None:
-        """Keepers evaluate every version on the task's held-out split, when the task can."""
-        assert self.manifest is not None
-        try:
-            task = get_task(self.manifest.task, self.manifest.task_args)
-        except TaskError as e:
-            logger.warning(f"versions will not be evaluated: {e}")
-            return None
-        return task if is_trainable(task) else None
-
     async def _join_run(self) -> None:
         """Fetch the manifest of ``self.run`` from its peers (checked against the run id), then start."""
         assert self.membership is not None and self.state_service is not None
-        delay = 1.0
-        while self.manifest is None:
-            holders = [(p.record.peer_id, list(p.record.addrs)) for p in self.membership.peers()]
-            try:
-                data = await self.state_service.fetch_manifest(self.run, holders) if holders else None
-                if data is not None:
-                    manifest = Manifest.from_bytes(data, self.run)
-                    atomic_write_bytes(self._manifest_cache(), data)
-                    self._ensure_genesis(manifest, None)
-                    self.manifest = manifest
-            except (SyncFailed, ManifestError, ConfigError) as e:
-                logger.warning(f"fetching the manifest of run {self.run[:16]}: {e}; retrying")
-            if self.manifest is None:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        self.manifest = await joining.fetch_manifest(
+            self.run, self.membership, self.state_service, self.data_dir, self.versions
+        )
         logger.info(f"joined run {self.run[:16]} ({self.manifest.task}, quorum {self.manifest.quorum})")
         await self._start_updates_and_rounds()
-
-    def _manifest_cache(self) -> Path:
-        return self.data_dir / f"{self.run}.manifest"
-
-    def _local_manifest(self) -> Manifest | None:
-        """The run's manifest from --manifest, or one fetched from peers on an earlier start."""
-        cfg = self.config
-        if cfg.manifest is not None:
-            try:
-                manifest = load_manifest(cfg.manifest)
-            except (OSError, ManifestError) as e:
-                raise ConfigError(f"cannot load --manifest {cfg.manifest}: {e}") from None
-            if cfg.run not in ("default", manifest.run_id):
-                raise ConfigError(f"--run {cfg.run} is not the run id of --manifest ({manifest.run_id})")
-            self._ensure_genesis(manifest, cfg.manifest)
-            return manifest
-        if is_run_id(cfg.run):
-            cached = self.data_dir / f"{cfg.run}.manifest"
-            if cached.exists():
-                try:
-                    return Manifest.from_bytes(cached.read_bytes(), cfg.run)
-                except (OSError, ManifestError) as e:
-                    logger.warning(f"ignoring cached manifest {cached}: {e}")
-        return None
-
-    def _ensure_genesis(self, manifest: Manifest, manifest_path: Path | None) -> None:
-        """Genesis weights in the version store: from the file beside the manifest, or rebuilt by the task."""
-        if self.versions.has(manifest.genesis):
-            return
-        beside = genesis_path(manifest_path) if manifest_path is not None else None
-        if beside is not None and beside.exists():
-            state = load_state(beside)
-        else:
-            try:
-                state, _ = task_genesis(get_task(manifest.task, manifest.task_args), manifest.seed)
-            except TaskError as e:
-                raise ConfigError(f"cannot rebuild the genesis weights: {e}") from None
-        if self.versions.put(state) != manifest.genesis:
-            raise ConfigError(
-                f"genesis weights do not hash to the manifest's genesis {manifest.genesis[:16]}"
-            )
 
     def _manifest_bytes(self, run_id: str) -> bytes | None:
         return (
@@ -291,39 +226,16 @@ class Node:
         )
 
     def _validation_context(self) -> ValidationContext:
-        cfg = self.config
-        shapes: dict[str, tuple[int, ...]] = {}
         if self.manifest is not None:
-            m = self.manifest
-            genesis_state = self.versions.get(m.genesis)
-            return ValidationContext(
-                run=m.run_id,
-                round=0,
-                shapes={n: tuple(t.shape) for n, t in genesis_state.items()},
-                known_bases=frozenset({m.genesis}),
-                admitted=frozenset(bytes.fromhex(a) for a in m.allow) if m.admission == "allowlist" else None,
-                max_norm=m.max_update_norm,
-            )
-        if cfg.model is not None:
-            try:
-                state = load_state(cfg.model)
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"cannot load --model {cfg.model}: {e}") from None
-            self.local.model_version = self.versions.put(state)
-            shapes = {name: tuple(t.shape) for name, t in state.items()}
-        try:
-            admitted = frozenset(bytes.fromhex(a) for a in cfg.allow) or None
-        except ValueError:
-            raise ConfigError("--allow takes node ids (64 hex digits, see `potluck id`)") from None
-        if admitted and any(len(a) != PUBLIC_KEY_SIZE for a in admitted):
-            raise ConfigError("--allow takes node ids (64 hex digits, see `potluck id`)")
-        return ValidationContext(
-            run=self.run,
-            round=self.local.round,
-            shapes=shapes,
-            known_bases=frozenset({self.local.model_version} - {""}),
-            admitted=admitted,
-            max_norm=cfg.max_update_norm,
+            return joining.run_context(self.manifest, self.versions)
+        cfg = self.config
+        return joining.loose_context(
+            self.run,
+            self.local,
+            self.versions,
+            model=cfg.model,
+            allow=cfg.allow,
+            max_update_norm=cfg.max_update_norm,
         )
 
     def _addresses_of(self, peer_id: str) -> list[str]:
@@ -342,26 +254,6 @@ class Node:
         except UpdateRejected as e:
             return control_pb2.PublishUpdateResponse(accepted=False, reason=e.reason.value, detail=e.detail)
         return control_pb2.PublishUpdateResponse(accepted=True, update_id=held.update_id)
-
-    def list_updates(self) -> control_pb2.ListUpdatesResponse:
-        if self.exchange is None:
-            return control_pb2.ListUpdatesResponse()
-        held = sorted(self.exchange.held.values(), key=lambda u: (-u.round, u.update_id))
-        return control_pb2.ListUpdatesResponse(
-            updates=[
-                control_pb2.UpdateInfo(
-                    update_id=u.update_id,
-                    author=node_id_of(u.author),
-                    round=u.round,
-                    seq=u.seq,
-                    size=u.size,
-                    sample_count=u.sample_count,
-                    base=u.base,
-                    source=u.source,
-                )
-                for u in held
-            ]
-        )
 
     async def _after_dht_restart(self) -> None:
         if self.membership is not None:
@@ -389,121 +281,20 @@ class Node:
             await self.host.stop()
         self._lock.release()
 
-    # ---- control API views ------------------------------------------------------------------------
+    # ---- control API views (potluck.rpc.replies builds them) ---------------------------------------
+
+    @property
+    def rpc_address(self) -> str:
+        return self.rpc.address if self.rpc else ""
 
     def status(self) -> control_pb2.GetStatusResponse:
-        assert self.identity is not None and self.host is not None and self.membership is not None
-        boot = self.host.bootstrap
-        fields = dict(
-            node_id=self.identity.node_id,
-            peer_id=self.identity.peer_id,
-            run=self.run,
-            agent_version=AGENT,
-            listen_addrs=self.host.listen,
-            addrs=self.host.addrs,
-            uptime_s=time.time() - self.started_at,
-            peers=len(self.membership.peers()),
-            role=self.local.role,
-            round=self.local.round,
-            phase="idle",
-            model_version=self.local.model_version,
-            rejected_records=self.rejections.snapshot(),
-            dht_restarts=self.host.dht_restarts,
-            bootstrap=control_pb2.Bootstrap(
-                state=boot.state,
-                initial_peers=boot.initial_peers,
-                attempts=boot.attempts,
-                last_error=boot.last_error,
-                next_retry_in_s=max(0.0, boot.next_retry_at - time.time())
-                if boot.state == "retrying"
-                else 0.0,
-            ),
-            rpc_address=self.rpc.address if self.rpc else "",
-            record_ttl_s=self.membership.ttl_s,
-        )
-        fields |= self._update_status() | self._round_status()
-        if self.defence is not None:
-            fields["defence"] = self._defence_status()
-        return control_pb2.GetStatusResponse(**fields)
-
-    def _round_status(self) -> dict:
-        if self.engine is None:
-            return {
-                "run_id": self.run if is_run_id(self.run) else "",
-                "committed_round": -1,
-                "accuracy": -1.0,
-            }
-        e = self.engine
-        return {
-            "run_id": e.run_id,
-            "round": max(e.status.round, 0),
-            "phase": e.status.phase,
-            "version": e.version,
-            "deadline": e.status.deadline,
-            "participants": e.status.last_participants,
-            "committed_round": e.committed_round,
-            "abandoned_rounds": e.status.abandoned_rounds,
-            "fork_switches": e.status.fork_switches,
-            "accuracy": e.status.accuracy,
-            "round_error": e.status.last_error,
-            "bad_tensors": self.state_service.stats.bad_tensors if self.state_service else 0,
-            "aggregation": e.aggregation_status(),
-        }
-
-    def _update_status(self) -> dict:
-        if self.exchange is None:
-            return {"base_version": self.local.model_version, "accuracy": -1.0}
-        counters = self.exchange.validator.counters
-        return {
-            "accepted_updates": counters["accepted"],
-            "held_updates": len(self.exchange.held),
-            "rejected_updates": {reason: n for reason, n in counters.items() if reason != "accepted"},
-            "bad_holder_fetches": self.exchange.bad_holder_fetches,
-            "fetched_updates": self.exchange.fetched,
-            "published_updates": sum(u.source == "published" for u in self.exchange.held.values()),
-            "published_bytes": sum(u.size for u in self.exchange.held.values() if u.source == "published"),
-            "base_version": self.local.model_version,
-        }
-
-    def _defence_status(self) -> control_pb2.Defence:
-        assert self.defence is not None
-        d = self.defence.status_fields()
-        return control_pb2.Defence(
-            bans=[control_pb2.Ban(**b) for b in d.pop("bans")],
-            probation=[control_pb2.Probation(**p) for p in d.pop("probation")],
-            **d,
-        )
-
-    def _peer_defence(self, node_id: str) -> dict:
-        if self.defence is None:
-            return {}
-        ban = self.defence.ban_of(node_id)
-        return {
-            "banned": ban is not None,
-            "ban_reason": ban.reason if ban is not None else "",
-            "probation_rounds_left": self.defence.rounds_left(node_id) if ban is None else 0,
-        }
+        return replies.status(self)
 
     def list_peers(self) -> control_pb2.ListPeersResponse:
-        assert self.membership is not None
-        return control_pb2.ListPeersResponse(
-            peers=[
-                control_pb2.Peer(
-                    node_id=p.node_id,
-                    peer_id=p.record.peer_id,
-                    addrs=p.record.addrs,
-                    role=p.record.role,
-                    agent_version=p.record.agent,
-                    last_seen=p.record.timestamp,
-                    expires_at=p.expires_at,
-                    round=p.record.round,
-                    model_version=p.record.model_version,
-                    sequence=p.record.sequence,
-                    **self._peer_defence(p.node_id),
-                )
-                for p in self.membership.peers()
-            ]
-        )
+        return replies.list_peers(self)
+
+    def list_updates(self) -> control_pb2.ListUpdatesResponse:
+        return replies.list_updates(self)
 
 
 SHUTDOWN_BUDGET_S = 5.0
