@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from potluck.cli import build_parser, format_peers, format_status, main
+from potluck.cli import build_parser, main
+from potluck.cli.format import format_peers, format_status
 
 
 def potluck(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

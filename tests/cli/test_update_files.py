@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from potluck.cli.update_files import apply_update_file, inspect_update, make_update
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.store.versions import load_state
-from potluck.updates.files import apply_update_file, inspect_update, make_update
 from potluck.updates.reasons import Reason, UpdateRejected
 
 

@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalSwarm, wait_for
-from potluck.updates.files import make_update
+from potluck.cli.update_files import make_update
 from tests.attacks import run_lying_holder
 from tests.spawned import run_spawned
 

@@ -1,0 +1,52 @@
+"""The `potluck` command: the parser assembled from one module per command group.
+
+node (run, join, status, peers, id), run (init), update (make, inspect, publish, list, apply),
+history (log, export), demo; the tables people read are in cli.format.
+
+Exit codes: 0 ok, 1 runtime failure (e.g. the node did not answer), 2 usage or configuration error.
+Heavy imports (torch, hivemind) happen only in the commands that need them, so `status` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from potluck import __version__
+from potluck.cli import demo, history, node, run, update
+from potluck.cli.common import EXIT_USAGE, Parser
+from potluck.errors import ConfigError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="potluck", description="Build one model together: a P2P federated collaboration node."
+    )
+    parser.add_argument("--version", action="version", version=f"potluck {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for group in (node, run, history, update, demo):
+        group.add_parsers(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.handler(args)
+    except ConfigError as e:
+        print(f"potluck {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `potluck peers | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

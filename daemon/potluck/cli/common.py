@@ -1,0 +1,94 @@
+"""What every command group shares: the one-line usage error, the --data-dir and query flags, the
+argument types, and the call to a running node's control API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from potluck.errors import ConfigError
+
+DEFAULT_DATA_DIR = "~/.potluck"
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+Commands = Any  # argparse's _SubParsersAction (private): what add_parser is called on
+
+
+def data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("POTLUCK_DATA_DIR", DEFAULT_DATA_DIR)),
+        help=f"node state: key, api address, history (env POTLUCK_DATA_DIR, default {DEFAULT_DATA_DIR})",
+    )
+
+
+def query_args(parser: argparse.ArgumentParser) -> None:
+    data_dir_arg(parser)
+    parser.add_argument(
+        "--rpc", metavar="HOST:PORT", help="control API address (default: read <data-dir>/api)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the node (default 5)")
+
+
+def ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> dict[str, Any]:
+    """Call the running node's control API; exit 1 with one line if it does not answer."""
+    from potluck.rpc.client import ControlClient, NodeUnreachable, resolve_address
+    from potluck.rpc.jsonify import message_to_dict
+
+    address = resolve_address(args.rpc, args.data_dir.expanduser())
+    try:
+        with ControlClient(address, timeout=args.timeout) as client:
+            return message_to_dict(call(client))
+    except NodeUnreachable as e:
+        print(f"potluck {args.command}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+
+
+def density(text: str) -> float:
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]: {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value

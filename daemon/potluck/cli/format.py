@@ -1,0 +1,177 @@
+"""Tables for people: what `status`, `peers`, `log`, `update inspect` and `update list` print
+without --json (the control API's replies, as dicts)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def format_status(s: dict[str, Any]) -> str:
+    boot = s["bootstrap"]
+    boot_text = boot["state"]
+    if boot["state"] != "none":
+        boot_text += f" ({boot['attempts']} attempt{'s' if boot['attempts'] != 1 else ''})"
+    if boot["state"] == "retrying":
+        boot_text += f", next in {boot['next_retry_in_s']:.0f}s: {boot['last_error']}"
+    rejected = " ".join(f"{k}={v}" for k, v in sorted(s["rejected_records"].items()) if v) or "none"
+    rows = [
+        ("node id", s["node_id"]),
+        ("peer id", s["peer_id"]),
+        ("run", s["run"]),
+        ("role", s["role"]),
+        ("agent", s["agent_version"]),
+        ("uptime", _duration(s["uptime_s"])),
+        ("peers", str(s["peers"])),
+        ("bootstrap", boot_text),
+        ("run id", s["run_id"] or "-"),
+        (
+            "round",
+            f"{s['round']} ({s['phase']})"
+            + (f", ends in {max(0.0, s['deadline'] - time.time()):.0f}s" if s["deadline"] else ""),
+        ),
+        (
+            "version",
+            (s["version"] or s["model_version"] or "-")
+            + (f" (round {s['committed_round']})" if s["committed_round"] >= 0 else ""),
+        ),
+        ("signed by", f"{len(s['participants'])} participants" if s["participants"] else "-"),
+        (
+            "updates",
+            f"{s['held_updates']} held, {s['accepted_updates']} accepted, {s['fetched_updates']} fetched",
+        ),
+        (
+            "rejected upd",
+            " ".join(f"{k}={v}" for k, v in sorted(s["rejected_updates"].items()) if v) or "none",
+        ),
+        ("rejected rec", rejected),
+        *_defence_rows(s.get("defence")),
+        ("dht restarts", str(s["dht_restarts"])),
+        ("control api", s["rpc_address"]),
+    ]
+    rows += [("address" if i == 0 else "", a) for i, a in enumerate(s["addrs"] or ["-"])]
+    return "\n".join(f"{k:<13} {v}" for k, v in rows)
+
+
+def _defence_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not d:
+        return []
+    rows = [
+        (
+            "banned" if i == 0 else "",
+            f"{b['node_id'][:16]} {b['reason']} in round {b['round']} (evidence {b['evidence_id'][:12]})",
+        )
+        for i, b in enumerate(d["bans"])
+    ] or [("banned", "none")]
+    if d["probation_rounds"]:
+        on = " ".join(f"{p['node_id'][:16]}({p['rounds_left']} left)" for p in d["probation"]) or "nobody"
+        rows.append(("probation", f"{d['probation_rounds']} rounds; {on}"))
+    rejected = " ".join(f"{k}={v}" for k, v in sorted(d["evidence_rejected"].items()) if v)
+    rows.append((
+        "evidence",
+        f"{d['evidence_verified']} verified ({d['equivocations_found']} found here), "
+        f"{d['evidence_published']} published, {d['evidence_pending']} pending"
+        + (f", rejected {rejected}" if rejected else ""),
+    ))  # fmt: skip
+    return rows
+
+
+def _peer_defence(p: dict[str, Any]) -> str:
+    if p.get("banned"):
+        return f"banned ({p['ban_reason']})"
+    if p.get("probation_rounds_left"):
+        return f"probation ({p['probation_rounds_left']} left)"
+    return "-"
+
+
+def format_peers(peers: list[dict[str, Any]]) -> str:
+    if not peers:
+        return "no peers"
+    now = time.time()
+    header = ("NODE ID", "PEER ID", "ROLE", "SEEN", "MODEL", "DEFENCE", "ADDRESS")
+    rows = [
+        (
+            p["node_id"][:16],
+            p["peer_id"],
+            p["role"],
+            f"{max(0.0, now - p['last_seen']):.0f}s ago",
+            p["model_version"][:12] or "-",
+            _peer_defence(p),
+            p["addrs"][0] if p["addrs"] else "-",
+        )
+        for p in peers
+    ]
+    return _table(header, rows)
+
+
+def format_update(info: dict[str, Any]) -> str:
+    if "id" not in info:
+        return f"not an update ({info['bytes']} bytes): {info['reason']}: {info.get('detail', '')}"
+    rows = [
+        ("id", info["id"]),
+        ("valid", "yes" if info["valid"] else f"no: {info['reason']}"),
+        ("signature", "ok" if info["signature_ok"] else "BAD"),
+        ("author", info["author"]),
+        ("run", info["run"]),
+        ("round", str(info["round"])),
+        ("base", info["base"]),
+        ("seq", str(info["seq"])),
+        ("samples", str(info["sample_count"])),
+        ("nonzeros", f"{info['nonzeros']} in {len(info['tensors'])} tensors"),
+        ("bytes", f"{info['bytes']} ({info['compression_ratio']:.0f}x smaller than dense fp32)"),
+    ]
+    lines = [f"{k:<10} {v}" for k, v in rows]
+    lines += [
+        f"  {t['name']}: {t['nonzeros']} of {t['shape']}, {t['indices']} + {t['values']}"
+        for t in info["tensors"]
+    ]
+    return "\n".join(lines)
+
+
+def format_log(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "no committed versions yet"
+    header = ("ROUND", "VERSION", "PARENT", "UPDATES", "CONTRIBUTORS", "ACCURACY", "TIME")
+    rows = [
+        (
+            str(e["round"]),
+            e["version"][:16],
+            e["parent"][:16],
+            str(e["updates"]),
+            str(len(e["contributors"])),
+            "-" if e.get("accuracy") is None else f"{e['accuracy']:.3f}",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"])),
+        )
+        for e in entries
+    ]
+    return _table(header, rows)
+
+
+def format_updates(updates: list[dict[str, Any]]) -> str:
+    if not updates:
+        return "no updates held"
+    header = ("UPDATE ID", "AUTHOR", "ROUND", "SEQ", "BYTES", "SOURCE")
+    rows = [
+        (u["update_id"][:16], u["author"][:16], str(u["round"]), str(u["seq"]), str(u["size"]), u["source"])
+        for u in updates
+    ]
+    return _table(header, rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (
+        f"{hours}h{minutes:02d}m{secs:02d}s"
+        if hours
+        else f"{minutes}m{secs:02d}s"
+        if minutes
+        else f"{seconds:.1f}s"
+    )

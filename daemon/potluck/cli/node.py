@@ -1,0 +1,278 @@
+"""`potluck run`, `join`, `status`, `peers` and `id`: start a node, and ask a running one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from potluck.cli.common import (
+    Commands,
+    ask,
+    data_dir_arg,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    query_args,
+)
+from potluck.cli.format import format_peers, format_status
+from potluck.errors import ConfigError
+from potluck.rpc.address import DEFAULT_RPC_LISTEN
+
+
+def add_parsers(commands: Commands) -> None:
+    _run_parser(commands)
+    for name, text, handler in (
+        ("status", "show a running node's status", cmd_status),
+        ("peers", "list the peers a running node sees", cmd_peers),
+    ):
+        parser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        query_args(parser)
+        parser.set_defaults(handler=handler)
+
+    ident = commands.add_parser(
+        "id", help="print this node's node id and peer id (creates the key if needed)"
+    )
+    data_dir_arg(ident)
+    ident.add_argument("--json", action="store_true", help="print JSON")
+    ident.set_defaults(handler=cmd_id)
+    _join_parser(commands)
+
+
+def _run_parser(commands: Commands) -> None:
+    run = commands.add_parser(
+        "run", help="run a node until SIGINT/SIGTERM", description="Run a potluck node."
+    )
+    run.set_defaults(handler=cmd_run)
+    data_dir_arg(run)
+    run.add_argument(
+        "--run", default="default", help="name of the run (collaboration) to join (default: default)"
+    )
+    run.add_argument(
+        "--listen",
+        nargs="+",
+        metavar="MULTIADDR",
+        default=None,
+        help="libp2p listen addresses (default /ip4/0.0.0.0/tcp/7451: reachable from other machines)",
+    )
+    run.add_argument(
+        "--announce",
+        nargs="+",
+        metavar="MULTIADDR",
+        default=[],
+        help="addresses to announce instead of the listen ones (e.g. behind NAT)",
+    )
+    run.add_argument(
+        "--initial-peers",
+        nargs="+",
+        metavar="MULTIADDR",
+        default=[],
+        help="bootstrap peers, each ending in /p2p/<peer id>; retried with backoff until one answers",
+    )
+    run.add_argument(
+        "--rpc-listen",
+        default=DEFAULT_RPC_LISTEN,
+        metavar="HOST:PORT",
+        help=f"control API address (default {DEFAULT_RPC_LISTEN}; port 0 picks a free one)",
+    )
+    run.add_argument(
+        "--allow-remote-rpc",
+        action="store_true",
+        help="allow --rpc-listen on a non-loopback address (the API has no authentication)",
+    )
+    run.add_argument(
+        "--role", default="keeper", choices=["keeper", "contributor"], help="role announced to peers"
+    )
+    run.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="RUN.toml",
+        help="signed rules of a run (`potluck init`) to take part in; or --run RUN_ID fetches them",
+    )
+    run.add_argument(
+        "--model",
+        type=Path,
+        metavar="FILE.safetensors",
+        help="the model version updates are validated against (its hash is the base updates must name)",
+    )
+    run.add_argument(
+        "--allow",
+        nargs="+",
+        default=[],
+        metavar="NODE_ID",
+        help="admit updates only from these authors (default: open)",
+    )
+    run.add_argument(
+        "--max-update-norm",
+        type=positive_float,
+        metavar="L2",
+        help="reject updates whose delta is larger than this",
+    )
+    run.add_argument(
+        "--record-ttl",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="lifetime of this node's peer record; refreshed every third of it (default 30)",
+    )
+    run.add_argument(
+        "--max-updates-per-author",
+        type=non_negative_int,
+        default=3,
+        metavar="N",
+        help="check at most N distinct updates per author and round; more are rate_limited "
+        "(default 3, 0: no limit; an honest author sends one)",
+    )
+
+
+def _join_parser(commands: Commands) -> None:
+    join = commands.add_parser(
+        "join",
+        help="contribute: train on your data every round and publish signed sparse updates",
+        description="Join a run as a contributor: a node that also trains.",
+    )
+    join.set_defaults(handler=cmd_join)
+    data_dir_arg(join)
+    join.add_argument(
+        "initial_peers", nargs="*", metavar="MULTIADDR", help="peers of the run, ending in /p2p/<id>"
+    )
+    join.add_argument("--run", metavar="RUN_ID", help="the run to join (its manifest is fetched from peers)")
+    join.add_argument("--manifest", type=Path, metavar="RUN.toml", help="or the run's manifest file")
+    join.add_argument("--task", help="the task you expect (refused if the run trains another)")
+    join.add_argument(
+        "--shard", metavar="I/N", help="train on the I-th of N label shards (non-IID); default: all"
+    )
+    join.add_argument(
+        "--dirichlet", type=positive_float, metavar="ALPHA", help="with --shard: Dirichlet label mix"
+    )
+    join.add_argument(
+        "--local-steps", type=positive_int, default=50, help="training steps per round (default 50)"
+    )
+    join.add_argument("--seed", type=non_negative_int, default=0, help="seed of local training")
+    join.add_argument("--rounds", type=positive_int, help="leave after contributing this many rounds")
+    join.add_argument(
+        "--client-mode",
+        action="store_true",
+        help="behind NAT/firewall: nobody dials us; updates are pushed to keepers, versions pulled",
+    )
+    join.add_argument("--listen", nargs="+", metavar="MULTIADDR", default=["/ip4/0.0.0.0/tcp/0"])
+    join.add_argument(
+        "--rpc-listen", default="127.0.0.1:0", metavar="HOST:PORT", help="control API (default: any port)"
+    )
+    join.add_argument("--record-ttl", type=positive_float, default=30.0, metavar="SECONDS")
+    join.add_argument(
+        "--join-timeout",
+        type=positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up (exit 2) if the run cannot be reached in this time (default 60)",
+    )
+
+
+def _quiet_libraries(log_level: str) -> None:
+    """Before hivemind and grpc are imported by a command that starts a node."""
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if log_level != "DEBUG" else "DEBUG")
+    # The DHT child is forked from this process; it never uses gRPC, so gRPC's fork handlers are not needed.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # errors reach the user as our own one-liners
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _quiet_libraries(args.log_level)
+    import asyncio
+
+    from potluck.node import DEFAULT_LISTEN, NodeConfig, run_node
+
+    config = NodeConfig(
+        data_dir=args.data_dir,
+        run=_check_run_name(args.run),
+        listen=args.listen or list(DEFAULT_LISTEN),
+        announce=args.announce,
+        initial_peers=args.initial_peers,
+        rpc_listen=args.rpc_listen,
+        allow_remote_rpc=args.allow_remote_rpc,
+        role=args.role,
+        record_ttl_s=args.record_ttl,
+        manifest=args.manifest,
+        model=args.model,
+        allow=args.allow,
+        max_update_norm=args.max_update_norm,
+        max_updates_per_author=args.max_updates_per_author or None,
+    )
+    asyncio.run(run_node(config))
+    return 0
+
+
+def _check_run_name(name: str) -> str:
+    if not name or len(name) > 128 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"bad --run {name!r}: use 1-128 letters, digits, '-', '_' or '.'")
+    return name
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from potluck.datadir import prepare_data_dir
+    from potluck.identity import load_or_create
+
+    identity = load_or_create(prepare_data_dir(args.data_dir))
+    if args.json:
+        print(json.dumps({"node_id": identity.node_id, "peer_id": identity.peer_id}))
+    else:
+        print(f"node id  {identity.node_id}\npeer id  {identity.peer_id}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = ask(args, lambda c: c.status())
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    peers = ask(args, lambda c: c.peers())["peers"]
+    print(json.dumps(peers, indent=2) if args.json else format_peers(peers))
+    return 0
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    _quiet_libraries(args.log_level)
+    import asyncio
+
+    from potluck.contribute import Contributor
+    from potluck.manifest import is_run_id
+    from potluck.node import NodeConfig, run_node
+
+    if (args.run is None) == (args.manifest is None):
+        raise ConfigError("give the run to join: --run RUN_ID (fetched from peers) or --manifest RUN.toml")
+    if args.run is not None and not is_run_id(args.run):
+        raise ConfigError(
+            f"--run takes a run id (64 hex digits, printed by `potluck init`), got {args.run!r}"
+        )
+    if args.dirichlet is not None and args.shard is None:
+        raise ConfigError("--dirichlet needs --shard I/N (which of the N contributors you are)")
+    shard = args.shard if args.dirichlet is None else f"dirichlet:{args.dirichlet}:{args.shard}"
+    if shard is not None:
+        _check_shard(shard)
+    config = NodeConfig(
+        data_dir=args.data_dir, run=args.run or "default", manifest=args.manifest, listen=args.listen,
+        initial_peers=args.initial_peers, rpc_listen=args.rpc_listen,
+        role="client" if args.client_mode else "contributor",
+        record_ttl_s=args.record_ttl,
+    )  # fmt: skip
+
+    def contributor(node):
+        return Contributor(
+            node, task_spec=args.task, shard=shard, local_steps=args.local_steps, seed=args.seed,
+            max_rounds=args.rounds, join_timeout=args.join_timeout,
+        )  # fmt: skip
+
+    asyncio.run(run_node(config, contributor))
+    return 0
+
+
+def _check_shard(spec: str) -> None:
+    """Catch a malformed --shard before starting anything (the task checks the rest)."""
+    index = spec.rsplit(":", 1)[-1]
+    i, sep, n = index.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise ConfigError(f"bad --shard {index!r}: expected I/N with 0 <= I < N, e.g. 0/4")
