@@ -1,6 +1,7 @@
 """A contributor: a node that also trains. Each round it trains on its own data from V_r, turns the
-change into a signed sparse update (top-k with error feedback) and hands it to its node, which
-validates, holds and announces it like any other update.
+change into a signed sparse update (top-k with error feedback) and hands it to its node's one publish
+path (Node.publish), which validates, holds and announces it like any other update, or pushes it to
+keepers when the node runs in client mode. What it needs of the node is ContributingNode.
 
 Training runs in a worker thread, so the node keeps serving peers and the control API meanwhile.
 """
@@ -14,15 +15,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from potluck.errors import ConfigError
-from potluck.rounds import schedule
+from potluck.identity import NodeIdentity
+from potluck.manifest import Manifest
+from potluck.node import NO_KEEPER, OpenRound
+from potluck.store.versions import VersionStore
 from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
 from potluck.updates.codec import Update, encode_update
-from potluck.updates.reasons import UpdateRejected
 from potluck.updates.sparsify import ErrorFeedback
+from potluck.v1 import control_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +64,24 @@ class Progress:
             logger.info(f"{self.label}: {done}/{self.total} steps")
 
 
+class ContributingNode(Protocol):
+    """What a contributor needs of its node (potluck.node.Node): the run it joined, the round open for
+    updates, and the one path an update leaves by (Node.publish: validate, hold, announce or push)."""
+
+    identity: NodeIdentity | None
+    versions: VersionStore
+
+    async def joined(self, timeout: float) -> Manifest: ...
+    def open_round(self) -> OpenRound | None: ...
+    def round_settled(self, r: int) -> bool: ...
+    def current_version(self) -> str: ...
+    def authored(self, r: int) -> bool: ...
+    async def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse: ...
+
+
 class Contributor:
-    def __init__(self, node, *, task_spec: str | None, shard: str | None, local_steps: int, seed: int,
-                 max_rounds: int | None = None, join_timeout: float = 60.0):  # fmt: skip
+    def __init__(self, node: ContributingNode, *, task_spec: str | None, shard: str | None, local_steps: int,
+                 seed: int, max_rounds: int | None = None, join_timeout: float = 60.0):  # fmt: skip
         self._node = node
         self._task_spec, self._shard, self._steps, self._seed = task_spec, shard, local_steps, seed
         self._max_rounds = max_rounds
@@ -72,8 +92,7 @@ class Contributor:
     def stop(self) -> None:
         self._stop.set()
 
-    def _check_task(self) -> TrainableTask:
-        manifest = self._node.manifest
+    def _check_task(self, manifest: Manifest) -> TrainableTask:
         if self._task_spec is not None and self._task_spec != manifest.task:
             raise ConfigError(f"this run trains task {manifest.task!r}, not {self._task_spec!r}")
         try:
@@ -90,43 +109,32 @@ class Contributor:
 
     async def run(self) -> None:
         """Contribute every round until stopped (or after ``max_rounds`` contributions)."""
-        give_up = time.monotonic() + self._join_timeout
-        while self._node.engine is None:  # joined by run id: the manifest is on its way
-            if time.monotonic() > give_up:
-                boot = self._node.host.bootstrap
-                reason = f"no initial peer answered ({boot.last_error})" if boot.state == "retrying" else (
-                    "no peer of the run served its manifest")  # fmt: skip
-                raise ConfigError(
-                    f"could not join run {self._node.run[:16]} within {self._join_timeout:.0f}s: {reason}"
-                )
-            await asyncio.sleep(0.2)
-        engine, manifest = self._node.engine, self._node.manifest
-        task = self._check_task()
+        node = self._node
+        manifest = await node.joined(self._join_timeout)  # joined by run id: the manifest is on its way
+        task = self._check_task(manifest)
         try:
             data = await asyncio.to_thread(task.local_data, self._shard, self._seed)
         except TaskError as e:
             raise ConfigError(str(e)) from None
         feedback = ErrorFeedback(manifest.density, manifest.values)
-        identity = self._node.identity
+        identity = node.identity
+        assert identity is not None
         while not self._stop.is_set():
             if self._max_rounds is not None and self.stats.rounds_contributed >= self._max_rounds:
                 # stay until our last update is merged (or its round is over), then leave
-                last = self.stats.last_round
-                if engine.committed_round >= last or engine.status.round > last:
+                if node.round_settled(self.stats.last_round):
                     return
                 await asyncio.sleep(0.2)
                 continue
-            r = engine.status.round
-            # the engine collects round r only once it holds V_r (committed, synced or unchanged)
-            if engine.status.phase != "collecting" or r <= self.stats.last_round:
+            opened = node.open_round()
+            if opened is None or opened.round <= self.stats.last_round:
                 await asyncio.sleep(0.2)
                 continue
-            if any(
-                u.author == identity.public_key and u.round == r for u in self._node.exchange.held.values()
-            ):
+            r = opened.round
+            if node.authored(r):
                 self.stats.last_round = r  # published before a restart: a second update would be equivocation
                 continue
-            base_version, base_state = engine.version, {k: v.copy() for k, v in engine.state.items()}
+            base_version, base_state = opened.version, {k: v.copy() for k, v in opened.state.items()}
             self.stats.last_round = r
             progress = Progress(f"round {r}: training", self._steps)
 
@@ -147,7 +155,7 @@ class Contributor:
             except StopTraining:
                 logger.info("stopped after the current training step")
                 return
-            if engine.version != base_version or time.time() >= schedule.aggregation_start(manifest, r):
+            if node.current_version() != base_version or time.time() >= opened.closes_at:
                 self.stats.rounds_missed += 1
                 logger.warning(
                     f"round {r}: training finished too late for the round; re-syncing to the next one"
@@ -159,24 +167,17 @@ class Contributor:
             update = Update(manifest.run_id, r, base_version, identity.public_key, time.time_ns() // 1000,
                             int(samples), tuple(tensors))  # fmt: skip
             data_bytes = await asyncio.to_thread(encode_update, update, identity, manifest.values)
-            try:
-                held = await self._node.exchange.accept(data_bytes, "published")
-            except UpdateRejected as e:
-                logger.warning(f"round {r}: our own update was rejected: {e}")
+            reply = await node.publish(data_bytes)
+            if reply.reason == NO_KEEPER:
+                self.stats.rounds_missed += 1
+                logger.warning(f"round {r}: {reply.detail}")
                 continue
-            if self._node.host.client_mode:
-                keepers = [
-                    (p.record.peer_id, list(p.record.addrs))
-                    for p in self._node.membership.peers()
-                    if p.record.role != "client"
-                ]
-                if not await self._node.exchange.push(data_bytes, keepers):
-                    self.stats.rounds_missed += 1
-                    logger.warning(f"round {r}: no keeper took our update ({len(keepers)} tried)")
-                    continue
+            if not reply.accepted:
+                logger.warning(f"round {r}: our own update was rejected: {reply.reason}: {reply.detail}")
+                continue
             self.stats.rounds_contributed += 1
             self.stats.bytes_sent += len(data_bytes)
             logger.info(
-                f"round {r}: published {held.update_id[:12]} ({len(data_bytes)} bytes, {samples} samples, "
+                f"round {r}: published {reply.update_id[:12]} ({len(data_bytes)} bytes, {samples} samples, "
                 f"residual norm {feedback.residual_norm():.3g})"
             )

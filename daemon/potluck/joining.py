@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from potluck.atomic import atomic_write_bytes
@@ -13,6 +14,7 @@ from potluck.errors import ConfigError
 from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import PUBLIC_KEY_SIZE
 from potluck.manifest import Manifest, ManifestError, genesis_path, is_run_id, load_manifest
+from potluck.rpc.address import DEFAULT_RPC_LISTEN
 from potluck.store.versions import VersionStore, load_state
 from potluck.swarm.membership import LocalState, Membership
 from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
@@ -23,6 +25,40 @@ logger = logging.getLogger(__name__)
 
 # a run id nobody passed: a node without a manifest (one that only relays and validates updates)
 DEFAULT_RUN = "default"
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/7451",)
+DEFAULT_RECORD_TTL_S = 30.0
+# How many distinct updates per author and round a node checks past the signature. An honest author
+# signs one update per round (a second one is equivocation), so any limit >= 1 never refuses it.
+DEFAULT_MAX_UPDATES_PER_AUTHOR = 3
+
+
+@dataclass
+class NodeConfig:
+    """What a node was asked to do (`potluck run`/`join` flags): where, as what, in which run."""
+
+    data_dir: Path
+    run: str = DEFAULT_RUN
+    listen: list[str] = field(default_factory=lambda: list(DEFAULT_LISTEN))
+    announce: list[str] = field(default_factory=list)
+    initial_peers: list[str] = field(default_factory=list)
+    rpc_listen: str = DEFAULT_RPC_LISTEN
+    allow_remote_rpc: bool = False
+    role: str = "keeper"  # "contributor" (trains too) or "client" (a contributor nobody can dial)
+    record_ttl_s: float = DEFAULT_RECORD_TTL_S
+    manifest: Path | None = None  # a run's signed rules (`potluck init`); or --run RUN_ID to fetch them
+    model: Path | None = None  # without a manifest: the version updates are validated against
+    allow: list[str] = field(default_factory=list)  # admitted authors (node ids); empty = open run
+    max_update_norm: float | None = None
+    # The per-author rate limit is a node setting, not a manifest rule: it protects this node's CPU,
+    # bandwidth and disk from one key's flood, like a firewall rule, and it cannot change what the run
+    # agrees on: the round merges the union of the participants' entries, and an honest author's one
+    # update per round passes any limit >= 1. None: no limit.
+    max_updates_per_author: int | None = DEFAULT_MAX_UPDATES_PER_AUTHOR
+
+
+def bans_path(data_dir: Path, run: str) -> Path:
+    """Where a node keeps the bans of a run (potluck.defence.bans)."""
+    return data_dir / "bans" / f"{run}.json"
 
 
 def manifest_cache(data_dir: Path, run: str) -> Path:
@@ -86,6 +122,17 @@ async def fetch_manifest(
             logger.warning(f"fetching the manifest of run {run[:16]}: {e}; retrying")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 30.0)
+
+
+def validation_context(
+    config: NodeConfig, run: str, manifest: Manifest | None, versions: VersionStore, local: LocalState
+) -> ValidationContext:
+    """What updates are checked against: the run's manifest if there is one, else the node's flags."""
+    if manifest is not None:
+        return run_context(manifest, versions)
+    return loose_context(
+        run, local, versions, model=config.model, allow=config.allow, max_update_norm=config.max_update_norm
+    )
 
 
 def run_context(manifest: Manifest, versions: VersionStore) -> ValidationContext:

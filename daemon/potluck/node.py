@@ -9,9 +9,10 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+import numpy as np
 
 from potluck import AGENT, joining
 from potluck.datadir import DataDirLock, prepare_data_dir
@@ -23,10 +24,12 @@ from potluck.exchange.service import UpdateExchange
 from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService
 from potluck.identity import P2P_KEY_FILE, NodeIdentity, load_or_create
+from potluck.joining import DEFAULT_LISTEN, NodeConfig
 from potluck.manifest import Manifest, is_run_id
 from potluck.merge import StrategyError
+from potluck.rounds import schedule
 from potluck.rpc import replies
-from potluck.rpc.address import DEFAULT_RPC_LISTEN, write_api_file
+from potluck.rpc.address import write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
 from potluck.store.history import History
 from potluck.store.updates import UpdateStore
@@ -38,44 +41,26 @@ from potluck.swarm.records import RecordReason
 from potluck.swarm.validator import PeerRecordValidator, RejectionCounters
 from potluck.updates.codec import DecodeLimits
 from potluck.updates.reasons import UpdateRejected
-from potluck.updates.validation import UpdateValidator, ValidationContext
+from potluck.updates.validation import UpdateValidator
 from potluck.v1 import control_pb2
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/7451",)
-DEFAULT_RECORD_TTL_S = 30.0
+__all__ = ["DEFAULT_LISTEN", "HISTORY_FILE", "Node", "NodeConfig", "OpenRound", "run_node"]
+
 HISTORY_FILE = "history.sqlite"
-# How many distinct updates per author and round a node checks past the signature. An honest author
-# signs one update per round (a second one is equivocation), so any limit >= 1 never refuses it.
-DEFAULT_MAX_UPDATES_PER_AUTHOR = 3
+# PublishUpdateResponse.reason when a client-mode node found no keeper to take its update
+NO_KEEPER = "no_keeper"
 
 
-def bans_path(data_dir: Path, run: str) -> Path:
-    """Where a node keeps the bans of a run (potluck.defence.bans)."""
-    return data_dir / "bans" / f"{run}.json"
+class OpenRound(NamedTuple):
+    """A round taking updates: its number, the version V_r updates must be based on, V_r's tensors
+    (not to be modified) and when collecting ends (rounds.schedule.aggregation_start)."""
 
-
-@dataclass
-class NodeConfig:
-    data_dir: Path
-    run: str = "default"
-    listen: list[str] = field(default_factory=lambda: list(DEFAULT_LISTEN))
-    announce: list[str] = field(default_factory=list)
-    initial_peers: list[str] = field(default_factory=list)
-    rpc_listen: str = DEFAULT_RPC_LISTEN
-    allow_remote_rpc: bool = False
-    role: str = "keeper"  # "contributor" (trains too) or "client" (a contributor nobody can dial)
-    record_ttl_s: float = DEFAULT_RECORD_TTL_S
-    manifest: Path | None = None  # a run's signed rules (`potluck init`); or --run RUN_ID to fetch them
-    model: Path | None = None  # without a manifest: the version updates are validated against
-    allow: list[str] = field(default_factory=list)  # admitted authors (node ids); empty = open run
-    max_update_norm: float | None = None
-    # The per-author rate limit is a node setting, not a manifest rule: it protects this node's CPU,
-    # bandwidth and disk from one key's flood, like a firewall rule, and it cannot change what the run
-    # agrees on: the round merges the union of the participants' entries, and an honest author's one
-    # update per round passes any limit >= 1. None: no limit.
-    max_updates_per_author: int | None = DEFAULT_MAX_UPDATES_PER_AUTHOR
+    round: int
+    version: str
+    state: dict[str, np.ndarray]
+    closes_at: float
 
 
 class Node:
@@ -156,11 +141,11 @@ class Node:
     async def _start_updates_and_rounds(self) -> None:
         assert self.host is not None and self.identity is not None and self.membership is not None
         try:
-            self.bans = BanRegistry(bans_path(self.data_dir, self.run))
+            self.bans = BanRegistry(joining.bans_path(self.data_dir, self.run))
         except BanStoreError as e:
             raise ConfigError(f"{e}; refusing to start without the run's bans") from None
         validator = UpdateValidator(
-            self._validation_context(),
+            joining.validation_context(self.config, self.run, self.manifest, self.versions, self.local),
             is_banned=self.bans.is_banned,
             max_per_author_round=self.config.max_updates_per_author,
         )
@@ -225,26 +210,18 @@ class Node:
             self.manifest.to_bytes() if self.manifest is not None and self.manifest.run_id == run_id else None
         )
 
-    def _validation_context(self) -> ValidationContext:
-        if self.manifest is not None:
-            return joining.run_context(self.manifest, self.versions)
-        cfg = self.config
-        return joining.loose_context(
-            self.run,
-            self.local,
-            self.versions,
-            model=cfg.model,
-            allow=cfg.allow,
-            max_update_norm=cfg.max_update_norm,
-        )
-
     def _addresses_of(self, peer_id: str) -> list[str]:
         assert self.membership is not None
         return next(
             (list(p.record.addrs) for p in self.membership.peers() if p.record.peer_id == peer_id), []
         )
 
+    # ---- what a contributor uses (potluck.contribute.ContributingNode) ----------------------------
+
     async def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse:
+        """The one way an update enters the run from this node (`update publish`, a contributor):
+        validate and hold it; then announce it, or, in client mode (nobody can fetch from us), push it
+        to keepers. Not accepted (reason NO_KEEPER) when no keeper took it: it would never leave us."""
         if self.exchange is None:
             return control_pb2.PublishUpdateResponse(
                 accepted=False, reason="not_ready", detail="this node has not fetched its run's manifest yet"
@@ -253,7 +230,69 @@ class Node:
             held = await self.exchange.accept(data, "published")
         except UpdateRejected as e:
             return control_pb2.PublishUpdateResponse(accepted=False, reason=e.reason.value, detail=e.detail)
+        if self.local.role == "client":
+            keepers = self._keepers()
+            if not await self.exchange.push(data, keepers):
+                return control_pb2.PublishUpdateResponse(
+                    accepted=False,
+                    update_id=held.update_id,
+                    reason=NO_KEEPER,
+                    detail=f"this node runs in client mode and no keeper took the update "
+                    f"({len(keepers)} tried); check that keepers of the run are up and reachable",
+                )
         return control_pb2.PublishUpdateResponse(accepted=True, update_id=held.update_id)
+
+    def _keepers(self) -> list[tuple[str, list[str]]]:
+        """The peers of the run that can take a pushed update (anyone not itself a client)."""
+        assert self.membership is not None
+        return [
+            (p.record.peer_id, list(p.record.addrs))
+            for p in self.membership.peers()
+            if p.record.role != "client"
+        ]
+
+    async def joined(self, timeout: float) -> Manifest:
+        """The run's manifest once its rounds run here (joined by run id: once peers served it);
+        ConfigError naming the likely cause after ``timeout`` seconds."""
+        give_up = time.monotonic() + timeout
+        while self.engine is None or self.manifest is None:
+            if time.monotonic() > give_up:
+                assert self.host is not None
+                boot = self.host.bootstrap
+                reason = (
+                    f"no initial peer answered ({boot.last_error})"
+                    if boot.state == "retrying"
+                    else "no peer of the run served its manifest"
+                )
+                raise ConfigError(f"could not join run {self.run[:16]} within {timeout:.0f}s: {reason}")
+            await asyncio.sleep(0.2)
+        return self.manifest
+
+    def open_round(self) -> OpenRound | None:
+        """The round collecting updates now, with the version they must be based on; None between
+        rounds (the engine collects round r only once it holds V_r: committed, synced or unchanged)."""
+        e = self.engine
+        if e is None or e.status.phase != "collecting":
+            return None
+        assert self.manifest is not None
+        r = e.status.round
+        return OpenRound(r, e.version, e.state, schedule.aggregation_start(self.manifest, r))
+
+    def round_settled(self, r: int) -> bool:
+        """Round ``r`` is over here: committed, or the engine has moved past it."""
+        e = self.engine
+        return e is not None and (e.committed_round >= r or e.status.round > r)
+
+    def current_version(self) -> str:
+        return self.engine.version if self.engine is not None else self.local.model_version
+
+    def authored(self, r: int) -> bool:
+        """This node holds an update of its own for round ``r`` (e.g. published before a restart)."""
+        assert self.identity is not None
+        me = self.identity.public_key
+        return self.exchange is not None and any(
+            u.author == me and u.round == r for u in self.exchange.held.values()
+        )
 
     async def _after_dht_restart(self) -> None:
         if self.membership is not None:
