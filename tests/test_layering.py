@@ -37,6 +37,7 @@ LAYERS: tuple[str, ...] = (
     "rounds",
     "store",
     "tasks",
+    "runfiles",  # write_run: manifest + genesis weights on disk
     "swarm",
     "exchange",
     "defence",

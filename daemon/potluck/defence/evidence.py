@@ -19,12 +19,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import msgpack
-
-from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
+from potluck.identity import PUBLIC_KEY_SIZE, NodeIdentity
+from potluck.signed import RecordError, RecordFormat
 from potluck.updates.codec import DecodeLimits, parse_update
 from potluck.updates.reasons import UpdateRejected
-from potluck.wire import WireError, bounded_unpackb, pack_pair, unpack_pair
 
 __all__ = [
     "BadEvidence",
@@ -42,12 +40,15 @@ MAX_RUN_LEN = 256
 REASON = "equivocation"  # the ban reason it proves
 
 
-class BadEvidence(ValueError):
+class BadEvidence(RecordError):
     """Evidence that proves nothing; ``reason`` is a short code for counters."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+
+CLAIM = RecordFormat(DOMAIN, 5, MAX_CLAIM_BYTES, 1, BadEvidence, max_array_len=6, max_str_len=MAX_RUN_LEN)
+RECORD = RecordFormat(
+    RECORD_DOMAIN, 3, MAX_RECORD_BYTES, 1, BadEvidence, max_array_len=4, max_str_len=64,
+    bad_signature_reason="bad_record_signature",
+)  # fmt: skip
 
 
 def evidence_key(run: str, round_: int) -> str:
@@ -93,11 +94,9 @@ class Equivocation:
         return cls(run, round_, author, first, second)
 
     def body(self) -> bytes:
-        return msgpack.packb(
-            [DOMAIN, self.run, self.round, self.author, bytes.fromhex(self.first_id),
-             bytes.fromhex(self.second_id)],
-            use_bin_type=True,
-        )  # fmt: skip
+        return CLAIM.body(
+            self.run, self.round, self.author, bytes.fromhex(self.first_id), bytes.fromhex(self.second_id)
+        )
 
     @property
     def evidence_id(self) -> str:
@@ -109,13 +108,7 @@ class Equivocation:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Equivocation:
-        try:
-            fields = bounded_unpackb(data, MAX_CLAIM_BYTES, 1, max_array_len=6, max_str_len=MAX_RUN_LEN)
-        except WireError as e:
-            raise BadEvidence("malformed", str(e)) from None
-        if type(fields) is not list or len(fields) != 6 or fields[0] != DOMAIN:
-            raise BadEvidence("malformed", "wrong domain or field count")
-        _, run, round_, author, a, b = fields
+        run, round_, author, a, b = CLAIM.fields_of(data)
         if not (_is_id(a) and _is_id(b)):
             raise BadEvidence("malformed", "update ids")
         claim = cls(run, round_, author, a.hex(), b.hex())
@@ -133,33 +126,22 @@ class EvidenceRecord:
     timestamp: float
 
     def _body(self) -> bytes:
-        return msgpack.packb(
-            [RECORD_DOMAIN, self.claim.body(), self.reporter, float(self.timestamp)], use_bin_type=True
-        )
+        return RECORD.body(self.claim.body(), self.reporter, float(self.timestamp))
 
     def sign(self, identity: NodeIdentity) -> bytes:
-        if identity.public_key != self.reporter:
-            raise ValueError("the reporter signs its own record")
-        body = self._body()
-        return pack_pair(body, identity.sign(body))
+        """The reporter signs its own record (ValueError for any other key)."""
+        return RECORD.sign(identity, self.reporter, self._body())
 
     @classmethod
     def verify(cls, data: bytes) -> EvidenceRecord:
         """Parse a record from the DHT and check the reporter's signature; BadEvidence otherwise."""
-        try:
-            body, signature = unpack_pair(data, MAX_RECORD_BYTES)
-            fields = bounded_unpackb(body, MAX_RECORD_BYTES, 1, max_array_len=4, max_str_len=64)
-        except WireError as e:
-            raise BadEvidence("malformed", str(e)) from None
-        if type(fields) is not list or len(fields) != 4 or fields[0] != RECORD_DOMAIN:
-            raise BadEvidence("malformed", "wrong domain or field count")
-        _, claim_bytes, reporter, timestamp = fields
+        fields, body, signature = RECORD.open(data)
+        claim_bytes, reporter, timestamp = fields
         if type(claim_bytes) is not bytes or type(reporter) is not bytes or type(timestamp) is not float:
             raise BadEvidence("malformed", "wrong field types")
         if len(reporter) != PUBLIC_KEY_SIZE:
             raise BadEvidence("malformed", "reporter")
-        if len(signature) != SIGNATURE_SIZE or not verify(reporter, signature, body):
-            raise BadEvidence("bad_record_signature")
+        RECORD.check_signature(reporter, signature, body)
         return cls(Equivocation.from_bytes(claim_bytes), reporter, timestamp)
 
 

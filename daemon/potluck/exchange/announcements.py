@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import msgpack
-
-from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, peer_id_of, verify
-from potluck.wire import WireError, bounded_unpackb, pack_pair, unpack_pair
+from potluck.identity import PUBLIC_KEY_SIZE, NodeIdentity, peer_id_of
+from potluck.signed import RecordError, RecordFormat
 
 DOMAIN = "potluck/announce/v1"
 MAX_HOLDERS = 8
 MAX_ANNOUNCEMENT_BYTES = 2048  # far below hivemind's 15 KB DHT value hazard
 
 
-class BadAnnouncement(ValueError):
+class BadAnnouncement(RecordError):
     pass
+
+
+FORMAT = RecordFormat(
+    DOMAIN, 7, MAX_ANNOUNCEMENT_BYTES, 2, BadAnnouncement, max_array_len=MAX_HOLDERS, max_str_len=64
+)
 
 
 def updates_key(run: str, round_: int) -> str:
@@ -39,39 +42,25 @@ class Announcement:
     timestamp: float
 
     def _body(self) -> bytes:
-        return msgpack.packb(
-            [
-                DOMAIN,
-                bytes.fromhex(self.update_id),
-                self.round,
-                self.author,
-                self.size,
-                list(self.holders),
-                self.announcer,
-                self.timestamp,
-            ],
-            use_bin_type=True,
+        return FORMAT.body(
+            bytes.fromhex(self.update_id),
+            self.round,
+            self.author,
+            self.size,
+            list(self.holders),
+            self.announcer,
+            self.timestamp,
         )
 
     def sign(self, identity: NodeIdentity) -> bytes:
-        if identity.public_key != self.announcer:
-            raise ValueError("the announcer must sign its own announcement")
-        body = self._body()
-        return pack_pair(body, identity.sign(body))
+        """The announcer signs its own announcement (ValueError for any other key)."""
+        return FORMAT.sign(identity, self.announcer, self._body())
 
     @classmethod
     def verify(cls, data: bytes) -> Announcement:
         """Parse and check a signed announcement; BadAnnouncement on anything wrong."""
-        try:
-            body, signature = unpack_pair(data, MAX_ANNOUNCEMENT_BYTES)
-            fields = bounded_unpackb(
-                body, MAX_ANNOUNCEMENT_BYTES, 2, max_array_len=MAX_HOLDERS, max_str_len=64
-            )
-        except (WireError, TypeError, ValueError) as e:
-            raise BadAnnouncement(f"not an announcement: {e}") from None
-        if type(fields) is not list or len(fields) != 8 or fields[0] != DOMAIN:
-            raise BadAnnouncement("wrong domain or field count")
-        _, update_id, round_, author, size, holders, announcer, timestamp = fields
+        fields, body, signature = FORMAT.open(data)
+        update_id, round_, author, size, holders, announcer, timestamp = fields
         ok = (
             type(update_id) is bytes
             and len(update_id) == 32
@@ -89,13 +78,8 @@ class Announcement:
             and type(timestamp) is float
         )
         if not ok:
-            raise BadAnnouncement("wrong field types")
-        if (
-            type(signature) is not bytes
-            or len(signature) != SIGNATURE_SIZE
-            or not verify(announcer, signature, body)
-        ):
-            raise BadAnnouncement("bad signature")
+            raise BadAnnouncement("malformed", "wrong field types")
+        FORMAT.check_signature(announcer, signature, body)
         if holders[0] != peer_id_of(announcer):
-            raise BadAnnouncement("the announcer must be the first holder")
+            raise BadAnnouncement("malformed", "the announcer must be the first holder")
         return cls(update_id.hex(), round_, author, size, tuple(holders), announcer, timestamp)

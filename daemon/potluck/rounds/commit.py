@@ -24,11 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from potluck.hashing import version_hash_of
 from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
-from potluck.wire import WireError, bounded_unpackb
+from potluck.signed import RecordError, RecordFormat
 
 __all__ = [
     "DOMAIN",
@@ -49,13 +47,22 @@ MAX_UPDATES = 1 << 16
 MAX_NODES = 1 << 14
 MAX_RUN_LEN = 256
 MAX_NAME_LEN = 512
-_FIELDS = 10
 _MAX_UINT = (1 << 63) - 1
 _MAX_PENDING = 4096
 
 
-class CommitError(ValueError):
+class CommitError(RecordError):
     """A commit or commit signature that is malformed or inconsistent."""
+
+
+BODY = RecordFormat(
+    DOMAIN, 9, MAX_COMMIT_BYTES, 3, CommitError, max_str_len=max(MAX_NAME_LEN, MAX_RUN_LEN, len(DOMAIN)),
+    max_bin_len=32, max_array_len=max(MAX_TENSORS, MAX_UPDATES, MAX_NODES), max_map_len=0,
+)  # fmt: skip
+SIGNATURE = RecordFormat(
+    SIGNATURE_DOMAIN, 3, 256, 1, CommitError, max_str_len=len(SIGNATURE_DOMAIN), max_bin_len=64,
+    max_array_len=4, max_map_len=0,
+)  # fmt: skip
 
 
 def _hex32(value: Any, what: str) -> str:
@@ -114,12 +121,11 @@ class Commit:
 
     def body(self) -> bytes:
         """The canonical encoding (what :func:`commit_id` hashes)."""
-        return msgpack.packb(
-            [DOMAIN, self.run_id, self.round, bytes.fromhex(self.parent), bytes.fromhex(self.version),
-             [[name, bytes.fromhex(h)] for name, h in self.tensor_hashes.items()],
-             [bytes.fromhex(u) for u in self.updates], [bytes.fromhex(c) for c in self.contributors],
-             [bytes.fromhex(p) for p in self.participants], self.total_weight],
-            use_bin_type=True,
+        return BODY.body(
+            self.run_id, self.round, bytes.fromhex(self.parent), bytes.fromhex(self.version),
+            [[name, bytes.fromhex(h)] for name, h in self.tensor_hashes.items()],
+            [bytes.fromhex(u) for u in self.updates], [bytes.fromhex(c) for c in self.contributors],
+            [bytes.fromhex(p) for p in self.participants], self.total_weight,
         )  # fmt: skip
 
     @property
@@ -141,16 +147,8 @@ class Commit:
 
     @classmethod
     def _decode(cls, data: bytes) -> Commit:
-        try:
-            body = bounded_unpackb(
-                data, MAX_COMMIT_BYTES, 3, max_str_len=max(MAX_NAME_LEN, MAX_RUN_LEN, len(DOMAIN)),
-                max_bin_len=32, max_array_len=max(MAX_TENSORS, MAX_UPDATES, MAX_NODES), max_map_len=0,
-            )  # fmt: skip
-        except WireError as e:
-            raise CommitError(f"bad commit encoding: {e}") from None
-        if type(body) is not list or len(body) != _FIELDS or body[0] != DOMAIN:
-            raise CommitError(f"a commit body is [{DOMAIN!r}, ...{_FIELDS - 1} fields]")
-        _, run_id, round_, parent, version, tensors, updates, contributors, participants, weight = body
+        fields = BODY.fields_of(data)
+        run_id, round_, parent, version, tensors, updates, contributors, participants, weight = fields
 
         def hashes(items: Any, what: str, limit: int) -> list[str]:
             if type(items) is not list or len(items) > limit:
@@ -207,32 +205,13 @@ class CommitSignature:
 
     def to_bytes(self, commit_id_hex: str) -> bytes:
         """``[domain, commit id, node id, signature]``: a signature that names what it signs."""
-        return msgpack.packb(
-            [SIGNATURE_DOMAIN, bytes.fromhex(commit_id_hex), bytes.fromhex(self.node_id), self.signature],
-            use_bin_type=True,
-        )
+        return SIGNATURE.body(bytes.fromhex(commit_id_hex), bytes.fromhex(self.node_id), self.signature)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> tuple[str, CommitSignature]:
         """Decode ``(commit id, signature)``; :class:`CommitError` on bad input. The signature is not
         verified here (:meth:`verify`, or :class:`QuorumTracker` does it)."""
-        try:
-            items = bounded_unpackb(
-                data,
-                256,
-                1,
-                max_str_len=len(SIGNATURE_DOMAIN),
-                max_bin_len=64,
-                max_array_len=4,
-                max_map_len=0,
-            )
-        except WireError as e:
-            raise CommitError(f"bad commit signature encoding: {e}") from None
-        except Exception as e:
-            raise CommitError(f"bad commit signature: {type(e).__name__}") from None
-        if type(items) is not list or len(items) != 4 or items[0] != SIGNATURE_DOMAIN:
-            raise CommitError(f"a commit signature is [{SIGNATURE_DOMAIN!r}, commit id, node id, signature]")
-        _, cid, node, sig = items
+        cid, node, sig = SIGNATURE.fields_of(data)  # [domain, commit id, node id, signature]
         if type(cid) is not bytes or len(cid) != 32:
             raise CommitError("commit id must be a 32-byte bin")
         if type(node) is not bytes or len(node) != PUBLIC_KEY_SIZE:

@@ -24,10 +24,8 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import msgpack
-
-from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
-from potluck.wire import WireError, bounded_unpackb, pack_pair, unpack_pair
+from potluck.identity import PUBLIC_KEY_SIZE, NodeIdentity
+from potluck.signed import RecordError, RecordFormat
 
 DOMAIN = "potluck/round-entry/v2"
 MAX_ENTRY_UPDATES = 256  # 256 ids * 32 B keeps an entry far below hivemind's 15 KB DHT value hazard
@@ -35,8 +33,13 @@ MAX_ENTRY_EXCLUDED = 16  # 16 * ~70 B
 MAX_ENTRY_BYTES = 12 << 10
 
 
-class BadEntry(ValueError):
+class BadEntry(RecordError):
     pass
+
+
+FORMAT = RecordFormat(
+    DOMAIN, 8, MAX_ENTRY_BYTES, 3, BadEntry, max_array_len=MAX_ENTRY_UPDATES, max_str_len=256
+)
 
 
 def entries_key(run_id: str, round_: int, attempt: int) -> str:
@@ -55,39 +58,25 @@ class RoundEntry:
     excluded: tuple[tuple[str, str, int], ...] = ()  # (update id, evidence id, evidence round), by id
 
     def _body(self) -> bytes:
-        return msgpack.packb(
-            [
-                DOMAIN,
-                self.run,
-                self.round,
-                self.attempt,
-                bytes.fromhex(self.base),
-                self.node,
-                [bytes.fromhex(u) for u in self.updates],
-                self.senior,
-                [[bytes.fromhex(u), bytes.fromhex(e), r] for u, e, r in self.excluded],
-            ],
-            use_bin_type=True,
+        return FORMAT.body(
+            self.run,
+            self.round,
+            self.attempt,
+            bytes.fromhex(self.base),
+            self.node,
+            [bytes.fromhex(u) for u in self.updates],
+            self.senior,
+            [[bytes.fromhex(u), bytes.fromhex(e), r] for u, e, r in self.excluded],
         )
 
     def sign(self, identity: NodeIdentity) -> bytes:
-        if identity.public_key != self.node:
-            raise ValueError("a participant signs only its own entry")
-        body = self._body()
-        return pack_pair(body, identity.sign(body))
+        """A participant signs only its own entry (ValueError for any other key)."""
+        return FORMAT.sign(identity, self.node, self._body())
 
     @classmethod
     def verify(cls, data: bytes) -> RoundEntry:
-        try:
-            body, signature = unpack_pair(data, MAX_ENTRY_BYTES)
-            fields = bounded_unpackb(
-                body, MAX_ENTRY_BYTES, 3, max_array_len=MAX_ENTRY_UPDATES, max_str_len=256
-            )
-        except (WireError, TypeError, ValueError) as e:
-            raise BadEntry(f"not a round entry: {e}") from None
-        if type(fields) is not list or len(fields) != 9 or fields[0] != DOMAIN:
-            raise BadEntry("wrong domain or field count")
-        _, run, round_, attempt, base, node, updates, senior, excluded = fields
+        fields, body, signature = FORMAT.open(data)
+        run, round_, attempt, base, node, updates, senior, excluded = fields
         ok = (
             type(run) is str
             and type(round_) is int
@@ -110,21 +99,16 @@ class RoundEntry:
             )
         )  # fmt: skip
         if not ok:
-            raise BadEntry("wrong field types")
+            raise BadEntry("malformed", "wrong field types")
         ids = tuple(u.hex() for u in updates)
         if list(ids) != sorted(set(ids)):
-            raise BadEntry("update ids must be sorted and unique")
+            raise BadEntry("malformed", "update ids must be sorted and unique")
         if senior and (len(senior) != (len(ids) + 7) // 8 or not senior[-1] or _bits_past(senior, len(ids))):
-            raise BadEntry("senior bitmap does not fit the updates")
+            raise BadEntry("malformed", "senior bitmap does not fit the updates")
         excluded_ids = [x[0] for x in excluded]
         if excluded_ids != sorted(set(excluded_ids)):
-            raise BadEntry("excluded ids must be sorted and unique")
-        if (
-            type(signature) is not bytes
-            or len(signature) != SIGNATURE_SIZE
-            or not verify(node, signature, body)
-        ):
-            raise BadEntry("bad signature")
+            raise BadEntry("malformed", "excluded ids must be sorted and unique")
+        FORMAT.check_signature(node, signature, body)
         return cls(
             run, round_, attempt, base.hex(), node, ids, senior,
             tuple((u.hex(), e.hex(), r) for u, e, r in excluded),

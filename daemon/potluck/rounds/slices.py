@@ -23,11 +23,11 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import msgpack
 import numpy as np
 
-from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
-from potluck.wire import WireError, bounded_unpackb, pack_pair, unpack_pair
+from potluck.identity import PUBLIC_KEY_SIZE, NodeIdentity
+from potluck.signed import RecordError, RecordFormat
+from potluck.wire import WireError, pack_pair, unpack_pair
 
 __all__ = [
     "BLOCK",
@@ -53,8 +53,12 @@ MAX_PROOF = 48
 Recompute = Callable[[np.ndarray], np.ndarray]  # sorted flat columns -> float64 merged values there
 
 
-class BadSlice(ValueError):
+class BadSlice(RecordError):
     """A slice result or a fault that does not check out."""
+
+
+HEADER = RecordFormat(DOMAIN, 10, MAX_HEADER_BYTES, 2, BadSlice, max_array_len=MAX_UPDATES, max_str_len=256)
+FAULT = RecordFormat(FAULT_DOMAIN, 5, MAX_FAULT_BYTES, 2, BadSlice, max_array_len=MAX_PROOF, max_str_len=64)
 
 
 def slice_bounds(length: int, n: int) -> list[tuple[int, int]]:
@@ -138,31 +142,19 @@ class SliceHeader:
     root: bytes
 
     def body(self) -> bytes:
-        return msgpack.packb(
-            [
-                DOMAIN, self.run, self.round, self.attempt, bytes.fromhex(self.parent),
-                bytes.fromhex(self.digest), self.reducer, self.lo, self.hi,
-                [bytes.fromhex(u) for u in self.updates], self.root,
-            ],
-            use_bin_type=True,
+        return HEADER.body(
+            self.run, self.round, self.attempt, bytes.fromhex(self.parent), bytes.fromhex(self.digest),
+            self.reducer, self.lo, self.hi, [bytes.fromhex(u) for u in self.updates], self.root,
         )  # fmt: skip
 
     def sign(self, identity: NodeIdentity) -> bytes:
-        if identity.public_key != self.reducer:
-            raise ValueError("a reducer signs only its own slice")
-        body = self.body()
-        return pack_pair(body, identity.sign(body))
+        """A reducer signs only its own slice (ValueError for any other key)."""
+        return HEADER.sign(identity, self.reducer, self.body())
 
     @classmethod
     def verify(cls, data: bytes) -> SliceHeader:
-        try:
-            body, signature = unpack_pair(data, MAX_HEADER_BYTES)
-            f = bounded_unpackb(body, MAX_HEADER_BYTES, 2, max_array_len=MAX_UPDATES, max_str_len=256)
-        except WireError as e:
-            raise BadSlice(f"not a slice header: {e}") from None
-        if type(f) is not list or len(f) != 11 or f[0] != DOMAIN:
-            raise BadSlice("wrong domain or field count")
-        _, run, round_, attempt, parent, digest, reducer, lo, hi, updates, root = f
+        fields, body, signature = HEADER.open(data)
+        run, round_, attempt, parent, digest, reducer, lo, hi, updates, root = fields
         ok = (
             type(run) is str
             and all(type(x) is int and x >= 0 for x in (round_, attempt, lo, hi))
@@ -174,12 +166,11 @@ class SliceHeader:
             and all(type(u) is bytes and len(u) == 32 for u in updates)
         )
         if not ok:
-            raise BadSlice("wrong field types")
+            raise BadSlice("malformed", "wrong field types")
         ids = tuple(u.hex() for u in updates)
         if list(ids) != sorted(set(ids)):
-            raise BadSlice("update ids must be sorted and unique")
-        if len(signature) != SIGNATURE_SIZE or not verify(reducer, signature, body):
-            raise BadSlice("bad signature")
+            raise BadSlice("malformed", "update ids must be sorted and unique")
+        HEADER.check_signature(reducer, signature, body)
         return cls(run, round_, attempt, parent.hex(), digest.hex(), reducer, lo, hi, ids, root)
 
 
@@ -203,7 +194,7 @@ class SliceResult:
         try:
             signed, raw = unpack_pair(data, MAX_HEADER_BYTES + 8 * max_values + 64)
         except WireError as e:
-            raise BadSlice(f"not a slice result: {e}") from None
+            raise BadSlice("malformed", f"not a slice result: {e}") from None
         header = SliceHeader.verify(signed)
         if header.hi - header.lo > max_values:
             raise BadSlice(f"{header.hi - header.lo} coordinates > {max_values}")
@@ -230,10 +221,7 @@ class ReducerFault:
     column: int  # flat coordinate where the signed value is not the strategy's
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb(
-            [FAULT_DOMAIN, self.signed, self.block, self.block_bytes, list(self.proof), self.column],
-            use_bin_type=True,
-        )
+        return FAULT.body(self.signed, self.block, self.block_bytes, list(self.proof), self.column)
 
     @property
     def id(self) -> str:
@@ -241,27 +229,21 @@ class ReducerFault:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReducerFault:
-        try:
-            f = bounded_unpackb(data, MAX_FAULT_BYTES, 2, max_array_len=MAX_PROOF, max_str_len=64)
-        except WireError as e:
-            raise BadSlice(f"not a reducer fault: {e}") from None
+        signed, block, block_bytes, proof, column = FAULT.fields_of(data)
         ok = (
-            type(f) is list
-            and len(f) == 6
-            and f[0] == FAULT_DOMAIN
-            and type(f[1]) is bytes
-            and type(f[2]) is int
-            and f[2] >= 0
-            and type(f[3]) is bytes
-            and len(f[3]) % 8 == 0
-            and len(f[3]) <= 8 * BLOCK
-            and type(f[4]) is list
-            and all(type(p) is bytes and len(p) == 32 for p in f[4])
-            and type(f[5]) is int
+            type(signed) is bytes
+            and type(block) is int
+            and block >= 0
+            and type(block_bytes) is bytes
+            and len(block_bytes) % 8 == 0
+            and len(block_bytes) <= 8 * BLOCK
+            and type(proof) is list
+            and all(type(p) is bytes and len(p) == 32 for p in proof)
+            and type(column) is int
         )
         if not ok:
-            raise BadSlice("wrong reducer fault fields")
-        return cls(f[1], f[2], f[3], tuple(f[4]), f[5])
+            raise BadSlice("malformed", "wrong reducer fault fields")
+        return cls(signed, block, block_bytes, tuple(proof), column)
 
     def header(self) -> SliceHeader:
         """The accused reducer's signed statement, after checking that the block belongs to it."""
