@@ -168,3 +168,53 @@ def test_ctrl_c_leaves_cleanly_after_the_current_training_step(tmp_path):
         assert trainer.proc.wait(10) == 0
         assert time.monotonic() - started < 5.0
         assert "stopped after the current training step" in trainer.log_path.read_text()
+
+
+def test_update_publish_on_a_client_mode_node_reaches_the_keepers_or_fails_loudly(tmp_path):
+    """`update publish` goes the contributor's way: a client-mode node pushes to keepers (nobody can
+    fetch from it), and says so, exit 1, when no keeper took the update."""
+    import numpy as np
+
+    from potluck.store.versions import load_state
+
+    manifest, path = make_run(tmp_path, "toy", start_in=90.0)  # round 0 (base: genesis) stays open
+    genesis_state = load_state(genesis_path(path))
+    rng = np.random.default_rng(0)
+
+    def signed_update(name: str) -> str:
+        tuned = {k: (v + rng.normal(0, 0.1, v.shape)).astype(v.dtype) for k, v in genesis_state.items()}
+        atomic_save(tuned, tmp_path / f"{name}.safetensors")
+        out = tmp_path / f"{name}.update"
+        proc = potluck("update", "make", "--data-dir", str(tmp_path / name), "--base",
+                       str(genesis_path(path)), "--model", str(tmp_path / f"{name}.safetensors"),
+                       "--run", manifest.run_id, "--round", "0", "--density", "0.1", "-o", str(out),
+                       timeout=60)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-1000:]
+        return str(out)
+
+    with LocalSwarm(
+        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
+    ) as swarm:
+        keeper = swarm.add_node(name="keeper").wait_ready()
+        client = contributor(swarm, manifest, 0, 1, "--client-mode").wait_ready()
+        wait_for(lambda: client.status()["peers"] >= 1, 30, "the client to see the keeper")
+        wait_for(lambda: client.status()["phase"] != "idle", 30, "the client to fetch the manifest")
+        proc = potluck(
+            "update", "publish", signed_update("author"), "--data-dir", str(client.data_dir), "--json"
+        )
+        assert proc.returncode == 0, proc.stderr[-1000:]
+        update_id = json.loads(proc.stdout)["update_id"]
+        published = time.monotonic()
+        wait_for(
+            lambda: any(u["update_id"] == update_id for u in _updates(keeper)), 5, "the keeper to hold it"
+        )
+        assert time.monotonic() - published < 5
+        assert next(u for u in _updates(keeper) if u["update_id"] == update_id)["source"] == "pushed"
+
+        keeper.stop()
+        proc = potluck(
+            "update", "publish", signed_update("other"), "--data-dir", str(client.data_dir), timeout=90
+        )
+        assert proc.returncode == 1, proc.stdout
+        assert "no_keeper" in proc.stderr and "client mode" in proc.stderr, proc.stderr
+        assert "published" not in proc.stdout
