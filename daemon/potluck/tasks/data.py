@@ -1,4 +1,4 @@
-"""Labelled data, shard specs, and the small-MLP trainer shared by the built-in tasks.
+"""Labelled data, shard specs, and the small-MLP trainer and task shell shared by the built-in tasks.
 
 Shard specs (the ``shard`` of :meth:`TrainableTask.local_data`), always over the task's *training*
 split (the held-out test split is never sharded):
@@ -39,6 +39,7 @@ from potluck.tasks import State, TaskError
 __all__ = [
     "PARTITION_SEED",
     "LabeledData",
+    "MlpTask",
     "ShardSpec",
     "check_number",
     "evaluate_mlp",
@@ -254,3 +255,45 @@ def evaluate_mlp(state: Mapping[str, np.ndarray], data: LabeledData, *, layers: 
         params = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
         logits = _forward(params, layers, torch.from_numpy(data.x))
         return float((logits.argmax(dim=1) == torch.from_numpy(data.y)).double().mean())
+
+
+class MlpTask:
+    """What the built-in tasks share: an MLP over ``layers`` (ReLU between) trained with
+    :func:`train_mlp` on shards of the task's fixed training split and scored on its test split.
+    A subclass names its layers and hyperparameters and gives :meth:`split`."""
+
+    layers: tuple[str, ...]
+    batch: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+
+    def split(self) -> tuple[LabeledData, LabeledData]:
+        """(train, test) of the whole data set, the same on every machine."""
+        raise NotImplementedError
+
+    def local_data(self, shard: str | None = None, seed: int = 0) -> LabeledData:
+        """The training samples of ``shard``; ``seed`` is ignored: the partition is fixed."""
+        train, _ = self.split()
+        idx = shard_indices(train.y, shard, PARTITION_SEED)
+        return LabeledData(train.x[idx], train.y[idx], shard)
+
+    def test_data(self) -> LabeledData:
+        return self.split()[1]
+
+    def train(
+        self,
+        state: Mapping[str, np.ndarray],
+        data: LabeledData,
+        *,
+        steps: int,
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[State, int]:
+        return train_mlp(
+            state, data, layers=self.layers, steps=steps, seed=seed, batch=self.batch, lr=self.lr,
+            optimizer=self.optimizer, momentum=self.momentum, progress=progress,
+        )  # fmt: skip
+
+    def evaluate(self, state: Mapping[str, np.ndarray]) -> float:
+        return evaluate_mlp(state, self.test_data(), layers=self.layers)

@@ -14,20 +14,11 @@ the package, so no network) and a small MLP ``64 -> hidden -> 10`` (ReLU) traine
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from potluck.tasks import State, TaskError, register_task
-from potluck.tasks.data import (
-    PARTITION_SEED,
-    LabeledData,
-    check_number,
-    evaluate_mlp,
-    shard_indices,
-    train_mlp,
-    uniform_init,
-)
+from potluck.tasks.data import LabeledData, MlpTask, check_number, uniform_init
 
 __all__ = ["CLASSES", "FEATURES", "DigitsTask", "digits_split"]
 
@@ -35,7 +26,6 @@ FEATURES = 64
 CLASSES = 10
 TEST_FRACTION = 0.2
 _SPLIT_SEED = 20240917  # fixed: the held-out split is part of the task's definition
-_LAYERS = ("fc1", "fc2")
 
 
 @functools.cache
@@ -61,10 +51,11 @@ def digits_split() -> tuple[LabeledData, LabeledData]:
     return train, held_out
 
 
-class DigitsTask:
+class DigitsTask(MlpTask):
     """A TrainableTask on sklearn's digits; see the module doc."""
 
     name = "digits"
+    layers = ("fc1", "fc2")
 
     def __init__(
         self,
@@ -102,31 +93,8 @@ class DigitsTask:
         }
         return uniform_init(seed, self.shapes(), fan_in)
 
-    def local_data(self, shard: str | None = None, seed: int = 0) -> LabeledData:
-        """The training samples of ``shard``; ``seed`` is ignored: the partition is fixed."""
-        train, _ = digits_split()
-        idx = shard_indices(train.y, shard, PARTITION_SEED)
-        return LabeledData(train.x[idx], train.y[idx], shard)
-
-    def test_data(self) -> LabeledData:
-        return digits_split()[1]
-
-    def train(
-        self,
-        state: Mapping[str, np.ndarray],
-        data: LabeledData,
-        *,
-        steps: int,
-        seed: int,
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[State, int]:
-        return train_mlp(
-            state, data, layers=_LAYERS, steps=steps, seed=seed, batch=self.batch, lr=self.lr,
-            optimizer=self.optimizer, momentum=self.momentum, progress=progress,
-        )  # fmt: skip
-
-    def evaluate(self, state: Mapping[str, np.ndarray]) -> float:
-        return evaluate_mlp(state, self.test_data(), layers=_LAYERS)
+    def split(self) -> tuple[LabeledData, LabeledData]:
+        return digits_split()
 
 
 register_task("digits", DigitsTask)

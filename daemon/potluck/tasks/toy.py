@@ -13,27 +13,17 @@ drawn from fixed PCG64 streams (independent of the run seed). Shards as in potlu
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from potluck.tasks import State, TaskError, register_task
-from potluck.tasks.data import (
-    PARTITION_SEED,
-    LabeledData,
-    check_number,
-    evaluate_mlp,
-    shard_indices,
-    train_mlp,
-    uniform_init,
-)
+from potluck.tasks.data import LabeledData, MlpTask, check_number, uniform_init
 
 __all__ = ["ToyTask"]
 
 _MAX_DIM = 1 << 16
 _TRAIN, _TEST = 1024, 512
 _DATA_SEED = 7_001
-_LAYERS = ("l1", "l2")
 
 
 def _dim(value: object, what: str) -> int:
@@ -52,11 +42,13 @@ def _teacher_data(inputs: int, outputs: int) -> tuple[LabeledData, LabeledData]:
     return LabeledData(x[:_TRAIN], y[:_TRAIN]), LabeledData(x[_TRAIN:], y[_TRAIN:])
 
 
-class ToyTask:
+class ToyTask(MlpTask):
     """``{"l1.weight": (hidden, inputs), "l1.bias": (hidden,), "l2.weight": (outputs, hidden),
-    "l2.bias": (outputs,)}``, float32; trained with SGD (``lr``, ``batch``)."""
+    "l2.bias": (outputs,)}``, float32; trained with SGD (``lr``, ``batch``, momentum 0.9)."""
 
     name = "toy"
+    layers = ("l1", "l2")
+    momentum = 0.9
 
     def __init__(
         self, inputs: int = 16, hidden: int = 32, outputs: int = 4, lr: float = 0.1, batch: int = 32
@@ -79,28 +71,8 @@ class ToyTask:
         fan_in = {name: self.inputs if name.startswith("l1.") else self.hidden for name in self.shapes()}
         return uniform_init(seed, self.shapes(), fan_in)  # fixed order: the stream is part of the format
 
-    def local_data(self, shard: str | None = None, seed: int = 0) -> LabeledData:
-        """The training samples of ``shard``; ``seed`` is ignored: the partition is fixed."""
-        train, _ = _teacher_data(self.inputs, self.outputs)
-        idx = shard_indices(train.y, shard, PARTITION_SEED)
-        return LabeledData(train.x[idx], train.y[idx], shard)
-
-    def train(
-        self,
-        state: Mapping[str, np.ndarray],
-        data: LabeledData,
-        *,
-        steps: int,
-        seed: int,
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[State, int]:
-        return train_mlp(
-            state, data, layers=_LAYERS, steps=steps, seed=seed, batch=self.batch, lr=self.lr,
-            momentum=0.9, progress=progress,
-        )  # fmt: skip
-
-    def evaluate(self, state: Mapping[str, np.ndarray]) -> float:
-        return evaluate_mlp(state, _teacher_data(self.inputs, self.outputs)[1], layers=_LAYERS)
+    def split(self) -> tuple[LabeledData, LabeledData]:
+        return _teacher_data(self.inputs, self.outputs)
 
 
 register_task("toy", ToyTask)
