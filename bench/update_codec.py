@@ -44,10 +44,9 @@ import numpy as np
 import torch
 
 from potluck.identity import NodeIdentity, verify
+from potluck.updates.apply import accumulate, apply_update
 from potluck.updates.codec import (
     Update,
-    accumulate,
-    apply_update,
     decode_update,
     encode_update,
     parse_update,

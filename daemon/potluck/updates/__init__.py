@@ -1,5 +1,6 @@
 """Signed sparse updates: sparsify, quantize, encode/sign, decode/verify, validate, apply."""
 
+from potluck.updates.apply import apply_update
 from potluck.updates.codec import (
     DOMAIN,
     DecodeLimits,
@@ -7,7 +8,6 @@ from potluck.updates.codec import (
     SignedUpdate,
     SparseTensor,
     Update,
-    apply_update,
     decode_update,
     encode_update,
     parse_update,
