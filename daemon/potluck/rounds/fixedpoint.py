@@ -46,16 +46,15 @@ clipped coordinates, so the shell should log it (and a run should set ``max_upda
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import msgpack
 import numpy as np
 
 from potluck.merge.linear import BOUND, QUANTUM
+from potluck.rounds.layout import ROW, SPACING, Layout, TensorSlot
 from potluck.updates.codec import SignedUpdate, Update
 
 __all__ = [
@@ -82,8 +81,6 @@ __all__ = [
 _INV_QUANTUM = 2.0**24
 MAX_GROUP = 256  # largest group for which recovery is proven exact
 MAX_WEIGHT = 1 << 24  # w * float32 value is exact in float64 below 2**29
-SPACING = 255  # data values per sentinel
-ROW = SPACING + 1
 SENTINEL_MAX = 1 << 20  # sentinels are in [1, SENTINEL_MAX)
 _NON_INTEGER = 0.25
 _CHUNK_ROWS = 1 << 12  # unpack works on 1M values at a time: 8 MB temporaries stay in reused pages
@@ -92,70 +89,6 @@ _CHECKSUM_PERIOD = 7
 
 class PartialResult(Exception):
     """The all-reduce result is partial or corrupt: do not commit this round's result."""
-
-
-@dataclass(frozen=True)
-class TensorSlot:
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    offset: int  # first coordinate in the flat vector
-    size: int
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The flat coordinate system of a model: its floating-point tensors sorted by name, concatenated
-    in C order. Other tensors (integer counters, masks) are ``passthrough``: never averaged."""
-
-    slots: tuple[TensorSlot, ...]
-    passthrough: tuple[str, ...]
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray]) -> Layout:
-        slots, passthrough, offset = [], [], 0
-        for name in sorted(state):
-            a = np.asarray(state[name])
-            if not np.issubdtype(a.dtype, np.floating):
-                passthrough.append(name)
-                continue
-            slots.append(TensorSlot(name, tuple(int(d) for d in a.shape), a.dtype, offset, int(a.size)))
-            offset += int(a.size)
-        return cls(tuple(slots), tuple(passthrough))
-
-    @property
-    def length(self) -> int:
-        """L: the number of averaged coordinates."""
-        return self.slots[-1].offset + self.slots[-1].size if self.slots else 0
-
-    @property
-    def rows(self) -> int:
-        return max(1, -(-self.length // SPACING))
-
-    @property
-    def packed_length(self) -> int:
-        """Length of the float64 vector given to the averager: ``ceil(L / 255) * 256``."""
-        return self.rows * ROW
-
-    def slot(self, name: str) -> TensorSlot:
-        for s in self.slots:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
-    @property
-    def digest(self) -> str:
-        """sha256 of names, dtypes and shapes: equal on peers that average the same vector."""
-        entries = [[s.name, s.dtype.str, list(s.shape)] for s in self.slots]
-        return hashlib.sha256(
-            msgpack.packb(["potluck/layout/v1", entries, list(self.passthrough)])
-        ).hexdigest()
-
-    def check_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Raise ValueError unless ``state`` has exactly this layout."""
-        other = Layout.from_state(state)
-        if other != self:
-            raise ValueError("the state does not match the layout (names, shapes or dtypes differ)")
 
 
 @dataclass(frozen=True)
