@@ -196,6 +196,12 @@ def test_unreachable_initial_peer_is_retried_until_it_comes_up(tmp_path):
         boot = early.status()["bootstrap"]
         assert boot["state"] == "retrying" and boot["last_error"]
         assert early.proc.poll() is None
+        # one line that names the address and what to check; the retries and libp2p's words stay quiet
+        assert boot["last_error"] == f"{late_addr}: connection refused (nothing listens there)"
+        warnings = [line for line in early.log_path.read_text().splitlines() if " WARN " in line]
+        assert len(warnings) == 1, warnings
+        assert late_addr in warnings[0] and "check the address" in warnings[0]
+        assert "ControlFailure" not in early.log_path.read_text()
         late = LocalNode(
             late_dir,
             [
@@ -215,6 +221,19 @@ def test_unreachable_initial_peer_is_retried_until_it_comes_up(tmp_path):
         )
         swarm.wait_all_see(1, timeout=30)
         assert swarm.stop() == [0, 0]
+
+
+def test_a_port_another_node_listens_on_is_refused_in_one_line(swarm, tmp_path):
+    taken = swarm.nodes[0].multiaddr().split("/p2p/")[0]  # /ip4/127.0.0.1/tcp/N
+    port = taken.rsplit("/", 1)[1]
+    for listen in (taken, f"/ip4/0.0.0.0/tcp/{port}"):
+        proc = cli("run", "--data-dir", str(tmp_path / "second"), "--listen", listen,
+                   "--rpc-listen", "127.0.0.1:0", check=False)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"potluck run: cannot listen on --listen {listen}: address in use (another node?)"
+        ]
+    assert not (tmp_path / "second" / "api").exists()
 
 
 def test_nothing_of_ours_is_left_after_the_swarm_stops(swarm):

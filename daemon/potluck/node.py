@@ -34,6 +34,7 @@ from potluck.rpc.server import ControlServer, ControlServicer
 from potluck.store.history import History
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import VersionStore
+from potluck.swarm.addresses import UNREACHABLE_HINT
 from potluck.swarm.guard import install_ext_depth_guard
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, Membership
@@ -260,7 +261,7 @@ class Node:
                 assert self.host is not None
                 boot = self.host.bootstrap
                 reason = (
-                    f"no initial peer answered ({boot.last_error})"
+                    f"cannot reach {boot.last_error}; {UNREACHABLE_HINT}"
                     if boot.state == "retrying"
                     else "no peer of the run served its manifest"
                 )

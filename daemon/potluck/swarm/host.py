@@ -29,13 +29,22 @@ from hivemind.p2p import P2P, P2PDaemonError, PeerID
 from hivemind.utils.multiaddr import Multiaddr
 
 from potluck.errors import ConfigError
+from potluck.swarm.addresses import (
+    CONNECT_TIMEOUT_S,
+    DIAL_BACKOFF,
+    UNREACHABLE_HINT,
+    check_listen_addr,
+    check_port_free,
+    dial_reason,
+    p2pd_reason,
+    parse_initial_peer,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HIVEMIND_SOCKET_PREFIX = P2P._UNIX_SOCKET_PREFIX  # hivemind's default, restored when a host stops
 BOOTSTRAP_BACKOFF_S = (1.0, 30.0)  # first retry delay, cap
-CONNECT_TIMEOUT_S = 5.0
 DHT_CALL_TIMEOUT_S = 15.0
 
 
@@ -59,28 +68,6 @@ class BootstrapState:
     last_error: str = ""
     next_retry_at: float = 0.0
     connected_event: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def parse_initial_peer(text: str) -> tuple[PeerID, Multiaddr]:
-    """A bootstrap multiaddr must end in /p2p/<peer id>: that is how we know whom we reach."""
-    try:
-        maddr = Multiaddr(text)
-        peer = PeerID.from_base58(maddr["p2p"])
-    except Exception:
-        raise ConfigError(
-            f"bad --initial-peers address {text!r}: expected e.g. /ip4/1.2.3.4/tcp/7451/p2p/12D3KooW..."
-        ) from None
-    return peer, maddr.decapsulate(Multiaddr(f"/p2p/{peer.to_base58()}"))
-
-
-def check_listen_addr(text: str) -> str:
-    try:
-        maddr = Multiaddr(text)
-    except Exception:
-        raise ConfigError(f"bad --listen address {text!r}: expected e.g. /ip4/0.0.0.0/tcp/7451") from None
-    if "p2p" in maddr:
-        raise ConfigError(f"--listen address {text!r} must not name a peer")
-    return str(maddr)
 
 
 class SwarmHost:
@@ -107,6 +94,7 @@ class SwarmHost:
         self.addrs: list[str] = []  # visible multiaddrs, refreshed by visible_addrs()
         self._p2p: P2P | None = None
         self._dht: SupervisedDHT | None = None
+        self._dial_reasons: dict[str, str] = {}  # peer id -> why the last real dial failed
         self._socket_dir = ""
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
@@ -116,6 +104,8 @@ class SwarmHost:
     async def start(self) -> None:
         # p2pd and its clients talk over unix sockets; keep ours in a private directory we can clean.
         self._loop = asyncio.get_running_loop()
+        for addr in self._listen:  # p2pd shares a port with another p2pd (SO_REUSEPORT): refuse first
+            check_port_free(addr)
         self._socket_dir = tempfile.mkdtemp(prefix="potluck-p2p-")
         # p2pd, this process's client and every replica (DHT child, averagers) put their sockets here;
         # restored on stop, so other P2P users in the process (tests) get hivemind's default again
@@ -130,7 +120,7 @@ class SwarmHost:
         except P2PDaemonError as e:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             P2P._UNIX_SOCKET_PREFIX = HIVEMIND_SOCKET_PREFIX
-            raise ConfigError(f"cannot start p2pd on {', '.join(self._listen)}: {_p2pd_reason(e)}") from None
+            raise ConfigError(f"cannot start p2pd on {', '.join(self._listen)}: {p2pd_reason(e)}") from None
         self._start_dht()
         if self._initial:
             self._tasks.append(asyncio.create_task(self._bootstrap_forever(), name="bootstrap"))
@@ -206,7 +196,8 @@ class SwarmHost:
     # ---- bootstrap -------------------------------------------------------------------------------
 
     async def _bootstrap_forever(self) -> None:
-        """Reach the initial peers, retrying with exponential backoff until one answers; never raises."""
+        """Reach the initial peers, retrying with exponential backoff until one answers; never raises.
+        The first failure is one WARN line naming the addresses and what to check; retries log at DEBUG."""
         delay, cap = BOOTSTRAP_BACKOFF_S
         while True:
             self.bootstrap.state = "connecting" if self.bootstrap.attempts == 0 else "retrying"
@@ -224,8 +215,15 @@ class SwarmHost:
                 return
             self.bootstrap.state = "retrying"
             self.bootstrap.next_retry_at = time.time() + delay
-            logger.warning(
-                f"no initial peer answered ({self.bootstrap.last_error or 'no reply'}); retry in {delay:.0f}s"
+            first = self.bootstrap.attempts == 1
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
+                f"cannot reach the initial peers: {self.bootstrap.last_error or 'no reply'}"
+                + (
+                    f"; {UNREACHABLE_HINT}; retrying in the background"
+                    if first
+                    else f"; retry in {delay:.0f}s"
+                ),
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, cap)
@@ -249,9 +247,10 @@ class SwarmHost:
             responded, error = 0, f"{type(e).__name__}: {e}"
         if responded:
             logger.info(f"rejoined the swarm: {responded} peers answered")
-        else:
-            logger.warning(
-                f"isolated: none of {len(candidates)} known peers answered ({error or 'no reply'})"
+        else:  # before the first bootstrap the bootstrap loop reports the initial peers already
+            logger.log(
+                logging.WARNING if self.bootstrap.state in ("connected", "none") else logging.DEBUG,
+                f"isolated: none of {len(candidates)} known peers answered ({error or 'no reply'})",
             )
         return responded
 
@@ -263,9 +262,14 @@ class SwarmHost:
                 await self.connect(peer, addrs)
                 reached.append(peer)
             except Exception as e:
-                errors.append(
-                    " ".join(f"{peer.to_base58()[:16]}: {type(e).__name__} {e}".split())
-                )  # one line
+                peer_id = peer.to_base58()
+                reason = dial_reason(e)
+                if reason == DIAL_BACKOFF:  # libp2p did not dial again: the reason is the last real one
+                    reason = self._dial_reasons.get(peer_id, reason)
+                self._dial_reasons[peer_id] = reason
+                where = addrs[0].split("/p2p/", 1)[0] if addrs else ""
+                more = f" (+{len(addrs) - 1} addresses)" if len(addrs) > 1 else ""
+                errors.append(f"{where}/p2p/{peer_id}{more}: {reason}")
         error = "; ".join(errors)[:500]
         if not reached:
             return 0, error
@@ -357,10 +361,3 @@ async def _ping_and_populate(peers: list[PeerID], _dht: DHT, node: DHTNode) -> i
     if responded:
         await node.find_nearest_nodes([node.node_id])
     return responded
-
-
-def _p2pd_reason(error: Exception) -> str:
-    text = str(error)
-    if "address already in use" in text:
-        return "address already in use"
-    return text.splitlines()[0][:300] if text else type(error).__name__
