@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalNode, LocalSwarm
-from potluck.manifest import create_manifest, genesis_path
-from potluck.store.versions import atomic_save
-from potluck.tasks import genesis, get_task
+from potluck.runfiles import write_run
+from potluck.tasks import get_task
 
 STARTUP_S = 25.0  # round 0 starts once every process had time to start and find the others
 
@@ -33,16 +31,12 @@ def run_demo(
         (lambda *a: print(*a, file=sys.stderr, flush=True)) if as_json else (lambda *a: print(*a, flush=True))
     )
     root = Path(tempfile.mkdtemp(prefix="potluck-demo-"))
-    the_task = get_task(task)
-    genesis_state, genesis_hash = genesis(the_task, 0)
-    manifest = create_manifest(
-        NodeIdentity.generate(), task, genesis_hash, round_seconds=round_seconds,
-        start_time=time.time() + STARTUP_S, density=density, values="int8",
+    run = write_run(
+        root / "run.toml", task, round_seconds=round_seconds, start_time=time.time() + STARTUP_S,
+        density=density, values="int8",
     )  # fmt: skip
-    manifest_path = root / "run.toml"
-    manifest.save(manifest_path)
-    atomic_save(genesis_state, genesis_path(manifest_path))
-    genesis_accuracy = the_task.evaluate(genesis_state)
+    manifest, manifest_path = run.manifest, run.path
+    genesis_accuracy = get_task(task).evaluate(run.state)
     say(f"run {manifest.run_id[:16]}: task {task}, {contributors} contributors, {rounds} rounds")
     say(f"genesis accuracy {genesis_accuracy:.3f}; starting processes in {root} ...")
 

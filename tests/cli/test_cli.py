@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from potluck.cli import build_parser, main
@@ -227,3 +231,178 @@ def test_tables_show_bans_probation_and_evidence():
     args = build_parser().parse_args(["init", "--task", "toy", "--probation-rounds", "2", "-o", "r.toml"])
     assert args.probation_rounds == 2
     assert build_parser().parse_args(["run", "--max-updates-per-author", "5"]).max_updates_per_author == 5
+
+
+# ---- every option and command explains itself ------------------------------------------------------
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "potluck"):
+    """(command path, parser) of the whole tree, and each subcommand's help in its parent's listing."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            listed = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                assert listed.get(name), f"{path} {name}: no help in {path}'s command list"
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_option_and_command_has_help():
+    missing = []
+    for path, parser in _parsers(build_parser()):
+        if path != "potluck" and not parser.description:
+            missing.append(f"{path}: no description")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            if not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.metavar or action.dest}")
+    assert not missing, "without help: " + ", ".join(missing)
+
+
+def test_readme_flag_table_names_every_run_flag():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [line.split("|")[1] for line in readme.splitlines() if line.startswith("| `--")]
+    table = {flag for row in rows for flag in re.findall(r"`(--[\w-]+)", row)}
+    run = next(parser for path, parser in _parsers(build_parser()) if path == "potluck run")
+    flags = {a.option_strings[-1] for a in run._actions if a.option_strings and a.dest != "help"}
+    assert flags == table
+
+
+# ---- one rule for a missing output folder: refused in one line, exit 2, naming the folder ---------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["init", "--task", "toy"],
+        ["export"],
+        ["update", "make", "--base", "b", "--model", "m", "--run", "r", "--round", "0"],
+        ["update", "apply", "--base", "b", "u"],
+    ],
+)
+def test_missing_output_folder_is_one_line(capsys, tmp_path, args):
+    folder = tmp_path / "no" / "such"
+    proc = in_process(capsys, *args, "-o", str(folder / "out"))
+    assert_config_error(proc, str(folder), "does not exist")
+    assert not folder.parent.exists()
+
+
+def test_init_writes_a_run_that_loads(capsys, tmp_path):
+    from potluck.manifest import load_manifest
+
+    proc = in_process(capsys, "init", "--data-dir", str(tmp_path / "d"), "--task", "toy", "-o",
+                      str(tmp_path / "run.toml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    manifest = load_manifest(tmp_path / "run.toml")
+    assert (
+        proc.stdout.startswith(f"run {manifest.run_id}\n") and (tmp_path / "run.genesis.safetensors").exists()
+    )
+
+
+# ---- update make takes --run and --round from the running node, or refuses ---------------------------------
+
+
+def test_update_make_without_run_and_round_needs_a_node(capsys, tmp_path):
+    proc = in_process(capsys, "update", "make", "--data-dir", str(tmp_path), "--base", "b", "--model", "m",
+                      "-o", str(tmp_path / "u"))  # fmt: skip
+    assert_config_error(proc, "no running node", "--run RUN_ID --round N")
+
+
+@pytest.mark.parametrize(
+    "phase, round_", [("collecting", 4), ("waiting", 4), ("aggregating", 5), ("committed", 5)]
+)
+def test_update_make_takes_run_and_round_from_the_node(capsys, monkeypatch, tmp_path, phase, round_):
+    import safetensors.numpy
+
+    from potluck.cli.update_files import inspect_update
+    from potluck.rpc import client
+    from potluck.v1 import control_pb2
+
+    class Node:
+        def __init__(self, address, timeout):
+            assert address == "127.0.0.1:9"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def status(self):
+            return control_pb2.GetStatusResponse(run="default", run_id="ab" * 32, round=4, phase=phase)
+
+    monkeypatch.setattr(client, "ControlClient", Node)
+    state = {"w": np.arange(64, dtype=np.float32)}
+    safetensors.numpy.save_file(state, str(tmp_path / "base.safetensors"))
+    safetensors.numpy.save_file({"w": state["w"] + 1}, str(tmp_path / "tuned.safetensors"))
+    base, tuned = str(tmp_path / "base.safetensors"), str(tmp_path / "tuned.safetensors")
+    proc = in_process(capsys, "update", "make", "--data-dir", str(tmp_path), "--rpc", "127.0.0.1:9",
+                      "--base", base, "--model", tuned, "-o", str(tmp_path / "u"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    info = inspect_update((tmp_path / "u").read_bytes())
+    assert (info["run"], info["round"]) == ("ab" * 32, round_)
+    assert f"round {round_}" in proc.stdout and "127.0.0.1:9" in proc.stdout
+
+
+# ---- join names its own argument; export refuses a short prefix and takes --round --------------------------
+
+
+def test_join_names_the_bad_peer_argument(capsys, tmp_path):
+    proc = in_process(capsys, "join", "--data-dir", str(tmp_path), "--run", "ab" * 32, "not-a-multiaddr")
+    assert_config_error(proc, "'not-a-multiaddr'", "MULTIADDR argument")
+    assert "--initial-peers" not in proc.stderr
+
+
+@pytest.fixture
+def history_dir(tmp_path):
+    """A data dir whose history holds rounds 0 and 1 (as a node that committed them leaves it)."""
+    from potluck.hashing import tensor_hashes, version_hash
+    from potluck.identity import NodeIdentity
+    from potluck.node import HISTORY_FILE
+    from potluck.rounds.commit import Commit, sign_commit
+    from potluck.store.history import History
+    from potluck.store.versions import VersionStore
+
+    node = NodeIdentity.generate()
+    states = [{"w": np.full(4, r, np.float32)} for r in range(3)]
+    with History(tmp_path / HISTORY_FILE, VersionStore(tmp_path / "versions")) as history:
+        for r in range(2):
+            parent, state = version_hash(states[r]), states[r + 1]
+            commit = Commit(
+                "cd" * 32, r, parent, version_hash(state), tensor_hashes(state),
+                updates=[], contributors=[], participants=[node.node_id], total_weight=1,
+            )  # fmt: skip
+            history.record(commit, [sign_commit(commit, node)], state)
+    return tmp_path, [version_hash(s) for s in states[1:]]
+
+
+def test_export_by_round_or_by_a_long_enough_prefix(capsys, tmp_path, history_dir):
+    from potluck.store.versions import load_state
+
+    data_dir, versions = history_dir
+    out = tmp_path / "m.safetensors"
+    proc = in_process(capsys, "export", "--data-dir", str(data_dir), "--round", "0", "-o", str(out))
+    assert proc.returncode == 0 and f"version {versions[0]} (round 0)" in proc.stdout
+    assert load_state(out)["w"][0] == 1
+    proc = in_process(
+        capsys, "export", "--data-dir", str(data_dir), "--version", versions[1][:6], "-o", str(out)
+    )
+    assert proc.returncode == 0 and f"version {versions[1]} (round 1)" in proc.stdout
+    assert_config_error(
+        in_process(capsys, "export", "--data-dir", str(data_dir), "--version", "0", "-o", str(out)),
+        "at least 6",
+        "--round N",
+    )
+    assert_config_error(
+        in_process(capsys, "export", "--data-dir", str(data_dir), "--round", "7", "-o", str(out)), "--round 7"
+    )
+
+
+def test_log_counts_signatures_and_status_names_participants(capsys, history_dir):
+    from potluck.cli.format import format_log
+
+    data_dir, _ = history_dir
+    proc = in_process(capsys, "log", "--data-dir", str(data_dir))
+    assert proc.returncode == 0 and "SIGNATURES" in proc.stdout.splitlines()[0]
+    assert format_log([]) == "no committed versions yet"

@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="potluck", description="Build one model together: a P2P federated collaboration node."
     )
     parser.add_argument("--version", action="version", version=f"potluck {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what a node logs to stderr (default INFO)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for group in (node, run, history, update, demo):
         group.add_parsers(commands)

@@ -37,10 +37,12 @@ def data_dir_arg(parser: argparse.ArgumentParser) -> None:
 
 def query_args(parser: argparse.ArgumentParser) -> None:
     data_dir_arg(parser)
-    parser.add_argument(
-        "--rpc", metavar="HOST:PORT", help="control API address (default: read <data-dir>/api)"
-    )
+    rpc_args(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def rpc_args(parser: argparse.ArgumentParser, what: str = "control API") -> None:
+    parser.add_argument("--rpc", metavar="HOST:PORT", help=f"{what} address (default: read <data-dir>/api)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the node (default 5)")
 
 
@@ -92,3 +94,11 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
     return value
+
+
+def output_file(text: str) -> Path:
+    """``-o FILE`` of every command that writes one: its folder must exist (a typo creates nothing)."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {str(path.parent)!r} does not exist (create it first)")
+    return path

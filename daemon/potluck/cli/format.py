@@ -35,7 +35,8 @@ def format_status(s: dict[str, Any]) -> str:
             (s["version"] or s["model_version"] or "-")
             + (f" (round {s['committed_round']})" if s["committed_round"] >= 0 else ""),
         ),
-        ("signed by", f"{len(s['participants'])} participants" if s["participants"] else "-"),
+        # who merged the last commit (its participant list); how many signed it is `potluck log`'s SIGNATURES
+        ("merged by", f"{len(s['participants'])} participants" if s["participants"] else "-"),
         (
             "updates",
             f"{s['held_updates']} held, {s['accepted_updates']} accepted, {s['fetched_updates']} fetched",
@@ -131,7 +132,7 @@ def format_update(info: dict[str, Any]) -> str:
 def format_log(entries: list[dict[str, Any]]) -> str:
     if not entries:
         return "no committed versions yet"
-    header = ("ROUND", "VERSION", "PARENT", "UPDATES", "CONTRIBUTORS", "ACCURACY", "TIME")
+    header = ("ROUND", "VERSION", "PARENT", "UPDATES", "CONTRIBUTORS", "SIGNATURES", "ACCURACY", "TIME")
     rows = [
         (
             str(e["round"]),
@@ -139,6 +140,7 @@ def format_log(entries: list[dict[str, Any]]) -> str:
             e["parent"][:16],
             str(e["updates"]),
             str(len(e["contributors"])),
+            str(e["signatures"]),  # the commit signatures this node holds
             "-" if e.get("accuracy") is None else f"{e['accuracy']:.3f}",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"])),
         )

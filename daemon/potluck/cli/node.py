@@ -32,7 +32,9 @@ def add_parsers(commands: Commands) -> None:
         parser.set_defaults(handler=handler)
 
     ident = commands.add_parser(
-        "id", help="print this node's node id and peer id (creates the key if needed)"
+        "id",
+        help="print this node's node id and peer id (creates the key if needed)",
+        description="Print the node id (authors updates) and libp2p peer id of the key in <data-dir>.",
     )
     data_dir_arg(ident)
     ident.add_argument("--json", action="store_true", help="print JSON")
@@ -156,11 +158,23 @@ def _join_parser(commands: Commands) -> None:
         action="store_true",
         help="behind NAT/firewall: nobody dials us; updates are pushed to keepers, versions pulled",
     )
-    join.add_argument("--listen", nargs="+", metavar="MULTIADDR", default=["/ip4/0.0.0.0/tcp/0"])
+    join.add_argument(
+        "--listen",
+        nargs="+",
+        metavar="MULTIADDR",
+        default=["/ip4/0.0.0.0/tcp/0"],
+        help="libp2p listen addresses (default /ip4/0.0.0.0/tcp/0: any free port)",
+    )
     join.add_argument(
         "--rpc-listen", default="127.0.0.1:0", metavar="HOST:PORT", help="control API (default: any port)"
     )
-    join.add_argument("--record-ttl", type=positive_float, default=30.0, metavar="SECONDS")
+    join.add_argument(
+        "--record-ttl",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="lifetime of this node's peer record; refreshed every third of it (default 30)",
+    )
     join.add_argument(
         "--join-timeout",
         type=positive_float,
@@ -253,6 +267,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     shard = args.shard if args.dirichlet is None else f"dirichlet:{args.dirichlet}:{args.shard}"
     if shard is not None:
         _check_shard(shard)
+    _check_peer_addresses(args.initial_peers)
     config = NodeConfig(
         data_dir=args.data_dir, run=args.run or "default", manifest=args.manifest, listen=args.listen,
         initial_peers=args.initial_peers, rpc_listen=args.rpc_listen,
@@ -268,6 +283,20 @@ def cmd_join(args: argparse.Namespace) -> int:
 
     asyncio.run(run_node(config, contributor))
     return 0
+
+
+def _check_peer_addresses(addresses: list[str]) -> None:
+    """join takes its peers as MULTIADDR arguments: name those, not run's --initial-peers."""
+    from potluck.swarm.host import parse_initial_peer
+
+    for text in addresses:
+        try:
+            parse_initial_peer(text)
+        except ConfigError:
+            raise ConfigError(
+                f"bad peer address {text!r} (the MULTIADDR argument): "
+                "expected e.g. /ip4/1.2.3.4/tcp/7451/p2p/12D3KooW..."
+            ) from None
 
 
 def _check_shard(spec: str) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from potluck.cli.common import (
     Commands,
     data_dir_arg,
     density,
     non_negative_int,
+    output_file,
     positive_float,
     positive_int,
 )
@@ -33,7 +33,9 @@ def add_parsers(commands: Commands) -> None:
         "--start-in", type=float, default=0.0, metavar="SECONDS", help="round 0 starts this much later"
     )
     init.add_argument("--density", type=density, default=0.01, help="top-k density of updates (default 0.01)")
-    init.add_argument("--values", choices=["int8", "fp16"], default="int8")
+    init.add_argument(
+        "--values", choices=["int8", "fp16"], default="int8", help="value encoding of updates (default int8)"
+    )
     init.add_argument(
         "--quorum", type=positive_int, default=1, help="signatures needed to commit (default 1)"
     )
@@ -61,21 +63,32 @@ def add_parsers(commands: Commands) -> None:
         metavar="N",
         help="a new author's updates weigh 0 until it contributed to N committed rounds (default 0: off)",
     )
-    init.add_argument("--admission", choices=["open", "allowlist"], default="open")
+    init.add_argument(
+        "--admission",
+        choices=["open", "allowlist"],
+        default="open",
+        help="whose updates are admitted: anybody's (default) or only those of --allow",
+    )
     init.add_argument(
         "--allow", nargs="+", default=[], metavar="NODE_ID", help="admitted authors (allowlist)"
     )
-    init.add_argument("-o", "--output", type=Path, required=True, metavar="RUN.toml")
+    init.add_argument(
+        "-o",
+        "--output",
+        type=output_file,
+        required=True,
+        metavar="RUN.toml",
+        help="where to write the manifest; the genesis weights go beside it (RUN.genesis.safetensors)",
+    )
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     from potluck.datadir import prepare_data_dir
     from potluck.identity import load_or_create
-    from potluck.manifest import ManifestError, create_manifest, genesis_path
+    from potluck.manifest import ManifestError
     from potluck.merge import StrategyError, get_strategy
-    from potluck.store.versions import atomic_save
-    from potluck.tasks import TaskError, get_task
-    from potluck.tasks import genesis as task_genesis
+    from potluck.runfiles import write_run
+    from potluck.tasks import TaskError
 
     task_args = _key_values(args.task_arg, "--task-arg")
     strategy_args = _key_values(args.strategy_arg, "--strategy-arg")
@@ -87,15 +100,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError("--admission allowlist needs --allow NODE_ID ...")
     identity = load_or_create(prepare_data_dir(args.data_dir))
     try:
-        state, genesis_hash = task_genesis(get_task(args.task, task_args), args.seed)
-        manifest = create_manifest(
-            identity,
+        run = write_run(
+            args.output,
             args.task,
-            genesis_hash,
-            round_seconds=args.round_seconds,
+            creator=identity,
             task_args=task_args,
-            start_time=time.time() + args.start_in,
             seed=args.seed,
+            round_seconds=args.round_seconds,
+            start_time=time.time() + args.start_in,
             density=args.density,
             values=args.values,
             quorum=args.quorum,
@@ -110,15 +122,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         )
     except (TaskError, ManifestError) as e:
         raise ConfigError(str(e)) from None
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save(state, genesis_path(args.output))
-        manifest.save(args.output)
     except OSError as e:
         raise ConfigError(f"cannot write {args.output}: {e.strerror}") from None
     print(
-        f"run {manifest.run_id}\n"
-        f"wrote {args.output} and {genesis_path(args.output)} (genesis {genesis_hash[:16]})"
+        f"run {run.manifest.run_id}\n"
+        f"wrote {args.output} and {run.genesis_path} (genesis {run.genesis_hash[:16]})"
     )
     return 0
 

@@ -14,11 +14,11 @@ import numpy as np
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.store.versions import atomic_save, load_state
+from potluck.updates.apply import apply_update
 from potluck.updates.codec import (
     DecodeLimits,
     EncodedTensor,
     Update,
-    apply_update,
     encode_update,
     parse_update,
 )
