@@ -9,7 +9,7 @@ The round loop of bench/federated.py (same task args, shards, K, density 2%, int
 real codec: encode with the contributor's Ed25519 key, decode with the signature checked), with the
 merge done by ``potluck.merge.get_strategy(name).merge(updates, weights, round_seed=r)`` and
 ``next_state(V_r, merged, outer_lr)``. 8 contributors on the label-sorted shards I/8; contributors 6
-and 7 are attackers (attacks in tests/merge/attacks.py): each computes the delta an honest
+and 7 are attackers (attacks in bench/attacks.py): each computes the delta an honest
 contributor would (training on its shard, its own error feedback; ``label_flip`` trains on flipped
 labels), then sends ``attack(delta)`` through the same codec at the same density, claiming its real
 sample count. ``honest_only`` is the 6 honest contributors alone with the ``mean`` strategy: the
@@ -30,10 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+import attacks  # bench/attacks.py: this script's folder is on the path
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.merge.attacks
 
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
@@ -41,7 +40,6 @@ from potluck.merge import get_strategy, next_state
 from potluck.tasks import get_task
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
 from potluck.updates.sparsify import ErrorFeedback, sparsify
-from tests.merge import attacks
 
 RUN = "bench-robust"
 STRATEGIES: dict[str, tuple[str, dict]] = {  # label -> (strategy name, args)

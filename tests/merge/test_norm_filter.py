@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from bench import attacks
 from potluck.merge import StrategyError, get_strategy, make_batch, supports_columns
 from potluck.merge.batch import rowsum
 from potluck.merge.norm_filter import NormFilter, norms_of
-from tests.merge import attacks
 from tests.merge.test_columns import SHAPES, check, random_deltas
 
 

@@ -7,11 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
+from bench import attacks
 from potluck.merge import StrategyError, get_strategy, make_batch, next_state
 from potluck.merge.linear import keep_mask
 from potluck.rounds.fixedpoint import Layout, local_average
 from potluck.updates.codec import SparseTensor, Update
-from tests.merge import attacks
 
 ALL = (
     "mean",

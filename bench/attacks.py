@@ -1,7 +1,10 @@
-"""Byzantine contributors for tests and bench/robust.py: how attackers shape the deltas they send.
+"""Byzantine contributors for bench/robust.py and the strategy tests: how attackers shape the deltas
+they send.
 
-Not shipped (potluck.merge only defends). Deltas here are dense ``{name: float array}``; the bench
-sends what these return through the real codec (top-k, int8, signed).
+Not shipped (potluck.merge only defends), and not in tests/ (the benches import nothing from there):
+bench scripts import it as ``attacks`` (their own folder is on the path), tests as ``bench.attacks``.
+Deltas here are dense ``{name: float array}``; the bench sends what these return through the real
+codec (top-k, int8, signed).
 
 * ``sign_flip``: the attacker's honest delta times ``-scale`` (x1000).
 * ``random_direction``: Gaussian values on the same support, rescaled to ``scale`` times the honest
