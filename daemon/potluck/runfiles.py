@@ -47,9 +47,11 @@ def write_run(
 
     ``rules`` are the other :func:`create_manifest` arguments (round_seconds, start_time, created,
     density, values, quorum, strategy, admission, allow, ...). Raises TaskError or ManifestError before
-    writing anything, OSError when a file cannot be written (the folder must exist).
+    writing anything, FileNotFoundError when the folder of ``path`` does not exist.
     """
     path = Path(path)
+    if not path.parent.is_dir():  # before the work, and safetensors would say it in its own words
+        raise FileNotFoundError(2, "no such folder", str(path.parent))
     task_args = dict(task_args or {})
     state, genesis_hash = genesis(get_task(task, task_args), seed)
     manifest = create_manifest(
