@@ -5,7 +5,7 @@ may import its own unit and any unit listed before its own in ``LAYERS``; an imp
 after it (at top level, inside a function, anywhere) fails, and so does one of a unit ``LAYERS`` does
 not name (place a new package in the order first). As the order is total, two units that import each
 other always fail; the report names such pairs. The pure core (``PURE``) also imports no network,
-event loop, process or database machinery.
+event loop, process or database machinery. Neither the package nor ``bench/`` imports ``tests``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "potluck"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "daemon" / "potluck"
 
 # Lowest first. The bottom is what everything may use: the root package (__version__, AGENT), generated
 # protobuf code, errors, bounded msgpack, keys, signed records, atomic writes, hashes, the data folder.
@@ -151,6 +152,16 @@ def test_no_two_packages_import_each_other() -> None:
         if a < b and (b, a) in edges
     )
     assert not mutual, "packages that import each other:\n" + "\n".join(mutual)
+
+
+def test_bench_and_package_import_nothing_from_tests() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "bench").rglob("*.py")])
+        for line, target in imported_modules(path.read_text(), path.stem)
+        if target.split(".")[0] == "tests"
+    ]
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize(
