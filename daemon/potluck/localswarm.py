@@ -1,4 +1,5 @@
-"""A swarm of real `potluck run` processes on 127.0.0.1: for `potluck demo`, the tests and the benchmarks."""
+"""A swarm of real `potluck run` and `potluck join` processes on 127.0.0.1: for `potluck demo`, the
+tests and the benchmarks (start nodes, ask them over the control API, publish, wait for a round)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from potluck.manifest import Manifest
+from potluck.rounds import schedule
 from potluck.rpc.address import API_FILE
 
 T = TypeVar("T")
@@ -90,12 +93,23 @@ class LocalNode:
     def peers(self) -> list[dict[str, Any]]:
         return self._ask("peers")["peers"]
 
+    def updates(self) -> list[dict[str, Any]]:
+        """The updates this node holds (``potluck update list``)."""
+        return self._ask("updates")["updates"]
+
+    def publish(self, data: bytes, timeout: float = 30.0) -> Any:
+        """Hand a signed update to the node (``potluck update publish``): the PublishUpdateResponse."""
+        from potluck.rpc.client import ControlClient
+
+        with ControlClient(self.rpc_address, timeout=timeout) as client:
+            return client.publish(data)
+
     def _ask(self, what: str) -> Any:
         from potluck.rpc.client import ControlClient
         from potluck.rpc.jsonify import message_to_dict
 
         with ControlClient(self.rpc_address, timeout=5.0) as client:
-            return message_to_dict(client.status() if what == "status" else client.peers())
+            return message_to_dict(getattr(client, what)())
 
     def multiaddr(self) -> str:
         """An address other local nodes can bootstrap from (loopback, with /p2p/)."""
@@ -162,6 +176,11 @@ class LocalSwarm:
         ]
         return [*args, "--initial-peers", *initial_peers] if initial_peers else args
 
+    @classmethod
+    def for_run(cls, root: Path, run_id: str, manifest_path: Path, record_ttl: float = 6.0) -> LocalSwarm:
+        """Nodes that serve the run whose manifest (and genesis beside it) is at ``manifest_path``."""
+        return cls(root, run=run_id, record_ttl=record_ttl, extra_args=["--manifest", str(manifest_path)])
+
     def add_node(
         self,
         initial_peers: Sequence[str] | None = None,
@@ -180,12 +199,30 @@ class LocalSwarm:
         self.nodes.append(node)
         return node.start()
 
+    def add_contributor(self, name: str, *args: str) -> LocalNode:
+        """Start a `potluck join` process of this swarm's run, bootstrapping from the first node;
+        ``args``: its other options (--shard, --local-steps, --client-mode, ...)."""
+        node = LocalNode(
+            self.root / name,
+            [self.nodes[0].multiaddr(), "--run", self.run, "--listen", "/ip4/127.0.0.1/tcp/0",
+             "--record-ttl", str(self.record_ttl), *args],
+            command="join",
+        )  # fmt: skip
+        self.nodes.append(node)
+        return node.start()
+
     def start(self, n: int, timeout: float = 60.0) -> LocalSwarm:
         """Start n nodes: the bootstrap node first, then the others in parallel."""
         self.add_node().wait_ready(timeout)
         rest = [self.add_node() for _ in range(n - 1)]
         for node in rest:
             node.wait_ready(timeout)
+        return self
+
+    def connected(self, n: int, timeout: float = 60.0) -> LocalSwarm:
+        """:meth:`start` ``n`` nodes and wait until each sees the others."""
+        self.start(n, timeout)
+        self.wait_all_see(n - 1, timeout)
         return self
 
     def wait_all_see(
@@ -234,3 +271,11 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
     raise TimeoutError(
         f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_error})" if last_error else "")
     )
+
+
+def next_collecting_round(manifest: Manifest, margin: float = 0.3) -> int:
+    """Wait until ``margin`` seconds into the next round's collecting phase; return that round."""
+    r = schedule.round_at(manifest, time.time()) + 1
+    while time.time() < schedule.round_start(manifest, r) + margin:
+        time.sleep(0.05)
+    return r
