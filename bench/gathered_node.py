@@ -3,10 +3,10 @@ bench/sliced.py: ``python -m bench.gathered_node run ...`` takes the same argume
 
 from __future__ import annotations
 
-import potluck.rounds.engine
+import potluck.engine.loop
 from potluck.cli import main
 
-potluck.rounds.engine.supports_columns = lambda strategy: False
+potluck.engine.loop.supports_columns = lambda strategy: False
 
 if __name__ == "__main__":
     raise SystemExit(main())

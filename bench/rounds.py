@@ -323,9 +323,9 @@ class Peer:
         import torch
         from hivemind.averaging import DecentralizedAverager
 
+        from potluck.engine.allreduce import ALLREDUCE_TIMEOUT_S, MATCHMAKING_S
+        from potluck.engine.averager import CanonicalAverager, next_power_of_two
         from potluck.rounds import fixedpoint
-        from potluck.rounds.averaging import CanonicalAverager, next_power_of_two
-        from potluck.rounds.engine import ALLREDUCE_TIMEOUT_S, MATCHMAKING_S
 
         pre: dict[str, float] = {}
         t = time.perf_counter()
@@ -401,11 +401,11 @@ class Peer:
         self._shutdown()
 
     def _shutdown(self) -> float:
-        from potluck.rounds.engine import _shutdown_averager
+        from potluck.engine.averager import shutdown_averager
 
         t = time.perf_counter()
         if self.averager is not None:
-            _shutdown_averager(self.averager)
+            shutdown_averager(self.averager)
         self.averager, self.step = None, None
         return time.perf_counter() - t
 
@@ -433,13 +433,13 @@ class Peer:
 
     def _finish_canonical(self, gathered: dict[Any, Any]) -> dict[str, Any]:
         """RoundEngine._allreduce after step(): checks, copy, unpack."""
+        from potluck.engine.allreduce import checked_gather
         from potluck.rounds import fixedpoint
-        from potluck.rounds.engine import _checked_gather
 
         t = time.perf_counter()
         if not gathered:
             raise RuntimeError("no group formed")
-        peers = [_checked_gather(p) for p in gathered.values()]
+        peers = [checked_gather(p) for p in gathered.values()]
         if sorted(p["node"] for p in peers) != self.participants:
             raise RuntimeError(f"group of {len(peers)} is not the {self.n} participants")
         if any(p.get("digest") != self.digest for p in peers):
@@ -569,7 +569,7 @@ def allreduce_bench(params: int, n: int, repeats: int, logdir: Path) -> dict[str
 
 
 def _averaging_run(peers: list[Child], kind: str, prefix: str) -> dict[str, Any]:
-    from potluck.rounds.engine import MATCHMAKING_S
+    from potluck.engine.allreduce import MATCHMAKING_S
 
     for p in peers:
         p.send(cmd="prepare", kind=kind, prefix=prefix)

@@ -30,15 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from potluck.engine.conduct import AUDIT_SAMPLES
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalSwarm, wait_for
-from potluck.manifest import create_manifest, genesis_path
+from potluck.manifest import create_manifest
 from potluck.merge import get_strategy
 from potluck.rounds import schedule
-from potluck.rounds.engine import AUDIT_SAMPLES
 from potluck.rounds.slices import merkle_root, slice_bounds
-from potluck.rpc.client import ControlClient
-from potluck.store.versions import atomic_save
+from potluck.runfiles import write_run
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, decode_update, encode_update
 from potluck.updates.sparsify import sparsify
@@ -70,20 +69,16 @@ def make_updates(manifest, state, base: str, r: int, count: int, density: float,
 
 def run_placement(label: str, args, task_args, root: Path) -> dict:
     strategy = PLACEMENTS[label]
-    state, genesis_hash = genesis(get_task("toy", task_args), 0)
-    manifest = create_manifest(
-        NodeIdentity.generate(), "toy", genesis_hash, round_seconds=args.round_seconds, task_args=task_args,
-        density=args.density, strategy=strategy, quorum=args.peers,
-    )  # fmt: skip
     path = root / f"{label}.toml"
-    manifest.save(path)
-    atomic_save(state, genesis_path(path))
+    run = write_run(
+        path, "toy", task_args=task_args, round_seconds=args.round_seconds, density=args.density,
+        strategy=strategy, quorum=args.peers,
+    )  # fmt: skip
+    manifest, state = run.manifest, run.state
     # gathered: the same strategy merged whole on every node (the path vector strategies take)
     module = "bench.gathered_node" if label.startswith("gathered") else "potluck"
     merge_s: list[float] = []
-    with LocalSwarm(
-        root / label, run=manifest.run_id, record_ttl=8, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with LocalSwarm.for_run(root / label, manifest.run_id, path, record_ttl=8) as swarm:
         swarm.add_node(module=module).wait_ready(90)
         for _ in range(args.peers - 1):
             swarm.add_node(module=module)
@@ -98,8 +93,7 @@ def run_placement(label: str, args, task_args, root: Path) -> dict:
             while time.time() < schedule.round_start(manifest, r) + 0.2:
                 time.sleep(0.05)
             for j, data in enumerate(updates):
-                with ControlClient(swarm.nodes[j % args.peers].rpc_address, timeout=30) as client:
-                    reply = client.publish(data)
+                reply = swarm.nodes[j % args.peers].publish(data)
                 if not reply.accepted:
                     raise RuntimeError(f"update refused: {reply.reason}")
             wait_for(

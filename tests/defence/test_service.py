@@ -65,7 +65,7 @@ class Node:
                 raise OSError("holder does not have it")
             return data
 
-        self.exchange._download = download
+        self.exchange.fetcher.download = download
         self.defence = DefenceService(
             host=self.host, identity=self.identity, run=RUN, bans=self.bans, exchange=self.exchange,
             peers=lambda: [SimpleNamespace(record=SimpleNamespace(peer_id=p)) for p in nodes],
@@ -200,10 +200,10 @@ def test_rate_limited_and_banned_announcements_are_not_fetched(swarm):
     for data in junk[:3]:  # unknown base: rejected after the signature, counted for the author
         with pytest.raises(UpdateRejected):
             a.exchange._accept(data, "fetched")
-    assert a.exchange._skip(announcement(HONEST, junk[3]))
-    assert a.exchange._skip(announcement(HONEST, junk[3]))  # counted once
+    assert a.exchange.fetcher.skip(announcement(HONEST, junk[3]))
+    assert a.exchange.fetcher.skip(announcement(HONEST, junk[3]))  # counted once
     assert a.exchange.validator.counters["rate_limited"] == 1
-    assert not a.exchange._skip(announcement(ATTACKER, update(seq=1)))
+    assert not a.exchange.fetcher.skip(announcement(ATTACKER, update(seq=1)))
     a.bans.ban(ATTACKER.public_key, "lying_reducer", 4, "fault")
-    assert a.exchange._skip(announcement(ATTACKER, update(seq=1)))
+    assert a.exchange.fetcher.skip(announcement(ATTACKER, update(seq=1)))
     assert a.exchange.validator.counters["banned"] == 1

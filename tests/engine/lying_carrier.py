@@ -6,19 +6,17 @@ from __future__ import annotations
 import dataclasses
 
 from potluck.cli import main
-from potluck.engine.loop import RoundEngine
-
-_honest = RoundEngine._contribution
+from potluck.engine import conduct
 
 
-def _lying(self, weighted):
-    contribution = _honest(self, weighted)
-    q = contribution.q.copy()
-    q[::5] += 1 << 20  # a push of 2**-4 on every 5th coordinate, well inside the fixed-point range
-    return dataclasses.replace(contribution, q=q)
+class LyingCarrier(conduct.Conduct):
+    def contribution(self, layout, carried):
+        honest = super().contribution(layout, carried)
+        q = honest.q.copy()
+        q[::5] += 1 << 20  # a push of 2**-4 on every 5th coordinate, well inside the fixed-point range
+        return dataclasses.replace(honest, q=q)
 
-
-RoundEngine._contribution = _lying
 
 if __name__ == "__main__":
+    conduct.install(LyingCarrier())
     raise SystemExit(main())

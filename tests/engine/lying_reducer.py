@@ -3,21 +3,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from potluck.cli import main
-from potluck.engine.loop import RoundEngine
-
-_honest = RoundEngine._reduce_slice
+from potluck.engine import conduct
 
 
-def _lying(recompute, lo: int, hi: int) -> np.ndarray:
-    values = _honest(recompute, lo, hi)
-    values[::7] += 0.25  # every 7th coordinate of its slice pushed off
-    return values
+class LyingReducer(conduct.Conduct):
+    def reduce_slice(self, recompute, lo: int, hi: int):
+        values = super().reduce_slice(recompute, lo, hi)
+        values[::7] += 0.25  # every 7th coordinate of its slice pushed off
+        return values
 
-
-RoundEngine._reduce_slice = staticmethod(_lying)
 
 if __name__ == "__main__":
+    conduct.install(LyingReducer())
     raise SystemExit(main())

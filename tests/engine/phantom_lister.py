@@ -6,16 +6,16 @@ from __future__ import annotations
 import hashlib
 
 from potluck.cli import main
-from potluck.engine.loop import RoundEngine
-
-_honest = RoundEngine._held_ids
+from potluck.engine import conduct
 
 
-def _with_phantom(self, r: int) -> list[str]:
-    return sorted([*_honest(self, r), hashlib.sha256(f"phantom {r}".encode()).hexdigest()])
+class PhantomLister(conduct.Conduct):
+    def entry_ids(self, round_: int, held: list[str]) -> list[str]:
+        return sorted(
+            [*super().entry_ids(round_, held), hashlib.sha256(f"phantom {round_}".encode()).hexdigest()]
+        )
 
-
-RoundEngine._held_ids = _with_phantom
 
 if __name__ == "__main__":
+    conduct.install(PhantomLister())
     raise SystemExit(main())

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from potluck.engine.entries import ENTRY_WINDOW_S
 from potluck.localswarm import LocalSwarm, wait_for
 from potluck.rounds import schedule
-from potluck.engine.loop import ENTRY_WINDOW_S
 from tests.engine.test_engine import AUTHORS, Run
 
 pytestmark = pytest.mark.multiprocess

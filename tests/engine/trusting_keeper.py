@@ -3,10 +3,14 @@ others publish. ``python -m tests.engine.trusting_keeper run ...`` takes the sam
 
 from __future__ import annotations
 
-import potluck.engine.loop
 from potluck.cli import main
+from potluck.engine import conduct
 
-potluck.engine.loop.AUDIT_SAMPLES = 0
+
+class TrustingKeeper(conduct.Conduct):
+    audit_samples = 0
+
 
 if __name__ == "__main__":
+    conduct.install(TrustingKeeper())
     raise SystemExit(main())

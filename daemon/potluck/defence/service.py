@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from potluck.defence import probation
 from potluck.defence.bans import Ban, BanRegistry
 from potluck.defence.evidence import (
     REASON,
@@ -46,6 +45,7 @@ from potluck.defence.evidence import (
     check_equivocation,
     evidence_key,
 )
+from potluck.defence.seniority import Seniority
 from potluck.exchange.service import UpdateExchange
 from potluck.identity import NodeIdentity, node_id_of, peer_id_of
 from potluck.manifest import Manifest
@@ -53,7 +53,7 @@ from potluck.rounds.entries import MAX_ENTRY_EXCLUDED, RoundEntry, excluded_ids
 from potluck.store.history import History
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import PeerInfo
-from potluck.updates.validation import Equivocation as Found
+from potluck.updates.validation import EquivocationSeen
 
 __all__ = ["DefenceError", "DefenceService"]
 
@@ -87,7 +87,7 @@ class DefenceService:
         self._host, self._identity, self._run = host, identity, run
         self.bans, self._exchange, self._peers = bans, exchange, peers
         self.manifest = manifest
-        self.history: History | None = None  # set by the node once the run's history is open
+        self.seniority = Seniority(manifest)  # its history is set by the node once the run's history is open
         self._ttl_s, self._poll_s = record_ttl_s, poll_interval_s
         # evidence id -> claim, for every piece of evidence this node has checked and found good
         self.verified: dict[str, Equivocation] = {}
@@ -101,7 +101,6 @@ class DefenceService:
         self._seen_values: set[bytes] = set()
         self._publish_now = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._contrib_cache: tuple[Any, Counter[str]] | None = None
         for ban in bans.list():  # evidence verified before a restart
             claim = _claim_of(ban)
             if claim is not None:
@@ -124,7 +123,7 @@ class DefenceService:
 
     # ---- evidence this node finds ------------------------------------------------------------------
 
-    def on_found(self, found: Found, first: bytes, second: bytes) -> None:
+    def on_found(self, found: EquivocationSeen, first: bytes, second: bytes) -> None:
         """The exchange's equivocation hook (on the event loop): check, ban, publish."""
         self.found += 1
         try:
@@ -270,13 +269,12 @@ class DefenceService:
 
     def entry_extras(self, round_: int, held: Sequence[str]) -> dict[str, Any]:
         """The defence fields of this node's round entry: ``senior`` over ``held``, ``excluded``."""
-        return {"senior": self._senior_bits(round_, held), "excluded": self.exclusions(round_)}
+        return {"senior": self._senior_bits(held), "excluded": self.exclusions(round_)}
 
     def exclusions(self, round_: int) -> tuple[tuple[str, str, int], ...]:
         """(update id, evidence id, evidence round) for the round's updates by banned authors that this
         node knows of: held, seen by the validator, or named by evidence."""
-        held = list(self._exchange.held.values())  # the validating thread may add meanwhile
-        known: dict[str, bytes] = {u.update_id: u.author for u in held if u.round == round_}
+        known: dict[str, bytes] = {u.update_id: u.author for u in self._exchange.holding(round_)}
         known.update(self._exchange.validator.ids_by(round_))
         for claim in self.verified.values():
             if claim.round == round_:
@@ -326,7 +324,7 @@ class DefenceService:
         return claim.author
 
     def _author_of(self, uid: str) -> bytes | None:
-        held = self._exchange.held.get(uid)
+        held = self._exchange.held_update(uid)
         if held is not None:
             return held.author
         for claim in self.verified.values():
@@ -337,43 +335,28 @@ class DefenceService:
                 return author
         return None
 
-    def _senior_bits(self, round_: int, held: Sequence[str]) -> bytes:
-        n = self.manifest.probation_rounds if self.manifest is not None else 0
-        if n == 0:
-            return b""
-        counts = self.contributions()
-        authors = [self._exchange.held[uid].author if uid in self._exchange.held else b"" for uid in held]
-        return probation.pack_bits(
-            bool(a) and probation.is_senior(counts.get(node_id_of(a), 0), n) for a in authors
-        )
-
-    def contributions(self) -> Counter[str]:
-        """node id -> committed rounds in this node's history that list it as a contributor."""
-        if self.history is None:
-            return Counter()
-        latest = self.history.latest()
-        key = latest.id if latest is not None else None
-        if self._contrib_cache is None or self._contrib_cache[0] != key:
-            self._contrib_cache = (key, probation.contributions(self.history.log()))
-        return self._contrib_cache[1]
+    def _senior_bits(self, held: Sequence[str]) -> bytes:
+        authors = [self._exchange.held_update(uid) for uid in held]
+        return self.seniority.senior_bits(node_id_of(a.author) if a is not None else None for a in authors)
 
     def rounds_left(self, node_id: str) -> int:
-        """Committed rounds ``node_id`` still has to contribute to before its updates weigh anything."""
-        n = self.manifest.probation_rounds if self.manifest is not None else 0
-        return probation.rounds_left(self.contributions().get(node_id, 0), n) if n else 0
+        return self.seniority.rounds_left(node_id)
+
+    @property
+    def history(self) -> History | None:
+        return self.seniority.history
+
+    @history.setter
+    def history(self, history: History | None) -> None:
+        self.seniority.history = history
 
     # ---- status ------------------------------------------------------------------------------------
 
     def on_probation(self) -> dict[str, int]:
         """node id -> rounds left, for the authors this node knows of (history, held updates) still on
         probation by its own history."""
-        n = self.manifest.probation_rounds if self.manifest is not None else 0
-        if n == 0:
-            return {}
-        counts = self.contributions()
-        authors = set(counts) | {node_id_of(u.author) for u in list(self._exchange.held.values())}
-        out = {a: probation.rounds_left(counts.get(a, 0), n) for a in sorted(authors)}
-        return {a: left for a, left in out.items() if left > 0 and not self.bans.is_banned(bytes.fromhex(a))}
+        out = self.seniority.on_probation(node_id_of(u.author) for u in self._exchange.holding())
+        return {a: left for a, left in out.items() if not self.bans.is_banned(bytes.fromhex(a))}
 
     def ban_of(self, node_id: str) -> Ban | None:
         try:
@@ -389,7 +372,7 @@ class DefenceService:
                 for b in self.bans.list()
             ],
             "probation": [{"node_id": a, "rounds_left": left} for a, left in self.on_probation().items()],
-            "probation_rounds": self.manifest.probation_rounds if self.manifest is not None else 0,
+            "probation_rounds": self.seniority.rounds,
             "max_updates_per_author": self._exchange.validator.max_per_author_round or 0,
             "equivocations_found": self.found,
             "evidence_verified": len(self.verified),

@@ -1,9 +1,10 @@
 """hivemind's DecentralizedAverager, made fit for exact integer sums.
 
 hivemind's reducers accumulate in torch's default dtype (float32), which cannot hold the fixed-point
-contributions of potluck/rounds/fixedpoint.py exactly. The averager's child process switches its
+contributions of potluck.rounds.fixedpoint exactly. The averager's child process switches its
 default dtype to float64, so float64 parts are summed in float64 and the exact integer sum is
-recoverable on every peer. The child also dies with the daemon (PR_SET_PDEATHSIG).
+recoverable on every peer. The child also dies with the daemon (PR_SET_PDEATHSIG); one is started
+per attempt and shut down after it (:func:`shutdown_averager`).
 """
 
 from __future__ import annotations
@@ -26,3 +27,11 @@ class CanonicalAverager(DecentralizedAverager):
 
 def next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def shutdown_averager(averager: CanonicalAverager) -> None:
+    with contextlib.suppress(Exception):
+        averager.shutdown()
+    averager.join(timeout=3)
+    if averager.is_alive():
+        averager.kill()

@@ -1,0 +1,113 @@
+"""What one aggregation attempt agrees on (:class:`Attempt`), what a placement hands back
+(:class:`Merged`), and what the engine reports (:class:`RoundStatus`).
+
+The loop (engine/loop.py) builds an Attempt once the participants' entries are read; a placement
+(allreduce, sliced, gathered) turns it into a Merged or raises :class:`AttemptFailed`; the commit
+module (engine/commit.py) signs and stores the Merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from potluck.defence import probation
+from potluck.manifest import Manifest
+from potluck.rounds import fixedpoint
+from potluck.rounds.entries import RoundEntry
+from potluck.updates.codec import SignedUpdate
+
+QUORUM_MARGIN_S = 0.5  # time left in an attempt for collecting commit signatures
+
+
+class AttemptFailed(Exception):
+    """This attempt cannot commit (the same way on every honest participant); the next may."""
+
+
+@dataclass
+class RoundStatus:
+    round: int = -1
+    phase: str = "waiting"
+    deadline: float = 0.0
+    attempts: int = 0
+    last_error: str = ""
+    last_participants: list[str] = field(default_factory=list)
+    abandoned_rounds: int = 0
+    fork_switches: int = 0
+    accuracy: float = -1.0  # held-out accuracy of the current version, once evaluated
+    audited_slices: int = 0  # other reducers' slices this node recomputed a sample of
+    audited_coordinates: int = 0
+    convicted: dict[str, tuple[int, str]] = field(default_factory=dict)  # reducer id -> (round, fault id)
+    bad_faults: int = 0  # published faults that did not prove a lie
+    audited_sums: int = 0  # all-reduce results this node checked against the signed updates
+    unaudited_sums: int = 0  # all-reduce sums refused unchecked (some updates not fetched in time)
+    last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
+    # slices or gathered merge, whichever the strategy uses), before collecting signatures
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Attempt ``index`` of round ``round`` onto ``version``, as every participant derived it from the
+    same signed entries: who takes part, which update each carries, which updates weigh."""
+
+    manifest: Manifest
+    round: int
+    index: int
+    version: str  # V_r, the base every entry names
+    state: dict[str, np.ndarray]
+    layout: fixedpoint.Layout
+    entries: list[RoundEntry]  # sorted by node
+    assignment: dict[str, bytes]  # update id -> the participant that carries it
+    seniors: frozenset[str]  # updates whose authors are past probation (entries.senior_ids)
+    digest: str  # entries.agreement_digest: equal digests, equal assignments
+    entered: float  # when this node started the attempt (late alike on every node after an overrun)
+    until: float  # when the attempt must have its signatures
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest.run_id
+
+    @property
+    def participants(self) -> list[bytes]:
+        return [e.node for e in self.entries]
+
+    @property
+    def seed(self) -> int:
+        return round_seed(self.run_id, self.round)
+
+    def weight(self, update_id: str, sample_count: int) -> int:
+        """An update's merge weight in this attempt: 0 while its author is on probation."""
+        return probation.update_weight(self.manifest, sample_count, update_id in self.seniors)
+
+    def counted(self, updates: list[SignedUpdate]) -> list[SignedUpdate]:
+        """The updates that weigh something (strategies that ignore weights must not see the others)."""
+        return [u for u in updates if self.weight(u.update_id, u.update.sample_count) > 0]
+
+    def carried_by(self, node: bytes) -> list[str]:
+        return sorted(uid for uid, carrier in self.assignment.items() if carrier == node)
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A placement's result: V_{r+1} and what its commit names."""
+
+    state: dict[str, np.ndarray]
+    updates: list[str]  # every assigned update, those on probation included
+    contributors: list[str]  # node ids of their authors
+    participants: list[bytes]
+    total_weight: int
+
+
+def round_seed(run_id: str, round_: int) -> int:
+    """The round's seed for randomized strategies (DARE): the same on every node."""
+    return int.from_bytes(hashlib.sha256(f"{run_id}/{round_}".encode()).digest()[:8], "little")
+
+
+async def sleep_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)

@@ -1,0 +1,108 @@
+"""Freezing an attempt: every participant publishes a signed entry listing the round's updates it
+holds under the (round, attempt) key, reads everyone's after ENTRY_WINDOW_S, and checks the
+exclusions they name (defences). The entries, the same set on every node, are what the assignment
+and the placement are derived from (rounds/entries.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from potluck.defence.service import DefenceError, DefenceService
+from potluck.engine.attempt import AttemptFailed, sleep_until
+from potluck.engine.conduct import Conduct
+from potluck.engine.updates import AcceptedUpdates
+from potluck.identity import NodeIdentity
+from potluck.rounds.entries import BadEntry, RoundEntry, entries_key
+from potluck.swarm.host import SwarmHost
+from potluck.swarm.membership import PeerInfo
+
+logger = logging.getLogger(__name__)
+
+ENTRY_WINDOW_S = 1.0  # participants publish entries, then everyone reads the same set
+ENTRY_GRACE_S = 0.4  # re-reads while live peers' entries are missing
+ENTRY_TTL_S = 3600.0
+
+
+class EntryBoard:
+    def __init__(
+        self,
+        *,
+        host: SwarmHost,
+        identity: NodeIdentity,
+        run_id: str,
+        exchange: AcceptedUpdates,
+        peers: Callable[[], list[PeerInfo]],
+        conduct: Conduct,
+        excluded: Callable[[bytes], bool],
+        defence: DefenceService | None = None,
+    ):
+        self._host, self._identity, self._run_id = host, identity, run_id
+        self._exchange, self._peers, self._conduct = exchange, peers, conduct
+        self._excluded = excluded  # a convicted reducer's entries are ignored
+        self._defence = defence  # bans and probation ride on the entries (see DefenceService.entry_extras)
+
+    async def freeze(
+        self, r: int, attempt: int, version: str, start: float, entered: float,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[RoundEntry]:  # fmt: skip
+        """The participants' entries of attempt ``attempt`` of round ``r`` onto ``version``, sorted by
+        node, ours included; ``meanwhile`` runs while they gather (bounded: a slow DHT must not make
+        this node late for the entries)."""
+        held = self._conduct.entry_ids(r, self._held_ids(r, version))
+        extras = self._defence.entry_extras(r, held) if self._defence is not None else {}
+        mine = RoundEntry(self._run_id, r, attempt, version, self._identity.public_key, tuple(held), **extras)
+        key = entries_key(self._run_id, r, attempt)
+        await self._host.store(key, self._identity.public_key, mine.sign(self._identity), start + ENTRY_TTL_S)
+        if meanwhile is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(meanwhile(), max(0.0, entered + ENTRY_WINDOW_S - time.time()))
+        await sleep_until(entered + ENTRY_WINDOW_S)
+        expected = 1 + sum(
+            p.record.model_version == version
+            and p.record.role != "client"
+            and not self._excluded(bytes.fromhex(p.node_id))
+            for p in self._peers()
+        )
+        entries = await self._read(key, r, attempt, version)
+        while len(entries) < expected and time.time() < entered + ENTRY_WINDOW_S + ENTRY_GRACE_S:
+            await asyncio.sleep(0.1)  # a slow DHT under load: every participant waits for the same set
+            entries = await self._read(key, r, attempt, version)
+        if self._identity.public_key not in {e.node for e in entries}:
+            entries.append(mine)  # our own store may not be visible yet; we know what we said
+        entries.sort(key=lambda e: e.node)
+        await self._check_defences(entries, entered)
+        return entries
+
+    def _held_ids(self, r: int, version: str) -> list[str]:
+        """The updates for round r onto ``version`` that we hold: what our entry lists."""
+        return sorted(u.update_id for u in self._exchange.holding(r) if u.base == version)
+
+    async def _read(self, key: str, r: int, attempt: int, version: str) -> list[RoundEntry]:
+        entries = []
+        for subkey, item in (await self._host.get(key)).items():
+            try:
+                entry = RoundEntry.verify(item.value)
+            except BadEntry as e:
+                logger.debug(f"ignoring round entry: {e}")
+                continue
+            if (entry.run, entry.round, entry.attempt, entry.node) != (self._run_id, r, attempt, subkey):
+                continue
+            if entry.base != version:  # on another branch: it will sync, not take part
+                continue
+            if self._excluded(entry.node):
+                continue
+            entries.append(entry)
+        return entries
+
+    async def _check_defences(self, entries: list[RoundEntry], entered: float) -> None:
+        """Every exclusion an entry names must be backed by evidence we verified (or verify now, before
+        the contributions are due); else this attempt stops here, the same way on every honest node."""
+        if self._defence is not None:
+            try:
+                await self._defence.check_entries(entries, entered + ENTRY_WINDOW_S + ENTRY_GRACE_S + 0.5)
+            except DefenceError as e:
+                raise AttemptFailed(str(e)) from None
