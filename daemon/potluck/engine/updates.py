@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from potluck.engine.attempt import QUORUM_MARGIN_S, AttemptFailed
 from potluck.exchange.service import HeldUpdate
 from potluck.updates.codec import SignedUpdate
 
 
+@runtime_checkable
 class AcceptedUpdates(Protocol):
     def holding(self, round_: int | None = None) -> list[HeldUpdate]:
         """The held updates (of ``round_``), a snapshot."""

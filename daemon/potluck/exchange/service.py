@@ -140,8 +140,9 @@ class UpdateExchange:
         self.validator.forget_before(round)
         self.fetcher.new_round()
         oldest = self.rounds_of_interest().start
-        for uid in [uid for uid, u in self._decoded.items() if u.update.round < oldest]:
-            self._decoded.pop(uid, None)  # on disk still: decoded() decodes it again if asked
+        for uid, u in list(self._decoded.items()):  # list(): the validating thread may add meanwhile
+            if u.update.round < oldest:
+                self._decoded.pop(uid, None)  # on disk still: decoded() decodes it again if asked
         self._announce_now.set()
 
     def rounds_of_interest(self) -> range:
