@@ -4,6 +4,7 @@ argument types, and the call to a running node's control API."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -46,18 +47,36 @@ def rpc_args(parser: argparse.ArgumentParser, what: str = "control API") -> None
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the node (default 5)")
 
 
-def ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> dict[str, Any]:
-    """Call the running node's control API; exit 1 with one line if it does not answer."""
-    from potluck.rpc.client import ControlClient, NodeUnreachable, resolve_address
+def call_node(args: argparse.Namespace, call: Callable[[Any], Any]) -> tuple[str, dict[str, Any]]:
+    """(address, reply as a dict) of a call to the running node's control API (--data-dir/--rpc).
+
+    Raises ConfigError when no node runs there, NodeUnreachable when it does not answer.
+    """
+    from potluck.rpc.client import ControlClient, resolve_address
     from potluck.rpc.jsonify import message_to_dict
 
     address = resolve_address(args.rpc, args.data_dir.expanduser())
+    with ControlClient(address, timeout=args.timeout) as client:
+        return address, message_to_dict(call(client))
+
+
+def ask(args: argparse.Namespace, call: Callable[[Any], Any]) -> dict[str, Any]:
+    """Call the running node's control API; exit 1 with one line if it does not answer."""
+    from potluck.rpc.client import NodeUnreachable
+
     try:
-        with ControlClient(address, timeout=args.timeout) as client:
-            return message_to_dict(call(client))
+        return call_node(args, call)[1]
     except NodeUnreachable as e:
         print(f"potluck {args.command}: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def show(args: argparse.Namespace, call: Callable[[Any], Any], key: str | None, table: Callable) -> int:
+    """Ask the node and print its reply (or the reply's ``key``) as JSON with --json, else as a table."""
+    reply = ask(args, call)
+    value = reply if key is None else reply[key]
+    print(json.dumps(value, indent=2) if args.json else table(value))
+    return 0
 
 
 def read_file(path: Path) -> bytes:

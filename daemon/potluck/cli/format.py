@@ -28,6 +28,12 @@ def format_status(s: dict[str, Any]) -> str:
         (
             "round",
             f"{s['round']} ({s['phase']})"
+            # collecting closes a quarter round before the end: publish before then (rounds.schedule)
+            + (
+                f", takes updates for {s['collecting_deadline'] - time.time():.0f}s more"
+                if s.get("collecting_deadline", 0) > time.time()
+                else ""
+            )
             + (f", ends in {max(0.0, s['deadline'] - time.time()):.0f}s" if s["deadline"] else ""),
         ),
         (

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from potluck.cli.common import (
     Commands,
-    ask,
     data_dir_arg,
     non_negative_int,
     positive_float,
     positive_int,
     query_args,
+    show,
 )
 from potluck.cli.format import format_peers, format_status
 from potluck.errors import ConfigError
@@ -237,15 +237,11 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = ask(args, lambda c: c.status())
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
-    return 0
+    return show(args, lambda c: c.status(), None, format_status)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    peers = ask(args, lambda c: c.peers())["peers"]
-    print(json.dumps(peers, indent=2) if args.json else format_peers(peers))
-    return 0
+    return show(args, lambda c: c.peers(), "peers", format_peers)
 
 
 def cmd_join(args: argparse.Namespace) -> int:

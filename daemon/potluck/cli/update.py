@@ -12,6 +12,7 @@ from potluck.cli.common import (
     Commands,
     Parser,
     ask,
+    call_node,
     data_dir_arg,
     density,
     non_negative_int,
@@ -19,6 +20,7 @@ from potluck.cli.common import (
     query_args,
     read_file,
     rpc_args,
+    show,
 )
 from potluck.cli.format import format_update, format_updates
 from potluck.errors import ConfigError
@@ -148,13 +150,10 @@ def _run_and_round(args: argparse.Namespace) -> tuple[str, int, str | None]:
     """--run and --round, or what the running node takes updates for (and its address) when not given."""
     if args.run is not None and args.round is not None:
         return args.run, args.round, None
-    from potluck.rpc.client import ControlClient, NodeUnreachable, resolve_address
-    from potluck.rpc.jsonify import message_to_dict
+    from potluck.rpc.client import NodeUnreachable
 
     try:
-        address = resolve_address(args.rpc, args.data_dir.expanduser())
-        with ControlClient(address, timeout=args.timeout) as client:
-            status = message_to_dict(client.status())
+        address, status = call_node(args, lambda c: c.status())
     except (ConfigError, NodeUnreachable):
         raise ConfigError(
             "no running node answered (--data-dir/--rpc) to take --run and --round from: "
@@ -195,9 +194,7 @@ def cmd_update_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_update_list(args: argparse.Namespace) -> int:
-    updates = ask(args, lambda c: c.updates())["updates"]
-    print(json.dumps(updates, indent=2) if args.json else format_updates(updates))
-    return 0
+    return show(args, lambda c: c.updates(), "updates", format_updates)
 
 
 def cmd_update_apply(args: argparse.Namespace) -> int:
