@@ -37,6 +37,25 @@ def make_run(root, task: str, round_seconds: float = 16.0, start_in: float = 20.
     return manifest, path
 
 
+def update_on_genesis(path, manifest, author_dir, round_: int) -> str:
+    """`potluck update make` by the key in ``author_dir``: genesis plus noise, on genesis, for ``round_``."""
+    import numpy as np
+
+    from potluck.store.versions import load_state
+
+    rng = np.random.default_rng(round_)
+    genesis_state = load_state(genesis_path(path))
+    tuned = {k: (v + rng.normal(0, 0.1, v.shape)).astype(v.dtype) for k, v in genesis_state.items()}
+    author_dir.mkdir(parents=True, exist_ok=True)
+    atomic_save(tuned, author_dir / "tuned.safetensors")
+    out = author_dir / f"round{round_}.update"
+    proc = potluck("update", "make", "--data-dir", str(author_dir), "--base", str(genesis_path(path)),
+                   "--model", str(author_dir / "tuned.safetensors"), "--run", manifest.run_id,
+                   "--round", str(round_), "--density", "0.1", "-o", str(out), timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    return str(out)
+
+
 def contributor(swarm: LocalSwarm, manifest, i: int, n: int, *extra: str) -> LocalNode:
     node = LocalNode(swarm.root / f"contributor{i}", [
         swarm.nodes[0].multiaddr(), "--run", manifest.run_id, "--shard", f"{i}/{n}", "--local-steps", "30",
@@ -101,6 +120,18 @@ def test_a_third_party_task_from_an_entry_point(tmp_path):
         log = json.loads(potluck("log", "--data-dir", str(keeper.data_dir), "--json").stdout)
         assert log[0]["updates"] == 1 and log[0]["contributors"] == [author.status()["node_id"]]
         assert 0.0 <= keeper.status()["accuracy"] <= 1.0 and log[0]["accuracy"] is not None
+        # an update built on genesis, a version the keeper has moved on from: stale, not unknown
+        assert keeper.status()["version"] != manifest.genesis
+        for _ in range(3):  # a round boundary between reading the round and publishing: try again
+            st = keeper.status()
+            update = update_on_genesis(
+                path, manifest, tmp_path / "late", max(st["round"], st["committed_round"] + 1)
+            )
+            proc = potluck("update", "publish", update, "--data-dir", str(keeper.data_dir), timeout=60)
+            if "_round" not in proc.stderr:
+                break
+        assert proc.returncode == 1 and "stale_base" in proc.stderr, proc.stderr
+        assert manifest.genesis[:16] in proc.stderr and st["version"][:16] in proc.stderr
 
 
 def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
@@ -173,25 +204,7 @@ def test_ctrl_c_leaves_cleanly_after_the_current_training_step(tmp_path):
 def test_update_publish_on_a_client_mode_node_reaches_the_keepers_or_fails_loudly(tmp_path):
     """`update publish` goes the contributor's way: a client-mode node pushes to keepers (nobody can
     fetch from it), and says so, exit 1, when no keeper took the update."""
-    import numpy as np
-
-    from potluck.store.versions import load_state
-
     manifest, path = make_run(tmp_path, "toy", start_in=90.0)  # round 0 (base: genesis) stays open
-    genesis_state = load_state(genesis_path(path))
-    rng = np.random.default_rng(0)
-
-    def signed_update(name: str) -> str:
-        tuned = {k: (v + rng.normal(0, 0.1, v.shape)).astype(v.dtype) for k, v in genesis_state.items()}
-        atomic_save(tuned, tmp_path / f"{name}.safetensors")
-        out = tmp_path / f"{name}.update"
-        proc = potluck("update", "make", "--data-dir", str(tmp_path / name), "--base",
-                       str(genesis_path(path)), "--model", str(tmp_path / f"{name}.safetensors"),
-                       "--run", manifest.run_id, "--round", "0", "--density", "0.1", "-o", str(out),
-                       timeout=60)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-1000:]
-        return str(out)
-
     with LocalSwarm(
         tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
     ) as swarm:
@@ -200,7 +213,12 @@ def test_update_publish_on_a_client_mode_node_reaches_the_keepers_or_fails_loudl
         wait_for(lambda: client.status()["peers"] >= 1, 30, "the client to see the keeper")
         wait_for(lambda: client.status()["phase"] != "idle", 30, "the client to fetch the manifest")
         proc = potluck(
-            "update", "publish", signed_update("author"), "--data-dir", str(client.data_dir), "--json"
+            "update",
+            "publish",
+            update_on_genesis(path, manifest, tmp_path / "author", 0),
+            "--data-dir",
+            str(client.data_dir),
+            "--json",
         )
         assert proc.returncode == 0, proc.stderr[-1000:]
         update_id = json.loads(proc.stdout)["update_id"]
@@ -213,7 +231,12 @@ def test_update_publish_on_a_client_mode_node_reaches_the_keepers_or_fails_loudl
 
         keeper.stop()
         proc = potluck(
-            "update", "publish", signed_update("other"), "--data-dir", str(client.data_dir), timeout=90
+            "update",
+            "publish",
+            update_on_genesis(path, manifest, tmp_path / "other", 0),
+            "--data-dir",
+            str(client.data_dir),
+            timeout=90,
         )
         assert proc.returncode == 1, proc.stdout
         assert "no_keeper" in proc.stderr and "client mode" in proc.stderr, proc.stderr

@@ -231,7 +231,7 @@ def test_a_port_another_node_listens_on_is_refused_in_one_line(swarm, tmp_path):
                    "--rpc-listen", "127.0.0.1:0", check=False)  # fmt: skip
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [
-            f"potluck run: cannot listen on --listen {listen}: address in use (another node?)"
+            f"potluck run: cannot listen on --listen {listen}: address already in use (another node?)"
         ]
     assert not (tmp_path / "second" / "api").exists()
 

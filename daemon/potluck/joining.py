@@ -15,6 +15,7 @@ from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import PUBLIC_KEY_SIZE
 from potluck.manifest import Manifest, ManifestError, genesis_path, is_run_id, load_manifest
 from potluck.rpc.address import DEFAULT_RPC_LISTEN
+from potluck.store.history import History
 from potluck.store.versions import VersionStore, load_state
 from potluck.swarm.membership import LocalState, Membership
 from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
@@ -183,6 +184,13 @@ def loose_context(
         admitted=admitted,
         max_norm=max_update_norm,
     )
+
+
+def in_history(manifest: Manifest | None, history: History | None, version: str) -> bool:
+    """Whether ``version`` is the run's genesis or a version a recorded commit produced."""
+    if manifest is None:
+        return False
+    return version == manifest.genesis or (history is not None and history.has_version(version))
 
 
 def evaluation_task(manifest: Manifest) -> TrainableTask | None:

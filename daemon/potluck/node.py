@@ -1,4 +1,6 @@
-"""The node daemon: identity + swarm host + membership + control API, run until told to stop."""
+"""The node daemon's wiring and lifecycle: identity, swarm host, membership, update exchange, defence,
+round engine and control API, started in order and stopped in reverse; run until told to stop. What
+run it takes part in is joining.py's to work out; the control API's replies are rpc/replies.py's."""
 
 from __future__ import annotations
 
@@ -149,6 +151,7 @@ class Node:
             joining.validation_context(self.config, self.run, self.manifest, self.versions, self.local),
             is_banned=self.bans.is_banned,
             max_per_author_round=self.config.max_updates_per_author,
+            is_past_version=lambda v: joining.in_history(self.manifest, self.history, v),
         )
         self.exchange = UpdateExchange(
             self.host,
@@ -232,7 +235,9 @@ class Node:
         except UpdateRejected as e:
             return control_pb2.PublishUpdateResponse(accepted=False, reason=e.reason.value, detail=e.detail)
         if self.local.role == "client":
-            keepers = self._keepers()
+            assert self.membership is not None  # keepers: any peer not itself a client can take a push
+            peers = self.membership.peers()
+            keepers = [(p.record.peer_id, list(p.record.addrs)) for p in peers if p.record.role != "client"]
             if not await self.exchange.push(data, keepers):
                 return control_pb2.PublishUpdateResponse(
                     accepted=False,
@@ -242,15 +247,6 @@ class Node:
                     f"({len(keepers)} tried); check that keepers of the run are up and reachable",
                 )
         return control_pb2.PublishUpdateResponse(accepted=True, update_id=held.update_id)
-
-    def _keepers(self) -> list[tuple[str, list[str]]]:
-        """The peers of the run that can take a pushed update (anyone not itself a client)."""
-        assert self.membership is not None
-        return [
-            (p.record.peer_id, list(p.record.addrs))
-            for p in self.membership.peers()
-            if p.record.role != "client"
-        ]
 
     async def joined(self, timeout: float) -> Manifest:
         """The run's manifest once its rounds run here (joined by run id: once peers served it);

@@ -19,7 +19,9 @@ def test_a_port_something_listens_on_is_refused():
         taken.listen()
         port = taken.getsockname()[1]
         for addr in (f"/ip4/127.0.0.1/tcp/{port}", f"/ip4/0.0.0.0/tcp/{port}"):
-            with pytest.raises(ConfigError, match=f"cannot listen on --listen {addr}: address in use"):
+            with pytest.raises(
+                ConfigError, match=f"cannot listen on --listen {addr}: address already in use"
+            ):
                 check_port_free(addr)
 
 

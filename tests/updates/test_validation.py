@@ -99,6 +99,14 @@ def test_unknown_base(valid):
     _reject(UpdateValidator(_context()), valid(base="cd" * 32), Reason.UNKNOWN_BASE)
 
 
+def test_stale_base_is_an_earlier_version_of_the_nodes_history(valid):
+    earlier = "cd" * 32
+    validator = UpdateValidator(_context(), is_past_version=lambda version: version == earlier)
+    error = _reject(validator, valid(base=earlier), Reason.STALE_BASE)
+    assert earlier[:16] in error.detail and BASE[:16] in error.detail  # which base, and the current one
+    _reject(validator, valid(base="ef" * 32), Reason.UNKNOWN_BASE)
+
+
 def test_not_admitted(valid, identity):
     v = UpdateValidator(_context(admitted=frozenset({NodeIdentity.generate().public_key})))
     _reject(v, valid(), Reason.NOT_ADMITTED)

@@ -49,7 +49,7 @@ def check_port_free(text: str) -> None:
         try:
             probe.bind((host, int(maddr["tcp"])))
         except OSError as e:
-            reason = "address in use (another node?)" if e.errno == errno.EADDRINUSE else e.strerror
+            reason = "address already in use (another node?)" if e.errno == errno.EADDRINUSE else e.strerror
             raise ConfigError(f"cannot listen on --listen {text}: {reason}") from None
 
 

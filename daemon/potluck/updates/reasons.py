@@ -19,6 +19,7 @@ class Reason(StrEnum):
     WRONG_RUN = "wrong_run"
     STALE_ROUND = "stale_round"
     FUTURE_ROUND = "future_round"
+    STALE_BASE = "stale_base"  # built on an earlier version of this node's history, not the current one
     UNKNOWN_BASE = "unknown_base"
     NOT_ADMITTED = "not_admitted"
     EQUIVOCATION = "equivocation"  # a second, different update by the same author for the same round

@@ -26,7 +26,7 @@ import numpy as np
 from potluck.updates.codec import DecodeLimits, ParsedUpdate, SignedUpdate, parse_update
 from potluck.updates.reasons import Reason, UpdateRejected
 
-__all__ = ["Equivocation", "UpdateValidator", "ValidationContext"]
+__all__ = ["EquivocationSeen", "UpdateValidator", "ValidationContext"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ class ValidationContext:
 
 
 @dataclass(frozen=True)
-class Equivocation:
-    """Proof that ``author`` signed two different updates for one round (both ids are signed)."""
+class EquivocationSeen:
+    """What the validator saw: ``author`` signed ``first_id`` (accepted) and then ``second_id`` for one
+    round. The claim other nodes check is built from it (potluck.defence.evidence.Equivocation)."""
 
     author: bytes
     round: int
@@ -64,19 +65,23 @@ class UpdateValidator:
         *,
         is_banned: Callable[[bytes], bool] | None = None,
         max_per_author_round: int | None = None,
+        is_past_version: Callable[[str], bool] | None = None,
     ) -> None:
         """``is_banned(author public key)``: reject that author's updates as ``banned``.
+        ``is_past_version(version)``: an update on a base that is not a known one but an earlier version
+        of the node's history is ``stale_base`` (else ``unknown_base``).
         ``max_per_author_round``: check at most this many distinct signed updates per (author, round)
         past the signature; more are ``rate_limited`` before anything costly (None: no limit)."""
         self.context = context
         self.is_banned = is_banned or (lambda author: False)
+        self.is_past_version = is_past_version or (lambda version: False)
         self.max_per_author_round = max_per_author_round
         self.signed_ids: dict[tuple[bytes, int], set[str]] = {}  # (author, round) -> ids seen signed
         self.counters: dict[str, int] = {"accepted": 0} | {r.value: 0 for r in Reason}
         self.high_water: dict[bytes, int] = {}
         self.round_ids: dict[tuple[bytes, int], str] = {}
         self.accepted_ids: dict[str, int] = {}  # id -> round
-        self.equivocations: list[Equivocation] = []
+        self.equivocations: list[EquivocationSeen] = []
         self.offences: dict[bytes, int] = {}  # author -> equivocations seen
 
     def validate(self, data: bytes) -> SignedUpdate:
@@ -150,12 +155,18 @@ class UpdateValidator:
     def _check_context(self, p: ParsedUpdate, ctx: ValidationContext) -> None:
         first = self.round_ids.get((p.author, p.round))
         if first is not None and first != p.update_id:  # signed for the same round: whatever its base
-            self.equivocations.append(Equivocation(p.author, p.round, first, p.update_id))
+            self.equivocations.append(EquivocationSeen(p.author, p.round, first, p.update_id))
             self.offences[p.author] = self.offences.get(p.author, 0) + 1
             raise UpdateRejected(
                 Reason.EQUIVOCATION, f"{p.author.hex()} round {p.round}: {first} and {p.update_id}"
             )
         if p.base not in ctx.known_bases:
+            if self.is_past_version(p.base):
+                current = ", ".join(sorted(b[:16] for b in ctx.known_bases)) or "none"
+                raise UpdateRejected(
+                    Reason.STALE_BASE,
+                    f"built on {p.base[:16]}, an earlier version; updates now build on {current}",
+                )
             raise UpdateRejected(Reason.UNKNOWN_BASE, p.base)
         mark = self.high_water.get(p.author)
         if mark is not None and p.seq <= mark:

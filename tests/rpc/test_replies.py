@@ -1,0 +1,64 @@
+"""potluck.rpc.replies: the control API's replies, built from a node's parts (stand-ins here)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from potluck.engine import RoundStatus
+from potluck.identity import NodeIdentity
+from potluck.manifest import create_manifest
+from potluck.rounds import schedule
+from potluck.rpc import replies
+from potluck.swarm.host import BootstrapState
+from potluck.swarm.membership import LocalState
+from potluck.swarm.validator import RejectionCounters
+
+
+def _node(engine=None) -> SimpleNamespace:
+    return SimpleNamespace(
+        run="default",
+        started_at=0.0,
+        local=LocalState(role="keeper", agent="potluck/test"),
+        rejections=RejectionCounters(),
+        identity=NodeIdentity.generate(),
+        host=SimpleNamespace(
+            bootstrap=BootstrapState(initial_peers=[]),
+            listen=["/ip4/127.0.0.1/tcp/0"],
+            addrs=[],
+            dht_restarts=0,
+        ),
+        membership=SimpleNamespace(peers=lambda: [], ttl_s=30.0),
+        exchange=None,
+        state_service=None,
+        engine=engine,
+        defence=None,
+        rpc_address="127.0.0.1:7450",
+    )
+
+
+def test_a_node_without_rounds_reports_none():
+    reply = replies.status(_node())
+    assert (reply.phase, reply.committed_round, reply.collecting_deadline) == ("idle", -1, 0.0)
+    assert not reply.HasField("aggregation") and reply.rpc_address == "127.0.0.1:7450"
+    assert replies.list_updates(_node()).updates == [] and replies.list_peers(_node()).peers == []
+
+
+def test_the_status_says_when_collecting_stops_a_quarter_round_before_the_end():
+    manifest = create_manifest(
+        NodeIdentity.generate(), "toy", "ab" * 32, round_seconds=40.0, start_time=1000.0
+    )
+    r = 3
+    status = RoundStatus(round=r, phase="collecting", deadline=schedule.deadline(manifest, r))
+    status.convicted["cd" * 32] = (2, "ef" * 32)
+    engine = SimpleNamespace(
+        run_id=manifest.run_id, status=status, version="12" * 32, committed_round=r - 1,
+        placement="allreduce", manifest=manifest,
+    )  # fmt: skip
+    reply = replies.status(_node(engine))
+    assert reply.deadline == 1000.0 + 4 * 40.0
+    assert reply.collecting_deadline == pytest.approx(reply.deadline - 10.0)  # the last quarter aggregates
+    assert (reply.round, reply.phase, reply.committed_round) == (r, "collecting", r - 1)
+    assert reply.aggregation.strategy == manifest.strategy and reply.aggregation.placement == "allreduce"
+    assert [(c.node_id, c.round) for c in reply.aggregation.convicted] == [("cd" * 32, 2)]
