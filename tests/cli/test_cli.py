@@ -401,8 +401,16 @@ def test_export_by_round_or_by_a_long_enough_prefix(capsys, tmp_path, history_di
 
 def test_log_counts_signatures_and_status_names_participants(capsys, history_dir):
     from potluck.cli.format import format_log
+    from potluck.rpc.jsonify import message_to_dict
+    from potluck.v1 import control_pb2
 
     data_dir, _ = history_dir
     proc = in_process(capsys, "log", "--data-dir", str(data_dir))
-    assert proc.returncode == 0 and "SIGNATURES" in proc.stdout.splitlines()[0]
+    header, *rows = proc.stdout.splitlines()
+    assert proc.returncode == 0 and "SIGNATURES" in header and len(rows) == 2
     assert format_log([]) == "no committed versions yet"
+    status = message_to_dict(control_pb2.GetStatusResponse(participants=["ab" * 32] * 3)) | {
+        "bootstrap": {"state": "none"}, "uptime_s": 1.0,
+    }  # fmt: skip
+    text = format_status(status)
+    assert "merged by     3 participants" in text and "signed by" not in text
