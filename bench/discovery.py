@@ -28,7 +28,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jsonchild import JsonChild  # bench/jsonchild.py: this script's folder is on the path
 
 from potluck.localswarm import LocalNode, LocalSwarm
 from potluck.rpc.client import ControlClient
@@ -164,57 +164,27 @@ def baseline_discovery(n: int, poll_s: float) -> dict[str, float]:
     }
 
 
-class _BaselinePeer:
+class _BaselinePeer(JsonChild):
     """A child process running `baseline_peer` (below); it reports events as JSON lines on stdout."""
 
     def __init__(self, index: int, n: int, key: str, initial: Sequence[str], poll_s: float):
         self.index = index
-        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._seen: dict[str, dict[str, Any]] = {}
         self.launched = time.time()
-        env = {**os.environ, "HIVEMIND_LOGLEVEL": "WARNING"}
-        argv = [sys.executable, __file__, "_baseline-peer", str(n), key, str(poll_s), *initial]
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            start_new_session=True,  # so p2pd and the DHT process can be killed with it
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self._events.put(json.loads(line))
-        self._events.put({"event": "exit"})
+        argv = [__file__, "_baseline-peer", str(n), key, str(poll_s), *initial]
+        super().__init__(argv, stderr=subprocess.DEVNULL)
 
     def wait(self, event: str) -> dict[str, Any]:
         deadline = time.monotonic() + TIMEOUT_S
         while event not in self._seen:
             try:
-                item = self._events.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise TimeoutError(f"baseline peer {self.index}: no {event!r} event") from None
             if item["event"] == "exit":
                 raise RuntimeError(f"baseline peer {self.index} exited before {event!r}")
             self._seen[item["event"]] = item
         return self._seen[event]
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()  # EOF: the child shuts its DHT down and exits
-
-    def join(self) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers: p2pd, DHT process
-        self.proc.wait()
 
 
 def baseline_peer(n: int, key: str, poll_s: float, initial: list[str]) -> None:

@@ -2,7 +2,7 @@
 
 (1) all-reduce of a P-parameter model among N peers on 127.0.0.1, each peer its own process with its
     own hivemind DHT, three ways in the same run:
-    (a) canonical: potluck's path, as RoundEngine._allreduce runs it: fixedpoint.pack of the peer's
+    (a) canonical: potluck's path, as engine/allreduce.py runs it: fixedpoint.pack of the peer's
         int64 contribution into a float64 vector with sentinels, a fresh CanonicalAverager with the
         engine's settings, step() with the engine's gather metadata, the engine's checks, a copy of
         the result, fixedpoint.unpack (exact int64 sum), the averager's shutdown, next_version and
@@ -38,11 +38,9 @@ import os
 import platform
 import queue
 import resource
-import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jsonchild import JsonChild  # bench/jsonchild.py: this script's folder is on the path
 
 TIMEOUT_S = 180.0  # any single reply from a child; longer is a failure, not a number
 TRIGGER_LEAD_S = 0.3  # the driver schedules the common start this far ahead of its message
@@ -208,39 +207,18 @@ def _commands():
             yield json.loads(line)
 
 
-class Child:
+class Child(JsonChild):
+    """This script re-run as ``_peer`` / ``_holder``; its stderr goes to ``<logdir>/<name>.log``."""
+
     def __init__(self, name: str, argv: list[str], logdir: Path):
         self.name = name
         self.log_path = logdir / f"{name}.log"
-        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
-        env = {**os.environ, "HIVEMIND_LOGLEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, __file__, *argv],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-                env=env,
-                start_new_session=True,  # p2pd, the DHT and averager processes die with its group
-            )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self._events.put(json.loads(line))
-        self._events.put({"event": "exit"})
-
-    def send(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
+            super().__init__([__file__, *argv], stderr=log_file)
 
     def wait(self, event: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
         try:
-            item = self._events.get(timeout=timeout)
+            item = self.events.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"{self.name}: no {event!r} in {timeout:.0f}s; log: {self.log_path}") from None
         if item["event"] == "exit":
@@ -255,18 +233,6 @@ class Child:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-
-    def join(self) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers: p2pd, DHT and averager processes
-        self.proc.wait()
 
 
 class ChildError(Exception):
@@ -432,7 +398,7 @@ class Peer:
         return out
 
     def _finish_canonical(self, gathered: dict[Any, Any]) -> dict[str, Any]:
-        """RoundEngine._allreduce after step(): checks, copy, unpack."""
+        """AllReduce._allreduce (engine/allreduce.py) after step(): checks, copy, unpack."""
         from potluck.engine.allreduce import checked_gather
         from potluck.rounds import fixedpoint
 
