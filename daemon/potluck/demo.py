@@ -41,20 +41,13 @@ def run_demo(
     say(f"genesis accuracy {genesis_accuracy:.3f}; starting processes in {root} ...")
 
     rows: list[dict[str, Any]] = []
-    with LocalSwarm(
-        root, run=manifest.run_id, record_ttl=10.0, extra_args=["--manifest", str(manifest_path)]
-    ) as swarm:
+    with LocalSwarm.for_run(root, manifest.run_id, manifest_path, record_ttl=10.0) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
-        bootstrap = keeper.multiaddr()
         for i in range(contributors):
-            node = LocalNode(
-                root / f"contributor{i}",
-                [bootstrap, "--run", manifest.run_id, "--shard", f"{i}/{contributors}",
-                 "--local-steps", str(local_steps), "--seed", str(i), "--rounds", str(rounds),
-                 "--listen", "/ip4/127.0.0.1/tcp/0", "--record-ttl", "10"],
-                command="join",
+            swarm.add_contributor(
+                f"contributor{i}", "--shard", f"{i}/{contributors}", "--local-steps", str(local_steps),
+                "--seed", str(i), "--rounds", str(rounds),
             )  # fmt: skip
-            swarm.nodes.append(node.start())
         for node in swarm.nodes:
             node.wait_ready()
         wait = max(0.0, manifest.start_time - time.time())
@@ -152,9 +145,4 @@ def _at_version(node: LocalNode, version: str) -> bool:
 
 
 def _bytes_sent(node: LocalNode, round_: int) -> int:
-    from potluck.rpc.client import ControlClient
-    from potluck.rpc.jsonify import message_to_dict
-
-    with ControlClient(node.rpc_address) as client:
-        updates = message_to_dict(client.updates())["updates"]
-    return sum(u["size"] for u in updates if u["round"] == round_)
+    return sum(u["size"] for u in node.updates() if u["round"] == round_)
