@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import plots  # bench/plots.py: this script's folder is on the path
 import torch
 
 from potluck.hashing import version_hash
@@ -279,13 +280,9 @@ def main() -> None:
 
 
 def plot(result: dict, path: Path) -> str:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "skipped: matplotlib is not installed (pip install matplotlib)"
+    plt = plots.pyplot()
+    if plt is None:
+        return plots.SKIPPED
     c, cfg = result["curves"], result["config"]
     rounds = np.arange(len(c["potluck_accuracy"]))
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -313,11 +310,7 @@ def plot(result: dict, path: Path) -> str:
     b.legend(loc="lower right", fontsize=8)
     ratio = result["summary"]["bytes_ratio_to_target"]
     b.set_title(f"accuracy vs bytes ({ratio:.0f}x fewer to reach X)" if ratio else "accuracy vs bytes")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

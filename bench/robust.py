@@ -30,8 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-import attacks  # bench/attacks.py: this script's folder is on the path
+import attacks  # bench/attacks.py, bench/plots.py: this script's folder is on the path
 import numpy as np
+import plots
 import torch
 
 from potluck.hashing import version_hash
@@ -326,13 +327,9 @@ def table(result: dict, labels: list[str]) -> str:
 
 def plot(result: dict, labels: list[str], path: Path) -> str:
     cols = result["config"]["attacks"]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "skipped: matplotlib is not installed"
+    plt = plots.pyplot()
+    if plt is None:
+        return plots.SKIPPED
     grid = np.array([[result["final_accuracy"][s][a] for a in cols] for s in labels])
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(labels) + 2))
     im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
@@ -349,11 +346,7 @@ def plot(result: dict, labels: list[str], path: Path) -> str:
         fontsize=9,
     )
     fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":
