@@ -88,7 +88,7 @@ def run_lying_holder(
     caught_after: int,
 ) -> None:
     """:func:`lying_holder` until the victim (control API ``victim_rpc``) counts more than
-    ``caught_after`` bad holder fetches. Run it with tests.spawned.run_spawned."""
+    ``caught_after`` bad holder fetches. Run it with support.spawned.run_spawned."""
     import asyncio
 
     done = functools.partial(_bad_fetches_above, victim_rpc, caught_after)
@@ -155,7 +155,7 @@ async def _store_nested(target_peer_id: str, levels: int, _dht, node) -> str:
 def store_nested_value(bootstrap: str, target_peer_id: str, levels: int) -> str:
     """One raw ``rpc_store`` of a dictionary value nested ``levels`` deep to ``target_peer_id``, from a
     plain hivemind DHT peer: "stored" if the target took it, else the name of the error it caused.
-    Run it with tests.spawned.run_spawned (it starts a DHT of its own)."""
+    Run it with support.spawned.run_spawned (it starts a DHT of its own)."""
     attacker = _attacker_dht(bootstrap)
     try:
         return attacker.run_coroutine(functools.partial(_store_nested, target_peer_id, levels))
@@ -169,7 +169,7 @@ def forge_peer_records(
     """Store forged peer records of run "default" from a hivemind DHT peer whose validator signs as the
     forgery needs (so the bytes on the wire are exactly the forgery): the victim's record signed by
     Mallory, an unsigned one, an oversized one, Mallory's genuine record (sequence 2000) and a replay of
-    an older one. Returns whether the genuine store succeeded. Run it with tests.spawned.run_spawned."""
+    an older one. Returns whether the genuine store succeeded. Run it with support.spawned.run_spawned."""
     import multiprocessing
     import time
 
@@ -236,7 +236,7 @@ def forge_peer_records(
 
 def store_values(bootstrap: str, key: str, items: list[tuple[bytes, bytes]], ttl: float) -> list[bool]:
     """Store raw ``(subkey, value)`` pairs under ``key`` from a plain hivemind DHT peer (no validator
-    of ours signs or checks them): whether each store succeeded. Run it with tests.spawned.run_spawned."""
+    of ours signs or checks them): whether each store succeeded. Run it with support.spawned.run_spawned."""
     from hivemind.utils import get_dht_time
 
     attacker = _attacker_dht(bootstrap)
