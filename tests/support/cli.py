@@ -10,7 +10,7 @@ from typing import Any
 
 
 def potluck(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60, check: bool = False
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, check: bool = False
 ) -> subprocess.CompletedProcess:
     """``potluck ARGS`` (text output captured); with ``check``, an AssertionError names a failure."""
     proc = subprocess.run(
