@@ -13,8 +13,9 @@ import pytest
 
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalNode, LocalSwarm, wait_for
-from potluck.manifest import create_manifest, genesis_path
+from potluck.manifest import create_manifest
 from potluck.rounds import schedule
+from potluck.runfiles import genesis_path, save_manifest
 from potluck.store.versions import atomic_save
 from potluck.tasks import genesis, get_task
 
@@ -32,7 +33,7 @@ def make_run(root, task: str, round_seconds: float = 16.0, start_in: float = 20.
     manifest = create_manifest(NodeIdentity.generate(), task, genesis_hash, round_seconds=round_seconds,
                                start_time=time.time() + start_in, density=0.05)  # fmt: skip
     path = root / "run.toml"
-    manifest.save(path)
+    save_manifest(manifest, path)
     atomic_save(state, genesis_path(path))
     return manifest, path
 

@@ -6,7 +6,8 @@ import msgpack
 import pytest
 
 from potluck.identity import NodeIdentity
-from potluck.manifest import Manifest, ManifestError, create_manifest, load_manifest
+from potluck.manifest import Manifest, ManifestError, create_manifest
+from potluck.runfiles import load_manifest, manifest_toml, save_manifest
 
 GENESIS = "ab" * 32
 
@@ -49,25 +50,25 @@ def test_bytes_round_trip_and_run_id_check():
 def test_toml_round_trip(tmp_path):
     _, m = _manifest(max_update_norm=2.5, outer_lr=0.7, density=0.05, values="fp16")
     path = tmp_path / "manifest.toml"
-    m.save(path)
+    save_manifest(m, path)
     tomllib.loads(path.read_text())  # plain TOML
     back = load_manifest(path)
     assert back == m and back.run_id == m.run_id and back.to_bytes() == m.to_bytes()
     _, m2 = _manifest(task_args={})
-    m2.save(path)
+    save_manifest(m2, path)
     assert load_manifest(path) == m2 and load_manifest(path).max_update_norm is None
 
 
 def test_edited_toml_is_refused(tmp_path):
     _, m = _manifest()
     path = tmp_path / "manifest.toml"
-    path.write_text(m.to_toml().replace("quorum = 1", "quorum = 2"))
+    path.write_text(manifest_toml(m).replace("quorum = 1", "quorum = 2"))
     with pytest.raises(ManifestError, match="signature does not match"):
         load_manifest(path)
-    path.write_text(m.to_toml().replace("[task_args]", "[task_args"))
+    path.write_text(manifest_toml(m).replace("[task_args]", "[task_args"))
     with pytest.raises(ManifestError, match="not valid TOML"):
         load_manifest(path)
-    path.write_text(m.to_toml() + "bogus = 1\n")  # lands in [task_args]: changes the body
+    path.write_text(manifest_toml(m) + "bogus = 1\n")  # lands in [task_args]: changes the body
     with pytest.raises(ManifestError):
         load_manifest(path)
     with pytest.raises(ManifestError, match="cannot read"):
@@ -150,6 +151,6 @@ def test_a_tampered_allowlist_is_another_run_or_a_bad_signature(tmp_path):
                                max_update_norm=3.0)  # fmt: skip
     assert resigned.run_id != m.run_id  # re-signed by the creator: a different run
     path = tmp_path / "run.toml"
-    path.write_text(m.to_toml().replace('"' + "01" * 32 + '"', '"' + "02" * 32 + '"'))
+    path.write_text(manifest_toml(m).replace('"' + "01" * 32 + '"', '"' + "02" * 32 + '"'))
     with pytest.raises(ManifestError, match="signature does not match"):
         load_manifest(path)

@@ -6,8 +6,7 @@ import pytest
 
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
-from potluck.manifest import load_manifest
-from potluck.runfiles import write_run
+from potluck.runfiles import load_manifest, write_run
 from potluck.store.versions import load_state
 from potluck.tasks import TaskError
 

@@ -13,8 +13,9 @@ from potluck.atomic import atomic_write_bytes
 from potluck.errors import ConfigError
 from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import PUBLIC_KEY_SIZE
-from potluck.manifest import Manifest, ManifestError, genesis_path, is_run_id, load_manifest
+from potluck.manifest import Manifest, ManifestError, is_run_id
 from potluck.rpc.address import DEFAULT_RPC_LISTEN
+from potluck.runfiles import genesis_path, load_manifest
 from potluck.store.history import History
 from potluck.store.versions import VersionStore, load_state
 from potluck.swarm.membership import LocalState, Membership

@@ -10,9 +10,8 @@ Canonical form:
   ``run_id = sha256(signed bytes)`` hex. A node that fetches a manifest by run id checks
   ``sha256(bytes) == run_id`` and then the signature (:meth:`Manifest.from_bytes` does both).
 
-On disk the manifest is a TOML file (:meth:`Manifest.to_toml` / :func:`load_manifest`): flat keys,
-a ``[task_args]`` table and the signature in hex. Loading rebuilds the canonical body from the
-values and verifies the signature, so the file may be reformatted by hand but not edited.
+On disk the manifest is a TOML file, next to the genesis weights: see :mod:`potluck.runfiles` (this
+module does no file I/O).
 
 The genesis version is ``version_hash(get_task(task, task_args).init_state(seed))`` (potluck.tasks).
 """
@@ -23,16 +22,13 @@ import hashlib
 import math
 import re
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from potluck.atomic import atomic_write_bytes
 from potluck.identity import SIGNATURE_SIZE, NodeIdentity, verify
 from potluck.wire import WireError, bounded_unpackb
 
@@ -42,7 +38,6 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "create_manifest",
-    "load_manifest",
 ]
 
 DOMAIN = "potluck/manifest/v1"
@@ -214,7 +209,8 @@ class Manifest:
 
     # ----------------------------------------------------------------------------------- encoding
 
-    def _fields(self) -> dict[str, Any]:
+    def field_values(self) -> dict[str, Any]:
+        """The fields but the signature, keys sorted, as the canonical body holds them."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signature"}
         values["task_args"] = dict(values["task_args"])
         values["strategy_args"] = dict(values["strategy_args"])
@@ -226,7 +222,7 @@ class Manifest:
 
     def body(self) -> bytes:
         """The canonical unsigned encoding (what the signature covers, through its sha256)."""
-        return msgpack.packb([DOMAIN, self._fields()], use_bin_type=True)
+        return msgpack.packb([DOMAIN, self.field_values()], use_bin_type=True)
 
     @property
     def signed(self) -> bool:
@@ -284,7 +280,7 @@ class Manifest:
             raise ManifestError(f"bad manifest body: {e}") from None
         if type(body) is not list or len(body) != 2 or body[0] != DOMAIN or type(body[1]) is not dict:
             raise ManifestError(f"manifest body must be [{DOMAIN!r}, {{...}}]")
-        manifest = cls._from_values(body[1], signature)
+        manifest = cls.from_values(body[1], signature)
         if manifest.body() != body_bytes:
             raise ManifestError("manifest body is not canonical")
         if not manifest.verify():
@@ -292,7 +288,8 @@ class Manifest:
         return manifest
 
     @classmethod
-    def _from_values(cls, values: Mapping[str, Any], signature: bytes) -> Manifest:
+    def from_values(cls, values: Mapping[str, Any], signature: bytes) -> Manifest:
+        """Rebuild a manifest from its field values (a decoded body, or a TOML file's keys); validates."""
         names = {f.name for f in fields(cls)} - {"signature"}
         unknown = set(values) - names
         if unknown:
@@ -305,30 +302,6 @@ class Manifest:
             values["allow"] = tuple(values["allow"])
         return cls(**values, signature=signature)
 
-    # ------------------------------------------------------------------------------------ TOML
-
-    def to_toml(self) -> str:
-        """The manifest as TOML (tomllib reads it back; :func:`load_manifest` verifies it)."""
-        lines = [f"# potluck run manifest ({DOMAIN})"]
-        if self.signed:
-            lines.append(f"# run_id = {self.run_id} (informative: recomputed on load)")
-        for key, value in self._fields().items():
-            if key in ("task_args", "strategy_args") or value is None:
-                continue  # TOML has no null: an absent max_update_norm is None
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append(f"signature = {_toml_value(self.signature.hex())}")
-        lines.append("")
-        for table in ("task_args", "strategy_args"):
-            lines.append(f"[{table}]")
-            for key, value in getattr(self, table).items():
-                lines.append(f"{_toml_string(key)} = {_toml_value(value)}")
-            lines.append("")
-        return "\n".join(lines)
-
-    def save(self, path: Path) -> None:
-        """Write the TOML file atomically."""
-        atomic_write_bytes(Path(path), self.to_toml().encode())
-
     # ------------------------------------------------------------------------------------ rules
 
     def update_weight(self, sample_count: int) -> int:
@@ -338,64 +311,6 @@ class Manifest:
     def admits(self, node_id: str) -> bool:
         """Whether updates by ``node_id`` (hex) are admitted."""
         return self.admission == "open" or node_id in self.allow
-
-
-def _toml_string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return _toml_string(value)
-    if type(value) is int:
-        return str(value)
-    if type(value) is float:
-        return repr(value)  # shortest repr that round-trips; finite (checked on construction)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def load_manifest(path: Path) -> Manifest:
-    """Read a manifest TOML file and verify its signature; raise :class:`ManifestError` if anything is off."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read manifest {path}: {e}") from None
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ManifestError(f"manifest {path} is not valid TOML: {e}") from None
-    signature_hex = values.pop("signature", None)
-    if not isinstance(signature_hex, str) or not re.fullmatch(r"[0-9a-f]{128}", signature_hex):
-        raise ManifestError(f"manifest {path}: signature must be 128 hex digits")
-    values.setdefault("task_args", {})
-    values.setdefault("strategy_args", {})
-    values.setdefault("max_update_norm", None)
-    try:
-        manifest = Manifest._from_values(values, bytes.fromhex(signature_hex))
-    except ManifestError as e:
-        raise ManifestError(f"manifest {path}: {e}") from None
-    except TypeError as e:
-        raise ManifestError(f"manifest {path}: {e}") from None
-    if not manifest.verify():
-        raise ManifestError(
-            f"manifest {path}: the signature does not match its contents (creator {manifest.creator})"
-        )
-    return manifest
 
 
 def create_manifest(
@@ -432,8 +347,3 @@ def create_manifest(
 def is_run_id(text: str) -> bool:
     """A run id is the sha256 (64 lowercase hex digits) of a signed manifest."""
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-
-def genesis_path(manifest_path: Path) -> Path:
-    """Where `potluck init` writes the genesis weights: ``run.toml`` -> ``run.genesis.safetensors``."""
-    return manifest_path.with_name(manifest_path.stem + ".genesis.safetensors")

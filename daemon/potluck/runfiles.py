@@ -1,22 +1,36 @@
-"""A run on disk: the signed manifest file and the genesis weights beside it.
+"""A run on disk: the signed manifest as a TOML file, and the genesis weights beside it.
+
+The TOML file has flat keys, ``[task_args]`` and ``[strategy_args]`` tables and the signature in hex.
+Loading rebuilds the canonical body (potluck.manifest) from the values and verifies the signature, so
+the file may be reformatted by hand but not edited.
 
 `potluck init`, `potluck demo`, the tests and the benches create a run with :func:`write_run`; a node
-reads one back with :func:`potluck.manifest.load_manifest`.
+reads its manifest back with :func:`load_manifest` and the genesis weights from :func:`genesis_path`.
 """
 
 from __future__ import annotations
 
+import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from potluck.atomic import atomic_write_bytes
 from potluck.identity import NodeIdentity
-from potluck.manifest import Manifest, TaskArg, create_manifest, genesis_path
+from potluck.manifest import DOMAIN, Manifest, ManifestError, TaskArg, create_manifest
 from potluck.store.versions import atomic_save
 from potluck.tasks import State, genesis, get_task
 
-__all__ = ["WrittenRun", "write_run"]
+__all__ = [
+    "WrittenRun",
+    "genesis_path",
+    "load_manifest",
+    "manifest_toml",
+    "save_manifest",
+    "write_run",
+]
 
 
 @dataclass(frozen=True)
@@ -58,5 +72,92 @@ def write_run(
         creator or NodeIdentity.generate(), task, genesis_hash, task_args=task_args, seed=seed, **rules
     )
     atomic_save(state, genesis_path(path))
-    manifest.save(path)
+    save_manifest(manifest, path)
     return WrittenRun(manifest, path, state, genesis_hash)
+
+
+def genesis_path(manifest_path: Path) -> Path:
+    """Where `potluck init` writes the genesis weights: ``run.toml`` -> ``run.genesis.safetensors``."""
+    return manifest_path.with_name(manifest_path.stem + ".genesis.safetensors")
+
+
+def manifest_toml(m: Manifest) -> str:
+    """The manifest as TOML (tomllib reads it back; :func:`load_manifest` verifies it)."""
+    lines = [f"# potluck run manifest ({DOMAIN})"]
+    if m.signed:
+        lines.append(f"# run_id = {m.run_id} (informative: recomputed on load)")
+    for key, value in m.field_values().items():
+        if key in ("task_args", "strategy_args") or value is None:
+            continue  # TOML has no null: an absent max_update_norm is None
+        lines.append(f"{key} = {_toml_value(value)}")
+    lines.append(f"signature = {_toml_value(m.signature.hex())}")
+    lines.append("")
+    for table in ("task_args", "strategy_args"):
+        lines.append(f"[{table}]")
+        for key, value in getattr(m, table).items():
+            lines.append(f"{_toml_string(key)} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_manifest(m: Manifest, path: Path) -> None:
+    """Write the manifest's TOML file atomically."""
+    atomic_write_bytes(Path(path), manifest_toml(m).encode())
+
+
+def _toml_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return _toml_string(value)
+    if type(value) is int:
+        return str(value)
+    if type(value) is float:
+        return repr(value)  # shortest repr that round-trips; finite (checked on construction)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read a manifest TOML file and verify its signature; raise :class:`ManifestError` if anything is off."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"cannot read manifest {path}: {e}") from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"manifest {path} is not valid TOML: {e}") from None
+    signature_hex = values.pop("signature", None)
+    if not isinstance(signature_hex, str) or not re.fullmatch(r"[0-9a-f]{128}", signature_hex):
+        raise ManifestError(f"manifest {path}: signature must be 128 hex digits")
+    values.setdefault("task_args", {})
+    values.setdefault("strategy_args", {})
+    values.setdefault("max_update_norm", None)
+    try:
+        manifest = Manifest.from_values(values, bytes.fromhex(signature_hex))
+    except ManifestError as e:
+        raise ManifestError(f"manifest {path}: {e}") from None
+    except TypeError as e:
+        raise ManifestError(f"manifest {path}: {e}") from None
+    if not manifest.verify():
+        raise ManifestError(
+            f"manifest {path}: the signature does not match its contents (creator {manifest.creator})"
+        )
+    return manifest

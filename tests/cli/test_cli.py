@@ -289,7 +289,7 @@ def test_missing_output_folder_is_one_line(capsys, tmp_path, args):
 
 
 def test_init_writes_a_run_that_loads(capsys, tmp_path):
-    from potluck.manifest import load_manifest
+    from potluck.runfiles import load_manifest
 
     proc = in_process(capsys, "init", "--data-dir", str(tmp_path / "d"), "--task", "toy", "-o",
                       str(tmp_path / "run.toml"))  # fmt: skip

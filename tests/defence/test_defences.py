@@ -16,17 +16,18 @@ from potluck.defence.evidence import Equivocation, EvidenceRecord, evidence_key
 from potluck.hashing import version_hash
 from potluck.identity import KEY_FILE, NodeIdentity
 from potluck.localswarm import LocalNode, LocalSwarm, wait_for
-from potluck.manifest import create_manifest, genesis_path
+from potluck.manifest import create_manifest
 from potluck.rounds import fixedpoint, schedule
 from potluck.rpc.client import ControlClient
+from potluck.runfiles import genesis_path, save_manifest
 from potluck.store.versions import VersionStore, atomic_save
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.sparsify import sparsify
 from potluck.wire import pack_pair
-from tests.attacks import store_values
-from tests.cli import potluck_json
-from tests.spawned import run_spawned
+from tests.support.attacks import store_values
+from tests.support.cli import potluck_json
+from tests.support.spawned import run_spawned
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0
@@ -73,7 +74,7 @@ def run(tmp_path_factory):
         probation_rounds=1,
     )  # fmt: skip
     path = root / "run.toml"
-    manifest.save(path)
+    save_manifest(manifest, path)
     atomic_save(state, genesis_path(path))
     return manifest, path
 

@@ -11,10 +11,11 @@ import numpy as np
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalSwarm
-from potluck.manifest import create_manifest, genesis_path
+from potluck.manifest import create_manifest
 from potluck.merge import get_strategy, next_state
 from potluck.rounds import schedule
 from potluck.rpc.client import ControlClient
+from potluck.runfiles import genesis_path, save_manifest
 from potluck.store.versions import atomic_save
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
@@ -29,7 +30,7 @@ def make_run(tmp_path, round_s: float, task_args=None, **rules):
         density=0.25, **rules,
     )  # fmt: skip
     path = tmp_path / "run.toml"
-    manifest.save(path)
+    save_manifest(manifest, path)
     atomic_save(state, genesis_path(path))
     return manifest, path, state, genesis_hash
 

@@ -14,14 +14,15 @@ import pytest
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalNode, LocalSwarm, wait_for
-from potluck.manifest import create_manifest, genesis_path
+from potluck.manifest import create_manifest
 from potluck.rounds import fixedpoint, schedule
 from potluck.rpc.client import ControlClient
+from potluck.runfiles import genesis_path, save_manifest
 from potluck.store.versions import VersionStore, atomic_save
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, decode_update
 from potluck.updates.sparsify import sparsify
-from tests.cli import potluck_json
+from tests.support.cli import potluck_json
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0
@@ -35,7 +36,7 @@ class Run:
             NodeIdentity.generate(), "toy", genesis_hash, round_seconds=round_seconds, density=0.25
         )
         self.path = root / "run.toml"
-        self.manifest.save(self.path)
+        save_manifest(self.manifest, self.path)
         atomic_save(state, genesis_path(self.path))
         self.published: dict[int, list[tuple[int, bytes]]] = {}  # round -> [(weight, update bytes)]
 

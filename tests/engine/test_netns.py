@@ -1,7 +1,7 @@
 """Three hosts in three network namespaces on one bridge: a host cut off mid-round commits nothing
 (quorum 2: alone it cannot), the other two go on, and once its cable is back it catches up.
 
-The cable is pulled on the switch side (tests/netns.py): the cut-off host keeps its address and route
+The cable is pulled on the switch side (tests/support/netns.py): the cut-off host keeps its address and route
 and just stops hearing from anybody. Every CLI call runs inside the host's namespace, where its control
 API listens on loopback."""
 
@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 
 from potluck.identity import NodeIdentity
-from potluck.manifest import create_manifest, genesis_path, load_manifest
+from potluck.manifest import create_manifest
 from potluck.rounds import schedule
+from potluck.runfiles import genesis_path, load_manifest, save_manifest
 from potluck.store.versions import VersionStore, atomic_save
 from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, encode_update
 from potluck.updates.sparsify import sparsify
-from tests import netns
-from tests.netns import Lab, NsNode, ask_all, wait_until
+from tests.support import netns
+from tests.support.netns import Lab, NsNode, ask_all, wait_until
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.netns]
 ROUND_S = 20.0
@@ -55,7 +56,7 @@ def run_file(tmp_path: Path) -> Path:
         NodeIdentity.generate(), "toy", genesis_hash, round_seconds=ROUND_S, density=0.25, quorum=2
     )
     path = tmp_path / "run.toml"
-    manifest.save(path)
+    save_manifest(manifest, path)
     atomic_save(state, genesis_path(path))
     return path
 
