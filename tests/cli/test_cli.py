@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +14,7 @@ import pytest
 
 from potluck.cli import build_parser, main
 from potluck.cli.format import format_peers, format_status
-
-
-def potluck(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "potluck", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+from tests.support.cli import potluck
 
 
 def assert_config_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -50,6 +39,14 @@ def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
 def test_every_command_has_help(capsys, command):
     proc = in_process(capsys, *([command] if command else []), "--help")
     assert proc.returncode == 0 and "usage: potluck" in proc.stdout
+
+
+def test_version_is_looked_up_when_asked(capsys):
+    import potluck
+
+    proc = in_process(capsys, "--version")
+    assert proc.returncode == 0 and proc.stdout == f"potluck {potluck.__version__}\n" and proc.stderr == ""
+    assert f"potluck/{potluck.__version__}" == potluck.AGENT
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from potluck import __version__
 from potluck.cli import demo, history, node, run, update
 from potluck.cli.common import EXIT_USAGE, Parser
 from potluck.errors import ConfigError
@@ -23,11 +22,24 @@ from potluck.errors import ConfigError
 __all__ = ["build_parser", "main"]
 
 
+class _Version(argparse.Action):
+    """argparse's "version" action, but the version is looked up only when asked for (it is slow)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from potluck import __version__
+
+        print(f"potluck {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="potluck", description="Build one model together: a P2P federated collaboration node."
     )
-    parser.add_argument("--version", action="version", version=f"potluck {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the program's version number and exit")
     parser.add_argument(
         "--log-level",
         default="INFO",
