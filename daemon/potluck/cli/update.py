@@ -137,7 +137,11 @@ def cmd_update_make(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot write {args.output}: {e.strerror}") from None
     print(
         f"wrote {args.output}: {len(data)} bytes, round {round_}, seq {seq}"
-        + (f" (run {run[:16]} and round of the node at {asked})" if asked else "")
+        + (
+            f" ({'round' if args.run else f'run {run[:16]} and round'} from the node at {asked})"
+            if asked
+            else ""
+        )
     )
     return 0
 
