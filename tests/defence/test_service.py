@@ -80,6 +80,16 @@ def uid(data: bytes) -> str:
     return parse_update(data).update_id
 
 
+def equivocate(node: Node) -> tuple[bytes, bytes]:
+    """ATTACKER signs two different updates for round 5: ``node`` holds the first, rejects the second."""
+    first, second = update(seq=1), update(seq=2, sample_count=7)
+    node.exchange._accept(first, "fetched")
+    with pytest.raises(UpdateRejected) as info:
+        node.exchange._accept(second, "fetched")
+    assert info.value.reason is Reason.EQUIVOCATION
+    return first, second
+
+
 @pytest.fixture
 def swarm(tmp_path):
     dht, nodes = {}, {}
@@ -88,11 +98,7 @@ def swarm(tmp_path):
 
 def test_found_equivocation_bans_publishes_and_excludes(swarm):
     (a, _, _), dht = swarm
-    first, second = update(seq=1), update(seq=2, sample_count=7)
-    a.exchange._accept(first, "fetched")
-    with pytest.raises(UpdateRejected) as info:
-        a.exchange._accept(second, "fetched")
-    assert info.value.reason is Reason.EQUIVOCATION
+    first, second = equivocate(a)
     ban = a.bans.get(ATTACKER.public_key)
     assert ban is not None and (ban.reason, ban.round) == ("equivocation", 5)
     assert a.exchange.evidence_store.has(uid(second)) and a.exchange.read_any(uid(second)) == second
@@ -109,10 +115,7 @@ def test_found_equivocation_bans_publishes_and_excludes(swarm):
 
 def test_every_node_verifies_the_evidence_on_its_own(swarm):
     (a, b, c), _ = swarm
-    first, second = update(seq=1), update(seq=2, sample_count=7)
-    a.exchange._accept(first, "fetched")
-    with pytest.raises(UpdateRejected):
-        a.exchange._accept(second, "fetched")
+    first, _ = equivocate(a)
     asyncio.run(a.defence.publish_all())
     eid = a.bans.get(ATTACKER.public_key).evidence_id
 
@@ -176,10 +179,7 @@ def test_bogus_evidence_is_rejected_counted_and_bans_nobody(swarm):
 
 def test_an_exclusion_must_name_the_update_s_own_author(swarm):
     (a, _, _), _ = swarm
-    first, second = update(seq=1), update(seq=2, sample_count=7)
-    a.exchange._accept(first, "fetched")
-    with pytest.raises(UpdateRejected):
-        a.exchange._accept(second, "fetched")
+    equivocate(a)
     honest = update(HONEST, seq=1)
     a.exchange._accept(honest, "fetched")
     eid = a.bans.get(ATTACKER.public_key).evidence_id
