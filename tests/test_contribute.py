@@ -5,37 +5,25 @@ agreeing, a contributor leaving mid-round does not stall the run, a third-party 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalNode, LocalSwarm, wait_for
-from potluck.manifest import create_manifest
 from potluck.rounds import schedule
-from potluck.runfiles import genesis_path, save_manifest
+from potluck.runfiles import genesis_path, write_run
 from potluck.store.versions import atomic_save
-from potluck.tasks import genesis, get_task
+from tests.support.cli import potluck
 
 pytestmark = pytest.mark.multiprocess
 
 
-def potluck(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "potluck", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
 def make_run(root, task: str, round_seconds: float = 16.0, start_in: float = 20.0):
-    state, genesis_hash = genesis(get_task(task), 0)
-    manifest = create_manifest(NodeIdentity.generate(), task, genesis_hash, round_seconds=round_seconds,
-                               start_time=time.time() + start_in, density=0.05)  # fmt: skip
-    path = root / "run.toml"
-    save_manifest(manifest, path)
-    atomic_save(state, genesis_path(path))
-    return manifest, path
+    run = write_run(
+        root / "run.toml", task, round_seconds=round_seconds, start_time=time.time() + start_in, density=0.05
+    )
+    return run.manifest, run.path
 
 
 def update_on_genesis(path, manifest, author_dir, round_: int) -> str:
@@ -57,13 +45,9 @@ def update_on_genesis(path, manifest, author_dir, round_: int) -> str:
     return str(out)
 
 
-def contributor(swarm: LocalSwarm, manifest, i: int, n: int, *extra: str) -> LocalNode:
-    node = LocalNode(swarm.root / f"contributor{i}", [
-        swarm.nodes[0].multiaddr(), "--run", manifest.run_id, "--shard", f"{i}/{n}", "--local-steps", "30",
-        "--listen", "/ip4/127.0.0.1/tcp/0", "--record-ttl", "6", *extra,
-    ], command="join")  # fmt: skip
-    swarm.nodes.append(node.start())
-    return node
+def contributor(swarm: LocalSwarm, i: int, n: int, *extra: str) -> LocalNode:
+    """Contributor ``i`` of ``n`` (its shard), 30 local steps a round."""
+    return swarm.add_contributor(f"contributor{i}", "--shard", f"{i}/{n}", "--local-steps", "30", *extra)
 
 
 def test_demo_trains_the_shared_model_above_genesis_and_every_node_agrees():
@@ -79,12 +63,10 @@ def test_demo_trains_the_shared_model_above_genesis_and_every_node_agrees():
 
 def test_a_contributor_leaving_mid_round_does_not_stall_the_run(tmp_path):
     manifest, path = make_run(tmp_path, "digits")
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, path) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
-        leaver = contributor(swarm, manifest, 0, 3)
-        stayers = [contributor(swarm, manifest, i, 3) for i in (1, 2)]
+        leaver = contributor(swarm, 0, 3)
+        stayers = [contributor(swarm, i, 3) for i in (1, 2)]
         for node in swarm.nodes:
             node.wait_ready()
         wait_for(lambda: keeper.status()["committed_round"] >= 0, 60, "round 0")
@@ -111,11 +93,9 @@ def test_a_contributor_leaving_mid_round_does_not_stall_the_run(tmp_path):
 
 def test_a_third_party_task_from_an_entry_point(tmp_path):
     manifest, path = make_run(tmp_path, "tests.tasks.custom_task:make", start_in=15.0)
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, path) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
-        author = contributor(swarm, manifest, 0, 1, "--task", "tests.tasks.custom_task:make").wait_ready()
+        author = contributor(swarm, 0, 1, "--task", "tests.tasks.custom_task:make").wait_ready()
         wait_for(lambda: keeper.status()["committed_round"] >= 0, 60, "a committed round")
         wait_for(lambda: keeper.status()["accuracy"] >= 0, 10, "the evaluation")
         log = json.loads(potluck("log", "--data-dir", str(keeper.data_dir), "--json").stdout)
@@ -162,38 +142,26 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
 
 def test_a_client_mode_contributor_pushes_its_updates_to_keepers(tmp_path):
     manifest, path = make_run(tmp_path, "toy", start_in=15.0)
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, path) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
-        client = contributor(swarm, manifest, 0, 1, "--client-mode").wait_ready()
+        client = contributor(swarm, 0, 1, "--client-mode").wait_ready()
         wait_for(lambda: keeper.status()["committed_round"] >= 0, 60, "a committed round")
         client_id = client.status()["node_id"]
         log = json.loads(potluck("log", "--data-dir", str(keeper.data_dir), "--json").stdout)
         assert log[0]["contributors"] == [client_id]  # its update got in, though nobody could fetch from it
         status = keeper.status()
         assert client_id not in status["participants"]  # it cannot be dialed for the all-reduce
-        assert any(u["source"] == "pushed" for u in _updates(keeper))
+        assert any(u["source"] == "pushed" for u in keeper.updates())
         wait_for(lambda: client.status()["version"] == keeper.status()["version"], 20, "the client to follow")
-
-
-def _updates(node: LocalNode) -> list[dict]:
-    from potluck.rpc.client import ControlClient
-    from potluck.rpc.jsonify import message_to_dict
-
-    with ControlClient(node.rpc_address) as client:
-        return message_to_dict(client.updates())["updates"]
 
 
 def test_ctrl_c_leaves_cleanly_after_the_current_training_step(tmp_path):
     import signal
 
     manifest, path = make_run(tmp_path, "toy", start_in=8.0)
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, path) as swarm:
         swarm.add_node(name="keeper").wait_ready()
-        trainer = contributor(swarm, manifest, 0, 1, "--local-steps", "100000000").wait_ready()
+        trainer = contributor(swarm, 0, 1, "--local-steps", "100000000").wait_ready()
         wait_for(lambda: "training" in trainer.log_path.read_text(), 40, "training to start")
         started = time.monotonic()
         trainer.signal(signal.SIGINT)
@@ -206,11 +174,9 @@ def test_update_publish_on_a_client_mode_node_reaches_the_keepers_or_fails_loudl
     """`update publish` goes the contributor's way: a client-mode node pushes to keepers (nobody can
     fetch from it), and says so, exit 1, when no keeper took the update."""
     manifest, path = make_run(tmp_path, "toy", start_in=90.0)  # round 0 (base: genesis) stays open
-    with LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
+    with LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, path) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
-        client = contributor(swarm, manifest, 0, 1, "--client-mode").wait_ready()
+        client = contributor(swarm, 0, 1, "--client-mode").wait_ready()
         wait_for(lambda: client.status()["peers"] >= 1, 30, "the client to see the keeper")
         wait_for(lambda: client.status()["phase"] != "idle", 30, "the client to fetch the manifest")
         proc = potluck(
@@ -225,10 +191,10 @@ def test_update_publish_on_a_client_mode_node_reaches_the_keepers_or_fails_loudl
         update_id = json.loads(proc.stdout)["update_id"]
         published = time.monotonic()
         wait_for(
-            lambda: any(u["update_id"] == update_id for u in _updates(keeper)), 5, "the keeper to hold it"
+            lambda: any(u["update_id"] == update_id for u in keeper.updates()), 5, "the keeper to hold it"
         )
         assert time.monotonic() - published < 5
-        assert next(u for u in _updates(keeper) if u["update_id"] == update_id)["source"] == "pushed"
+        assert next(u for u in keeper.updates() if u["update_id"] == update_id)["source"] == "pushed"
 
         keeper.stop()
         proc = potluck(

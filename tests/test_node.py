@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,20 +14,16 @@ import psutil
 import pytest
 
 from potluck.localswarm import LocalNode, LocalSwarm, wait_for
-from tests.attacks import forge_peer_records, store_nested_value
-from tests.spawned import run_spawned
+from tests.support.attacks import forge_peer_records, store_nested_value
+from tests.support.cli import potluck
+from tests.support.spawned import run_spawned
+from tests.support.swarm import connected_swarm
 
 pytestmark = pytest.mark.multiprocess
 TTL = 6.0  # short peer-record lifetime so expiry tests stay quick
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "potluck", *args], capture_output=True, text=True, timeout=60
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"potluck {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc
+cli = functools.partial(potluck, check=True)  # a failing command fails the test, unless check=False
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -48,9 +43,7 @@ def node_ids(node: LocalNode) -> set[str]:
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
-    with LocalSwarm(tmp_path_factory.mktemp("potluck-swarm-"), record_ttl=TTL) as swarm:
-        swarm.start(3)
-        swarm.wait_all_see(2, timeout=60)
+    with connected_swarm(tmp_path_factory.mktemp("potluck-swarm-"), 3, record_ttl=TTL) as swarm:
         yield swarm
 
 

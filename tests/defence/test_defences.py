@@ -15,32 +15,23 @@ import pytest
 from potluck.defence.evidence import Equivocation, EvidenceRecord, evidence_key
 from potluck.hashing import version_hash
 from potluck.identity import KEY_FILE, NodeIdentity
-from potluck.localswarm import LocalNode, LocalSwarm, wait_for
-from potluck.manifest import create_manifest
-from potluck.rounds import fixedpoint, schedule
-from potluck.rpc.client import ControlClient
-from potluck.runfiles import genesis_path, save_manifest
-from potluck.store.versions import VersionStore, atomic_save
-from potluck.tasks import genesis, get_task
+from potluck.localswarm import LocalNode, next_collecting_round, wait_for
+from potluck.rounds import fixedpoint
+from potluck.runfiles import write_run
+from potluck.store.versions import VersionStore
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.sparsify import sparsify
 from potluck.wire import pack_pair
 from tests.support.attacks import store_values
 from tests.support.cli import potluck_json
 from tests.support.spawned import run_spawned
+from tests.support.swarm import connected_swarm
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0
 HONEST = [NodeIdentity.generate() for _ in range(4)]  # 3 veterans and one newcomer (probation)
 MALLORY = NodeIdentity.generate()  # signs two different updates for one round
 OUTSIDER = NodeIdentity.generate()  # not on the allowlist
-
-
-def next_collecting_round(manifest) -> int:
-    r = schedule.round_at(manifest, time.time()) + 1
-    while time.time() < schedule.round_start(manifest, r) + 0.3:
-        time.sleep(0.05)
-    return r
 
 
 def make_update(manifest, base: str, state, author: NodeIdentity, r: int, seed: int, scale=0.05) -> bytes:
@@ -55,37 +46,24 @@ def make_update(manifest, base: str, state, author: NodeIdentity, r: int, seed: 
     return encode_update(update, author)
 
 
-def publish(node: LocalNode, data: bytes):
-    with ControlClient(node.rpc_address) as client:
-        return client.publish(data)
-
-
 def defence(node: LocalNode) -> dict:
     return node.status()["defence"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    state, genesis_hash = genesis(get_task("toy"), 0)
-    manifest = create_manifest(
-        NodeIdentity.generate(), "toy", genesis_hash, round_seconds=ROUND_S, density=0.25,
+    written = write_run(
+        tmp_path_factory.mktemp("run") / "run.toml", "toy", round_seconds=ROUND_S, density=0.25,
         admission="allowlist", allow=[a.node_id for a in [*HONEST, MALLORY]], max_update_norm=5.0,
         probation_rounds=1,
     )  # fmt: skip
-    path = root / "run.toml"
-    save_manifest(manifest, path)
-    atomic_save(state, genesis_path(path))
-    return manifest, path
+    return written.manifest, written.path
 
 
 @pytest.fixture(scope="module")
 def swarm(run, tmp_path_factory):
     _, path = run
-    with LocalSwarm(
-        tmp_path_factory.mktemp("potluck-swarm-"), record_ttl=6, extra_args=["--manifest", str(path)]
-    ) as swarm:
-        swarm.start(3)
+    with connected_swarm(tmp_path_factory.mktemp("potluck-swarm-"), 3, manifest=path) as swarm:
         mallory_dir = swarm.root / "mallory"  # Mallory runs a node too, with the key it signs with
         mallory_dir.mkdir(mode=0o700)
         fd = os.open(mallory_dir / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -106,7 +84,7 @@ def test_equivocation_bans_the_author_everywhere_and_the_round_commits_without_i
     v0 = honest_nodes[0].status()["version"]
     state0 = versions.get(v0)
     for i, node in enumerate(honest_nodes):
-        assert publish(node, make_update(manifest, v0, state0, HONEST[i], r1, seed=i)).accepted
+        assert node.publish(make_update(manifest, v0, state0, HONEST[i], r1, seed=i)).accepted
     wait_for(lambda: all(n.status()["committed_round"] >= r1 for n in honest_nodes), ROUND_S + 10, "round 1")
     log = potluck_json("log", "--data-dir", str(honest_nodes[0].data_dir))
     assert log[-1]["round"] == r1 and log[-1]["updates"] == 3 and len(log[-1]["contributors"]) == 3
@@ -120,15 +98,15 @@ def test_equivocation_bans_the_author_everywhere_and_the_round_commits_without_i
     newcomer = make_update(manifest, v0, state0, HONEST[3], r2, seed=13)
     first = make_update(manifest, v0, state0, MALLORY, r2, seed=20)
     second = make_update(manifest, v0, state0, MALLORY, r2, seed=21)
-    assert publish(honest_nodes[1], second).accepted  # Mallory slips one update to node 1 ...
-    assert publish(mallory_node, first).accepted  # ... and announces another one itself
+    assert honest_nodes[1].publish(second).accepted  # Mallory slips one update to node 1 ...
+    assert mallory_node.publish(first).accepted  # ... and announces another one itself
     for i, data in enumerate(veterans):
-        assert publish(honest_nodes[i], data).accepted
-    assert publish(honest_nodes[2], newcomer).accepted
+        assert honest_nodes[i].publish(data).accepted
+    assert honest_nodes[2].publish(newcomer).accepted
     # the manifest's allowlist and norm cap hold on a real node
-    reply = publish(honest_nodes[0], make_update(manifest, v0, state0, OUTSIDER, r2, seed=30))
+    reply = honest_nodes[0].publish(make_update(manifest, v0, state0, OUTSIDER, r2, seed=30))
     assert (reply.accepted, reply.reason) == (False, "not_admitted")
-    reply = publish(honest_nodes[0], make_update(manifest, v0, state0, HONEST[3], r2, seed=31, scale=1.0))
+    reply = honest_nodes[0].publish(make_update(manifest, v0, state0, HONEST[3], r2, seed=31, scale=1.0))
     assert (reply.accepted, reply.reason) == (False, "norm_exceeded")
 
     def banned_everywhere() -> bool:
@@ -138,7 +116,7 @@ def test_equivocation_bans_the_author_everywhere_and_the_round_commits_without_i
     bans = [next(b for b in defence(n)["bans"] if b["node_id"] == MALLORY.node_id) for n in honest_nodes]
     assert {(b["reason"], b["round"]) for b in bans} == {("equivocation", r2)}
     assert len({b["evidence_id"] for b in bans}) == 1  # the same evidence, whoever found it
-    reply = publish(honest_nodes[0], make_update(manifest, v0, state0, MALLORY, r2, seed=22))
+    reply = honest_nodes[0].publish(make_update(manifest, v0, state0, MALLORY, r2, seed=22))
     assert (reply.accepted, reply.reason) == (False, "banned")
 
     wait_for(lambda: all(n.status()["committed_round"] >= r2 for n in honest_nodes), ROUND_S + 10, "round 2")
@@ -199,7 +177,7 @@ def test_bogus_evidence_in_the_dht_bans_nobody(run, swarm):
     state = VersionStore(honest_nodes[0].data_dir / "versions").get(version)
     datas = [make_update(manifest, version, state, HONEST[i], r, seed=40 + i) for i in range(2)]
     for node, data in zip(honest_nodes, datas, strict=False):
-        assert publish(node, data).accepted
+        assert node.publish(data).accepted
     ids = [parse_update(d).update_id for d in datas]
     claim = Equivocation.of(manifest.run_id, r, HONEST[0].public_key, *ids)  # the second is HONEST[1]'s
     framed = EvidenceRecord(claim, eve.public_key, time.time()).sign(eve)

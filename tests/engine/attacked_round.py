@@ -4,50 +4,35 @@ x1000 one published at the start of a round, and the version an independent merg
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
-from potluck.localswarm import LocalSwarm
-from potluck.manifest import create_manifest
+from potluck.localswarm import LocalSwarm, next_collecting_round
 from potluck.merge import get_strategy, next_state
-from potluck.rounds import schedule
-from potluck.rpc.client import ControlClient
-from potluck.runfiles import genesis_path, save_manifest
-from potluck.store.versions import atomic_save
-from potluck.tasks import genesis, get_task
+from potluck.runfiles import write_run
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
 from potluck.updates.sparsify import sparsify
 
 
 def make_run(tmp_path, round_s: float, task_args=None, **rules):
     """A signed toy-task manifest and its genesis in ``tmp_path``: (manifest, path, state, genesis hash)."""
-    state, genesis_hash = genesis(get_task("toy", task_args or {}), 0)
-    manifest = create_manifest(
-        NodeIdentity.generate(), "toy", genesis_hash, round_seconds=round_s, task_args=task_args or {},
-        density=0.25, **rules,
-    )  # fmt: skip
-    path = tmp_path / "run.toml"
-    save_manifest(manifest, path)
-    atomic_save(state, genesis_path(path))
-    return manifest, path, state, genesis_hash
+    run = write_run(
+        tmp_path / "run.toml", "toy", task_args=task_args, round_seconds=round_s, density=0.25, **rules
+    )
+    return run.manifest, run.path, run.state, run.genesis_hash
 
 
 def run_swarm(tmp_path, manifest, path) -> LocalSwarm:
     """A local swarm (not started) whose nodes serve the run of ``manifest`` saved at ``path``."""
-    return LocalSwarm(
-        tmp_path / "swarm", run=manifest.run_id, record_ttl=6, extra_args=["--manifest", str(path)]
-    )
+    return LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, path)
 
 
 def publish_attacked_round(nodes, manifest, state, genesis_hash) -> tuple[int, list[bytes]]:
     """Three honest updates and a sign-flipped x1000 copy of the first (by another key), published at
     the start of the next round, spread over ``nodes``: (round, the four signed updates)."""
-    r = schedule.round_at(manifest, time.time()) + 1
-    while time.time() < schedule.round_start(manifest, r) + 0.3:
-        time.sleep(0.05)
+    r = next_collecting_round(manifest)
     rng = np.random.default_rng(r)
     authors = [NodeIdentity.generate() for _ in range(3)]
     honest = [
@@ -63,8 +48,7 @@ def publish_attacked_round(nodes, manifest, state, genesis_hash) -> tuple[int, l
         encode_update(Update(manifest.run_id, r, genesis_hash, mallory.public_key, 1, 10, flipped), mallory)
     )
     for i, data in enumerate(datas):
-        with ControlClient(nodes[i % len(nodes)].rpc_address) as client:
-            reply = client.publish(data)
+        reply = nodes[i % len(nodes)].publish(data)
         assert reply.accepted, reply.reason
     return r, datas
 

@@ -13,16 +13,14 @@ import pytest
 
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
-from potluck.localswarm import LocalNode, LocalSwarm, wait_for
-from potluck.manifest import create_manifest
-from potluck.rounds import fixedpoint, schedule
-from potluck.rpc.client import ControlClient
-from potluck.runfiles import genesis_path, save_manifest
-from potluck.store.versions import VersionStore, atomic_save
-from potluck.tasks import genesis, get_task
+from potluck.localswarm import LocalNode, LocalSwarm, next_collecting_round, wait_for
+from potluck.rounds import fixedpoint
+from potluck.runfiles import write_run
+from potluck.store.versions import VersionStore
 from potluck.updates.codec import Update, decode_update
 from potluck.updates.sparsify import sparsify
 from tests.support.cli import potluck_json
+from tests.support.swarm import connected_swarm
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 16.0
@@ -31,21 +29,13 @@ AUTHORS = [NodeIdentity.generate() for _ in range(8)]
 
 class Run:
     def __init__(self, root: Path, round_seconds: float = ROUND_S):
-        state, genesis_hash = genesis(get_task("toy"), 0)
-        self.manifest = create_manifest(
-            NodeIdentity.generate(), "toy", genesis_hash, round_seconds=round_seconds, density=0.25
-        )
-        self.path = root / "run.toml"
-        save_manifest(self.manifest, self.path)
-        atomic_save(state, genesis_path(self.path))
+        written = write_run(root / "run.toml", "toy", round_seconds=round_seconds, density=0.25)
+        self.manifest, self.path = written.manifest, written.path
         self.published: dict[int, list[tuple[int, bytes]]] = {}  # round -> [(weight, update bytes)]
 
     def next_collecting_round(self) -> int:
         """Wait for the start of the next round's collecting phase; return that round."""
-        r = schedule.round_at(self.manifest, time.time()) + 1
-        while time.time() < schedule.round_start(self.manifest, r) + 0.3:
-            time.sleep(0.05)
-        return r
+        return next_collecting_round(self.manifest)
 
     def publish(self, node: LocalNode, author: NodeIdentity, r: int, seed: int) -> None:
         status = node.status()
@@ -68,8 +58,7 @@ class Run:
         from potluck.updates.codec import encode_update
 
         data = encode_update(update, author)
-        with ControlClient(node.rpc_address) as client:
-            reply = client.publish(data)
+        reply = node.publish(data)
         assert reply.accepted, f"{reply.reason}: {reply.detail}"
         self.published.setdefault(r, []).append((self.manifest.update_weight(samples), data))
 
@@ -92,11 +81,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def swarm(run, tmp_path_factory):
-    with LocalSwarm(
-        tmp_path_factory.mktemp("potluck-swarm-"), record_ttl=6, extra_args=["--manifest", str(run.path)]
-    ) as swarm:
-        swarm.start(4)
-        swarm.wait_all_see(3)
+    with connected_swarm(tmp_path_factory.mktemp("potluck-swarm-"), 4, manifest=run.path) as swarm:
         yield swarm
 
 
@@ -145,7 +130,7 @@ def test_a_node_killed_mid_round_does_not_stall_the_others(run, swarm):
     for i, node in enumerate(swarm.nodes):
         run.publish(node, AUTHORS[i], r, seed=100 + i)
     victim = swarm.nodes[3]
-    held = lambda n: len([u for u in _updates(n) if u["round"] == r])  # noqa: E731
+    held = lambda n: len([u for u in n.updates() if u["round"] == r])  # noqa: E731
     wait_for(
         lambda: all(held(n) == len(swarm.nodes) for n in swarm.nodes), ROUND_S / 2, "every update everywhere"
     )
@@ -161,13 +146,6 @@ def test_a_node_killed_mid_round_does_not_stall_the_others(run, swarm):
     assert log[-1]["round"] == r and log[-1]["updates"] == len(
         run.published[r]
     )  # the dead node's update counts
-
-
-def _updates(node: LocalNode) -> list[dict]:
-    from potluck.rpc.jsonify import message_to_dict
-
-    with ControlClient(node.rpc_address) as client:
-        return message_to_dict(client.updates())["updates"]
 
 
 def victim_id(node: LocalNode) -> str:

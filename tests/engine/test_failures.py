@@ -11,9 +11,10 @@ import time
 import pytest
 
 from potluck.engine.entries import ENTRY_WINDOW_S
-from potluck.localswarm import LocalSwarm, wait_for
+from potluck.localswarm import wait_for
 from potluck.rounds import schedule
 from tests.engine.test_engine import AUTHORS, Run
+from tests.support.swarm import connected_swarm
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 32.0  # an 8 s aggregation window: room for a failed attempt and a retry
@@ -21,9 +22,7 @@ ROUND_S = 32.0  # an 8 s aggregation window: room for a failed attempt and a ret
 
 def test_a_participant_frozen_mid_aggregation_does_not_stall_the_round(tmp_path):
     run = Run(tmp_path, round_seconds=ROUND_S)
-    with LocalSwarm(tmp_path / "swarm", record_ttl=6, extra_args=["--manifest", str(run.path)]) as swarm:
-        swarm.start(3)
-        swarm.wait_all_see(2)
+    with connected_swarm(tmp_path / "swarm", 3, manifest=run.path) as swarm:
         r = run.next_collecting_round()
         before = swarm.nodes[0].status()["version"]
         for i, node in enumerate(swarm.nodes):

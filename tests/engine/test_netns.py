@@ -17,11 +17,9 @@ import numpy as np
 import pytest
 
 from potluck.identity import NodeIdentity
-from potluck.manifest import create_manifest
 from potluck.rounds import schedule
-from potluck.runfiles import genesis_path, load_manifest, save_manifest
-from potluck.store.versions import VersionStore, atomic_save
-from potluck.tasks import genesis, get_task
+from potluck.runfiles import load_manifest, write_run
+from potluck.store.versions import VersionStore
 from potluck.updates.codec import Update, encode_update
 from potluck.updates.sparsify import sparsify
 from tests.support import netns
@@ -51,14 +49,7 @@ def lab():
 
 @pytest.fixture
 def run_file(tmp_path: Path) -> Path:
-    state, genesis_hash = genesis(get_task("toy"), 0)
-    manifest = create_manifest(
-        NodeIdentity.generate(), "toy", genesis_hash, round_seconds=ROUND_S, density=0.25, quorum=2
-    )
-    path = tmp_path / "run.toml"
-    save_manifest(manifest, path)
-    atomic_save(state, genesis_path(path))
-    return path
+    return write_run(tmp_path / "run.toml", "toy", round_seconds=ROUND_S, density=0.25, quorum=2).path
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from potluck.localswarm import wait_for
-from tests.cli import potluck_json
 from tests.engine.attacked_round import expected_version, make_run, publish_attacked_round, run_swarm
+from tests.support.cli import potluck_json
 
 pytestmark = pytest.mark.multiprocess
 TASK_ARGS = {"hidden": 128}  # 2692 coordinates: 11 blocks, so every one of 4 reducers has a slice

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from potluck.identity import NodeIdentity
-from potluck.localswarm import LocalSwarm, wait_for
 from potluck.cli.update_files import make_update
-from tests.attacks import run_lying_holder
-from tests.spawned import run_spawned
+from potluck.identity import NodeIdentity
+from potluck.localswarm import wait_for
+from tests.support.attacks import run_lying_holder
+from tests.support.cli import potluck
+from tests.support.spawned import run_spawned
+from tests.support.swarm import connected_swarm
 
 pytestmark = pytest.mark.multiprocess
 
@@ -46,29 +46,15 @@ def update(models, i: int, base: str = "base", author: NodeIdentity | None = Non
     )
 
 
-def potluck(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "potluck", *args], capture_output=True, text=True, timeout=60
-    )
-
-
 def _updates(node) -> dict[str, dict]:
-    from potluck.rpc.client import ControlClient
-    from potluck.rpc.jsonify import message_to_dict
-
-    with ControlClient(node.rpc_address) as client:
-        return {u["update_id"]: u for u in message_to_dict(client.updates())["updates"]}
+    return {u["update_id"]: u for u in node.updates()}
 
 
 @pytest.fixture(scope="module")
 def swarm(models, tmp_path_factory):
-    with LocalSwarm(
-        tmp_path_factory.mktemp("potluck-swarm-"),
-        record_ttl=6,
-        extra_args=["--model", str(models / "base.safetensors")],
+    with connected_swarm(
+        tmp_path_factory.mktemp("potluck-swarm-"), 2, extra_args=["--model", str(models / "base.safetensors")]
     ) as swarm:
-        swarm.start(2)
-        swarm.wait_all_see(1)
         yield swarm
 
 

@@ -13,7 +13,7 @@ from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import P2P_KEY_FILE, load_or_create
 from potluck.store.versions import VersionStore
 from potluck.swarm.host import SwarmHost
-from tests.attacks import serve_tampered_tensors
+from tests.support.attacks import serve_tampered_tensors
 
 pytestmark = pytest.mark.multiprocess
 

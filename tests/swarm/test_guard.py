@@ -4,7 +4,7 @@ from hivemind.dht.storage import DictionaryDHTValue
 from hivemind.utils.serializer import MSGPackSerializer
 
 from potluck.swarm.guard import MAX_EXT_DEPTH, install_ext_depth_guard
-from tests.attacks import nested_dictionary_value
+from tests.support.attacks import nested_dictionary_value
 
 
 def test_guard_rejects_deep_ext_nesting_and_keeps_hivemind_values_working():
