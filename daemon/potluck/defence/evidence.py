@@ -44,11 +44,11 @@ class BadEvidence(RecordError):
     """Evidence that proves nothing; ``reason`` is a short code for counters."""
 
 
-CLAIM = RecordFormat(DOMAIN, 5, MAX_CLAIM_BYTES, 1, BadEvidence, max_array_len=6, max_str_len=MAX_RUN_LEN)
-RECORD = RecordFormat(
-    RECORD_DOMAIN, 3, MAX_RECORD_BYTES, 1, BadEvidence, max_array_len=4, max_str_len=64,
-    bad_signature_reason="bad_record_signature",
-)  # fmt: skip
+CLAIM = RecordFormat(DOMAIN, fields=5, max_bytes=MAX_CLAIM_BYTES, max_depth=1, error=BadEvidence,
+                     max_array_len=6, max_str_len=MAX_RUN_LEN)  # fmt: skip
+RECORD = RecordFormat(RECORD_DOMAIN, fields=3, max_bytes=MAX_RECORD_BYTES, max_depth=1, error=BadEvidence,
+                      max_array_len=4, max_str_len=64,
+                      bad_signature_reason="bad_record_signature")  # fmt: skip
 
 
 def evidence_key(run: str, round_: int) -> str:

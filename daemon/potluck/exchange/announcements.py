@@ -22,9 +22,8 @@ class BadAnnouncement(RecordError):
     pass
 
 
-FORMAT = RecordFormat(
-    DOMAIN, 7, MAX_ANNOUNCEMENT_BYTES, 2, BadAnnouncement, max_array_len=MAX_HOLDERS, max_str_len=64
-)
+FORMAT = RecordFormat(DOMAIN, fields=7, max_bytes=MAX_ANNOUNCEMENT_BYTES, max_depth=2,
+                      error=BadAnnouncement, max_array_len=MAX_HOLDERS, max_str_len=64)  # fmt: skip
 
 
 def updates_key(run: str, round_: int) -> str:

@@ -55,14 +55,12 @@ class CommitError(RecordError):
     """A commit or commit signature that is malformed or inconsistent."""
 
 
-BODY = RecordFormat(
-    DOMAIN, 9, MAX_COMMIT_BYTES, 3, CommitError, max_str_len=max(MAX_NAME_LEN, MAX_RUN_LEN, len(DOMAIN)),
-    max_bin_len=32, max_array_len=max(MAX_TENSORS, MAX_UPDATES, MAX_NODES), max_map_len=0,
-)  # fmt: skip
-SIGNATURE = RecordFormat(
-    SIGNATURE_DOMAIN, 3, 256, 1, CommitError, max_str_len=len(SIGNATURE_DOMAIN), max_bin_len=64,
-    max_array_len=4, max_map_len=0,
-)  # fmt: skip
+BODY = RecordFormat(DOMAIN, fields=9, max_bytes=MAX_COMMIT_BYTES, max_depth=3, error=CommitError,
+                    max_str_len=max(MAX_NAME_LEN, MAX_RUN_LEN, len(DOMAIN)), max_bin_len=32,
+                    max_array_len=max(MAX_TENSORS, MAX_UPDATES, MAX_NODES), max_map_len=0)  # fmt: skip
+SIGNATURE = RecordFormat(SIGNATURE_DOMAIN, fields=3, max_bytes=256, max_depth=1, error=CommitError,
+                         max_str_len=len(SIGNATURE_DOMAIN), max_bin_len=64, max_array_len=4,
+                         max_map_len=0)  # fmt: skip
 
 
 def _hex32(value: Any, what: str) -> str:

@@ -37,9 +37,8 @@ class BadEntry(RecordError):
     pass
 
 
-FORMAT = RecordFormat(
-    DOMAIN, 8, MAX_ENTRY_BYTES, 3, BadEntry, max_array_len=MAX_ENTRY_UPDATES, max_str_len=256
-)
+FORMAT = RecordFormat(DOMAIN, fields=8, max_bytes=MAX_ENTRY_BYTES, max_depth=3, error=BadEntry,
+                      max_array_len=MAX_ENTRY_UPDATES, max_str_len=256)  # fmt: skip
 
 
 def entries_key(run_id: str, round_: int, attempt: int) -> str:

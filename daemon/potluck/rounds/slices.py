@@ -57,8 +57,10 @@ class BadSlice(RecordError):
     """A slice result or a fault that does not check out."""
 
 
-HEADER = RecordFormat(DOMAIN, 10, MAX_HEADER_BYTES, 2, BadSlice, max_array_len=MAX_UPDATES, max_str_len=256)
-FAULT = RecordFormat(FAULT_DOMAIN, 5, MAX_FAULT_BYTES, 2, BadSlice, max_array_len=MAX_PROOF, max_str_len=64)
+HEADER = RecordFormat(DOMAIN, fields=10, max_bytes=MAX_HEADER_BYTES, max_depth=2, error=BadSlice,
+                      max_array_len=MAX_UPDATES, max_str_len=256)  # fmt: skip
+FAULT = RecordFormat(FAULT_DOMAIN, fields=5, max_bytes=MAX_FAULT_BYTES, max_depth=2, error=BadSlice,
+                     max_array_len=MAX_PROOF, max_str_len=64)  # fmt: skip
 
 
 def slice_bounds(length: int, n: int) -> list[tuple[int, int]]:
