@@ -1,9 +1,11 @@
 """`potluck demo`: a whole run on this machine, as real processes on 127.0.0.1.
 
 A keeper creates the run (a signed manifest for the built-in digits task) and serves it; N
-contributors join it by run id, each training on its own non-IID shard of the digits; every round
-the table shows the agreed version, who contributed, the merged model's held-out accuracy and the
-bytes contributors sent. Everything started is stopped at the end.
+contributors join it by run id, each training on its own non-IID shard (of the digits by default;
+``--task lm``: of the text corpus, by domain); every round the table shows the agreed version, who
+contributed, the merged model's held-out score under the task's metric name (accuracy; the lm
+task's bits per byte, lower is better) and the bytes contributors sent. A task that can
+``generate`` (lm) ends with a sample from the last version. Everything started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 
 from potluck.localswarm import LocalNode, LocalSwarm
 from potluck.runfiles import write_run
-from potluck.tasks import get_task
+from potluck.tasks import get_task, metric
 
 STARTUP_S = 25.0  # round 0 starts once every process had time to start and find the others
+SAMPLE_PROMPT, SAMPLE_BYTES = b"And ", 120
 
 
 def run_demo(
@@ -36,9 +39,11 @@ def run_demo(
         density=density, values="int8",
     )  # fmt: skip
     manifest, manifest_path = run.manifest, run.path
-    genesis_accuracy = get_task(task).evaluate(run.state)
+    the_task = get_task(task)
+    name = metric(the_task)[0]
+    genesis_score = the_task.evaluate(run.state)
     say(f"run {manifest.run_id[:16]}: task {task}, {contributors} contributors, {rounds} rounds")
-    say(f"genesis accuracy {genesis_accuracy:.3f}; starting processes in {root} ...")
+    say(f"genesis {name} {genesis_score:.3f}; starting processes in {root} ...")
 
     rows: list[dict[str, Any]] = []
     with LocalSwarm.for_run(root, manifest.run_id, manifest_path, record_ttl=10.0) as swarm:
@@ -53,7 +58,9 @@ def run_demo(
         wait = max(0.0, manifest.start_time - time.time())
         say(f"{len(swarm.nodes)} nodes up; round 0 starts in {wait:.0f}s")
         if not as_json:
-            print(f"{'ROUND':>5}  {'VERSION':<14}{'AGREE':>7}  {'CONTRIB':>7}  {'ACCURACY':>8}  {'SENT':>10}")
+            print(
+                f"{'ROUND':>5}  {'VERSION':<14}{'AGREE':>7}  {'CONTRIB':>7}  {name.upper():>8}  {'SENT':>10}"
+            )
         seen_round = -1
         deadline = manifest.start_time + (rounds + 3) * round_seconds
         while len(rows) < rounds and time.time() < deadline:
@@ -62,37 +69,40 @@ def run_demo(
             for entry in log:
                 if entry["round"] <= seen_round:
                     continue
-                accuracy = _wait_accuracy(keeper, entry["round"])
+                score = _wait_accuracy(keeper, entry["round"])
                 row = {
                     "round": entry["round"],
                     "version": entry["version"],
                     "nodes_agreeing": _agreeing(swarm.nodes, entry["version"]),
                     "nodes": len(swarm.nodes),
                     "contributors": len(entry["contributors"]),
-                    "accuracy": accuracy,
+                    name: score,
                     "bytes_sent": _bytes_sent(keeper, entry["round"]),
                 }
                 rows.append(row)
                 seen_round = entry["round"]
                 if not as_json:
-                    shown = "-" if accuracy is None else f"{accuracy:.3f}"
+                    shown = "-" if score is None else f"{score:.3f}"
                     agree = f"{row['nodes_agreeing']}/{row['nodes']}"
                     version = row["version"][:12]
                     n, sent = row["contributors"], row["bytes_sent"]
                     print(f"{row['round']:>5}  {version:<14}{agree:>7}  {n:>7}  {shown:>8}  {sent:>10}")
+        sample = _sample(the_task, keeper, rows[-1]["version"]) if rows and not as_json else None
         codes = swarm.stop()
     complete = len(rows) == rounds
     if complete:
         shutil.rmtree(root, ignore_errors=True)
     else:
         say(f"only {len(rows)} of {rounds} rounds committed; node logs kept in {root}/*/node.log")
-    final = rows[-1]["accuracy"] if rows else None
-    summary = {"rounds": rows, "genesis_accuracy": genesis_accuracy, "final_accuracy": final}
+    final = rows[-1][name] if rows else None
+    summary = {"rounds": rows, f"genesis_{name}": genesis_score, f"final_{name}": final}
     if as_json:
         print(json.dumps(summary))
     else:
         sent = sum(r["bytes_sent"] for r in rows)
-        print(f"accuracy {genesis_accuracy:.3f} -> {final or 0:.3f} in {len(rows)} rounds; {sent} bytes sent")
+        print(f"{name} {genesis_score:.3f} -> {final or 0:.3f} in {len(rows)} rounds; {sent} bytes sent")
+        if sample is not None:
+            print(f"a sample from the last version: {sample!r}")
         print("stopped everything" + ("" if all(c == 0 for c in codes) else f" (exit codes {codes})"))
     return 0 if complete else 1
 
@@ -106,6 +116,16 @@ def keeper_log(node: LocalNode) -> list[dict[str, Any]]:
         return []
     with History(path, readonly=True) as history:
         return history.log()
+
+
+def _sample(task: Any, keeper: LocalNode, version: str) -> str | None:
+    """What the keeper's ``version`` writes after ``SAMPLE_PROMPT`` (only tasks that can ``generate``)."""
+    if not hasattr(task, "generate"):
+        return None
+    from potluck.store.versions import VersionStore
+
+    state = VersionStore(keeper.data_dir / "versions").get(version)
+    return task.generate(state, SAMPLE_PROMPT, SAMPLE_BYTES).decode("utf-8", "replace")
 
 
 def _wait_accuracy(node: LocalNode, round_: int, timeout: float = 10.0) -> float | None:

@@ -49,7 +49,7 @@ from potluck.store.history import History
 from potluck.store.versions import VersionStore
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, PeerInfo
-from potluck.tasks import TrainableTask
+from potluck.tasks import TrainableTask, metric
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class RoundEngine:
                 await asyncio.to_thread(self._history.set_accuracy, round_, accuracy)
             if self.version == version:
                 self.status.accuracy = accuracy
-            logger.info(f"version {version[:12]} (round {round_}): held-out accuracy {accuracy:.4f}")
+            logger.info(f"version {version[:12]} (round {round_}): held-out {metric(task)[0]} {accuracy:.4f}")
             if self.version != version:
                 self._evaluate_soon()  # a newer version arrived meanwhile
 

@@ -7,8 +7,9 @@ that can train and evaluate also satisfy :class:`TrainableTask` (``local_data``,
 
 A manifest's ``task`` string is resolved by :func:`get_task`: a built-in name ("toy", and whatever
 :func:`register_task` added), or ``"package.module:factory"`` where ``factory(**task_args)`` returns
-a Task. The built-in tasks are "toy" (synthetic teacher data, for tests and demos) and "digits"
-(scikit-learn's 8x8 digits, a small MLP; :mod:`potluck.tasks.digits`). The genesis version of a
+a Task. The built-in tasks are "toy" (synthetic teacher data, for tests and demos), "digits"
+(scikit-learn's 8x8 digits, a small MLP; :mod:`potluck.tasks.digits`) and "lm" (a byte-level
+transformer on a shipped text corpus; :mod:`potluck.tasks.lm`). The genesis version of a
 run is ``version_hash(task.init_state(manifest.seed))``.
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "genesis",
     "get_task",
     "is_trainable",
+    "metric",
     "register_task",
 ]
 
@@ -72,8 +74,10 @@ class TrainableTask(Task, Protocol):
       number of training samples behind it (the update's ``sample_count``, i.e. its merge weight
       before the run's cap). Deterministic given ``(state, data, steps, seed)``. ``progress``, if
       given, is called as ``progress(steps_done)`` after every step (1 .. steps).
-    * ``evaluate(state)``: a score in [0, 1], higher is better (accuracy), on the task's fixed
-      held-out test split (the same on every machine, never part of any shard).
+    * ``evaluate(state)``: a score on the task's fixed held-out test split (the same on every
+      machine, never part of any shard): accuracy in [0, 1], higher is better, unless the task
+      names another metric (see :func:`metric`; the lm task's is bits per byte, lower is better).
+      The node stores it in its history's ``accuracy`` field whatever its name.
     """
 
     def local_data(self, shard: str | None = None, seed: int = 0) -> Any: ...
@@ -95,6 +99,13 @@ def is_trainable(task: Task) -> bool:
     return isinstance(task, TrainableTask)
 
 
+def metric(task: Task) -> tuple[str, bool]:
+    """What ``task.evaluate`` returns: its name and whether higher is better. A task says so with
+    ``metric`` and ``higher_is_better`` attributes (the lm task: ``"bpb"``, lower is better);
+    without them it is ``("accuracy", True)``."""
+    return str(getattr(task, "metric", "accuracy")), bool(getattr(task, "higher_is_better", True))
+
+
 _BUILTINS: dict[str, TaskFactory] = {}
 
 
@@ -111,8 +122,8 @@ def builtin_tasks() -> list[str]:
 
 
 def _load_builtins() -> None:
-    if "toy" not in _BUILTINS or "digits" not in _BUILTINS:
-        from potluck.tasks import digits, toy  # noqa: F401  (register themselves)
+    if not {"toy", "digits", "lm"} <= _BUILTINS.keys():
+        from potluck.tasks import digits, lm, toy  # noqa: F401  (register themselves)
 
 
 def _resolve(spec: str) -> TaskFactory:

@@ -40,6 +40,7 @@ __all__ = [
     "PARTITION_SEED",
     "LabeledData",
     "MlpTask",
+    "OneThread",
     "ShardSpec",
     "check_number",
     "evaluate_mlp",
@@ -185,7 +186,7 @@ def _forward(params: Mapping[str, torch.Tensor], layers: Sequence[str], x: torch
     return x
 
 
-class _OneThread:
+class OneThread:
     """torch on one thread inside (restored after): polite on small machines, and deterministic."""
 
     def __enter__(self) -> None:
@@ -223,7 +224,7 @@ def train_mlp(
     if n == 0:
         raise TaskError("no training data in this shard")
     names = [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
-    with _OneThread():
+    with OneThread():
         params = {k: torch.tensor(np.asarray(state[k], dtype=np.float32)).requires_grad_() for k in names}
         if optimizer == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(params.values(), lr=lr)
@@ -251,7 +252,7 @@ def evaluate_mlp(state: Mapping[str, np.ndarray], data: LabeledData, *, layers: 
     """Accuracy (fraction correct, in [0, 1]) of the MLP ``state`` on ``data``."""
     if len(data) == 0:
         return 0.0
-    with _OneThread(), torch.no_grad():
+    with OneThread(), torch.no_grad():
         params = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
         logits = _forward(params, layers, torch.from_numpy(data.x))
         return float((logits.argmax(dim=1) == torch.from_numpy(data.y)).double().mean())

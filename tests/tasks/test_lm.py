@@ -1,0 +1,130 @@
+"""The lm task: a byte-level GPT-2-shaped transformer, deterministic genesis, training and BPB."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from potluck.hashing import version_hash
+from potluck.tasks import TaskError, TrainableTask, builtin_tasks, genesis, get_task, is_trainable, metric
+from potluck.tasks.lm import LmTask
+
+SMALL = {"n_layer": 1, "n_head": 2, "d_model": 32, "context": 32, "eval_bytes": 1024}
+
+
+@pytest.fixture(scope="module")
+def small() -> LmTask:
+    return get_task("lm", SMALL)
+
+
+def test_registered_trainable_and_names_its_metric(small):
+    assert "lm" in builtin_tasks() and small.name == "lm"
+    assert is_trainable(small) and isinstance(small, TrainableTask)
+    assert metric(small) == ("bpb", False)
+    assert metric(get_task("digits")) == ("accuracy", True)
+
+
+def test_default_size_and_gpt2_small_shape():
+    task = get_task("lm")
+    assert 800_000 < task.num_params() < 1_200_000  # ~1M: a round of training fits 2 cores
+    big = get_task("lm", {"n_layer": 12, "n_head": 12, "d_model": 768, "context": 1024})
+    shapes = big.shapes()
+    assert shapes["transformer.h.11.attn.c_attn.weight"] == (768, 2304)
+    assert shapes["transformer.wpe.weight"] == (1024, 768)
+    assert 85_000_000 < big.num_params() < 87_000_000  # GPT-2 small's 124M less its 50257-token embedding
+
+
+def test_genesis_is_deterministic(small):
+    a, b = small.init_state(7), get_task("lm", SMALL).init_state(7)
+    assert version_hash(a) == version_hash(b) != version_hash(small.init_state(8))
+    assert all(v.dtype == np.float32 for v in a.values())
+    assert list(a) == list(small.shapes()) and all(a[k].shape == s for k, s in small.shapes().items())
+    assert np.all(a["transformer.h.0.ln_1.weight"] == 1) and np.all(a["transformer.h.0.mlp.c_fc.bias"] == 0)
+    assert abs(float(a["transformer.wte.weight"].std()) - 0.02) < 0.002
+    # pinned: a change here changes every lm run's genesis
+    assert genesis(get_task("lm"), 0)[1] == "02a43038bb25bd87c9b6d82c357c89c68390cf05a39b96a0d8501b7ac5d53e33"
+
+
+def test_forward_shapes(small):
+    params = {k: torch.from_numpy(v) for k, v in small.init_state(0).items()}
+    idx = torch.randint(0, 256, (3, 20))
+    assert small.forward(params, idx).shape == (3, 20, 256)
+
+
+def test_a_uniform_model_scores_exactly_8_bits_per_byte(small):
+    state = small.init_state(0)
+    state["transformer.wte.weight"][:] = 0  # the tied head then gives every byte the same logit
+    scores = small.evaluate_domains(state)
+    assert set(scores) == {"plays", "scripture", "poetry", "overall"}
+    assert all(v == pytest.approx(8.0, abs=1e-5) for v in scores.values())
+
+
+def test_evaluation_is_deterministic_and_training_lowers_bpb(small):
+    state = small.init_state(0)
+    before = small.evaluate_domains(state)
+    assert before == small.evaluate_domains(state) and small.evaluate(state) == before["overall"]
+    data = small.local_data("plays")
+    calls = []
+    new, samples = small.train(state, data, steps=30, seed=1, progress=calls.append)
+    assert calls == list(range(1, 31)) and samples == 30 * 8 * 32
+    after = small.evaluate_domains(new)
+    assert after["overall"] < before["overall"] - 1.0 and after["plays"] < before["plays"] - 1.0
+    assert version_hash(state) == version_hash(small.init_state(0))  # input untouched
+
+
+def test_training_is_deterministic(small):
+    state, data = small.init_state(0), small.local_data("1/3")
+    assert data.domains == ("scripture",)
+    a, _ = small.train(state, data, steps=3, seed=11)
+    b, _ = small.train(state, data, steps=3, seed=11)
+    c, _ = small.train(state, data, steps=3, seed=12)
+    assert version_hash(a) == version_hash(b) != version_hash(c)
+
+
+def test_generate_is_seeded(small):
+    state = small.init_state(0)
+    out = small.generate(state, b"And ", 16, seed=3)
+    assert len(out) == 16 and out == small.generate(state, b"And ", 16, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"d_model": 30, "n_head": 4}, "multiple of n_head"),
+        ({"n_layer": 0}, "n_layer must be an integer"),
+        ({"context": 1}, "context must be at least 2"),
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"vocab": 100}, "unexpected keyword"),
+    ],
+)
+def test_bad_args_get_a_clear_error(args, message):
+    with pytest.raises(TaskError, match=message):
+        get_task("lm", args)
+
+
+def test_a_state_of_another_shape_is_refused(small):
+    state = get_task("lm", {**SMALL, "d_model": 16}).init_state(0)
+    with pytest.raises(TaskError, match="has shape"):
+        small.evaluate(state)
+    with pytest.raises(TaskError, match="not this model's"):
+        small.evaluate({"x": np.zeros(1, np.float32)})
+
+
+def test_an_exported_version_loads_in_transformers_with_the_same_logits(small, tmp_path):
+    """The state names and layouts are GPT-2's: with hf_config as config.json, a version loads with
+    from_pretrained (run where transformers is installed; potluck does not depend on it)."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.numpy import save_file
+
+    state = small.train(small.init_state(0), small.local_data(), steps=5, seed=0)[0]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(small.hf_config()))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = model(idx).logits
+        ours = small.forward({k: torch.from_numpy(v) for k, v in state.items()}, idx)
+    assert torch.allclose(theirs, ours, atol=1e-4), float((theirs - ours).abs().max())
