@@ -128,3 +128,48 @@ def test_an_exported_version_loads_in_transformers_with_the_same_logits(small, t
         theirs = model(idx).logits
         ours = small.forward({k: torch.from_numpy(v) for k, v in state.items()}, idx)
     assert torch.allclose(theirs, ours, atol=1e-4), float((theirs - ours).abs().max())
+
+
+@pytest.mark.multiprocess
+def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
+    """A keeper and two contributors (plays, scripture) on the smallest lm: two rounds, every node
+    commits the same versions, whose stored bytes hash to them, and the held-out BPB falls."""
+    import time
+
+    from potluck.localswarm import LocalSwarm, wait_for
+    from potluck.runfiles import write_run
+    from potluck.store.versions import VersionStore
+
+    run = write_run(
+        tmp_path / "run.toml", "lm", task_args=SMALL, round_seconds=12.0, start_time=time.time() + 15.0,
+        density=0.1,
+    )  # fmt: skip
+    genesis_bpb = get_task("lm", SMALL).evaluate(run.state)
+    with LocalSwarm.for_run(tmp_path / "swarm", run.manifest.run_id, run.path) as swarm:
+        keeper = swarm.add_node(name="keeper").wait_ready()
+        for i in range(2):
+            swarm.add_contributor(
+                f"contributor{i}", "--shard", f"{i}/2", "--local-steps", "20", "--seed", str(i)
+            )
+        for node in swarm.nodes:
+            node.wait_ready()
+
+        def committed(round_: int) -> bool:
+            return all(n.status()["committed_round"] >= round_ for n in swarm.nodes)
+
+        wait_for(lambda: committed(1), 15 + 4 * run.manifest.round_seconds, "two rounds on every node")
+        wait_for(lambda: keeper.status()["accuracy"] >= 0, 10, "the keeper's evaluation")
+        logs = [[(e["round"], e["version"], e["contributors"]) for e in _log(n)] for n in swarm.nodes]
+        assert all(log[:2] == logs[0][:2] for log in logs), logs
+        assert [len(c) for _, _, c in logs[0][:2]] == [2, 2]  # both contributors made both rounds
+        for node in swarm.nodes:
+            for _, version, _ in logs[0][:2]:
+                assert version_hash(VersionStore(node.data_dir / "versions").get(version)) == version
+        bpb = _log(keeper)[1]["accuracy"]
+        assert bpb is not None and bpb < genesis_bpb - 0.5  # the history stores the task's metric
+
+
+def _log(node):
+    from potluck.demo import keeper_log
+
+    return keeper_log(node)
