@@ -141,7 +141,7 @@ def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
     from potluck.store.versions import VersionStore
 
     run = write_run(
-        tmp_path / "run.toml", "lm", task_args=SMALL, round_seconds=12.0, start_time=time.time() + 15.0,
+        tmp_path / "run.toml", "lm", task_args=SMALL, round_seconds=16.0, start_time=time.time() + 20.0,
         density=0.1,
     )  # fmt: skip
     genesis_bpb = get_task("lm", SMALL).evaluate(run.state)
@@ -157,7 +157,8 @@ def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
         def committed(round_: int) -> bool:
             return all(n.status()["committed_round"] >= round_ for n in swarm.nodes)
 
-        wait_for(lambda: committed(1), 15 + 4 * run.manifest.round_seconds, "two rounds on every node")
+        until = run.manifest.start_time + 4 * run.manifest.round_seconds - time.time()
+        wait_for(lambda: committed(1), until, "two rounds on every node")
         wait_for(lambda: keeper.status()["accuracy"] >= 0, 10, "the keeper's evaluation")
         logs = [[(e["round"], e["version"], e["contributors"]) for e in _log(n)] for n in swarm.nodes]
         assert all(log[:2] == logs[0][:2] for log in logs), logs

@@ -43,6 +43,7 @@ __all__ = [
     "OneThread",
     "ShardSpec",
     "check_number",
+    "check_training",
     "evaluate_mlp",
     "parse_shard",
     "shard_indices",
@@ -167,6 +168,14 @@ def check_number(
     return value
 
 
+def check_training(steps: object, seed: object) -> None:
+    """``train``'s ``steps`` and ``seed``: non-negative integers; TaskError otherwise."""
+    if type(steps) is not int or steps < 0:
+        raise TaskError(f"steps must be a non-negative integer, got {steps!r}")
+    if type(seed) is not int or seed < 0:
+        raise TaskError(f"a training seed is a non-negative integer, got {seed!r}")
+
+
 def uniform_init(seed: int, shapes: Mapping[str, tuple[int, ...]], fan_in: Mapping[str, int]) -> State:
     """Each tensor uniform in +-1/sqrt(fan_in) (nn.Linear's range) from one PCG64 stream, in the
     order of ``shapes``: float64 ``Generator.random``, cast once to float32 (same bytes everywhere)."""
@@ -216,10 +225,7 @@ def train_mlp(
     new float32 state (same names; ``state`` is not modified) and the number of distinct samples
     the steps touched, ``min(steps * batch, len(data))``. Deterministic for a given ``seed``.
     """
-    if type(steps) is not int or steps < 0:
-        raise TaskError(f"steps must be a non-negative integer, got {steps!r}")
-    if type(seed) is not int or seed < 0:
-        raise TaskError(f"a training seed is a non-negative integer, got {seed!r}")
+    check_training(steps, seed)
     n = len(data)
     if n == 0:
         raise TaskError("no training data in this shard")

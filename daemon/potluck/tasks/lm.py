@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from potluck.tasks import State, TaskError, register_task
 from potluck.tasks.corpus import DOMAINS, held_out_text, joined, shard_documents
-from potluck.tasks.data import OneThread, check_number
+from potluck.tasks.data import OneThread, check_number, check_training
 
 __all__ = ["VOCAB", "LmData", "LmTask"]
 
@@ -173,10 +173,7 @@ class LmTask:
         seed: int,
         progress: Callable[[int], None] | None = None,
     ) -> tuple[State, int]:
-        if type(steps) is not int or steps < 0:
-            raise TaskError(f"steps must be a non-negative integer, got {steps!r}")
-        if type(seed) is not int or seed < 0:
-            raise TaskError(f"a training seed is a non-negative integer, got {seed!r}")
+        check_training(steps, seed)
         rng = np.random.Generator(np.random.PCG64([seed, 3]))
         window = np.arange(self.context + 1)
         with OneThread():
