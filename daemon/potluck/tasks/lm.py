@@ -7,8 +7,8 @@ better) on each domain's held-out documents.
   GPT-2's tensor names and layouts (``transformer.h.0.attn.c_attn.weight`` is ``(d, 3d)``, applied
   as ``x @ W + b``): a version saved with :meth:`LmTask.hf_config` as ``config.json`` loads with
   ``transformers``' ``GPT2LMHeadModel.from_pretrained``. Plain torch rather than ``transformers``
-  itself: the bytes every node must agree on come from code potluck pins, not from a 25 MB
-  dependency whose forward pass may change between its releases.
+  itself: the bytes every node must agree on come from code potluck pins, not from an 18-package
+  dependency (~175 MB installed) whose forward pass may change between its releases.
 * Init (GPT-2's): normal(0, 0.02), residual projections 0.02/sqrt(2 n_layer), LayerNorm 1 and 0,
   biases 0, drawn in float64 from one PCG64(seed) stream in name order and cast once to float32.
 * Training: ``steps`` Adam steps on ``batch`` windows of ``context + 1`` bytes at seeded random
