@@ -33,13 +33,13 @@ def run_demo(
     say = (
         (lambda *a: print(*a, file=sys.stderr, flush=True)) if as_json else (lambda *a: print(*a, flush=True))
     )
+    the_task = get_task(task)  # a bad task name fails here, before anything is made
     root = Path(tempfile.mkdtemp(prefix="potluck-demo-"))
     run = write_run(
         root / "run.toml", task, round_seconds=round_seconds, start_time=time.time() + STARTUP_S,
         density=density, values="int8",
     )  # fmt: skip
     manifest, manifest_path = run.manifest, run.path
-    the_task = get_task(task)
     name = metric(the_task)[0]
     genesis_score = the_task.evaluate(run.state)
     say(f"run {manifest.run_id[:16]}: task {task}, {contributors} contributors, {rounds} rounds")

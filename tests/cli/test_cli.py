@@ -56,6 +56,7 @@ def test_version_is_looked_up_when_asked(capsys):
         (["run", "--record-ttl", "-1"], "must be > 0"),
         (["frobnicate"], "invalid choice"),
         (["demo", "--contributors", "0"], "expected 1..32"),
+        (["demo", "--task", "nosuch"], "unknown task 'nosuch'"),
     ],
 )
 def test_bad_flags(capsys, args, needle):
@@ -411,3 +412,14 @@ def test_log_counts_signatures_and_status_names_participants(capsys, history_dir
     }  # fmt: skip
     text = format_status(status)
     assert "merged by     3 participants" in text and "signed by" not in text
+
+
+def test_join_leaves_named_shards_to_the_task():
+    from potluck.cli.node import _check_shard
+    from potluck.errors import ConfigError
+
+    for spec in ("0/4", "plays", "plays:1/2", "dirichlet:0.5:0/4"):
+        _check_shard(spec)  # the lm task's domain names pass; the task checks them
+    for spec in ("4/4", "plays:2/2", "x/y", "0-4"):
+        with pytest.raises(ConfigError, match="bad --shard"):
+            _check_shard(spec)

@@ -143,7 +143,10 @@ def _join_parser(commands: Commands) -> None:
     join.add_argument("--manifest", type=Path, metavar="RUN.toml", help="or the run's manifest file")
     join.add_argument("--task", help="the task you expect (refused if the run trains another)")
     join.add_argument(
-        "--shard", metavar="I/N", help="train on the I-th of N label shards (non-IID); default: all"
+        "--shard",
+        metavar="I/N",
+        help="train on the I-th of N non-IID shards (by label; lm: by domain, or DOMAIN, DOMAIN:I/N); "
+        "default: all",
     )
     join.add_argument(
         "--dirichlet", type=positive_float, metavar="ALPHA", help="with --shard: Dirichlet label mix"
@@ -296,8 +299,11 @@ def _check_peer_addresses(addresses: list[str]) -> None:
 
 
 def _check_shard(spec: str) -> None:
-    """Catch a malformed --shard before starting anything (the task checks the rest)."""
+    """Catch a malformed --shard before starting anything (the task checks the rest, e.g. the lm
+    task's domain names: a bare word is left to it)."""
     index = spec.rsplit(":", 1)[-1]
+    if index.isalpha():
+        return
     i, sep, n = index.partition("/")
     if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
         raise ConfigError(f"bad --shard {index!r}: expected I/N with 0 <= I < N, e.g. 0/4")
