@@ -28,8 +28,8 @@ AUTHORS = [NodeIdentity.generate() for _ in range(8)]
 
 
 class Run:
-    def __init__(self, root: Path, round_seconds: float = ROUND_S):
-        written = write_run(root / "run.toml", "toy", round_seconds=round_seconds, density=0.25)
+    def __init__(self, root: Path, round_seconds: float = ROUND_S, **rules):
+        written = write_run(root / "run.toml", "toy", round_seconds=round_seconds, density=0.25, **rules)
         self.manifest, self.path = written.manifest, written.path
         self.published: dict[int, list[tuple[int, bytes]]] = {}  # round -> [(weight, update bytes)]
 
@@ -101,6 +101,10 @@ def test_four_nodes_agree_bit_for_bit_every_round(run, swarm):
         assert len(versions) == 1, f"nodes disagree after round {r}: {versions}"
         assert versions == {run.recompute(base_state, r)}
         assert sorted(after[0]["participants"]) == sorted(s["node_id"] for s in after)
+        # the run's policy is auto: sparse updates, fetched by every keeper anyway, merge gathered
+        assert {(s["aggregation"]["placement"], s["aggregation"]["placement_policy"]) for s in after} == {
+            ("gathered", "auto")
+        }
     log = potluck_json("log", "--data-dir", str(swarm.nodes[2].data_dir))
     assert [e["updates"] for e in log] == [4, 4, 4]
     assert len({a for e in log for a in e["contributors"]}) == 4
