@@ -297,6 +297,18 @@ def test_init_writes_a_run_that_loads(capsys, tmp_path):
     )
 
 
+def test_init_fixes_a_placement_the_strategy_allows_or_refuses(capsys, tmp_path):
+    from potluck.runfiles import load_manifest
+
+    init = ("init", "--data-dir", str(tmp_path / "d"), "--task", "toy", "-o", str(tmp_path / "run.toml"))
+    assert in_process(capsys, *init, "--placement", "allreduce").returncode == 0
+    assert load_manifest(tmp_path / "run.toml").placement == "allreduce"
+    proc = in_process(capsys, *init, "--strategy", "multi_krum", "--placement", "sliced")
+    assert_config_error(proc, "--placement sliced", "whole-vector strategy: it runs gathered")
+    proc = in_process(capsys, *init, "--strategy", "coordinate_median", "--placement", "allreduce")
+    assert_config_error(proc, "runs gathered or sliced, not allreduce")
+
+
 # ---- update make takes --run and --round from the running node, or refuses ---------------------------------
 
 
