@@ -11,6 +11,7 @@ from potluck.rounds.placement import (
     allowed,
     check_policy,
     choose,
+    dense_prep,
     update_bytes,
 )
 from potluck.updates.codec import encode_update
@@ -100,3 +101,9 @@ def test_the_weighted_mean_gathered_is_bit_identical_to_the_all_reduce(n):
     deltas = [u for _, u in everything]
     merged = get_strategy("weighted_mean").merge(deltas, [w for w, _ in everything], round_seed=0)
     assert version_hash(gathered) == allreduce == version_hash(next_state(base, merged, 0.7))
+
+
+def test_only_runs_that_may_prepare_a_dense_vector_make_attempts_grow_with_the_model():
+    assert not dense_prep("auto", **MEAN)  # auto never picks the all-reduce or slices for the mean
+    assert not dense_prep("gathered", **MEDIAN) and not dense_prep("auto", **KRUM)
+    assert dense_prep("allreduce", **MEAN) and dense_prep("sliced", **MEAN) and dense_prep("auto", **MEDIAN)

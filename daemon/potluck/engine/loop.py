@@ -108,6 +108,9 @@ class RoundEngine:
             placement.check_policy(manifest.placement, self._mean, self._sliceable, repr(manifest.strategy))
         except placement.PlacementError as e:
             raise StrategyError(str(e)) from None
+        # a 50M-parameter model's dense preparation (~12 s) would not leave a 60 s round's 15 s window
+        # room for one attempt: only runs that may need it make their attempts that long
+        self._dense_prep = placement.dense_prep(manifest.placement, self._mean, self._sliceable)
         # a run that may slice convicts lying reducers
         self._convicts = self._sliceable
         column_strategy = self._strategy if self._sliceable else get_strategy(DEFAULT_STRATEGY, {})
@@ -244,7 +247,7 @@ class RoundEngine:
     async def _aggregate_round(self, r: int) -> None:
         m = self.manifest
         end = schedule.deadline(m, r)
-        min_attempt = MIN_ATTEMPT_S + self.layout.length / PREP_PARAMS_PER_S
+        min_attempt = MIN_ATTEMPT_S + (self.layout.length / PREP_PARAMS_PER_S if self._dense_prep else 0.0)
         attempt_s = max(min_attempt, (end - schedule.aggregation_start(m, r)) / 3)
         attempt = 0
         while True:

@@ -36,6 +36,7 @@ __all__ = [
     "allowed",
     "check_policy",
     "choose",
+    "dense_prep",
     "update_bytes",
 ]
 
@@ -72,6 +73,14 @@ def check_policy(policy: str, mean: bool, coordinate: bool, strategy: str = "the
         raise PlacementError(
             f"{strategy} is {kind} strategy: it runs {' or '.join(allowed(mean, coordinate))}, not {policy}"
         )
+
+
+def dense_prep(policy: str, mean: bool, coordinate: bool) -> bool:
+    """Whether an attempt of the run may have to prepare a dense vector before it merges (the
+    all-reduce's contribution and pack, a reducer's slice), and so needs time that grows with the model.
+    Not when every attempt merges gathered: a fixed ``gathered``, a whole-vector strategy, or the
+    weighted mean under ``auto`` (gathered is always allowed to it and never dearer, see :func:`choose`)."""
+    return not (policy == "gathered" or not coordinate or (policy == "auto" and mean))
 
 
 def update_bytes(length: int, density: float, values: str) -> int:
