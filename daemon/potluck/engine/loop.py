@@ -272,7 +272,8 @@ class RoundEngine:
                 logger.exception(self.status.last_error)
             attempt += 1
         self.status.abandoned_rounds += 1
-        self.status.last_error = abandoned(r, attempt, self.status.last_error)
+        window = end - schedule.aggregation_start(m, r)
+        self.status.last_error = abandoned(r, attempt, self.status.last_error, window, min_attempt)
         logger.warning(self.status.last_error)
 
     async def _attempt(self, r: int, attempt: int, start: float, until: float) -> bool:
@@ -324,10 +325,13 @@ class RoundEngine:
         return await self._allreduce.merge(a)
 
 
-def abandoned(r: int, attempts: int, last_error: str) -> str:
+def abandoned(r: int, attempts: int, last_error: str, window_s: float, min_attempt_s: float) -> str:
     """What a volunteer reads when round ``r`` commits nothing: its attempts, and why the last one failed."""
     if not attempts:
-        return f"round {r} abandoned: no time left in the aggregation window for an attempt"
+        return (
+            f"round {r} abandoned: its aggregation window ({window_s:.1f} s, the last quarter of the round) "
+            f"is shorter than one attempt needs ({min_attempt_s:.1f} s for this model): use longer rounds"
+        )
     if not last_error.startswith(f"round {r} "):
         return f"round {r} abandoned: {attempts} attempt(s), none committed before the deadline"
     why = last_error.split(": ", 1)[1]
