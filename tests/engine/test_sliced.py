@@ -113,8 +113,13 @@ def test_the_all_reduce_refuses_a_wrong_sum_and_the_retry_runs_sliced(tmp_path):
         for node in honest:
             st = node.status()
             assert st["version"] == expected
-            assert st["aggregation"]["placement"] == "allreduce"
+            # the run fixes the all-reduce; the last attempt, the one that committed, was its sliced retry
+            assert st["aggregation"]["placement_policy"] == "allreduce"
+            assert st["aggregation"]["placement"] == "sliced"
+            assert st["aggregation"]["placement_reason"].startswith("a retry of the all-reduce")
             assert st["aggregation"].get("audited_sums", 0) >= 1, (st, node.log_tail(40))
             assert st["aggregation"]["audited_slices"] >= 3
             log = node.log_path.read_text()
+            assert f"round {r} attempt 0: allreduce merge" in log
+            assert f"round {r} attempt 0 (allreduce): the all-reduce's sum at coordinate" in log
             assert "is not the sum of the signed updates" in log  # attempt 0, refused
