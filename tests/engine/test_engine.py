@@ -183,5 +183,9 @@ def test_split_halves_converge_on_one_history(run, tmp_path):
         everyone.append(bridge)
         wait_for(lambda: len({n.status()["version"] for n in everyone}) == 1, 3 * ROUND_S, "one history")
         statuses_ = [n.status() for n in everyone]
-        assert sum(s["fork_switches"] for s in statuses_) == 2  # the losing half, and nobody else
+        switches = [s["fork_switches"] for s in statuses_]
+        # the losing half, and no node of the winning one; the bridge may first sync to the half whose
+        # commit it read first and then switch once (seen since rounds merge gathered: they commit
+        # seconds earlier in the round, so the bridge starts earlier relative to the halves' records)
+        assert sum(switches[:4]) == 2 and switches[4] <= 1, switches
         assert {s["committed_round"] for s in statuses_} == {r}
