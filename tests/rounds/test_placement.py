@@ -29,6 +29,7 @@ def test_what_each_kind_of_strategy_may_run():
     assert allowed(**MEAN) == ("gathered", "sliced", "allreduce")
     assert allowed(**MEDIAN) == ("gathered", "sliced")
     assert allowed(**KRUM) == ("gathered",)
+    assert allowed(mean=True, coordinate=False) == ("gathered", "allreduce")  # a node without slices
     for policy in ("auto", "gathered", "sliced", "allreduce"):
         check_policy(policy, **MEAN)
     with pytest.raises(PlacementError, match="runs gathered or sliced, not allreduce"):

@@ -58,10 +58,10 @@ class Choice:
 
 def allowed(mean: bool, coordinate: bool) -> tuple[str, ...]:
     """The placements of a strategy: ``mean`` for the weighted mean, ``coordinate`` for one that can
-    merge a window of coordinates (merge.supports_columns)."""
-    if mean:
-        return PLACEMENTS
-    return ("gathered", "sliced") if coordinate else ("gathered",)
+    merge a window of coordinates (merge.supports_columns) where the node can serve slices."""
+    if coordinate:
+        return PLACEMENTS if mean else ("gathered", "sliced")
+    return ("gathered", "allreduce") if mean else ("gathered",)
 
 
 def check_policy(policy: str, mean: bool, coordinate: bool, strategy: str = "the strategy") -> None:
