@@ -185,8 +185,12 @@ def test_tables_show_what_people_look_for():
         "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWx"], "version": "ef" * 32, "committed_round": 3,
         "bootstrap": {"state": "retrying", "attempts": 3, "next_retry_in_s": 4.0, "last_error": "refused",
                       "initial_peers": []},
+        "aggregation": {"placement": "gathered", "placement_policy": "auto"},
+        "round_error": "round 3 abandoned after 1 attempt(s); the last failed: the all-reduce timed out",
     }  # fmt: skip
     text = format_status(status)
+    assert "placement     gathered (policy auto)" in text
+    assert "round error   round 3 abandoned after 1 attempt(s); the last failed: the all-reduce" in text
     assert "1h02m05s" in text and "bad_signature=3" in text and "unsigned" not in text
     assert "retrying (3 attempts), next in 4s: refused" in text
     assert "4 (collecting)" in text and "ef" * 32 + " (round 3)" in text
