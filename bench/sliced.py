@@ -42,11 +42,11 @@ from potluck.tasks import genesis, get_task
 from potluck.updates.codec import Update, decode_update, encode_update
 from potluck.updates.sparsify import sparsify
 
-PLACEMENTS = {  # label -> strategy
-    "allreduce": "weighted_mean",
-    "sliced_median": "coordinate_median",
-    "sliced_trimmed_mean": "trimmed_mean",
-    "gathered_median": "coordinate_median",
+PLACEMENTS = {  # label -> (strategy, the manifest's placement)
+    "allreduce": ("weighted_mean", "allreduce"),
+    "sliced_median": ("coordinate_median", "sliced"),
+    "sliced_trimmed_mean": ("trimmed_mean", "sliced"),
+    "gathered_median": ("coordinate_median", "gathered"),
 }
 
 
@@ -68,24 +68,21 @@ def make_updates(manifest, state, base: str, r: int, count: int, density: float,
 
 
 def run_placement(label: str, args, task_args, root: Path) -> dict:
-    strategy = PLACEMENTS[label]
+    strategy, placement = PLACEMENTS[label]
     path = root / f"{label}.toml"
     run = write_run(
         path, "toy", task_args=task_args, round_seconds=args.round_seconds, density=args.density,
-        strategy=strategy, quorum=args.peers,
+        strategy=strategy, quorum=args.peers, placement=placement,
     )  # fmt: skip
     manifest, state = run.manifest, run.state
-    # gathered: the same strategy merged whole on every node (the path vector strategies take)
-    module = "bench.gathered_node" if label.startswith("gathered") else "potluck"
     merge_s: list[float] = []
     with LocalSwarm.for_run(root / label, manifest.run_id, path, record_ttl=8) as swarm:
-        swarm.add_node(module=module).wait_ready(90)
+        swarm.add_node().wait_ready(90)
         for _ in range(args.peers - 1):
-            swarm.add_node(module=module)
+            swarm.add_node()
         for node in swarm.nodes:
             node.wait_ready(90)
         swarm.wait_all_see(args.peers - 1, timeout=90)
-        placement = swarm.nodes[0].status()["aggregation"]["placement"]
         for i in range(args.rounds):
             r = schedule.round_at(manifest, time.time()) + 1
             base = swarm.nodes[0].status()["version"]
@@ -105,6 +102,7 @@ def run_placement(label: str, args, task_args, root: Path) -> dict:
             if len(versions) != 1:
                 raise RuntimeError(f"{label}: nodes disagree after round {r}")
             times = [n.status()["aggregation"]["last_merge_s"] for n in swarm.nodes]
+            placement = swarm.nodes[0].status()["aggregation"]["placement"]
             merge_s += times
             log(f"{label} ({placement}) round {r}: merge {', '.join(f'{t:.2f}' for t in times)} s")
     return {

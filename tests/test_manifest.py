@@ -115,7 +115,7 @@ def test_non_canonical_body_refused():
     "rules",
     [{"quorum": 0}, {"round_seconds": 0}, {"density": 1.5}, {"values": "int4"}, {"admission": "closed"},
      {"allow": ["xyz"]}, {"outer_lr": float("nan")}, {"weight_cap": 0}, {"task_args": {"a": True}},
-     {"task_args": {"a": [1]}}, {"weighting": "equal"}],
+     {"task_args": {"a": [1]}}, {"weighting": "equal"}, {"placement": "butterfly"}, {"placement": ""}],
 )  # fmt: skip
 def test_invalid_rules_raise(rules):
     with pytest.raises(ManifestError):
@@ -139,6 +139,16 @@ def test_probation_rounds_keep_older_manifests_bytes():
     body = msgpack.packb([domain, dict(sorted(values.items()))])
     with pytest.raises(ManifestError, match="canonical"):
         Manifest.from_bytes(msgpack.packb([body, identity.sign(hashlib.sha256(body).digest())]))
+
+
+def test_placement_keeps_older_manifests_bytes_and_round_trips(tmp_path):
+    _, m = _manifest()
+    assert m.placement == "auto" and "placement" not in msgpack.unpackb(m.body())[1]
+    _, p = _manifest(placement="allreduce")
+    assert msgpack.unpackb(p.body())[1]["placement"] == "allreduce" and p.run_id != m.run_id
+    assert Manifest.from_bytes(p.to_bytes(), p.run_id).placement == "allreduce"
+    save_manifest(p, tmp_path / "run.toml")
+    assert load_manifest(tmp_path / "run.toml") == p
 
 
 def test_a_tampered_allowlist_is_another_run_or_a_bad_signature(tmp_path):

@@ -50,10 +50,11 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 WEIGHTINGS = ("samples",)
 VALUE_ENCODINGS = ("int8", "fp16")
 ADMISSIONS = ("open", "allowlist")
+PLACEMENTS = ("auto", "gathered", "sliced", "allreduce")  # where a round's merge runs (rounds/placement.py)
 
 TaskArg = str | int | float
 # fields added after the first manifests: absent from the canonical body while at their default
-_OMITTED_AT_DEFAULT: dict[str, Any] = {"probation_rounds": 0}
+_OMITTED_AT_DEFAULT: dict[str, Any] = {"probation_rounds": 0, "placement": "auto"}
 
 
 class ManifestError(ValueError):
@@ -129,6 +130,8 @@ class Manifest:
       genesis: version hash of round 0's base model
       round_seconds: length of a round; round r spans [start_time + r*round_seconds, + round_seconds)
       start_time: unix seconds at which round 0 starts
+      placement: where the merge runs: "auto" (the cheapest the strategy allows, per attempt),
+        "gathered", "sliced" or "allreduce" (see potluck.rounds.placement)
       weighting: "samples": an update weighs ``min(sample_count, weight_cap)``
       weight_cap: cap on one update's weight (<= 2**24, see potluck.rounds.fixedpoint)
       outer_lr: V_{r+1} = V_r + outer_lr * weighted mean delta
@@ -154,6 +157,7 @@ class Manifest:
     task_args: Mapping[str, TaskArg] = field(default_factory=dict)
     strategy: str = "weighted_mean"
     strategy_args: Mapping[str, TaskArg] = field(default_factory=dict)
+    placement: str = "auto"
     weighting: str = "samples"
     weight_cap: int = 10_000
     outer_lr: float = 1.0
@@ -180,6 +184,7 @@ class Manifest:
         norm("task_args", _check_task_args(self.task_args))
         _check_str(self.strategy, "strategy")
         norm("strategy_args", _check_task_args(self.strategy_args, "strategy_args"))
+        _check_str(self.placement, "placement", PLACEMENTS)
         _check_str(self.weighting, "weighting", WEIGHTINGS)
         _check_int(self.weight_cap, "weight_cap", 1, 1 << 24)
         norm("outer_lr", _check_float(self.outer_lr, "outer_lr", positive=True))

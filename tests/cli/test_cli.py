@@ -186,8 +186,12 @@ def test_tables_show_what_people_look_for():
         "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWx"], "version": "ef" * 32, "committed_round": 3,
         "bootstrap": {"state": "retrying", "attempts": 3, "next_retry_in_s": 4.0, "last_error": "refused",
                       "initial_peers": []},
+        "aggregation": {"placement": "gathered", "placement_policy": "auto"},
+        "round_error": "round 3 abandoned after 1 attempt(s); the last failed: the all-reduce timed out",
     }  # fmt: skip
     text = format_status(status)
+    assert "placement     gathered (policy auto)" in text
+    assert "round error   round 3 abandoned after 1 attempt(s); the last failed: the all-reduce" in text
     assert "1h02m05s" in text and "bad_signature=3" in text and "unsigned" not in text
     assert "retrying (3 attempts), next in 4s: refused" in text
     assert "4 (collecting)" in text and "ef" * 32 + " (round 3)" in text
@@ -296,6 +300,18 @@ def test_init_writes_a_run_that_loads(capsys, tmp_path):
     assert (
         proc.stdout.startswith(f"run {manifest.run_id}\n") and (tmp_path / "run.genesis.safetensors").exists()
     )
+
+
+def test_init_fixes_a_placement_the_strategy_allows_or_refuses(capsys, tmp_path):
+    from potluck.runfiles import load_manifest
+
+    init = ("init", "--data-dir", str(tmp_path / "d"), "--task", "toy", "-o", str(tmp_path / "run.toml"))
+    assert in_process(capsys, *init, "--placement", "allreduce").returncode == 0
+    assert load_manifest(tmp_path / "run.toml").placement == "allreduce"
+    proc = in_process(capsys, *init, "--strategy", "multi_krum", "--placement", "sliced")
+    assert_config_error(proc, "--placement sliced", "whole-vector strategy: it runs gathered")
+    proc = in_process(capsys, *init, "--strategy", "coordinate_median", "--placement", "allreduce")
+    assert_config_error(proc, "runs gathered or sliced, not allreduce")
 
 
 # ---- update make takes --run and --round from the running node, or refuses ---------------------------------

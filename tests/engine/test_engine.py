@@ -28,8 +28,8 @@ AUTHORS = [NodeIdentity.generate() for _ in range(8)]
 
 
 class Run:
-    def __init__(self, root: Path, round_seconds: float = ROUND_S):
-        written = write_run(root / "run.toml", "toy", round_seconds=round_seconds, density=0.25)
+    def __init__(self, root: Path, round_seconds: float = ROUND_S, **rules):
+        written = write_run(root / "run.toml", "toy", round_seconds=round_seconds, density=0.25, **rules)
         self.manifest, self.path = written.manifest, written.path
         self.published: dict[int, list[tuple[int, bytes]]] = {}  # round -> [(weight, update bytes)]
 
@@ -101,6 +101,10 @@ def test_four_nodes_agree_bit_for_bit_every_round(run, swarm):
         assert len(versions) == 1, f"nodes disagree after round {r}: {versions}"
         assert versions == {run.recompute(base_state, r)}
         assert sorted(after[0]["participants"]) == sorted(s["node_id"] for s in after)
+        # the run's policy is auto: sparse updates, fetched by every keeper anyway, merge gathered
+        assert {(s["aggregation"]["placement"], s["aggregation"]["placement_policy"]) for s in after} == {
+            ("gathered", "auto")
+        }
     log = potluck_json("log", "--data-dir", str(swarm.nodes[2].data_dir))
     assert [e["updates"] for e in log] == [4, 4, 4]
     assert len({a for e in log for a in e["contributors"]}) == 4
@@ -179,5 +183,9 @@ def test_split_halves_converge_on_one_history(run, tmp_path):
         everyone.append(bridge)
         wait_for(lambda: len({n.status()["version"] for n in everyone}) == 1, 3 * ROUND_S, "one history")
         statuses_ = [n.status() for n in everyone]
-        assert sum(s["fork_switches"] for s in statuses_) == 2  # the losing half, and nobody else
+        switches = [s["fork_switches"] for s in statuses_]
+        # the losing half, and no node of the winning one; the bridge may first sync to the half whose
+        # commit it read first and then switch once (seen since rounds merge gathered: they commit
+        # seconds earlier in the round, so the bridge starts earlier relative to the halves' records)
+        assert sum(switches[:4]) == 2 and switches[4] <= 1, switches
         assert {s["committed_round"] for s in statuses_} == {r}

@@ -21,7 +21,7 @@ ROUND_S = 32.0  # an 8 s aggregation window: room for a failed attempt and a ret
 
 
 def test_a_participant_frozen_mid_aggregation_does_not_stall_the_round(tmp_path):
-    run = Run(tmp_path, round_seconds=ROUND_S)
+    run = Run(tmp_path, round_seconds=ROUND_S, placement="allreduce")  # the all-reduce is what stalls
     with connected_swarm(tmp_path / "swarm", 3, manifest=run.path) as swarm:
         r = run.next_collecting_round()
         before = swarm.nodes[0].status()["version"]

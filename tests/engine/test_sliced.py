@@ -17,7 +17,9 @@ TASK_ARGS = {"hidden": 128}  # 2692 coordinates: 11 blocks, so every one of 4 re
 
 
 def test_sliced_median_agrees_with_an_independent_merge(tmp_path):
-    manifest, path, state, genesis_hash = make_run(tmp_path, 16.0, TASK_ARGS, strategy="coordinate_median")
+    manifest, path, state, genesis_hash = make_run(
+        tmp_path, 16.0, TASK_ARGS, strategy="coordinate_median", placement="sliced"
+    )
     with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
         swarm.wait_all_see(2)
@@ -35,7 +37,7 @@ def test_sliced_median_agrees_with_an_independent_merge(tmp_path):
 def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
     # quorum 3 of 4: the liar's own signature cannot commit its lie anywhere; two attempts fit a round
     manifest, path, state, genesis_hash = make_run(
-        tmp_path, 32.0, TASK_ARGS, strategy="trimmed_mean", quorum=3
+        tmp_path, 32.0, TASK_ARGS, strategy="trimmed_mean", quorum=3, placement="sliced"
     )
     with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(2)
@@ -74,7 +76,9 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
 def test_a_phantom_update_fails_one_attempt_and_the_retry_commits_without_it(tmp_path):
     """A keeper lists an update id nobody can fetch: attempt 0 cannot merge (every participant needs
     every update of a sliced merge), and the retry merges only the updates a majority holds."""
-    manifest, path, state, genesis_hash = make_run(tmp_path, 32.0, TASK_ARGS, strategy="coordinate_median")
+    manifest, path, state, genesis_hash = make_run(
+        tmp_path, 32.0, TASK_ARGS, strategy="coordinate_median", placement="sliced"
+    )
     with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
         phantom = swarm.add_node(name="phantom", module="tests.engine.phantom_lister").wait_ready(60)
@@ -97,7 +101,7 @@ def test_the_all_reduce_refuses_a_wrong_sum_and_the_retry_runs_sliced(tmp_path):
     others' audits, so nothing is committed with its numbers; the round's retry runs sliced, where
     that keeper can only reduce its slice from the signed updates, and commits the right bytes."""
     # 48 s rounds: a 12 s aggregation window, 4 s per attempt (the all-reduce has room under load)
-    manifest, path, state, genesis_hash = make_run(tmp_path, 48.0, TASK_ARGS, quorum=3)
+    manifest, path, state, genesis_hash = make_run(tmp_path, 48.0, TASK_ARGS, quorum=3, placement="allreduce")
     with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(3)
         swarm.add_node(name="liar", module="tests.engine.lying_carrier").wait_ready(60)
@@ -109,8 +113,13 @@ def test_the_all_reduce_refuses_a_wrong_sum_and_the_retry_runs_sliced(tmp_path):
         for node in honest:
             st = node.status()
             assert st["version"] == expected
-            assert st["aggregation"]["placement"] == "allreduce"
+            # the run fixes the all-reduce; the last attempt, the one that committed, was its sliced retry
+            assert st["aggregation"]["placement_policy"] == "allreduce"
+            assert st["aggregation"]["placement"] == "sliced"
+            assert st["aggregation"]["placement_reason"].startswith("a retry of the all-reduce")
             assert st["aggregation"].get("audited_sums", 0) >= 1, (st, node.log_tail(40))
             assert st["aggregation"]["audited_slices"] >= 3
             log = node.log_path.read_text()
+            assert f"round {r} attempt 0: allreduce merge" in log
+            assert f"round {r} attempt 0 (allreduce): the all-reduce's sum at coordinate" in log
             assert "is not the sum of the signed updates" in log  # attempt 0, refused

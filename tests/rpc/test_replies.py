@@ -50,15 +50,19 @@ def test_the_status_says_when_collecting_stops_a_quarter_round_before_the_end():
         NodeIdentity.generate(), "toy", "ab" * 32, round_seconds=40.0, start_time=1000.0
     )
     r = 3
-    status = RoundStatus(round=r, phase="collecting", deadline=schedule.deadline(manifest, r))
+    status = RoundStatus(round=r, phase="collecting", deadline=schedule.deadline(manifest, r),
+                         placement="gathered", placement_reason="auto: cheapest (per node: ...)")  # fmt: skip
     status.convicted["cd" * 32] = (2, "ef" * 32)
     engine = SimpleNamespace(
         run_id=manifest.run_id, status=status, version="12" * 32, committed_round=r - 1,
-        placement="allreduce", manifest=manifest,
+        placement="gathered", manifest=manifest,
     )  # fmt: skip
     reply = replies.status(_node(engine))
     assert reply.deadline == 1000.0 + 4 * 40.0
     assert reply.collecting_deadline == pytest.approx(reply.deadline - 10.0)  # the last quarter aggregates
     assert (reply.round, reply.phase, reply.committed_round) == (r, "collecting", r - 1)
-    assert reply.aggregation.strategy == manifest.strategy and reply.aggregation.placement == "allreduce"
+    assert reply.aggregation.strategy == manifest.strategy and reply.aggregation.placement == "gathered"
+    assert reply.aggregation.placement_policy == "auto" and reply.aggregation.placement_reason.startswith(
+        "auto"
+    )
     assert [(c.node_id, c.round) for c in reply.aggregation.convicted] == [("cd" * 32, 2)]

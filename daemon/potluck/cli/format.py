@@ -7,6 +7,17 @@ import time
 from typing import Any
 
 
+def _round_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where the last attempt merged (and the run's policy), and why the last round or attempt failed."""
+    rows = []
+    agg = s.get("aggregation") or {}
+    if agg.get("placement"):
+        rows.append(("placement", f"{agg['placement']} (policy {agg.get('placement_policy') or 'auto'})"))
+    if s.get("round_error"):
+        rows.append(("round error", s["round_error"]))
+    return rows
+
+
 def format_status(s: dict[str, Any]) -> str:
     boot = s["bootstrap"]
     boot_text = boot["state"]
@@ -43,6 +54,7 @@ def format_status(s: dict[str, Any]) -> str:
         ),
         # who merged the last commit (its participant list); how many signed it is `potluck log`'s SIGNATURES
         ("merged by", f"{len(s['participants'])} participants" if s["participants"] else "-"),
+        *_round_rows(s),
         (
             "updates",
             f"{s['held_updates']} held, {s['accepted_updates']} accepted, {s['fetched_updates']} fetched",

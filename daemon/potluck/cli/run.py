@@ -49,12 +49,19 @@ def add_parsers(commands: Commands) -> None:
     init.add_argument(
         "--strategy",
         default="weighted_mean",
-        help="how updates are merged: weighted_mean (default, inside the all-reduce), norm_filter "
+        help="how updates are merged: weighted_mean (default), norm_filter "
         "(the recommended robust rule), mean, task_arithmetic, ties, dare, trimmed_mean, "
         "coordinate_median, centered_clip, multi_krum, geometric_median, or package.module:factory",
     )
     init.add_argument(
         "--strategy-arg", action="append", default=[], metavar="KEY=VALUE", help="strategy argument"
+    )
+    init.add_argument(
+        "--placement",
+        choices=("auto", "gathered", "sliced", "allreduce"),
+        default="auto",
+        help="where the merge runs: auto (default: the fewest bytes, per attempt), or fixed "
+        "(allreduce: weighted_mean only; sliced: weighted_mean and coordinate strategies)",
     )
     init.add_argument(
         "--probation-rounds",
@@ -86,16 +93,22 @@ def cmd_init(args: argparse.Namespace) -> int:
     from potluck.datadir import prepare_data_dir
     from potluck.identity import load_or_create
     from potluck.manifest import ManifestError
-    from potluck.merge import StrategyError, get_strategy
+    from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy, supports_columns
+    from potluck.rounds.placement import PlacementError, check_policy
     from potluck.runfiles import write_run
     from potluck.tasks import TaskError
 
     task_args = _key_values(args.task_arg, "--task-arg")
     strategy_args = _key_values(args.strategy_arg, "--strategy-arg")
     try:
-        get_strategy(args.strategy, strategy_args)
+        strategy = get_strategy(args.strategy, strategy_args)
     except StrategyError as e:
         raise ConfigError(f"--strategy {args.strategy}: {e}") from None
+    try:
+        mean = args.strategy == DEFAULT_STRATEGY
+        check_policy(args.placement, mean, supports_columns(strategy), repr(args.strategy))
+    except PlacementError as e:
+        raise ConfigError(f"--placement {args.placement}: {e}") from None
     if args.admission == "allowlist" and not args.allow:
         raise ConfigError("--admission allowlist needs --allow NODE_ID ...")
     identity = load_or_create(prepare_data_dir(args.data_dir))
@@ -119,6 +132,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             strategy_args=strategy_args,
             probation_rounds=args.probation_rounds,
+            placement=args.placement,
         )
     except (TaskError, ManifestError) as e:
         raise ConfigError(str(e)) from None

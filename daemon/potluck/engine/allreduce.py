@@ -115,10 +115,15 @@ class AllReduce:
                     timeout=max(a.until - time.time() - QUORUM_MARGIN_S, MATCHMAKING_S + 0.5),
                     allow_retries=False,
                 )
+            except TimeoutError:
+                raise AttemptFailed(
+                    f"the all-reduce timed out ({n} participants, {a.layout.length} coordinates): a peer "
+                    "unreachable or too slow, or the dense vector too large to move within the attempt"
+                ) from None
             except Exception as e:
                 raise AttemptFailed(f"all-reduce failed: {type(e).__name__}: {e}") from None
             if not gathered:
-                raise AttemptFailed("no group formed")
+                raise AttemptFailed(f"no all-reduce group of the {n} participants formed in time")
             peers = [checked_gather(p) for p in gathered.values()]
             if sorted(p["node"] for p in peers) != sorted(participants):
                 raise AttemptFailed(f"group of {len(peers)} is not the {n} participants")

@@ -45,6 +45,8 @@ class RoundStatus:
     bad_faults: int = 0  # published faults that did not prove a lie
     audited_sums: int = 0  # all-reduce results this node checked against the signed updates
     unaudited_sums: int = 0  # all-reduce sums refused unchecked (some updates not fetched in time)
+    placement: str = ""  # where the last attempt's merge ran (rounds/placement.py)
+    placement_reason: str = ""  # and why
     last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
     # slices or gathered merge, whichever the strategy uses), before collecting signatures
 

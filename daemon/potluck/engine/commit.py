@@ -114,7 +114,10 @@ class Committer:
             if tracker.count(commit.id) >= quorum:
                 return tracker.signatures(commit.id)
             if time.time() >= until:
-                raise AttemptFailed(f"only {tracker.count(commit.id)} of {quorum} signatures")
+                raise AttemptFailed(
+                    f"only {tracker.count(commit.id)} of the quorum's {quorum} signatures on our merge in "
+                    "time (other keepers late, offline, or merged to another version)"
+                )
             await asyncio.sleep(0.3)
             await self._read_commits(key, tracker)
 

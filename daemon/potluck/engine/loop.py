@@ -8,10 +8,11 @@ aggregating   for attempt a = 0, 1, ... while the round's aggregation window las
   1. freeze: publish a signed entry (held update ids) and read everyone's (engine/entries.py);
   2. derive the same assignment as everyone else: each update carried by exactly one holder; a
      retry merges only updates a majority holds (rounds/entries.py);
-  3. merge in the run's placement, which returns the merged version or fails the attempt:
-     the weighted mean inside hivemind's all-reduce (engine/allreduce.py), a coordinate strategy
-     per reducer slice (engine/sliced.py; also the all-reduce's retries), a whole-vector strategy
-     on the gathered updates (engine/gathered.py);
+  3. merge in the attempt's placement (rounds/placement.py: the manifest's, or under "auto" the one
+     that moves the fewest bytes, derived alike everywhere), which returns the merged version or
+     fails the attempt: on the gathered updates (engine/gathered.py), per reducer slice
+     (engine/sliced.py; also the all-reduce's retries), or the weighted mean inside hivemind's
+     all-reduce (engine/allreduce.py);
   4. commit: sign, collect the manifest's quorum of signatures, store the version and the history
      row (engine/commit.py).
 A round without updates commits nothing (V_{r+1} = V_r). Between rounds, and before each, the
@@ -41,8 +42,8 @@ from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity
 from potluck.manifest import Manifest
-from potluck.merge import DEFAULT_STRATEGY, get_strategy, supports_columns
-from potluck.rounds import fixedpoint, schedule
+from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy, supports_columns
+from potluck.rounds import fixedpoint, placement, schedule
 from potluck.rounds.commit import Commit
 from potluck.rounds.entries import agreement_digest, assign, retry_holders, senior_ids
 from potluck.store.history import History
@@ -98,20 +99,21 @@ class RoundEngine:
         self.layout = fixedpoint.Layout.from_state(self.state)
         # same on every node (same layout): when the all-reduce starts after an attempt's start
         self.prep_s = ENTRY_WINDOW_S + ENTRY_GRACE_S + MATCHMAKING_S + self.layout.length / PREP_PARAMS_PER_S
-        # the default weighted mean runs inside the all-reduce; other strategies where updates are gathered
-        self._strategy = (
-            None
-            if manifest.strategy == DEFAULT_STRATEGY
-            else get_strategy(manifest.strategy, manifest.strategy_args)
-        )
-        # coordinate strategies run sliced: each participant reduces one slice, the others audit it
-        sliceable = self._strategy is not None and supports_columns(self._strategy)
-        self._sliced = slice_service is not None and sliceable
-        # a run that slices (its strategy, or the all-reduce's retries) convicts lying reducers
-        self._convicts = slice_service is not None and (self._strategy is None or self._sliced)
-        # what a sliced attempt merges with: the run's strategy, or (for the all-reduce's retries) the
-        # weighted mean, whose slices have the bytes of the all-reduce's result
-        column_strategy = self._strategy if self._sliced else get_strategy(DEFAULT_STRATEGY, {})
+        self._strategy = get_strategy(manifest.strategy, manifest.strategy_args)
+        self._mean = manifest.strategy == DEFAULT_STRATEGY  # gathered, sliced or inside the all-reduce
+        # a coordinate strategy (the weighted mean is one) may run sliced: each participant reduces
+        # one slice, the others audit it
+        self._sliceable = slice_service is not None and supports_columns(self._strategy)
+        try:
+            placement.check_policy(manifest.placement, self._mean, self._sliceable, repr(manifest.strategy))
+        except placement.PlacementError as e:
+            raise StrategyError(str(e)) from None
+        # a 50M-parameter model's dense preparation (~12 s) would not leave a 60 s round's 15 s window
+        # room for one attempt: only runs that may need it make their attempts that long
+        self._dense_prep = placement.dense_prep(manifest.placement, self._mean, self._sliceable)
+        # a run that may slice convicts lying reducers
+        self._convicts = self._sliceable
+        column_strategy = self._strategy if self._sliceable else get_strategy(DEFAULT_STRATEGY, {})
         self._faults = Faults(
             host=host, manifest=manifest, layout=self.layout, strategy=column_strategy, exchange=exchange,
             status=self.status, defence=defence,
@@ -125,7 +127,7 @@ class RoundEngine:
             restore_signals=restore_signals, prep_s=self.prep_s,
         )  # fmt: skip
         self._sliced_merge: SlicedMerge | None = None
-        if slice_service is not None:
+        if slice_service is not None and self._sliceable:
             self._sliced_merge = SlicedMerge(
                 identity=identity, strategy=column_strategy, exchange=exchange, slice_service=slice_service,
                 peers=peers, conduct=conduct, status=self.status, faults=self._faults,
@@ -134,13 +136,14 @@ class RoundEngine:
             host=host, identity=identity, manifest=manifest, versions=versions, history=history,
             state_service=state_service, peers=peers, status=self.status, on_committed=self._committed,
         )  # fmt: skip
+        self._ran = ""
         self._evaluation: asyncio.Task | None = None
         self._loop_task: asyncio.Task | None = None
 
     @property
     def placement(self) -> str:
-        """Where the merge runs: inside hivemind's all-reduce, per reducer slice, or on gathered updates."""
-        return "allreduce" if self._strategy is None else "sliced" if self._sliced else "gathered"
+        """The placement the last attempt ran (rounds/placement.py), or the manifest's policy before one."""
+        return self.status.placement or self.manifest.placement
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -244,7 +247,7 @@ class RoundEngine:
     async def _aggregate_round(self, r: int) -> None:
         m = self.manifest
         end = schedule.deadline(m, r)
-        min_attempt = MIN_ATTEMPT_S + self.layout.length / PREP_PARAMS_PER_S
+        min_attempt = MIN_ATTEMPT_S + (self.layout.length / PREP_PARAMS_PER_S if self._dense_prep else 0.0)
         attempt_s = max(min_attempt, (end - schedule.aggregation_start(m, r)) / 3)
         attempt = 0
         while True:
@@ -253,21 +256,25 @@ class RoundEngine:
                 break
             await sleep_until(start)
             self.status.attempts += 1
+            self._ran = ""  # set by _merge: which placement this attempt ran, for its error line
             try:
                 last = start + attempt_s + min_attempt > end  # no retry fits: this one may use the whole rest
                 if await self._attempt(r, attempt, start, end if last else start + attempt_s):
                     return
             except AttemptFailed as e:
-                self.status.last_error = f"round {r} attempt {attempt}: {e}"
+                where = f" ({self._ran})" if self._ran else ""
+                self.status.last_error = f"round {r} attempt {attempt}{where}: {e}"
                 logger.warning(self.status.last_error)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug in one attempt must not end the node
-                self.status.last_error = f"round {r} attempt {attempt}: {type(e).__name__}: {e}"
+                self.status.last_error = f"round {r} attempt {attempt}: bug: {type(e).__name__}: {e}"
                 logger.exception(self.status.last_error)
             attempt += 1
         self.status.abandoned_rounds += 1
-        logger.warning(f"round {r} abandoned: no attempt committed before the deadline")
+        window = end - schedule.aggregation_start(m, r)
+        self.status.last_error = abandoned(r, attempt, self.status.last_error, window, min_attempt)
+        logger.warning(self.status.last_error)
 
     async def _attempt(self, r: int, attempt: int, start: float, until: float) -> bool:
         """One aggregation attempt; True when round r is settled (committed, or nothing to commit)."""
@@ -294,10 +301,38 @@ class RoundEngine:
         return True
 
     async def _merge(self, a: Attempt) -> Merged:
-        if self._sliced_merge is not None and (self._sliced or (self._strategy is None and a.index > 0)):
-            # the weighted mean's retries run sliced too: the same bytes, but a reducer that lies is
-            # named and excluded, where the all-reduce can only refuse a wrong sum (allreduce.py's audit)
+        m = self.manifest
+        choice = placement.choose(
+            m.placement, mean=self._mean, coordinate=self._sliceable, updates=len(a.assignment),
+            participants=len(a.participants), length=a.layout.length, density=m.density, values=m.values,
+        )  # fmt: skip
+        where, why = choice.placement, choice.reason
+        if where == "allreduce" and a.index > 0 and self._sliced_merge is not None:
+            # the weighted mean's retries run sliced: the same bytes, but a reducer that lies is named
+            # and excluded, where the all-reduce can only refuse a wrong sum (allreduce.py's audit)
+            where, why = "sliced", f"a retry of the all-reduce; {why}"
+        self.status.placement, self.status.placement_reason = where, why
+        self._ran = where
+        logger.info(
+            f"round {a.round} attempt {a.index}: {where} merge of {len(a.assignment)} updates among "
+            f"{len(a.participants)} participants: {why}"
+        )
+        if where == "sliced":
+            assert self._sliced_merge is not None  # check_policy/choose allow sliced only with one
             return await self._sliced_merge.merge(a)
-        if self._strategy is not None:
-            return await merge_gathered(a, self._exchange, self._strategy)
+        if where == "gathered":
+            return await merge_gathered(a, self._exchange, None if self._mean else self._strategy)
         return await self._allreduce.merge(a)
+
+
+def abandoned(r: int, attempts: int, last_error: str, window_s: float, min_attempt_s: float) -> str:
+    """What a volunteer reads when round ``r`` commits nothing: its attempts, and why the last one failed."""
+    if not attempts:
+        return (
+            f"round {r} abandoned: its aggregation window ({window_s:.1f} s, the last quarter of the round) "
+            f"is shorter than one attempt needs ({min_attempt_s:.1f} s for this model): use longer rounds"
+        )
+    if not last_error.startswith(f"round {r} "):
+        return f"round {r} abandoned: {attempts} attempt(s), none committed before the deadline"
+    why = last_error.split(": ", 1)[1]
+    return f"round {r} abandoned after {attempts} attempt(s); the last failed: {why}"

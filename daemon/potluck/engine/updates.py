@@ -35,7 +35,10 @@ async def wait_for_updates(exchange: AcceptedUpdates, ids: list[str], until: flo
     the attempt (until ``until``) to collect signatures."""
     while missing := [uid for uid in ids if exchange.held_update(uid) is None]:
         if time.time() > until - 2 * QUORUM_MARGIN_S:
-            raise AttemptFailed(f"{len(missing)} of the round's updates not fetched in time")
+            raise AttemptFailed(
+                f"{len(missing)} of the round's {len(ids)} updates not fetched in time (their holders "
+                "offline or too slow)"
+            )
         await asyncio.sleep(0.2)
     # decoded at acceptance; only an update held since before a restart is decoded here (off the loop)
     return await asyncio.to_thread(lambda: [exchange.decoded(uid) for uid in ids])

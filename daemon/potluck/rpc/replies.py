@@ -107,6 +107,8 @@ def _aggregation(engine: RoundEngine) -> control_pb2.Aggregation:
     return control_pb2.Aggregation(
         strategy=engine.manifest.strategy,
         placement=engine.placement,
+        placement_policy=engine.manifest.placement,
+        placement_reason=st.placement_reason,
         audited_slices=st.audited_slices,
         audited_coordinates=st.audited_coordinates,
         convicted=[

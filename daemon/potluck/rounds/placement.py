@@ -1,0 +1,129 @@
+"""Where an attempt's merge runs (pure): the same choice on every participant, from what they all agree on.
+
+Three placements (engine/gathered.py, engine/sliced.py, engine/allreduce.py):
+
+* ``gathered``  every keeper merges every update of the attempt itself;
+* ``sliced``    participant i reduces slice i, fetches the others' slices (float64) and audits them;
+* ``allreduce`` the weighted mean's fixed-point sums (int64) through hivemind's butterfly all-reduce.
+
+Every keeper fetches every update of the round whatever the placement (the gathered merge needs them,
+so do the slice audits and the all-reduce's audit), so the placements differ by what they move on top
+of the updates: nothing, the other reducers' slices (``(P-1)/P * L * 8`` bytes received), or the
+dense vector twice (reduce-scatter and all-gather, ``2 * (P-1)/P * L * 8``). By bytes, gathered is
+therefore never dearer. What it can cost is memory: a strategy other than the weighted mean merges a
+dense ``updates x L`` float64 matrix (merge/batch.py), where a reducer of one slice holds ``1/P`` of
+it. ``auto`` takes the cheapest placement, in bytes, among those the strategy allows whose working
+matrix fits :data:`MAX_MERGE_MATRIX_BYTES`; ties go in the order of :data:`PLACEMENTS`.
+
+Which placements a strategy allows: the weighted mean all three (its gathered and sliced merges give
+the all-reduce's bytes, merge/linear.py), a coordinate strategy ``gathered`` or ``sliced``, a
+whole-vector strategy ``gathered`` only. A manifest may fix one (``placement``); it must be allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from potluck.manifest import PLACEMENTS as POLICIES
+
+__all__ = [
+    "MAX_MERGE_MATRIX_BYTES",
+    "PLACEMENTS",
+    "POLICIES",
+    "Choice",
+    "PlacementError",
+    "allowed",
+    "check_policy",
+    "choose",
+    "dense_prep",
+    "update_bytes",
+]
+
+PLACEMENTS = POLICIES[1:]  # gathered, sliced, allreduce: the order ties go in
+MAX_MERGE_MATRIX_BYTES = 2 << 30  # a strategy's float64 matrix per node: above it, auto prefers slices
+VALUE_BYTES = {"int8": 1.0 + 4 / 256, "fp16": 2.0}  # per value (int8: one fp32 scale per 256 values)
+
+
+class PlacementError(ValueError):
+    """A placement that the run's strategy cannot run in."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    placement: str
+    reason: str  # one line for the log: the policy, and the bytes per node of each allowed placement
+    bytes_per_node: dict[str, int]  # estimated bytes each allowed placement moves to one node
+
+
+def allowed(mean: bool, coordinate: bool) -> tuple[str, ...]:
+    """The placements of a strategy: ``mean`` for the weighted mean, ``coordinate`` for one that can
+    merge a window of coordinates (merge.supports_columns) where the node can serve slices."""
+    if coordinate:
+        return PLACEMENTS if mean else ("gathered", "sliced")
+    return ("gathered", "allreduce") if mean else ("gathered",)
+
+
+def check_policy(policy: str, mean: bool, coordinate: bool, strategy: str = "the strategy") -> None:
+    """PlacementError unless ``policy`` is ``auto`` or a placement the strategy allows."""
+    if policy not in POLICIES:
+        raise PlacementError(f"placement must be one of {list(POLICIES)}, got {policy!r}")
+    if policy != "auto" and policy not in allowed(mean, coordinate):
+        kind = "the weighted mean" if mean else "a coordinate" if coordinate else "a whole-vector"
+        raise PlacementError(
+            f"{strategy} is {kind} strategy: it runs {' or '.join(allowed(mean, coordinate))}, not {policy}"
+        )
+
+
+def dense_prep(policy: str, mean: bool, coordinate: bool) -> bool:
+    """Whether an attempt of the run may have to prepare a dense vector before it merges (the
+    all-reduce's contribution and pack, a reducer's slice), and so needs time that grows with the model.
+    Not when every attempt merges gathered: a fixed ``gathered``, a whole-vector strategy, or the
+    weighted mean under ``auto`` (gathered is always allowed to it and never dearer, see :func:`choose`)."""
+    return not (policy == "gathered" or not coordinate or (policy == "auto" and mean))
+
+
+def update_bytes(length: int, density: float, values: str) -> int:
+    """An update's encoded size, about: top-k values plus delta-varint indices (docs/update-format.md)."""
+    nnz = math.ceil(density * length)
+    gap_bits = max(1, math.ceil(math.log2(1 / density + 1)))
+    index_bytes = min(nnz * math.ceil(gap_bits / 7), math.ceil(length / 8))  # or the bitmap
+    return math.ceil(nnz * VALUE_BYTES[values]) + index_bytes
+
+
+def choose(
+    policy: str,
+    *,
+    mean: bool,
+    coordinate: bool,
+    updates: int,
+    participants: int,
+    length: int,
+    density: float,
+    values: str,
+) -> Choice:
+    """The placement of one attempt of ``updates`` updates among ``participants`` over a layout of
+    ``length`` coordinates, under the manifest's ``policy``, ``density`` and ``values``."""
+    check_policy(policy, mean, coordinate)
+    fetched = updates * update_bytes(length, density, values)
+    others = (participants - 1) * length * 8 // max(participants, 1)  # float64 / int64 coordinates
+    extra = {"gathered": 0, "sliced": others, "allreduce": 2 * others}
+    options = allowed(mean, coordinate)
+    costs = {p: fetched + extra[p] for p in options}
+    summary = ", ".join(f"{p} {_mb(costs[p])}" for p in options)
+    if policy != "auto":
+        return Choice(policy, f"the manifest fixes {policy} (per node: {summary})", costs)
+
+    def matrix(p: str) -> int:  # the weighted mean merges sparse into one int64 vector: no matrix
+        rows = 0 if mean else updates
+        return rows * length * 8 // (max(participants, 1) if p == "sliced" else 1)
+
+    fits = [p for p in options if p == "allreduce" or matrix(p) <= MAX_MERGE_MATRIX_BYTES] or list(options)
+    best = min(fits, key=lambda p: (costs[p], PLACEMENTS.index(p)))
+    limit = _mb(MAX_MERGE_MATRIX_BYTES)
+    why = "cheapest" if len(fits) == len(options) else f"cheapest with a merge matrix <= {limit}"
+    return Choice(best, f"auto: {why} (per node: {summary})", costs)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
