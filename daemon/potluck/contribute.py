@@ -76,6 +76,8 @@ class ContributingNode(Protocol):
     def round_settled(self, r: int) -> bool: ...
     def current_version(self) -> str: ...
     def authored(self, r: int) -> bool: ...
+    async def declare(self, r: int, version: str) -> None: ...
+    def takes_late(self, r: int, version: str) -> bool: ...
     async def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse: ...
 
 
@@ -124,11 +126,11 @@ class Contributor:
                 # stay until our last update is merged (or its round is over), then leave
                 if node.round_settled(self.stats.last_round):
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.05)
                 continue
             opened = node.open_round()
             if opened is None or opened.round <= self.stats.last_round:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.05)
                 continue
             r = opened.round
             if node.authored(r):
@@ -136,6 +138,7 @@ class Contributor:
                 continue
             base_version, base_state = opened.version, {k: v.copy() for k, v in opened.state.items()}
             self.stats.last_round = r
+            await node.declare(r, base_version)
             progress = Progress(f"round {r}: training", self._steps)
 
             def step(done: int, progress: Callable[[int], None] = progress) -> None:
@@ -155,7 +158,9 @@ class Contributor:
             except StopTraining:
                 logger.info("stopped after the current training step")
                 return
-            if node.current_version() != base_version or time.time() >= opened.closes_at:
+            if not node.takes_late(r, base_version) and (
+                node.current_version() != base_version or time.time() >= opened.closes_at
+            ):
                 self.stats.rounds_missed += 1
                 logger.warning(
                     f"round {r}: training finished too late for the round; re-syncing to the next one"

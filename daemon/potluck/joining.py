@@ -145,6 +145,7 @@ def run_context(manifest: Manifest, versions: VersionStore) -> ValidationContext
         round=0,
         shapes={n: tuple(t.shape) for n, t in genesis_state.items()},
         known_bases=frozenset({manifest.genesis}),
+        rounds_behind=1 if manifest.pacing == "ready" else 0,  # late updates count in the next round
         admitted=(
             frozenset(bytes.fromhex(a) for a in manifest.allow) if manifest.admission == "allowlist" else None
         ),

@@ -51,10 +51,13 @@ WEIGHTINGS = ("samples",)
 VALUE_ENCODINGS = ("int8", "fp16")
 ADMISSIONS = ("open", "allowlist")
 PLACEMENTS = ("auto", "gathered", "sliced", "allreduce")  # where a round's merge runs (rounds/placement.py)
+PACINGS = ("clock", "ready")  # when a round stops collecting (rounds/schedule.py)
 
 TaskArg = str | int | float
 # fields added after the first manifests: absent from the canonical body while at their default
-_OMITTED_AT_DEFAULT: dict[str, Any] = {"probation_rounds": 0, "placement": "auto"}
+_OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "probation_rounds": 0, "placement": "auto", "pacing": "clock", "target_samples": 0,
+}  # fmt: skip
 
 
 class ManifestError(ValueError):
@@ -128,8 +131,14 @@ class Manifest:
       task: "toy", "digits" or "package.module:factory" (see potluck.tasks.get_task)
       task_args: keyword arguments of the task factory (str -> str | int | float)
       genesis: version hash of round 0's base model
-      round_seconds: length of a round; round r spans [start_time + r*round_seconds, + round_seconds)
+      round_seconds: length of a round; under "clock" pacing round r spans
+        [start_time + r*round_seconds, + round_seconds); under "ready" pacing it is the upper bound
       start_time: unix seconds at which round 0 starts
+      pacing: "clock" (every round lasts round_seconds) or "ready" (a round stops collecting once every
+        contributor that declared itself for it has published, or ``target_samples`` are in; the next
+        opens as soon as its base is committed; see potluck.rounds.schedule)
+      target_samples: under "ready" pacing, close a round once its updates carry this many samples
+        (0 = off)
       placement: where the merge runs: "auto" (the cheapest the strategy allows, per attempt),
         "gathered", "sliced" or "allreduce" (see potluck.rounds.placement)
       weighting: "samples": an update weighs ``min(sample_count, weight_cap)``
@@ -158,6 +167,8 @@ class Manifest:
     strategy: str = "weighted_mean"
     strategy_args: Mapping[str, TaskArg] = field(default_factory=dict)
     placement: str = "auto"
+    pacing: str = "clock"
+    target_samples: int = 0
     weighting: str = "samples"
     weight_cap: int = 10_000
     outer_lr: float = 1.0
@@ -185,6 +196,8 @@ class Manifest:
         _check_str(self.strategy, "strategy")
         norm("strategy_args", _check_task_args(self.strategy_args, "strategy_args"))
         _check_str(self.placement, "placement", PLACEMENTS)
+        _check_str(self.pacing, "pacing", PACINGS)
+        _check_int(self.target_samples, "target_samples", 0, 1 << 40)
         _check_str(self.weighting, "weighting", WEIGHTINGS)
         _check_int(self.weight_cap, "weight_cap", 1, 1 << 24)
         norm("outer_lr", _check_float(self.outer_lr, "outer_lr", positive=True))

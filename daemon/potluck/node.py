@@ -29,7 +29,7 @@ from potluck.identity import P2P_KEY_FILE, NodeIdentity, load_or_create
 from potluck.joining import DEFAULT_LISTEN, NodeConfig
 from potluck.manifest import Manifest, is_run_id
 from potluck.merge import StrategyError
-from potluck.rounds import schedule
+from potluck.rounds.declarations import Declaration, declarations_key
 from potluck.rpc import replies
 from potluck.rpc.address import write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
@@ -37,6 +37,7 @@ from potluck.store.history import History
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import VersionStore
 from potluck.swarm.addresses import UNREACHABLE_HINT
+from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.guard import install_ext_depth_guard
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, Membership
@@ -56,9 +57,12 @@ HISTORY_FILE = "history.sqlite"
 NO_KEEPER = "no_keeper"
 
 
+DECLARATION_TTL_S = 3600.0
+
+
 class OpenRound(NamedTuple):
     """A round taking updates: its number, the version V_r updates must be based on, V_r's tensors
-    (not to be modified) and when collecting ends (rounds.schedule.aggregation_start)."""
+    (not to be modified) and when collecting ends at the latest (rounds/schedule.py)."""
 
     round: int
     version: str
@@ -74,6 +78,7 @@ class Node:
         self.identity: NodeIdentity | None = None
         self.host: SwarmHost | None = None
         self.membership: Membership | None = None
+        self.bulletin: Bulletin | None = None
         self.exchange: UpdateExchange | None = None
         self.state_service: StateService | None = None
         self.engine: RoundEngine | None = None
@@ -130,6 +135,8 @@ class Node:
         await self.state_service.start()
         self.membership = Membership(self.host, self.identity, self.run, self.local, ttl_s=cfg.record_ttl_s)
         self.membership.start()
+        self.bulletin = Bulletin(self.host, self.run, self._peer_ids)
+        await self.bulletin.start()
         if self.manifest is None and is_run_id(self.run):
             # joined by run id alone: the rules come from peers; the rest starts once they have
             self._background.append(asyncio.create_task(self._join_run(), name="join-run"))
@@ -160,6 +167,8 @@ class Node:
             UpdateStore(self.data_dir / "updates"),
             validator,
             self._addresses_of,
+            bulletin=self.bulletin,
+            keepers=self._keeper_ids,
             evidence_store=UpdateStore(self.data_dir / "evidence"),
         )
         self.defence = DefenceService(
@@ -181,6 +190,7 @@ class Node:
             try:
                 self.engine = RoundEngine(
                     host=self.host,
+                    bulletin=self.bulletin,
                     identity=self.identity,
                     manifest=self.manifest,
                     versions=self.versions,
@@ -214,6 +224,15 @@ class Node:
             self.manifest.to_bytes() if self.manifest is not None and self.manifest.run_id == run_id else None
         )
 
+    def _peer_ids(self) -> list[str]:
+        assert self.membership is not None
+        return [p.record.peer_id for p in self.membership.peers()]
+
+    def _keeper_ids(self) -> list[str]:
+        """The peers that aggregate (all but client-mode nodes): they take our updates and entries."""
+        assert self.membership is not None
+        return [p.record.peer_id for p in self.membership.peers() if p.record.role != "client"]
+
     def _addresses_of(self, peer_id: str) -> list[str]:
         assert self.membership is not None
         return next(
@@ -234,19 +253,35 @@ class Node:
             held = await self.exchange.accept(data, "published")
         except UpdateRejected as e:
             return control_pb2.PublishUpdateResponse(accepted=False, reason=e.reason.value, detail=e.detail)
-        if self.local.role == "client":
-            assert self.membership is not None  # keepers: any peer not itself a client can take a push
-            peers = self.membership.peers()
-            keepers = [(p.record.peer_id, list(p.record.addrs)) for p in peers if p.record.role != "client"]
-            if not await self.exchange.push(data, keepers):
-                return control_pb2.PublishUpdateResponse(
-                    accepted=False,
-                    update_id=held.update_id,
-                    reason=NO_KEEPER,
-                    detail=f"this node runs in client mode and no keeper took the update "
-                    f"({len(keepers)} tried); check that keepers of the run are up and reachable",
-                )
+        assert self.membership is not None  # keepers: any peer not itself a client can take a push
+        peers = self.membership.peers()
+        keepers = [(p.record.peer_id, list(p.record.addrs)) for p in peers if p.record.role != "client"]
+        if self.local.role != "client" and self.manifest is not None and self.manifest.pacing == "ready":
+            # a round that closes when its updates are in: hand ours to every keeper now, rather than
+            # wait for them to read our announcement
+            await self.exchange.push(data, keepers, want=len(keepers))
+        elif self.local.role == "client" and not await self.exchange.push(data, keepers):
+            return control_pb2.PublishUpdateResponse(
+                accepted=False,
+                update_id=held.update_id,
+                reason=NO_KEEPER,
+                detail=f"this node runs in client mode and no keeper took the update "
+                f"({len(keepers)} tried); check that keepers of the run are up and reachable",
+            )
         return control_pb2.PublishUpdateResponse(accepted=True, update_id=held.update_id)
+
+    async def declare(self, r: int, version: str) -> None:
+        """Tell the keepers this node trains for round ``r`` on ``version``: under "ready" pacing the
+        round waits for its update (rounds/declarations.py). Nothing to do under "clock" pacing."""
+        m = self.manifest
+        if m is None or m.pacing != "ready" or self.bulletin is None or self.identity is None:
+            return
+        now = time.time()
+        declaration = Declaration(m.run_id, r, version, self.identity.public_key, now)
+        await self.bulletin.post(
+            declarations_key(m.run_id, r), self.identity.public_key, declaration.sign(self.identity),
+            now + DECLARATION_TTL_S, to=self._keeper_ids(),
+        )  # fmt: skip
 
     async def joined(self, timeout: float) -> Manifest:
         """The run's manifest once its rounds run here (joined by run id: once peers served it);
@@ -273,12 +308,21 @@ class Node:
             return None
         assert self.manifest is not None
         r = e.status.round
-        return OpenRound(r, e.version, e.state, schedule.aggregation_start(self.manifest, r))
+        return OpenRound(r, e.version, e.state, e.status.closes_at)
 
     def round_settled(self, r: int) -> bool:
         """Round ``r`` is over here: committed, or the engine has moved past it."""
         e = self.engine
         return e is not None and (e.committed_round >= r or e.status.round > r)
+
+    def takes_late(self, r: int, version: str) -> bool:
+        """Under "ready" pacing an update for round ``r`` onto ``version`` still counts after round r
+        closed: in round r + 1 (engine/loop.py), as long as ``version`` is V_{r+1}'s parent."""
+        e = self.engine
+        return (
+            e is not None and e.manifest.pacing == "ready" and r >= e.committed_round
+            and version in e.known_bases()
+        )  # fmt: skip
 
     def current_version(self) -> str:
         return self.engine.version if self.engine is not None else self.local.model_version
@@ -311,6 +355,8 @@ class Node:
             await self.defence.stop()
         if self.exchange is not None:
             await self.exchange.stop()
+        if self.bulletin is not None:
+            await self.bulletin.stop()
         if self.membership is not None:
             await self.membership.stop()
         if self.host is not None:

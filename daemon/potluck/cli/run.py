@@ -64,6 +64,21 @@ def add_parsers(commands: Commands) -> None:
         "(allreduce: weighted_mean only; sliced: weighted_mean and coordinate strategies)",
     )
     init.add_argument(
+        "--pacing",
+        choices=("ready", "clock"),
+        default="ready",
+        help="when a round stops collecting: ready (default: once every contributor that declared itself "
+        "has published, or --target-samples are in; --round-seconds is the upper bound) or clock (every "
+        "round lasts --round-seconds)",
+    )
+    init.add_argument(
+        "--target-samples",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="with --pacing ready, also close a round once its updates carry N samples (default 0: off)",
+    )
+    init.add_argument(
         "--probation-rounds",
         type=non_negative_int,
         default=0,
@@ -133,6 +148,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             strategy_args=strategy_args,
             probation_rounds=args.probation_rounds,
             placement=args.placement,
+            pacing=args.pacing,
+            target_samples=args.target_samples,
         )
     except (TaskError, ManifestError) as e:
         raise ConfigError(str(e)) from None

@@ -33,6 +33,8 @@ class RoundStatus:
     round: int = -1
     phase: str = "waiting"
     deadline: float = 0.0
+    closes_at: float = 0.0  # when the round stops collecting at the latest (its clock bound)
+    close_reason: str = ""  # "ready" pacing: why the last round closed
     attempts: int = 0
     last_error: str = ""
     last_participants: list[str] = field(default_factory=list)

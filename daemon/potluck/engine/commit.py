@@ -1,12 +1,14 @@
 """From a merged version to a committed one, and from a peer's commit to ours.
 
 commit     the placement's :class:`~potluck.engine.attempt.Merged` becomes a Commit (rounds/commit.py);
-           this node signs it, stores the signature under ``potluck/<run>/commits/<round>``, reads the
-           others' until the manifest's quorum signed the same commit, then persists: the version
-           first, then the history row.
-catch-up   peers report another committed version: verify the newer round's quorum-signed commit and
-           download its version; at our own round (a split swarm's halves each committed) the fork
-           choice (more signatures, then the lower commit id) picks the same winner on every node.
+           this node signs it, stores the signature under ``potluck/<run>/commits/<round>`` and pushes
+           it to the keepers, reads the others' until the manifest's quorum signed the same commit, then
+           persists (the version first, then the history row) and pushes its signature once more to
+           every peer: a notice that the version can be fetched from it now.
+catch-up   peers report another committed version (in their records, or by such a notice): verify the
+           newer round's quorum-signed commit and download its version; at our own round (a split
+           swarm's halves each committed) the fork choice (more signatures, then the lower commit id)
+           picks the same winner on every node.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import numpy as np
 from potluck.engine.attempt import Attempt, AttemptFailed, Merged, RoundStatus
 from potluck.exchange.state import StateService
 from potluck.hashing import tensor_hashes, version_hash
-from potluck.identity import NodeIdentity, node_id_of
+from potluck.identity import NodeIdentity, node_id_of, peer_id_of
 from potluck.manifest import Manifest
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker, sign_commit
 from potluck.store.history import History
 from potluck.store.versions import VersionStore
-from potluck.swarm.host import SwarmHost
+from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.membership import PeerInfo
 from potluck.wire import WireError, pack_pair, unpack_pair
 
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SIGNED_COMMIT_BYTES = 14 << 10
 COMMIT_TTL_S = 24 * 3600.0
+DHT_READ_S = 1.0  # between the pushes, how often the quorum's signatures are looked for in the DHT
 
 
 def signed_commit_bytes(commit: Commit, signature: CommitSignature) -> bytes:
@@ -67,7 +70,7 @@ class Committer:
     def __init__(
         self,
         *,
-        host: SwarmHost,
+        bulletin: Bulletin,
         identity: NodeIdentity,
         manifest: Manifest,
         versions: VersionStore,
@@ -77,7 +80,7 @@ class Committer:
         status: RoundStatus,
         on_committed: OnCommitted,
     ):
-        self._host, self._identity, self._manifest = host, identity, manifest
+        self._bulletin, self._identity, self._manifest = bulletin, identity, manifest
         self._versions, self._history, self._state = versions, history, state_service
         self._peers, self._status, self._on_committed = peers, status, on_committed
 
@@ -93,23 +96,29 @@ class Committer:
             participants=tuple(sorted(node_id_of(p) for p in merged.participants)),
             total_weight=merged.total_weight,
         )
-        signatures = await self._collect_quorum(commit, attempt.until)
+        mine = sign_commit(commit, self._identity)
+        signatures = await self._collect_quorum(commit, mine, attempt.until)
         await asyncio.to_thread(self._persist, commit, signatures, merged.state)
+        key, signed = commits_key(commit.run_id, commit.round), signed_commit_bytes(commit, mine)
+        expires = time.time() + COMMIT_TTL_S
+        await self._bulletin.post(key, self._identity.public_key, signed, expires, store=False)
         logger.info(
             f"round {attempt.round}: committed {commit.version[:12]} from {len(commit.updates)} updates, "
             f"{len(merged.participants)} participants, {len(signatures)} signatures"
         )
         return commit
 
-    async def _collect_quorum(self, commit: Commit, until: float) -> list[CommitSignature]:
+    async def _collect_quorum(
+        self, commit: Commit, mine: CommitSignature, until: float
+    ) -> list[CommitSignature]:
         key = commits_key(commit.run_id, commit.round)
-        mine = sign_commit(commit, self._identity)
-        await self._host.store(
-            key, self._identity.public_key, signed_commit_bytes(commit, mine), time.time() + COMMIT_TTL_S
-        )
+        keepers = [p.record.peer_id for p in self._peers() if p.record.role != "client"]
+        signed, expires = signed_commit_bytes(commit, mine), time.time() + COMMIT_TTL_S
+        await self._bulletin.post(key, self._identity.public_key, signed, expires, to=keepers)
         quorum = self._manifest.quorum
         tracker = QuorumTracker(commit.run_id, commit.round, quorum)
         tracker.add(commit, mine)
+        read_dht_at = time.time() + DHT_READ_S
         while True:
             if tracker.count(commit.id) >= quorum:
                 return tracker.signatures(commit.id)
@@ -118,11 +127,15 @@ class Committer:
                     f"only {tracker.count(commit.id)} of the quorum's {quorum} signatures on our merge in "
                     "time (other keepers late, offline, or merged to another version)"
                 )
-            await asyncio.sleep(0.3)
-            await self._read_commits(key, tracker)
+            posts = self._bulletin.posts(key)
+            await self._bulletin.wait(key, min(read_dht_at, until) - time.time(), since=posts)
+            network = time.time() >= read_dht_at
+            if network:
+                read_dht_at = time.time() + DHT_READ_S
+            await self._read_commits(key, tracker, network)
 
-    async def _read_commits(self, key: str, tracker: QuorumTracker) -> None:
-        for item in (await self._host.get(key)).values():
+    async def _read_commits(self, key: str, tracker: QuorumTracker, network: bool = True) -> None:
+        for item in (await self._bulletin.get(key, network=network)).values():
             with contextlib.suppress(CommitError):
                 other, signature = parse_signed_commit(item.value)
                 tracker.add(other, signature)
@@ -135,16 +148,15 @@ class Committer:
             if p.record.model_version and p.record.model_version != version
             and p.record.round >= committed_round + 1
         ]  # fmt: skip
-        if not others:
-            return False
         run_id = self._manifest.run_id
-        target_round = max(p.record.round for p in others) - 1
+        # without a record that says so, only a notice pushed to us (no network read: this runs often)
+        target_round = max(p.record.round for p in others) - 1 if others else committed_round + 1
         tracker = QuorumTracker(run_id, target_round, self._manifest.quorum)
         mine = self._history.get(target_round) if target_round == committed_round else None
         if mine is not None:
             for signature in self._history.signatures(target_round):
                 tracker.add(mine, signature)
-        await self._read_commits(commits_key(run_id, target_round), tracker)
+        await self._read_commits(commits_key(run_id, target_round), tracker, network=bool(others))
         commit = tracker.winner()
         if commit is None or commit.version == version:
             return False
@@ -153,6 +165,9 @@ class Committer:
             for p in self._peers()
             if p.record.model_version == commit.version
         ]
+        signers = [peer_id_of(bytes.fromhex(s.node_id)) for s in tracker.signatures(commit.id)]
+        known = {h for h, _ in holders} | {self._identity.peer_id}
+        holders += [(peer_id, []) for peer_id in signers if peer_id not in known]
         self._status.phase = "syncing"
         new = await self._state.download(commit.version, commit.tensor_hashes, holders, have=state)
         if version_hash(new) != commit.version:  # every tensor matched, so this cannot happen

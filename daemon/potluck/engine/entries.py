@@ -1,7 +1,10 @@
 """Freezing an attempt: every participant publishes a signed entry listing the round's updates it
-holds under the (round, attempt) key, reads everyone's after ENTRY_WINDOW_S, and checks the
-exclusions they name (defences). The entries, the same set on every node, are what the assignment
-and the placement are derived from (rounds/entries.py)."""
+holds under the (round, attempt) key (stored in the DHT and pushed to the other keepers), reads
+everyone's, and checks the exclusions they name (defences). The entries, the same set on every node,
+are what the assignment and the placement are derived from (rounds/entries.py).
+
+Reading stops once every live participant's entry is in (at least ENTRY_MIN_S after ours, so that a
+peer one push behind is not left out), else after ENTRY_WINDOW_S plus a grace while some are missing."""
 
 from __future__ import annotations
 
@@ -14,15 +17,15 @@ from collections.abc import Awaitable, Callable
 from potluck.defence.service import DefenceError, DefenceService
 from potluck.engine.attempt import AttemptFailed, sleep_until
 from potluck.engine.conduct import Conduct
-from potluck.engine.updates import AcceptedUpdates
 from potluck.identity import NodeIdentity
 from potluck.rounds.entries import BadEntry, RoundEntry, entries_key
-from potluck.swarm.host import SwarmHost
+from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.membership import PeerInfo
 
 logger = logging.getLogger(__name__)
 
 ENTRY_WINDOW_S = 1.0  # participants publish entries, then everyone reads the same set
+ENTRY_MIN_S = 0.15  # the least a participant waits for the others' entries, all of them in or not
 ENTRY_GRACE_S = 0.4  # re-reads while live peers' entries are missing
 ENTRY_TTL_S = 3600.0
 
@@ -31,43 +34,51 @@ class EntryBoard:
     def __init__(
         self,
         *,
-        host: SwarmHost,
+        bulletin: Bulletin,
         identity: NodeIdentity,
         run_id: str,
-        exchange: AcceptedUpdates,
         peers: Callable[[], list[PeerInfo]],
         conduct: Conduct,
         excluded: Callable[[bytes], bool],
         defence: DefenceService | None = None,
     ):
-        self._host, self._identity, self._run_id = host, identity, run_id
-        self._exchange, self._peers, self._conduct = exchange, peers, conduct
+        self._bulletin, self._identity, self._run_id = bulletin, identity, run_id
+        self._peers, self._conduct = peers, conduct
         self._excluded = excluded  # a convicted reducer's entries are ignored
         self._defence = defence  # bans and probation ride on the entries (see DefenceService.entry_extras)
 
     async def freeze(
-        self, r: int, attempt: int, version: str, start: float, entered: float,
+        self, r: int, attempt: int, version: str, start: float, entered: float, held: list[str],
         meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> list[RoundEntry]:  # fmt: skip
         """The participants' entries of attempt ``attempt`` of round ``r`` onto ``version``, sorted by
-        node, ours included; ``meanwhile`` runs while they gather (bounded: a slow DHT must not make
-        this node late for the entries)."""
-        held = self._conduct.entry_ids(r, self._held_ids(r, version))
+        node, ours included; ``held``: the ids our entry lists (the engine's eligible updates);
+        ``meanwhile`` runs while they gather (bounded: a slow DHT must not make this node late)."""
+        held = self._conduct.entry_ids(r, held)
         extras = self._defence.entry_extras(r, held) if self._defence is not None else {}
         mine = RoundEntry(self._run_id, r, attempt, version, self._identity.public_key, tuple(held), **extras)
         key = entries_key(self._run_id, r, attempt)
-        await self._host.store(key, self._identity.public_key, mine.sign(self._identity), start + ENTRY_TTL_S)
+        keepers = [p for p in self._peers() if p.record.role != "client"]
+        await self._bulletin.post(
+            key, self._identity.public_key, mine.sign(self._identity), start + ENTRY_TTL_S,
+            to=[p.record.peer_id for p in keepers],
+        )  # fmt: skip
         if meanwhile is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(meanwhile(), max(0.0, entered + ENTRY_WINDOW_S - time.time()))
-        await sleep_until(entered + ENTRY_WINDOW_S)
         expected = 1 + sum(
-            p.record.model_version == version
-            and p.record.role != "client"
-            and not self._excluded(bytes.fromhex(p.node_id))
-            for p in self._peers()
+            p.record.model_version == version and not self._excluded(bytes.fromhex(p.node_id))
+            for p in keepers
         )
-        entries = await self._read(key, r, attempt, version)
+        # the pushed entries as they arrive, the DHT's at the window's end and while some are missing
+        await sleep_until(entered + ENTRY_MIN_S)
+        entries = await self._read(key, r, attempt, version, network=False)
+        while len(entries) < expected and time.time() < entered + ENTRY_WINDOW_S:
+            posts = self._bulletin.posts(key)
+            await self._bulletin.wait(key, entered + ENTRY_WINDOW_S - time.time(), since=posts)
+            entries = await self._read(key, r, attempt, version, network=False)
+        if len(entries) < expected:
+            entries = await self._read(key, r, attempt, version)
         while len(entries) < expected and time.time() < entered + ENTRY_WINDOW_S + ENTRY_GRACE_S:
             await asyncio.sleep(0.1)  # a slow DHT under load: every participant waits for the same set
             entries = await self._read(key, r, attempt, version)
@@ -77,13 +88,11 @@ class EntryBoard:
         await self._check_defences(entries, entered)
         return entries
 
-    def _held_ids(self, r: int, version: str) -> list[str]:
-        """The updates for round r onto ``version`` that we hold: what our entry lists."""
-        return sorted(u.update_id for u in self._exchange.holding(r) if u.base == version)
-
-    async def _read(self, key: str, r: int, attempt: int, version: str) -> list[RoundEntry]:
+    async def _read(
+        self, key: str, r: int, attempt: int, version: str, network: bool = True
+    ) -> list[RoundEntry]:
         entries = []
-        for subkey, item in (await self._host.get(key)).items():
+        for subkey, item in (await self._bulletin.get(key, network=network)).items():
             try:
                 entry = RoundEntry.verify(item.value)
             except BadEntry as e:

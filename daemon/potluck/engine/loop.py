@@ -3,7 +3,10 @@ signed, content-addressed version.
 
 Per round r (times from rounds/schedule.py, derived from the manifest alone):
 
-collecting    updates against V_r are validated and held by the exchange (exchange/service.py).
+collecting    updates against V_r are validated and held by the exchange (exchange/service.py). Under
+              "clock" pacing until the round's fixed aggregation start; under "ready" pacing until
+              engine/closing.py decides, from signed declarations and entries, that what the round
+              waits for is in (late updates, onto V_{r-1} and not merged in it, count in round r).
 aggregating   for attempt a = 0, 1, ... while the round's aggregation window lasts:
   1. freeze: publish a signed entry (held update ids) and read everyone's (engine/entries.py);
   2. derive the same assignment as everyone else: each update carried by exactly one holder; a
@@ -15,8 +18,10 @@ aggregating   for attempt a = 0, 1, ... while the round's aggregation window las
      all-reduce (engine/allreduce.py);
   4. commit: sign, collect the manifest's quorum of signatures, store the version and the history
      row (engine/commit.py).
-A round without updates commits nothing (V_{r+1} = V_r). Between rounds, and before each, the
-engine catches up to a newer (or, after a split, the winning) committed version of its peers.
+Under "clock" pacing a round without updates commits nothing (V_{r+1} = V_r); under "ready" pacing it
+stays open, and a round whose attempts all failed opens again (its next series of attempts numbered
+from SERIES_STRIDE * series). Between rounds, and before each, the engine catches up to a newer (or,
+after a split, the winning) committed version of its peers, at once when one pushes its commit to us.
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ import numpy as np
 from potluck.defence.service import DefenceService
 from potluck.engine.allreduce import MATCHMAKING_S, AllReduce
 from potluck.engine.attempt import Attempt, AttemptFailed, Merged, RoundStatus, sleep_until
-from potluck.engine.commit import Committer
+from potluck.engine.closing import Closer
+from potluck.engine.commit import Committer, commits_key
 from potluck.engine.conduct import Conduct, current
 from potluck.engine.entries import ENTRY_GRACE_S, ENTRY_WINDOW_S, EntryBoard
 from potluck.engine.gathered import merge_gathered
 from potluck.engine.sliced import Faults, SlicedMerge
 from potluck.engine.updates import AcceptedUpdates
+from potluck.exchange.service import HeldUpdate
 from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity
@@ -48,6 +55,7 @@ from potluck.rounds.commit import Commit
 from potluck.rounds.entries import agreement_digest, assign, retry_holders, senior_ids
 from potluck.store.history import History
 from potluck.store.versions import VersionStore
+from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, PeerInfo
 from potluck.tasks import TrainableTask, metric
@@ -57,6 +65,7 @@ logger = logging.getLogger(__name__)
 PREP_PARAMS_PER_S = 4e6  # contribution + pack speed measured on 2 cores: large models need longer to prepare
 MIN_ATTEMPT_S = 3.5  # entries (1 s) + matchmaking (1.5 s) + all-reduce and signatures of a small model
 CATCH_UP_PERIOD_S = 2.0
+SERIES_STRIDE = 16  # "ready" pacing: attempt indices of a round's n-th series start at n * SERIES_STRIDE
 
 
 class RoundEngine:
@@ -68,6 +77,7 @@ class RoundEngine:
         self,
         *,
         host: SwarmHost,
+        bulletin: Bulletin,
         identity: NodeIdentity,
         manifest: Manifest,
         versions: VersionStore,
@@ -119,9 +129,12 @@ class RoundEngine:
             status=self.status, defence=defence,
         )  # fmt: skip
         self._entries = EntryBoard(
-            host=host, identity=identity, run_id=self.run_id, exchange=exchange, peers=peers,
-            conduct=conduct, excluded=self._faults.excluded, defence=defence,
+            bulletin=bulletin, identity=identity, run_id=self.run_id, peers=peers, conduct=conduct,
+            excluded=self._faults.excluded, defence=defence,
         )  # fmt: skip
+        self._closer = Closer(
+            bulletin=bulletin, manifest=manifest, me=identity.public_key, excluded=self._faults.excluded
+        )
         self._allreduce = AllReduce(
             host=host, identity=identity, exchange=exchange, conduct=conduct, status=self.status,
             restore_signals=restore_signals, prep_s=self.prep_s,
@@ -133,12 +146,19 @@ class RoundEngine:
                 peers=peers, conduct=conduct, status=self.status, faults=self._faults,
             )  # fmt: skip
         self._committer = Committer(
-            host=host, identity=identity, manifest=manifest, versions=versions, history=history,
+            bulletin=bulletin, identity=identity, manifest=manifest, versions=versions, history=history,
             state_service=state_service, peers=peers, status=self.status, on_committed=self._committed,
         )  # fmt: skip
         self._ran = ""
+        self._tried = 0  # attempts the last series made (for the abandoned round's message)
         self._evaluation: asyncio.Task | None = None
         self._loop_task: asyncio.Task | None = None
+        # "ready" pacing: round -> (version, when it opened here, its series of attempts so far)
+        self._open: dict[int, tuple[str, float, int]] = {}
+        self._carried: tuple[str, frozenset[str]] | None = None  # V_r's parent, the updates V_r merged
+        self._wake = asyncio.Event()  # a commit was pushed to us: catch up now
+        commits = commits_key(self.run_id, 0)[:-1]
+        bulletin.on_post(lambda key: key.startswith(commits) and self._wake.set())
 
     @property
     def placement(self) -> str:
@@ -179,8 +199,32 @@ class RoundEngine:
         self._local.model_version = self.version
         self._local.round = max(self.committed_round + 1, 0)
         round_ = max(self.status.round, self.committed_round + 1, 0)
-        self._exchange.set_context(round=round_, known_bases=frozenset({self.version}))
+        self._carried = self._carry_from(self.committed_round)
+        self._exchange.set_context(round=round_, known_bases=self.known_bases())
         self._on_new_version()
+
+    def _carry_from(self, committed_round: int) -> tuple[str, frozenset[str]] | None:
+        """Under "ready" pacing, round r also merges the updates onto V_{r-1} that V_r did not: what
+        arrived after round r-1 closed. None when no commit says which those are."""
+        if self.manifest.pacing != "ready" or committed_round < 0:
+            return None
+        commit = self._history.get(committed_round)
+        if commit is None or commit.version != self.version:
+            return None
+        return commit.parent, frozenset(commit.updates)
+
+    def known_bases(self) -> frozenset[str]:
+        """The versions updates may be based on: V_r, and under "ready" pacing V_{r-1} (late updates)."""
+        return frozenset({self.version} | ({self._carried[0]} if self._carried else set()))
+
+    def _eligible(self, r: int) -> list[HeldUpdate]:
+        """The held updates round ``r`` merges: onto V_r, and (carried) onto V_{r-1} but not in V_r."""
+        out = [u for u in self._exchange.holding(r) if u.base == self.version]
+        if self._carried is not None and r > 0:
+            parent, merged = self._carried
+            late = self._exchange.holding(r - 1)
+            out += [u for u in late if u.base == parent and u.update_id not in merged]
+        return out
 
     def _evaluate_soon(self) -> None:
         """Score the current version on the task's held-out split, off the loop (one at a time)."""
@@ -210,6 +254,7 @@ class RoundEngine:
     async def _run_forever(self) -> None:
         m = self.manifest
         while True:
+            self._wake.clear()  # whatever was pushed so far, this catch-up sees
             try:
                 await self.catch_up()
             except asyncio.CancelledError:
@@ -218,62 +263,119 @@ class RoundEngine:
                 self.status.last_error = f"catching up: {type(e).__name__}: {e}"
                 logger.warning(self.status.last_error)
             now = time.time()
-            r = schedule.round_at(m, now)
-            if r < 0:
-                self.status.phase = "waiting"
-                await asyncio.sleep(min(1.0, m.start_time - now))
-                continue
-            self.status.round, self.status.deadline = r, schedule.deadline(m, r)
-            self._exchange.set_context(
-                round=max(r, self.committed_round + 1), known_bases=frozenset({self.version})
-            )
-            if self.committed_round >= r:  # V_{r+1} is already here (synced, or committed)
-                self.status.phase = "committed"
-                await sleep_until(min(schedule.deadline(m, r), now + CATCH_UP_PERIOD_S))
-                continue
-            agg_start = schedule.aggregation_start(m, r)
-            if now < agg_start:
-                self.status.phase = "collecting"
-                await sleep_until(min(agg_start, now + CATCH_UP_PERIOD_S))
-                continue
-            if not self._aggregates:
-                self.status.phase = "following"  # the keepers aggregate; we catch up to their commit
-                await sleep_until(min(schedule.deadline(m, r), time.time() + CATCH_UP_PERIOD_S))
-                continue
-            self.status.phase = "aggregating"
-            await self._aggregate_round(r)
-            await sleep_until(schedule.deadline(m, r))
+            try:
+                if now < m.start_time:
+                    self.status.phase = "waiting"
+                    await self._nap(min(now + 1.0, m.start_time))
+                elif m.pacing == "ready":
+                    await self._ready_round()
+                else:
+                    await self._clock_round(now)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug must not stop the rounds: say it, pause, go on
+                self.status.last_error = f"round loop: bug: {type(e).__name__}: {e}"
+                logger.exception(self.status.last_error)
+                await asyncio.sleep(CATCH_UP_PERIOD_S)
 
-    async def _aggregate_round(self, r: int) -> None:
+    async def _nap(self, until: float) -> None:
+        """Sleep until ``until``, or until a peer pushes a commit to us (then we catch up at once)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, until - time.time()))
+        self._wake.clear()
+
+    async def _clock_round(self, now: float) -> None:
         m = self.manifest
+        r = schedule.round_at(m, now)
+        self.status.round, self.status.deadline = r, schedule.deadline(m, r)
+        self.status.closes_at = schedule.aggregation_start(m, r)
+        self._exchange.set_context(round=max(r, self.committed_round + 1), known_bases=self.known_bases())
+        if self.committed_round >= r:  # V_{r+1} is already here (synced, or committed)
+            self.status.phase = "committed"
+            await self._nap(min(schedule.deadline(m, r), now + CATCH_UP_PERIOD_S))
+            return
+        agg_start = schedule.aggregation_start(m, r)
+        if now < agg_start:
+            self.status.phase = "collecting"
+            await self._nap(min(agg_start, now + CATCH_UP_PERIOD_S))
+            return
+        if not self._aggregates:
+            self.status.phase = "following"  # the keepers aggregate; we catch up to their commit
+            await self._nap(min(schedule.deadline(m, r), time.time() + CATCH_UP_PERIOD_S))
+            return
+        self.status.phase = "aggregating"
         end = schedule.deadline(m, r)
+        if not await self._aggregate_round(r, agg_start, end, 0):
+            self._abandon(r, agg_start, end)
+        await sleep_until(end)
+
+    async def _ready_round(self) -> None:
+        """One step of "ready" pacing: round r = the one after our version, open until closing.py
+        says it closes; then its attempts (module docstring)."""
+        m = self.manifest
+        r = self.committed_round + 1
+        version, opened, series = self._open.get(r, ("", 0.0, 0))
+        if version != self.version:  # V_r is new here: the round opens now
+            self._open = {r: (self.version, time.time(), 0)}
+            self._closer.forget_before(r)
+            version, opened, series = self._open[r]
+        self.status.round, self.status.deadline = r, opened + m.round_seconds
+        self.status.closes_at = opened + schedule.collecting_seconds(m)
+        self._exchange.set_context(round=r, known_bases=self.known_bases())
+        self.status.phase = "collecting" if self._aggregates else "following"
+        if not self._aggregates:  # the keepers aggregate; we catch up to their commit
+            await self._nap(time.time() + CATCH_UP_PERIOD_S)
+            return
+        first = series * SERIES_STRIDE
+        reason = await self._closer.wait(
+            r, self.version, opened, lambda: self._eligible(r), CATCH_UP_PERIOD_S, first=first
+        )
+        if reason is None or self._wake.is_set():  # a commit was pushed meanwhile: catch up first
+            return
+        self.status.phase, self.status.close_reason = "aggregating", reason
+        logger.info(f"round {r} closed after {time.time() - opened:.2f} s: {reason}")
+        start = time.time()
+        end = start + schedule.aggregation_seconds(m)
+        if not await self._aggregate_round(r, start, end, first):
+            self._abandon(r, start, end)
+            self._open[r] = (version, time.time(), series + 1)  # it opens again, with a new series
+
+    async def _aggregate_round(self, r: int, agg_start: float, end: float, first_index: int) -> bool:
+        """Attempts first_index, first_index + 1, ... from ``agg_start`` while they fit before ``end``;
+        True once one settles the round."""
         min_attempt = MIN_ATTEMPT_S + (self.layout.length / PREP_PARAMS_PER_S if self._dense_prep else 0.0)
-        attempt_s = max(min_attempt, (end - schedule.aggregation_start(m, r)) / 3)
+        attempt_s = max(min_attempt, (end - agg_start) / 3)
         attempt = 0
         while True:
-            start = schedule.aggregation_start(m, r) + attempt * attempt_s
+            start = agg_start + attempt * attempt_s
             if start + min_attempt > end:
                 break
             await sleep_until(start)
             self.status.attempts += 1
             self._ran = ""  # set by _merge: which placement this attempt ran, for its error line
+            index = first_index + attempt
             try:
                 last = start + attempt_s + min_attempt > end  # no retry fits: this one may use the whole rest
-                if await self._attempt(r, attempt, start, end if last else start + attempt_s):
-                    return
+                if await self._attempt(r, index, start, end if last else start + attempt_s):
+                    return True
             except AttemptFailed as e:
                 where = f" ({self._ran})" if self._ran else ""
-                self.status.last_error = f"round {r} attempt {attempt}{where}: {e}"
+                self.status.last_error = f"round {r} attempt {index}{where}: {e}"
                 logger.warning(self.status.last_error)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug in one attempt must not end the node
-                self.status.last_error = f"round {r} attempt {attempt}: bug: {type(e).__name__}: {e}"
+                self.status.last_error = f"round {r} attempt {index}: bug: {type(e).__name__}: {e}"
                 logger.exception(self.status.last_error)
             attempt += 1
+        self._tried = attempt
+        return False
+
+    def _abandon(self, r: int, agg_start: float, end: float) -> None:
+        min_attempt = MIN_ATTEMPT_S + (self.layout.length / PREP_PARAMS_PER_S if self._dense_prep else 0.0)
         self.status.abandoned_rounds += 1
-        window = end - schedule.aggregation_start(m, r)
-        self.status.last_error = abandoned(r, attempt, self.status.last_error, window, min_attempt)
+        window = end - agg_start
+        self.status.last_error = abandoned(r, self._tried, self.status.last_error, window, min_attempt)
         logger.warning(self.status.last_error)
 
     async def _attempt(self, r: int, attempt: int, start: float, until: float) -> bool:
@@ -283,14 +385,15 @@ class RoundEngine:
         entered = max(start, time.time())
         # while the entries gather: learn of convicted reducers, so that none takes part
         learn = self._faults.learn if self._convicts else None
-        entries = await self._entries.freeze(r, attempt, self.version, start, entered, learn)
+        held = sorted(u.update_id for u in self._eligible(r))
+        entries = await self._entries.freeze(r, attempt, self.version, start, entered, held, learn)
         # without the updates any entry excludes (banned authors); a retry merges only updates that a
         # majority holds, so an id nobody can fetch (a phantom) cannot stall the round's every attempt
         assignment = assign(entries, 1 if attempt == 0 else retry_holders(len(entries)))
         merge_started = time.time()
         if not assignment:
             logger.info(f"round {r}: no updates; the version stays {self.version[:12]}")
-            return True
+            return self.manifest.pacing == "clock"  # a "ready" round stays open for its first update
         a = Attempt(
             self.manifest, r, attempt, self.version, self.state, self.layout, entries, assignment,
             frozenset(senior_ids(entries)), agreement_digest(entries), entered, until,

@@ -1,5 +1,6 @@
-"""Fetching everyone else's updates: poll the round's announcements, download each new update from a
-holder named there, and hand its bytes to the exchange to validate and hold.
+"""Fetching everyone else's updates: read the round's announcements (as they are pushed to us, and
+from the DHT every POLL_INTERVAL_S), download each new update from a holder named there, and hand its
+bytes to the exchange to validate and hold.
 
 Bytes that do not hash to the announced id cost the holder (counted, avoided for AVOID_HOLDER_S);
 an update the validator rejects is remembered by id (for good, or for RETRY_S where the reason
@@ -10,6 +11,7 @@ fetched (counted once per id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -21,6 +23,7 @@ from hivemind.p2p import PeerID
 from potluck.exchange.announcements import Announcement, BadAnnouncement, updates_key
 from potluck.exchange.chunks import BadStream, NotHeld, received
 from potluck.identity import NodeIdentity
+from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.host import SwarmHost
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.updates.validation import UpdateValidator
@@ -30,7 +33,7 @@ from potluck.wire import WireError, bounded_unpackb
 logger = logging.getLogger(__name__)
 
 HANDLER = "potluck.v1.GetUpdate"
-POLL_INTERVAL_S = 1.0
+POLL_INTERVAL_S = 2.0  # DHT reads: pushed announcements (swarm/bulletin.py) are read as they come
 FETCH_TIMEOUT_S = 10.0  # plus the update's size at MIN_FETCH_BYTES_PER_S: a dead holder costs seconds
 MIN_FETCH_BYTES_PER_S = 1 << 20
 AVOID_HOLDER_S = 300.0
@@ -58,6 +61,7 @@ class Fetcher:
     def __init__(
         self,
         host: SwarmHost,
+        bulletin: Bulletin,
         identity: NodeIdentity,
         run: str,
         validator: UpdateValidator,
@@ -69,6 +73,9 @@ class Fetcher:
         poll_interval_s: float = POLL_INTERVAL_S,
     ):
         self._host, self._identity, self._run, self._validator = host, identity, run, validator
+        self._bulletin = bulletin
+        self._announced = asyncio.Event()  # an announcement was pushed to us
+        bulletin.on_post(self._on_post)
         self._addresses_of = addresses_of  # peer id -> multiaddrs, from the peer records
         self._have, self._accept, self._read_local = have, accept, read_local
         self._poll_interval_s = poll_interval_s
@@ -98,23 +105,35 @@ class Fetcher:
         ctx = self._validator.context
         return range(max(0, ctx.round - ctx.rounds_behind), ctx.round + ctx.rounds_ahead + 1)
 
+    def _on_post(self, key: str) -> None:
+        if key.startswith(updates_key(self._run, 0)[:-1]):
+            self._announced.set()
+
     async def fetch_forever(self) -> None:
+        read_dht_at = 0.0
         while True:
             await self._host.bootstrap.connected_event.wait()
+            network = time.monotonic() >= read_dht_at
+            if network:
+                read_dht_at = time.monotonic() + self._poll_interval_s
+            self._announced.clear()
             try:
-                await self.fetch_announced()
+                await self.fetch_announced(network)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 logger.debug(f"looking for updates failed: {type(e).__name__}: {e}")
-            await asyncio.sleep(self._poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._announced.wait(), max(0.0, read_dht_at - time.monotonic()))
 
-    async def fetch_announced(self) -> None:
+    async def fetch_announced(self, network: bool = True) -> None:
+        """Fetch what the announcements name and we lack; ``network``: read the DHT, not only the pushes."""
         if not self._validator.context.known_bases:  # no model to check updates against: don't fetch
             return
         wanted: list[Announcement] = []
         for round_ in self.rounds_of_interest():
-            for item in (await self._host.get(updates_key(self._run, round_))).values():
+            found = await self._bulletin.get(updates_key(self._run, round_), network=network)
+            for item in found.values():
                 try:
                     announcement = Announcement.verify(item.value)
                 except BadAnnouncement as e:

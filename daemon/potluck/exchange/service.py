@@ -38,6 +38,7 @@ from potluck.exchange.chunks import BadStream, NotHeld, TooLarge, chunked, recei
 from potluck.exchange.fetching import HANDLER, POLL_INTERVAL_S, Fetcher
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.store.updates import UpdateStore
+from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.host import SwarmHost
 from potluck.updates.codec import ParsedUpdate, SignedUpdate, Update, decode_update, parse_update
 from potluck.updates.reasons import Reason, UpdateRejected
@@ -73,12 +74,17 @@ class UpdateExchange:
         validator: UpdateValidator,
         addresses_of: Callable[[str], list[str]],
         *,
+        bulletin: Bulletin | None = None,
+        keepers: Callable[[], list[str]] = list,
         announce_ttl_s: float = ANNOUNCE_TTL_S,
         poll_interval_s: float = POLL_INTERVAL_S,
         evidence_store: UpdateStore | None = None,
         on_equivocation: Callable[[EquivocationSeen, bytes, bytes], None] | None = None,
     ):
         self._host, self._identity, self._run = host, identity, run
+        # a node's records go to the DHT and are pushed to ``keepers`` (peer ids; swarm/bulletin.py)
+        bulletin = bulletin if bulletin is not None else Bulletin(host, run, list)
+        self._bulletin, self._keepers = bulletin, keepers
         self._store, self.validator = store, validator
         self.evidence_store = evidence_store  # both updates of each equivocation found or verified
         self.on_equivocation = on_equivocation  # (found, first bytes, second bytes), on the event loop
@@ -88,11 +94,12 @@ class UpdateExchange:
         # merges these (the bytes stay in the store, for serving)
         self._decoded: dict[str, SignedUpdate] = {}
         self.fetcher = Fetcher(
-            host, identity, run, validator, addresses_of, have=self._held.__contains__, accept=self.accept,
-            read_local=self.read_any, poll_interval_s=poll_interval_s,
+            host, bulletin, identity, run, validator, addresses_of, have=self._held.__contains__,
+            accept=self.accept, read_local=self.read_any, poll_interval_s=poll_interval_s,
         )  # fmt: skip
         self._tasks: list[asyncio.Task] = []
         self._announce_now = asyncio.Event()
+        self._announced: dict[str, float] = {}  # update id -> when we last announced it
         self._validating = asyncio.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ class UpdateExchange:
         if (ctx.round, ctx.known_bases) == (round, known_bases):
             return
         self.validator.context = dataclasses.replace(ctx, round=round, known_bases=known_bases)
-        self.validator.forget_before(round)
+        self.validator.forget_before(round - ctx.rounds_behind)
         self.fetcher.new_round()
         oldest = self.rounds_of_interest().start
         for uid, u in list(self._decoded.items()):  # list(): the validating thread may add meanwhile
@@ -267,34 +274,39 @@ class UpdateExchange:
         return exchange_pb2.PushUpdateResponse(accepted=True, update_id=held.update_id)
 
     async def push(self, data: bytes, keepers: list[tuple[str, list[str]]], want: int = 2) -> int:
-        """Hand ``data`` to up to ``want`` keepers (for a node nobody can dial); how many accepted it."""
+        """Hand ``data`` to ``want`` keepers at a time until ``want`` accepted it (a node nobody can dial
+        needs two; a reachable contributor hands it to every keeper, which saves them the announcement
+        round trip); how many accepted it."""
         accepted = 0
-        for peer_id, addrs in keepers:
-            try:
-                peer = PeerID.from_base58(peer_id)
-                if addrs:
-                    await self._host.connect(peer, addrs)
-
-                async def chunks() -> AsyncIterator[exchange_pb2.UpdateChunk]:
-                    for chunk in chunked(data):
-                        yield chunk
-
-                reply = await asyncio.wait_for(
-                    self._host.p2p.call_protobuf_handler(
-                        peer, PUSH_HANDLER, chunks(), exchange_pb2.PushUpdateResponse
-                    ),
-                    PUSH_TIMEOUT_S,
-                )
-            except Exception as e:
-                logger.info(f"pushing to {peer_id} failed: {type(e).__name__}: {e}")
-                continue
-            if reply.accepted:
-                accepted += 1
-            else:
-                logger.warning(f"keeper {peer_id} rejected our update: {reply.reason}")
+        for i in range(0, len(keepers), max(1, want)):
+            replies = await asyncio.gather(*(self._push_one(data, *k) for k in keepers[i : i + max(1, want)]))
+            accepted += sum(replies)
             if accepted >= want:
                 break
         return accepted
+
+    async def _push_one(self, data: bytes, peer_id: str, addrs: list[str]) -> bool:
+        try:
+            peer = PeerID.from_base58(peer_id)
+            if addrs:
+                await self._host.connect(peer, addrs)
+
+            async def chunks() -> AsyncIterator[exchange_pb2.UpdateChunk]:
+                for chunk in chunked(data):
+                    yield chunk
+
+            reply = await asyncio.wait_for(
+                self._host.p2p.call_protobuf_handler(
+                    peer, PUSH_HANDLER, chunks(), exchange_pb2.PushUpdateResponse
+                ),
+                PUSH_TIMEOUT_S,
+            )
+        except Exception as e:
+            logger.info(f"pushing to {peer_id} failed: {type(e).__name__}: {e}")
+            return False
+        if not reply.accepted:
+            logger.warning(f"keeper {peer_id} rejected our update: {reply.reason}")
+        return reply.accepted
 
     # ---- announcing --------------------------------------------------------------------------------
 
@@ -321,6 +333,8 @@ class UpdateExchange:
         for held in self.holding():
             if held.round not in rounds or self.validator.is_banned(held.author):
                 continue
+            if self._announced.get(held.update_id, 0.0) > now - self._announce_ttl_s / 3:
+                continue  # announced lately: a new holding must not re-announce the whole round
             others = sorted(self.fetcher.holders.get(held.update_id, set()) - {self._identity.peer_id})
             announcement = Announcement(
                 held.update_id,
@@ -332,7 +346,12 @@ class UpdateExchange:
                 now,
             )
             key, value = updates_key(self._run, held.round), announcement.sign(self._identity)
-            await self._host.store(key, held.update_id.encode(), value, now + self._announce_ttl_s)
+            if await self._bulletin.post(
+                key, held.update_id.encode(), value, now + self._announce_ttl_s, to=self._keepers()
+            ):
+                self._announced[held.update_id] = now
+        for uid in [u for u in self._announced if u not in self._held]:
+            del self._announced[uid]
 
     # ---- fetching (exchange/fetching.py) -----------------------------------------------------------
 

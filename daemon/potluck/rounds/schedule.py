@@ -1,5 +1,16 @@
 """The round schedule, derived by every node alone from the manifest and its clock.
 
+Two pacings (the manifest's ``pacing``):
+
+* "clock": the fixed grid below; every round lasts ``round_seconds`` whatever its work.
+* "ready": round r opens as soon as V_r is committed and stops collecting as soon as what it waits
+  for is in (engine/closing.py decides it from signed declarations and entries); then come its
+  attempts, in an aggregation window as long as the clock's. ``round_seconds`` is only the upper
+  bound: a round closes at the latest :func:`collecting_seconds` after it opened (or after its first
+  update). Round numbers follow the commits: round r + 1 is the one after V_{r+1}, never skipped.
+
+Under "clock" pacing:
+
 Round ``r >= 0`` spans ``[start_time + r * round_seconds, start_time + (r + 1) * round_seconds)``;
 its deadline is the start of round ``r + 1``. Within a round:
 
@@ -30,7 +41,9 @@ __all__ = [
     "AGGREGATION_FRACTION",
     "Phase",
     "Position",
+    "aggregation_seconds",
     "aggregation_start",
+    "collecting_seconds",
     "deadline",
     "phase_at",
     "position",
@@ -41,6 +54,16 @@ __all__ = [
 AGGREGATION_FRACTION = 0.25
 
 Phase = Literal["waiting", "collecting", "aggregating"]
+
+
+def collecting_seconds(manifest: Manifest) -> float:
+    """How long a round collects at most: all of it but the aggregation window."""
+    return (1 - AGGREGATION_FRACTION) * manifest.round_seconds
+
+
+def aggregation_seconds(manifest: Manifest) -> float:
+    """How long a round's attempts may take after it stops collecting."""
+    return AGGREGATION_FRACTION * manifest.round_seconds
 
 
 def round_start(manifest: Manifest, r: int) -> float:

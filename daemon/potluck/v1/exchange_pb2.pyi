@@ -71,3 +71,19 @@ class SliceRequest(_message.Message):
     round: int
     attempt: int
     def __init__(self, run_id: _Optional[bytes] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Post(_message.Message):
+    __slots__ = ("key", "subkey", "value", "expiration")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SUBKEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    subkey: bytes
+    value: bytes
+    expiration: float
+    def __init__(self, key: _Optional[str] = ..., subkey: _Optional[bytes] = ..., value: _Optional[bytes] = ..., expiration: _Optional[float] = ...) -> None: ...
+
+class PostAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

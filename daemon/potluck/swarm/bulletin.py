@@ -1,0 +1,166 @@
+"""Small signed records pushed straight to the run's peers, beside their DHT copy.
+
+The round protocol's records (announcements, declarations, entries, commit signatures) live in the
+DHT, where any node reads them whenever it looks. Looking costs a DHT traversal, and looking often
+enough for a round of a second or two costs more bytes than the round's updates weigh. So a node
+that stores such a record also posts it to the run's peers over one libp2p call each
+(``potluck.v1.Post``); a receiver keeps it in a bounded cache and wakes whoever waits on that key.
+
+Readers see the union of the DHT's values and the cache (:meth:`Bulletin.get`), or the cache alone
+between two DHT reads (``network=False``). A pushed record is checked by its reader exactly as one
+read from the DHT (signature, run, round): the push is only faster, never more trusted. A record a
+push lost is still in the DHT, which readers consult at the edges of their windows; so a full
+cache (a peer flooding us) slows a reader down to the DHT's pace and breaks nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from hivemind.p2p import P2PContext, PeerID
+from hivemind.utils import ValueWithExpiration
+
+from potluck.swarm.host import SwarmHost
+from potluck.v1 import exchange_pb2
+
+logger = logging.getLogger(__name__)
+
+POST_HANDLER = "potluck.v1.Post"
+POST_TIMEOUT_S = 2.0
+MAX_VALUE_BYTES = 14 << 10  # hivemind's DHT hazard: no record we post is larger
+MAX_KEYS = 512
+MAX_SUBKEYS = 128  # per key: more than a round has participants or updates
+MAX_TTL_S = 2 * 24 * 3600.0
+
+
+class Bulletin:
+    def __init__(self, host: SwarmHost, run: str, peer_ids: Callable[[], Iterable[str]]):
+        """``peer_ids``: the base58 peer ids a post goes to (the run's live peers, from the records)."""
+        self._host, self._prefix, self._peer_ids = host, f"potluck/{run}/", peer_ids
+        self._cache: OrderedDict[str, dict[Any, ValueWithExpiration]] = OrderedDict()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._posts: dict[str, int] = {}  # key -> records kept under it so far (a reader's "since")
+        self._sends: set[asyncio.Task] = set()
+        self._listeners: list[Callable[[str], None]] = []
+        self.received = 0
+        self.dropped = 0  # pushes refused: wrong run, too large, expired, or a full cache
+
+    async def start(self) -> None:
+        await self._host.p2p.add_protobuf_handler(POST_HANDLER, self._receive, exchange_pb2.Post)
+
+    async def stop(self) -> None:
+        for task in list(self._sends):
+            task.cancel()
+        await asyncio.gather(*self._sends, return_exceptions=True)
+
+    def on_post(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(key)`` on the event loop whenever a record arrives under a key."""
+        self._listeners.append(listener)
+
+    # ---- posting ---------------------------------------------------------------------------------
+
+    async def post(
+        self, key: str, subkey: bytes, value: bytes, expiration: float, *,
+        to: Iterable[str] | None = None, store: bool = True,
+    ) -> bool:  # fmt: skip
+        """Push the record to ``to`` (default: every live peer of the run), then store it in the DHT
+        (unless ``store`` is False: a notice of a record the DHT already holds). The pushes are not
+        awaited: a slow or dead peer delays nobody. True if the DHT took the record (or not asked to)."""
+        self._keep(key, subkey, value, expiration)  # we read our own records like anyone's
+        message = exchange_pb2.Post(key=key, subkey=subkey, value=value, expiration=expiration)
+        me = self._host.peer_id
+        for peer_id in set(self._peer_ids() if to is None else to) - {me}:
+            task = asyncio.create_task(self._send(peer_id, message), name=f"post-{peer_id[-8:]}")
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+        return await self._host.store(key, subkey, value, expiration) if store else True
+
+    async def _send(self, peer_id: str, message: exchange_pb2.Post) -> None:
+        try:
+            peer = PeerID.from_base58(peer_id)
+            await asyncio.wait_for(
+                self._host.p2p.call_protobuf_handler(peer, POST_HANDLER, message, exchange_pb2.PostAck),
+                POST_TIMEOUT_S,
+            )
+        except Exception as e:  # the DHT copy is the fallback: a failed push only costs latency
+            logger.debug(f"posting to {peer_id} failed: {type(e).__name__}: {e}")
+
+    # ---- receiving -------------------------------------------------------------------------------
+
+    async def _receive(self, message: exchange_pb2.Post, context: P2PContext) -> exchange_pb2.PostAck:
+        if self._keep(message.key, message.subkey, message.value, message.expiration):
+            self.received += 1
+        else:
+            self.dropped += 1
+        return exchange_pb2.PostAck()
+
+    def _keep(self, key: str, subkey: bytes, value: bytes, expiration: float) -> bool:
+        now = time.time()
+        if (
+            not key.startswith(self._prefix)
+            or len(value) > MAX_VALUE_BYTES
+            or not now < expiration <= now + MAX_TTL_S
+        ):
+            return False
+        values = self._cache.get(key)
+        if values is None:
+            if len(self._cache) >= MAX_KEYS:
+                old, _ = self._cache.popitem(last=False)  # the least recently posted key: an old round's
+                self._posts.pop(old, None)
+            values = self._cache[key] = {}
+        self._cache.move_to_end(key)
+        if subkey not in values and len(values) >= MAX_SUBKEYS:
+            self._expire(values, now)
+            if len(values) >= MAX_SUBKEYS:
+                return False
+        values[subkey] = ValueWithExpiration(value, expiration)
+        self._posts[key] = self._posts.get(key, 0) + 1
+        event = self._changed.pop(key, None)
+        if event is not None:
+            event.set()
+        for listener in self._listeners:
+            listener(key)
+        return True
+
+    @staticmethod
+    def _expire(values: dict[Any, ValueWithExpiration], now: float) -> None:
+        for subkey in [s for s, item in values.items() if item.expiration_time <= now]:
+            del values[subkey]
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    async def get(self, key: str, *, network: bool = True) -> dict[Any, ValueWithExpiration]:
+        """subkey -> value under ``key``: the DHT's (unless ``network`` is False) joined with what was
+        pushed to us. A DHT that cannot answer leaves the pushed values."""
+        found: dict[Any, ValueWithExpiration] = {}
+        if network:
+            with contextlib.suppress(Exception):
+                found = dict(await self._host.get(key))
+        values = self._cache.get(key)
+        if values:
+            self._expire(values, time.time())
+            for subkey, item in values.items():
+                found.setdefault(subkey, item)
+        return found
+
+    def posts(self, key: str) -> int:
+        """How many records were kept under ``key`` so far: pass it to :meth:`wait` as ``since``."""
+        return self._posts.get(key, 0)
+
+    async def wait(self, key: str, timeout: float, since: int | None = None) -> bool:
+        """Until a record is posted under ``key`` after the ``since``-th (default: from now on) (True),
+        or ``timeout`` seconds pass (False)."""
+        if since is not None and self.posts(key) > since:
+            return True
+        event = self._changed.setdefault(key, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, timeout))
+            return True
+        except TimeoutError:
+            return False
