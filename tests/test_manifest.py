@@ -115,7 +115,8 @@ def test_non_canonical_body_refused():
     "rules",
     [{"quorum": 0}, {"round_seconds": 0}, {"density": 1.5}, {"values": "int4"}, {"admission": "closed"},
      {"allow": ["xyz"]}, {"outer_lr": float("nan")}, {"weight_cap": 0}, {"task_args": {"a": True}},
-     {"task_args": {"a": [1]}}, {"weighting": "equal"}, {"placement": "butterfly"}, {"placement": ""}],
+     {"task_args": {"a": [1]}}, {"weighting": "equal"}, {"placement": "butterfly"}, {"placement": ""},
+     {"pacing": "eager"}, {"target_samples": -1}, {"target_samples": 1.5}],
 )  # fmt: skip
 def test_invalid_rules_raise(rules):
     with pytest.raises(ManifestError):
@@ -147,6 +148,17 @@ def test_placement_keeps_older_manifests_bytes_and_round_trips(tmp_path):
     _, p = _manifest(placement="allreduce")
     assert msgpack.unpackb(p.body())[1]["placement"] == "allreduce" and p.run_id != m.run_id
     assert Manifest.from_bytes(p.to_bytes(), p.run_id).placement == "allreduce"
+    save_manifest(p, tmp_path / "run.toml")
+    assert load_manifest(tmp_path / "run.toml") == p
+
+
+def test_pacing_keeps_older_manifests_bytes_and_round_trips(tmp_path):
+    _, m = _manifest()
+    assert (m.pacing, m.target_samples) == ("clock", 0)
+    assert not {"pacing", "target_samples"} & set(msgpack.unpackb(m.body())[1])
+    _, p = _manifest(pacing="ready", target_samples=500)
+    assert msgpack.unpackb(p.body())[1]["pacing"] == "ready" and p.run_id != m.run_id
+    assert Manifest.from_bytes(p.to_bytes(), p.run_id).target_samples == 500
     save_manifest(p, tmp_path / "run.toml")
     assert load_manifest(tmp_path / "run.toml") == p
 

@@ -49,6 +49,8 @@ class RoundStatus:
     unaudited_sums: int = 0  # all-reduce sums refused unchecked (some updates not fetched in time)
     placement: str = ""  # where the last attempt's merge ran (rounds/placement.py)
     placement_reason: str = ""  # and why
+    # the last commit's attempt, phase by phase (seconds): entries, merge, commit (signatures + store)
+    last_phases: dict[str, float] = field(default_factory=dict)
     last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
     # slices or gathered merge, whichever the strategy uses), before collecting signatures
 

@@ -335,7 +335,8 @@ class RoundEngine:
         self.status.phase, self.status.close_reason = "aggregating", reason
         logger.info(f"round {r} closed after {time.time() - opened:.2f} s: {reason}")
         start = time.time()
-        end = start + schedule.aggregation_seconds(m)
+        # no grid to keep to: short rounds still give their attempts the time they need
+        end = start + max(schedule.aggregation_seconds(m), 3 * self._min_attempt())
         if not await self._aggregate_round(r, start, end, first):
             self._abandon(r, start, end)
             self._open[r] = (version, time.time(), series + 1)  # it opens again, with a new series
@@ -343,7 +344,7 @@ class RoundEngine:
     async def _aggregate_round(self, r: int, agg_start: float, end: float, first_index: int) -> bool:
         """Attempts first_index, first_index + 1, ... from ``agg_start`` while they fit before ``end``;
         True once one settles the round."""
-        min_attempt = MIN_ATTEMPT_S + (self.layout.length / PREP_PARAMS_PER_S if self._dense_prep else 0.0)
+        min_attempt = self._min_attempt()
         attempt_s = max(min_attempt, (end - agg_start) / 3)
         attempt = 0
         while True:
@@ -371,8 +372,11 @@ class RoundEngine:
         self._tried = attempt
         return False
 
+    def _min_attempt(self) -> float:
+        return MIN_ATTEMPT_S + (self.layout.length / PREP_PARAMS_PER_S if self._dense_prep else 0.0)
+
     def _abandon(self, r: int, agg_start: float, end: float) -> None:
-        min_attempt = MIN_ATTEMPT_S + (self.layout.length / PREP_PARAMS_PER_S if self._dense_prep else 0.0)
+        min_attempt = self._min_attempt()
         self.status.abandoned_rounds += 1
         window = end - agg_start
         self.status.last_error = abandoned(r, self._tried, self.status.last_error, window, min_attempt)
@@ -399,8 +403,18 @@ class RoundEngine:
             frozenset(senior_ids(entries)), agreement_digest(entries), entered, until,
         )  # fmt: skip
         merged = await self._merge(a)
-        self.status.last_merge_s = time.time() - merge_started
+        committing = time.time()
+        self.status.last_merge_s = committing - merge_started
         await self._committer.commit(a, merged)
+        # where an attempt's time goes (issue: attempts that fit short rounds), for status and the log
+        self.status.last_phases = {
+            "entries": merge_started - entered, "merge": self.status.last_merge_s,
+            "commit": time.time() - committing,
+        }  # fmt: skip
+        logger.info(
+            f"round {r} attempt {attempt}: "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in self.status.last_phases.items())
+        )
         return True
 
     async def _merge(self, a: Attempt) -> Merged:

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 HANDLER = "potluck.v1.GetUpdate"
 POLL_INTERVAL_S = 2.0  # DHT reads: pushed announcements (swarm/bulletin.py) are read as they come
+# an update announced to us by a push is fetched only this long after: its bytes are usually being
+# pushed to us meanwhile ("ready" pacing), and a fetch of what lands anyway is bytes for nothing
+PUSH_GRACE_S = 0.5
 FETCH_TIMEOUT_S = 10.0  # plus the update's size at MIN_FETCH_BYTES_PER_S: a dead holder costs seconds
 MIN_FETCH_BYTES_PER_S = 1 << 20
 AVOID_HOLDER_S = 300.0
@@ -86,6 +89,7 @@ class Fetcher:
         self._retry_after: dict[str, float] = {}  # update id -> when to try a retryable rejection again
         self._skipped: set[str] = set()  # announced ids not fetched (banned/rate-limited author), counted
         self._fetches: set[asyncio.Task] = set()
+        self._first_seen: dict[str, float] = {}  # update id -> when an announcement first named it
         self.fetched = 0
         self.bad_holder_fetches = 0
 
@@ -100,6 +104,7 @@ class Fetcher:
         early or on an unknown base may be fine now."""
         self._skipped.clear()
         self._retry_after.clear()
+        self._first_seen.clear()
 
     def rounds_of_interest(self) -> range:
         ctx = self._validator.context
@@ -117,19 +122,22 @@ class Fetcher:
             if network:
                 read_dht_at = time.monotonic() + self._poll_interval_s
             self._announced.clear()
+            wake_at = read_dht_at
             try:
-                await self.fetch_announced(network)
+                wake_at = min(wake_at, await self.fetch_announced(network))
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 logger.debug(f"looking for updates failed: {type(e).__name__}: {e}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._announced.wait(), max(0.0, read_dht_at - time.monotonic()))
+                await asyncio.wait_for(self._announced.wait(), max(0.0, wake_at - time.monotonic()))
 
-    async def fetch_announced(self, network: bool = True) -> None:
-        """Fetch what the announcements name and we lack; ``network``: read the DHT, not only the pushes."""
+    async def fetch_announced(self, network: bool = True) -> float:
+        """Fetch what the announcements name and we lack; ``network``: read the DHT, not only the pushes
+        (whose news waits PUSH_GRACE_S). Returns when a deferred fetch is due (monotonic seconds)."""
+        due = float("inf")
         if not self._validator.context.known_bases:  # no model to check updates against: don't fetch
-            return
+            return due
         wanted: list[Announcement] = []
         for round_ in self.rounds_of_interest():
             found = await self._bulletin.get(updates_key(self._run, round_), network=network)
@@ -149,12 +157,17 @@ class Fetcher:
                     continue
                 if self._retry_after.get(uid, 0.0) > time.monotonic():
                     continue
+                first = self._first_seen.setdefault(uid, time.monotonic())
+                if not network and first + PUSH_GRACE_S > time.monotonic():
+                    due = min(due, first + PUSH_GRACE_S)
+                    continue
                 wanted.append(announcement)
         for announcement in wanted:
             self._inflight.add(announcement.update_id)
             task = asyncio.create_task(self._fetch(announcement), name=f"fetch-{announcement.update_id[:12]}")
             self._fetches.add(task)
             task.add_done_callback(self._fetches.discard)
+        return due
 
     def skip(self, announcement: Announcement) -> bool:
         """Don't fetch what a banned author, or one past its rate limit, announces (the author named in

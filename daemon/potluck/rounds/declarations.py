@@ -6,7 +6,7 @@ waits for, from signed records rather than from its own timing. A declaration is
 right: one that is never kept only makes the round wait for its clock bound.
 
 Key ``potluck/<run>/round/<r>/declared``, subkey = the author's public key, value =
-``[domain, run, round, base, author, timestamp]`` + the author's Ed25519 signature (under 200 bytes).
+``[domain, run, round, base, author, timestamp]`` + the author's Ed25519 signature (under 256 bytes).
 """
 
 from __future__ import annotations
