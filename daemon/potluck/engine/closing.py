@@ -28,7 +28,9 @@ from potluck.rounds.entries import BadEntry, RoundEntry, entries_key
 from potluck.swarm.bulletin import Bulletin
 
 LOCAL_CHECK_S = 0.05  # what we hold changes without a post (a fetch, a push): looked at this often
-DHT_READ_S = 1.0  # declarations and entries not pushed to us are looked for in the DHT this often
+# declarations and entries not pushed to us are looked for in the DHT: first after this long, then
+# twice as long after each read that changed nothing, up to the longest (an idle run stays quiet)
+DHT_READ_S, IDLE_READ_S = 1.0, 8.0
 
 
 class Closer:
@@ -38,6 +40,8 @@ class Closer:
         self._bulletin, self._manifest, self._me, self._excluded = bulletin, manifest, me, excluded
         self._first_held: dict[int, float] = {}  # round -> when its first eligible update was held here
         self._read_dht_at = 0.0
+        self._read_every = DHT_READ_S
+        self._seen: tuple[int, int] = (0, 0)  # (eligible updates, declarations) at the last look
         self.waiting_for = 0  # declared contributors without an update yet (for status)
 
     async def wait(
@@ -54,7 +58,8 @@ class Closer:
             now = time.time()
             network = now >= self._read_dht_at
             if network:
-                self._read_dht_at = now + DHT_READ_S
+                self._read_every = min(2 * self._read_every, IDLE_READ_S)
+                self._read_dht_at = now + self._read_every
             updates = held()
             if updates:
                 self._first_held.setdefault(r, now)
@@ -63,6 +68,10 @@ class Closer:
                 samples[u.author] = samples.get(u.author, 0) + u.sample_count
             declared = await self._declared(keys[0], r, version, network)
             self.waiting_for = len(declared - samples.keys())
+            if (len(updates), len(declared)) != self._seen:  # things move: look at the DHT often again
+                self._seen = (len(updates), len(declared))
+                self._read_every = DHT_READ_S
+                self._read_dht_at = min(self._read_dht_at, now + DHT_READ_S)
             reason = close_reason(declared, samples, self._manifest.target_samples)
             if reason is not None:
                 return reason
@@ -76,6 +85,8 @@ class Closer:
             await asyncio.sleep(LOCAL_CHECK_S)  # local reads only: pushes land in the bulletin meanwhile
 
     def forget_before(self, r: int) -> None:
+        """Round ``r`` opened: older rounds are done with, and the new one is looked at closely."""
+        self._read_every, self._read_dht_at, self._seen = DHT_READ_S / 2, 0.0, (0, 0)
         for old in [k for k in self._first_held if k < r]:
             del self._first_held[old]
 

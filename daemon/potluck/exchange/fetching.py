@@ -33,7 +33,9 @@ from potluck.wire import WireError, bounded_unpackb
 logger = logging.getLogger(__name__)
 
 HANDLER = "potluck.v1.GetUpdate"
-POLL_INTERVAL_S = 2.0  # DHT reads: pushed announcements (swarm/bulletin.py) are read as they come
+# DHT reads (pushed announcements, swarm/bulletin.py, are read as they come): this often, and twice
+# as seldom after each read that found nothing new, up to IDLE_POLL_S (a new round starts over)
+POLL_INTERVAL_S, IDLE_POLL_S = 2.0, 8.0
 # an update announced to us by a push is fetched only this long after: its bytes are usually being
 # pushed to us meanwhile ("ready" pacing), and a fetch of what lands anyway is bytes for nothing
 PUSH_GRACE_S = 0.5
@@ -90,6 +92,7 @@ class Fetcher:
         self._skipped: set[str] = set()  # announced ids not fetched (banned/rate-limited author), counted
         self._fetches: set[asyncio.Task] = set()
         self._first_seen: dict[str, float] = {}  # update id -> when an announcement first named it
+        self._poll_every = poll_interval_s
         self.fetched = 0
         self.bad_holder_fetches = 0
 
@@ -105,6 +108,8 @@ class Fetcher:
         self._skipped.clear()
         self._retry_after.clear()
         self._first_seen.clear()
+        self._poll_every = self._poll_interval_s
+        self._announced.set()  # read the new round's announcements now
 
     def rounds_of_interest(self) -> range:
         ctx = self._validator.context
@@ -120,7 +125,8 @@ class Fetcher:
             await self._host.bootstrap.connected_event.wait()
             network = time.monotonic() >= read_dht_at
             if network:
-                read_dht_at = time.monotonic() + self._poll_interval_s
+                read_dht_at = time.monotonic() + self._poll_every
+                self._poll_every = min(2 * self._poll_every, max(IDLE_POLL_S, self._poll_interval_s))
             self._announced.clear()
             wake_at = read_dht_at
             try:
@@ -157,6 +163,8 @@ class Fetcher:
                     continue
                 if self._retry_after.get(uid, 0.0) > time.monotonic():
                     continue
+                if uid not in self._first_seen:  # news: poll the DHT often again
+                    self._poll_every = self._poll_interval_s
                 first = self._first_seen.setdefault(uid, time.monotonic())
                 if not network and first + PUSH_GRACE_S > time.monotonic():
                     due = min(due, first + PUSH_GRACE_S)
