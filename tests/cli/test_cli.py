@@ -186,11 +186,15 @@ def test_tables_show_what_people_look_for():
         "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWx"], "version": "ef" * 32, "committed_round": 3,
         "bootstrap": {"state": "retrying", "attempts": 3, "next_retry_in_s": 4.0, "last_error": "refused",
                       "initial_peers": []},
-        "aggregation": {"placement": "gathered", "placement_policy": "auto"},
+        "aggregation": {"placement": "gathered", "placement_policy": "auto", "pacing": "ready",
+                        "waiting_for": 2, "close_reason": "every declared contributor (3) has published",
+                        "last_phases": {"entries": 0.16, "merge": 0.01, "commit": 0.04}},
         "round_error": "round 3 abandoned after 1 attempt(s); the last failed: the all-reduce timed out",
     }  # fmt: skip
     text = format_status(status)
     assert "placement     gathered (policy auto)" in text
+    assert "waiting for 2 declared update(s); the last round closed: every declared contributor (3)" in text
+    assert "entries 0.16s, merge 0.01s, commit 0.04s" in text
     assert "round error   round 3 abandoned after 1 attempt(s); the last failed: the all-reduce" in text
     assert "1h02m05s" in text and "bad_signature=3" in text and "unsigned" not in text
     assert "retrying (3 attempts), next in 4s: refused" in text

@@ -51,11 +51,13 @@ def test_the_status_says_when_collecting_stops_a_quarter_round_before_the_end():
     )
     r = 3
     status = RoundStatus(round=r, phase="collecting", deadline=schedule.deadline(manifest, r),
-                         placement="gathered", placement_reason="auto: cheapest (per node: ...)")  # fmt: skip
+                         closes_at=schedule.aggregation_start(manifest, r), placement="gathered",
+                         placement_reason="auto: cheapest (per node: ...)", close_reason="every declared ...",
+                         last_phases={"entries": 0.2, "merge": 0.01, "commit": 0.05})  # fmt: skip
     status.convicted["cd" * 32] = (2, "ef" * 32)
     engine = SimpleNamespace(
         run_id=manifest.run_id, status=status, version="12" * 32, committed_round=r - 1,
-        placement="gathered", manifest=manifest,
+        placement="gathered", manifest=manifest, waiting_for=2,
     )  # fmt: skip
     reply = replies.status(_node(engine))
     assert reply.deadline == 1000.0 + 4 * 40.0
@@ -66,3 +68,6 @@ def test_the_status_says_when_collecting_stops_a_quarter_round_before_the_end():
         "auto"
     )
     assert [(c.node_id, c.round) for c in reply.aggregation.convicted] == [("cd" * 32, 2)]
+    agg = reply.aggregation
+    assert (agg.pacing, agg.waiting_for, agg.close_reason) == ("clock", 2, "every declared ...")
+    assert dict(agg.last_phases) == {"entries": 0.2, "merge": 0.01, "commit": 0.05}

@@ -11,8 +11,15 @@ def _round_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """Where the last attempt merged (and the run's policy), and why the last round or attempt failed."""
     rows = []
     agg = s.get("aggregation") or {}
+    if agg.get("pacing") == "ready":
+        waiting = f"; waiting for {agg['waiting_for']} declared update(s)" if agg.get("waiting_for") else ""
+        closed = f"; the last round closed: {agg['close_reason']}" if agg.get("close_reason") else ""
+        rows.append(("pacing", f"ready{waiting}{closed}"))
     if agg.get("placement"):
         rows.append(("placement", f"{agg['placement']} (policy {agg.get('placement_policy') or 'auto'})"))
+    if agg.get("last_phases"):
+        phases = ", ".join(f"{k} {v:.2f}s" for k, v in agg["last_phases"].items())
+        rows.append(("last attempt", phases))
     if s.get("round_error"):
         rows.append(("round error", s["round_error"]))
     return rows
@@ -42,7 +49,8 @@ def format_status(s: dict[str, Any]) -> str:
             # collecting closes a quarter round before the end: publish before then (rounds.schedule)
             + (
                 f", takes updates for {s['collecting_deadline'] - time.time():.0f}s more"
-                if s.get("collecting_deadline", 0) > time.time()
+                + (" at most" if (s.get("aggregation") or {}).get("pacing") == "ready" else "")
+                if s.get("collecting_deadline", 0) > time.time() and s["phase"] == "collecting"
                 else ""
             )
             + (f", ends in {max(0.0, s['deadline'] - time.time()):.0f}s" if s["deadline"] else ""),

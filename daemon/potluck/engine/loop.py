@@ -161,6 +161,11 @@ class RoundEngine:
         bulletin.on_post(lambda key: key.startswith(commits) and self._wake.set())
 
     @property
+    def waiting_for(self) -> int:
+        """ "ready" pacing: declared contributors whose update this node does not hold yet."""
+        return self._closer.waiting_for if self.status.phase == "collecting" else 0
+
+    @property
     def placement(self) -> str:
         """The placement the last attempt ran (rounds/placement.py), or the manifest's policy before one."""
         return self.status.placement or self.manifest.placement

@@ -14,7 +14,6 @@ from potluck.exchange.service import UpdateExchange
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.manifest import is_run_id
-from potluck.rounds import schedule
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, Membership
 from potluck.swarm.validator import RejectionCounters
@@ -87,10 +86,9 @@ def _round_status(node: NodeParts) -> dict:
         "phase": e.status.phase,
         "version": e.version,
         "deadline": e.status.deadline,
-        # collecting ends a quarter of a round before the deadline (rounds.schedule)
-        "collecting_deadline": (
-            schedule.aggregation_start(e.manifest, e.status.round) if e.status.round >= 0 else 0.0
-        ),
+        # when collecting ends at the latest (rounds.schedule): earlier under "ready" pacing once the
+        # declared updates are in
+        "collecting_deadline": e.status.closes_at if e.status.round >= 0 else 0.0,
         "participants": e.status.last_participants,
         "committed_round": e.committed_round,
         "abandoned_rounds": e.status.abandoned_rounds,
@@ -119,6 +117,10 @@ def _aggregation(engine: RoundEngine) -> control_pb2.Aggregation:
         last_merge_s=st.last_merge_s,
         audited_sums=st.audited_sums,
         unaudited_sums=st.unaudited_sums,
+        pacing=engine.manifest.pacing,
+        close_reason=st.close_reason,
+        waiting_for=engine.waiting_for,
+        last_phases=st.last_phases,
     )
 
 
