@@ -1,7 +1,7 @@
 """Benchmark: round pacing and wire bytes, potluck's real nodes against Flower's long-lived gRPC clients.
 
-    python bench/pacing.py                                  # 10 rounds each side, --round-seconds 15: ~4 min
-    python bench/pacing.py --quick                          # 3 rounds each side: ~1.5 min
+    python bench/pacing.py                               # 10 rounds each side, --round-seconds 15: ~4-5 min
+    python bench/pacing.py --quick                       # 3 rounds each side: ~2 min
     python bench/pacing.py --round-seconds 60 --init-arg='--pacing ready'   # once potluck has that flag
 
 One workload on both sides: the digits task (MLP 64-1024-10, 76,810 parameters; ``--hidden``,
@@ -24,6 +24,9 @@ Wire bytes: each side runs in a network namespace of its own (``unshare -n``, wh
 loopback every frame is counted once as sent and once as received (tx == rx): the JSON reports
 ``tx`` bytes, i.e. every byte sent by any process once, frame headers (Ethernet, IP, TCP) included.
 Without a namespace (``--no-netns``) the counters include whatever else the machine sends on lo.
+Beside them, ``ss -tinp`` (looked at every 0.05-0.2 s) gives each TCP connection's bytes sent (TCP
+payload, no headers), summed per node and process (:class:`TcpLedger`). Idle traffic: lo from 5 s
+after every potluck node is up until round 0 starts (none when the nodes came up later than that).
 
 Prints one JSON object on stdout (progress on stderr); ``--out`` sets the PNG.
 """
@@ -35,6 +38,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shlex
 import socket
 import statistics
@@ -55,21 +59,28 @@ DEFAULT_VENV = Path.home() / ".cache" / "potluck-bench" / "flwr-venv"
 FLOWER_PACKAGES = (("torch==2.13.0",), ("flwr==1.42.*", "scikit-learn==1.9.1"))  # torch first: the CPU build
 IN_NETNS = "POTLUCK_BENCH_NETNS"
 NODE_BUDGET = 50_000  # the issue's allowance per node and round, bytes
+IDLE_SETTLE_S = 5.0  # idle traffic is counted from this long after every node is up until round 0
 
 
 def log(message: str) -> None:
     print(f"[pacing] {message}", file=sys.stderr, flush=True)
 
 
-def pss_tree(pid: int) -> int:
-    """Proportional set size of ``pid`` and all its descendants, bytes (/proc/*/smaps_rollup)."""
-    children: dict[int, list[int]] = {}
+def parents() -> dict[int, int]:
+    """Every process's parent (/proc/*/stat)."""
+    out: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
+                out[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def pss_tree(pid: int) -> int:
+    """Proportional set size of ``pid`` and all its descendants, bytes (/proc/*/smaps_rollup)."""
+    children: dict[int, list[int]] = {}
+    for child, parent in parents().items():
+        children.setdefault(parent, []).append(child)
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
@@ -79,6 +90,68 @@ def pss_tree(pid: int) -> int:
                 if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
     return total
+
+
+class TcpLedger:
+    """Bytes sent per TCP connection in this network namespace (``ss -tinp``: tcp_info's bytes_sent,
+    so TCP payload without headers), summed per owner: the node (or client) whose process tree holds
+    the socket, and the owning process's name (``p2pd``, ``python``, ...). Connections are seen only
+    when :meth:`observe` runs: bytes a connection sent after the last look before it closed, and
+    connections that opened and closed between two looks, are missed (they stay in lo's counters)."""
+
+    def __init__(self, roots: dict[int, str]) -> None:
+        self.roots = roots  # pid -> name of a node / client / server process tree
+        self._owner: dict[int, tuple[str, str]] = {}
+        self._last: dict[tuple[str, str], tuple[int, tuple[str, str]]] = {}
+        self._closed: dict[tuple[str, str], int] = {}
+
+    def owner(self, pid: int, tree: dict[int, int]) -> tuple[str, str]:
+        if pid not in self._owner:
+            name, p = "other", pid
+            while p > 1:
+                if p in self.roots:
+                    name = self.roots[p]
+                    break
+                p = tree.get(p, 0)
+            with contextlib.suppress(OSError):
+                self._owner[pid] = (name, Path(f"/proc/{pid}/comm").read_text().strip())
+        return self._owner.get(pid, ("other", "?"))
+
+    def observe(self) -> None:
+        out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True).stdout
+        tree, conn, pid = parents(), None, 0
+        for line in out.splitlines():
+            if not line[:1].isspace():  # the socket's line; its tcp_info follows, indented
+                fields, found = line.split(), re.search(r"pid=(\d+)", line)
+                conn, pid = (fields[3], fields[4]), int(found[1]) if found else 0
+            elif conn is not None and (sent := re.search(r"bytes_sent:(\d+)", line)):
+                owner = self.owner(pid, tree) if pid else ("other", "?")
+                before = self._last.get(conn)
+                if before is not None and int(sent[1]) < before[0]:  # a new connection on the same ports
+                    self._closed[before[1]] = self._closed.get(before[1], 0) + before[0]
+                self._last[conn] = (int(sent[1]), owner if before is None else before[1])
+                conn = None
+
+    def totals(self) -> dict[str, int]:
+        """Bytes sent so far per ``"owner/process"``."""
+        out = {f"{o}/{c}": n for (o, c), n in self._closed.items()}
+        for sent, (o, c) in self._last.values():
+            out[f"{o}/{c}"] = out.get(f"{o}/{c}", 0) + sent
+        return out
+
+
+def by_process(per_owner: dict[str, int]) -> dict[str, int]:
+    """:func:`tcp_sent_per_round` summed over owners, per process name (``p2pd``, ``python``, ...)."""
+    out: dict[str, int] = {}
+    for key, value in per_owner.items():
+        out[key.rsplit("/", 1)[1]] = out.get(key.rsplit("/", 1)[1], 0) + value
+    return out
+
+
+def tcp_sent_per_round(first: dict[str, int], last: dict[str, int], rounds: int) -> dict[str, int]:
+    """Bytes each owner/process sent between two :meth:`TcpLedger.totals`, per round, largest first."""
+    per = {k: (v - first.get(k, 0)) // max(rounds, 1) for k, v in last.items()}
+    return dict(sorted(((k, v) for k, v in per.items() if v), key=lambda kv: -kv[1]))
 
 
 def median(values: list[float]) -> float | None:
@@ -160,26 +233,33 @@ def run_potluck(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                                   str(args.local_steps), "--seed", str(i), *join_args)  # fmt: skip
         for node in swarm.nodes:
             node.wait_ready(180)
-        ready, lo_ready = time.time(), loopback()
+        ready = time.time()
         status_ready = {node.data_dir.name: node_status(node.data_dir) for node in swarm.nodes}
         log(f"potluck: {len(swarm.nodes)} nodes up {ready - launched:.1f} s after launch; "
             f"round 0 starts in {manifest.start_time - time.time():.1f} s")  # fmt: skip
-        while time.time() < manifest.start_time:
+        while time.time() < min(ready + IDLE_SETTLE_S, manifest.start_time):
             time.sleep(0.05)
+        idle_from, lo_idle = time.time(), loopback()
+        ledger = TcpLedger({node.pid: node.data_dir.name for node in swarm.nodes} | {os.getpid(): "bench"})
+        while time.time() < manifest.start_time:
+            ledger.observe()
+            time.sleep(0.2)
         started, lo_started = time.time(), loopback()
+        ledger.observe()
+        tcp_started = ledger.totals()
         deadline = manifest.start_time + (args.rounds + 4) * args.round_seconds + 60
-        last_sizes = 0.0
+        observer = 0  # lo bytes while this bench asked the keeper for its updates (an upper bound)
         while len(commits) < args.rounds and time.time() < deadline:
             time.sleep(0.2)
+            ledger.observe()
             fresh = [e for e in keeper_log(keeper) if not commits or e["round"] > commits[-1]["round"]]
-            if fresh or time.time() - last_sizes > 1:
-                with contextlib.suppress(Exception):  # a busy node: the next poll gets them
-                    sizes.update(
-                        (u["update_id"], (int(u["round"]), int(u["size"]))) for u in keeper.updates()
-                    )
-                last_sizes = time.time()
             for entry in fresh[: args.rounds - len(commits)]:
-                commits.append({**entry, "seen": time.time(), "lo": loopback()})
+                commits.append({**entry, "seen": time.time(), "lo": loopback(), "tcp": ledger.totals()})
+                before = loopback()["tx_bytes"]
+                with contextlib.suppress(Exception):  # a busy node: the next commit's call gets them
+                    held = keeper.updates()
+                    sizes.update((u["update_id"], (int(u["round"]), int(u["size"]))) for u in held)
+                observer += loopback()["tx_bytes"] - before
                 for node in swarm.nodes:
                     pss.setdefault(node.data_dir.name, []).append(pss_tree(node.pid))
                 log(f"potluck: round {entry['round']} committed ({len(commits)}/{args.rounds}), "
@@ -194,7 +274,8 @@ def run_potluck(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     times = [c["time"] for c in commits]
     marks = [lo_started, *(c["lo"] for c in commits)]
     first_start = schedule.round_start(manifest, commits[0]["round"]) if commits else None
-    idle_s = started - ready
+    idle_s = started - idle_from
+    tcp = tcp_sent_per_round(tcp_started, commits[-1]["tcp"], len(commits)) if commits else {}
     return {
         "manifest": {
             "run_id": manifest.run_id,
@@ -216,11 +297,15 @@ def run_potluck(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "first_start_to_last_commit_s": round(times[-1] - first_start, 2) if commits else None,
         "payload_bytes_per_round": payload,
         "wire_tx_bytes_per_round": [b["tx_bytes"] - a["tx_bytes"] for a, b in pairwise(marks)],
+        "wire_tx_packets_per_round": [b["tx_packets"] - a["tx_packets"] for a, b in pairwise(marks)],
         "wire_tx_bytes_total": marks[-1]["tx_bytes"] - lo_started["tx_bytes"],
         "wire_tx_bytes_launch_to_start": lo_started["tx_bytes"] - lo_launch["tx_bytes"],
+        "tcp_sent_bytes_per_round": tcp,
+        "tcp_sent_bytes_per_round_by_process": by_process(tcp),
+        "observer_tx_bytes_per_round": observer // max(len(commits), 1),
         "idle_window_s": round(idle_s, 2),
         "idle_tx_bytes_per_s_per_node": (
-            round((lo_started["tx_bytes"] - lo_ready["tx_bytes"]) / idle_s / len(swarm.nodes))
+            round((lo_started["tx_bytes"] - lo_idle["tx_bytes"]) / idle_s / len(swarm.nodes))
             if idle_s >= 2
             else None
         ),
@@ -291,12 +376,17 @@ def run_flower(args: argparse.Namespace, python: Path, root: Path) -> dict[str, 
                     stdout=client_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 ))  # fmt: skip
         pss: dict[str, list[int]] = {f"client{i}": [] for i in range(n)}
-        deadline = time.monotonic() + 300 + 30 * args.rounds
+        ledger = TcpLedger({server.pid: "server", os.getpid(): "bench"} | {c.pid: f"client{i}" for i, c in
+                                                                            enumerate(clients)})  # fmt: skip
+        deadline, last_pss = time.monotonic() + 300 + 30 * args.rounds, 0.0
         while server.poll() is None and time.monotonic() < deadline:
-            for i, c in enumerate(clients):
-                if c.poll() is None and (value := pss_tree(c.pid)):
-                    pss[f"client{i}"].append(value)
-            time.sleep(0.5)
+            ledger.observe()  # often: the connections close with the run, their last bytes with them
+            if time.monotonic() - last_pss > 0.5:
+                for i, c in enumerate(clients):
+                    if c.poll() is None and (value := pss_tree(c.pid)):
+                        pss[f"client{i}"].append(value)
+                last_pss = time.monotonic()
+            time.sleep(0.05)
         assert server.stdout is not None
         lines = server.stdout.read().decode().splitlines()
         if server.wait(30) != 0 or not lines:
@@ -326,8 +416,11 @@ def run_flower(args: argparse.Namespace, python: Path, root: Path) -> dict[str, 
         "payload_up_bytes_per_round": up,
         "payload_down_bytes_per_round": down,
         "wire_tx_bytes_per_round": [b["tx_bytes"] - a["tx_bytes"] for a, b in pairwise(marks)],
+        "wire_tx_packets_per_round": [b["tx_packets"] - a["tx_packets"] for a, b in pairwise(marks)],
         "wire_tx_bytes_total": marks[-1]["tx_bytes"] - marks[0]["tx_bytes"],
         "wire_tx_bytes_launch_to_start": marks[0]["tx_bytes"] - lo_launch["tx_bytes"],
+        "tcp_sent_bytes_per_round": (tcp := tcp_sent_per_round({}, ledger.totals(), len(rows))),
+        "tcp_sent_bytes_per_round_by_process": by_process(tcp),
         "accuracy": out["accuracy"][1:],  # [0] is the genesis
         "genesis_accuracy": out["accuracy"][0],
         "pss_bytes": {name: {"max": max(v), "last": v[-1]} for name, v in pss.items() if v},
@@ -350,7 +443,7 @@ def summarize(args: argparse.Namespace, p: dict[str, Any], f: dict[str, Any]) ->
         return statistics.mean(values) if values else None
 
     def ratio(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 3) if a is not None and b else None
+        return float(f"{a / b:.4g}") if a is not None and b else None
 
     rows = {}
     for name, side, prefix in (("potluck", p, "contributor"), ("flower", f, "client")):
@@ -361,6 +454,7 @@ def summarize(args: argparse.Namespace, p: dict[str, Any], f: dict[str, Any]) ->
             "first_start_to_last_commit_s": side["first_start_to_last_commit_s"],
             "payload_bytes_per_round": per_round(side, "payload_bytes_per_round"),
             "wire_tx_bytes_per_round": per_round(side, "wire_tx_bytes_per_round"),
+            "wire_tx_packets_per_round": per_round(side, "wire_tx_packets_per_round"),
             "final_accuracy": side["accuracy"][-1] if side["accuracy"] else None,
             "pss_bytes_per_client": mean_pss(side, prefix),
         }
@@ -421,11 +515,14 @@ def plot(result: dict[str, Any], path: Path) -> str:
     for i, (key, label) in enumerate(bars):
         heights = [result["summary"][s][key] or 0 for s in ("potluck", "flower")]
         b.bar([v + (i - 0.5) * width for v in x], heights, width, label=label)
+    budget = result["summary"]["targets"]["wire_le_3x_payload_plus_50kb_per_node"]["budget"]
+    if budget:
+        b.hlines(budget, -0.5, 0.5, colors="k", linestyles="--", label="target: 3x payload + 50 KB/node")
     b.set_xticks(list(x), ["potluck", "Flower"])
     b.set_yscale("log")
     b.set_ylabel("bytes per round (mean)")
     b.grid(alpha=0.3, axis="y", which="both")
-    b.legend(fontsize=8)
+    b.legend(fontsize=8, loc="lower right")
     b.set_title("payload vs everything on the wire")
     for label, side in sides:
         acc = [v for v in side["accuracy"] if v is not None]
@@ -435,7 +532,7 @@ def plot(result: dict[str, Any], path: Path) -> str:
     c.set_ylim(0, 1)
     c.grid(alpha=0.3)
     c.legend(loc="lower right", fontsize=8)
-    c.set_title("accuracy (potluck: top-k int8 updates; Flower: dense fp32)")
+    c.set_title("accuracy (potluck: top-k int8; Flower: dense fp32)")
     return plots.save(fig, path)
 
 
@@ -459,7 +556,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=0.02, help="digits task: SGD lr")
     ap.add_argument("--round-seconds", type=float, default=15.0, help="potluck init --round-seconds")
     ap.add_argument(
-        "--start-in", type=float, default=30.0, help="potluck init --start-in: time to start nodes"
+        "--start-in", type=float, default=45.0, help="potluck init --start-in: time to start nodes"
     )
     ap.add_argument("--record-ttl", type=float, default=30.0, help="potluck run/join --record-ttl")
     ap.add_argument(
@@ -480,7 +577,7 @@ def main() -> int:
         "--flower-venv", type=Path, default=DEFAULT_VENV, help="the Flower venv (made if missing)"
     )
     ap.add_argument("--no-netns", dest="netns", action="store_false", help="count on the machine's own lo")
-    ap.add_argument("--quick", action="store_true", help="3 rounds, --start-in 20")
+    ap.add_argument("--quick", action="store_true", help="3 rounds, --start-in 30")
     ap.add_argument("--out", default="bench/out/pacing.png", help="PNG plot ('' for none)")
     ap.add_argument("--json", default="", help="also write the JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' folders (logs)")
@@ -490,7 +587,7 @@ def main() -> int:
         print(plot(json.loads(args.replot.read_text()), Path(args.out)))
         return 0
     if args.quick:
-        args.rounds, args.start_in = 3, 20.0
+        args.rounds, args.start_in = 3, 30.0
     sides = set(args.sides.split(","))
     if not sides <= {"potluck", "flower"} or not sides:
         ap.error("--sides: potluck, flower or both")
