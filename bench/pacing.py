@@ -437,7 +437,9 @@ def mean_pss(side: dict[str, Any], prefix: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def summarize(args: argparse.Namespace, p: dict[str, Any], f: dict[str, Any]) -> dict[str, Any]:
+def summarize(args: argparse.Namespace, p: dict[str, Any], f: dict[str, Any] | None) -> dict[str, Any]:
+    """Both sides' headline numbers, their ratios (with Flower) and the issue's targets (potluck's)."""
+
     def per_round(side: dict[str, Any], key: str) -> float | None:
         values = side[key]
         return statistics.mean(values) if values else None
@@ -447,6 +449,8 @@ def summarize(args: argparse.Namespace, p: dict[str, Any], f: dict[str, Any]) ->
 
     rows = {}
     for name, side, prefix in (("potluck", p, "contributor"), ("flower", f, "client")):
+        if side is None:
+            continue
         rows[name] = {
             "round_s_median": median(side["round_s"]),
             "first_round_s": side["first_round_s"],
@@ -458,7 +462,10 @@ def summarize(args: argparse.Namespace, p: dict[str, Any], f: dict[str, Any]) ->
             "final_accuracy": side["accuracy"][-1] if side["accuracy"] else None,
             "pss_bytes_per_client": mean_pss(side, prefix),
         }
-    rows["potluck_over_flower"] = {k: ratio(rows["potluck"][k], rows["flower"][k]) for k in rows["potluck"]}
+    if f is not None:
+        rows["potluck_over_flower"] = {
+            k: ratio(rows["potluck"][k], rows["flower"][k]) for k in rows["potluck"]
+        }
     pr = rows["potluck"]
     budget = (
         3 * pr["payload_bytes_per_round"] + NODE_BUDGET * p["nodes"]
@@ -520,9 +527,10 @@ def plot(result: dict[str, Any], path: Path) -> str:
         b.hlines(budget, -0.5, 0.5, colors="k", linestyles="--", label="target: 3x payload + 50 KB/node")
     b.set_xticks(list(x), ["potluck", "Flower"])
     b.set_yscale("log")
+    b.set_ylim(top=b.get_ylim()[1] * 30)  # room for the legend above the bars
     b.set_ylabel("bytes per round (mean)")
     b.grid(alpha=0.3, axis="y", which="both")
-    b.legend(fontsize=8, loc="lower right")
+    b.legend(fontsize=8, loc="upper center")
     b.set_title("payload vs everything on the wire")
     for label, side in sides:
         acc = [v for v in side["accuracy"] if v is not None]
@@ -619,9 +627,9 @@ def main() -> int:
     if "potluck" in sides:
         log(f"potluck: {args.rounds} rounds, {args.contributors} contributors, S = {args.round_seconds:g} s")
         result["potluck"] = run_potluck(args, root / "potluck")
-    if sides == {"potluck", "flower"}:
-        result["summary"] = summarize(args, result["potluck"], result["flower"])
-        if args.out:
+    if "potluck" in sides:
+        result["summary"] = summarize(args, result["potluck"], result.get("flower"))
+        if args.out and "flower" in sides:
             result["plot"] = plot(result, Path(args.out))
     result["wall_s"] = round(time.time() - started, 1)
     if not args.keep:
