@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -277,12 +278,13 @@ def run_potluck(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     idle_s = started - idle_from
     tcp = tcp_sent_per_round(tcp_started, commits[-1]["tcp"], len(commits)) if commits else {}
     return {
-        "manifest": {
+        "manifest": {  # every plain rule, so a pacing field shows when the manifest has one
             "run_id": manifest.run_id,
-            "round_seconds": manifest.round_seconds,
-            "density": manifest.density,
-            "values": manifest.values,
-            "strategy": manifest.strategy,
+            **{
+                f.name: v
+                for f in dataclasses.fields(manifest)
+                if isinstance(v := getattr(manifest, f.name), int | float | str)
+            },
             "init_args": init[1:],
         },
         "nodes": len(swarm.nodes),
@@ -473,7 +475,7 @@ def summarize(args: argparse.Namespace, p: dict[str, Any], f: dict[str, Any] | N
         else None
     )
     ten_at_60 = args.round_seconds == 60 and args.rounds == 10 and p["rounds_committed"] == 10
-    total = pr["launch_to_last_commit_s"]
+    rounds_s = pr["first_start_to_last_commit_s"]  # the rounds themselves: --start-in is the run's choice
     targets = {
         "round_le_2s": {"value": pr["round_s_median"], "met": _le(pr["round_s_median"], 2.0)},
         "wire_le_3x_payload_plus_50kb_per_node": {
@@ -486,11 +488,11 @@ def summarize(args: argparse.Namespace, p: dict[str, Any], f: dict[str, Any] | N
             "met": _le(p["idle_tx_bytes_per_s_per_node"], 10_000),
         },
         "ten_rounds_at_60s_under_30s": {
-            "value": total if ten_at_60 else None,
-            "met": total < 30 if ten_at_60 and total else None,
+            "value": rounds_s if ten_at_60 else None,
+            "met": rounds_s < 30 if ten_at_60 and rounds_s is not None else None,
             "note": None
             if ten_at_60
-            else "only checked with --round-seconds 60 --rounds 10 (launch to 10th commit)",
+            else "only checked with --round-seconds 60 --rounds 10 (round 0's start to the 10th commit)",
         },
     }
     return {**rows, "targets": targets}
