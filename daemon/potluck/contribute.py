@@ -181,6 +181,10 @@ class Contributor:
                 logger.warning(f"round {r}: our own update was rejected: {reply.reason}: {reply.detail}")
                 continue
             self.stats.rounds_contributed += 1
+            if self._max_rounds is None or self.stats.rounds_contributed < self._max_rounds:
+                # say now that we train for the next round too: it must not close on the contributors
+                # that happen to see its base first (the declaration names the base we had)
+                await node.declare(r + 1, base_version)
             self.stats.bytes_sent += len(data_bytes)
             logger.info(
                 f"round {r}: published {reply.update_id[:12]} ({len(data_bytes)} bytes, {samples} samples, "

@@ -58,6 +58,7 @@ NO_KEEPER = "no_keeper"
 
 
 DECLARATION_TTL_S = 3600.0
+READY_STORE_AFTER_S = 2.0  # a round's records are stored in the DHT only if it is still open by then
 
 
 class OpenRound(NamedTuple):
@@ -183,6 +184,8 @@ class Node:
         await self.exchange.start()
         self.defence.start()
         if self.manifest is not None:
+            if self.manifest.pacing == "ready":  # rounds of a second: their records are mostly pushes
+                self.bulletin.store_after = READY_STORE_AFTER_S
             slice_service = SliceService(self.host, self.manifest.run_id)
             await slice_service.start()
             self.history = History(self.data_dir / HISTORY_FILE, self.versions)
@@ -280,8 +283,12 @@ class Node:
         declaration = Declaration(m.run_id, r, version, self.identity.public_key, now)
         await self.bulletin.post(
             declarations_key(m.run_id, r), self.identity.public_key, declaration.sign(self.identity),
-            now + DECLARATION_TTL_S, to=self._keeper_ids(),
+            now + DECLARATION_TTL_S, to=self._keeper_ids(), store=lambda: self.round_open(r),
         )  # fmt: skip
+
+    def round_open(self, r: int) -> bool:
+        """Round ``r`` is not committed here yet."""
+        return self.engine is not None and self.engine.committed_round < r
 
     async def joined(self, timeout: float) -> Manifest:
         """The run's manifest once its rounds run here (joined by run id: once peers served it);

@@ -3,7 +3,9 @@
 A keeper closes round r, and starts its first attempt, at the first of:
 
 * every contributor that declared itself for round r (a signed declaration, rounds/declarations.py)
-  has an update this keeper holds, or the held updates carry the manifest's ``target_samples``;
+  has an update this keeper holds, or the held updates carry the manifest's ``target_samples``. A
+  contributor declares for round r + 1 as it publishes its round-r update, and again when V_{r+1}
+  reaches it: so round r + 1 does not close on whoever happens to see its base first;
 * another keeper's signed entry for the round's first attempt is there: it closed, so we join it
   (the entries then fix one set of updates for everyone, whoever closed first);
 * the clock bound: ``(1 - AGGREGATION_FRACTION) * round_seconds`` after the round opened here, or
@@ -46,11 +48,13 @@ class Closer:
 
     async def wait(
         self, r: int, version: str, opened: float, held: Callable[[], list[HeldUpdate]], timeout: float,
-        first: int = 0,
+        first: int = 0, bases: frozenset[str] = frozenset(),
     ) -> str | None:  # fmt: skip
         """Why round ``r`` (onto ``version``, open here since ``opened``) closes, once it does; None
         after ``timeout`` seconds without closing. ``held``: the updates eligible for the round;
-        ``first``: the index of the attempt a peer that closed it would be in."""
+        ``first``: the index of the attempt a peer that closed it would be in; ``bases``: versions a
+        declaration for round r may name beside ``version`` (V_{r-1}: declared with the last update)."""
+        bases = bases | {version}
         run = self._manifest.run_id
         keys = (declarations_key(run, r), entries_key(run, r, first))
         give_up = time.time() + timeout
@@ -66,7 +70,7 @@ class Closer:
             samples: dict[bytes, int] = {}
             for u in updates:
                 samples[u.author] = samples.get(u.author, 0) + u.sample_count
-            declared = await self._declared(keys[0], r, version, network)
+            declared = await self._declared(keys[0], r, bases, network)
             self.waiting_for = len(declared - samples.keys())
             if (len(updates), len(declared)) != self._seen:  # things move: look at the DHT often again
                 self._seen = (len(updates), len(declared))
@@ -90,12 +94,12 @@ class Closer:
         for old in [k for k in self._first_held if k < r]:
             del self._first_held[old]
 
-    async def _declared(self, key: str, r: int, version: str, network: bool) -> set[bytes]:
+    async def _declared(self, key: str, r: int, bases: frozenset[str], network: bool) -> set[bytes]:
         out = set()
         for subkey, item in (await self._bulletin.get(key, network=network)).items():
             with contextlib.suppress(BadDeclaration):
                 d = Declaration.verify(item.value)
-                if (d.run, d.round, d.base, d.author) == (self._manifest.run_id, r, version, subkey):
+                if (d.run, d.round, d.author) == (self._manifest.run_id, r, subkey) and d.base in bases:
                     out.add(d.author)
         return out
 

@@ -41,11 +41,13 @@ class EntryBoard:
         conduct: Conduct,
         excluded: Callable[[bytes], bool],
         defence: DefenceService | None = None,
+        still_open: Callable[[int], bool] = lambda r: True,
     ):
         self._bulletin, self._identity, self._run_id = bulletin, identity, run_id
         self._peers, self._conduct = peers, conduct
         self._excluded = excluded  # a convicted reducer's entries are ignored
         self._defence = defence  # bans and probation ride on the entries (see DefenceService.entry_extras)
+        self._still_open = still_open  # round -> not committed yet: its entries still matter in the DHT
 
     async def freeze(
         self, r: int, attempt: int, version: str, start: float, entered: float, held: list[str],
@@ -61,7 +63,7 @@ class EntryBoard:
         keepers = [p for p in self._peers() if p.record.role != "client"]
         await self._bulletin.post(
             key, self._identity.public_key, mine.sign(self._identity), start + ENTRY_TTL_S,
-            to=[p.record.peer_id for p in keepers],
+            to=[p.record.peer_id for p in keepers], store=lambda: self._still_open(r),
         )  # fmt: skip
         if meanwhile is not None:
             with contextlib.suppress(TimeoutError):

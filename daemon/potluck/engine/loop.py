@@ -130,7 +130,7 @@ class RoundEngine:
         )  # fmt: skip
         self._entries = EntryBoard(
             bulletin=bulletin, identity=identity, run_id=self.run_id, peers=peers, conduct=conduct,
-            excluded=self._faults.excluded, defence=defence,
+            excluded=self._faults.excluded, defence=defence, still_open=lambda r: self.committed_round < r,
         )  # fmt: skip
         self._closer = Closer(
             bulletin=bulletin, manifest=manifest, me=identity.public_key, excluded=self._faults.excluded
@@ -333,8 +333,9 @@ class RoundEngine:
             return
         first = series * SERIES_STRIDE
         reason = await self._closer.wait(
-            r, self.version, opened, lambda: self._eligible(r), CATCH_UP_PERIOD_S, first=first
-        )
+            r, self.version, opened, lambda: self._eligible(r), CATCH_UP_PERIOD_S, first=first,
+            bases=self.known_bases(),
+        )  # fmt: skip
         if reason is None or self._wake.is_set():  # a commit was pushed meanwhile: catch up first
             return
         self.status.phase, self.status.close_reason = "aggregating", reason

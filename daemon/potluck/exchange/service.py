@@ -346,10 +346,15 @@ class UpdateExchange:
                 now,
             )
             key, value = updates_key(self._run, held.round), announcement.sign(self._identity)
-            if await self._bulletin.post(
-                key, held.update_id.encode(), value, now + self._announce_ttl_s, to=self._keepers()
-            ):
-                self._announced[held.update_id] = now
+            first = held.update_id not in self._announced
+            # news of our own update goes to every keeper at once; others' updates reached the keepers
+            # from their authors: we only tell the DHT, and only if the round still wants it by then
+            to = self._keepers() if first and held.source == "published" else []
+            still_wanted = (lambda r=held.round: r in self.rounds_of_interest()) if first else True
+            await self._bulletin.post(
+                key, held.update_id.encode(), value, now + self._announce_ttl_s, to=to, store=still_wanted
+            )
+            self._announced[held.update_id] = now
         for uid in [u for u in self._announced if u not in self._held]:
             del self._announced[uid]
 

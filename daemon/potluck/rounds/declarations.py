@@ -1,4 +1,5 @@
-"""Declarations (pure): "I am training for round r on V_r", signed by a contributor when it starts.
+"""Declarations (pure): "I train for round r", signed by a contributor: as it publishes its update
+for round r - 1 (naming V_{r-1}, the base it had), and again when V_r reaches it (naming V_r).
 
 Under "ready" pacing (rounds/schedule.py) a round stops collecting once every contributor that
 declared itself for it has published: the declarations are what lets a keeper know whom it still

@@ -11,6 +11,12 @@ between two DHT reads (``network=False``). A pushed record is checked by its rea
 read from the DHT (signature, run, round): the push is only faster, never more trusted. A record a
 push lost is still in the DHT, which readers consult at the edges of their windows; so a full
 cache (a peer flooding us) slows a reader down to the DHT's pace and breaks nothing.
+
+A DHT store costs far more than a push (hivemind looks the key's nearest nodes up first: measured
+by bench/pacing.py on 5 local nodes, a round of "ready" pacing moved 2.0 MB on the wire with the
+round's records stored at once, 0.85 MB without). So a record that only matters while its round
+is open may be stored :attr:`Bulletin.store_after` seconds later, and only if it still matters
+then: a round that is over by then costs its pushes alone.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from hivemind.p2p import P2PContext, PeerID
@@ -50,6 +56,7 @@ class Bulletin:
         self._listeners: list[Callable[[str], None]] = []
         self.received = 0
         self.dropped = 0  # pushes refused: wrong run, too large, expired, or a full cache
+        self.store_after = 0.0  # a record with a relevance test is stored this much later (see above)
 
     async def start(self) -> None:
         await self._host.p2p.add_protobuf_handler(POST_HANDLER, self._receive, exchange_pb2.Post)
@@ -67,19 +74,35 @@ class Bulletin:
 
     async def post(
         self, key: str, subkey: bytes, value: bytes, expiration: float, *,
-        to: Iterable[str] | None = None, store: bool = True,
+        to: Iterable[str] | None = None, store: bool | Callable[[], bool] = True,
     ) -> bool:  # fmt: skip
-        """Push the record to ``to`` (default: every live peer of the run), then store it in the DHT
-        (unless ``store`` is False: a notice of a record the DHT already holds). The pushes are not
-        awaited: a slow or dead peer delays nobody. True if the DHT took the record (or not asked to)."""
+        """Push the record to ``to`` (default: every live peer of the run), then store it in the DHT:
+        at once (``store`` True), never (False: a notice of a record the DHT already holds), or, given
+        a test of whether the record still matters, :attr:`store_after` seconds later if it does.
+        The pushes are not awaited: a slow or dead peer delays nobody. True if the DHT took the record
+        (or was not asked to yet)."""
         self._keep(key, subkey, value, expiration)  # we read our own records like anyone's
         message = exchange_pb2.Post(key=key, subkey=subkey, value=value, expiration=expiration)
         me = self._host.peer_id
         for peer_id in set(self._peer_ids() if to is None else to) - {me}:
-            task = asyncio.create_task(self._send(peer_id, message), name=f"post-{peer_id[-8:]}")
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+            self._spawn(self._send(peer_id, message), f"post-{peer_id[-8:]}")
+        if callable(store) and self.store_after > 0:
+            self._spawn(self._store_later(key, subkey, value, expiration, store), "store-later")
+            return True
         return await self._host.store(key, subkey, value, expiration) if store else True
+
+    def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _store_later(
+        self, key: str, subkey: bytes, value: bytes, expiration: float, matters: Callable[[], bool]
+    ) -> None:
+        await asyncio.sleep(self.store_after)
+        if matters():
+            with contextlib.suppress(Exception):  # the pushes went out; the DHT copy is the fallback
+                await self._host.store(key, subkey, value, expiration)
 
     async def _send(self, peer_id: str, message: exchange_pb2.Post) -> None:
         try:
