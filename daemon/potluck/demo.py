@@ -1,13 +1,14 @@
 """`potluck demo`: a whole run on this machine, as real processes on 127.0.0.1.
 
 A keeper creates the run (a signed manifest for the built-in digits task) and serves it; N
-contributors join it by run id, each training on its own non-IID shard (of the digits by default;
-``--task lm``: of the text corpus, by domain); every round the table shows the agreed version, who
-contributed, the merged model's held-out score under the task's metric name (accuracy; the lm
-task's bits per byte, lower is better) and the bytes contributors sent. A task that can
-``generate`` (lm) ends with a sample from the last version. The genesis is the task's seeded init, a
-given state (``--genesis``) or one pre-trained here first (``--pretrain-steps``): contributors then
-patch a model that already knows something. Everything started is stopped at the end.
+contributors join it by run id (by its files when the genesis is pre-trained), each training on its
+own non-IID shard (of the digits by default; ``--task lm``: of the text corpus, by domain); every
+round the table shows the agreed version, who contributed, the merged model's held-out score under
+the task's metric name (accuracy; the lm task's bits per byte, lower is better) and the bytes
+contributors sent. A task that can ``generate`` (lm) ends with a sample from the last version. The
+genesis is the task's seeded init, a given state (``--genesis``) or one pre-trained here first
+(``--pretrain-steps``): contributors then patch a model that already knows something. Everything
+started is stopped at the end.
 """
 
 from __future__ import annotations
