@@ -134,11 +134,13 @@ def test_an_exported_version_loads_in_transformers_with_the_same_logits(small, t
 def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
     """A keeper and two contributors (plays, scripture) on the smallest lm: two rounds, every node
     commits the same versions, whose stored bytes hash to them, and the held-out BPB falls."""
+    import re
     import time
 
     from potluck.localswarm import LocalSwarm, wait_for
     from potluck.runfiles import write_run
     from potluck.store.versions import VersionStore
+    from tests.support.cli import potluck, potluck_json
 
     run = write_run(
         tmp_path / "run.toml", "lm", task_args=SMALL, round_seconds=16.0, start_time=time.time() + 20.0,
@@ -168,6 +170,14 @@ def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
                 assert version_hash(VersionStore(node.data_dir / "versions").get(version)) == version
         bpb = _log(keeper)[1]["accuracy"]
         assert bpb is not None and bpb < genesis_bpb - 0.5  # the history stores the task's metric
+        # the node keeps the run's manifest in its data dir: the tables name the metric, generate samples
+        status = potluck("status", "--data-dir", str(keeper.data_dir), check=True).stdout
+        assert re.search(r"^bpb +\d\.\d{4} on the held-out split \(lower is better\)$", status, re.M), status
+        assert "BPB" in potluck("log", "--data-dir", str(keeper.data_dir), check=True).stdout.split("\n")[0]
+        sample = potluck_json(
+            "generate", "--data-dir", str(keeper.data_dir), "--prompt", "And ", "--round", "1"
+        )
+        assert sample["version"] == logs[0][1][1] and sample["text"]
 
 
 def _log(node):
