@@ -178,8 +178,11 @@ def test_generate_refuses_bad_input_in_one_line(capsys, tmp_path, lm_dir):
     assert_config_error(_generate(capsys, data_dir, "--temperature", "0"), "must be > 0")
     assert_config_error(_generate(capsys, tmp_path / "empty"), "no history")
     (tmp_path / "digits").mkdir()
-    digits_dir = _data_dir(tmp_path / "digits", "digits", {})[0]
+    digits_dir, digits_run, _ = _data_dir(tmp_path / "digits", "digits", {})
     assert_config_error(_generate(capsys, digits_dir), "task 'digits' does not generate text")
+    assert_config_error(
+        _generate(capsys, data_dir, "--manifest", str(digits_run.path)), "this node's history is of run"
+    )
 
 
 def test_generate_without_the_nodes_copy_of_the_manifest_takes_the_file(capsys, tmp_path):

@@ -158,14 +158,14 @@ def _pick(entries: list[dict], version: str | None, round_: int | None, genesis:
     return matches[0]
 
 
-def _load_version(data_dir: Path, version: str):
+def _load_version(args: argparse.Namespace, version: str):
     """A stored version's state; exit 1 with one line when the file is missing or damaged."""
     from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
 
     try:
-        return VersionStore(data_dir.expanduser() / "versions").get(version)
+        return VersionStore(args.data_dir.expanduser() / "versions").get(version)
     except (VersionNotFound, CorruptVersion) as e:
-        print(f"potluck: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"potluck {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -174,7 +174,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     entries, _ = _read_history(args.data_dir)
     version = _pick(entries, args.version, args.round)
-    state = _load_version(args.data_dir, version)
+    state = _load_version(args, version)
     try:
         atomic_save(state, args.output)
     except OSError as e:
@@ -197,6 +197,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if not entries
             else f"{args.data_dir} keeps no copy of its run's manifest: pass --manifest RUN.toml"
         )
+    if run_id is not None and manifest.run_id != run_id:
+        raise ConfigError(
+            f"--manifest is run {manifest.run_id[:16]}; this node's history is of run {run_id[:16]}"
+        )
     try:
         task = get_task(manifest.task, manifest.task_args)
     except TaskError as e:
@@ -206,9 +210,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"run {manifest.run_id[:16]}'s task {manifest.task!r} does not generate text (lm does)"
         )
     version = _pick(entries, args.version, args.round, manifest.genesis)
-    state = _load_version(args.data_dir, version)
+    state = _load_version(args, version)
     prompt = args.prompt.encode("utf-8", "surrogateescape")
-    out = task.generate(state, prompt, args.max_bytes, seed=args.seed, temperature=args.temperature)
+    try:
+        out = task.generate(state, prompt, args.max_bytes, seed=args.seed, temperature=args.temperature)
+    except TaskError as e:  # a stored state that is not the task's model
+        raise ConfigError(f"version {version[:16]}: {e}") from None
     text = out.decode("utf-8", "replace")
     round_ = next((e["round"] for e in entries if e["version"] == version), None)
     if args.json:
