@@ -185,6 +185,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"run {run.manifest.run_id}\n"
         f"wrote {args.output} and {run.genesis_path} (genesis {run.genesis_hash[:16]}{source})"
     )
+    if genesis_state is not None:  # the seed cannot rebuild it (potluck.joining.ensure_genesis)
+        print(f"every node needs both files: start it with --manifest {args.output}, not --run RUN_ID")
     return 0
 
 
