@@ -1,11 +1,14 @@
 """`potluck demo`: a whole run on this machine, as real processes on 127.0.0.1.
 
 A keeper creates the run (a signed manifest for the built-in digits task) and serves it; N
-contributors join it by run id, each training on its own non-IID shard (of the digits by default;
-``--task lm``: of the text corpus, by domain); every round the table shows the agreed version, who
-contributed, the merged model's held-out score under the task's metric name (accuracy; the lm
-task's bits per byte, lower is better) and the bytes contributors sent. A task that can
-``generate`` (lm) ends with a sample from the last version. Everything started is stopped at the end.
+contributors join it by run id (by its files when the genesis is pre-trained), each training on its
+own non-IID shard (of the digits by default; ``--task lm``: of the text corpus, by domain); every
+round the table shows the agreed version, who contributed, the merged model's held-out score under
+the task's metric name (accuracy; the lm task's bits per byte, lower is better) and the bytes
+contributors sent. A task that can ``generate`` (lm) ends with a sample from the last version. The
+genesis is the task's seeded init, a given state (``--genesis``) or one pre-trained here first
+(``--pretrain-steps``): contributors then patch a model that already knows something. Everything
+started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from potluck.localswarm import LocalNode, LocalSwarm
 from potluck.runfiles import write_run
-from potluck.tasks import get_task, metric
+from potluck.tasks import State, TaskError, check_genesis, get_task, is_trainable, metric, pretrain
 
 STARTUP_S = 25.0  # round 0 starts once every process had time to start and find the others
 SAMPLE_PROMPT, SAMPLE_BYTES = b"And ", 120
@@ -28,16 +31,27 @@ SAMPLE_PROMPT, SAMPLE_BYTES = b"And ", 120
 
 def run_demo(
     *, contributors: int, rounds: int, round_seconds: float, task: str, local_steps: int, density: float,
-    as_json: bool,
+    as_json: bool, genesis: State | None = None, pretrain_steps: int | None = None,
 ) -> int:  # fmt: skip
     say = (
         (lambda *a: print(*a, file=sys.stderr, flush=True)) if as_json else (lambda *a: print(*a, flush=True))
     )
     the_task = get_task(task)  # a bad task name fails here, before anything is made
+    if genesis is not None:
+        check_genesis(the_task, genesis)  # before anything is made too
+    elif pretrain_steps is not None:
+        if not is_trainable(the_task):
+            raise TaskError(f"task {task!r} cannot be pre-trained")
+        started = time.monotonic()
+        say(f"pre-training the genesis: {pretrain_steps} steps on all of {task}'s training data ...")
+        genesis = pretrain(the_task, steps=pretrain_steps)
+        say(f"pre-trained in {time.monotonic() - started:.0f}s")
+    # a pre-trained genesis cannot be rebuilt from the seed: contributors get the run's files, not its id
+    pretrained = genesis is not None
     root = Path(tempfile.mkdtemp(prefix="potluck-demo-"))
     run = write_run(
         root / "run.toml", task, round_seconds=round_seconds, start_time=time.time() + STARTUP_S,
-        density=density, values="int8",
+        density=density, values="int8", genesis_state=genesis,
     )  # fmt: skip
     manifest, manifest_path = run.manifest, run.path
     name = metric(the_task)[0]
@@ -51,7 +65,7 @@ def run_demo(
         for i in range(contributors):
             swarm.add_contributor(
                 f"contributor{i}", "--shard", f"{i}/{contributors}", "--local-steps", str(local_steps),
-                "--seed", str(i), "--rounds", str(rounds),
+                "--seed", str(i), "--rounds", str(rounds), manifest=manifest_path if pretrained else None,
             )  # fmt: skip
         for node in swarm.nodes:
             node.wait_ready()
@@ -87,7 +101,7 @@ def run_demo(
                     version = row["version"][:12]
                     n, sent = row["contributors"], row["bytes_sent"]
                     print(f"{row['round']:>5}  {version:<14}{agree:>7}  {n:>7}  {shown:>8}  {sent:>10}")
-        sample = _sample(the_task, keeper, rows[-1]["version"]) if rows and not as_json else None
+        sample = _sample(the_task, keeper, rows[-1]["version"]) if rows else None
         codes = swarm.stop()
     complete = len(rows) == rounds
     if complete:
@@ -96,6 +110,8 @@ def run_demo(
         say(f"only {len(rows)} of {rounds} rounds committed; node logs kept in {root}/*/node.log")
     final = rows[-1][name] if rows else None
     summary = {"rounds": rows, f"genesis_{name}": genesis_score, f"final_{name}": final}
+    if sample is not None:
+        summary["sample"] = sample
     if as_json:
         print(json.dumps(summary))
     else:

@@ -15,9 +15,9 @@ from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import PUBLIC_KEY_SIZE
 from potluck.manifest import Manifest, ManifestError, is_run_id
 from potluck.rpc.address import DEFAULT_RPC_LISTEN
-from potluck.runfiles import genesis_path, load_manifest
+from potluck.runfiles import genesis_path, load_manifest, manifest_cache
 from potluck.store.history import History
-from potluck.store.versions import VersionStore, load_state
+from potluck.store.versions import CorruptVersion, VersionStore, load_state
 from potluck.swarm.membership import LocalState, Membership
 from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
 from potluck.tasks import genesis as task_genesis
@@ -63,11 +63,6 @@ def bans_path(data_dir: Path, run: str) -> Path:
     return data_dir / "bans" / f"{run}.json"
 
 
-def manifest_cache(data_dir: Path, run: str) -> Path:
-    """Where a node keeps the manifest it fetched for run id ``run``, for its next start."""
-    return data_dir / f"{run}.manifest"
-
-
 def local_manifest(path: Path | None, run: str, data_dir: Path, versions: VersionStore) -> Manifest | None:
     """The run's manifest from ``path`` (--manifest), or one fetched from peers on an earlier start."""
     if path is not None:
@@ -78,6 +73,9 @@ def local_manifest(path: Path | None, run: str, data_dir: Path, versions: Versio
         if run not in (DEFAULT_RUN, manifest.run_id):
             raise ConfigError(f"--run {run} is not the run id of --manifest ({manifest.run_id})")
         ensure_genesis(versions, manifest, path)
+        cache = manifest_cache(data_dir, manifest.run_id)
+        if not cache.exists():  # so that commands reading the data dir (`generate`, `log`) know the run
+            atomic_write_bytes(cache, manifest.to_bytes())
         return manifest
     if is_run_id(run):
         cached = manifest_cache(data_dir, run)
@@ -90,19 +88,33 @@ def local_manifest(path: Path | None, run: str, data_dir: Path, versions: Versio
 
 
 def ensure_genesis(versions: VersionStore, manifest: Manifest, manifest_path: Path | None) -> None:
-    """Genesis weights in the version store: from the file beside the manifest, or rebuilt by the task."""
+    """Genesis weights in the version store: from the file beside the manifest, or rebuilt by the task.
+
+    A run created with ``potluck init --genesis`` (a pre-trained base) cannot be rebuilt from its seed:
+    its nodes need the manifest file with the genesis file beside it, which the error says."""
     if versions.has(manifest.genesis):
         return
     beside = genesis_path(manifest_path) if manifest_path is not None else None
     if beside is not None and beside.exists():
-        state = load_state(beside)
-    else:
         try:
-            state, _ = task_genesis(get_task(manifest.task, manifest.task_args), manifest.seed)
-        except TaskError as e:
-            raise ConfigError(f"cannot rebuild the genesis weights: {e}") from None
-    if versions.put(state) != manifest.genesis:
-        raise ConfigError(f"genesis weights do not hash to the manifest's genesis {manifest.genesis[:16]}")
+            state = load_state(beside)
+        except CorruptVersion as e:
+            raise ConfigError(f"cannot read the genesis weights: {e}") from None
+        if versions.put(state) != manifest.genesis:
+            raise ConfigError(f"{beside} does not hash to the manifest's genesis {manifest.genesis[:16]}")
+        return
+    try:
+        state, rebuilt = task_genesis(get_task(manifest.task, manifest.task_args), manifest.seed)
+    except TaskError as e:
+        raise ConfigError(f"cannot rebuild the genesis weights: {e}") from None
+    if rebuilt != manifest.genesis:
+        where = f"{beside} is missing" if beside is not None else "this node has no copy"
+        raise ConfigError(
+            f"the run's genesis {manifest.genesis[:16]} is not task {manifest.task!r}'s seeded init (a "
+            f"pre-trained genesis?) and {where}: start with --manifest RUN.toml, RUN.genesis.safetensors "
+            "beside it"
+        )
+    versions.put(state)
 
 
 async def fetch_manifest(

@@ -199,12 +199,15 @@ class LocalSwarm:
         self.nodes.append(node)
         return node.start()
 
-    def add_contributor(self, name: str, *args: str) -> LocalNode:
+    def add_contributor(self, name: str, *args: str, manifest: Path | None = None) -> LocalNode:
         """Start a `potluck join` process of this swarm's run, bootstrapping from the first node;
-        ``args``: its other options (--shard, --local-steps, --client-mode, ...)."""
+        ``args``: its other options (--shard, --local-steps, --client-mode, ...). It joins by run id,
+        or with ``manifest`` by that file (and the genesis beside it: a pre-trained one, which a
+        node joining by run id cannot rebuild)."""
+        run = ["--run", self.run] if manifest is None else ["--manifest", str(manifest)]
         node = LocalNode(
             self.root / name,
-            [self.nodes[0].multiaddr(), "--run", self.run, "--listen", "/ip4/127.0.0.1/tcp/0",
+            [self.nodes[0].multiaddr(), *run, "--listen", "/ip4/127.0.0.1/tcp/0",
              "--record-ttl", str(self.record_ttl), *args],
             command="join",
         )  # fmt: skip

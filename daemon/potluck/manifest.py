@@ -13,7 +13,8 @@ Canonical form:
 On disk the manifest is a TOML file, next to the genesis weights: see :mod:`potluck.runfiles` (this
 module does no file I/O).
 
-The genesis version is ``version_hash(get_task(task, task_args).init_state(seed))`` (potluck.tasks).
+The genesis version is ``version_hash(get_task(task, task_args).init_state(seed))`` (potluck.tasks), or
+that of a pre-trained state of the same model (`potluck init --genesis`, potluck.runfiles).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class Manifest:
         rounds (0 = off; the rule is in potluck.defence.probation)
       creator: node id (hex) of the signer
       created: unix seconds of creation
-      seed: seed of ``Task.init_state`` that produced ``genesis``
+      seed: seed of ``Task.init_state`` that produced ``genesis`` (unless it was pre-trained)
       signature: Ed25519 signature by ``creator`` (empty until signed)
     """
 

@@ -5,7 +5,10 @@ Loading rebuilds the canonical body (potluck.manifest) from the values and verif
 the file may be reformatted by hand but not edited.
 
 `potluck init`, `potluck demo`, the tests and the benches create a run with :func:`write_run`; a node
-reads its manifest back with :func:`load_manifest` and the genesis weights from :func:`genesis_path`.
+reads its manifest back with :func:`load_manifest` and the genesis weights from :func:`genesis_path`,
+and keeps a copy in its data dir (:func:`manifest_cache`).
+The genesis is the task's seeded init, or a given (pre-trained) state of the same model
+(`potluck init --genesis`); either way the manifest names its version hash.
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from potluck.atomic import atomic_write_bytes
+from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.manifest import DOMAIN, Manifest, ManifestError, TaskArg, create_manifest
 from potluck.store.versions import atomic_save
-from potluck.tasks import State, genesis, get_task
+from potluck.tasks import State, check_genesis, genesis, get_task
 
 __all__ = [
     "WrittenRun",
+    "cached_manifest",
     "genesis_path",
     "load_manifest",
+    "manifest_cache",
     "manifest_toml",
     "save_manifest",
     "write_run",
@@ -54,10 +62,13 @@ def write_run(
     creator: NodeIdentity | None = None,
     task_args: Mapping[str, TaskArg] | None = None,
     seed: int = 0,
+    genesis_state: Mapping[str, np.ndarray] | None = None,
     **rules: Any,
 ) -> WrittenRun:
-    """Create a run of ``task``: its genesis weights (``task.init_state(seed)``) and its manifest, signed
-    by ``creator`` (default: a fresh identity); write the manifest to ``path`` and the weights beside it.
+    """Create a run of ``task``: its genesis weights (``genesis_state`` if given, which must be the
+    task's model: see :func:`potluck.tasks.check_genesis`; else ``task.init_state(seed)``) and its
+    manifest, signed by ``creator`` (default: a fresh identity); write the manifest to ``path`` and the
+    weights beside it.
 
     ``rules`` are the other :func:`create_manifest` arguments (round_seconds, start_time, created,
     density, values, quorum, strategy, admission, allow, ...). Raises TaskError or ManifestError before
@@ -67,7 +78,13 @@ def write_run(
     if not path.parent.is_dir():  # before the work, and safetensors would say it in its own words
         raise FileNotFoundError(2, "no such folder", str(path.parent))
     task_args = dict(task_args or {})
-    state, genesis_hash = genesis(get_task(task, task_args), seed)
+    the_task = get_task(task, task_args)
+    if genesis_state is None:
+        state, genesis_hash = genesis(the_task, seed)
+    else:
+        check_genesis(the_task, genesis_state, seed)
+        state = dict(genesis_state)
+        genesis_hash = version_hash(state)
     manifest = create_manifest(
         creator or NodeIdentity.generate(), task, genesis_hash, task_args=task_args, seed=seed, **rules
     )
@@ -79,6 +96,20 @@ def write_run(
 def genesis_path(manifest_path: Path) -> Path:
     """Where `potluck init` writes the genesis weights: ``run.toml`` -> ``run.genesis.safetensors``."""
     return manifest_path.with_name(manifest_path.stem + ".genesis.safetensors")
+
+
+def manifest_cache(data_dir: Path, run: str) -> Path:
+    """Where a node keeps the manifest of run id ``run`` (its signed bytes), fetched or given, so that
+    its next start and the commands that read its data dir (`log`, `generate`) know the run."""
+    return Path(data_dir) / f"{run}.manifest"
+
+
+def cached_manifest(data_dir: Path, run: str) -> Manifest | None:
+    """The manifest a node in ``data_dir`` kept for run id ``run`` (checked), or None."""
+    try:
+        return Manifest.from_bytes(manifest_cache(data_dir, run).read_bytes(), run)
+    except (OSError, ManifestError):
+        return None
 
 
 def manifest_toml(m: Manifest) -> str:

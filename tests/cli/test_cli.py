@@ -282,6 +282,7 @@ def test_readme_flag_table_names_every_run_flag():
     "args",
     [
         ["init", "--task", "toy"],
+        ["pretrain", "--task", "toy", "--steps", "1"],
         ["export"],
         ["update", "make", "--base", "b", "--model", "m", "--run", "r", "--round", "0"],
         ["update", "apply", "--base", "b", "u"],

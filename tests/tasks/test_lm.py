@@ -134,11 +134,13 @@ def test_an_exported_version_loads_in_transformers_with_the_same_logits(small, t
 def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
     """A keeper and two contributors (plays, scripture) on the smallest lm: two rounds, every node
     commits the same versions, whose stored bytes hash to them, and the held-out BPB falls."""
+    import re
     import time
 
     from potluck.localswarm import LocalSwarm, wait_for
     from potluck.runfiles import write_run
     from potluck.store.versions import VersionStore
+    from tests.support.cli import potluck, potluck_json
 
     run = write_run(
         tmp_path / "run.toml", "lm", task_args=SMALL, round_seconds=16.0, start_time=time.time() + 20.0,
@@ -168,9 +170,72 @@ def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
                 assert version_hash(VersionStore(node.data_dir / "versions").get(version)) == version
         bpb = _log(keeper)[1]["accuracy"]
         assert bpb is not None and bpb < genesis_bpb - 0.5  # the history stores the task's metric
+        # the node keeps the run's manifest in its data dir: the tables name the metric, generate samples
+        status = potluck("status", "--data-dir", str(keeper.data_dir), check=True).stdout
+        assert re.search(r"^bpb +\d\.\d{4} on the held-out split \(lower is better\)$", status, re.M), status
+        assert "BPB" in potluck("log", "--data-dir", str(keeper.data_dir), check=True).stdout.split("\n")[0]
+        sample = potluck_json(
+            "generate", "--data-dir", str(keeper.data_dir), "--prompt", "And ", "--round", "1"
+        )
+        assert sample["version"] == logs[0][1][1] and sample["text"]
 
 
 def _log(node):
     from potluck.demo import keeper_log
 
     return keeper_log(node)
+
+
+# ---- a pre-trained genesis: the task's model, trained on the whole training split ---------------------
+
+
+def test_pretrain_lowers_held_out_bpb_in_every_domain_and_is_deterministic(small):
+    from potluck.tasks import pretrain, scores
+
+    base = pretrain(small, steps=60, seed=1)
+    assert version_hash(base) == version_hash(pretrain(get_task("lm", SMALL), steps=60, seed=1))
+    assert version_hash(base) != version_hash(pretrain(small, steps=60, seed=2))
+    # the whole training split (local_data(None): every domain, no held-out document), nothing else
+    trained, _ = small.train(small.init_state(1), small.local_data(None), steps=60, seed=1)
+    assert version_hash(trained) == version_hash(base)
+    before, after = scores(small, small.init_state(1)), scores(small, base)
+    assert set(after) == {"plays", "scripture", "poetry", "overall"}
+    assert all(after[d] < before[d] - 1.0 for d in before), (before, after)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s.pop("transformer.ln_f.bias"),
+            "the genesis lacks tensor 'transformer.ln_f.bias' of task lm",
+        ),
+        (lambda s: s.update(extra=np.zeros(2, np.float32)), "the genesis has tensor 'extra', which task lm"),
+        (
+            lambda s: s.update({"transformer.wpe.weight": np.zeros((64, 32), np.float32)}),
+            "genesis tensor 'transformer.wpe.weight' has shape (64, 32); task lm's model has (32, 32)",
+        ),
+        (
+            lambda s: s.update({"transformer.wpe.weight": s["transformer.wpe.weight"].astype(np.float64)}),
+            "genesis tensor 'transformer.wpe.weight' is float64; task lm's model's is float32",
+        ),
+        (lambda s: s["transformer.h.0.ln_1.bias"].__setitem__(0, np.nan), "holds a NaN or an infinity"),
+    ],
+)
+def test_a_genesis_that_is_not_the_tasks_model_is_refused_naming_the_tensor(small, change, message):
+    from potluck.tasks import check_genesis
+
+    state = small.init_state(0)
+    check_genesis(small, state)
+    change(state)
+    with pytest.raises(TaskError) as e:
+        check_genesis(small, state)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_first_mismatch_by_name_is_the_one_named(small):
+    from potluck.tasks import check_genesis
+
+    big = get_task("lm", SMALL | {"d_model": 64})
+    with pytest.raises(TaskError, match=r"'transformer.h.0.attn.c_attn.bias' has shape \(192,\)"):
+        check_genesis(small, big.init_state(0))

@@ -1,7 +1,7 @@
 """The `potluck` command: the parser assembled from one module per command group.
 
-node (run, join, status, peers, id), run (init), update (make, inspect, publish, list, apply),
-history (log, export), demo; the tables people read are in cli.format.
+node (run, join, status, peers, id), run (init, pretrain), update (make, inspect, publish, list, apply),
+history (log, export, generate), demo; the tables people read are in cli.format.
 
 Exit codes: 0 ok, 1 runtime failure (e.g. the node did not answer), 2 usage or configuration error.
 Heavy imports (torch, hivemind) happen only in the commands that need them, so `status` stays fast.

@@ -1,5 +1,5 @@
 """What every command group shares: the one-line usage error, the --data-dir and query flags, the
-argument types, and the call to a running node's control API."""
+argument types, the call to a running node's control API, and the name of a run's score."""
 
 from __future__ import annotations
 
@@ -121,3 +121,19 @@ def output_file(text: str) -> Path:
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"folder {str(path.parent)!r} does not exist (create it first)")
     return path
+
+
+def run_metric(data_dir: Path, run_id: str | None) -> tuple[str, bool]:
+    """The name of the run's held-out score and whether higher is better (potluck.tasks.metric), from the
+    manifest the node in ``data_dir`` keeps for ``run_id``; ``("accuracy", True)`` when it keeps none
+    (the history and the status reply store the score as ``accuracy`` whatever its name)."""
+    from potluck.runfiles import cached_manifest
+    from potluck.tasks import TaskError, get_task, metric
+
+    manifest = cached_manifest(data_dir.expanduser(), run_id) if run_id else None
+    if manifest is None:
+        return "accuracy", True
+    try:
+        return metric(get_task(manifest.task, manifest.task_args))
+    except TaskError:
+        return "score", True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from potluck.cli.common import Commands, density, positive_float, positive_int
 from potluck.errors import ConfigError
@@ -23,6 +24,19 @@ def add_parsers(commands: Commands) -> None:
         "--local-steps", type=positive_int, help=_default("local_steps", "training steps per round")
     )
     demo.add_argument("--density", type=density, help=_default("density", "top-k density of updates"))
+    base = demo.add_mutually_exclusive_group()
+    base.add_argument(
+        "--genesis",
+        type=Path,
+        metavar="FILE.safetensors",
+        help="start the run from these weights (`potluck pretrain -o FILE`) instead of the seeded init",
+    )
+    base.add_argument(
+        "--pretrain-steps",
+        type=positive_int,
+        metavar="N",
+        help="first pre-train the genesis for N steps on all the task's training data",
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
 
@@ -55,6 +69,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         return defaults[key] if value is None else value
 
+    genesis = None
+    if args.genesis is not None:
+        from potluck.cli.run import load_genesis
+
+        genesis = load_genesis(args.genesis)
     try:
         return run_demo(
             contributors=int(given("contributors")),
@@ -64,6 +83,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             local_steps=int(given("local_steps")),
             density=given("density"),
             as_json=args.json,
+            genesis=genesis,
+            pretrain_steps=args.pretrain_steps,
         )
     except TaskError as e:
         raise ConfigError(str(e)) from None

@@ -25,7 +25,9 @@ def _round_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def format_status(s: dict[str, Any]) -> str:
+def format_status(s: dict[str, Any], metric: tuple[str, bool] = ("accuracy", True)) -> str:
+    """``metric``: the name of the run's held-out score and whether higher is better (the reply keeps
+    it as ``accuracy`` whatever the task's metric; the lm task's is bits per byte, lower is better)."""
     boot = s["bootstrap"]
     boot_text = boot["state"]
     if boot["state"] != "none":
@@ -60,6 +62,7 @@ def format_status(s: dict[str, Any]) -> str:
             (s["version"] or s["model_version"] or "-")
             + (f" (round {s['committed_round']})" if s["committed_round"] >= 0 else ""),
         ),
+        *_score_rows(s, metric),
         # who merged the last commit (its participant list); how many signed it is `potluck log`'s SIGNATURES
         ("merged by", f"{len(s['participants'])} participants" if s["participants"] else "-"),
         *_round_rows(s),
@@ -78,6 +81,15 @@ def format_status(s: dict[str, Any]) -> str:
     ]
     rows += [("address" if i == 0 else "", a) for i, a in enumerate(s["addrs"] or ["-"])]
     return "\n".join(f"{k:<13} {v}" for k, v in rows)
+
+
+def _score_rows(s: dict[str, Any], metric: tuple[str, bool]) -> list[tuple[str, str]]:
+    """The current version's held-out score, once the node evaluated it (-1: not evaluated)."""
+    score = s.get("accuracy", -1.0)
+    if score is None or score < 0:
+        return []
+    better = "higher" if metric[1] else "lower"
+    return [(metric[0], f"{score:.4f} on the held-out split ({better} is better)")]
 
 
 def _defence_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -155,10 +167,12 @@ def format_update(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_log(entries: list[dict[str, Any]]) -> str:
+def format_log(entries: list[dict[str, Any]], metric: str = "ACCURACY") -> str:
+    """``metric``: the header of the held-out score (the history keeps it as ``accuracy`` whatever
+    the task's metric; the lm task's is BPB)."""
     if not entries:
         return "no committed versions yet"
-    header = ("ROUND", "VERSION", "PARENT", "UPDATES", "CONTRIBUTORS", "SIGNATURES", "ACCURACY", "TIME")
+    header = ("ROUND", "VERSION", "PARENT", "UPDATES", "CONTRIBUTORS", "SIGNATURES", metric, "TIME")
     rows = [
         (
             str(e["round"]),

@@ -1,4 +1,6 @@
-"""`potluck log` and `export`: the committed versions a node keeps in its data dir (no node needed)."""
+"""`potluck log`, `export` and `generate`: the committed versions a node keeps in its data dir (no node
+needed). The run's task (for the score's name, and the model that generates) comes from the manifest
+the node keeps there (potluck.runfiles.manifest_cache) or from ``--manifest``."""
 
 from __future__ import annotations
 
@@ -7,7 +9,15 @@ import json
 import sys
 from pathlib import Path
 
-from potluck.cli.common import Commands, data_dir_arg, non_negative_int, output_file
+from potluck.cli.common import (
+    Commands,
+    data_dir_arg,
+    non_negative_int,
+    output_file,
+    positive_float,
+    positive_int,
+    run_metric,
+)
 from potluck.cli.format import format_log
 from potluck.errors import ConfigError
 
@@ -29,14 +39,7 @@ def add_parsers(commands: Commands) -> None:
     )
     export.set_defaults(handler=cmd_export)
     data_dir_arg(export)
-    which = export.add_mutually_exclusive_group()
-    which.add_argument(
-        "--version",
-        metavar="HASH",
-        type=_version_prefix,
-        help=f"version hash, or an unambiguous prefix of at least {MIN_PREFIX} hex digits",
-    )
-    which.add_argument("--round", type=non_negative_int, help="the version committed in this round")
+    _which_version(export, "version hash")
     export.add_argument(
         "-o",
         "--output",
@@ -46,8 +49,45 @@ def add_parsers(commands: Commands) -> None:
         help="the file to write",
     )
 
+    gen = commands.add_parser(
+        "generate",
+        help="sample text from a version of this node's run (a run of the lm task; reads <data-dir>)",
+        description="Sample bytes after --prompt from a version this node committed (default: the latest); "
+        "the same bytes for the same version, prompt and --seed.",
+    )
+    gen.set_defaults(handler=cmd_generate)
+    data_dir_arg(gen)
+    gen.add_argument("--prompt", required=True, help="the text to continue (UTF-8)")
+    _which_version(gen, "a committed version's or the genesis' hash")
+    gen.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        default=200,
+        help=f"bytes to sample (default 200, at most {MAX_BYTES})",
+    )
+    gen.add_argument(
+        "--temperature", type=positive_float, default=0.8, help="sampling temperature (default 0.8)"
+    )
+    gen.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
+    gen.add_argument(
+        "--manifest", type=Path, metavar="RUN.toml", help="the run's manifest (default: the node's copy)"
+    )
+    gen.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _which_version(parser: argparse.ArgumentParser, what: str) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--version",
+        metavar="HASH",
+        type=_version_prefix,
+        help=f"{what}, or an unambiguous prefix of at least {MIN_PREFIX} hex digits",
+    )
+    which.add_argument("--round", type=non_negative_int, help="the version committed in this round")
+
 
 MIN_PREFIX = 6  # hex digits: shorter, `--version 0` would silently pick whichever hash starts with 0
+MAX_BYTES = 1 << 16
 
 
 def _version_prefix(text: str) -> str:
@@ -69,41 +109,120 @@ def _open_history(data_dir: Path):
     return History(path, readonly=True)
 
 
+def _read_history(data_dir: Path) -> tuple[list[dict], str | None]:
+    """The node's committed versions (oldest first) and the run id they belong to (None: none yet)."""
+    with _open_history(data_dir) as history:
+        latest = history.latest()
+        return history.log(), (latest.run_id if latest is not None else None)
+
+
+def _run_manifest(data_dir: Path, run_id: str | None, given: Path | None = None):
+    """The run's manifest: ``given`` (--manifest), else the node's copy for ``run_id``, else None."""
+    from potluck.manifest import ManifestError
+    from potluck.runfiles import cached_manifest, load_manifest
+
+    if given is not None:
+        try:
+            return load_manifest(given)
+        except ManifestError as e:
+            raise ConfigError(str(e)) from None
+    return cached_manifest(data_dir.expanduser(), run_id) if run_id is not None else None
+
+
 def cmd_log(args: argparse.Namespace) -> int:
-    with _open_history(args.data_dir) as history:
-        entries = history.log()
+    entries, run_id = _read_history(args.data_dir)
     if args.json:
         print(json.dumps(entries, indent=2))
     else:
-        print(format_log(entries))
+        print(format_log(entries, run_metric(args.data_dir, run_id)[0].upper()))
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore, atomic_save
-
-    with _open_history(args.data_dir) as history:
-        entries = history.log()
-    if not entries:
-        raise ConfigError("no committed version yet")
-    if args.round is not None:
-        matches = [e["version"] for e in entries if e["round"] == args.round]
+def _pick(entries: list[dict], version: str | None, round_: int | None, genesis: str | None = None) -> str:
+    """The version hash that --version (a prefix) or --round names; default: the latest committed one.
+    ``genesis`` (when known) may be named too."""
+    if round_ is not None:
+        matches = [e["version"] for e in entries if e["round"] == round_]
         if not matches:
-            raise ConfigError(f"--round {args.round}: no version committed in that round (see potluck log)")
-    else:
-        wanted = args.version or entries[-1]["version"]
-        matches = sorted({e["version"] for e in entries if e["version"].startswith(wanted)})
-        if len(matches) != 1:
-            raise ConfigError(f"--version {wanted!r} matches {len(matches)} committed versions")
+            raise ConfigError(f"--round {round_}: no version committed in that round (see potluck log)")
+        return matches[0]
+    if version is None:
+        if not entries:
+            raise ConfigError("no committed version yet")
+        return entries[-1]["version"]
+    known = {e["version"] for e in entries} | ({genesis} if genesis else set())
+    matches = sorted(v for v in known if v.startswith(version))
+    if len(matches) != 1:
+        what = "committed versions" + (" or the genesis" if genesis else "")
+        raise ConfigError(f"--version {version!r} matches {len(matches)} {what} (see potluck log)")
+    return matches[0]
+
+
+def _load_version(args: argparse.Namespace, version: str):
+    """A stored version's state; exit 1 with one line when the file is missing or damaged."""
+    from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
+
     try:
-        state = VersionStore(args.data_dir.expanduser() / "versions").get(matches[0])
+        return VersionStore(args.data_dir.expanduser() / "versions").get(version)
     except (VersionNotFound, CorruptVersion) as e:
-        print(f"potluck export: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        print(f"potluck {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from potluck.store.versions import atomic_save
+
+    entries, _ = _read_history(args.data_dir)
+    version = _pick(entries, args.version, args.round)
+    state = _load_version(args, version)
     try:
         atomic_save(state, args.output)
     except OSError as e:
         raise ConfigError(f"cannot write {args.output}: {e.strerror}") from None
-    round_ = next(e["round"] for e in entries if e["version"] == matches[0])
-    print(f"wrote {args.output}: version {matches[0]} (round {round_})")
+    round_ = next(e["round"] for e in entries if e["version"] == version)
+    print(f"wrote {args.output}: version {version} (round {round_})")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from potluck.tasks import TaskError, get_task
+
+    if args.max_bytes > MAX_BYTES:
+        raise ConfigError(f"--max-bytes {args.max_bytes}: at most {MAX_BYTES}")
+    entries, run_id = _read_history(args.data_dir)
+    manifest = _run_manifest(args.data_dir, run_id, args.manifest)
+    if manifest is None:
+        raise ConfigError(
+            f"no committed version and no manifest in {args.data_dir}: pass --manifest RUN.toml"
+            if not entries
+            else f"{args.data_dir} keeps no copy of its run's manifest: pass --manifest RUN.toml"
+        )
+    if run_id is not None and manifest.run_id != run_id:
+        raise ConfigError(
+            f"--manifest is run {manifest.run_id[:16]}; this node's history is of run {run_id[:16]}"
+        )
+    try:
+        task = get_task(manifest.task, manifest.task_args)
+    except TaskError as e:
+        raise ConfigError(f"the run's task: {e}") from None
+    if not callable(getattr(task, "generate", None)):
+        raise ConfigError(
+            f"run {manifest.run_id[:16]}'s task {manifest.task!r} does not generate text (lm does)"
+        )
+    version = _pick(entries, args.version, args.round, manifest.genesis)
+    state = _load_version(args, version)
+    prompt = args.prompt.encode("utf-8", "surrogateescape")
+    try:
+        out = task.generate(state, prompt, args.max_bytes, seed=args.seed, temperature=args.temperature)
+    except TaskError as e:  # a stored state that is not the task's model
+        raise ConfigError(f"version {version[:16]}: {e}") from None
+    text = out.decode("utf-8", "replace")
+    round_ = next((e["round"] for e in entries if e["version"] == version), None)
+    if args.json:
+        print(json.dumps({
+            "run_id": manifest.run_id, "version": version, "round": round_, "prompt": args.prompt,
+            "text": text, "max_bytes": args.max_bytes, "temperature": args.temperature, "seed": args.seed,
+        }))  # fmt: skip
+    else:
+        print(args.prompt + text)
     return 0

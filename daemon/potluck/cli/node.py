@@ -14,6 +14,7 @@ from potluck.cli.common import (
     positive_float,
     positive_int,
     query_args,
+    run_metric,
     show,
 )
 from potluck.cli.format import format_peers, format_status
@@ -240,7 +241,10 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    return show(args, lambda c: c.status(), None, format_status)
+    # the score's name comes from the run's task (BPB for lm), which the node's data dir knows
+    return show(
+        args, lambda c: c.status(), None, lambda s: format_status(s, run_metric(args.data_dir, s["run_id"]))
+    )
 
 
 def cmd_peers(args: argparse.Namespace) -> int:

@@ -1,9 +1,13 @@
-"""`potluck init`: create a run (its signed manifest and genesis weights)."""
+"""`potluck init`: create a run (its signed manifest and genesis weights); `potluck pretrain`: train a
+task's base model on its whole training data, to give `init --genesis`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+from pathlib import Path
 
 from potluck.cli.common import (
     Commands,
@@ -28,6 +32,13 @@ def add_parsers(commands: Commands) -> None:
         "--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task factory argument"
     )
     init.add_argument("--seed", type=non_negative_int, default=0, help="seed of the genesis weights")
+    init.add_argument(
+        "--genesis",
+        type=Path,
+        metavar="FILE.safetensors",
+        help="start from these weights (e.g. `potluck pretrain`'s) instead of the task's seeded init; "
+        "they must be the task's model: every tensor's name, shape and dtype",
+    )
     init.add_argument("--round-seconds", type=positive_float, default=60.0, help="round length (default 60)")
     init.add_argument(
         "--start-in", type=float, default=0.0, metavar="SECONDS", help="round 0 starts this much later"
@@ -103,6 +114,33 @@ def add_parsers(commands: Commands) -> None:
         help="where to write the manifest; the genesis weights go beside it (RUN.genesis.safetensors)",
     )
 
+    pre = commands.add_parser(
+        "pretrain",
+        help="train a task's base model on all its training data (a genesis for `init --genesis`)",
+        description="Train the task's seeded init for --steps steps on every shard of its training data "
+        "(never the held-out split), report the held-out score before and after, write the weights.",
+    )
+    pre.set_defaults(handler=cmd_pretrain)
+    pre.add_argument(
+        "--task", required=True, help="built-in task (lm, digits, ...) or package.module:factory"
+    )
+    pre.add_argument(
+        "--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task factory argument"
+    )
+    pre.add_argument("--steps", type=positive_int, required=True, help="training steps")
+    pre.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the init and of the batches (default 0)"
+    )
+    pre.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    pre.add_argument(
+        "-o",
+        "--output",
+        type=output_file,
+        required=True,
+        metavar="BASE.safetensors",
+        help="the file to write",
+    )
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     from potluck.datadir import prepare_data_dir
@@ -126,6 +164,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"--placement {args.placement}: {e}") from None
     if args.admission == "allowlist" and not args.allow:
         raise ConfigError("--admission allowlist needs --allow NODE_ID ...")
+    genesis_state = load_genesis(args.genesis) if args.genesis is not None else None
     identity = load_or_create(prepare_data_dir(args.data_dir))
     try:
         run = write_run(
@@ -134,6 +173,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             creator=identity,
             task_args=task_args,
             seed=args.seed,
+            genesis_state=genesis_state,
             round_seconds=args.round_seconds,
             start_time=time.time() + args.start_in,
             density=args.density,
@@ -151,13 +191,86 @@ def cmd_init(args: argparse.Namespace) -> int:
             pacing=args.pacing,
             target_samples=args.target_samples,
         )
-    except (TaskError, ManifestError) as e:
+    except TaskError as e:
+        raise ConfigError(f"--genesis {args.genesis}: {e}" if genesis_state is not None else str(e)) from None
+    except ManifestError as e:
         raise ConfigError(str(e)) from None
     except OSError as e:
         raise ConfigError(f"cannot write {args.output}: {e.strerror}") from None
+    source = f", from {args.genesis}" if genesis_state is not None else ""
     print(
         f"run {run.manifest.run_id}\n"
-        f"wrote {args.output} and {run.genesis_path} (genesis {run.genesis_hash[:16]})"
+        f"wrote {args.output} and {run.genesis_path} (genesis {run.genesis_hash[:16]}{source})"
+    )
+    if genesis_state is not None:  # the seed cannot rebuild it (potluck.joining.ensure_genesis)
+        print(f"every node needs both files: start it with --manifest {args.output}, not --run RUN_ID")
+    return 0
+
+
+def load_genesis(path: Path) -> dict:
+    """The weights of ``--genesis FILE``, or a one-line ConfigError."""
+    from potluck.store.versions import CorruptVersion, load_state
+
+    try:
+        return load_state(path)
+    except FileNotFoundError:
+        raise ConfigError(f"--genesis {path}: no such file") from None
+    except (CorruptVersion, OSError) as e:
+        raise ConfigError(f"--genesis {path}: not a safetensors file ({e})") from None
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from potluck.store.versions import atomic_save
+    from potluck.tasks import TaskError, get_task, is_trainable, metric, pretrain, scores
+
+    task_args = _key_values(args.task_arg, "--task-arg")
+    try:
+        task = get_task(args.task, task_args)
+    except TaskError as e:
+        raise ConfigError(str(e)) from None
+    if not is_trainable(task):
+        raise ConfigError(f"task {args.task!r} cannot train (it has no local_data/train/evaluate)")
+    name, higher = metric(task)
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    before = scores(task, task.init_state(args.seed))
+    say(f"pretraining {args.task} ({task_args or 'default size'}), seed {args.seed}: {args.steps} steps")
+    started = time.monotonic()
+    every = max(1, args.steps // 10)
+
+    def progress(step: int) -> None:
+        if step % every == 0 or step == args.steps:
+            say(f"  step {step}/{args.steps} ({time.monotonic() - started:.1f}s)")
+
+    try:
+        state = pretrain(task, steps=args.steps, seed=args.seed, progress=progress)
+    except TaskError as e:
+        raise ConfigError(str(e)) from None
+    seconds = time.monotonic() - started
+    after = scores(task, state)
+    meta = {
+        "task": args.task,
+        "task_args": json.dumps(task_args),
+        "seed": str(args.seed),
+        "steps": str(args.steps),
+    }
+    try:
+        atomic_save(state, args.output, metadata=meta)
+    except OSError as e:
+        raise ConfigError(f"cannot write {args.output}: {e.strerror}") from None
+    if args.json:
+        print(json.dumps({
+            "task": args.task, "task_args": task_args, "seed": args.seed, "steps": args.steps,
+            "seconds": round(seconds, 2), "metric": name, "before": before, "after": after,
+            "output": str(args.output),
+        }))  # fmt: skip
+        return 0
+    better = "higher" if higher else "lower"
+    print(f"held-out {name} ({better} is better), before -> after {args.steps} steps in {seconds:.0f}s:")
+    for part in before:
+        print(f"  {part:<10} {before[part]:.3f} -> {after[part]:.3f}")
+    same = "".join(f" --task-arg {item}" for item in args.task_arg)
+    print(
+        f"wrote {args.output}; a run from it: potluck init --task {args.task}{same} --genesis {args.output}"
     )
     return 0
 

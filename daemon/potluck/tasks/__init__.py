@@ -10,7 +10,9 @@ A manifest's ``task`` string is resolved by :func:`get_task`: a built-in name ("
 a Task. The built-in tasks are "toy" (synthetic teacher data, for tests and demos), "digits"
 (scikit-learn's 8x8 digits, a small MLP; :mod:`potluck.tasks.digits`) and "lm" (a byte-level
 transformer on a shipped text corpus; :mod:`potluck.tasks.lm`). The genesis version of a
-run is ``version_hash(task.init_state(manifest.seed))``.
+run is ``version_hash(task.init_state(manifest.seed))``, or that of a pre-trained state
+(:func:`pretrain`, `potluck pretrain`) given to `potluck init --genesis`, which
+:func:`check_genesis` holds to the task's model.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ __all__ = [
     "TaskError",
     "TrainableTask",
     "builtin_tasks",
+    "check_genesis",
     "genesis",
     "get_task",
     "is_trainable",
     "metric",
+    "pretrain",
     "register_task",
+    "scores",
 ]
 
 State = dict[str, np.ndarray]
@@ -165,3 +170,40 @@ def genesis(task: Task, seed: int) -> tuple[State, str]:
 
     state = task.init_state(seed)
     return state, version_hash(state)
+
+
+def check_genesis(task: Task, state: Mapping[str, np.ndarray], seed: int = 0) -> None:
+    """Hold a given genesis ``state`` to the model ``task.init_state(seed)`` builds: the same tensor names,
+    shapes and dtypes, and finite values. :class:`TaskError` names the first mismatch (by name)."""
+    model = task.init_state(seed)
+    what = f"task {task.name}'s model"
+    for name in sorted(set(model) | set(state)):
+        if name not in state:
+            raise TaskError(
+                f"the genesis lacks tensor {name!r} of {what} ({len(state)} vs {len(model)} tensors)"
+            )
+        if name not in model:
+            raise TaskError(f"the genesis has tensor {name!r}, which {what} lacks")
+        given, want = np.asarray(state[name]), model[name]
+        if given.shape != want.shape:
+            raise TaskError(f"genesis tensor {name!r} has shape {given.shape}; {what} has {want.shape}")
+        if given.dtype != want.dtype:
+            raise TaskError(f"genesis tensor {name!r} is {given.dtype}; {what}'s is {want.dtype}")
+        if given.dtype.kind == "f" and not np.isfinite(given).all():
+            raise TaskError(f"genesis tensor {name!r} holds a NaN or an infinity")
+
+
+def pretrain(
+    task: TrainableTask, *, steps: int, seed: int = 0, progress: Callable[[int], None] | None = None
+) -> State:
+    """A pre-trained base for a run: ``steps`` training steps from ``init_state(seed)`` on the task's
+    whole training data (``local_data(None)``: every shard, never the held-out split). Deterministic."""
+    return task.train(task.init_state(seed), task.local_data(None, seed), steps=steps, seed=seed,
+                      progress=progress)[0]  # fmt: skip
+
+
+def scores(task: TrainableTask, state: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Held-out scores of ``state``: per part when the task has ``evaluate_domains`` (the lm task: BPB
+    per domain and ``"overall"``), else ``{"overall": task.evaluate(state)}``."""
+    per_part = getattr(task, "evaluate_domains", None)
+    return dict(per_part(state)) if callable(per_part) else {"overall": float(task.evaluate(state))}
