@@ -281,7 +281,7 @@ class Node:
             return
         now = time.time()
         declaration = Declaration(m.run_id, r, version, self.identity.public_key, now)
-        await self.bulletin.post(
+        self.bulletin.post(
             declarations_key(m.run_id, r), self.identity.public_key, declaration.sign(self.identity),
             now + DECLARATION_TTL_S, to=self._keeper_ids(), store=lambda: self.round_open(r),
         )  # fmt: skip

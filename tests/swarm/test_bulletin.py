@@ -92,7 +92,12 @@ def test_dht_values_and_pushes_are_joined_and_our_own_posts_are_read_back():
     host.dht[KEY] = {b"d": SimpleNamespace(value=b"from the dht", expiration_time=time.time() + 60)}
     b = Bulletin(host, RUN, list)
     push(b, subkey=b"p", value=b"pushed")
-    assert asyncio.run(b.post(KEY, b"mine", b"own", time.time() + 60, to=[]))
-    found = asyncio.run(b.get(KEY))
+
+    async def post_and_read():
+        b.post(KEY, b"mine", b"own", time.time() + 60, to=[])
+        await asyncio.sleep(0.01)  # the DHT store runs in the background
+        return await b.get(KEY)
+
+    found = asyncio.run(post_and_read())
     assert {k: v.value for k, v in found.items()} == {b"d": b"from the dht", b"p": b"pushed", b"mine": b"own"}
     assert host.stored == [(KEY, b"mine", b"own")]

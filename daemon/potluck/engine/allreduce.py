@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from potluck.engine.attempt import QUORUM_MARGIN_S, Attempt, AttemptFailed, Merged, RoundStatus, sleep_until
+from potluck.engine.attempt import QUORUM_MARGIN_S, Attempt, AttemptFailed, Merged, RoundStatus
 from potluck.engine.averager import CanonicalAverager, next_power_of_two, shutdown_averager
 from potluck.engine.conduct import Conduct
-from potluck.engine.entries import ENTRY_WINDOW_S
 from potluck.engine.updates import AcceptedUpdates, wait_for_updates
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.rounds import fixedpoint
@@ -80,10 +79,6 @@ class AllReduce:
     ) -> tuple[np.ndarray, int, list[str]]:
         sentinel = fixedpoint.new_sentinel()
         packed = await asyncio.to_thread(fixedpoint.pack, a.layout, contribution.q, sentinel)
-        # the all-reduce's time is fixed (scheduled at entered + prep_s); entries read early must not
-        # bring the averager into hivemind's matchmaking sooner: a peer that stops while there stalls
-        # the group until hivemind's own timeouts, where one that stops before leaves no group to form
-        await sleep_until(a.entered + ENTRY_WINDOW_S)
         participants = a.participants
         n = len(participants)
         averager = CanonicalAverager(

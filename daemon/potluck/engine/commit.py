@@ -101,7 +101,7 @@ class Committer:
         await asyncio.to_thread(self._persist, commit, signatures, merged.state)
         key, signed = commits_key(commit.run_id, commit.round), signed_commit_bytes(commit, mine)
         expires = time.time() + COMMIT_TTL_S
-        await self._bulletin.post(key, self._identity.public_key, signed, expires, store=False)
+        self._bulletin.post(key, self._identity.public_key, signed, expires, store=False)
         logger.info(
             f"round {attempt.round}: committed {commit.version[:12]} from {len(commit.updates)} updates, "
             f"{len(merged.participants)} participants, {len(signatures)} signatures"
@@ -114,7 +114,7 @@ class Committer:
         key = commits_key(commit.run_id, commit.round)
         keepers = [p.record.peer_id for p in self._peers() if p.record.role != "client"]
         signed, expires = signed_commit_bytes(commit, mine), time.time() + COMMIT_TTL_S
-        await self._bulletin.post(key, self._identity.public_key, signed, expires, to=keepers)
+        self._bulletin.post(key, self._identity.public_key, signed, expires, to=keepers)
         quorum = self._manifest.quorum
         tracker = QuorumTracker(commit.run_id, commit.round, quorum)
         tracker.add(commit, mine)

@@ -396,7 +396,9 @@ class RoundEngine:
         # while the entries gather: learn of convicted reducers, so that none takes part
         learn = self._faults.learn if self._convicts else None
         held = sorted(u.update_id for u in self._eligible(r))
-        entries = await self._entries.freeze(r, attempt, self.version, start, entered, held, learn)
+        entries = await self._entries.freeze(
+            r, attempt, self.version, start, entered, held, learn, early=not self._dense_prep
+        )
         # without the updates any entry excludes (banned authors); a retry merges only updates that a
         # majority holds, so an id nobody can fetch (a phantom) cannot stall the round's every attempt
         assignment = assign(entries, 1 if attempt == 0 else retry_holders(len(entries)))

@@ -351,7 +351,7 @@ class UpdateExchange:
             # from their authors: we only tell the DHT, and only if the round still wants it by then
             to = self._keepers() if first and held.source == "published" else []
             still_wanted = (lambda r=held.round: r in self.rounds_of_interest()) if first else True
-            await self._bulletin.post(
+            self._bulletin.post(
                 key, held.update_id.encode(), value, now + self._announce_ttl_s, to=to, store=still_wanted
             )
             self._announced[held.update_id] = now

@@ -45,6 +45,10 @@ MAX_SUBKEYS = 128  # per key: more than a round has participants or updates
 MAX_TTL_S = 2 * 24 * 3600.0
 
 
+def _ALWAYS() -> bool:
+    return True
+
+
 class Bulletin:
     def __init__(self, host: SwarmHost, run: str, peer_ids: Callable[[], Iterable[str]]):
         """``peer_ids``: the base58 peer ids a post goes to (the run's live peers, from the records)."""
@@ -72,24 +76,23 @@ class Bulletin:
 
     # ---- posting ---------------------------------------------------------------------------------
 
-    async def post(
+    def post(
         self, key: str, subkey: bytes, value: bytes, expiration: float, *,
         to: Iterable[str] | None = None, store: bool | Callable[[], bool] = True,
-    ) -> bool:  # fmt: skip
-        """Push the record to ``to`` (default: every live peer of the run), then store it in the DHT:
-        at once (``store`` True), never (False: a notice of a record the DHT already holds), or, given
-        a test of whether the record still matters, :attr:`store_after` seconds later if it does.
-        The pushes are not awaited: a slow or dead peer delays nobody. True if the DHT took the record
-        (or was not asked to yet)."""
+    ) -> None:  # fmt: skip
+        """Push the record to ``to`` (default: every live peer of the run) and store it in the DHT: at
+        once (``store`` True), never (False: a notice of a record the DHT already holds), or, given a
+        test of whether the record still matters, :attr:`store_after` seconds later if it does.
+        Nothing is awaited: a slow or dead peer, or a DHT waiting on one, delays nobody (a frozen peer
+        held a round's entries up for 4 s in tests/engine/test_failures.py while stores were awaited)."""
         self._keep(key, subkey, value, expiration)  # we read our own records like anyone's
         message = exchange_pb2.Post(key=key, subkey=subkey, value=value, expiration=expiration)
         me = self._host.peer_id
         for peer_id in set(self._peer_ids() if to is None else to) - {me}:
             self._spawn(self._send(peer_id, message), f"post-{peer_id[-8:]}")
-        if callable(store) and self.store_after > 0:
-            self._spawn(self._store_later(key, subkey, value, expiration, store), "store-later")
-            return True
-        return await self._host.store(key, subkey, value, expiration) if store else True
+        if store is not False:
+            matters = store if callable(store) else _ALWAYS
+            self._spawn(self._store_later(key, subkey, value, expiration, matters), "store")
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
@@ -99,7 +102,8 @@ class Bulletin:
     async def _store_later(
         self, key: str, subkey: bytes, value: bytes, expiration: float, matters: Callable[[], bool]
     ) -> None:
-        await asyncio.sleep(self.store_after)
+        if self.store_after > 0 and matters is not _ALWAYS:
+            await asyncio.sleep(self.store_after)
         if matters():
             with contextlib.suppress(Exception):  # the pushes went out; the DHT copy is the fallback
                 await self._host.store(key, subkey, value, expiration)
