@@ -168,6 +168,9 @@ class SwarmHost:
             record_validators=self._validators,
             await_ready=True,
             client_mode=self.client_mode,
+            # every potluck read asks the swarm for the latest value, so hivemind's background re-reads of
+            # values it cached (before they expire) are traffic nobody uses
+            cache_refresh_before_expiry=0,
         )
 
     async def _supervise(self) -> None:
@@ -331,6 +334,11 @@ class SwarmHost:
         if found is None or not isinstance(found.value, dict):
             return {}
         return found.value
+
+    async def connected_peers(self) -> set[str]:
+        """Peer ids p2pd holds a connection to (asks the local p2pd only)."""
+        assert self._p2p is not None
+        return {info.peer_id.to_base58() for info in await self._p2p.list_peers()}
 
     async def visible_addrs(self) -> list[str]:
         assert self._p2p is not None

@@ -53,7 +53,12 @@ SLOTS = 64  # processes counting at once per machine-wide fork tree (the daemon,
 SAMPLE_S = 2.0
 WINDOW_S = 10.0
 
-_call_kind: contextvars.ContextVar[str | None] = contextvars.ContextVar("potluck_call_kind", default=None)
+# A one-element list rather than the kind itself: a task that hivemind starts inside a call (its cache
+# refresher) keeps the context, and so the list, for good; emptied when the call returns, it no longer
+# names the call's kind.
+_call_kind: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "potluck_call_kind", default=None
+)
 
 
 def kind_of_key(key: str) -> str:
@@ -67,7 +72,7 @@ def kind_of_key(key: str) -> str:
 def kind_of_handler(name: str) -> str:
     """The kind of a libp2p handler's traffic; a DHT call's kind is the potluck call it serves."""
     if "DHTProtocol." in name:
-        return _call_kind.get() or "dht_upkeep"
+        return next(iter(_call_kind.get() or ()), "dht_upkeep")
     if "Averager." in name:
         return "aggregation"
     return _HANDLER_KINDS.get(name, "other")
@@ -76,10 +81,12 @@ def kind_of_handler(name: str) -> str:
 @contextlib.contextmanager
 def calling(kind: str) -> Iterator[None]:
     """Count the DHT traffic of the calls made inside as ``kind`` (tasks started inside inherit it)."""
-    token = _call_kind.set(kind)
+    holder = [kind]
+    token = _call_kind.set(holder)
     try:
         yield
     finally:
+        holder.clear()
         _call_kind.reset(token)
 
 
