@@ -294,8 +294,8 @@ class Traffic:
         """Read the kernel and the counters now; kind -> (sent, received), ``total`` and ``transport``
         (the kernel's bytes no kind accounts for) included when the kernel could be read."""
         now = time.monotonic() if now is None else now
+        by_kind = self.counters.totals()  # first: what was counted is on the wire by the kernel's read
         self._sample_kernel()
-        by_kind = self.counters.totals()
         kernel = self.kernel_totals()
         if kernel is not None:
             by_kind["total"] = kernel
