@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the measurement")
     parser.add_argument(
-        "--settle", type=float, default=5.0, help="seconds between seeing each other and measuring"
+        "--settle", type=float, default=15.0, help="seconds between seeing each other and measuring"
     )
     parser.add_argument("--round-seconds", type=float, default=60.0)
     parser.add_argument("--start-in", type=float, default=10.0, help="seconds from creation to round 0")

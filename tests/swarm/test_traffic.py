@@ -90,3 +90,16 @@ def test_without_netlink_the_kernel_is_unavailable_and_the_kinds_still_count(mon
     assert "total" not in sample and sample["sync"] == (0, 5)
     assert t.status()["kernel"].startswith("unavailable: PermissionError")
     assert t.status()["total"] is None
+
+
+def test_a_request_of_another_node_takes_the_kind_of_a_key_this_node_used():
+    from hivemind.dht.routing import DHTID
+    from hivemind.proto import dht_pb2
+
+    traffic._remember("potluck/ab/updates/3", "announcements")
+    known = dht_pb2.FindRequest(keys=[DHTID.generate(source="potluck/ab/updates/3").to_bytes()])
+    unknown = dht_pb2.FindRequest(keys=[DHTID.generate(source="potluck/ab/updates/4").to_bytes()])
+    assert traffic.served_kind("DHTProtocol.rpc_find", known) == "announcements"
+    assert traffic.served_kind("DHTProtocol.rpc_find", unknown) == "dht_upkeep"
+    assert traffic.served_kind("DHTProtocol.rpc_ping", dht_pb2.PingRequest()) == "dht_upkeep"
+    assert traffic.served_kind("potluck.v1.GetSlice", known) == "aggregation"

@@ -11,9 +11,10 @@ By kind: hivemind's P2P is patched in this process and every process forked from
 child, the averagers) to count the protobuf bytes of each call and each served request, by handler
 name: our own handlers (update transfer, slices, state sync), hivemind's averager (aggregation) and
 its DHT protocol. A DHT call made by potluck (SwarmHost.store/get) runs under :func:`calling` with
-the kind its key names (peer records, announcements, entries, commits, evidence); DHT traffic
-outside those calls (routing upkeep, answering other nodes, the averager's matchmaking keys) counts
-as ``dht_upkeep``. The kernel's total minus everything counted is ``transport``: libp2p's framing
+the kind its key names (peer records, announcements, entries, commits, evidence), and a request
+another node makes of ours for a key this node used itself takes that kind too; the rest of the DHT
+traffic (routing upkeep, the averager's matchmaking keys, keys this node never used) counts as
+``dht_upkeep``. The kernel's total minus everything counted is ``transport``: libp2p's framing
 and encryption, and its own protocols (identify, ping). Counts from all processes land in one
 shared array, one row per process so no two processes write the same word.
 """
@@ -29,6 +30,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from hivemind.dht.routing import DHTID
 from hivemind.p2p import P2P
 
 from potluck.swarm import sockdiag
@@ -49,6 +51,7 @@ _HANDLER_KINDS = {
     "potluck.v1.GetManifest": "sync",
 }
 STREAM_FRAMING = 9  # hivemind's marker byte and 8-byte length before each stream message
+MAX_KNOWN_KEYS = 4096
 SLOTS = 64  # processes counting at once per machine-wide fork tree (the daemon, its DHT child, averagers)
 SAMPLE_S = 2.0
 WINDOW_S = 10.0
@@ -76,6 +79,23 @@ def kind_of_handler(name: str) -> str:
     if "Averager." in name:
         return "aggregation"
     return _HANDLER_KINDS.get(name, "other")
+
+
+_key_kinds: dict[bytes, str] = {}  # in the DHT child: the DHT ids of the keys potluck used -> their kind
+
+
+def _remember(key: str, kind: str) -> None:
+    if len(_key_kinds) >= MAX_KNOWN_KEYS:
+        _key_kinds.clear()
+    _key_kinds[DHTID.generate(source=key).to_bytes()] = kind
+
+
+def served_kind(name: str, request: Any) -> str:
+    """The kind of a request another node made of ours: a DHT request for a key this node uses itself
+    (everyone reads the same peer, announcement and evidence keys) takes that key's kind."""
+    kind = kind_of_handler(name)
+    keys = getattr(request, "keys", None) if kind == "dht_upkeep" else None
+    return _key_kinds.get(bytes(keys[0]), kind) if keys else kind
 
 
 @contextlib.contextmanager
@@ -224,7 +244,7 @@ def install_p2p_hooks() -> None:
             response = await handler(request, context)
             counters = _counters(self)
             if counters is not None:
-                counters.add(kind_of_handler(name), _size(response), _size(request))
+                counters.add(served_kind(name, request), _size(response), _size(request))
             return response
 
         await add_unary(self, name, serve, input_type, **kwargs)
@@ -349,10 +369,12 @@ class Traffic:
 async def dht_store(
     kind: str, key: str, subkey: bytes, value: bytes, expiration_time: float, _dht: Any, node: Any
 ) -> bool:
+    _remember(key, kind)
     with calling(kind):
         return bool(await node.store(key, value, expiration_time, subkey=subkey))
 
 
 async def dht_get(kind: str, key: str, _dht: Any, node: Any) -> Any:
+    _remember(key, kind)
     with calling(kind):
         return await node.get(key, latest=True)
