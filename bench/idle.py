@@ -18,14 +18,14 @@ first, in the same invocation; its kinds are reported only if that code has the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from report import emit  # bench/report.py: this script's folder is on the path
 
 from potluck.localswarm import LocalSwarm
 from potluck.runfiles import write_run
@@ -153,17 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{label} ({tree}): {args.keepers} keepers + {args.idle} idle, {args.seconds:.0f}s")
             results[label] = run_tree(label, tree, args, Path(tmp))
             log(table(label, results[label]))
-    report = {
-        "benchmark": "idle",
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {"python": platform.python_version(), "cpu": platform.machine(), "cores": os.cpu_count()},
-        "results": results,
-        "wall_s": round(time.time() - started, 1),
-    }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit("idle", args, results, started)
     return 0
 
 
