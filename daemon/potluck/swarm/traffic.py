@@ -118,13 +118,15 @@ _next_row = 0
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # a row nobody has taken (0 would signal our own process group)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return pid > 0
+    return True
 
 
 def _before_fork() -> None:
