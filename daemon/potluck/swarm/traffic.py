@@ -4,8 +4,9 @@ Ground truth: the node's p2pd (one per node, a child of the daemon process; the 
 averagers hold replicas connected to it) does all the node's networking. :class:`Traffic` samples
 the TCP byte counters of p2pd's sockets from the kernel (potluck.swarm.sockdiag) every
 ``SAMPLE_S`` and keeps a running total: the last-seen counters of a socket that closed stay in the
-total. Lost: what a socket moved after its last sample before it closed, and every socket that
-opened and closed between two samples.
+total. Lost: what a socket moved after its last sample before it closed, every socket that opened
+and closed between two samples, and a closed socket's bytes if the kernel gives its inode to a new
+socket before the next sample.
 
 By kind: hivemind's P2P is patched in this process and every process forked from it (the DHT
 child, the averagers) to count the protobuf bytes of each call and each served request, by handler
