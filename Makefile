@@ -34,7 +34,7 @@ proto: $(STAMP)  ## regenerate daemon/potluck/v1 from proto/
 bench: $(STAMP)  ## every benchmark, one JSON object each (bench/README.md); minutes each on 2 cores
 	$(BIN)/pip install --quiet -e '.[bench]'
 	mkdir -p bench/out
-	for b in discovery update_codec rounds sliced federated robust retention; do $(BIN)/python bench/$$b.py > bench/out/$$b.json || exit 1; done
+	for b in discovery update_codec rounds sliced federated robust retention idle; do $(BIN)/python bench/$$b.py > bench/out/$$b.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import emit  # bench/report.py: this script's folder is on the path
 
 from potluck.identity import NodeIdentity
 from potluck.localswarm import LocalSwarm
@@ -139,18 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{label} ({tree}): {args.keepers} keepers, {args.rounds} rounds")
                 results[label] = run_tree(label, tree, args, Path(tmp))
     params = args.hidden * args.inputs + args.hidden + 4 * args.hidden + 4  # toy: 4 outputs
-    report = {
-        "benchmark": "placement",
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        | {"params": params},
-        "machine": {"python": platform.python_version(), "cpu": platform.machine(), "cores": os.cpu_count()},
-        "results": results,
-        "wall_s": round(time.time() - started, 1),
-    }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit("placement", args, results, started, params=params)
     return 0
 
 

@@ -444,3 +444,27 @@ def test_join_leaves_named_shards_to_the_task():
     for spec in ("4/4", "plays:2/2", "x/y", "0-4"):
         with pytest.raises(ConfigError, match="bad --shard"):
             _check_shard(spec)
+
+
+def test_status_prints_the_traffic_in_one_line():
+    from potluck.rpc.jsonify import message_to_dict
+    from potluck.v1 import control_pb2
+
+    B = control_pb2.TrafficBytes
+    traffic = control_pb2.Traffic(
+        kernel="ok",
+        total=B(sent=2_500_000, recv=1_200, sent_rate=3000.0, recv_rate=1000.0),
+        kinds={"records": B(sent=10, recv_rate=1500.0), "dht_upkeep": B(sent_rate=2000.0), "sync": B()},
+        window_s=10.0,
+    )
+    status = message_to_dict(control_pb2.GetStatusResponse(traffic=traffic)) | {
+        "bootstrap": {"state": "none"}, "uptime_s": 1.0,
+    }  # fmt: skip
+    line = next(x for x in format_status(status).splitlines() if x.startswith("traffic"))
+    assert (
+        line == "traffic       2.5 MB sent, 1.2 KB recv; 4.0 KB/s now (dht_upkeep 2.0 KB/s, records 1.5 KB/s)"
+    )
+    status["traffic"] = message_to_dict(control_pb2.Traffic(kernel="unavailable: PermissionError", kinds={
+        "records": B(sent=100, recv=200)}))  # fmt: skip
+    line = next(x for x in format_status(status).splitlines() if x.startswith("traffic"))
+    assert line.endswith("100 B sent, 200 B recv; 0 B/s now; kernel counters unavailable: PermissionError")

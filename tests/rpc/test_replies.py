@@ -13,6 +13,7 @@ from potluck.rounds import schedule
 from potluck.rpc import replies
 from potluck.swarm.host import BootstrapState
 from potluck.swarm.membership import LocalState
+from potluck.swarm.traffic import KINDS, Traffic
 from potluck.swarm.validator import RejectionCounters
 
 
@@ -28,6 +29,7 @@ def _node(engine=None) -> SimpleNamespace:
             listen=["/ip4/127.0.0.1/tcp/0"],
             addrs=[],
             dht_restarts=0,
+            traffic=Traffic(),
         ),
         membership=SimpleNamespace(peers=lambda: [], ttl_s=30.0),
         exchange=None,
@@ -43,6 +45,16 @@ def test_a_node_without_rounds_reports_none():
     assert (reply.phase, reply.committed_round, reply.collecting_deadline) == ("idle", -1, 0.0)
     assert not reply.HasField("aggregation") and reply.rpc_address == "127.0.0.1:7450"
     assert replies.list_updates(_node()).updates == [] and replies.list_peers(_node()).peers == []
+
+
+def test_the_status_carries_the_traffic_by_kind():
+    node = _node()
+    node.host.traffic.counters.add("records", sent=120, received=30)
+    node.host.traffic.sample()  # no p2pd to watch: the kernel's counters are unavailable, never a crash
+    traffic = replies.status(node).traffic
+    assert traffic.kernel.startswith("unavailable") and not traffic.HasField("total")
+    assert set(traffic.kinds) == set(KINDS)
+    assert (traffic.kinds["records"].sent, traffic.kinds["records"].recv) == (120, 30)
 
 
 def test_the_status_says_when_collecting_stops_a_quarter_round_before_the_end():

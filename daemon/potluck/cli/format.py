@@ -77,6 +77,7 @@ def format_status(s: dict[str, Any], metric: tuple[str, bool] = ("accuracy", Tru
         ("rejected rec", rejected),
         *_defence_rows(s.get("defence")),
         ("dht restarts", str(s["dht_restarts"])),
+        ("traffic", _traffic(s.get("traffic"))),
         ("control api", s["rpc_address"]),
     ]
     rows += [("address" if i == 0 else "", a) for i, a in enumerate(s["addrs"] or ["-"])]
@@ -113,6 +114,32 @@ def _defence_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
         + (f", rejected {rejected}" if rejected else ""),
     ))  # fmt: skip
     return rows
+
+
+def _traffic(t: dict[str, Any] | None) -> str:
+    """One line: bytes since start, the recent rate, its largest kinds; why kernel counts are missing."""
+    if not t:
+        return "-"
+    kinds = t["kinds"]
+    total = t["total"] if t["kernel"] == "ok" and t["total"] else None
+    if total is None:  # no kernel counters: what potluck counted itself
+        total = {
+            key: sum(k[key] for k in kinds.values()) for key in ("sent", "recv", "sent_rate", "recv_rate")
+        }
+    rate = total["sent_rate"] + total["recv_rate"]
+    top = sorted(((k["sent_rate"] + k["recv_rate"], name) for name, k in kinds.items()), reverse=True)[:3]
+    line = f"{_bytes(total['sent'])} sent, {_bytes(total['recv'])} recv; {_bytes(rate)}/s now"
+    if t["window_s"] and rate > 0:
+        line += " (" + ", ".join(f"{name} {_bytes(r)}/s" for r, name in top if r > 0) + ")"
+    return line + ("" if t["kernel"] == "ok" else f"; kernel counters {t['kernel']}")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
 
 
 def _peer_defence(p: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ found      the validator sees a second, different signed update by one author fo
            the exchange keeps both updates in its evidence store -> :meth:`DefenceService.found`
            checks the pair (potluck.defence.evidence.check_equivocation), bans the author and
            publishes a small signed record under ``potluck/<run>/evidence/<round>``.
-verified   every node polls the evidence keys of the rounds it validates, fetches both updates of
+verified   every node polls the evidence keys of the rounds it validates (backing off while nothing
+           changes, potluck.swarm.cadence; ``poll.wake()`` asks for a poll now), fetches both updates of
            each new record by id (from the reporter, then any peer: every verifier keeps and serves
            them), checks them, and on success bans the author and publishes its own record (so the
            evidence outlives its first reporter). A bogus record (bad signature, one update twice,
@@ -33,7 +34,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from potluck.defence.bans import Ban, BanRegistry
@@ -51,6 +52,7 @@ from potluck.identity import NodeIdentity, node_id_of, peer_id_of
 from potluck.manifest import Manifest
 from potluck.rounds.entries import MAX_ENTRY_EXCLUDED, RoundEntry, excluded_ids
 from potluck.store.history import History
+from potluck.swarm.cadence import Cadence
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import PeerInfo
 from potluck.updates.validation import EquivocationSeen
@@ -61,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 RECORD_TTL_S = 3600.0
 POLL_INTERVAL_S = 1.0
+MAX_POLL_INTERVAL_S = 8.0  # evidence is rare; a round entry that names unseen evidence is read at once
 RETRY_S = 5.0  # an unavailable piece of evidence is tried again after this
 MAX_TRIES = 6  # ... this many times, then rejected as "unavailable"
 MAX_SEEN_VALUES = 10_000
@@ -86,20 +89,19 @@ class DefenceService:
     ):
         self._host, self._identity, self._run = host, identity, run
         self.bans, self._exchange, self._peers = bans, exchange, peers
-        self.manifest = manifest
+        self.manifest, self._ttl_s = manifest, record_ttl_s
         self.seniority = Seniority(manifest)  # its history is set by the node once the run's history is open
-        self._ttl_s, self._poll_s = record_ttl_s, poll_interval_s
         # evidence id -> claim, for every piece of evidence this node has checked and found good
         self.verified: dict[str, Equivocation] = {}
         self.rejected: dict[str, str] = {}  # evidence id -> reason code
         self.rejections: Counter[str] = Counter()  # reason code -> records rejected
         self.found = 0  # equivocations this node saw itself
         self.published = 0  # records stored in the DHT
-        self._tries: dict[str, int] = {}
-        self._retry_at: dict[str, float] = {}
+        self._tries, self._retry_at = dict[str, int](), dict[str, float]()
         self._inflight: dict[str, asyncio.Task] = {}
         self._seen_values: set[bytes] = set()
         self._publish_now = asyncio.Event()
+        self.poll = Cadence(poll_interval_s, MAX_POLL_INTERVAL_S)
         self._tasks: list[asyncio.Task] = []
         for ban in bans.list():  # evidence verified before a restart
             claim = _claim_of(ban)
@@ -154,22 +156,27 @@ class DefenceService:
 
     # ---- evidence in the swarm ---------------------------------------------------------------------
 
-    def _rounds(self) -> Iterable[int]:
+    def _rounds(self) -> range:
         rounds = self._exchange.rounds_of_interest()
         return range(max(0, rounds.start - 1), rounds.stop)
 
     async def _poll_forever(self) -> None:
+        last: tuple[range, set[Any]] = (range(0), set())  # the rounds and records the last poll read
         while True:
             await self._host.bootstrap.connected_event.wait()
+            changed, rounds, found = self.poll.take_wake(), self._rounds(), set()
             try:
-                for round_ in self._rounds():
+                for round_ in rounds:
                     for item in (await self._host.get(evidence_key(self._run, round_))).values():
+                        found.add(item.value if isinstance(item.value, bytes) else None)
                         self._consider(item.value, round_)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 logger.debug(f"reading evidence failed: {type(e).__name__}: {e}")
-            await asyncio.sleep(self._poll_s)
+                changed = True
+            changed, last = changed or rounds != last[0] or not found <= last[1], (rounds, found)
+            await self.poll.sleep(self.poll.after(changed))
 
     def _consider(self, value: Any, round_: int) -> Equivocation | None:
         """A record read from the DHT: start verifying it unless it is known (counted once if bogus)."""

@@ -73,7 +73,18 @@ def status(node: NodeParts) -> control_pb2.GetStatusResponse:
     fields |= _update_status(node) | _round_status(node)
     if node.defence is not None:
         fields["defence"] = _defence(node.defence)
+    fields["traffic"] = _traffic(node.host)
     return control_pb2.GetStatusResponse(**fields)
+
+
+def _traffic(host: SwarmHost) -> control_pb2.Traffic:
+    t = host.traffic.status()
+    return control_pb2.Traffic(
+        kernel=t["kernel"],
+        total=control_pb2.TrafficBytes(**t["total"]) if t["total"] is not None else None,
+        kinds={k: control_pb2.TrafficBytes(**v) for k, v in t["kinds"].items()},
+        window_s=t["window_s"],
+    )
 
 
 def _round_status(node: NodeParts) -> dict:

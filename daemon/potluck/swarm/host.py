@@ -29,6 +29,7 @@ from hivemind.p2p import P2P, P2PDaemonError, PeerID
 from hivemind.utils.multiaddr import Multiaddr
 
 from potluck.errors import ConfigError
+from potluck.swarm import traffic
 from potluck.swarm.addresses import (
     CONNECT_TIMEOUT_S,
     DIAL_BACKOFF,
@@ -98,6 +99,7 @@ class SwarmHost:
         self._socket_dir = ""
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        self.traffic = traffic.Traffic()  # bytes on the wire, by kind (created before any child forks)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class SwarmHost:
         # p2pd, this process's client and every replica (DHT child, averagers) put their sockets here;
         # restored on stop, so other P2P users in the process (tests) get hivemind's default again
         P2P._UNIX_SOCKET_PREFIX = f"/unix{self._socket_dir}/"
+        traffic.install_p2p_hooks()
         try:
             self._p2p = await P2P.create(
                 host_maddrs=self._listen,
@@ -121,6 +124,8 @@ class SwarmHost:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             P2P._UNIX_SOCKET_PREFIX = HIVEMIND_SOCKET_PREFIX
             raise ConfigError(f"cannot start p2pd on {', '.join(self._listen)}: {p2pd_reason(e)}") from None
+        traffic.register(self._p2p, self.traffic.counters)
+        self.traffic.watch(self._p2p._child.pid if self._p2p._child is not None else None)
         self._start_dht()
         if self._initial:
             self._tasks.append(asyncio.create_task(self._bootstrap_forever(), name="bootstrap"))
@@ -128,6 +133,7 @@ class SwarmHost:
             self.bootstrap.state = "none"
             self.bootstrap.connected_event.set()
         self._tasks.append(asyncio.create_task(self._supervise(), name="dht-supervisor"))
+        self._tasks.append(asyncio.create_task(self._sample_traffic(), name="traffic"))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -137,6 +143,7 @@ class SwarmHost:
         if self._dht is not None:
             await asyncio.to_thread(self._stop_dht, self._dht)
         if self._p2p is not None:
+            traffic.unregister(self._p2p)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._p2p.shutdown(), timeout=3)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
@@ -161,6 +168,9 @@ class SwarmHost:
             record_validators=self._validators,
             await_ready=True,
             client_mode=self.client_mode,
+            # every potluck read asks the swarm for the latest value, so hivemind's background re-reads of
+            # values it cached (before they expire) are traffic nobody uses
+            cache_refresh_before_expiry=0,
         )
 
     async def _supervise(self) -> None:
@@ -184,6 +194,11 @@ class SwarmHost:
                 self._tasks.append(asyncio.create_task(self._bootstrap_forever(), name="bootstrap"))
             if self._on_dht_restart is not None:
                 await self._on_dht_restart()
+
+    async def _sample_traffic(self) -> None:
+        while True:
+            self.traffic.sample()
+            await asyncio.sleep(traffic.SAMPLE_S)
 
     def _remove_stale_sockets(self) -> None:
         """A killed DHT child leaves its p2pd client socket behind; keep only the ones p2pd and we use."""
@@ -306,19 +321,24 @@ class SwarmHost:
         return await asyncio.wait_for(_awaitable(dht.run_coroutine(fn, return_future=True)), timeout)
 
     async def store(self, key: str, subkey: bytes, value: bytes, expiration_time: float) -> bool:
-        dht = self._require_dht()
-        future = dht.store(key, value, expiration_time, subkey=subkey, return_future=True)
-        return bool(await asyncio.wait_for(_awaitable(future), DHT_CALL_TIMEOUT_S))
+        kind = traffic.kind_of_key(key)  # the DHT child counts the call's bytes as this kind
+        return bool(
+            await self.run_in_dht(
+                functools.partial(traffic.dht_store, kind, key, subkey, value, expiration_time)
+            )
+        )
 
     async def get(self, key: str) -> dict[Any, Any]:
         """The subkey -> ValueWithExpiration dictionary under ``key`` (empty if none)."""
-        dht = self._require_dht()
-        found = await asyncio.wait_for(
-            _awaitable(dht.get(key, latest=True, return_future=True)), DHT_CALL_TIMEOUT_S
-        )
+        found = await self.run_in_dht(functools.partial(traffic.dht_get, traffic.kind_of_key(key), key))
         if found is None or not isinstance(found.value, dict):
             return {}
         return found.value
+
+    async def connected_peers(self) -> set[str]:
+        """Peer ids p2pd holds a connection to (asks the local p2pd only)."""
+        assert self._p2p is not None
+        return {info.peer_id.to_base58() for info in await self._p2p.list_peers()}
 
     async def visible_addrs(self) -> list[str]:
         assert self._p2p is not None

@@ -1,4 +1,11 @@
-"""Who is online in this run: publish our signed peer record, keep a fresh view of everyone else's."""
+"""Who is online in this run: publish our signed peer record, keep a fresh view of everyone else's.
+
+Reading the view is a DHT lookup that every other node answers with every record, so its cadence is
+most of an idle node's traffic: the view is read every ``view_interval_s`` while it changes or while
+this node is alone, and half as often after each read that finds nothing new, up to a quarter of the
+record TTL (potluck.swarm.cadence). A new libp2p connection (checked with the local p2pd every
+``view_interval_s``), :meth:`Membership.wake` and a failed read bring it back to the fast cadence.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from potluck.identity import NodeIdentity, node_id_of
+from potluck.swarm.cadence import Cadence
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.records import PeerRecord, RecordRejected, peers_key, public_key_in, subkey_for
 
 logger = logging.getLogger(__name__)
 REJOIN_AFTER_S = 5.0  # alone this long (no live peer record): dial everyone we knew
 MAX_KNOWN_PEERS = 64
+MAX_VIEW_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,13 +60,16 @@ class Membership:
         self._key = peers_key(run)
         self._subkey = subkey_for(identity.public_key)
         self.ttl_s = ttl_s
-        self._view_interval_s = view_interval_s
         self._clock = clock
         self._sequence = 0
         self._peers: dict[str, PeerInfo] = {}
         self._known: dict[str, list[str]] = {}  # peer id -> last addresses seen, newest last
         self._tasks: list[asyncio.Task] = []
         self._republish = asyncio.Event()
+        self._connected: set[str] = set()  # peer ids p2pd was connected to at the last check
+        # a quarter of the TTL at most: a live peer's record is read again before the copy we hold expires
+        self.view = Cadence(view_interval_s, min(MAX_VIEW_INTERVAL_S, ttl_s / 4))
+        self.view_reads = 0
         self.last_published = 0.0
 
     def start(self) -> None:
@@ -73,6 +85,10 @@ class Membership:
 
     def republish_now(self) -> None:
         self._republish.set()
+
+    def wake(self) -> None:
+        """Read the view now and at the fast cadence again (call when peers are expected to change)."""
+        self.view.wake()
 
     def peers(self) -> list[PeerInfo]:
         """Live peers (records not yet expired), excluding this node, ordered by node id."""
@@ -140,26 +156,51 @@ class Membership:
             fresh[node_id_of(public_key)] = PeerInfo(node_id_of(public_key), record, item.expiration_time)
         self._peers = fresh
 
+    def _view_signature(self) -> dict[str, tuple]:
+        """What a change of the view means: who is there, where, in what role and on which version (not
+        the round, which every peer moves on each round by the clock, nor the timestamp of a record
+        re-signed every third of the TTL)."""
+        return {p.node_id: (p.record.addrs, p.record.role, p.record.model_version) for p in self.peers()}
+
+    async def _new_connection(self) -> bool:
+        """Whether p2pd connected to a peer it was not connected to at the last check (no network)."""
+        try:
+            connected = await self._host.connected_peers()
+        except Exception:
+            return False
+        new = bool(connected - self._connected)
+        self._connected = connected
+        return new
+
     async def _watch_forever(self) -> None:
         alone_since: float | None = None
+        next_read = 0.0
         while True:
-            try:
-                await self.refresh_view()
-                peers = self.peers()
-                for p in peers:  # remember where peers were, to find them again after a cut
-                    self._known.pop(p.record.peer_id, None)
-                    self._known[p.record.peer_id] = list(p.record.addrs)
-                self._known = dict(list(self._known.items())[-MAX_KNOWN_PEERS:])
-                if peers or not (self._known or self._host.bootstrap.initial_peers):
-                    alone_since = None
-                elif alone_since is None:
-                    alone_since = time.monotonic()
-                elif time.monotonic() - alone_since > REJOIN_AFTER_S:
-                    if await self._host.rejoin(list(self._known.items())):
-                        self.republish_now()
-                    alone_since = time.monotonic()  # try again after another while
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                logger.debug(f"refreshing the peer view failed: {type(e).__name__}: {e}")
-            await asyncio.sleep(self._view_interval_s)
+            woken = self.view.take_wake() or await self._new_connection()
+            if woken or time.monotonic() >= next_read:
+                before = self._view_signature()
+                try:
+                    await self.refresh_view()
+                    self.view_reads += 1
+                    peers = self.peers()
+                    changed = self._view_signature() != before
+                    for p in peers:  # remember where peers were, to find them again after a cut
+                        self._known.pop(p.record.peer_id, None)
+                        self._known[p.record.peer_id] = list(p.record.addrs)
+                    self._known = dict(list(self._known.items())[-MAX_KNOWN_PEERS:])
+                    if peers or not (self._known or self._host.bootstrap.initial_peers):
+                        alone_since = None
+                    elif alone_since is None:
+                        alone_since = time.monotonic()
+                    elif time.monotonic() - alone_since > REJOIN_AFTER_S:
+                        if await self._host.rejoin(list(self._known.items())):
+                            self.republish_now()
+                        alone_since = time.monotonic()  # try again after another while
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    logger.debug(f"refreshing the peer view failed: {type(e).__name__}: {e}")
+                    changed, peers = True, []
+                # after a wake (a new connection: its record may follow in a moment) read again soon
+                next_read = time.monotonic() + self.view.after(changed or woken or not peers)
+            await self.view.sleep(self.view.base_s)  # then check for a wake or a new connection
