@@ -21,6 +21,7 @@ from potluck.swarm.traffic import KINDS, Traffic, TrafficCounters
         ("potluck/ab/commits/3", "commits"),
         ("potluck/ab/evidence/3", "defence"),
         ("potluck/ab/faults", "aggregation"),
+        ("potluck/ab/round/3/declared", "declarations"),
         ("somebody/else", "other"),
     ],
 )
@@ -38,6 +39,16 @@ def test_a_handler_names_its_kind_and_a_dht_call_takes_its_callers():
         held = traffic._call_kind.get()
     assert traffic.kind_of_handler("DHTProtocol.rpc_find") == "dht_upkeep"
     assert held == []  # a task that kept the call's context no longer counts as the call
+
+
+def test_a_pushed_record_counts_as_its_keys_kind():
+    from potluck.v1 import exchange_pb2
+
+    for key, kind in [("potluck/ab/commits/3", "commits"), ("potluck/ab/round/3/declared", "declarations")]:
+        post = exchange_pb2.Post(key=key, subkey=b"s", value=b"v", expiration=1.0)
+        assert traffic.kind_of_call(traffic.POST_HANDLER, post) == kind
+        assert traffic.served_kind(traffic.POST_HANDLER, post) == kind
+    assert traffic.kind_of_call("potluck.v1.GetUpdate", None) == "update_transfer"
 
 
 def _add_in_child(counters: TrafficCounters) -> None:

@@ -33,11 +33,11 @@ from hivemind.p2p import P2PContext, PeerID
 from hivemind.utils import ValueWithExpiration
 
 from potluck.swarm.host import SwarmHost
+from potluck.swarm.traffic import POST_HANDLER
 from potluck.v1 import exchange_pb2
 
 logger = logging.getLogger(__name__)
 
-POST_HANDLER = "potluck.v1.Post"
 POST_TIMEOUT_S = 2.0
 MAX_VALUE_BYTES = 14 << 10  # hivemind's DHT hazard: no record we post is larger
 MAX_KEYS = 512

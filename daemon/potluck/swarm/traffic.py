@@ -38,12 +38,14 @@ from potluck.swarm import sockdiag
 
 KINDS = (
     "dht_upkeep", "records", "announcements", "update_transfer", "entries", "aggregation", "commits",
-    "sync", "defence", "other",
+    "sync", "defence", "declarations", "other",
 )  # fmt: skip
 _KEY_KINDS = (
     ("/peers", "records"), ("/updates/", "announcements"), ("/entries", "entries"),
     ("/commits/", "commits"), ("/evidence/", "defence"), ("/faults", "aggregation"),
+    ("/declared", "declarations"),
 )  # fmt: skip
+POST_HANDLER = "potluck.v1.Post"  # swarm/bulletin.py: a record pushed beside its DHT copy, kind by key
 _HANDLER_KINDS = {
     "potluck.v1.GetUpdate": "update_transfer",
     "potluck.v1.PushUpdate": "update_transfer",
@@ -73,6 +75,13 @@ def kind_of_key(key: str) -> str:
     return "other"
 
 
+def kind_of_call(name: str, message: Any) -> str:
+    """The kind of one call's traffic: a pushed record's is its key's, any other its handler's."""
+    if name == POST_HANDLER:
+        return kind_of_key(str(getattr(message, "key", "")))
+    return kind_of_handler(name)
+
+
 def kind_of_handler(name: str) -> str:
     """The kind of a libp2p handler's traffic; a DHT call's kind is the potluck call it serves."""
     if "DHTProtocol." in name:
@@ -94,7 +103,7 @@ def _remember(key: str, kind: str) -> None:
 def served_kind(name: str, request: Any) -> str:
     """The kind of a request another node made of ours: a DHT request for a key this node uses itself
     (everyone reads the same peer, announcement and evidence keys) takes that key's kind."""
-    kind = kind_of_handler(name)
+    kind = kind_of_call(name, request)
     keys = getattr(request, "keys", None) if kind == "dht_upkeep" else None
     return _key_kinds.get(bytes(keys[0]), kind) if keys else kind
 
@@ -231,7 +240,7 @@ def install_p2p_hooks() -> None:
         response = await call_unary(self, peer_id, name, input, output_type)
         counters = _counters(self)
         if counters is not None:
-            counters.add(kind_of_handler(name), _size(input), _size(response))
+            counters.add(kind_of_call(name, input), _size(input), _size(response))
         return response
 
     async def counted_iterate(self: P2P, peer_id: Any, name: str, requests: Any, output_type: Any) -> Any:
