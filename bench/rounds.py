@@ -19,10 +19,11 @@
     before its scheduled time (pack, averager start, checksum) are reported apart.
 (2) version sync: a newcomer downloads a P-parameter state (25 float32 tensors) with
     StateService.download from 1 and from 3 holders, each holder a separate process with its own
-    SwarmHost (p2pd) serving the version from a VersionStore; baseline: the same tensors' bytes over
-    plain TCP sockets from the same 1 and 3 holder processes.
+    SwarmHost (p2pd) serving the version from a VersionStore, two ways: bulk (the holders' direct TCP
+    channels, exchange/bulk.py) and p2p (the same pieces over libp2p streams only); baseline: the same
+    tensors' bytes over plain TCP sockets from the same 1 and 3 holder processes.
 
-    python bench/rounds.py [--params 25000000] [--peers 4] [--repeats 3] [--out FILE]
+    python bench/rounds.py [--params 25000000] [--peers 4] [--repeats 3] [--parts allreduce,sync] [--out FILE]
 
 Progress goes to stderr, one JSON object to stdout (and to --out).
 """
@@ -758,23 +759,31 @@ async def _newcomer(params: int, repeats: int, info: list[dict[str, Any]], workd
         await service.start()
         holders = [(x["peer_id"], list(x["addrs"])) for x in info]
 
-        async def p2p(k: int) -> float:
+        async def sync(k: int, direct: bool) -> float:
+            service.direct = direct
+            before = service.stats.bytes_direct
             t = time.perf_counter()
             got = await service.download(version, hashes, holders[:k])
             seconds = time.perf_counter() - t
             if version_hash(got) != version:
                 raise RuntimeError("downloaded state does not hash to the version")
+            if (service.stats.bytes_direct - before == nbytes) != direct:
+                raise RuntimeError(f"{'bulk' if direct else 'p2p'} sync did not take the path it measures")
             return seconds
 
         raw = _RawClients([x["tcp_port"] for x in info], sizes)
         try:
             # warm-up, not counted: connections, every holder loads the version into its cache
-            await p2p(3)
+            await sync(3, False)
+            await sync(3, True)
             raw.fetch(3)
-            runs: dict[str, list[float]] = {"p2p_1": [], "p2p_3": [], "tcp_1": [], "tcp_3": []}
+            runs: dict[str, list[float]] = {
+                f"{kind}_{k}": [] for kind in ("bulk", "p2p", "tcp") for k in (1, 3)
+            }
             for r in range(repeats):
                 for k in (1, 3):
-                    runs[f"p2p_{k}"].append(await p2p(k))
+                    runs[f"bulk_{k}"].append(await sync(k, True))
+                    runs[f"p2p_{k}"].append(await sync(k, False))
                     runs[f"tcp_{k}"].append(await asyncio.to_thread(raw.fetch, k))
                 log(f"sync run {r + 1}: " + " ".join(f"{key}={v[-1]:.3f}s" for key, v in runs.items()))
         finally:
@@ -794,10 +803,13 @@ async def _newcomer(params: int, repeats: int, info: list[dict[str, Any]], workd
             "s_all": [round(v, 3) for v in values],
         }
     out["ratios"] = {
-        "p2p_3_over_p2p_1": round(out["p2p_3"]["s"] / out["p2p_1"]["s"], 2),
-        "tcp_3_over_tcp_1": round(out["tcp_3"]["s"] / out["tcp_1"]["s"], 2),
+        "bulk_1_over_tcp_1": round(out["bulk_1"]["s"] / out["tcp_1"]["s"], 2),
+        "bulk_3_over_tcp_3": round(out["bulk_3"]["s"] / out["tcp_3"]["s"], 2),
         "p2p_1_over_tcp_1": round(out["p2p_1"]["s"] / out["tcp_1"]["s"], 2),
         "p2p_3_over_tcp_3": round(out["p2p_3"]["s"] / out["tcp_3"]["s"], 2),
+        "speedup_3_holders_bulk": round(out["bulk_1"]["s"] / out["bulk_3"]["s"], 2),
+        "speedup_3_holders_p2p": round(out["p2p_1"]["s"] / out["p2p_3"]["s"], 2),
+        "speedup_3_holders_tcp": round(out["tcp_1"]["s"] / out["tcp_3"]["s"], 2),
     }
     return out
 
@@ -887,6 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=4, help="peers in the all-reduce (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each kind; medians (default 3)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--parts", default="allreduce,sync", help="comma-separated parts to run (default allreduce,sync)"
+    )
     args = parser.parse_args(argv)
     if args.params < TENSORS or args.peers < 2 or args.repeats < 1:
         parser.error(f"need --params >= {TENSORS}, --peers >= 2, --repeats >= 1")
@@ -906,7 +921,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sync": lambda: sync_bench(args.params, args.repeats, logdir, Path(tmp)),
         }
         failed = False
+        wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
+        unknown = [p for p in wanted if p not in sections]
+        if unknown or not wanted:
+            parser.error(f"unknown part(s) {unknown or wanted}: choose from {', '.join(sections)}")
         for name, section in sections.items():
+            if name not in wanted:
+                continue
             try:
                 result[name] = section()
             except Exception as e:  # keep the other section's numbers; the exit status says it failed
