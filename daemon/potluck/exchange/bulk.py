@@ -132,6 +132,7 @@ class BulkServer:
         self.lookup = lookup  # version -> its tensors, or None; called from connection threads
         self.tickets = Tickets()
         self.host, self.port = "", 0
+        self.bytes_served = 0
         self._sock: socket.socket | None = None
         self._task: asyncio.Task | None = None
         self._conns: set[socket.socket] = set()
@@ -169,7 +170,7 @@ class BulkServer:
                     continue
                 threading.Thread(target=self._serve, args=(conn,), name="bulk-conn", daemon=True).start()
         finally:
-            self._sock.close()
+            _close(self._sock)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -181,7 +182,7 @@ class BulkServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
-            conn.close()
+            _close(conn)
 
     def _session(self, conn: socket.socket) -> None:
         hello = bytearray(len(MAGIC) + TOKEN_BYTES)
@@ -213,6 +214,16 @@ class BulkServer:
             budget -= length
             conn.sendall(OK)
             conn.sendall(data[offset : offset + length])
+            with self._lock:
+                self.bytes_served += length
+
+
+def _close(sock: socket.socket) -> None:
+    """Shut the socket down, then close it: processes forked meanwhile (the DHT child, averagers) hold
+    copies of its descriptor, and only a shutdown ends the connection (or the listening) for them too."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 # ---- the newcomer's side ----------------------------------------------------------------------------

@@ -290,5 +290,6 @@ class Download:
 
     def _caught(self, peer_id: str, name: str) -> None:
         self.stats.bad_tensors += 1
-        logger.warning(f"holder {peer_id} served a wrong {name!r} for {self.version[:12]}: dropping it")
+        if peer_id in self.live:
+            logger.warning(f"holder {peer_id} served a wrong {name!r} for {self.version[:12]}: dropping it")
         self.live.discard(peer_id)
