@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import numpy as np
@@ -189,10 +190,16 @@ class StateService:
         if not holders:
             raise SyncFailed(f"nobody holds version {version[:12]}")
         run = Download(self._host, self.stats, version, expected, holders, state, direct=self.direct)
+        began, before, direct = time.monotonic(), self.stats.bytes_downloaded, self.stats.bytes_direct
         await run.pieces(todo)
         rest = [name for name in todo if name not in state]
         if rest:
             await run.whole(rest)
+        logger.info(
+            f"synced {version[:12]}: {len(todo)} tensors, {self.stats.bytes_downloaded - before} bytes "
+            f"({self.stats.bytes_direct - direct} direct) from {len(run.live)} of {len(holders)} holders "
+            f"in {time.monotonic() - began:.2f}s"
+        )
         return state
 
 
