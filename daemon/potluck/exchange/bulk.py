@@ -45,6 +45,7 @@ CONNECT_TIMEOUT_S = 3.0  # an address we cannot reach directly (NAT, firewall): 
 MAX_NAME_BYTES = 1024
 PIECE_BYTES = 8 << 20  # tensors are fetched in byte ranges of at most this, spread over holders
 OK, REFUSED = b"\x00", b"\x01"
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; Python names it from 3.12 on
 _REQUEST = struct.Struct("!QQ")
 
 
@@ -144,6 +145,12 @@ class BulkServer:
         self._sock.setblocking(False)
         self.host, self.port = host, self._sock.getsockname()[1]
         self._task = asyncio.create_task(self._accept(), name="bulk-accept")
+
+    def pace(self, bytes_per_s: int) -> None:
+        """Cap every connection's send rate (the kernel's TCP pacing, inherited from the listening
+        socket), e.g. to spare an uplink, or to give a benchmark on loopback a real link's limit."""
+        assert self._sock is not None
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, bytes_per_s or 0xFFFFFFFF)
 
     async def stop(self) -> None:
         if self._task is not None:

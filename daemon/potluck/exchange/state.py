@@ -59,7 +59,9 @@ class StateService:
         self._cache: tuple[str, Mapping[str, np.ndarray]] | None = None  # last version served
         self.stats = SyncStats()
         self.bulk: BulkServer | None = None  # the direct channel; None in client mode
-        self.direct = True  # downloads use holders' direct channels (False: libp2p only, for comparison)
+        # how downloads run, for comparisons (bench/rounds.py): "bulk" (both passes, direct channels where
+        # reachable), "pieces" (both passes, libp2p only), "whole" (pass 2 only: the path before pieces)
+        self.mode = "bulk"
 
     async def start(self) -> None:
         p2p = self._host.p2p
@@ -189,9 +191,10 @@ class StateService:
             return state
         if not holders:
             raise SyncFailed(f"nobody holds version {version[:12]}")
-        run = Download(self._host, self.stats, version, expected, holders, state, direct=self.direct)
+        run = Download(self._host, self.stats, version, expected, holders, state, direct=self.mode == "bulk")
         began, before, direct = time.monotonic(), self.stats.bytes_downloaded, self.stats.bytes_direct
-        await run.pieces(todo)
+        if self.mode != "whole":
+            await run.pieces(todo)
         rest = [name for name in todo if name not in state]
         if rest:
             await run.whole(rest)
