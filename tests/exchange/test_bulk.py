@@ -15,12 +15,14 @@ import pytest
 from potluck.exchange.bulk import (
     MAGIC,
     MAX_NAME_BYTES,
+    MAX_PEER_CONNECTIONS,
     OK,
     REFUSED,
     BulkConnection,
     BulkServer,
     Tickets,
     encode_request,
+    listen_ip,
     plan_pieces,
     recv_exactly,
 )
@@ -74,6 +76,12 @@ def test_request_format_and_name_limit():
         encode_request("x" * (MAX_NAME_BYTES + 1), 0, 1)
 
 
+def test_the_channel_listens_on_the_ip_of_the_first_ip_listen_address():
+    assert listen_ip(["/ip4/10.1.2.3/tcp/4001", "/ip4/127.0.0.1/tcp/0"]) == "10.1.2.3"
+    assert listen_ip(["/ip4/0.0.0.0/udp/1/quic", "/ip6/::/tcp/0"]) == "::"
+    assert listen_ip(["/dns4/example.org/tcp/1"]) is None
+
+
 def _raw(port: int, hello: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(hello)
@@ -124,6 +132,22 @@ def test_server_serves_ranges_to_a_ticket_and_nothing_to_anyone_else():
 
             await asyncio.to_thread(run)
             assert server.bytes_served == 4000 + 8000
+
+            def hog() -> None:
+                # one peer holds at most MAX_PEER_CONNECTIONS connections; another peer still gets one
+                one, held = memoryview(bytearray(4)), []
+                for _ in range(MAX_PEER_CONNECTIONS + 1):  # one after the other: the last is the extra one
+                    held.append(BulkConnection("127.0.0.1", server.port, server.tickets.issue("hog", "v1")))
+                    if len(held) <= MAX_PEER_CONNECTIONS:
+                        held[-1].read_into("w", 0, one)
+                with pytest.raises(ConnectionError):
+                    held[-1].read_into("w", 0, one)
+                fair = BulkConnection("127.0.0.1", server.port, server.tickets.issue("other", "v1"))
+                fair.read_into("w", 0, one)
+                for conn in [*held, fair]:
+                    conn.close()
+
+            await asyncio.to_thread(hog)
         finally:
             await server.stop()
 

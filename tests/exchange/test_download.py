@@ -1,7 +1,7 @@
 """Version download over the direct bulk channel between real hosts (a p2pd each, in this process):
 pieces spread over several holders, a holder whose direct port is closed or who runs in client mode
 is read over libp2p, and a holder whose direct channel serves a corrupted range is caught while the
-tensor is fetched elsewhere."""
+tensor is fetched elsewhere; and the download's pure helpers."""
 
 from __future__ import annotations
 
@@ -11,13 +11,20 @@ import numpy as np
 import pytest
 
 from potluck.exchange.bulk import PIECE_BYTES
+from potluck.exchange.download import _addr_ips, _nbytes
 from potluck.exchange.state import StateService
 from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import P2P_KEY_FILE, load_or_create
 from potluck.store.versions import VersionStore
 from potluck.swarm.host import SwarmHost
 
-pytestmark = pytest.mark.multiprocess
+
+def test_direct_addresses_and_tensor_headers():
+    addrs = ["/ip4/10.0.0.2/tcp/4001/p2p/Qm", "/ip4/9.9.9.9/tcp/1/p2p/Relay/p2p-circuit", "/dns4/x/tcp/1"]
+    assert _addr_ips(addrs) == ["10.0.0.2"]
+    assert _nbytes("<f4", [3, 5]) == 60 and _nbytes("<f4", []) == 4
+    assert _nbytes(">f4", [3]) is None and _nbytes("<f4", [1] * 9) is None
+    assert _nbytes("<f8", [1 << 32]) is None  # over MAX_TENSOR_BYTES
 
 
 def model() -> dict[str, np.ndarray]:
@@ -52,6 +59,7 @@ async def node(path, client_mode: bool = False) -> tuple[SwarmHost, StateService
     return host, service
 
 
+@pytest.mark.multiprocess
 def test_bulk_sync_from_several_holders_with_fallbacks_and_a_corrupt_range(tmp_path):
     state = model()
     version, hashes = version_hash(state), tensor_hashes(state)

@@ -1,20 +1,21 @@
 """The direct bulk channel of version sync: tensor bytes over a plain TCP socket beside libp2p.
 
-Why: on the 2-core box, 100 MB from one holder take ~1 s through the libp2p daemon's streams (1 MiB
-protobuf chunks through two p2pd hops) against ~0.1 s over raw loopback TCP; bench/README.md has the
-numbers. A holder therefore also serves its tensors on an ephemeral TCP port of the IP it listens on
-for libp2p; libp2p stays the path for peers that cannot be reached directly.
+Why: on the 2-core box, 100 MB from one holder take ~0.45 s through the libp2p daemon's streams (two
+p2pd hops, encryption, protobuf chunks) against ~0.1 s over raw loopback TCP, whatever the chunk size;
+bench/README.md has the numbers. A holder therefore also serves its tensors on an ephemeral TCP port
+of the IP it listens on for libp2p; libp2p stays the path for peers that cannot be reached directly.
 
 Access: a newcomer asks the holder over libp2p (authenticated, ``GetBulkTicket``) for a ticket: the
-address, the port and a 32-byte random token bound to the asking peer and the version. A token opens one
-TCP connection once, within ``TICKET_TTL_S``. The TCP stream carries no authentication and no TLS: the
-caller checks every tensor against its hash in the quorum-signed commit.
+address, the port and a 32-byte random token, issued only to that peer and bound to it and to the
+version (the connection reads that version only and counts against that peer's connections). A token
+opens one TCP connection, once, within ``TICKET_TTL_S``. The TCP stream itself carries no
+authentication and no TLS: the caller checks every tensor against its hash in the quorum-signed commit.
 
 Wire (all integers big-endian): the client sends ``MAGIC`` and the token; then any number of requests,
 ``u16 name length, name (UTF-8), u64 offset, u64 length``, each answered with a status byte (``OK`` then
 exactly ``length`` bytes of the tensor's little-endian C-order bytes, or ``REFUSED`` and the connection
-closes). The server bounds its connections, the bytes a connection may read (twice the version) and
-the time any read or write may stall.
+closes). The server bounds its connections (in all and per peer), the bytes a connection may read
+(twice the version) and the time any read or write may stall.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,7 @@ TOKEN_BYTES = 32
 TICKET_TTL_S = 10.0  # a ticket not redeemed by then is void
 MAX_TICKETS = 256  # outstanding per holder; the oldest go first
 MAX_CONNECTIONS = 8
+MAX_PEER_CONNECTIONS = 2  # one peer (a newcomer has one connection per holder) cannot take every slot
 IO_TIMEOUT_S = 20.0  # a read or write that stalls this long ends the connection (slow or dead peer)
 CONNECT_TIMEOUT_S = 3.0  # an address we cannot reach directly (NAT, firewall): libp2p instead
 MAX_NAME_BYTES = 1024
@@ -107,6 +110,15 @@ def encode_request(name: str, offset: int, length: int) -> bytes:
     return struct.pack("!H", len(encoded)) + encoded + _REQUEST.pack(offset, length)
 
 
+def listen_ip(listen: Sequence[str]) -> str | None:
+    """The IP of the first /ip4 or /ip6 TCP listen multiaddr (the direct channel listens there too)."""
+    for addr in listen:
+        parts = addr.split("/")
+        if len(parts) >= 5 and parts[1] in ("ip4", "ip6") and parts[3] == "tcp":
+            return parts[2]
+    return None
+
+
 def tensor_view(array: np.ndarray) -> memoryview:
     """The tensor's little-endian C-order bytes, without a copy when it already is so."""
     a = np.ascontiguousarray(array)
@@ -137,6 +149,7 @@ class BulkServer:
         self._sock: socket.socket | None = None
         self._task: asyncio.Task | None = None
         self._conns: set[socket.socket] = set()
+        self._peers: Counter[str] = Counter()  # peer -> its open connections
         self._lock = threading.Lock()
 
     async def start(self, host: str) -> None:
@@ -197,7 +210,21 @@ class BulkServer:
         ticket = self.tickets.redeem(hello[len(MAGIC) :]) if hello.startswith(MAGIC) else None
         if ticket is None:
             return
-        state = self.lookup(ticket[1])
+        peer = ticket[0]
+        with self._lock:
+            if self._peers[peer] >= MAX_PEER_CONNECTIONS:
+                return
+            self._peers[peer] += 1
+        try:
+            self._read(conn, ticket[1])
+        finally:
+            with self._lock:
+                self._peers[peer] -= 1
+                if not self._peers[peer]:
+                    del self._peers[peer]
+
+    def _read(self, conn: socket.socket, version: str) -> None:
+        state = self.lookup(version)
         if state is None:
             return
         budget = 2 * sum(int(a.nbytes) for a in state.values())

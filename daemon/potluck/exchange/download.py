@@ -47,7 +47,10 @@ class SyncStats:
 
 
 def _addr_ips(addrs: Sequence[str]) -> list[str]:
-    return [a.split("/")[2] for a in addrs if a.split("/")[1:2] in (["ip4"], ["ip6"])]
+    """The IPs a holder is dialled on directly (a relayed address names the relay's IP, not its own)."""
+    return [
+        a.split("/")[2] for a in addrs if a.split("/")[1:2] in (["ip4"], ["ip6"]) and "p2p-circuit" not in a
+    ]
 
 
 def _nbytes(dtype: str, shape: Sequence[int]) -> int | None:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 import numpy as np
 from hivemind.p2p import P2PContext, PeerID
 
-from potluck.exchange.bulk import BulkServer, tensor_view
+from potluck.exchange.bulk import BulkServer, listen_ip, tensor_view
 from potluck.exchange.chunks import CHUNK_BYTES
 from potluck.exchange.download import (
     TENSOR_HANDLER,
@@ -204,12 +204,3 @@ class StateService:
             f"in {time.monotonic() - began:.2f}s"
         )
         return state
-
-
-def listen_ip(listen: Sequence[str]) -> str | None:
-    """The IP of the first /ip4 or /ip6 TCP listen multiaddr (the direct channel listens there too)."""
-    for addr in listen:
-        parts = addr.split("/")
-        if len(parts) >= 5 and parts[1] in ("ip4", "ip6") and parts[3] == "tcp":
-            return parts[2]
-    return None
