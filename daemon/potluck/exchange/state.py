@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_HANDLER = "potluck.v1.GetManifest"
 
-MAX_TICKET_TENSORS = 16384  # keeps a ticket under p2pd's message limit; larger versions go by pass 2
+MAX_TICKET_BYTES = 1 << 20  # a ticket stays under p2pd's message limit; a longer tensor list: pass 2 only
 
 
 class StateService:
@@ -123,12 +123,14 @@ class StateService:
     ) -> exchange_pb2.BulkTicket:
         version = request.version.hex() if len(request.version) == 32 else ""
         state = await asyncio.to_thread(self._load, version) if version else None
-        if state is None or len(state) > MAX_TICKET_TENSORS:
+        if state is None:
             return exchange_pb2.BulkTicket()
         tensors = [
             exchange_pb2.TensorMeta(name=name, dtype=a.dtype.newbyteorder("<").str, shape=list(a.shape))
             for name, a in sorted(state.items())
         ]
+        if exchange_pb2.BulkTicket(tensors=tensors).ByteSize() > MAX_TICKET_BYTES:
+            return exchange_pb2.BulkTicket()
         if self.bulk is None or not self.bulk.port:
             return exchange_pb2.BulkTicket(tensors=tensors)
         token = self.bulk.tickets.issue(context.remote_id.to_base58(), version)
