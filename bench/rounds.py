@@ -19,10 +19,14 @@
     before its scheduled time (pack, averager start, checksum) are reported apart.
 (2) version sync: a newcomer downloads a P-parameter state (25 float32 tensors) with
     StateService.download from 1 and from 3 holders, each holder a separate process with its own
-    SwarmHost (p2pd) serving the version from a VersionStore; baseline: the same tensors' bytes over
-    plain TCP sockets from the same 1 and 3 holder processes.
+    SwarmHost (p2pd) serving the version from a VersionStore, three ways: bulk (the holders' direct TCP
+    channels, exchange/bulk.py), p2p (the same pieces over libp2p streams only) and p2p_whole (whole
+    tensors over libp2p streams: the path before pieces); baseline: the same tensors' bytes over plain
+    TCP sockets from the same 1 and 3 holder processes. sync_paced: the same with every holder's
+    sends capped (kernel TCP pacing, --holder-rate) as an uplink would cap them; bulk and tcp only.
 
-    python bench/rounds.py [--params 25000000] [--peers 4] [--repeats 3] [--out FILE]
+    python bench/rounds.py [--params 25000000] [--peers 4] [--repeats 3] [--parts allreduce,sync,sync_paced]
+                            [--holder-rate 250] [--out FILE]
 
 Progress goes to stderr, one JSON object to stdout (and to --out).
 """
@@ -57,6 +61,7 @@ TIMEOUT_S = 180.0  # any single reply from a child; longer is a failure, not a n
 TRIGGER_LEAD_S = 0.3  # the driver schedules the common start this far ahead of its message
 TENSORS = 25  # the state is split into this many float32 tensors
 SEED = 20240611
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; as exchange/bulk.py sets it
 
 
 def log(message: str) -> None:
@@ -663,7 +668,7 @@ def _allreduce_report(
 # ---- (2) holder process -----------------------------------------------------------------------------
 
 
-def holder_main(index: int, params: int, workdir: str) -> None:
+def holder_main(index: int, params: int, workdir: str, rate: int) -> None:
     from potluck.exchange.state import StateService
     from potluck.identity import P2P_KEY_FILE, load_or_create
     from potluck.store.versions import VersionStore
@@ -675,6 +680,8 @@ def holder_main(index: int, params: int, workdir: str) -> None:
     store = VersionStore(root / "versions")
     version = store.put(state)
     server = socket.create_server(("127.0.0.1", 0), backlog=8)
+    if rate:  # this holder's uplink, for the baseline as for the bulk channel (inherited by accepted sockets)
+        server.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, rate)
     threading.Thread(target=_serve_raw, args=(server, state), daemon=True).start()
 
     async def run() -> None:
@@ -682,7 +689,11 @@ def holder_main(index: int, params: int, workdir: str) -> None:
         host = SwarmHost(identity_path=root / "node" / P2P_KEY_FILE, listen=["/ip4/127.0.0.1/tcp/0"])
         await host.start()
         try:
-            await StateService(host, store, lambda run_id: None).start()
+            service = StateService(host, store, lambda run_id: None)
+            await service.start()
+            if rate:
+                assert service.bulk is not None
+                service.bulk.pace(rate)
             addrs = await host.visible_addrs()
             port = server.getsockname()[1]
             _emit("ready", peer_id=host.peer_id, addrs=addrs, tcp_port=port, version=version)
@@ -718,18 +729,24 @@ def _serve_raw(server: socket.socket, state: dict[str, np.ndarray]) -> None:
 # ---- (2) driver: the newcomer ------------------------------------------------------------------------
 
 
-def sync_bench(params: int, repeats: int, logdir: Path, workdir: Path) -> dict[str, Any]:
+def sync_bench(params: int, repeats: int, logdir: Path, workdir: Path, rate: int = 0) -> dict[str, Any]:
+    """Unpaced (rate 0): bulk, p2p and tcp. Paced: every holder's sends capped at ``rate`` bytes/s
+    (kernel TCP pacing, as a real uplink would cap them): bulk and tcp only, p2pd cannot be paced."""
     holders: list[Child] = []
+    tag = f"-paced{rate}" if rate else ""
+    work = workdir / f"sync{tag}"
+    work.mkdir()
     try:
         t = time.monotonic()
         holders = [
-            Child(f"holder{i}", ["_holder", str(i), str(params), str(workdir)], logdir) for i in range(3)
+            Child(f"holder{i}{tag}", ["_holder", str(i), str(params), str(work), str(rate)], logdir)
+            for i in range(3)
         ]
         info = [h.wait("ready") for h in holders]
         log(f"sync: 3 holders up in {time.monotonic() - t:.1f}s")
         if len({x["version"] for x in info}) != 1:
             raise RuntimeError("holders stored different versions")
-        return asyncio.run(_newcomer(params, repeats, info, workdir))
+        return asyncio.run(_newcomer(params, repeats, info, work, rate))
     finally:
         for h in holders:
             h.close()
@@ -737,7 +754,9 @@ def sync_bench(params: int, repeats: int, logdir: Path, workdir: Path) -> dict[s
             h.join()
 
 
-async def _newcomer(params: int, repeats: int, info: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+async def _newcomer(
+    params: int, repeats: int, info: list[dict[str, Any]], workdir: Path, rate: int
+) -> dict[str, Any]:
     from potluck.exchange.state import StateService
     from potluck.hashing import tensor_hashes, version_hash
     from potluck.identity import P2P_KEY_FILE, load_or_create
@@ -758,23 +777,31 @@ async def _newcomer(params: int, repeats: int, info: list[dict[str, Any]], workd
         await service.start()
         holders = [(x["peer_id"], list(x["addrs"])) for x in info]
 
-        async def p2p(k: int) -> float:
+        async def sync(k: int, mode: str) -> float:
+            service.mode = mode
+            before = service.stats.bytes_direct
             t = time.perf_counter()
             got = await service.download(version, hashes, holders[:k])
             seconds = time.perf_counter() - t
             if version_hash(got) != version:
                 raise RuntimeError("downloaded state does not hash to the version")
+            if (service.stats.bytes_direct - before == nbytes) != (mode == "bulk"):
+                raise RuntimeError(f"{mode} sync did not take the path it measures")
             return seconds
 
         raw = _RawClients([x["tcp_port"] for x in info], sizes)
+        modes = {"bulk": "bulk"} if rate else {"bulk": "bulk", "p2p": "pieces", "p2p_whole": "whole"}
+        kinds = (*modes, "tcp")
         try:
             # warm-up, not counted: connections, every holder loads the version into its cache
-            await p2p(3)
+            for mode in modes.values():
+                await sync(3, mode)
             raw.fetch(3)
-            runs: dict[str, list[float]] = {"p2p_1": [], "p2p_3": [], "tcp_1": [], "tcp_3": []}
+            runs: dict[str, list[float]] = {f"{kind}_{k}": [] for kind in kinds for k in (1, 3)}
             for r in range(repeats):
                 for k in (1, 3):
-                    runs[f"p2p_{k}"].append(await p2p(k))
+                    for kind, mode in modes.items():
+                        runs[f"{kind}_{k}"].append(await sync(k, mode))
                     runs[f"tcp_{k}"].append(await asyncio.to_thread(raw.fetch, k))
                 log(f"sync run {r + 1}: " + " ".join(f"{key}={v[-1]:.3f}s" for key, v in runs.items()))
         finally:
@@ -794,11 +821,15 @@ async def _newcomer(params: int, repeats: int, info: list[dict[str, Any]], workd
             "s_all": [round(v, 3) for v in values],
         }
     out["ratios"] = {
-        "p2p_3_over_p2p_1": round(out["p2p_3"]["s"] / out["p2p_1"]["s"], 2),
-        "tcp_3_over_tcp_1": round(out["tcp_3"]["s"] / out["tcp_1"]["s"], 2),
-        "p2p_1_over_tcp_1": round(out["p2p_1"]["s"] / out["tcp_1"]["s"], 2),
-        "p2p_3_over_tcp_3": round(out["p2p_3"]["s"] / out["tcp_3"]["s"], 2),
+        f"{kind}_{k}_over_tcp_{k}": round(out[f"{kind}_{k}"]["s"] / out[f"tcp_{k}"]["s"], 2)
+        for kind in kinds
+        if kind != "tcp"
+        for k in (1, 3)
     }
+    for kind in kinds:
+        out["ratios"][f"speedup_3_holders_{kind}"] = round(out[f"{kind}_1"]["s"] / out[f"{kind}_3"]["s"], 2)
+    if rate:
+        out["holder_rate_Bps"] = rate
     return out
 
 
@@ -880,13 +911,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer_main(int(argv[1]), int(argv[2]), int(argv[3]), argv[4:])
         return 0
     if argv[:1] == ["_holder"]:
-        holder_main(int(argv[1]), int(argv[2]), argv[3])
+        holder_main(int(argv[1]), int(argv[2]), argv[3], int(argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=int, default=25_000_000, help="model parameters (default 25M)")
     parser.add_argument("--peers", type=int, default=4, help="peers in the all-reduce (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each kind; medians (default 3)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--holder-rate",
+        type=float,
+        default=250.0,
+        help="sync_paced: each holder's send rate cap in MB/s (default 250)",
+    )
+    parser.add_argument(
+        "--parts", default="allreduce,sync,sync_paced", help="comma-separated parts to run (default all)"
+    )
     args = parser.parse_args(argv)
     if args.params < TENSORS or args.peers < 2 or args.repeats < 1:
         parser.error(f"need --params >= {TENSORS}, --peers >= 2, --repeats >= 1")
@@ -904,9 +944,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections: dict[str, Callable[[], dict[str, Any]]] = {
             "allreduce": lambda: allreduce_bench(args.params, args.peers, args.repeats, logdir),
             "sync": lambda: sync_bench(args.params, args.repeats, logdir, Path(tmp)),
+            "sync_paced": lambda: sync_bench(
+                args.params, args.repeats, logdir, Path(tmp), int(args.holder_rate * 1e6)
+            ),
         }
         failed = False
+        wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
+        unknown = [p for p in wanted if p not in sections]
+        if unknown or not wanted:
+            parser.error(f"unknown part(s) {unknown or wanted}: choose from {', '.join(sections)}")
         for name, section in sections.items():
+            if name not in wanted:
+                continue
             try:
                 result[name] = section()
             except Exception as e:  # keep the other section's numbers; the exit status says it failed

@@ -366,6 +366,8 @@ class Node:
             await self.bulletin.stop()
         if self.membership is not None:
             await self.membership.stop()
+        if self.state_service is not None:
+            await self.state_service.stop()
         if self.host is not None:
             await self.host.stop()
         self._lock.release()

@@ -1,22 +1,42 @@
-"""Model state over libp2p: serve the versions and the manifest a node holds; download a version
-tensor by tensor from several holders at once, checking each tensor against a signed commit.
+"""Model state between nodes: serve the versions and the manifest a node holds; download a version from
+several holders at once, checking each tensor against a signed commit.
 
-A holder that serves a tensor whose hash is not the commit's is dropped for the rest of the download
-and counted; its tensors go back to the queue for the remaining holders.
+A download runs in two passes:
+
+1. Pieces. Every holder that answers ``GetBulkTicket`` (the version's tensor list and a one-time ticket
+   for its direct TCP channel, exchange/bulk.py) gets a worker; the tensors are split into byte ranges
+   (``bulk.plan_pieces``) that the workers pull from one queue, so several holders share even one large
+   tensor. A worker reads over the direct channel, or over libp2p (``GetTensor`` with a range) where
+   the holder has none (client mode) or it cannot be reached. A tensor is hashed in a thread as soon
+   as its last piece is in, while the others still arrive.
+2. Whole tensors over libp2p, one worker per holder left: what pass 1 did not finish (holders without
+   the ticket handler, holders that failed), and every tensor whose pieces did not hash to the commit.
+   Once such a tensor's true bytes are in, the holders whose pieces differ from them are caught.
+
+A holder that serves bytes that are not the commit's is dropped for the rest of the download and
+counted; its work goes back to the queue for the remaining holders.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from hivemind.p2p import P2PContext, PeerID
 
+from potluck.exchange.bulk import BulkServer, listen_ip, tensor_view
 from potluck.exchange.chunks import CHUNK_BYTES
+from potluck.exchange.download import (
+    TENSOR_HANDLER,
+    TICKET_HANDLER,
+    Download,
+    SyncFailed,
+    SyncStats,
+)
 from potluck.hashing import tensor_hash
 from potluck.store.versions import VersionNotFound, VersionStore
 from potluck.swarm.host import SwarmHost
@@ -24,24 +44,9 @@ from potluck.v1 import exchange_pb2
 
 logger = logging.getLogger(__name__)
 
-TENSOR_HANDLER = "potluck.v1.GetTensor"
 MANIFEST_HANDLER = "potluck.v1.GetManifest"
 
-TENSOR_TIMEOUT_S = 120.0
-MAX_TENSOR_BYTES = 16 << 30
-_DTYPES = {"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|i1", "|u1", "|b1", "<u2", "<u4", "<u8"}
-
-
-class SyncFailed(Exception):
-    pass
-
-
-@dataclass
-class SyncStats:
-    tensors_downloaded: int = 0
-    tensors_reused: int = 0
-    bad_tensors: int = 0  # tensors whose bytes did not match the commit: their holder was dropped
-    bytes_downloaded: int = 0
+MAX_TICKET_BYTES = 1 << 20  # a ticket stays under p2pd's message limit; a longer tensor list: pass 2 only
 
 
 class StateService:
@@ -53,6 +58,10 @@ class StateService:
         self._host, self._versions, self._manifest_bytes = host, versions, manifest_bytes
         self._cache: tuple[str, Mapping[str, np.ndarray]] | None = None  # last version served
         self.stats = SyncStats()
+        self.bulk: BulkServer | None = None  # the direct channel; None in client mode
+        # how downloads run, for comparisons (bench/rounds.py): "bulk" (both passes, direct channels where
+        # reachable), "pieces" (both passes, libp2p only), "whole" (pass 2 only: the path before pieces)
+        self.mode = "bulk"
 
     async def start(self) -> None:
         p2p = self._host.p2p
@@ -60,6 +69,19 @@ class StateService:
             TENSOR_HANDLER, self._serve_tensor, exchange_pb2.TensorRequest, stream_output=True
         )
         await p2p.add_protobuf_handler(MANIFEST_HANDLER, self._serve_manifest, exchange_pb2.ManifestRequest)
+        await p2p.add_protobuf_handler(TICKET_HANDLER, self._serve_ticket, exchange_pb2.BulkTicketRequest)
+        ip = listen_ip(self._host.listen)
+        if not self._host.client_mode and ip is not None:
+            bulk = BulkServer(self._load)
+            try:
+                await bulk.start(ip)
+                self.bulk = bulk
+            except OSError as e:
+                logger.warning(f"no direct bulk channel on {ip} ({e}): versions are served over libp2p only")
+
+    async def stop(self) -> None:
+        if self.bulk is not None:
+            await self.bulk.stop()
 
     # ---- serving -----------------------------------------------------------------------------------
 
@@ -80,17 +102,42 @@ class StateService:
             await asyncio.to_thread(self._load, request.version.hex()) if len(request.version) == 32 else None
         )
         array = state.get(request.name) if state is not None else None
-        if array is None:
+        data = tensor_view(array) if array is not None else None
+        end = (request.offset + request.length if request.length else data.nbytes) if data is not None else 0
+        if data is None or data.nbytes == 0 or request.offset >= end or end > data.nbytes:
             yield exchange_pb2.TensorChunk(total_size=0)
             return
-        array = np.ascontiguousarray(array)
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        offset = request.offset
         dtype = array.dtype.newbyteorder("<").str
         yield exchange_pb2.TensorChunk(
-            dtype=dtype, shape=list(array.shape), total_size=len(data), data=data[:CHUNK_BYTES]
+            dtype=dtype,
+            shape=list(array.shape),
+            total_size=data.nbytes,
+            data=bytes(data[offset : min(end, offset + CHUNK_BYTES)]),
         )
-        for offset in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
-            yield exchange_pb2.TensorChunk(data=data[offset : offset + CHUNK_BYTES])
+        for start in range(offset + CHUNK_BYTES, end, CHUNK_BYTES):
+            yield exchange_pb2.TensorChunk(data=bytes(data[start : min(end, start + CHUNK_BYTES)]))
+
+    async def _serve_ticket(
+        self, request: exchange_pb2.BulkTicketRequest, context: P2PContext
+    ) -> exchange_pb2.BulkTicket:
+        version = request.version.hex() if len(request.version) == 32 else ""
+        state = await asyncio.to_thread(self._load, version) if version else None
+        if state is None:
+            return exchange_pb2.BulkTicket()
+        tensors = [
+            exchange_pb2.TensorMeta(name=name, dtype=a.dtype.newbyteorder("<").str, shape=list(a.shape))
+            for name, a in sorted(state.items())
+        ]
+        if exchange_pb2.BulkTicket(tensors=tensors).ByteSize() > MAX_TICKET_BYTES:
+            return exchange_pb2.BulkTicket()
+        if self.bulk is None or not self.bulk.port:
+            return exchange_pb2.BulkTicket(tensors=tensors)
+        token = self.bulk.tickets.issue(context.remote_id.to_base58(), version)
+        wildcard = ipaddress.ip_address(self.bulk.host).is_unspecified
+        return exchange_pb2.BulkTicket(
+            host="" if wildcard else self.bulk.host, port=self.bulk.port, token=token, tensors=tensors
+        )
 
     async def _serve_manifest(
         self, request: exchange_pb2.ManifestRequest, context: P2PContext
@@ -131,79 +178,31 @@ class StateService:
         have: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         """The state of ``version``: tensors in ``have`` whose hash matches are reused, the rest are
-        fetched in parallel, one worker per holder, each checked against ``expected`` (name -> hash)."""
+        fetched from ``holders`` in the two passes of the module docstring, each checked against
+        ``expected`` (name -> hash)."""
         state: dict[str, np.ndarray] = {}
-        queue: asyncio.Queue[str] = asyncio.Queue()
+        todo = []
         for name in sorted(expected):
             local = (have or {}).get(name)
             if local is not None and tensor_hash(local) == expected[name]:
                 state[name] = local
                 self.stats.tensors_reused += 1
             else:
-                queue.put_nowait(name)
-        if queue.empty():
+                todo.append(name)
+        if not todo:
             return state
         if not holders:
             raise SyncFailed(f"nobody holds version {version[:12]}")
-        live = {peer_id for peer_id, _ in holders}
-
-        async def worker(peer_id: str, addrs: list[str]) -> None:
-            peer = PeerID.from_base58(peer_id)
-            if addrs:
-                try:
-                    await self._host.connect(peer, addrs)
-                except Exception:
-                    live.discard(peer_id)
-                    return
-            while peer_id in live:
-                try:
-                    name = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                try:
-                    array = await asyncio.wait_for(self._fetch_tensor(peer, version, name), TENSOR_TIMEOUT_S)
-                except Exception as e:
-                    logger.info(f"holder {peer_id} failed to serve {name}: {type(e).__name__}: {e}")
-                    live.discard(peer_id)
-                    queue.put_nowait(name)
-                    return
-                if await asyncio.to_thread(tensor_hash, array) != expected[name]:
-                    self.stats.bad_tensors += 1
-                    logger.warning(
-                        f"holder {peer_id} served a wrong {name!r} for {version[:12]}: dropping it"
-                    )
-                    live.discard(peer_id)
-                    queue.put_nowait(name)
-                    return
-                state[name] = array
-                self.stats.tensors_downloaded += 1
-
-        while not queue.empty():
-            if not live:
-                raise SyncFailed(f"every holder of {version[:12]} failed or lied")
-            await asyncio.gather(*(worker(p, a) for p, a in holders if p in live))
-        return state
-
-    async def _fetch_tensor(self, peer: PeerID, version: str, name: str) -> np.ndarray:
-        request = exchange_pb2.TensorRequest(version=bytes.fromhex(version), name=name)
-        stream = await self._host.p2p.iterate_protobuf_handler(
-            peer, TENSOR_HANDLER, request, exchange_pb2.TensorChunk
+        run = Download(self._host, self.stats, version, expected, holders, state, direct=self.mode == "bulk")
+        began, before, direct = time.monotonic(), self.stats.bytes_downloaded, self.stats.bytes_direct
+        if self.mode != "whole":
+            await run.pieces(todo)
+        rest = [name for name in todo if name not in state]
+        if rest:
+            await run.whole(rest)
+        logger.info(
+            f"synced {version[:12]}: {len(todo)} tensors, {self.stats.bytes_downloaded - before} bytes "
+            f"({self.stats.bytes_direct - direct} direct) from {len(run.live)} of {len(holders)} holders "
+            f"in {time.monotonic() - began:.2f}s"
         )
-        buffer, header = bytearray(), None
-        async for chunk in stream:
-            if header is None:
-                if chunk.total_size == 0:
-                    raise SyncFailed("holder does not have it")
-                if chunk.dtype not in _DTYPES or len(chunk.shape) > 8:
-                    raise SyncFailed(f"bad tensor header {chunk.dtype!r}")
-                expected = np.dtype(chunk.dtype).itemsize * math.prod(chunk.shape)
-                if chunk.total_size != expected or expected > MAX_TENSOR_BYTES:
-                    raise SyncFailed("tensor size does not match its shape")
-                header = chunk
-            buffer += chunk.data
-            if len(buffer) > header.total_size:
-                raise SyncFailed("holder sent more than it declared")
-        if header is None or len(buffer) != header.total_size:
-            raise SyncFailed("truncated tensor")
-        self.stats.bytes_downloaded += len(buffer)
-        return np.frombuffer(bytes(buffer), dtype=np.dtype(header.dtype)).reshape(tuple(header.shape)).copy()
+        return state
