@@ -86,6 +86,10 @@ def test_the_kernel_total_keeps_the_bytes_of_closed_sockets(monkeypatch):
     assert window == 4.0 and rates["total"] == (25 / 4, 25 / 4)
     status = t.status()
     assert status["kernel"] == "ok" and status["total"]["sent"] == 135 and "transport" in status["kinds"]
+    # bytes of the direct sync channel are on the node's own sockets: in the total, not taken from p2pd's
+    t.counters.add(traffic.DIRECT, sent=1000, received=7)
+    third = t.sample(now=5.0)
+    assert third["total"] == (1135, 252) and third["transport"] == second["transport"]
 
 
 def test_without_netlink_the_kernel_is_unavailable_and_the_kinds_still_count(monkeypatch):

@@ -146,6 +146,7 @@ class BulkServer:
         self.tickets = Tickets()
         self.host, self.port = "", 0
         self.bytes_served = 0
+        self.on_sent: Callable[[int], None] | None = None  # bytes served, as they go (traffic counters)
         self._sock: socket.socket | None = None
         self._task: asyncio.Task | None = None
         self._conns: set[socket.socket] = set()
@@ -250,6 +251,8 @@ class BulkServer:
             conn.sendall(data[offset : offset + length])
             with self._lock:
                 self.bytes_served += length
+            if self.on_sent is not None:
+                self.on_sent(length)
 
 
 def _close(sock: socket.socket) -> None:

@@ -19,6 +19,7 @@ from hivemind.p2p import PeerID
 
 from potluck.exchange.bulk import BulkConnection, Piece, plan_pieces, tensor_view
 from potluck.hashing import tensor_hash
+from potluck.swarm import traffic
 from potluck.swarm.host import SwarmHost
 from potluck.v1 import exchange_pb2
 
@@ -141,6 +142,8 @@ class Download:
                         await asyncio.to_thread(conn.read_into, piece.name, piece.start, view)
                         self.stats.bytes_downloaded += view.nbytes
                         self.stats.bytes_direct += view.nbytes
+                        if (counters := traffic.counters_of(self.host.p2p)) is not None:
+                            counters.add(traffic.DIRECT, received=view.nbytes)
                     elif view.nbytes:
                         await asyncio.wait_for(
                             self._fetch_range(

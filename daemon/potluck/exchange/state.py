@@ -39,6 +39,7 @@ from potluck.exchange.download import (
 )
 from potluck.hashing import tensor_hash
 from potluck.store.versions import VersionNotFound, VersionStore
+from potluck.swarm import traffic
 from potluck.swarm.host import SwarmHost
 from potluck.v1 import exchange_pb2
 
@@ -73,6 +74,9 @@ class StateService:
         ip = listen_ip(self._host.listen)
         if not self._host.client_mode and ip is not None:
             bulk = BulkServer(self._load)
+            counters = traffic.counters_of(self._host.p2p)
+            if counters is not None:
+                bulk.on_sent = lambda n: counters.add(traffic.DIRECT, sent=n)
             try:
                 await bulk.start(ip)
                 self.bulk = bulk
