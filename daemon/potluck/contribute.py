@@ -119,6 +119,7 @@ class Contributor:
         except TaskError as e:
             raise ConfigError(str(e)) from None
         feedback = ErrorFeedback(manifest.density, manifest.values)
+        declared_ahead = -1  # the round we declared for as we published the one before
         identity = node.identity
         assert identity is not None
         while not self._stop.is_set():
@@ -138,7 +139,8 @@ class Contributor:
                 continue
             base_version, base_state = opened.version, {k: v.copy() for k, v in opened.state.items()}
             self.stats.last_round = r
-            await node.declare(r, base_version)
+            if r != declared_ahead:  # declared with our last update already
+                await node.declare(r, base_version)
             progress = Progress(f"round {r}: training", self._steps)
 
             def step(done: int, progress: Callable[[int], None] = progress) -> None:
@@ -185,6 +187,7 @@ class Contributor:
                 # say now that we train for the next round too: it must not close on the contributors
                 # that happen to see its base first (the declaration names the base we had)
                 await node.declare(r + 1, base_version)
+                declared_ahead = r + 1
             self.stats.bytes_sent += len(data_bytes)
             logger.info(
                 f"round {r}: published {reply.update_id[:12]} ({len(data_bytes)} bytes, {samples} samples, "

@@ -25,7 +25,10 @@ from potluck.localswarm import LocalNode, LocalSwarm
 from potluck.runfiles import write_run
 from potluck.tasks import State, TaskError, check_genesis, get_task, is_trainable, metric, pretrain
 
-STARTUP_S = 25.0  # round 0 starts once every process had time to start and find the others
+# round 0 opens once every process had time to start and find the others (a contributor that comes
+# later joins from the next round); under "ready" pacing each round then closes as soon as every
+# contributor's update is in, so the rounds themselves take about a second each
+STARTUP_S = 15.0
 SAMPLE_PROMPT, SAMPLE_BYTES = b"And ", 120
 
 
@@ -51,7 +54,7 @@ def run_demo(
     root = Path(tempfile.mkdtemp(prefix="potluck-demo-"))
     run = write_run(
         root / "run.toml", task, round_seconds=round_seconds, start_time=time.time() + STARTUP_S,
-        density=density, values="int8", genesis_state=genesis,
+        density=density, values="int8", genesis_state=genesis, pacing="ready",
     )  # fmt: skip
     manifest, manifest_path = run.manifest, run.path
     name = metric(the_task)[0]

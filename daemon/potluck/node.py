@@ -58,6 +58,7 @@ NO_KEEPER = "no_keeper"
 
 
 DECLARATION_TTL_S = 3600.0
+RECORD_EVERY_S = 10.0
 READY_STORE_AFTER_S = 2.0  # a round's records are stored in the DHT only if it is still open by then
 
 
@@ -202,7 +203,7 @@ class Node:
                     local=self.local,
                     state_service=self.state_service,
                     peers=self.membership.peers,
-                    on_new_version=self.membership.republish_now,
+                    on_new_version=self._new_version,
                     restore_signals=self.restore_signals,
                     task=joining.evaluation_task(self.manifest),
                     aggregates=self.config.role != "client",
@@ -226,6 +227,13 @@ class Node:
         return (
             self.manifest.to_bytes() if self.manifest is not None and self.manifest.run_id == run_id else None
         )
+
+    def _new_version(self) -> None:
+        """Our record names our version: re-sign it now, or under "ready" pacing (a version a second,
+        and its commit pushed to every peer) at most every RECORD_EVERY_S."""
+        assert self.membership is not None and self.manifest is not None
+        if self.manifest.pacing != "ready" or time.time() - self.membership.last_published > RECORD_EVERY_S:
+            self.membership.republish_now()
 
     def _peer_ids(self) -> list[str]:
         assert self.membership is not None

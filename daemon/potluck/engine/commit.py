@@ -99,9 +99,12 @@ class Committer:
         mine = sign_commit(commit, self._identity)
         signatures = await self._collect_quorum(commit, mine, attempt.until)
         await asyncio.to_thread(self._persist, commit, signatures, merged.state)
+        # a notice to the peers that did not take part (they catch up now), the others have their own
         key, signed = commits_key(commit.run_id, commit.round), signed_commit_bytes(commit, mine)
         expires = time.time() + COMMIT_TTL_S
-        self._bulletin.post(key, self._identity.public_key, signed, expires, store=False)
+        took_part = set(commit.participants)
+        followers = [p.record.peer_id for p in self._peers() if p.node_id not in took_part]
+        self._bulletin.post(key, self._identity.public_key, signed, expires, to=followers, store=False)
         logger.info(
             f"round {attempt.round}: committed {commit.version[:12]} from {len(commit.updates)} updates, "
             f"{len(merged.participants)} participants, {len(signatures)} signatures"
@@ -114,7 +117,11 @@ class Committer:
         key = commits_key(commit.run_id, commit.round)
         keepers = [p.record.peer_id for p in self._peers() if p.record.role != "client"]
         signed, expires = signed_commit_bytes(commit, mine), time.time() + COMMIT_TTL_S
-        self._bulletin.post(key, self._identity.public_key, signed, expires, to=keepers)
+        # the DHT copy is for nodes that catch up later: the first `quorum` participants' signatures
+        # make it whole; under "ready" pacing the others' only while the commit is the latest 2 s on
+        storer = self._identity.node_id in sorted(commit.participants)[: self._manifest.quorum]
+        store = True if storer else lambda: self._still_latest(commit.round)
+        self._bulletin.post(key, self._identity.public_key, signed, expires, to=keepers, store=store)
         quorum = self._manifest.quorum
         tracker = QuorumTracker(commit.run_id, commit.round, quorum)
         tracker.add(commit, mine)
@@ -133,6 +140,10 @@ class Committer:
             if network:
                 read_dht_at = time.time() + DHT_READ_S
             await self._read_commits(key, tracker, network)
+
+    def _still_latest(self, round_: int) -> bool:
+        latest = self._history.latest()
+        return latest is None or latest.round <= round_
 
     async def _read_commits(self, key: str, tracker: QuorumTracker, network: bool = True) -> None:
         for item in (await self._bulletin.get(key, network=network)).values():

@@ -20,8 +20,10 @@ from collections.abc import Awaitable, Callable
 
 from potluck.defence.service import DefenceError, DefenceService
 from potluck.engine.attempt import AttemptFailed, sleep_until
+from potluck.engine.commit import commits_key, parse_signed_commit
 from potluck.engine.conduct import Conduct
 from potluck.identity import NodeIdentity
+from potluck.rounds.commit import CommitError
 from potluck.rounds.entries import BadEntry, RoundEntry, entries_key
 from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.membership import PeerInfo
@@ -73,8 +75,10 @@ class EntryBoard:
         if meanwhile is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(meanwhile(), max(0.0, entered + ENTRY_WINDOW_S - time.time()))
+        on_version = self._signed(r, version)
         expected = 1 + sum(
-            p.record.model_version == version and not self._excluded(bytes.fromhex(p.node_id))
+            (p.record.model_version == version or p.node_id in on_version)
+            and not self._excluded(bytes.fromhex(p.node_id))
             for p in keepers
         )
         # the pushed entries as they arrive, the DHT's at the window's end and while some are missing.
@@ -97,6 +101,18 @@ class EntryBoard:
         entries.sort(key=lambda e: e.node)
         await self._check_defences(entries, entered)
         return entries
+
+    def _signed(self, r: int, version: str) -> set[str]:
+        """Node ids that signed the commit making ``version`` (pushed to us: no network): they hold it,
+        even while their peer records (read every few seconds when rounds last one) name the one before."""
+        out: set[str] = set()
+        if r > 0:
+            for item in self._bulletin.cached(commits_key(self._run_id, r - 1)).values():
+                with contextlib.suppress(CommitError):
+                    commit, signature = parse_signed_commit(item.value)
+                    if commit.version == version:
+                        out.add(signature.node_id)
+        return out
 
     async def _read(
         self, key: str, r: int, attempt: int, version: str, network: bool = True

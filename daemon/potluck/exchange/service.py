@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -35,7 +36,7 @@ from hivemind.p2p import P2PContext, PeerID
 
 from potluck.exchange.announcements import MAX_HOLDERS, Announcement, updates_key
 from potluck.exchange.chunks import BadStream, NotHeld, TooLarge, chunked, received
-from potluck.exchange.fetching import HANDLER, POLL_INTERVAL_S, Fetcher
+from potluck.exchange.fetching import HANDLER, POLL_INTERVAL_S, RETRYABLE, Fetcher
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.store.updates import UpdateStore
 from potluck.swarm.bulletin import Bulletin
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 PUSH_HANDLER = "potluck.v1.PushUpdate"
 PUSH_TIMEOUT_S = 30.0
 ANNOUNCE_TTL_S = 120.0
+MAX_EARLY = 64  # pushed updates kept for the next round (a round's worth of contributors)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class UpdateExchange:
         self._tasks: list[asyncio.Task] = []
         self._announce_now = asyncio.Event()
         self._announced: dict[str, float] = {}  # update id -> when we last announced it
+        self._early: dict[str, bytes] = {}  # pushed updates refused as too early, tried at the next round
         self._validating = asyncio.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -151,6 +154,16 @@ class UpdateExchange:
             if u.update.round < oldest:
                 self._decoded.pop(uid, None)  # on disk still: decoded() decodes it again if asked
         self._announce_now.set()
+        if self._early:  # pushed a moment before this node moved on: try them now
+            early, self._early = list(self._early.values()), {}
+            task = asyncio.get_running_loop().create_task(self._accept_early(early), name="accept-early")
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+
+    async def _accept_early(self, pushed: list[bytes]) -> None:
+        for data in pushed:
+            with contextlib.suppress(UpdateRejected):  # counted by the validator; still early: gone
+                await self.accept(data, "pushed")
 
     def rounds_of_interest(self) -> range:
         return self.fetcher.rounds_of_interest()
@@ -269,6 +282,9 @@ class UpdateExchange:
         try:
             held = await self.accept(data, "pushed")
         except UpdateRejected as e:
+            if e.reason in RETRYABLE and len(self._early) < MAX_EARLY:
+                # the pusher committed the next version a moment before us: keep it for our next round
+                self._early[hashlib.sha256(data).hexdigest()] = data
             return exchange_pb2.PushUpdateResponse(accepted=False, reason=e.reason.value)
         logger.info(f"update {held.update_id[:12]} pushed by {context.remote_id}")
         return exchange_pb2.PushUpdateResponse(accepted=True, update_id=held.update_id)
@@ -305,7 +321,10 @@ class UpdateExchange:
             logger.info(f"pushing to {peer_id} failed: {type(e).__name__}: {e}")
             return False
         if not reply.accepted:
-            logger.warning(f"keeper {peer_id} rejected our update: {reply.reason}")
+            if reply.reason in {r.value for r in RETRYABLE}:  # it keeps it for its next round
+                logger.info(f"keeper {peer_id} is a round behind: it holds our update for its next round")
+            else:
+                logger.warning(f"keeper {peer_id} rejected our update: {reply.reason}")
         return reply.accepted
 
     # ---- announcing --------------------------------------------------------------------------------

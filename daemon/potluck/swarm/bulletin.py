@@ -162,6 +162,12 @@ class Bulletin:
 
     # ---- reading ---------------------------------------------------------------------------------
 
+    def cached(self, key: str) -> dict[Any, ValueWithExpiration]:
+        """What was pushed (or posted by us) under ``key`` and has not expired: no network."""
+        values = self._cache.get(key) or {}
+        self._expire(values, time.time())
+        return dict(values)
+
     async def get(self, key: str, *, network: bool = True) -> dict[Any, ValueWithExpiration]:
         """subkey -> value under ``key``: the DHT's (unless ``network`` is False) joined with what was
         pushed to us. A DHT that cannot answer leaves the pushed values."""

@@ -157,10 +157,10 @@ class Membership:
         self._peers = fresh
 
     def _view_signature(self) -> dict[str, tuple]:
-        """What a change of the view means: who is there, where, in what role and on which version (not
-        the round, which every peer moves on each round by the clock, nor the timestamp of a record
-        re-signed every third of the TTL)."""
-        return {p.node_id: (p.record.addrs, p.record.role, p.record.model_version) for p in self.peers()}
+        """What a change of the view means: who is there, where and in what role (not the version or the
+        round, which every peer moves on each round: under "ready" pacing every second, and new versions
+        reach a node as pushed commits; nor the timestamp of a record re-signed every third of the TTL)."""
+        return {p.node_id: (p.record.addrs, p.record.role) for p in self.peers()}
 
     async def _new_connection(self) -> bool:
         """Whether p2pd connected to a peer it was not connected to at the last check (no network)."""
