@@ -393,8 +393,9 @@ class RoundEngine:
         # a previous attempt that overran (hivemind's matchmaking can outlast its timeout) makes every
         # participant late alike: each then gives the entries a whole window from its own late start
         entered = max(start, time.time())
-        # while the entries gather: learn of convicted reducers, so that none takes part
-        learn = self._faults.learn if self._convicts else None
+        # while the entries gather: learn of convicted reducers, so that none takes part (a run whose
+        # attempts all merge gathered has no reducers: no DHT read for faults each attempt)
+        learn = self._faults.learn if self._convicts and self._dense_prep else None
         held = sorted(u.update_id for u in self._eligible(r))
         entries = await self._entries.freeze(
             r, attempt, self.version, start, entered, held, learn, early=not self._dense_prep
