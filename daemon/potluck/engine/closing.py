@@ -89,8 +89,9 @@ class Closer:
             await asyncio.sleep(LOCAL_CHECK_S)  # local reads only: pushes land in the bulletin meanwhile
 
     def forget_before(self, r: int) -> None:
-        """Round ``r`` opened: older rounds are done with, and the new one is looked at closely."""
-        self._read_every, self._read_dht_at, self._seen = DHT_READ_S / 2, 0.0, (0, 0)
+        """Round ``r`` opened: older rounds are done with, and the new one is looked at closely (the
+        pushes first: the DHT only DHT_READ_S in, so that a round of a second costs no DHT read)."""
+        self._read_every, self._read_dht_at, self._seen = DHT_READ_S / 2, time.time() + DHT_READ_S, (0, 0)
         for old in [k for k in self._first_held if k < r]:
             del self._first_held[old]
 

@@ -117,10 +117,12 @@ class Committer:
         key = commits_key(commit.run_id, commit.round)
         keepers = [p.record.peer_id for p in self._peers() if p.record.role != "client"]
         signed, expires = signed_commit_bytes(commit, mine), time.time() + COMMIT_TTL_S
-        # the DHT copy is for nodes that catch up later: the first `quorum` participants' signatures
-        # make it whole; under "ready" pacing the others' only while the commit is the latest 2 s on
+        # the DHT copy is for nodes that catch up later, and costs more than all the pushes: under
+        # "ready" pacing only the first `quorum` participants' signatures (they make it whole), and only
+        # if the commit is still the latest 2 s on (nodes that missed a round of a second get a notice)
         storer = self._identity.node_id in sorted(commit.participants)[: self._manifest.quorum]
-        store = True if storer else lambda: self._still_latest(commit.round)
+        latest = lambda: storer and self._still_latest(commit.round)  # noqa: E731
+        store = latest if self._manifest.pacing == "ready" else True
         self._bulletin.post(key, self._identity.public_key, signed, expires, to=keepers, store=store)
         quorum = self._manifest.quorum
         tracker = QuorumTracker(commit.run_id, commit.round, quorum)
