@@ -130,8 +130,9 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
         ([*base, "--manifest", str(path), "--task", "digits"], "trains task 'toy', not 'digits'"),
         ([*base, "--manifest", str(path), "--shard", "5/2"], "--shard"),
         ([*base, "--manifest", str(path), "--shard", "dirichlet:x:0/2"], "Dirichlet ALPHA"),
-        ([*base, "--run", manifest.run_id, f"/ip4/127.0.0.1/tcp/1/p2p/{NodeIdentity.generate().peer_id}"],
-         "could not join"),
+        # a data dir of its own: one that joined with --manifest keeps the manifest, and needs no peer
+        ([*base, "--data-dir", str(tmp_path / "fresh"), "--run", manifest.run_id,
+          f"/ip4/127.0.0.1/tcp/1/p2p/{NodeIdentity.generate().peer_id}"], "could not join"),
         ([*base, "--run", "not-a-run-id"], "--run takes a run id"),
     ]  # fmt: skip
     for args, needle in cases:
