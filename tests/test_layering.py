@@ -46,6 +46,7 @@ LAYERS: tuple[str, ...] = (
     "rpc",
     "joining",
     "node",
+    "lifecycle",
     "contribute",
     "localswarm",
     "demo",

@@ -1,6 +1,6 @@
 """The round loop's pure parts: the line a volunteer reads when a round commits nothing."""
 
-from potluck.engine.loop import abandoned
+from potluck.engine.attempt import abandoned
 
 
 def test_an_abandoned_round_names_the_last_failure():

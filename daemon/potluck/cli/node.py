@@ -200,7 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _quiet_libraries(args.log_level)
     import asyncio
 
-    from potluck.node import DEFAULT_LISTEN, NodeConfig, run_node
+    from potluck.lifecycle import run_node
+    from potluck.node import DEFAULT_LISTEN, NodeConfig
 
     config = NodeConfig(
         data_dir=args.data_dir,
@@ -256,8 +257,9 @@ def cmd_join(args: argparse.Namespace) -> int:
     import asyncio
 
     from potluck.contribute import Contributor
+    from potluck.lifecycle import run_node
     from potluck.manifest import is_run_id
-    from potluck.node import NodeConfig, run_node
+    from potluck.node import NodeConfig
 
     if (args.run is None) == (args.manifest is None):
         raise ConfigError("give the run to join: --run RUN_ID (fetched from peers) or --manifest RUN.toml")

@@ -117,3 +117,16 @@ async def sleep_until(t: float) -> None:
     delay = t - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+def abandoned(r: int, attempts: int, last_error: str, window_s: float, min_attempt_s: float) -> str:
+    """What a volunteer reads when round ``r`` commits nothing: its attempts, and why the last one failed."""
+    if not attempts:
+        return (
+            f"round {r} abandoned: its aggregation window ({window_s:.1f} s, the last quarter of the round) "
+            f"is shorter than one attempt needs ({min_attempt_s:.1f} s for this model): use longer rounds"
+        )
+    if not last_error.startswith(f"round {r} "):
+        return f"round {r} abandoned: {attempts} attempt(s), none committed before the deadline"
+    why = last_error.split(": ", 1)[1]
+    return f"round {r} abandoned after {attempts} attempt(s); the last failed: {why}"

@@ -21,10 +21,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
+from potluck.engine.updates import AcceptedUpdates
 from potluck.exchange.service import HeldUpdate
 from potluck.manifest import Manifest
 from potluck.rounds import schedule
+from potluck.rounds.commit import Commit
 from potluck.rounds.declarations import BadDeclaration, Declaration, close_reason, declarations_key
 from potluck.rounds.entries import BadEntry, RoundEntry, entries_key
 from potluck.swarm.bulletin import Bulletin
@@ -116,3 +119,28 @@ class Closer:
                 ):
                     return True
         return False
+
+
+class Carried(NamedTuple):
+    """What a "ready" round r carries over from round r - 1: V_{r-1} and the updates V_r merged."""
+
+    parent: str
+    merged: frozenset[str]
+
+
+def carried(manifest: Manifest, commit: Commit | None, version: str) -> Carried | None:
+    """Under "ready" pacing, round r also merges the updates onto V_{r-1} that V_r did not: what
+    arrived after round r - 1 closed. ``commit``: the one that made ``version`` (None: genesis)."""
+    if manifest.pacing != "ready" or commit is None or commit.version != version:
+        return None
+    return Carried(commit.parent, frozenset(commit.updates))
+
+
+def eligible(exchange: AcceptedUpdates, r: int, version: str, carry: Carried | None) -> list[HeldUpdate]:
+    """The held updates round ``r`` merges: onto V_r, and (carried) onto V_{r-1} but not in V_r."""
+    out = [u for u in exchange.holding(r) if u.base == version]
+    if carry is not None and r > 0:
+        out += [
+            u for u in exchange.holding(r - 1) if u.base == carry.parent and u.update_id not in carry.merged
+        ]
+    return out

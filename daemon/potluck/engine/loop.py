@@ -11,11 +11,8 @@ aggregating   for attempt a = 0, 1, ... while the round's aggregation window las
   1. freeze: publish a signed entry (held update ids) and read everyone's (engine/entries.py);
   2. derive the same assignment as everyone else: each update carried by exactly one holder; a
      retry merges only updates a majority holds (rounds/entries.py);
-  3. merge in the attempt's placement (rounds/placement.py: the manifest's, or under "auto" the one
-     that moves the fewest bytes, derived alike everywhere), which returns the merged version or
-     fails the attempt: on the gathered updates (engine/gathered.py), per reducer slice
-     (engine/sliced.py; also the all-reduce's retries), or the weighted mean inside hivemind's
-     all-reduce (engine/allreduce.py);
+  3. merge in the attempt's placement (engine/placing.py), which returns the merged version or
+     fails the attempt;
   4. commit: sign, collect the manifest's quorum of signatures, store the version and the history
      row (engine/commit.py).
 Under "clock" pacing a round without updates commits nothing (V_{r+1} = V_r); under "ready" pacing it
@@ -36,12 +33,13 @@ import numpy as np
 
 from potluck.defence.service import DefenceService
 from potluck.engine.allreduce import MATCHMAKING_S, AllReduce
-from potluck.engine.attempt import Attempt, AttemptFailed, Merged, RoundStatus, sleep_until
-from potluck.engine.closing import Closer
+from potluck.engine.attempt import Attempt, AttemptFailed, RoundStatus, abandoned, sleep_until
+from potluck.engine.closing import Carried, Closer, carried, eligible
 from potluck.engine.commit import Committer, commits_key
 from potluck.engine.conduct import Conduct, current
 from potluck.engine.entries import ENTRY_GRACE_S, ENTRY_WINDOW_S, EntryBoard
-from potluck.engine.gathered import merge_gathered
+from potluck.engine.evaluation import Evaluator
+from potluck.engine.placing import Placer
 from potluck.engine.sliced import Faults, SlicedMerge
 from potluck.engine.updates import AcceptedUpdates
 from potluck.exchange.service import HeldUpdate
@@ -58,7 +56,7 @@ from potluck.store.versions import VersionStore
 from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import LocalState, PeerInfo
-from potluck.tasks import TrainableTask, metric
+from potluck.tasks import TrainableTask
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +95,6 @@ class RoundEngine:
         self._host, self.manifest, self.run_id = host, manifest, manifest.run_id
         self._history, self._exchange, self._local = history, exchange, local
         self._on_new_version = on_new_version
-        self._task = task
         # a client-mode node only follows: nobody can dial it for the all-reduce
         self._aggregates = aggregates
         conduct = conduct if conduct is not None else current()
@@ -135,27 +132,32 @@ class RoundEngine:
         self._closer = Closer(
             bulletin=bulletin, manifest=manifest, me=identity.public_key, excluded=self._faults.excluded
         )
-        self._allreduce = AllReduce(
+        allreduce = AllReduce(
             host=host, identity=identity, exchange=exchange, conduct=conduct, status=self.status,
             restore_signals=restore_signals, prep_s=self.prep_s,
         )  # fmt: skip
-        self._sliced_merge: SlicedMerge | None = None
+        sliced: SlicedMerge | None = None
         if slice_service is not None and self._sliceable:
-            self._sliced_merge = SlicedMerge(
+            sliced = SlicedMerge(
                 identity=identity, strategy=column_strategy, exchange=exchange, slice_service=slice_service,
                 peers=peers, conduct=conduct, status=self.status, faults=self._faults,
             )  # fmt: skip
+        self._placer = Placer(
+            strategy=self._strategy, mean=self._mean, sliceable=self._sliceable, exchange=exchange,
+            allreduce=allreduce, sliced=sliced, status=self.status,
+        )  # fmt: skip
         self._committer = Committer(
             bulletin=bulletin, identity=identity, manifest=manifest, versions=versions, history=history,
             state_service=state_service, peers=peers, status=self.status, on_committed=self._committed,
         )  # fmt: skip
-        self._ran = ""
         self._tried = 0  # attempts the last series made (for the abandoned round's message)
-        self._evaluation: asyncio.Task | None = None
+        self._evaluator = Evaluator(
+            task, history, self.status, lambda: (self.version, self.state, self.committed_round)
+        )
         self._loop_task: asyncio.Task | None = None
         # "ready" pacing: round -> (version, when it opened here, its series of attempts so far)
         self._open: dict[int, tuple[str, float, int]] = {}
-        self._carried: tuple[str, frozenset[str]] | None = None  # V_r's parent, the updates V_r merged
+        self._carried: Carried | None = None  # V_r's parent and the updates V_r merged ("ready" pacing)
         self._wake = asyncio.Event()  # a commit was pushed to us: catch up now
         commits = commits_key(self.run_id, 0)[:-1]
         bulletin.on_post(lambda key: key.startswith(commits) and self._wake.set())
@@ -177,11 +179,11 @@ class RoundEngine:
         self._loop_task = asyncio.create_task(self._run_forever(), name="round-engine")
 
     async def stop(self) -> None:
-        for task in (self._loop_task, self._evaluation):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        await self._evaluator.stop()
 
     def adopt(self, commit: Commit, state: dict[str, np.ndarray]) -> None:
         """Take a version committed elsewhere (a late joiner's sync): it becomes our V."""
@@ -200,59 +202,21 @@ class RoundEngine:
     def _publish_version(self) -> None:
         """Tell the exchange and our peer record which version updates must be based on."""
         self.status.accuracy = -1.0
-        self._evaluate_soon()
+        self._evaluator.soon()
         self._local.model_version = self.version
         self._local.round = max(self.committed_round + 1, 0)
         round_ = max(self.status.round, self.committed_round + 1, 0)
-        self._carried = self._carry_from(self.committed_round)
+        commit = self._history.get(self.committed_round) if self.committed_round >= 0 else None
+        self._carried = carried(self.manifest, commit, self.version)
         self._exchange.set_context(round=round_, known_bases=self.known_bases())
         self._on_new_version()
 
-    def _carry_from(self, committed_round: int) -> tuple[str, frozenset[str]] | None:
-        """Under "ready" pacing, round r also merges the updates onto V_{r-1} that V_r did not: what
-        arrived after round r-1 closed. None when no commit says which those are."""
-        if self.manifest.pacing != "ready" or committed_round < 0:
-            return None
-        commit = self._history.get(committed_round)
-        if commit is None or commit.version != self.version:
-            return None
-        return commit.parent, frozenset(commit.updates)
-
     def known_bases(self) -> frozenset[str]:
         """The versions updates may be based on: V_r, and under "ready" pacing V_{r-1} (late updates)."""
-        return frozenset({self.version} | ({self._carried[0]} if self._carried else set()))
+        return frozenset({self.version} | ({self._carried.parent} if self._carried else set()))
 
     def _eligible(self, r: int) -> list[HeldUpdate]:
-        """The held updates round ``r`` merges: onto V_r, and (carried) onto V_{r-1} but not in V_r."""
-        out = [u for u in self._exchange.holding(r) if u.base == self.version]
-        if self._carried is not None and r > 0:
-            parent, merged = self._carried
-            late = self._exchange.holding(r - 1)
-            out += [u for u in late if u.base == parent and u.update_id not in merged]
-        return out
-
-    def _evaluate_soon(self) -> None:
-        """Score the current version on the task's held-out split, off the loop (one at a time)."""
-        task = self._task
-        if task is None or (self._evaluation is not None and not self._evaluation.done()):
-            return
-        version, state, round_ = self.version, self.state, self.committed_round
-
-        async def evaluate() -> None:
-            try:
-                accuracy = float(await asyncio.to_thread(task.evaluate, state))
-            except Exception as e:  # a task bug must not take the node down
-                logger.warning(f"evaluating {version[:12]} failed: {type(e).__name__}: {e}")
-                return
-            if round_ >= 0:
-                await asyncio.to_thread(self._history.set_accuracy, round_, accuracy)
-            if self.version == version:
-                self.status.accuracy = accuracy
-            logger.info(f"version {version[:12]} (round {round_}): held-out {metric(task)[0]} {accuracy:.4f}")
-            if self.version != version:
-                self._evaluate_soon()  # a newer version arrived meanwhile
-
-        self._evaluation = asyncio.create_task(evaluate(), name="evaluate")
+        return eligible(self._exchange, r, self.version, self._carried)
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -359,14 +323,14 @@ class RoundEngine:
                 break
             await sleep_until(start)
             self.status.attempts += 1
-            self._ran = ""  # set by _merge: which placement this attempt ran, for its error line
+            self._placer.ran = ""  # which placement this attempt ran, for its error line
             index = first_index + attempt
             try:
                 last = start + attempt_s + min_attempt > end  # no retry fits: this one may use the whole rest
                 if await self._attempt(r, index, start, end if last else start + attempt_s):
                     return True
             except AttemptFailed as e:
-                where = f" ({self._ran})" if self._ran else ""
+                where = f" ({self._placer.ran})" if self._placer.ran else ""
                 self.status.last_error = f"round {r} attempt {index}{where}: {e}"
                 logger.warning(self.status.last_error)
             except asyncio.CancelledError:
@@ -411,7 +375,7 @@ class RoundEngine:
             self.manifest, r, attempt, self.version, self.state, self.layout, entries, assignment,
             frozenset(senior_ids(entries)), agreement_digest(entries), entered, until,
         )  # fmt: skip
-        merged = await self._merge(a)
+        merged = await self._placer.merge(a)
         committing = time.time()
         self.status.last_merge_s = committing - merge_started
         await self._committer.commit(a, merged)
@@ -425,40 +389,3 @@ class RoundEngine:
             + ", ".join(f"{k} {v:.3f} s" for k, v in self.status.last_phases.items())
         )
         return True
-
-    async def _merge(self, a: Attempt) -> Merged:
-        m = self.manifest
-        choice = placement.choose(
-            m.placement, mean=self._mean, coordinate=self._sliceable, updates=len(a.assignment),
-            participants=len(a.participants), length=a.layout.length, density=m.density, values=m.values,
-        )  # fmt: skip
-        where, why = choice.placement, choice.reason
-        if where == "allreduce" and a.index > 0 and self._sliced_merge is not None:
-            # the weighted mean's retries run sliced: the same bytes, but a reducer that lies is named
-            # and excluded, where the all-reduce can only refuse a wrong sum (allreduce.py's audit)
-            where, why = "sliced", f"a retry of the all-reduce; {why}"
-        self.status.placement, self.status.placement_reason = where, why
-        self._ran = where
-        logger.info(
-            f"round {a.round} attempt {a.index}: {where} merge of {len(a.assignment)} updates among "
-            f"{len(a.participants)} participants: {why}"
-        )
-        if where == "sliced":
-            assert self._sliced_merge is not None  # check_policy/choose allow sliced only with one
-            return await self._sliced_merge.merge(a)
-        if where == "gathered":
-            return await merge_gathered(a, self._exchange, None if self._mean else self._strategy)
-        return await self._allreduce.merge(a)
-
-
-def abandoned(r: int, attempts: int, last_error: str, window_s: float, min_attempt_s: float) -> str:
-    """What a volunteer reads when round ``r`` commits nothing: its attempts, and why the last one failed."""
-    if not attempts:
-        return (
-            f"round {r} abandoned: its aggregation window ({window_s:.1f} s, the last quarter of the round) "
-            f"is shorter than one attempt needs ({min_attempt_s:.1f} s for this model): use longer rounds"
-        )
-    if not last_error.startswith(f"round {r} "):
-        return f"round {r} abandoned: {attempts} attempt(s), none committed before the deadline"
-    why = last_error.split(": ", 1)[1]
-    return f"round {r} abandoned after {attempts} attempt(s); the last failed: {why}"
