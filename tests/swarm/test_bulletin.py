@@ -95,7 +95,7 @@ def test_dht_values_and_pushes_are_joined_and_our_own_posts_are_read_back():
 
     async def post_and_read():
         b.post(KEY, b"mine", b"own", time.time() + 60, to=[])
-        await asyncio.sleep(0.01)  # the DHT store runs in the background
+        await asyncio.gather(*b._sends)  # the DHT store runs in the background: let it finish
         return await b.get(KEY)
 
     found = asyncio.run(post_and_read())
