@@ -16,7 +16,7 @@ from potluck.defence.evidence import Equivocation, EvidenceRecord, evidence_key
 from potluck.hashing import version_hash
 from potluck.identity import KEY_FILE, NodeIdentity
 from potluck.localswarm import LocalNode, next_collecting_round, wait_for
-from potluck.rounds import fixedpoint
+from potluck.rounds import fixedpoint, schedule
 from potluck.runfiles import write_run
 from potluck.store.versions import VersionStore
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
@@ -148,7 +148,11 @@ def test_equivocation_bans_the_author_everywhere_and_the_round_commits_without_i
     assert seen["banned"] and seen["ban_reason"] == "equivocation"
     assert not any(p["banned"] for p in peers if p["node_id"] != MALLORY.node_id)
 
-    # a node that never saw the two updates bans on the published evidence alone
+    # a node that never saw the two updates bans on the published evidence alone. It starts once round
+    # r2 is over by the clock: a node still catching up validates the clock's round, and in round r2 it
+    # would fetch both updates and find the equivocation itself
+    time.sleep(max(0.0, schedule.deadline(manifest, r2) + 0.5 - time.time()))
+    assert schedule.round_at(manifest, time.time()) == r2 + 1, "too slow to start the late node in r2+1"
     late = swarm.add_node(name="late").wait_ready()
     wait_for(
         lambda: any(b["node_id"] == MALLORY.node_id for b in defence(late)["bans"]), ROUND_S, "the late node"
