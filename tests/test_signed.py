@@ -3,6 +3,7 @@
 import msgpack
 import pytest
 
+from potluck import signed
 from potluck.identity import NodeIdentity
 from potluck.signed import RecordError, RecordFormat
 from potluck.wire import pack_pair
@@ -57,3 +58,20 @@ def test_reason_for_a_bad_signature_is_configurable():
     fmt = RecordFormat("potluck/thing/v1", 2, 256, 1, BadThing, bad_signature_reason="bad_record_signature")
     with pytest.raises(BadThing, match="bad_record_signature"):
         fmt.check_signature(b"k" * 32, b"s" * 64, b"body")
+
+
+def test_a_verified_signature_is_remembered_and_a_changed_body_is_not(monkeypatch):
+    identity = NodeIdentity.generate()
+    body = THING.body("remembered", [1, 2])
+    signature = identity.sign(body)
+    checks = []
+    real = signed.verify
+    monkeypatch.setattr(signed, "verify", lambda *a: checks.append(a) or real(*a))
+    for _ in range(3):
+        THING.check_signature(identity.public_key, signature, body)
+    assert len(checks) == 1  # one Ed25519 check, then the memo
+    other = THING.body("remembered", [1, 3])
+    for _ in range(2):  # the same signature on other bytes never passes, memo or not
+        with pytest.raises(BadThing):
+            THING.check_signature(identity.public_key, signature, other)
+    assert len(checks) == 3
