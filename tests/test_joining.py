@@ -54,3 +54,25 @@ def test_without_a_manifest_the_flags_are_the_context(tmp_path):
     config = joining.NodeConfig(tmp_path, max_update_norm=2.0)
     context = joining.validation_context(config, "default", None, versions, local)
     assert context.admitted is None and context.max_norm == 2.0 and context.known_bases == frozenset()
+
+
+@pytest.mark.multiprocess
+def test_a_node_joining_by_run_id_fetches_a_pretrained_genesis_from_its_peers(tmp_path):
+    """A genesis that the task's seed does not rebuild (``init --genesis``) comes from the peers,
+    checked against the manifest's hash, and the node then runs the run."""
+    from potluck.localswarm import LocalSwarm, wait_for
+    from potluck.tasks import genesis, get_task
+
+    state, _ = genesis(get_task("toy", {}), 0)
+    pretrained = {name: (t + 0.5).astype(t.dtype) for name, t in state.items()}  # not the seeded init
+    written = write_run(tmp_path / "run.toml", "toy", round_seconds=16.0, genesis_state=pretrained)
+    manifest = written.manifest
+    with LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, written.path) as swarm:
+        swarm.add_node(name="keeper").wait_ready()
+        newcomer = swarm.add_node(name="newcomer", extra_args=["--run", manifest.run_id]).wait_ready()
+        wait_for(
+            lambda: newcomer.status()["version"] == manifest.genesis, 40, "the newcomer to hold the genesis"
+        )
+        assert newcomer.status()["run_id"] == manifest.run_id
+        assert VersionStore(newcomer.data_dir / "versions").has(manifest.genesis)
+        assert "pre-trained genesis" in newcomer.log_path.read_text()

@@ -1,7 +1,7 @@
 """`potluck demo`: a whole run on this machine, as real processes on 127.0.0.1.
 
 A keeper creates the run (a signed manifest for the built-in digits task) and serves it; N
-contributors join it by run id (by its files when the genesis is pre-trained), each training on its
+contributors join it by run id (fetching a pre-trained genesis from the keeper), each training on its
 own non-IID shard (of the digits by default; ``--task lm``: of the text corpus, by domain); every
 round the table shows the agreed version, who contributed, the merged model's held-out score under
 the task's metric name (accuracy; the lm task's bits per byte, lower is better) and the bytes
@@ -49,8 +49,6 @@ def run_demo(
         say(f"pre-training the genesis: {pretrain_steps} steps on all of {task}'s training data ...")
         genesis = pretrain(the_task, steps=pretrain_steps)
         say(f"pre-trained in {time.monotonic() - started:.0f}s")
-    # a pre-trained genesis cannot be rebuilt from the seed: contributors get the run's files, not its id
-    pretrained = genesis is not None
     root = Path(tempfile.mkdtemp(prefix="potluck-demo-"))
     run = write_run(
         root / "run.toml", task, round_seconds=round_seconds, start_time=time.time() + STARTUP_S,
@@ -68,7 +66,7 @@ def run_demo(
         for i in range(contributors):
             swarm.add_contributor(
                 f"contributor{i}", "--shard", f"{i}/{contributors}", "--local-steps", str(local_steps),
-                "--seed", str(i), "--rounds", str(rounds), manifest=manifest_path if pretrained else None,
+                "--seed", str(i), "--rounds", str(rounds),
             )  # fmt: skip
         for node in swarm.nodes:
             node.wait_ready()

@@ -87,11 +87,16 @@ def local_manifest(path: Path | None, run: str, data_dir: Path, versions: Versio
     return None
 
 
+class GenesisMissing(ConfigError):
+    """The run's genesis is not here, and the task's seed does not rebuild it (a pre-trained base)."""
+
+
 def ensure_genesis(versions: VersionStore, manifest: Manifest, manifest_path: Path | None) -> None:
     """Genesis weights in the version store: from the file beside the manifest, or rebuilt by the task.
 
     A run created with ``potluck init --genesis`` (a pre-trained base) cannot be rebuilt from its seed:
-    its nodes need the manifest file with the genesis file beside it, which the error says."""
+    started with --manifest, a node needs the genesis file beside it, which the error says; joined by
+    run id, it fetches the genesis from its peers (:func:`fetch_manifest`)."""
     if versions.has(manifest.genesis):
         return
     beside = genesis_path(manifest_path) if manifest_path is not None else None
@@ -109,7 +114,7 @@ def ensure_genesis(versions: VersionStore, manifest: Manifest, manifest_path: Pa
         raise ConfigError(f"cannot rebuild the genesis weights: {e}") from None
     if rebuilt != manifest.genesis:
         where = f"{beside} is missing" if beside is not None else "this node has no copy"
-        raise ConfigError(
+        raise GenesisMissing(
             f"the run's genesis {manifest.genesis[:16]} is not task {manifest.task!r}'s seeded init (a "
             f"pre-trained genesis?) and {where}: start with --manifest RUN.toml, RUN.genesis.safetensors "
             "beside it"
@@ -120,8 +125,9 @@ def ensure_genesis(versions: VersionStore, manifest: Manifest, manifest_path: Pa
 async def fetch_manifest(
     run: str, membership: Membership, state_service: StateService, data_dir: Path, versions: VersionStore
 ) -> Manifest:
-    """The manifest of run id ``run`` from its peers (checked against the run id), cached on disk with its
-    genesis weights in the version store; retried with backoff until some peer serves it."""
+    """The manifest of run id ``run`` from its peers (checked against the run id) with its genesis weights
+    in the version store (rebuilt from the task's seed, or fetched from the peers and checked against
+    the genesis hash: a pre-trained base), then cached on disk; retried with backoff until it works."""
     delay = 1.0
     while True:
         holders = [(p.record.peer_id, list(p.record.addrs)) for p in membership.peers()]
@@ -129,8 +135,17 @@ async def fetch_manifest(
             data = await state_service.fetch_manifest(run, holders) if holders else None
             if data is not None:
                 manifest = Manifest.from_bytes(data, run)
-                atomic_write_bytes(manifest_cache(data_dir, run), data)
-                ensure_genesis(versions, manifest, None)
+                pretrained = False
+                try:
+                    ensure_genesis(versions, manifest, None)
+                except GenesisMissing:
+                    pretrained = True
+                if pretrained:
+                    logger.info(f"fetching run {run[:16]}'s pre-trained genesis {manifest.genesis[:12]}")
+                    state = await state_service.fetch_version(manifest.genesis, holders)
+                    if versions.put(state) != manifest.genesis:  # download() checked every tensor
+                        raise SyncFailed(f"the genesis fetched does not hash to {manifest.genesis[:16]}")
+                atomic_write_bytes(manifest_cache(data_dir, run), data)  # last: a cached run has its genesis
                 return manifest
         except (SyncFailed, ManifestError, ConfigError) as e:
             logger.warning(f"fetching the manifest of run {run[:16]}: {e}; retrying")

@@ -201,9 +201,9 @@ class LocalSwarm:
 
     def add_contributor(self, name: str, *args: str, manifest: Path | None = None) -> LocalNode:
         """Start a `potluck join` process of this swarm's run, bootstrapping from the first node;
-        ``args``: its other options (--shard, --local-steps, --client-mode, ...). It joins by run id,
-        or with ``manifest`` by that file (and the genesis beside it: a pre-trained one, which a
-        node joining by run id cannot rebuild)."""
+        ``args``: its other options (--shard, --local-steps, --client-mode, ...). It joins by run id
+        (a pre-trained genesis then comes from its peers), or with ``manifest`` by that file and the
+        genesis beside it."""
         run = ["--run", self.run] if manifest is None else ["--manifest", str(manifest)]
         node = LocalNode(
             self.root / name,

@@ -65,7 +65,7 @@ def test_init_from_a_pretrained_genesis_names_its_state(capsys, tmp_path, base):
         == version_hash(load_state(base))
         == version_hash(load_state(tmp_path / "run.genesis.safetensors"))
     )
-    assert f"from {base}" in proc.stdout and "start it with --manifest" in proc.stdout
+    assert f"from {base}" in proc.stdout and "--run RUN_ID fetches the genesis from its peers" in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,27 @@ async def serve_tampered_tensors(p2p, state) -> None:
     await p2p.add_protobuf_handler(TENSOR_HANDLER, serve, exchange_pb2.TensorRequest, stream_output=True)
 
 
+async def serve_lying_tensor_list(p2p, state) -> None:
+    """Answer GetBulkTicket for any version with ``state``'s tensor list and hashes (another version's)."""
+    from potluck.exchange.state import TICKET_HANDLER
+    from potluck.hashing import tensor_hashes
+    from potluck.v1 import exchange_pb2
+
+    hashes = tensor_hashes(state)
+
+    async def serve(request, context):
+        return exchange_pb2.BulkTicket(
+            tensors=[
+                exchange_pb2.TensorMeta(
+                    name=n, dtype=a.dtype.str, shape=list(a.shape), hash=bytes.fromhex(hashes[n])
+                )
+                for n, a in sorted(state.items())
+            ]
+        )
+
+    await p2p.add_protobuf_handler(TICKET_HANDLER, serve, exchange_pb2.BulkTicketRequest)
+
+
 def _attacker_dht(bootstrap: str, validators=()):
     from hivemind.dht import DHT
 

@@ -203,7 +203,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"wrote {args.output} and {run.genesis_path} (genesis {run.genesis_hash[:16]}{source})"
     )
     if genesis_state is not None:  # the seed cannot rebuild it (potluck.joining.ensure_genesis)
-        print(f"every node needs both files: start it with --manifest {args.output}, not --run RUN_ID")
+        print(
+            f"a node started with --manifest {args.output} needs both files; one that joins with --run "
+            "RUN_ID fetches the genesis from its peers"
+        )
     return 0
 
 

@@ -37,7 +37,7 @@ from potluck.exchange.download import (
     SyncFailed,
     SyncStats,
 )
-from potluck.hashing import tensor_hash
+from potluck.hashing import tensor_hash, tensor_hashes, version_hash_of
 from potluck.store.versions import VersionNotFound, VersionStore
 from potluck.swarm import traffic
 from potluck.swarm.host import SwarmHost
@@ -58,6 +58,7 @@ class StateService:
     ):
         self._host, self._versions, self._manifest_bytes = host, versions, manifest_bytes
         self._cache: tuple[str, Mapping[str, np.ndarray]] | None = None  # last version served
+        self._hashed: tuple[str, dict[str, str]] = ("", {})  # its tensor hashes, once asked for
         self.stats = SyncStats()
         self.bulk: BulkServer | None = None  # the direct channel; None in client mode
         # how downloads run, for comparisons (bench/rounds.py): "bulk" (both passes, direct channels where
@@ -99,6 +100,11 @@ class StateService:
         self._cache = (version, state)
         return state
 
+    def _hashes(self, version: str, state: Mapping[str, np.ndarray]) -> dict[str, str]:
+        if self._hashed[0] != version:  # ~0.2 s per 400 MB; asked for once per newcomer at most
+            self._hashed = (version, tensor_hashes(state))
+        return self._hashed[1]
+
     async def _serve_tensor(
         self, request: exchange_pb2.TensorRequest, context: P2PContext
     ) -> AsyncIterator[exchange_pb2.TensorChunk]:
@@ -129,8 +135,14 @@ class StateService:
         state = await asyncio.to_thread(self._load, version) if version else None
         if state is None:
             return exchange_pb2.BulkTicket()
+        hashes = await asyncio.to_thread(self._hashes, version, state) if request.hashes else {}
         tensors = [
-            exchange_pb2.TensorMeta(name=name, dtype=a.dtype.newbyteorder("<").str, shape=list(a.shape))
+            exchange_pb2.TensorMeta(
+                name=name,
+                dtype=a.dtype.newbyteorder("<").str,
+                shape=list(a.shape),
+                hash=bytes.fromhex(hashes.get(name, "")),
+            )
             for name, a in sorted(state.items())
         ]
         if exchange_pb2.BulkTicket(tensors=tensors).ByteSize() > MAX_TICKET_BYTES:
@@ -173,6 +185,35 @@ class StateService:
             if reply.manifest:
                 return reply.manifest
         raise SyncFailed(f"no peer served the manifest of run {run_id[:16]}")
+
+    async def fetch_version(
+        self, version: str, holders: Sequence[tuple[str, list[str]]]
+    ) -> dict[str, np.ndarray]:
+        """The state of ``version`` when all this node knows of it is its hash (a run's pre-trained
+        genesis): the first holder's tensor list whose hashes make up ``version``, then the download."""
+        for peer_id, addrs in holders:
+            try:
+                peer = PeerID.from_base58(peer_id)
+                if addrs:
+                    await self._host.connect(peer, addrs)
+                reply = await asyncio.wait_for(
+                    self._host.p2p.call_protobuf_handler(
+                        peer,
+                        TICKET_HANDLER,
+                        exchange_pb2.BulkTicketRequest(version=bytes.fromhex(version), hashes=True),
+                        exchange_pb2.BulkTicket,
+                    ),
+                    30,
+                )
+            except Exception as e:
+                logger.debug(f"tensor list of {version[:12]} from {peer_id}: {type(e).__name__}: {e}")
+                continue
+            expected = {t.name: t.hash.hex() for t in reply.tensors}
+            if expected and version_hash_of(expected) == version:
+                return await self.download(version, expected, holders)
+            if reply.tensors:  # a list that is not the version's: a broken or lying holder
+                logger.warning(f"peer {peer_id[-8:]} listed tensors that do not make up {version[:12]}")
+        raise SyncFailed(f"no peer listed the tensors of version {version[:12]}")
 
     async def download(
         self,

@@ -45,20 +45,24 @@ class TensorChunk(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class BulkTicketRequest(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "hashes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
     version: bytes
-    def __init__(self, version: _Optional[bytes] = ...) -> None: ...
+    hashes: bool
+    def __init__(self, version: _Optional[bytes] = ..., hashes: _Optional[bool] = ...) -> None: ...
 
 class TensorMeta(_message.Message):
-    __slots__ = ("name", "dtype", "shape")
+    __slots__ = ("name", "dtype", "shape", "hash")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    hash: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., hash: _Optional[bytes] = ...) -> None: ...
 
 class BulkTicket(_message.Message):
     __slots__ = ("host", "port", "token", "tensors")
