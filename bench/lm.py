@@ -1,0 +1,260 @@
+"""Benchmark: a community patching a pre-trained language model, two contributors per domain.
+
+    python bench/lm.py                              # ~10-15 minutes on 2 cores; plot in bench/out/lm.png
+    python bench/lm.py --rounds 12 --local-steps 10 --density 0.01 --parts federated,retention
+
+The `lm` task (a byte-level GPT-2, `--task-arg` sets its size) is pre-trained for `--pretrain-steps`
+on every domain's training split: the run's genesis. Then, in process (no network; every potluck
+update still goes through the real codec, signed and verified, and the exact merge every node runs):
+
+``federated`` -- six contributors, two per domain (shards ``DOMAIN:0/2`` and ``DOMAIN:1/2``: the
+domain's training documents split between them), each round training ``--local-steps`` from V_r:
+
+* ``potluck``: top-k sparse deltas (``--density``, int8 values, error feedback), merged by
+  ``fixedpoint.local_average`` weighted by sample count;
+* ``fedavg``: the same rounds with dense fp32 deltas (bytes ``4 x params`` + a potluck envelope's
+  non-payload bytes), merged the same way;
+* ``pooled``: one model trained on all six shards with the same compute (6 x K steps a round);
+* ``alone``: each contributor on its own shard only (K steps a round).
+
+``retention`` -- the three domains' groups each fine-tune the genesis on their domain for
+``--finetune-steps``; their deltas are merged by mean, task arithmetic, TIES and DARE
+(potluck.merge). A domain's gain is genesis BPB minus BPB on that domain's held-out text; it keeps
+``merged gain / own model's gain`` of it.
+
+BPB (bits per byte, lower is better) on each domain's fixed held-out text and overall. JSON on stdout,
+progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import plots  # bench/plots.py: this script's folder is on the path
+import torch
+
+from potluck.hashing import version_hash
+from potluck.identity import NodeIdentity
+from potluck.merge import get_strategy, next_state
+from potluck.rounds.fixedpoint import Layout, local_average
+from potluck.tasks import get_task, pretrain
+from potluck.tasks.corpus import DOMAINS
+from potluck.updates.codec import Update, decode_update, encode_update, parse_update
+from potluck.updates.sparsify import ErrorFeedback
+
+RUN = "bench-lm"
+# small enough that 6 contributors x 12 rounds fit a few minutes of 2 cores
+SMALL = {"n_layer": 2, "n_head": 2, "d_model": 64, "context": 64, "batch": 16, "eval_bytes": 4096}
+MERGES = {
+    "mean": ("mean", {}),
+    "task_arithmetic": ("task_arithmetic", {"lambda": 1.0}),
+    "ties": ("ties", {"k": 20, "lambda": 1.0}),
+    "dare": ("dare", {"p": 0.5, "lambda": 1.0}),
+}
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def seed_of(seed: int, round_: int, who: int) -> int:
+    return (seed << 40) | (round_ << 16) | who
+
+
+def federated(task, genesis, datas, args) -> dict:
+    n, params = len(datas), sum(v.size for v in genesis.values())
+    layout = Layout.from_state(genesis)
+    identities = [NodeIdentity.generate() for _ in datas]
+    feedback = [ErrorFeedback(args.density, "int8") for _ in datas]
+    runs = {"potluck": [dict(genesis)], "fedavg": [dict(genesis)]}
+    sent = {"potluck": 0, "fedavg": 0}
+    overheads = []
+    for r in range(args.rounds):
+        for method, states in runs.items():
+            state, carried = states[-1], []
+            base = version_hash(state)
+            for c, data in enumerate(datas):
+                new, samples = task.train(state, data, steps=args.local_steps, seed=seed_of(args.seed, r, c))
+                delta = {k: new[k] - state[k] for k in state}
+                if method == "potluck":
+                    tensors = tuple(feedback[c].compress(delta))
+                    update = Update(RUN, r, base, identities[c].public_key, r + 1, samples, tensors)
+                    blob = encode_update(update, identities[c], "int8")
+                    sent[method] += len(blob)
+                    overheads.append(len(blob) - sum(t.payload_size for t in parse_update(blob).tensors))
+                    carried.append((samples, decode_update(blob)))
+                else:
+                    carried.append((samples, delta))
+            if method == "fedavg":  # dense fp32 deltas: 4 bytes a parameter plus an envelope
+                sent[method] += n * (4 * params + int(np.median(overheads)))
+                state = dense_average(state, carried)
+            else:
+                state, _ = local_average(state, layout, carried, args.outer_lr)
+            states.append(state)
+        log(f"  round {r + 1}/{args.rounds}")
+    scores = {m: [task.evaluate_domains(s) for s in (states[0], states[-1])] for m, states in runs.items()}
+    out = {m: {"final": scores[m][1], "bytes_sent": sent[m], "rounds": args.rounds} for m in runs}
+
+    log("  pooled: all shards, the same compute")
+    pooled = task.local_data(None)
+    state = genesis
+    for r in range(args.rounds):
+        state, _ = task.train(state, pooled, steps=n * args.local_steps, seed=seed_of(args.seed, r, 999))
+    out["pooled"] = {"final": task.evaluate_domains(state)}
+
+    log("  each contributor alone")
+    alone = []
+    for c, data in enumerate(datas):
+        state = genesis
+        for r in range(args.rounds):
+            state, _ = task.train(state, data, steps=args.local_steps, seed=seed_of(args.seed, r, c))
+        alone.append(task.evaluate_domains(state))
+    out["alone"] = {"final": alone, "mean_overall": float(np.mean([a["overall"] for a in alone]))}
+    return out
+
+
+def dense_average(state: dict, carried: list[tuple[int, dict]]) -> dict:
+    """FedAvg: V + sum(w delta) / sum(w), in float64, back to float32."""
+    total = sum(w for w, _ in carried)
+    return {
+        k: (v.astype(np.float64) + sum(w * d[k].astype(np.float64) for w, d in carried) / total).astype(
+            v.dtype
+        )
+        for k, v in state.items()
+    }
+
+
+def retention(task, genesis, args) -> dict:
+    base = task.evaluate_domains(genesis)
+    own, deltas, weights = {}, [], []
+    for g, domain in enumerate(DOMAINS):
+        log(f"  fine-tuning on {domain}")
+        tuned, samples = task.train(genesis, task.local_data(domain), steps=args.finetune_steps, seed=100 + g)
+        own[domain] = task.evaluate_domains(tuned)
+        deltas.append({k: tuned[k] - genesis[k] for k in genesis})
+        weights.append(samples)
+    rows = {"genesis": base, **{f"{d} alone": s for d, s in own.items()}}
+    kept = {}
+    for label, (name, strategy_args) in MERGES.items():
+        merged = get_strategy(name, strategy_args).merge(deltas, weights, round_seed=args.seed)
+        scores = task.evaluate_domains(next_state(genesis, merged, 1.0))
+        rows[f"merged: {label}"] = scores
+        kept[label] = {d: (base[d] - scores[d]) / (base[d] - own[d][d]) for d in DOMAINS}
+    return {"bpb": rows, "gain_kept": kept}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="federated,retention")
+    ap.add_argument(
+        "--task-arg", action="append", default=[], metavar="KEY=VALUE", help="lm size (default: small)"
+    )
+    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--local-steps", type=int, default=10)
+    ap.add_argument("--density", type=float, default=0.01)
+    ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's merge lr (FedAvg uses 1)")
+    ap.add_argument("--finetune-steps", type=int, default=120)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench/out/lm.png", help="PNG plot ('' for none)")
+    ap.add_argument("--json", default="", help="also write the JSON to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    task_args = dict(SMALL)
+    for item in args.task_arg:
+        key, _, value = item.partition("=")
+        task_args[key] = type(SMALL.get(key, 0.0))(value)
+    task = get_task("lm", task_args)
+    log(f"lm {task_args}: {task.num_params()} params; pre-training {args.pretrain_steps} steps")
+    genesis = pretrain(task, steps=args.pretrain_steps, seed=args.seed)
+    result: dict = {
+        "benchmark": "lm",
+        "config": {**vars(args), "task_args": task_args, "params": task.num_params()},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu": platform.machine(),
+        },
+        "genesis": task.evaluate_domains(genesis),
+    }
+    parts = set(args.parts.split(","))
+    if "federated" in parts:
+        log("federated: 6 contributors, 2 per domain")
+        datas = [task.local_data(f"{d}:{j}/2") for d in DOMAINS for j in range(2)]
+        fed = federated(task, genesis, datas, args)
+        p, f = fed["potluck"], fed["fedavg"]
+        fed["summary"] = {
+            "potluck_overall": p["final"]["overall"],
+            "fedavg_overall": f["final"]["overall"],
+            "potluck_vs_fedavg_overall": p["final"]["overall"] / f["final"]["overall"] - 1,
+            "bytes_ratio": f["bytes_sent"] / p["bytes_sent"],
+            "every_domain_improves": all(p["final"][d] < result["genesis"][d] for d in DOMAINS),
+        }
+        s = fed["summary"]
+        s["target_within_2pct_of_fedavg"] = s["potluck_vs_fedavg_overall"] <= 0.02
+        s["target_100x_fewer_bytes"] = s["bytes_ratio"] >= 100
+        result["federated"] = fed
+    if "retention" in parts:
+        log("retention: one group per domain, merged")
+        result["retention"] = retention(task, genesis, args)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    if args.out and "federated" in result:
+        result["plot"] = plot(result, Path(args.out))
+    text = json.dumps(result, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    log(table(result))
+
+
+def table(result: dict) -> str:
+    head = "| model | " + " | ".join(DOMAINS) + " | overall |"
+    lines = [head, "|---" * (len(DOMAINS) + 2) + "|"]
+
+    def row(name: str, s: dict) -> None:
+        lines.append(f"| {name} | " + " | ".join(f"{s[d]:.3f}" for d in (*DOMAINS, "overall")) + " |")
+
+    row("genesis", result["genesis"])
+    fed = result.get("federated")
+    if fed:
+        for m in ("potluck", "fedavg", "pooled"):
+            row(m, fed[m]["final"])
+        mean_alone = {d: float(np.mean([a[d] for a in fed["alone"]["final"]])) for d in (*DOMAINS, "overall")}
+        row("alone (mean)", mean_alone)
+    for name, s in result.get("retention", {}).get("bpb", {}).items():
+        row(name, s)
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> str:
+    plt = plots.pyplot()
+    if plt is None:
+        return plots.SKIPPED
+    fed = result["federated"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    names = ["genesis", "potluck", "fedavg", "pooled"]
+    scores = [result["genesis"], *(fed[m]["final"] for m in names[1:])]
+    x = np.arange(len(DOMAINS) + 1)
+    for i, (name, s) in enumerate(zip(names, scores, strict=True)):
+        ax.bar(x + (i - 1.5) * 0.2, [s[d] for d in (*DOMAINS, "overall")], 0.2, label=name)
+    ax.set_xticks(x, [*DOMAINS, "overall"])
+    lo = min(min(s.values()) for s in scores)
+    ax.set_ylim(lo - 0.2, max(max(s.values()) for s in scores) + 0.1)
+    ax.set_ylabel("held-out bits per byte (lower is better)")
+    ax.set_title(
+        f"lm, 6 contributors: potluck sends {fed['summary']['bytes_ratio']:.0f}x fewer bytes than FedAvg"
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return plots.save(fig, path)
+
+
+if __name__ == "__main__":
+    main()
