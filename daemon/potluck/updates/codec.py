@@ -129,15 +129,21 @@ class EncodedTensor:
             indices = decode_indices(self.index_encoding, self.index_bytes, self.nnz, self.numel)
         except ValueError as e:
             raise UpdateRejected(Reason.BAD_INDICES, f"{self.name}: {e}") from None
-        if self.value_encoding == INT8 and not np.isfinite(np.frombuffer(self.scale_bytes, "<f4")).all():
-            raise UpdateRejected(Reason.NON_FINITE, f"{self.name}: NaN or infinite scales")
-        try:
-            values = dequantize(self.value_bytes, self.scale_bytes, self.value_encoding, self.nnz)
-        except ValueError as e:  # parse_update already checked the lengths
-            raise UpdateRejected(Reason.MALFORMED, f"{self.name}: {e}") from None
-        if not np.isfinite(values).all():
-            raise UpdateRejected(Reason.NON_FINITE, f"{self.name}: NaN or infinite values")
+        values = decode_values(self.name, self.value_encoding, self.value_bytes, self.scale_bytes, self.nnz)
         return SparseTensor(self.name, self.shape, indices, values)
+
+
+def decode_values(name: str, encoding: int, value_bytes: bytes, scale_bytes: bytes, n: int) -> np.ndarray:
+    """``n`` float32 values of a tensor entry; UpdateRejected non_finite / malformed."""
+    if encoding == INT8 and not np.isfinite(np.frombuffer(scale_bytes, "<f4")).all():
+        raise UpdateRejected(Reason.NON_FINITE, f"{name}: NaN or infinite scales")
+    try:
+        values = dequantize(value_bytes, scale_bytes, encoding, n)
+    except ValueError as e:  # parse_update already checked the lengths
+        raise UpdateRejected(Reason.MALFORMED, f"{name}: {e}") from None
+    if not np.isfinite(values).all():
+        raise UpdateRejected(Reason.NON_FINITE, f"{name}: NaN or infinite values")
+    return values
 
 
 @dataclass(frozen=True)

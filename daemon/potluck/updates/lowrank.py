@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from potluck.updates.codec import SparseTensor, _bin, _malformed, _uint
-from potluck.updates.quantize import BLOCK, FP16, INT8, dequantize, quantize
+from potluck.updates.codec import SparseTensor, _bin, _malformed, _uint, decode_values
+from potluck.updates.quantize import BLOCK, FP16, INT8, quantize
 from potluck.updates.reasons import Reason, UpdateRejected
 
 __all__ = ["FIELDS", "EncodedLowRank", "LowRankTensor", "balance", "encode_entry", "expand", "parse_entry"]
@@ -112,11 +112,7 @@ class EncodedLowRank:
 
     def factors(self) -> tuple[np.ndarray, np.ndarray]:
         """(A, B) as float32; UpdateRejected non_finite for NaN or infinite values or scales."""
-        if self.value_encoding == INT8 and not np.isfinite(np.frombuffer(self.scale_bytes, "<f4")).all():
-            raise UpdateRejected(Reason.NON_FINITE, f"{self.name}: NaN or infinite scales")
-        values = dequantize(self.value_bytes, self.scale_bytes, self.value_encoding, self.nnz)
-        if not np.isfinite(values).all():
-            raise UpdateRejected(Reason.NON_FINITE, f"{self.name}: NaN or infinite factors")
+        values = decode_values(self.name, self.value_encoding, self.value_bytes, self.scale_bytes, self.nnz)
         rows, cols = self.shape
         split = rows * self.rank
         return values[:split].reshape(rows, self.rank), values[split:].reshape(self.rank, cols)
