@@ -162,7 +162,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from potluck.groups import GroupError, GroupRules
     from potluck.identity import load_or_create
     from potluck.manifest import ManifestError
-    from potluck.merge import DEFAULT_STRATEGY, StrategyError, run_strategy, supports_columns
+    from potluck.merge import DEFAULT_STRATEGY, Grouped, StrategyError, run_strategy, supports_columns
     from potluck.rounds.placement import PlacementError, check_policy
     from potluck.runfiles import write_run
     from potluck.tasks import TaskError
@@ -178,7 +178,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     except StrategyError as e:
         raise ConfigError(f"--strategy {args.strategy} / --group: {e}") from None
     try:
-        mean = strategy.name == DEFAULT_STRATEGY
+        mean = args.strategy == DEFAULT_STRATEGY and not isinstance(strategy, Grouped)
         check_policy(args.placement, mean, supports_columns(strategy), repr(args.strategy))
     except PlacementError as e:
         raise ConfigError(f"--placement {args.placement}: {e}") from None

@@ -48,6 +48,7 @@ from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity
 from potluck.manifest import Manifest
 from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy, run_strategy, supports_columns
+from potluck.merge.grouped import Grouped
 from potluck.rounds import fixedpoint, placement, schedule
 from potluck.rounds.commit import Commit
 from potluck.rounds.entries import agreement_digest, assign, retry_holders, senior_ids
@@ -108,7 +109,8 @@ class RoundEngine:
         self.prep_s = ENTRY_WINDOW_S + ENTRY_GRACE_S + MATCHMAKING_S + self.layout.length / PREP_PARAMS_PER_S
         # parameter groups with their own strategies merge per group, gathered (merge/grouped.py)
         self._strategy = run_strategy(manifest.strategy, manifest.strategy_args, manifest.group_rules)
-        self._mean = self._strategy.name == DEFAULT_STRATEGY  # gathered, sliced or inside the all-reduce
+        # the weighted mean runs gathered, sliced or inside the all-reduce
+        self._mean = manifest.strategy == DEFAULT_STRATEGY and not isinstance(self._strategy, Grouped)
         # a coordinate strategy (the weighted mean is one) may run sliced: each participant reduces
         # one slice, the others audit it
         self._sliceable = slice_service is not None and supports_columns(self._strategy)
