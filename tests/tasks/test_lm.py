@@ -182,9 +182,10 @@ def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
 
 @pytest.mark.multiprocess
 def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refused(tmp_path):
-    """A keeper, a LoRA contributor and a sparse one on the smallest lm, the position embedding frozen:
-    two rounds with both updates in each, the same versions on every node, the frozen tensor unchanged,
-    and an update that touches it refused by the keeper as ``frozen_tensor``."""
+    """A keeper, a LoRA contributor and a sparse one on the smallest lm, the position embedding frozen,
+    the MLPs merged by TIES and the rest by the weighted mean (so gathered): two rounds with both updates
+    in each, the same versions on every node, the frozen tensor unchanged, and an update that touches
+    it refused by the keeper as ``frozen_tensor``."""
     import time
 
     from potluck.identity import NodeIdentity
@@ -199,7 +200,7 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
     frozen = "transformer.wpe.weight"
     run = write_run(
         tmp_path / "run.toml", "lm", task_args=SMALL, round_seconds=16.0, start_time=time.time() + 20.0,
-        density=0.1, groups=("transformer.wpe.*:freeze", "*.attn.*:max_rank=4"),
+        density=0.1, groups=("transformer.wpe.*:freeze", "*.attn.*:max_rank=4", "*.mlp.*:strategy=ties"),
     )  # fmt: skip
     with LocalSwarm.for_run(tmp_path / "swarm", run.manifest.run_id, run.path) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
@@ -246,6 +247,7 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
             for i in store.ids()
         }
         assert forms == {True, False}  # low-rank and sparse updates were merged
+        assert keeper.status()["aggregation"]["placement"] == "gathered"  # per-group strategies
 
 
 def _log(node):
