@@ -134,7 +134,18 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
         ([*base, "--data-dir", str(tmp_path / "fresh"), "--run", manifest.run_id,
           f"/ip4/127.0.0.1/tcp/1/p2p/{NodeIdentity.generate().peer_id}"], "could not join"),
         ([*base, "--run", "not-a-run-id"], "--run takes a run id"),
+        ([*base, "--manifest", str(path), "--lowrank-targets", "*.w"], "--lowrank-targets needs --lowrank"),
+        ([*base, "--manifest", str(path), "--lowrank", "2"], "cannot train low-rank adapters"),
     ]  # fmt: skip
+    (tmp_path / "lm").mkdir()
+    lm = write_run(tmp_path / "lm" / "run.toml", "lm", task_args={"n_layer": 1, "d_model": 32, "n_head": 2},
+                   groups=("*.attn.*:max_rank=2",)).path  # fmt: skip
+    lm_base = [*base, "--data-dir", str(tmp_path / "lm-c"), "--manifest", str(lm), "--lowrank"]
+    cases += [
+        ([*lm_base, "4", "--lowrank-targets", "nope.*"], "matches no unfrozen 2-D tensor"),
+        ([*lm_base, "4", "--lowrank-targets", "*.attn.c_attn.weight"], "--lowrank 4 is above the limit 2"),
+        ([*lm_base, "40", "--lowrank-targets", "*.c_fc.weight"], "--lowrank 40 is above the limit 32"),
+    ]
     for args, needle in cases:
         proc = potluck(*args, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr[-1000:])

@@ -32,6 +32,7 @@ LAYERS: tuple[str, ...] = (
     "atomic",
     "hashing",
     "datadir",
+    "groups",  # parameter groups: manifest rules by tensor name (pure)
     "updates",
     "merge",
     "manifest",
@@ -55,7 +56,7 @@ LAYERS: tuple[str, ...] = (
 )
 
 # Functions of bytes and tensors: no I/O machinery (the async shell composes them).
-PURE = ("wire", "signed", "hashing", "updates", "merge", "rounds")
+PURE = ("wire", "signed", "hashing", "groups", "updates", "merge", "rounds")
 IMPURE_MODULES = frozenset(
     {"asyncio", "hivemind", "grpc", "socket", "subprocess", "sqlite3", "multiprocessing", "threading"}
     | {"signal", "ctypes", "fcntl"}

@@ -116,7 +116,8 @@ def test_non_canonical_body_refused():
     [{"quorum": 0}, {"round_seconds": 0}, {"density": 1.5}, {"values": "int4"}, {"admission": "closed"},
      {"allow": ["xyz"]}, {"outer_lr": float("nan")}, {"weight_cap": 0}, {"task_args": {"a": True}},
      {"task_args": {"a": [1]}}, {"weighting": "equal"}, {"placement": "butterfly"}, {"placement": ""},
-     {"pacing": "eager"}, {"target_samples": -1}, {"target_samples": 1.5}],
+     {"pacing": "eager"}, {"target_samples": -1}, {"target_samples": 1.5}, {"max_rank": 0},
+     {"groups": ["no-colon"]}, {"groups": "a:freeze"}, {"groups": ["a:max_rank=x"]}],
 )  # fmt: skip
 def test_invalid_rules_raise(rules):
     with pytest.raises(ManifestError):
@@ -159,6 +160,18 @@ def test_pacing_keeps_older_manifests_bytes_and_round_trips(tmp_path):
     _, p = _manifest(pacing="ready", target_samples=500)
     assert msgpack.unpackb(p.body())[1]["pacing"] == "ready" and p.run_id != m.run_id
     assert Manifest.from_bytes(p.to_bytes(), p.run_id).target_samples == 500
+    save_manifest(p, tmp_path / "run.toml")
+    assert load_manifest(tmp_path / "run.toml") == p
+
+
+def test_groups_and_max_rank_keep_older_manifests_bytes_and_round_trip(tmp_path):
+    _, m = _manifest()
+    assert (m.groups, m.max_rank) == ((), 64)
+    assert not {"groups", "max_rank"} & set(msgpack.unpackb(m.body())[1])
+    _, p = _manifest(groups=["*.wte.*:freeze", "h.*: max_rank=8 , strategy=ties"], max_rank=16)
+    assert p.groups == ("*.wte.*:freeze", "h.*:strategy=ties,max_rank=8")  # canonical text, order kept
+    assert msgpack.unpackb(p.body())[1]["groups"] == list(p.groups) and p.run_id != m.run_id
+    assert Manifest.from_bytes(p.to_bytes(), p.run_id).group_rules.rule_for("h.1").max_rank == 8
     save_manifest(p, tmp_path / "run.toml")
     assert load_manifest(tmp_path / "run.toml") == p
 

@@ -1,7 +1,9 @@
 """A contributor: a node that also trains. Each round it trains on its own data from V_r, turns the
-change into a signed sparse update (top-k with error feedback) and hands it to its node's one publish
-path (Node.publish), which validates, holds and announces it like any other update, or pushes it to
-keepers when the node runs in client mode. What it needs of the node is ContributingNode.
+change into a signed sparse update (top-k with error feedback; or, with ``lowrank``, trains LoRA
+adapters and sends their factors), leaving out tensors of frozen parameter groups, and hands it
+to its node's one publish path (Node.publish), which validates, holds and announces it like any
+other update, or pushes it to keepers when the node runs in client mode. What it needs of the node
+is ContributingNode.
 
 Training runs in a worker thread, so the node keeps serving peers and the control API meanwhile.
 """
@@ -15,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Protocol
 
 import numpy as np
@@ -26,6 +29,7 @@ from potluck.node import NO_KEEPER, OpenRound
 from potluck.store.versions import VersionStore
 from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
 from potluck.updates.codec import Update, encode_update
+from potluck.updates.lowrank import LowRankTensor, balance
 from potluck.updates.sparsify import ErrorFeedback
 from potluck.v1 import control_pb2
 
@@ -83,8 +87,12 @@ class ContributingNode(Protocol):
 
 class Contributor:
     def __init__(self, node: ContributingNode, *, task_spec: str | None, shard: str | None, local_steps: int,
-                 seed: int, max_rounds: int | None = None, join_timeout: float = 60.0):  # fmt: skip
+                 seed: int, max_rounds: int | None = None, join_timeout: float = 60.0,
+                 lowrank: int | None = None, lowrank_targets: str = "*"):  # fmt: skip
+        """``lowrank``: train rank-``lowrank`` LoRA adapters on the 2-D tensors matching the glob
+        ``lowrank_targets`` (the task needs ``train_lowrank``) and publish their factors instead."""
         self._node = node
+        self._lowrank, self._lowrank_targets = lowrank, lowrank_targets
         self._task_spec, self._shard, self._steps, self._seed = task_spec, shard, local_steps, seed
         self._max_rounds = max_rounds
         self._join_timeout = join_timeout
@@ -109,6 +117,26 @@ class Contributor:
             raise ConfigError(f"task {manifest.task!r} here builds a different model than the run's genesis")
         return task
 
+    def _adapted(self, manifest: Manifest, task: TrainableTask) -> list[str]:
+        """The tensors ``--lowrank`` adapts, or a ConfigError saying why it cannot."""
+        if self._lowrank is None:
+            return []
+        if not callable(getattr(task, "train_lowrank", None)):
+            raise ConfigError(f"task {manifest.task!r} cannot train low-rank adapters (no train_lowrank)")
+        shapes = {k: v.shape for k, v in self._node.versions.get(manifest.genesis).items()}
+        groups = manifest.group_rules
+        frozen = groups.frozen(shapes)
+        targets = [n for n in sorted(shapes) if fnmatchcase(n, self._lowrank_targets) and n not in frozen]
+        targets = [n for n in targets if len(shapes[n]) == 2]
+        if not targets:
+            raise ConfigError(f"--lowrank-targets {self._lowrank_targets!r} matches no unfrozen 2-D tensor")
+        limits = groups.limits(targets, "max_rank")
+        for name in targets:
+            limit = min(int(limits.get(name, manifest.max_rank)), *shapes[name])
+            if self._lowrank > limit:
+                raise ConfigError(f"--lowrank {self._lowrank} is above the limit {limit} for {name}")
+        return targets
+
     async def run(self) -> None:
         """Contribute every round until stopped (or after ``max_rounds`` contributions)."""
         node = self._node
@@ -118,7 +146,13 @@ class Contributor:
             data = await asyncio.to_thread(task.local_data, self._shard, self._seed)
         except TaskError as e:
             raise ConfigError(str(e)) from None
+        targets = self._adapted(manifest, task)
+        names = list(self._node.versions.get(manifest.genesis))
+        frozen = manifest.group_rules.frozen(names)
         feedback = ErrorFeedback(manifest.density, manifest.values)
+        limits = manifest.group_rules.limits(names, "max_density")
+        # a group's max_density below the run's density bounds its tensors' top-k
+        feedback.densities = {n: d for n, d in limits.items() if d < manifest.density}
         declared_ahead = -1  # the round we declared for as we published the one before
         identity = node.identity
         assert identity is not None
@@ -148,15 +182,17 @@ class Contributor:
                 if self._stop.is_set():
                     raise StopTraining
 
+            seed = self._seed * 100_003 + r
             try:
-                trained, samples = await asyncio.to_thread(
-                    task.train,
-                    base_state,
-                    data,
-                    steps=self._steps,
-                    seed=self._seed * 100_003 + r,
-                    progress=step,
-                )
+                if targets:
+                    factors, samples = await asyncio.to_thread(
+                        task.train_lowrank, base_state, data, steps=self._steps, seed=seed,  # type: ignore[attr-defined]
+                        rank=self._lowrank, targets=targets, progress=step,
+                    )  # fmt: skip
+                else:
+                    trained, samples = await asyncio.to_thread(
+                        task.train, base_state, data, steps=self._steps, seed=seed, progress=step
+                    )
             except StopTraining:
                 logger.info("stopped after the current training step")
                 return
@@ -168,9 +204,14 @@ class Contributor:
                     f"round {r}: training finished too late for the round; re-syncing to the next one"
                 )
                 continue
-            delta = {k: np.subtract(trained[k], base_state[k], dtype=np.float32) for k in base_state
-                     if np.issubdtype(base_state[k].dtype, np.floating)}  # fmt: skip
-            tensors = await asyncio.to_thread(feedback.compress, delta)
+            if targets:
+                tensors: list = [
+                    LowRankTensor(n, base_state[n].shape, *balance(*factors[n])) for n in targets
+                ]
+            else:
+                delta = {k: np.subtract(trained[k], base_state[k], dtype=np.float32) for k in base_state
+                         if np.issubdtype(base_state[k].dtype, np.floating) and k not in frozen}  # fmt: skip
+                tensors = await asyncio.to_thread(feedback.compress, delta)
             update = Update(manifest.run_id, r, base_version, identity.public_key, time.time_ns() // 1000,
                             int(samples), tuple(tensors))  # fmt: skip
             data_bytes = await asyncio.to_thread(encode_update, update, identity, manifest.values)
@@ -189,7 +230,12 @@ class Contributor:
                 await node.declare(r + 1, base_version)
                 declared_ahead = r + 1
             self.stats.bytes_sent += len(data_bytes)
+            kind = (
+                f"rank-{self._lowrank} factors"
+                if targets
+                else f"residual norm {feedback.residual_norm():.3g}"
+            )
             logger.info(
                 f"round {r}: published {reply.update_id[:12]} ({len(data_bytes)} bytes, {samples} samples, "
-                f"residual norm {feedback.residual_norm():.3g})"
+                f"{kind})"
             )

@@ -167,6 +167,7 @@ def validation_context(
 def run_context(manifest: Manifest, versions: VersionStore) -> ValidationContext:
     """What an update must match to be part of a run with a manifest: its genesis shapes and rules."""
     genesis_state = versions.get(manifest.genesis)
+    groups = manifest.group_rules
     return ValidationContext(
         run=manifest.run_id,
         round=0,
@@ -177,6 +178,10 @@ def run_context(manifest: Manifest, versions: VersionStore) -> ValidationContext
             frozenset(bytes.fromhex(a) for a in manifest.allow) if manifest.admission == "allowlist" else None
         ),
         max_norm=manifest.max_update_norm,
+        frozen=groups.frozen(genesis_state),
+        max_rank=manifest.max_rank,
+        rank_limits={n: int(v) for n, v in groups.limits(genesis_state, "max_rank").items()},
+        density_limits=groups.limits(genesis_state, "max_density"),
     )
 
 

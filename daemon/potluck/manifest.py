@@ -30,6 +30,7 @@ from typing import Any
 
 import msgpack
 
+from potluck.groups import GroupError, GroupRules
 from potluck.identity import SIGNATURE_SIZE, NodeIdentity, verify
 from potluck.wire import WireError, bounded_unpackb
 
@@ -57,7 +58,8 @@ PACINGS = ("clock", "ready")  # when a round stops collecting (rounds/schedule.p
 TaskArg = str | int | float
 # fields added after the first manifests: absent from the canonical body while at their default
 _OMITTED_AT_DEFAULT: dict[str, Any] = {
-    "probation_rounds": 0, "placement": "auto", "pacing": "clock", "target_samples": 0,
+    "probation_rounds": 0, "placement": "auto", "pacing": "clock", "target_samples": 0, "groups": [],
+    "max_rank": 64,
 }  # fmt: skip
 
 
@@ -151,6 +153,10 @@ class Manifest:
       allow: node ids (hex) admitted under "allowlist"
       quorum: signatures on the same commit needed to consider a round committed (>= 1)
       max_update_norm: bound on an update's L2 norm, or None
+      max_rank: the largest rank of a low-rank tensor entry (docs/update-format.md), unless its group
+        sets another
+      groups: parameter-group rules, in order (``PATTERN:OPTION,...``, canonical text; see
+        potluck.groups): per group of tensors a merge strategy, a freeze, density and rank limits
       probation_rounds: an author's updates weigh 0 until it has contributed to this many committed
         rounds (0 = off; the rule is in potluck.defence.probation)
       creator: node id (hex) of the signer
@@ -179,6 +185,8 @@ class Manifest:
     allow: tuple[str, ...] = ()
     quorum: int = 1
     max_update_norm: float | None = None
+    max_rank: int = 64
+    groups: tuple[str, ...] = ()
     probation_rounds: int = 0
     created: float = 0.0
     seed: int = 0
@@ -217,6 +225,14 @@ class Manifest:
         _check_int(self.quorum, "quorum", 1, 1 << 16)
         if self.max_update_norm is not None:
             norm("max_update_norm", _check_float(self.max_update_norm, "max_update_norm", positive=True))
+        _check_int(self.max_rank, "max_rank", 1, 1 << 20)
+        if isinstance(self.groups, str | bytes) or not hasattr(self.groups, "__iter__"):
+            raise ManifestError("groups must be a list of rules")
+        try:
+            norm("groups", GroupRules.canonical(self.groups))
+            GroupRules(self.groups)
+        except GroupError as e:
+            raise ManifestError(str(e)) from None
         _check_int(self.probation_rounds, "probation_rounds", 0, 1 << 20)
         norm("created", _check_float(self.created, "created"))
         _check_int(self.seed, "seed", 0, (1 << 64) - 1)
@@ -234,6 +250,7 @@ class Manifest:
         values["task_args"] = dict(values["task_args"])
         values["strategy_args"] = dict(values["strategy_args"])
         values["allow"] = list(values["allow"])
+        values["groups"] = list(values["groups"])
         for name, default in _OMITTED_AT_DEFAULT.items():
             if values[name] == default:
                 del values[name]
@@ -317,11 +334,16 @@ class Manifest:
         if missing:
             raise ManifestError(f"missing manifest fields: {sorted(missing)}")
         values = dict(values)
-        if isinstance(values.get("allow"), list):
-            values["allow"] = tuple(values["allow"])
+        for name in ("allow", "groups"):
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         return cls(**values, signature=signature)
 
     # ------------------------------------------------------------------------------------ rules
+
+    @cached_property
+    def group_rules(self) -> GroupRules:
+        return GroupRules(self.groups)
 
     def update_weight(self, sample_count: int) -> int:
         """The merge weight of an update with ``sample_count`` samples."""

@@ -319,6 +319,22 @@ def test_init_fixes_a_placement_the_strategy_allows_or_refuses(capsys, tmp_path)
     assert_config_error(proc, "runs gathered or sliced, not allreduce")
 
 
+def test_init_groups_sign_their_rules_and_bad_syntax_is_one_line(capsys, tmp_path):
+    from potluck.runfiles import load_manifest
+
+    init = ("init", "--data-dir", str(tmp_path / "d"), "--task", "toy", "-o", str(tmp_path / "run.toml"))
+    proc = in_process(capsys, *init, "--group", "*.bias:freeze", "--group", "*:max_rank=2", "--max-rank", "8")
+    assert proc.returncode == 0, proc.stderr
+    m = load_manifest(tmp_path / "run.toml")
+    assert (m.groups, m.max_rank) == (("*.bias:freeze", "*:max_rank=2"), 8)
+    assert_config_error(in_process(capsys, *init, "--group", "*.bias:thaw"), "--group", "bad option 'thaw'")
+    proc = in_process(capsys, *init, "--group", "*.bias:strategy=nope")
+    assert_config_error(proc, "unknown strategy 'nope'")
+    # a group with its own strategy merges gathered: a fixed sliced placement is refused
+    proc = in_process(capsys, *init, "--group", "*.bias:strategy=ties", "--placement", "sliced")
+    assert_config_error(proc, "--placement sliced", "it runs gathered")
+
+
 # ---- update make takes --run and --round from the running node, or refuses ---------------------------------
 
 

@@ -56,3 +56,27 @@ def test_inspect_reports_bad_input(models):
     assert inspect_update(b"\x00garbage") == {
         "bytes": 8, "valid": False, "reason": "malformed", "detail": "7 trailing bytes"
     }  # fmt: skip
+
+
+def test_inspect_and_apply_a_low_rank_update(models):
+    from potluck.updates.codec import Update, encode_update
+    from potluck.updates.lowrank import LowRankTensor, expand
+
+    path, base, _ = models
+    identity = NodeIdentity.generate()
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((64, 2)).astype(np.float32), rng.standard_normal((2, 32)).astype(np.float32)
+    update = Update(
+        "r", 0, version_hash(base), identity.public_key, 1, 8, (LowRankTensor("w", (64, 32), a, b),)
+    )
+    data = encode_update(update, identity, "fp16")
+    info = inspect_update(data)
+    assert info["valid"] and info["tensors"] == [
+        {"name": "w", "shape": [64, 32], "nonzeros": 2 * 96, "bytes": 2 * 2 * 96, "form": "lowrank",
+         "rank": 2, "values": "fp16"}
+    ]  # fmt: skip
+    apply_update_file(path / "base.safetensors", data, path / "out.safetensors")
+    sent_a = a.astype(np.float16).astype(np.float32)
+    sent_b = b.astype(np.float16).astype(np.float32)
+    got = load_state(path / "out.safetensors")["w"]
+    assert np.array_equal(got, (base["w"].astype(np.float64) + expand(sent_a, sent_b)).astype(np.float32))

@@ -180,6 +180,76 @@ def test_three_nodes_train_the_lm_and_hold_bit_identical_versions(tmp_path):
         assert sample["version"] == logs[0][1][1] and sample["text"]
 
 
+@pytest.mark.multiprocess
+def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refused(tmp_path):
+    """A keeper, a LoRA contributor and a sparse one on the smallest lm, the position embedding frozen,
+    the MLPs merged by TIES and the rest by the weighted mean (so gathered): two rounds with both updates
+    in each, the same versions on every node, the frozen tensor unchanged, and an update that touches
+    it refused by the keeper as ``frozen_tensor``."""
+    import time
+
+    from potluck.identity import NodeIdentity
+    from potluck.localswarm import LocalSwarm, wait_for
+    from potluck.runfiles import write_run
+    from potluck.store.updates import UpdateStore
+    from potluck.store.versions import VersionStore
+    from potluck.updates.codec import SparseTensor, Update, encode_update, parse_update
+    from potluck.updates.lowrank import EncodedLowRank
+    from tests.support.cli import potluck
+
+    frozen = "transformer.wpe.weight"
+    run = write_run(
+        tmp_path / "run.toml", "lm", task_args=SMALL, round_seconds=16.0, start_time=time.time() + 20.0,
+        density=0.1, groups=("transformer.wpe.*:freeze", "*.attn.*:max_rank=4", "*.mlp.*:strategy=ties"),
+    )  # fmt: skip
+    with LocalSwarm.for_run(tmp_path / "swarm", run.manifest.run_id, run.path) as swarm:
+        keeper = swarm.add_node(name="keeper").wait_ready()
+        swarm.add_contributor("lora", "--shard", "0/2", "--local-steps", "20", "--lowrank", "4",
+                              "--lowrank-targets", "transformer.h.*.weight")  # fmt: skip
+        swarm.add_contributor("sparse", "--shard", "1/2", "--local-steps", "20", "--seed", "1")
+        for node in swarm.nodes:
+            node.wait_ready()
+
+        def committed(round_: int) -> bool:
+            return all(n.status()["committed_round"] >= round_ for n in swarm.nodes)
+
+        wait_for(lambda: committed(0), run.manifest.start_time + 2 * 16.0 - time.time(), "round 0")
+        identity = NodeIdentity.generate()
+        reason = ""
+        for _ in range(3):  # the round may turn between reading the status and publishing
+            st = keeper.status()
+            wpe = SparseTensor(frozen, (32, 32), np.arange(4, dtype=np.int64), np.ones(4, np.float32))
+            round_ = st["committed_round"] + 1  # the round updates are taken for
+            update = Update(run.manifest.run_id, round_, st["version"], identity.public_key,
+                            time.time_ns(), 8, (wpe,))  # fmt: skip
+            (tmp_path / "frozen.update").write_bytes(encode_update(update, identity))
+            proc = potluck("update", "publish", str(tmp_path / "frozen.update"), "--data-dir",
+                           str(keeper.data_dir))  # fmt: skip
+            reason = proc.stderr
+            if "frozen_tensor" in reason:
+                break
+        assert proc.returncode == 1 and f"rejected: frozen_tensor: {frozen}" in reason, reason
+
+        until = run.manifest.start_time + 5 * run.manifest.round_seconds - time.time()
+        wait_for(lambda: committed(1), until, "two rounds on every node")
+        logs = [[(e["round"], e["version"], e["contributors"]) for e in _log(n)] for n in swarm.nodes]
+        assert all(log[:2] == logs[0][:2] for log in logs), logs
+        assert [len(c) for _, _, c in logs[0][:2]] == [2, 2]  # the LoRA and the sparse one, both rounds
+        genesis = VersionStore(keeper.data_dir / "versions").get(run.manifest.genesis)
+        for node in swarm.nodes:
+            for _, version, _ in logs[0][:2]:
+                state = VersionStore(node.data_dir / "versions").get(version)
+                assert version_hash(state) == version
+                assert np.array_equal(state[frozen], genesis[frozen])
+        store = UpdateStore(keeper.data_dir / "updates")
+        forms = {
+            any(isinstance(t, EncodedLowRank) for t in parse_update(store.get(i)).tensors)
+            for i in store.ids()
+        }
+        assert forms == {True, False}  # low-rank and sparse updates were merged
+        assert keeper.status()["aggregation"]["placement"] == "gathered"  # per-group strategies
+
+
 def _log(node):
     from potluck.demo import keeper_log
 
@@ -239,3 +309,32 @@ def test_the_first_mismatch_by_name_is_the_one_named(small):
     big = get_task("lm", SMALL | {"d_model": 64})
     with pytest.raises(TaskError, match=r"'transformer.h.0.attn.c_attn.bias' has shape \(192,\)"):
         check_genesis(small, big.init_state(0))
+
+
+# ---- low-rank (LoRA) training: adapters on chosen matrices, the model frozen ------------------------
+
+
+def test_lowrank_training_is_deterministic_and_its_expansion_lowers_bpb(small):
+    from potluck.updates.lowrank import expand
+
+    state, data = small.init_state(0), small.local_data("plays")
+    targets = ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_fc.weight"]
+    factors, samples = small.train_lowrank(state, data, steps=30, seed=1, rank=4, targets=targets)
+    again, _ = small.train_lowrank(state, data, steps=30, seed=1, rank=4, targets=targets)
+    assert sorted(factors) == targets and samples == 30 * 8 * 32
+    a, b = factors[targets[0]]
+    assert a.shape == (32, 4) and b.shape == (4, 96)
+    assert all(np.array_equal(factors[n][i], again[n][i]) for n in targets for i in (0, 1))
+    patched = dict(state) | {n: state[n] + expand(*factors[n]) for n in targets}
+    assert small.evaluate(patched) < small.evaluate(state) - 0.1  # 8.018 -> 7.847 (a random base)
+
+
+@pytest.mark.parametrize(
+    ("targets", "rank", "message"),
+    [(["transformer.h.9.mlp.c_fc.weight"], 2, "no 2-D tensor"), (["transformer.ln_f.bias"], 2, "no 2-D"),
+     (["transformer.h.0.attn.c_proj.weight"], 33, "rank 33 is not in")],
+)  # fmt: skip
+def test_lowrank_refuses_a_missing_tensor_or_a_rank_too_high(small, targets, rank, message):
+    with pytest.raises(TaskError, match=message):
+        small.train_lowrank(small.init_state(0), small.local_data("plays"), steps=1, seed=0, rank=rank,
+                            targets=targets)  # fmt: skip

@@ -61,3 +61,15 @@ def test_error_feedback_carries_quantization_error():
     (t,) = ef.compress({"w": x})
     np.testing.assert_array_equal(t.values, roundtrip(x, 1))
     np.testing.assert_allclose(ef.residual["w"], x - t.values, atol=1e-7)
+
+
+def test_error_feedback_keeps_a_tensors_own_density():
+    rng = np.random.default_rng(0)
+    delta = {
+        "a": rng.standard_normal(1000).astype(np.float32),
+        "b": rng.standard_normal(1000).astype(np.float32),
+    }
+    feedback = ErrorFeedback(0.1)
+    feedback.densities = {"b": 0.01}  # a parameter group's max_density below the run's
+    sent = {t.name: t for t in feedback.compress(delta)}
+    assert (sent["a"].indices.size, sent["b"].indices.size) == (100, 10)

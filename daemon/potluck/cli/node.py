@@ -158,6 +158,18 @@ def _join_parser(commands: Commands) -> None:
     join.add_argument("--seed", type=non_negative_int, default=0, help="seed of local training")
     join.add_argument("--rounds", type=positive_int, help="leave after contributing this many rounds")
     join.add_argument(
+        "--lowrank",
+        type=positive_int,
+        metavar="RANK",
+        help="train rank-RANK LoRA adapters (the model frozen) and publish their factors, not sparse deltas",
+    )
+    join.add_argument(
+        "--lowrank-targets",
+        default="*",
+        metavar="GLOB",
+        help="with --lowrank: the 2-D tensors to adapt, by name (default '*': all of them)",
+    )
+    join.add_argument(
         "--client-mode",
         action="store_true",
         help="behind NAT/firewall: nobody dials us; updates are pushed to keepers, versions pulled",
@@ -267,6 +279,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--run takes a run id (64 hex digits, printed by `potluck init`), got {args.run!r}"
         )
+    if args.lowrank_targets != "*" and args.lowrank is None:
+        raise ConfigError("--lowrank-targets needs --lowrank RANK")
     if args.dirichlet is not None and args.shard is None:
         raise ConfigError("--dirichlet needs --shard I/N (which of the N contributors you are)")
     shard = args.shard if args.dirichlet is None else f"dirichlet:{args.dirichlet}:{args.shard}"
@@ -283,7 +297,8 @@ def cmd_join(args: argparse.Namespace) -> int:
     def contributor(node):
         return Contributor(
             node, task_spec=args.task, shard=shard, local_steps=args.local_steps, seed=args.seed,
-            max_rounds=args.rounds, join_timeout=args.join_timeout,
+            max_rounds=args.rounds, join_timeout=args.join_timeout, lowrank=args.lowrank,
+            lowrank_targets=args.lowrank_targets,
         )  # fmt: skip
 
     asyncio.run(run_node(config, contributor))

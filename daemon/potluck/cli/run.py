@@ -106,6 +106,21 @@ def add_parsers(commands: Commands) -> None:
         "--allow", nargs="+", default=[], metavar="NODE_ID", help="admitted authors (allowlist)"
     )
     init.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="PATTERN:OPTIONS",
+        help="a parameter group, first match wins: tensor-name glob, then strategy=NAME, freeze, "
+        "max_density=X, max_rank=N (e.g. 'transformer.wte.*:freeze'); repeatable",
+    )
+    init.add_argument(
+        "--max-rank",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="the largest rank of a low-rank (LoRA) update entry, unless its group sets one (default 64)",
+    )
+    init.add_argument(
         "-o",
         "--output",
         type=output_file,
@@ -144,9 +159,10 @@ def add_parsers(commands: Commands) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from potluck.datadir import prepare_data_dir
+    from potluck.groups import GroupError, GroupRules
     from potluck.identity import load_or_create
     from potluck.manifest import ManifestError
-    from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy, supports_columns
+    from potluck.merge import DEFAULT_STRATEGY, Grouped, StrategyError, run_strategy, supports_columns
     from potluck.rounds.placement import PlacementError, check_policy
     from potluck.runfiles import write_run
     from potluck.tasks import TaskError
@@ -154,11 +170,15 @@ def cmd_init(args: argparse.Namespace) -> int:
     task_args = _key_values(args.task_arg, "--task-arg")
     strategy_args = _key_values(args.strategy_arg, "--strategy-arg")
     try:
-        strategy = get_strategy(args.strategy, strategy_args)
-    except StrategyError as e:
-        raise ConfigError(f"--strategy {args.strategy}: {e}") from None
+        groups = GroupRules(args.group)
+    except GroupError as e:
+        raise ConfigError(f"--group: {e}") from None
     try:
-        mean = args.strategy == DEFAULT_STRATEGY
+        strategy = run_strategy(args.strategy, strategy_args, groups)
+    except StrategyError as e:
+        raise ConfigError(f"--strategy {args.strategy} / --group: {e}") from None
+    try:
+        mean = args.strategy == DEFAULT_STRATEGY and not isinstance(strategy, Grouped)
         check_policy(args.placement, mean, supports_columns(strategy), repr(args.strategy))
     except PlacementError as e:
         raise ConfigError(f"--placement {args.placement}: {e}") from None
@@ -190,6 +210,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             placement=args.placement,
             pacing=args.pacing,
             target_samples=args.target_samples,
+            max_rank=args.max_rank,
+            groups=tuple(args.group),
         )
     except TaskError as e:
         raise ConfigError(f"--genesis {args.genesis}: {e}" if genesis_state is not None else str(e)) from None

@@ -23,6 +23,7 @@ from potluck.updates.codec import (
     parse_update,
 )
 from potluck.updates.indices import BITMAP
+from potluck.updates.lowrank import EncodedLowRank
 from potluck.updates.quantize import INT8
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.updates.sparsify import DEFAULT_DENSITY, sparsify
@@ -92,7 +93,11 @@ def inspect_update(data: bytes, limits: DecodeLimits | None = None) -> dict[str,
     return info | {"valid": True, "reason": None}
 
 
-def _tensor_info(t: EncodedTensor) -> dict[str, Any]:
+def _tensor_info(t: EncodedTensor | EncodedLowRank) -> dict[str, Any]:
+    if isinstance(t, EncodedLowRank):
+        values = "int8" if t.value_encoding == INT8 else "fp16"
+        return {"name": t.name, "shape": list(t.shape), "nonzeros": t.nnz, "bytes": t.payload_size,
+                "form": "lowrank", "rank": t.rank, "values": values}  # fmt: skip
     return {
         "name": t.name,
         "shape": list(t.shape),

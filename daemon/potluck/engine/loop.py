@@ -47,7 +47,8 @@ from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity
 from potluck.manifest import Manifest
-from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy, supports_columns
+from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy, run_strategy, supports_columns
+from potluck.merge.grouped import Grouped
 from potluck.rounds import fixedpoint, placement, schedule
 from potluck.rounds.commit import Commit
 from potluck.rounds.entries import agreement_digest, assign, retry_holders, senior_ids
@@ -106,8 +107,10 @@ class RoundEngine:
         self.layout = fixedpoint.Layout.from_state(self.state)
         # same on every node (same layout): when the all-reduce starts after an attempt's start
         self.prep_s = ENTRY_WINDOW_S + ENTRY_GRACE_S + MATCHMAKING_S + self.layout.length / PREP_PARAMS_PER_S
-        self._strategy = get_strategy(manifest.strategy, manifest.strategy_args)
-        self._mean = manifest.strategy == DEFAULT_STRATEGY  # gathered, sliced or inside the all-reduce
+        # parameter groups with their own strategies merge per group, gathered (merge/grouped.py)
+        self._strategy = run_strategy(manifest.strategy, manifest.strategy_args, manifest.group_rules)
+        # the weighted mean runs gathered, sliced or inside the all-reduce
+        self._mean = manifest.strategy == DEFAULT_STRATEGY and not isinstance(self._strategy, Grouped)
         # a coordinate strategy (the weighted mean is one) may run sliced: each participant reduces
         # one slice, the others audit it
         self._sliceable = slice_service is not None and supports_columns(self._strategy)

@@ -79,6 +79,7 @@ Third-party strategies: declare an entry point in group ``"potluck.strategies"``
 
 from potluck.merge.base import KINDS, Args, BaseStrategy, Strategy, StrategyError, supports_columns
 from potluck.merge.batch import Batch, Delta, make_batch
+from potluck.merge.grouped import Grouped, run_strategy
 from potluck.merge.linear import next_state
 from potluck.merge.registry import BUILTINS, ENTRY_POINT_GROUP, available_strategies, get_strategy
 
@@ -93,11 +94,13 @@ __all__ = [
     "BaseStrategy",
     "Batch",
     "Delta",
+    "Grouped",
     "Strategy",
     "StrategyError",
     "available_strategies",
     "get_strategy",
     "make_batch",
     "next_state",
+    "run_strategy",
     "supports_columns",
 ]

@@ -46,7 +46,7 @@ import numpy as np
 
 from potluck.updates.codec import SignedUpdate, SparseTensor, Update
 
-__all__ = ["Batch", "Delta", "Segment", "Slot", "make_batch", "rowsum", "sqnorm"]
+__all__ = ["Batch", "Delta", "Segment", "Slot", "delta_tensors", "make_batch", "rowsum", "sqnorm"]
 
 Delta = Update | SignedUpdate | Mapping[str, "SparseTensor | np.ndarray"] | Sequence[SparseTensor]
 
@@ -168,7 +168,8 @@ class Batch:
         return at[hit]
 
 
-def _tensors(delta: Delta) -> Iterable[tuple[str, tuple[int, ...], np.ndarray | SparseTensor]]:
+def delta_tensors(delta: Delta) -> Iterable[tuple[str, tuple[int, ...], np.ndarray | SparseTensor]]:
+    """(name, shape, tensor) of every tensor of ``delta``, whichever of its forms it comes in."""
     if isinstance(delta, SignedUpdate):
         delta = delta.update
     if isinstance(delta, Update):
@@ -290,7 +291,7 @@ def make_batch(
     keys: list[tuple[bytes, float]] = []
     for delta, w in zip(deltas, weights, strict=True):
         row: dict[str, _Part] = {}
-        for name, shape, t in _tensors(delta):
+        for name, shape, t in delta_tensors(delta):
             if not isinstance(name, str) or not name:
                 raise InputError(f"a tensor name is a non-empty string, got {name!r}")
             if fixed and name not in layout:

@@ -18,6 +18,8 @@ matrix fits :data:`MAX_MERGE_MATRIX_BYTES`; ties go in the order of :data:`PLACE
 Which placements a strategy allows: the weighted mean all three (its gathered and sliced merges give
 the all-reduce's bytes, merge/linear.py), a coordinate strategy ``gathered`` or ``sliced``, a
 whole-vector strategy ``gathered`` only. A manifest may fix one (``placement``); it must be allowed.
+Parameter groups that pick different strategies make the run's strategy merge.grouped.Grouped, a
+vector strategy: gathered only.
 """
 
 from __future__ import annotations

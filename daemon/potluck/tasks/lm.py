@@ -13,6 +13,8 @@ better) on each domain's held-out documents.
   biases 0, drawn in float64 from one PCG64(seed) stream in name order and cast once to float32.
 * Training: ``steps`` Adam steps on ``batch`` windows of ``context + 1`` bytes at seeded random
   offsets in the shard's text, gradients clipped to norm 1, on one thread (deterministic).
+* Low-rank training (:meth:`LmTask.train_lowrank`, ``potluck join --lowrank``): LoRA adapters on
+  chosen 2-D tensors, the model frozen; the adapters are published as low-rank update entries.
 * Evaluation: the first ``eval_bytes`` bytes of each domain's held-out text, cut into windows of
   ``context + 1`` bytes (every byte after the first predicted once); BPB = mean cross-entropy / ln 2.
   :meth:`LmTask.evaluate` returns the overall BPB (every domain weighs ``eval_bytes``).
@@ -174,24 +176,66 @@ class LmTask:
         progress: Callable[[int], None] | None = None,
     ) -> tuple[State, int]:
         check_training(steps, seed)
-        rng = np.random.Generator(np.random.PCG64([seed, 3]))
-        window = np.arange(self.context + 1)
         with OneThread():
             params = self._params(state, grad=True)
-            opt = torch.optim.Adam(params.values(), lr=self.lr, betas=(0.9, 0.95))
-            for step in range(steps):
-                starts = rng.integers(0, len(data) - self.context, size=self.batch)
-                chunk = torch.from_numpy(data.text[starts[:, None] + window].astype(np.int64))
-                opt.zero_grad(set_to_none=True)
-                logits = self.forward(params, chunk[:, :-1])
-                loss = F.cross_entropy(logits.reshape(-1, VOCAB), chunk[:, 1:].reshape(-1))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
-                opt.step()
-                if progress is not None:
-                    progress(step + 1)
+            self._fit(list(params.values()), lambda: params, data, steps, seed, progress)
             out = {k: p.detach().numpy().copy() for k, p in params.items()}
         return out, min(steps * self.batch * self.context, len(data))
+
+    def train_lowrank(
+        self, state: Mapping[str, np.ndarray], data: LmData, *, steps: int, seed: int, rank: int,
+        targets: list[str], progress: Callable[[int], None] | None = None,
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:  # fmt: skip
+        """LoRA: ``steps`` Adam steps on rank-``rank`` adapters of the 2-D tensors ``targets``, every
+        model tensor frozen; returns ``{name: (A, B)}`` (A: rows x rank, B: rank x cols, delta A @ B,
+        potluck.updates.lowrank) and the sample count. A starts seeded normal(0, 1/sqrt(rows)), B at
+        zero (the first step starts from the base model). Deterministic like :meth:`train`."""
+        check_training(steps, seed)
+        shapes = self.shapes()
+        for name in targets:
+            if len(shapes.get(name, ())) != 2:
+                raise TaskError(f"lm: no 2-D tensor {name!r} to adapt (the model's: {sorted(shapes)[:3]}...)")
+            if not 1 <= rank <= min(shapes[name]):
+                raise TaskError(f"lm: rank {rank} is not in [1, {min(shapes[name])}] for {name}")
+        rng = np.random.Generator(np.random.PCG64([seed, 5]))
+        with OneThread():
+            params = self._params(state)
+            adapters = {}
+            for name in sorted(targets):
+                rows, cols = shapes[name]
+                a = rng.standard_normal((rows, rank)) / math.sqrt(rows)
+                adapters[name] = (torch.tensor(a, dtype=torch.float32, requires_grad=True),
+                                  torch.zeros(rank, cols, requires_grad=True))  # fmt: skip
+
+            def adapted() -> dict[str, torch.Tensor]:
+                return params | {n: params[n] + a @ b for n, (a, b) in adapters.items()}
+
+            trainable = [t for pair in adapters.values() for t in pair]
+            self._fit(trainable, adapted, data, steps, seed, progress)
+            out = {
+                n: (a.detach().numpy().copy(), b.detach().numpy().copy()) for n, (a, b) in adapters.items()
+            }
+        return out, min(steps * self.batch * self.context, len(data))
+
+    def _fit(
+        self, trainable: list[torch.Tensor], params: Callable[[], Mapping[str, torch.Tensor]], data: LmData,
+        steps: int, seed: int, progress: Callable[[int], None] | None,
+    ) -> None:  # fmt: skip
+        """Adam on ``trainable``, the loss of the model ``params()`` on seeded windows of ``data``."""
+        rng = np.random.Generator(np.random.PCG64([seed, 3]))
+        window = np.arange(self.context + 1)
+        opt = torch.optim.Adam(trainable, lr=self.lr, betas=(0.9, 0.95))
+        for step in range(steps):
+            starts = rng.integers(0, len(data) - self.context, size=self.batch)
+            chunk = torch.from_numpy(data.text[starts[:, None] + window].astype(np.int64))
+            opt.zero_grad(set_to_none=True)
+            logits = self.forward(params(), chunk[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, VOCAB), chunk[:, 1:].reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            if progress is not None:
+                progress(step + 1)
 
     def evaluate_domains(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Held-out BPB per domain and ``"overall"`` (total bits over total predicted bytes)."""

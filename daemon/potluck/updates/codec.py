@@ -2,8 +2,9 @@
 
 Envelope = msgpack ``[body: bin, signature: bin(64)]``; body = canonical msgpack array
 ``["potluck/update/v1", run, round, base, author, seq, sample_count, created_ms, tensors]`` with
-one ``[name, shape, nnz, index_encoding, indices, value_encoding, values, scales]`` per tensor,
-sorted by name. The signature is Ed25519 over ``sha256(body)``; the update id is that hash in hex.
+one ``[name, shape, nnz, index_encoding, indices, value_encoding, values, scales]`` per tensor
+(or a low-rank entry of 6 fields, potluck.updates.lowrank), sorted by name. The signature is
+Ed25519 over ``sha256(body)``; the update id is that hash in hex.
 
 Decoding never trusts bytes before checking them and raises only :class:`UpdateRejected`:
 :func:`parse_update` checks sizes, nesting, types, the domain tag, canonical encoding and the
@@ -18,7 +19,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
@@ -28,6 +29,9 @@ from potluck.updates.indices import BITMAP, VARINT, decode_indices, encode_indic
 from potluck.updates.quantize import BLOCK, FP16, INT8, VALUE_ENCODINGS, dequantize, quantize
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.wire import WireError, bounded_unpackb
+
+if TYPE_CHECKING:
+    from potluck.updates.lowrank import EncodedLowRank, LowRankTensor
 
 __all__ = [
     "DOMAIN",
@@ -74,7 +78,7 @@ class Update:
     author: bytes  # Ed25519 public key, 32 bytes
     seq: int  # per-author sequence number, strictly increasing
     sample_count: int  # training samples behind this delta (merge weight)
-    tensors: tuple[SparseTensor, ...]
+    tensors: tuple[SparseTensor | LowRankTensor, ...]  # decoded updates: SparseTensor only
     created_ms: int = field(default_factory=_now_ms)  # unix time in milliseconds
 
 
@@ -125,15 +129,21 @@ class EncodedTensor:
             indices = decode_indices(self.index_encoding, self.index_bytes, self.nnz, self.numel)
         except ValueError as e:
             raise UpdateRejected(Reason.BAD_INDICES, f"{self.name}: {e}") from None
-        if self.value_encoding == INT8 and not np.isfinite(np.frombuffer(self.scale_bytes, "<f4")).all():
-            raise UpdateRejected(Reason.NON_FINITE, f"{self.name}: NaN or infinite scales")
-        try:
-            values = dequantize(self.value_bytes, self.scale_bytes, self.value_encoding, self.nnz)
-        except ValueError as e:  # parse_update already checked the lengths
-            raise UpdateRejected(Reason.MALFORMED, f"{self.name}: {e}") from None
-        if not np.isfinite(values).all():
-            raise UpdateRejected(Reason.NON_FINITE, f"{self.name}: NaN or infinite values")
+        values = decode_values(self.name, self.value_encoding, self.value_bytes, self.scale_bytes, self.nnz)
         return SparseTensor(self.name, self.shape, indices, values)
+
+
+def decode_values(name: str, encoding: int, value_bytes: bytes, scale_bytes: bytes, n: int) -> np.ndarray:
+    """``n`` float32 values of a tensor entry; UpdateRejected non_finite / malformed."""
+    if encoding == INT8 and not np.isfinite(np.frombuffer(scale_bytes, "<f4")).all():
+        raise UpdateRejected(Reason.NON_FINITE, f"{name}: NaN or infinite scales")
+    try:
+        values = dequantize(value_bytes, scale_bytes, encoding, n)
+    except ValueError as e:  # parse_update already checked the lengths
+        raise UpdateRejected(Reason.MALFORMED, f"{name}: {e}") from None
+    if not np.isfinite(values).all():
+        raise UpdateRejected(Reason.NON_FINITE, f"{name}: NaN or infinite values")
+    return values
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,7 @@ class ParsedUpdate:
     seq: int
     sample_count: int
     created_ms: int
-    tensors: tuple[EncodedTensor, ...]
+    tensors: tuple[EncodedTensor | EncodedLowRank, ...]
     update_id: str
     signature: bytes
     signature_ok: bool
@@ -190,7 +200,12 @@ def encode_update(update: Update, identity: NodeIdentity, values: str = "int8") 
     names = [t.name for t in update.tensors]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names")
+    from potluck.updates.lowrank import LowRankTensor, encode_entry  # it builds on this module
+
     for t in sorted(update.tensors, key=lambda t: t.name):
+        if isinstance(t, LowRankTensor):
+            entries.append(encode_entry(t, value_encoding))
+            continue
         idx, vals = _check_sparse(t)
         index_encoding, index_bytes = encode_indices(idx, t.numel)
         value_bytes, scale_bytes = quantize(vals, value_encoding)
@@ -233,9 +248,13 @@ def _unpack(data: bytes, max_bytes: int, max_depth: int, **limits: int) -> Any:
         raise UpdateRejected(Reason(e.kind), str(e)) from None
 
 
-def _parse_tensor(entry: Any, limits: DecodeLimits) -> EncodedTensor:
+def _parse_tensor(entry: Any, limits: DecodeLimits) -> EncodedTensor | EncodedLowRank:
+    from potluck.updates import lowrank  # it builds on this module
+
+    if type(entry) is list and len(entry) == lowrank.FIELDS:
+        return lowrank.parse_entry(entry, limits.max_name_len, limits.max_numel)
     if type(entry) is not list or len(entry) != _TENSOR_FIELDS:
-        raise _malformed(f"a tensor entry must be an array of {_TENSOR_FIELDS}")
+        raise _malformed(f"a tensor entry must be an array of {_TENSOR_FIELDS} (sparse) or 6 (low-rank)")
     name, shape, nnz, index_encoding, index_bytes, value_encoding, value_bytes, scale_bytes = entry
     if type(name) is not str or not 0 < len(name) <= limits.max_name_len:
         raise _malformed("tensor name must be a non-empty str")

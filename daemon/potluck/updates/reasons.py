@@ -25,6 +25,9 @@ class Reason(StrEnum):
     EQUIVOCATION = "equivocation"  # a second, different update by the same author for the same round
     REPLAYED = "replayed"  # sequence number not above the author's high-water mark
     SHAPE_MISMATCH = "shape_mismatch"  # tensor names/shapes differ from the model's
+    FROZEN_TENSOR = "frozen_tensor"  # touches a tensor of a frozen parameter group (potluck.groups)
+    RANK_EXCEEDED = "rank_exceeded"  # a low-rank entry above min(rows, cols) or the run's/group's max_rank
+    DENSITY_EXCEEDED = "density_exceeded"  # a sparse entry denser than its group's max_density
     BAD_INDICES = "bad_indices"  # index payload undecodable, unsorted, duplicate or out of range
     NON_FINITE = "non_finite"
     NORM_EXCEEDED = "norm_exceeded"

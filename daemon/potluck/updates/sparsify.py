@@ -139,6 +139,7 @@ class ErrorFeedback:
             raise ValueError(f"values must be one of {sorted(VALUE_ENCODINGS)}")
         k_for(1, density)  # validates density
         self.density = density
+        self.densities: dict[str, float] = {}  # per tensor, where it differs from ``density``
         self.value_encoding = VALUE_ENCODINGS[values]
         self.residual: dict[str, np.ndarray] = {}
 
@@ -153,7 +154,8 @@ class ErrorFeedback:
             else:
                 np.add(acc, d, out=acc, casting="same_kind")
             flat = acc.reshape(-1)
-            idx = topk_indices(flat, k_for(flat.size, self.density), row=d.shape[-1] if d.ndim else 1)
+            density = self.densities.get(name, self.density)
+            idx = topk_indices(flat, k_for(flat.size, density), row=d.shape[-1] if d.ndim else 1)
             sent = roundtrip(flat[idx], self.value_encoding)
             flat[idx] -= sent  # what the receiver won't see stays here
             out.append(SparseTensor(name, tuple(d.shape), idx, sent))

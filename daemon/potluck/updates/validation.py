@@ -2,8 +2,9 @@
 
 Order: size and nesting (bounded decode) -> domain tag -> types/canonical form -> signature ->
 run -> round window -> author admitted -> author banned -> duplicate -> rate limit -> equivocation ->
-base known -> replay -> tensor names/shapes -> indices -> finite values -> L2 norm. Payloads
-(indices, values) are decoded only after every header check has passed.
+base known -> replay -> tensor names/shapes -> parameter groups (frozen, rank, density) -> indices ->
+finite values -> L2 norm (of the expanded delta, for low-rank entries). Payloads (indices, values,
+factors) are decoded only after every header check has passed.
 
 State (in memory): per-author sequence high-water marks, the accepted update id per
 (author, round), the distinct signed ids seen per (author, round) (at most the rate limit of them),
@@ -18,12 +19,13 @@ potluck.defence.bans; ``max_per_author_round``: a node setting, see ``NodeConfig
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from potluck.updates.codec import DecodeLimits, ParsedUpdate, SignedUpdate, parse_update
+from potluck.updates.lowrank import EncodedLowRank
 from potluck.updates.reasons import Reason, UpdateRejected
 
 __all__ = ["EquivocationSeen", "UpdateValidator", "ValidationContext"]
@@ -42,6 +44,11 @@ class ValidationContext:
     rounds_behind: int = 0  # accept rounds in [round - rounds_behind, round + rounds_ahead]
     rounds_ahead: int = 0
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    # parameter groups (potluck.groups), resolved per tensor name by the node
+    frozen: frozenset[str] = frozenset()  # an update touching one is frozen_tensor
+    max_rank: int = 64  # of a low-rank entry, unless rank_limits names the tensor
+    rank_limits: Mapping[str, int] = field(default_factory=dict)
+    density_limits: Mapping[str, float] = field(default_factory=dict)  # nnz <= ceil(limit * numel)
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,7 @@ class UpdateValidator:
             )
         self._check_context(p, ctx)
         self._check_shapes(p, ctx)
+        self._check_groups(p, ctx)
         signed = p.decode()  # bad_indices, non_finite
         if ctx.max_norm is not None:
             norm = math.sqrt(
@@ -180,6 +188,22 @@ class UpdateValidator:
                 raise UpdateRejected(Reason.SHAPE_MISMATCH, f"unknown tensor {t.name[:80]!r}")
             if tuple(expected) != t.shape:
                 raise UpdateRejected(Reason.SHAPE_MISMATCH, f"{t.name}: {t.shape} != {tuple(expected)}")
+
+    @staticmethod
+    def _check_groups(p: ParsedUpdate, ctx: ValidationContext) -> None:
+        for t in p.tensors:
+            if t.name in ctx.frozen:
+                raise UpdateRejected(Reason.FROZEN_TENSOR, f"{t.name} is in a frozen parameter group")
+            if isinstance(t, EncodedLowRank):
+                limit = ctx.rank_limits.get(t.name, ctx.max_rank)
+                if t.rank > limit:
+                    raise UpdateRejected(Reason.RANK_EXCEEDED, f"{t.name}: rank {t.rank} > {limit}")
+                continue
+            density = ctx.density_limits.get(t.name)
+            if density is not None and t.nnz > max(1, math.ceil(density * t.numel)):
+                raise UpdateRejected(
+                    Reason.DENSITY_EXCEEDED, f"{t.name}: {t.nnz} of {t.numel} entries > {density:g}"
+                )
 
     def _accept(self, p: ParsedUpdate) -> None:
         self.high_water[p.author] = p.seq
