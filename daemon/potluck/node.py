@@ -32,7 +32,7 @@ from potluck.rounds.declarations import Declaration, declarations_key
 from potluck.rpc import replies
 from potluck.rpc.address import write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
-from potluck.store.history import History
+from potluck.store.history import HISTORY_FILE, History
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import VersionStore
 from potluck.swarm.addresses import UNREACHABLE_HINT
@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LISTEN", "HISTORY_FILE", "Node", "NodeConfig", "OpenRound"]
 
-HISTORY_FILE = "history.sqlite"
 # PublishUpdateResponse.reason when a client-mode node found no keeper to take its update
 NO_KEEPER = "no_keeper"
 

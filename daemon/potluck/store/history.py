@@ -35,7 +35,9 @@ import numpy as np
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, commit_id
 from potluck.store.versions import VersionStore
 
-__all__ = ["History", "HistoryConflict", "HistoryError"]
+__all__ = ["HISTORY_FILE", "History", "HistoryConflict", "HistoryError"]
+
+HISTORY_FILE = "history.sqlite"  # in a node's data dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
