@@ -1,0 +1,281 @@
+"""`potluck show`, `diff`, `blame` and `verify`: version control over the versions a node keeps in its
+data dir (no node needed; potluck.vcs reads, nothing here writes). A VERSION is at least 6 hex digits of
+a version hash, rN (the version committed in round N), genesis or latest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from potluck.cli.common import Commands, data_dir_arg, run_metric
+from potluck.cli.format import _table
+from potluck.errors import ConfigError
+
+VERSION_HELP = "a version: 6+ hex digits of its hash, rN (round N's version), genesis or latest"
+
+
+def _command(commands: Commands, name: str, handler: Any, summary: str, description: str) -> Any:
+    """A subcommand with the flags all four share: --data-dir, --manifest, --json."""
+    parser = commands.add_parser(name, help=summary, description=description)
+    parser.set_defaults(handler=handler)
+    data_dir_arg(parser)
+    parser.add_argument(
+        "--manifest", type=Path, metavar="RUN.toml", help="the run's manifest (default: the node's copy)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def add_parsers(commands: Commands) -> None:
+    show = _command(
+        commands, "show", cmd_show, "one committed version: its round, parent, merged updates, signatures",
+        "Describe a version this node holds: round, parent, strategy, the updates merged with their authors "
+        "and weights, the commit's signatures and quorum, the evaluation.",
+    )  # fmt: skip
+    show.add_argument("version", metavar="VERSION", help=VERSION_HELP)
+
+    diff = _command(
+        commands, "diff", cmd_diff, "per tensor, how version B differs from version A",
+        "Per tensor: entries changed, L2 of the change B - A, its size relative to A, and its cosine with "
+        "the change that made A (A minus A's parent).",
+    )  # fmt: skip
+    diff.add_argument("a", metavar="A", help=VERSION_HELP)
+    diff.add_argument("b", metavar="B", help=VERSION_HELP)
+    diff.add_argument("--tensor", metavar="GLOB", help="only tensors whose name matches (fnmatch)")
+
+    blame = _command(
+        commands, "blame", cmd_blame, "how much each contributor moved each tensor over a range of history",
+        "From the stored signed updates and the weights the merge gave them: per tensor, each author's "
+        "movement (L2), the entries it moved, and its share of the tensor's total movement "
+        "(<m_author, M> / |M|^2; shares add up to 1). Rounds after --from up to --to.",
+    )  # fmt: skip
+    blame.add_argument("--tensor", metavar="GLOB", help="only tensors whose name matches (fnmatch)")
+    blame.add_argument("--from", dest="start", default="genesis", metavar="V", help="default genesis")
+    blame.add_argument("--to", dest="end", default="latest", metavar="V", help="default latest")
+
+    verify = _command(
+        commands, "verify", cmd_verify, "replay the history: signatures, quorums, updates, every merge",
+        "Replay this node's history from the genesis (or --from a stored version): every signature and "
+        "quorum, every stored update re-validated, every merge recomputed with the run's strategy and "
+        "compared with the committed version hash. Exit 1 at the first divergence.",
+    )  # fmt: skip
+    verify.add_argument("--from", dest="start", metavar="V", help="start from this stored version")
+
+
+def _repo(args: argparse.Namespace) -> Any:  # potluck.vcs imported here: the command line stays fast
+    from potluck.manifest import ManifestError
+    from potluck.runfiles import load_manifest
+    from potluck.vcs.repo import HistoryRepo
+
+    manifest = None
+    if args.manifest is not None:
+        try:
+            manifest = load_manifest(args.manifest)
+        except ManifestError as e:
+            raise ConfigError(str(e)) from None
+    return HistoryRepo(args.data_dir, manifest)
+
+
+def _print(args: argparse.Namespace, value: Any, text: str) -> None:
+    print(json.dumps(value, indent=2) if args.json else text)
+
+
+# ---- show --------------------------------------------------------------------------------------------
+
+
+def describe(repo: Any, version: str) -> dict[str, Any]:
+    """What `show` prints of ``version`` (the genesis, or a committed one)."""
+    m = repo.manifest
+    out: dict[str, Any] = {"version": version, "run_id": repo.run_id}
+    entry = repo.entry(version)
+    if entry is None:
+        return out | {"round": None, "genesis": True, "stored": repo.versions.has(version)}
+    commit = repo.commit(entry["round"])
+    updates = repo.merged_updates(commit)
+    total = commit.total_weight
+    rows = []
+    for u in updates:
+        row: dict[str, Any] = {"update_id": u.update_id, "held": u.signed is not None}
+        if u.signed is not None:
+            up = u.signed.update
+            row |= {
+                "author": u.author, "round": up.round, "base": up.base, "sample_count": up.sample_count,
+                "weight": u.weight, "share": u.weight / total if u.weight is not None and total else None,
+                "entries": sum(len(t.indices) for t in up.tensors),
+            }  # fmt: skip
+        else:
+            row["error"] = u.error
+        rows.append(row)
+    signatures = repo.history.signatures(commit.round)
+    valid = [s.node_id for s in signatures if s.verify(commit.id)]
+    metric = run_metric(repo.data_dir, repo.run_id)[0]
+    return out | {
+        "round": commit.round, "parent": commit.parent, "commit": commit.id, "genesis": False,
+        "strategy": m.strategy if m else None, "strategy_args": dict(m.strategy_args) if m else None,
+        "outer_lr": m.outer_lr if m else None, "total_weight": total, "updates": rows,
+        "contributors": list(commit.contributors), "participants": list(commit.participants),
+        "signatures": [{"node_id": s.node_id, "valid": s.node_id in valid} for s in signatures],
+        "quorum": m.quorum if m else None, "quorum_met": (len(valid) >= m.quorum) if m else None,
+        "metric": metric, "score": entry["accuracy"], "time": entry["time"],
+        "stored": repo.versions.has(version),
+    }  # fmt: skip
+
+
+def format_show(d: dict[str, Any]) -> str:
+    if d.get("genesis"):
+        return f"version  {d['version']}\ngenesis of run {d['run_id'] or '?'}"
+    quorum = (
+        f"{sum(s['valid'] for s in d['signatures'])} valid of {len(d['signatures'])} held,"
+        f" quorum {d['quorum']}"
+        + (" (met)" if d["quorum_met"] else " (NOT met)" if d["quorum_met"] is False else "")
+    )
+    args = ", ".join(f"{k}={v}" for k, v in (d["strategy_args"] or {}).items())
+    lines = [
+        f"version   {d['version']}",
+        f"round     {d['round']}",
+        f"parent    {d['parent']}",
+        f"commit    {d['commit']}",
+        f"strategy  {d['strategy'] or '?'}{f' ({args})' if args else ''}, outer_lr {d['outer_lr']}",
+        f"weight    {d['total_weight']} in all",
+        f"signed    {quorum}",
+        f"{d['metric']:<9} {'-' if d['score'] is None else format(d['score'], '.4f')}",
+        f"time      {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['time']))}",
+        "",
+    ]
+    rows = [
+        (u["update_id"][:16], u["author"][:16], str(u["sample_count"]), str(u["weight"]),
+         "-" if u["share"] is None else f"{u['share']:.3f}", str(u["entries"]))
+        if u["held"] else (u["update_id"][:16], "?", "-", "-", "-", u["error"])
+        for u in d["updates"]
+    ]  # fmt: skip
+    table = _table(("UPDATE", "AUTHOR", "SAMPLES", "WEIGHT", "SHARE", "ENTRIES"), rows)
+    return "\n".join(lines) + (table if rows else "no updates merged")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _repo(args) as repo:
+        d = describe(repo, repo.resolve(args.version))
+    _print(args, d, format_show(d))
+    return 0
+
+
+# ---- diff --------------------------------------------------------------------------------------------
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from potluck.vcs.numbers import diff
+
+    with _repo(args) as repo:
+        a, b = repo.resolve(args.a), repo.resolve(args.b)
+        parent = repo.parent_of(a)
+        previous = repo.state(parent) if parent is not None and repo.versions.has(parent) else None
+        try:
+            rows = diff(repo.state(a), repo.state(b), previous, args.tensor)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not rows:
+            raise ConfigError(f"--tensor {args.tensor!r} matches no tensor")
+        d = {"a": a, "b": b, "round_a": repo.round_of(a), "round_b": repo.round_of(b), "tensors": rows}
+    _print(args, d, format_diff(d))
+    return 0
+
+
+def _num(x: float | None, spec: str = ".4g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_diff(d: dict[str, Any]) -> str:
+    rows = [
+        (t["name"], "x".join(map(str, t["shape"])) or "scalar", f"{t['changed']}/{t['size']}", _num(t["l2"]),
+         _num(t["relative"]), _num(t["cosine_prev"], "+.3f"))
+        for t in d["tensors"]
+    ]  # fmt: skip
+    head = f"A {d['a'][:16]} (round {d['round_a']})  B {d['b'][:16]} (round {d['round_b']})"
+    return head + "\n" + _table(("TENSOR", "SHAPE", "CHANGED", "L2", "RELATIVE", "COS PREV"), rows)
+
+
+# ---- blame -------------------------------------------------------------------------------------------
+
+
+def cmd_blame(args: argparse.Namespace) -> int:
+    from potluck.merge import DEFAULT_STRATEGY
+    from potluck.rounds.fixedpoint import Layout
+    from potluck.vcs.numbers import BlameRound, blame
+
+    with _repo(args) as repo:
+        m = repo.need_manifest()
+        if m.strategy != DEFAULT_STRATEGY:
+            raise ConfigError(
+                f"blame attributes weighted_mean runs only: this run merges with {m.strategy!r}, "
+                "whose result is not a weighted sum of its updates"
+            )
+        start, end = repo.resolve(args.start), repo.resolve(args.end)
+        lo, hi = repo.round_of(start), repo.round_of(end)
+        lo = -1 if lo is None else lo
+        if hi is None or hi <= lo:
+            raise ConfigError(f"--to {args.end} is not a version committed after --from {args.start}")
+        rounds, missing = [], []
+        for e in repo.log:
+            if lo < e["round"] <= hi:
+                commit = repo.commit(e["round"])
+                merged = repo.merged_updates(commit)
+                missing += [u.update_id for u in merged if u.signed is None]
+                held = [(u.author, u.weight, u.signed) for u in merged if u.signed is not None]
+                rounds.append(BlameRound(commit.round, commit.total_weight, held))
+        layout = Layout.from_state(repo.state(end))
+        d = blame(layout, rounds, m.outer_lr, args.tensor) | {"from": start, "to": end, "missing": missing}
+        if not d["tensors"]:
+            raise ConfigError(f"--tensor {args.tensor!r} matches no tensor")
+    _print(args, d, format_blame(d))
+    return 0
+
+
+def format_blame(d: dict[str, Any]) -> str:
+    rows = []
+    for t in d["tensors"]:
+        rows.append((t["name"], "(all)", _num(t["l2"]), "1" if t["authors"] else "-", "", ""))
+        rows += [
+            (
+                "",
+                a["author"][:16],
+                _num(a["l2"]),
+                _num(a["share"], ".3f"),
+                str(a["entries"]),
+                str(a["updates"]),
+            )
+            for a in t["authors"]
+        ]
+    r = d["rounds"]
+    head = f"rounds {r[0]}..{r[-1]} ({len(r)} committed)" if r else "no committed rounds in range"
+    warn = f"\n{len(d['missing'])} merged update(s) not held here are not counted" if d["missing"] else ""
+    return head + warn + "\n" + _table(("TENSOR", "AUTHOR", "L2", "SHARE", "ENTRIES", "UPDATES"), rows)
+
+
+# ---- verify ------------------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from potluck.vcs.replay import verify
+
+    with _repo(args) as repo:
+        start = repo.resolve(args.start) if args.start else None
+        report = verify(repo, start)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif report["ok"]:
+        print(
+            f"ok: {report['rounds']} round(s) replayed from {report['from'][:16]} to "
+            f"{report['latest'][:16]}: {report['signatures']} signatures, {report['updates']} updates, "
+            "every merge bit for bit"
+        )
+    else:
+        where = "the genesis" if report["round"] is None else f"round {report['round']}"
+        print(
+            f"potluck verify: diverges at {where}, version {report['version'][:16]}: {report['what']}",
+            file=sys.stderr,
+        )
+    return 0 if report["ok"] else 1
