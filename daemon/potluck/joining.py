@@ -56,6 +56,7 @@ class NodeConfig:
     # agrees on: the round merges the union of the participants' entries, and an honest author's one
     # update per round passes any limit >= 1. None: no limit.
     max_updates_per_author: int | None = DEFAULT_MAX_UPDATES_PER_AUTHOR
+    snapshot_every: int = 1  # versions kept whole; between them, patches of the parent (store/versions.py)
 
 
 def bans_path(data_dir: Path, run: str) -> Path:

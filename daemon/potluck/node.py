@@ -106,7 +106,7 @@ class Node:
     async def _start(self) -> None:
         cfg = self.config
         self.identity = load_or_create(self.data_dir)
-        self.versions = VersionStore(self.data_dir / "versions")
+        self.versions = VersionStore(self.data_dir / "versions", snapshot_every=cfg.snapshot_every)
         self.manifest = joining.local_manifest(cfg.manifest, cfg.run, self.data_dir, self.versions)
         self.run = self.manifest.run_id if self.manifest is not None else cfg.run
         # the control server binds first: a busy port fails fast, before p2pd and the DHT start

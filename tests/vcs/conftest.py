@@ -43,7 +43,9 @@ def make_update(author: NodeIdentity, manifest: Manifest, r: int, base: str, see
     return encode_update(update, author, manifest.values)
 
 
-def build_history(tmp_path: Path, rounds: int = 3, tamper: int | None = None, **rules: object) -> Built:
+def build_history(
+    tmp_path: Path, rounds: int = 3, tamper: int | None = None, snapshot_every: int = 1, **rules: object
+) -> Built:
     """``tamper``: that round's committed version is its merge with l2.bias moved by 1e-3 (a quorum that
     signed a wrong merge); ``rules``: manifest rules (probation: both authors start on probation)."""
     authors = [NodeIdentity.generate() for _ in range(2)]
@@ -52,7 +54,7 @@ def build_history(tmp_path: Path, rounds: int = 3, tamper: int | None = None, **
     data_dir = tmp_path / "node"
     data_dir.mkdir()
     manifest_cache(data_dir, manifest.run_id).write_bytes(manifest.to_bytes())
-    versions = VersionStore(data_dir / "versions")
+    versions = VersionStore(data_dir / "versions", snapshot_every=snapshot_every)
     store = UpdateStore(data_dir / "updates")
     state = {k: np.asarray(v) for k, v in run.state.items()}
     base = versions.put(state)

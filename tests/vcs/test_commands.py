@@ -115,7 +115,7 @@ def test_a_median_run_verifies_and_blame_says_it_cannot_attribute_it(tmp_path, c
     assert_config_error(in_process(capsys, "blame", "--data-dir", dd), "weighted_mean runs only", "median")
 
 
-@pytest.mark.parametrize("command", ["show", "diff", "blame", "verify"])
+@pytest.mark.parametrize("command", ["show", "diff", "blame", "verify", "gc"])
 def test_help(capsys, command: str) -> None:
     proc = in_process(capsys, command, "--help")
     assert proc.returncode == 0 and "usage: potluck" in proc.stdout

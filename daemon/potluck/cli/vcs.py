@@ -1,5 +1,5 @@
-"""`potluck show`, `diff`, `blame` and `verify`: version control over the versions a node keeps in its
-data dir (no node needed; potluck.vcs reads, nothing here writes). A VERSION is at least 6 hex digits of
+"""`potluck show`, `diff`, `blame`, `verify` and `gc`: version control over the versions a node keeps in its
+data dir (no node needed; only gc writes, and not while a node runs). A VERSION is at least 6 hex digits of
 a version hash, rN (the version committed in round N), genesis or latest."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from potluck.cli.common import Commands, data_dir_arg, run_metric
+from potluck.cli.common import Commands, data_dir_arg, non_negative_int, positive_int, run_metric
 from potluck.cli.format import _table
 from potluck.errors import ConfigError
 
@@ -64,6 +64,17 @@ def add_parsers(commands: Commands) -> None:
         "compared with the committed version hash. Exit 1 at the first divergence.",
     )  # fmt: skip
     verify.add_argument("--from", dest="start", metavar="V", help="start from this stored version")
+
+    gc = _command(
+        commands, "gc", cmd_gc, "drop committed versions this node no longer needs (not while it runs)",
+        "Delete stored versions but the genesis, the last --keep-last rounds' and every --keep-every'th "
+        "round's; a kept patch whose parent goes is rewritten whole first. The history and updates stay.",
+    )  # fmt: skip
+    gc.add_argument("--keep-last", type=positive_int, required=True, metavar="N", help="the last N rounds")
+    gc.add_argument(
+        "--keep-every", type=non_negative_int, default=0, metavar="M", help="rounds divisible by M (0: none)"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
 
 
 def _repo(args: argparse.Namespace) -> Any:  # potluck.vcs imported here: the command line stays fast
@@ -279,3 +290,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0 if report["ok"] else 1
+
+
+# ---- gc ----------------------------------------------------------------------------------------------
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from potluck.vcs.gc import collect
+
+    with _repo(args) as repo:
+        report = collect(repo, args.keep_last, args.keep_every, args.dry_run)
+    freed = sum(d["bytes"] for d in report["dropped"])
+    verb = "would drop" if args.dry_run else "dropped"
+    text = (
+        f"{verb} {len(report['dropped'])} version(s), {freed} bytes; kept {report['kept']}"
+        + (f", {len(report['rewritten_whole'])} rewritten whole" if report["rewritten_whole"] else "")
+        + ("" if args.dry_run else f"; {report['bytes_before']} -> {report['bytes_after']} bytes on disk")
+    )
+    _print(args, report, text)
+    return 0

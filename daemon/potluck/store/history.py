@@ -127,7 +127,7 @@ class History:
         if state is not None:
             if self.versions is None:
                 raise HistoryError("a state was given but the history has no version store")
-            written = self.versions.put(state)
+            written = self.versions.put(state, parent=commit.parent)
             if written != commit.version:
                 raise HistoryError(f"the state hashes to {written}, the commit names {commit.version}")
         elif self.versions is not None and not self.versions.has(commit.version):
