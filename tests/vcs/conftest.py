@@ -16,10 +16,10 @@ from potluck.merge import DEFAULT_STRATEGY, get_strategy
 from potluck.rounds.commit import Commit, sign_commit
 from potluck.rounds.fixedpoint import Layout
 from potluck.rounds.merging import merge_round, round_seed
-from potluck.runfiles import manifest_cache, write_run
+from potluck.runfiles import genesis_path, load_manifest, manifest_cache, write_run
 from potluck.store.history import HISTORY_FILE, History
 from potluck.store.updates import UpdateStore
-from potluck.store.versions import VersionStore
+from potluck.store.versions import VersionStore, load_state
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
 
 
@@ -44,19 +44,29 @@ def make_update(author: NodeIdentity, manifest: Manifest, r: int, base: str, see
 
 
 def build_history(
-    tmp_path: Path, rounds: int = 3, tamper: int | None = None, snapshot_every: int = 1, **rules: object
+    tmp_path: Path,
+    rounds: int = 3,
+    tamper: int | None = None,
+    snapshot_every: int = 1,
+    run: Path | None = None,
+    node: str = "node",
+    **rules: object,
 ) -> Built:
     """``tamper``: that round's committed version is its merge with l2.bias moved by 1e-3 (a quorum that
-    signed a wrong merge); ``rules``: manifest rules (probation: both authors start on probation)."""
+    signed a wrong merge); ``rules``: manifest rules (probation: both authors start on probation);
+    ``run``: an existing run's manifest (its genesis beside it) instead of a new run; ``node``: the data
+    dir's name under ``tmp_path``."""
     authors = [NodeIdentity.generate() for _ in range(2)]
-    run = write_run(tmp_path / "run.toml", "toy", quorum=2, outer_lr=0.5, **rules)
-    manifest = run.manifest
-    data_dir = tmp_path / "node"
+    if run is None:
+        run = write_run(tmp_path / "run.toml", "toy", quorum=2, outer_lr=0.5, **rules).path
+    manifest = load_manifest(run)
+    genesis = load_state(genesis_path(run))
+    data_dir = tmp_path / node
     data_dir.mkdir()
     manifest_cache(data_dir, manifest.run_id).write_bytes(manifest.to_bytes())
     versions = VersionStore(data_dir / "versions", snapshot_every=snapshot_every)
     store = UpdateStore(data_dir / "updates")
-    state = {k: np.asarray(v) for k, v in run.state.items()}
+    state = {k: np.asarray(v) for k, v in genesis.items()}
     base = versions.put(state)
     layout = Layout.from_state(state)
     mean = manifest.strategy == DEFAULT_STRATEGY

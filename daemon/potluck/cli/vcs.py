@@ -104,7 +104,13 @@ def describe(repo: Any, version: str) -> dict[str, Any]:
     out: dict[str, Any] = {"version": version, "run_id": repo.run_id}
     entry = repo.entry(version)
     if entry is None:
-        return out | {"round": None, "genesis": True, "stored": repo.versions.has(version)}
+        lineage = {"run_id": m.parent_run, "version": m.parent_version} if m and m.parent_run else None
+        return out | {
+            "round": None,
+            "genesis": True,
+            "stored": repo.versions.has(version),
+            "lineage": lineage,
+        }
     commit = repo.commit(entry["round"])
     updates = repo.merged_updates(commit)
     total = commit.total_weight
@@ -138,7 +144,9 @@ def describe(repo: Any, version: str) -> dict[str, Any]:
 
 def format_show(d: dict[str, Any]) -> str:
     if d.get("genesis"):
-        return f"version  {d['version']}\ngenesis of run {d['run_id'] or '?'}"
+        lineage = d.get("lineage")
+        fork = f"\nforked from run {lineage['run_id']} at version {lineage['version']}" if lineage else ""
+        return f"version  {d['version']}\ngenesis of run {d['run_id'] or '?'}{fork}"
     quorum = (
         f"{sum(s['valid'] for s in d['signatures'])} valid of {len(d['signatures'])} held,"
         f" quorum {d['quorum']}"
