@@ -18,63 +18,62 @@ from potluck.errors import ConfigError
 VERSION_HELP = "a version: 6+ hex digits of its hash, rN (round N's version), genesis or latest"
 
 
-def _command(commands: Commands, name: str, handler: Any, summary: str, description: str) -> Any:
-    """A subcommand with the flags all four share: --data-dir, --manifest, --json."""
-    parser = commands.add_parser(name, help=summary, description=description)
-    parser.set_defaults(handler=handler)
-    data_dir_arg(parser)
-    parser.add_argument(
-        "--manifest", type=Path, metavar="RUN.toml", help="the run's manifest (default: the node's copy)"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    return parser
-
-
-def add_parsers(commands: Commands) -> None:
-    show = _command(
-        commands, "show", cmd_show, "one committed version: its round, parent, merged updates, signatures",
+# name -> (summary, description) of each command
+_TEXTS = {
+    "show": (
+        "one committed version: its round, parent, merged updates, signatures",
         "Describe a version this node holds: round, parent, strategy, the updates merged with their authors "
         "and weights, the commit's signatures and quorum, the evaluation.",
-    )  # fmt: skip
-    show.add_argument("version", metavar="VERSION", help=VERSION_HELP)
-
-    diff = _command(
-        commands, "diff", cmd_diff, "per tensor, how version B differs from version A",
+    ),
+    "diff": (
+        "per tensor, how version B differs from version A",
         "Per tensor: entries changed, L2 of the change B - A, its size relative to A, and its cosine with "
         "the change that made A (A minus A's parent).",
-    )  # fmt: skip
-    diff.add_argument("a", metavar="A", help=VERSION_HELP)
-    diff.add_argument("b", metavar="B", help=VERSION_HELP)
-    diff.add_argument("--tensor", metavar="GLOB", help="only tensors whose name matches (fnmatch)")
-
-    blame = _command(
-        commands, "blame", cmd_blame, "how much each contributor moved each tensor over a range of history",
+    ),
+    "blame": (
+        "how much each contributor moved each tensor over a range of history",
         "From the stored signed updates and the weights the merge gave them: per tensor, each author's "
         "movement (L2), the entries it moved, and its share of the tensor's total movement "
         "(<m_author, M> / |M|^2; shares add up to 1). Rounds after --from up to --to.",
-    )  # fmt: skip
-    blame.add_argument("--tensor", metavar="GLOB", help="only tensors whose name matches (fnmatch)")
-    blame.add_argument("--from", dest="start", default="genesis", metavar="V", help="default genesis")
-    blame.add_argument("--to", dest="end", default="latest", metavar="V", help="default latest")
-
-    verify = _command(
-        commands, "verify", cmd_verify, "replay the history: signatures, quorums, updates, every merge",
+    ),
+    "verify": (
+        "replay the history: signatures, quorums, updates, every merge",
         "Replay this node's history from the genesis (or --from a stored version): every signature and "
         "quorum, every stored update re-validated, every merge recomputed with the run's strategy and "
         "compared with the committed version hash. Exit 1 at the first divergence.",
-    )  # fmt: skip
-    verify.add_argument("--from", dest="start", metavar="V", help="start from this stored version")
-
-    gc = _command(
-        commands, "gc", cmd_gc, "drop committed versions this node no longer needs (not while it runs)",
+    ),
+    "gc": (
+        "drop committed versions this node no longer needs (not while it runs)",
         "Delete stored versions but the genesis, the last --keep-last rounds' and every --keep-every'th "
         "round's; a kept patch whose parent goes is rewritten whole first. The history and updates stay.",
-    )  # fmt: skip
-    gc.add_argument("--keep-last", type=positive_int, required=True, metavar="N", help="the last N rounds")
-    gc.add_argument(
+    ),
+}
+
+
+def add_parsers(commands: Commands) -> None:
+    handlers = {"show": cmd_show, "diff": cmd_diff, "blame": cmd_blame, "verify": cmd_verify, "gc": cmd_gc}
+    p = {}
+    for name, (summary, description) in _TEXTS.items():  # the flags all five share first
+        p[name] = commands.add_parser(name, help=summary, description=description)
+        p[name].set_defaults(handler=handlers[name])
+        data_dir_arg(p[name])
+        p[name].add_argument(
+            "--manifest", type=Path, metavar="RUN.toml", help="the run's manifest (default: the node's copy)"
+        )
+        p[name].add_argument("--json", action="store_true", help="print JSON")
+    p["show"].add_argument("version", metavar="VERSION", help=VERSION_HELP)
+    p["diff"].add_argument("a", metavar="A", help=VERSION_HELP)
+    p["diff"].add_argument("b", metavar="B", help=VERSION_HELP)
+    for name in ("diff", "blame"):
+        p[name].add_argument("--tensor", metavar="GLOB", help="only tensors whose name matches (fnmatch)")
+    p["blame"].add_argument("--from", dest="start", default="genesis", metavar="V", help="default genesis")
+    p["blame"].add_argument("--to", dest="end", default="latest", metavar="V", help="default latest")
+    p["verify"].add_argument("--from", dest="start", metavar="V", help="start from this stored version")
+    p["gc"].add_argument("--keep-last", type=positive_int, required=True, metavar="N", help="last N rounds")
+    p["gc"].add_argument(
         "--keep-every", type=non_negative_int, default=0, metavar="M", help="rounds divisible by M (0: none)"
     )
-    gc.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    p["gc"].add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
 
 
 def _repo(args: argparse.Namespace) -> Any:  # potluck.vcs imported here: the command line stays fast
