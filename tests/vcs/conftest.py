@@ -50,6 +50,7 @@ def build_history(
     snapshot_every: int = 1,
     run: Path | None = None,
     node: str = "node",
+    quorum: int = 2,
     **rules: object,
 ) -> Built:
     """``tamper``: that round's committed version is its merge with l2.bias moved by 1e-3 (a quorum that
@@ -58,7 +59,7 @@ def build_history(
     dir's name under ``tmp_path``."""
     authors = [NodeIdentity.generate() for _ in range(2)]
     if run is None:
-        run = write_run(tmp_path / "run.toml", "toy", quorum=2, outer_lr=0.5, **rules).path
+        run = write_run(tmp_path / "run.toml", "toy", quorum=quorum, outer_lr=0.5, **rules).path
     manifest = load_manifest(run)
     genesis = load_state(genesis_path(run))
     data_dir = tmp_path / node

@@ -1,7 +1,8 @@
 """show, diff, blame and verify on the data dirs of real nodes (versions kept as patches, a snapshot
 every 2): 3 nodes commit 3 rounds; diff and blame agree with numbers computed here from the published
 updates and the stored versions; verify passes on every node, and fails at the right round once a byte
-of an old update is flipped (in a copy)."""
+of an old update is flipped (in a copy). A fork of a run, run by a node of its own, commits a round and
+`log` follows its lineage."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ import numpy as np
 import pytest
 
 from potluck.localswarm import wait_for
+from potluck.runfiles import load_manifest
 from potluck.store.versions import VersionStore
 from potluck.updates.codec import decode_update
 from tests.engine.test_engine import AUTHORS, ROUND_S, Run
 from tests.support.cli import potluck, potluck_json
 from tests.support.swarm import connected_swarm
+from tests.vcs.conftest import build_history
 
 pytestmark = pytest.mark.multiprocess
 ROUNDS = 3
 
 
+@pytest.mark.timeout(600)  # a busy machine slows the nodes' start
 def test_three_nodes_show_diff_blame_and_verify_their_history(tmp_path):
     run = Run(tmp_path)
     # versions kept as patches between snapshots every 2: what verify, diff and the catch-up read back
@@ -92,3 +96,32 @@ def test_three_nodes_show_diff_blame_and_verify_their_history(tmp_path):
     proc = potluck("verify", "--data-dir", str(copy))
     assert proc.returncode == 1 and f"round {rounds[1]}, version {log[1]['version'][:16]}" in proc.stderr
     assert target[:16] in proc.stderr
+
+
+def test_a_fork_runs_on_a_real_node_and_log_follows_its_lineage(tmp_path):
+    """A fork of round 1's version of a run (built here, quorum 1), run by a real node: it commits a round
+    on top of that version, `log` shows the lineage and lists the parent's rounds, verify passes."""
+    parent = build_history(tmp_path, rounds=3, quorum=1, round_seconds=ROUND_S, density=0.25)
+    fork_path = tmp_path / "fork.toml"
+    potluck("fork", "--from", f"{tmp_path / 'run.toml'}@r1", "-o", str(fork_path), "--data-dir",
+            str(parent.data_dir), check=True)  # fmt: skip
+    forked = Run.__new__(Run)  # the engine tests' publishing helper, for the forked run's manifest
+    forked.manifest, forked.path, forked.published = load_manifest(fork_path), fork_path, {}
+    assert (forked.manifest.parent_run, forked.manifest.genesis) == (
+        parent.manifest.run_id,
+        parent.versions[2],
+    )
+    with connected_swarm(tmp_path / "fork-swarm", 1, manifest=fork_path) as swarm:
+        node = swarm.nodes[0]
+        r = forked.next_collecting_round()
+        forked.publish(node, AUTHORS[4], r, seed=99)
+        wait_for(lambda: node.status()["committed_round"] >= r, ROUND_S + 10, f"the fork's round {r}")
+        fork_dir = node.data_dir
+    lineage = potluck_json("log", "--data-dir", str(fork_dir), "--parent-data-dir", str(parent.data_dir))
+    assert [(e["run_id"], e["round"]) for e in lineage] == [
+        (parent.manifest.run_id, 0), (parent.manifest.run_id, 1), (forked.manifest.run_id, r)
+    ]  # fmt: skip
+    assert lineage[-1]["parent"] == parent.versions[2]
+    text = potluck("log", "--data-dir", str(fork_dir), check=True).stdout
+    assert f"forked from run {parent.manifest.run_id[:16]} at version {parent.versions[2][:16]}" in text
+    assert potluck_json("verify", "--data-dir", str(fork_dir))["ok"]
