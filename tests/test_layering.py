@@ -43,6 +43,7 @@ LAYERS: tuple[str, ...] = (
     "swarm",
     "exchange",
     "defence",
+    "vcs",  # show, diff, blame, verify: reads a data dir
     "engine",
     "rpc",
     "joining",

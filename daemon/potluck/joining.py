@@ -15,7 +15,7 @@ from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import PUBLIC_KEY_SIZE
 from potluck.manifest import Manifest, ManifestError, is_run_id
 from potluck.rpc.address import DEFAULT_RPC_LISTEN
-from potluck.runfiles import genesis_path, load_manifest, manifest_cache
+from potluck.runfiles import genesis_path, load_manifest, manifest_cache, run_context
 from potluck.store.history import History
 from potluck.store.versions import CorruptVersion, VersionStore, load_state
 from potluck.swarm.membership import LocalState, Membership
@@ -56,6 +56,7 @@ class NodeConfig:
     # agrees on: the round merges the union of the participants' entries, and an honest author's one
     # update per round passes any limit >= 1. None: no limit.
     max_updates_per_author: int | None = DEFAULT_MAX_UPDATES_PER_AUTHOR
+    snapshot_every: int = 1  # versions kept whole; between them, patches of the parent (store/versions.py)
 
 
 def bans_path(data_dir: Path, run: str) -> Path:
@@ -161,27 +162,6 @@ def validation_context(
         return run_context(manifest, versions)
     return loose_context(
         run, local, versions, model=config.model, allow=config.allow, max_update_norm=config.max_update_norm
-    )
-
-
-def run_context(manifest: Manifest, versions: VersionStore) -> ValidationContext:
-    """What an update must match to be part of a run with a manifest: its genesis shapes and rules."""
-    genesis_state = versions.get(manifest.genesis)
-    groups = manifest.group_rules
-    return ValidationContext(
-        run=manifest.run_id,
-        round=0,
-        shapes={n: tuple(t.shape) for n, t in genesis_state.items()},
-        known_bases=frozenset({manifest.genesis}),
-        rounds_behind=1 if manifest.pacing == "ready" else 0,  # late updates count in the next round
-        admitted=(
-            frozenset(bytes.fromhex(a) for a in manifest.allow) if manifest.admission == "allowlist" else None
-        ),
-        max_norm=manifest.max_update_norm,
-        frozen=groups.frozen(genesis_state),
-        max_rank=manifest.max_rank,
-        rank_limits={n: int(v) for n, v in groups.limits(genesis_state, "max_rank").items()},
-        density_limits=groups.limits(genesis_state, "max_density"),
     )
 
 

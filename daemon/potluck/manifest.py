@@ -59,7 +59,7 @@ TaskArg = str | int | float
 # fields added after the first manifests: absent from the canonical body while at their default
 _OMITTED_AT_DEFAULT: dict[str, Any] = {
     "probation_rounds": 0, "placement": "auto", "pacing": "clock", "target_samples": 0, "groups": [],
-    "max_rank": 64,
+    "max_rank": 64, "parent_run": "", "parent_version": "",
 }  # fmt: skip
 
 
@@ -159,6 +159,8 @@ class Manifest:
         potluck.groups): per group of tensors a merge strategy, a freeze, density and rank limits
       probation_rounds: an author's updates weigh 0 until it has contributed to this many committed
         rounds (0 = off; the rule is in potluck.defence.probation)
+      parent_run, parent_version: lineage of a fork (`potluck fork`): the run id and the version of
+        it this run starts from (then ``genesis == parent_version``); both empty for a new run
       creator: node id (hex) of the signer
       created: unix seconds of creation
       seed: seed of ``Task.init_state`` that produced ``genesis`` (unless it was pre-trained)
@@ -188,6 +190,8 @@ class Manifest:
     max_rank: int = 64
     groups: tuple[str, ...] = ()
     probation_rounds: int = 0
+    parent_run: str = ""
+    parent_version: str = ""
     created: float = 0.0
     seed: int = 0
     signature: bytes = b""
@@ -234,6 +238,10 @@ class Manifest:
         except GroupError as e:
             raise ManifestError(str(e)) from None
         _check_int(self.probation_rounds, "probation_rounds", 0, 1 << 20)
+        if self.parent_run or self.parent_version:
+            _check_hex(self.parent_run, "parent_run")
+            if self.parent_version != self.genesis:
+                raise ManifestError("a fork's parent_version is its genesis (the version it starts from)")
         norm("created", _check_float(self.created, "created"))
         _check_int(self.seed, "seed", 0, (1 << 64) - 1)
         if not isinstance(self.signature, bytes) or len(self.signature) not in (0, SIGNATURE_SIZE):

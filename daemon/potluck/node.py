@@ -32,7 +32,7 @@ from potluck.rounds.declarations import Declaration, declarations_key
 from potluck.rpc import replies
 from potluck.rpc.address import write_api_file
 from potluck.rpc.server import ControlServer, ControlServicer
-from potluck.store.history import History
+from potluck.store.history import HISTORY_FILE, History
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import VersionStore
 from potluck.swarm.addresses import UNREACHABLE_HINT
@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LISTEN", "HISTORY_FILE", "Node", "NodeConfig", "OpenRound"]
 
-HISTORY_FILE = "history.sqlite"
 # PublishUpdateResponse.reason when a client-mode node found no keeper to take its update
 NO_KEEPER = "no_keeper"
 
@@ -107,7 +106,7 @@ class Node:
     async def _start(self) -> None:
         cfg = self.config
         self.identity = load_or_create(self.data_dir)
-        self.versions = VersionStore(self.data_dir / "versions")
+        self.versions = VersionStore(self.data_dir / "versions", snapshot_every=cfg.snapshot_every)
         self.manifest = joining.local_manifest(cfg.manifest, cfg.run, self.data_dir, self.versions)
         self.run = self.manifest.run_id if self.manifest is not None else cfg.run
         # the control server binds first: a busy port fails fast, before p2pd and the DHT start

@@ -26,8 +26,9 @@ from potluck.atomic import atomic_write_bytes
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.manifest import DOMAIN, Manifest, ManifestError, TaskArg, create_manifest
-from potluck.store.versions import atomic_save
+from potluck.store.versions import VersionStore, atomic_save
 from potluck.tasks import State, check_genesis, genesis, get_task
+from potluck.updates.validation import ValidationContext
 
 __all__ = [
     "WrittenRun",
@@ -36,6 +37,7 @@ __all__ = [
     "load_manifest",
     "manifest_cache",
     "manifest_toml",
+    "run_context",
     "save_manifest",
     "write_run",
 ]
@@ -192,3 +194,24 @@ def load_manifest(path: Path) -> Manifest:
             f"manifest {path}: the signature does not match its contents (creator {manifest.creator})"
         )
     return manifest
+
+
+def run_context(manifest: Manifest, versions: VersionStore) -> ValidationContext:
+    """What an update must match to be part of a run with a manifest: its genesis shapes and rules."""
+    genesis_state = versions.get(manifest.genesis)
+    groups = manifest.group_rules
+    return ValidationContext(
+        run=manifest.run_id,
+        round=0,
+        shapes={n: tuple(t.shape) for n, t in genesis_state.items()},
+        known_bases=frozenset({manifest.genesis}),
+        rounds_behind=1 if manifest.pacing == "ready" else 0,  # late updates count in the next round
+        admitted=(
+            frozenset(bytes.fromhex(a) for a in manifest.allow) if manifest.admission == "allowlist" else None
+        ),
+        max_norm=manifest.max_update_norm,
+        frozen=groups.frozen(genesis_state),
+        max_rank=manifest.max_rank,
+        rank_limits={n: int(v) for n, v in groups.limits(genesis_state, "max_rank").items()},
+        density_limits=groups.limits(genesis_state, "max_density"),
+    )

@@ -37,12 +37,14 @@ class Run:
         """Wait for the start of the next round's collecting phase; return that round."""
         return next_collecting_round(self.manifest)
 
-    def publish(self, node: LocalNode, author: NodeIdentity, r: int, seed: int) -> None:
+    def publish(
+        self, node: LocalNode, author: NodeIdentity, r: int, seed: int, density: float = 0.25
+    ) -> None:
         status = node.status()
         base = VersionStore(node.data_dir / "versions").get(status["version"])
         rng = np.random.default_rng(seed)
         tensors = tuple(
-            sparsify(name, rng.standard_normal(t.shape).astype(np.float32) * 0.05, 0.25)
+            sparsify(name, rng.standard_normal(t.shape).astype(np.float32) * 0.05, density)
             for name, t in base.items()
         )
         samples = 10 + seed % 7

@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from potluck.cli.common import (
     Commands,
@@ -31,6 +32,12 @@ def add_parsers(commands: Commands) -> None:
     log.set_defaults(handler=cmd_log)
     data_dir_arg(log)
     log.add_argument("--json", action="store_true", help="print JSON")
+    log.add_argument(
+        "--parent-data-dir",
+        type=Path,
+        metavar="DIR",
+        help="for a forked run: a data dir holding the parent run's history, listed up to the fork first",
+    )
 
     export = commands.add_parser(
         "export",
@@ -131,11 +138,36 @@ def _run_manifest(data_dir: Path, run_id: str | None, given: Path | None = None)
 
 def cmd_log(args: argparse.Namespace) -> int:
     entries, run_id = _read_history(args.data_dir)
+    manifest = _run_manifest(args.data_dir, run_id)
+    forked = manifest is not None and bool(manifest.parent_run)
+    if args.parent_data_dir is not None:
+        if not forked:
+            raise ConfigError(f"{args.data_dir} holds no forked run: --parent-data-dir has no parent to show")
+        entries = _lineage(args.parent_data_dir, manifest) + [e | {"run_id": run_id} for e in entries]
     if args.json:
         print(json.dumps(entries, indent=2))
-    else:
-        print(format_log(entries, run_metric(args.data_dir, run_id)[0].upper()))
+        return 0
+    text = format_log(entries, run_metric(args.data_dir, run_id)[0].upper())
+    if forked:
+        parent, at = manifest.parent_run[:16], manifest.parent_version[:16]
+        line = f"run {str(run_id)[:16]} forked from run {parent} at version {at}"
+        text = f"{line}{'' if args.parent_data_dir else ' (its history: --parent-data-dir DIR)'}\n{text}"
+    print(text)
     return 0
+
+
+def _lineage(parent_dir: Path, manifest: Any) -> list[dict]:
+    """The parent run's committed versions up to the fork's version (a Manifest's lineage), with run ids."""
+    parent_entries, parent_run = _read_history(parent_dir)
+    if parent_run != manifest.parent_run:
+        raise ConfigError(f"{parent_dir} holds run {str(parent_run)[:16]}, not the parent run")
+    rounds = [e["round"] for e in parent_entries if e["version"] == manifest.parent_version]
+    if not rounds:  # forked from the parent's genesis, or from a version this history does not hold
+        parent = _run_manifest(parent_dir, parent_run)
+        if parent is not None and parent.genesis == manifest.parent_version:
+            return []
+        raise ConfigError(f"{parent_dir} holds no commit of version {manifest.parent_version[:16]}")
+    return [e | {"run_id": parent_run} for e in parent_entries if e["round"] <= rounds[0]]
 
 
 def _pick(entries: list[dict], version: str | None, round_: int | None, genesis: str | None = None) -> str:

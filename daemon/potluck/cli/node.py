@@ -127,6 +127,13 @@ def _run_parser(commands: Commands) -> None:
         help="check at most N distinct updates per author and round; more are rate_limited "
         "(default 3, 0: no limit; an honest author sends one)",
     )
+    run.add_argument(
+        "--snapshot-every",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="keep one whole version every N; the others as patches of their parent (default 1: all whole)",
+    )
 
 
 def _join_parser(commands: Commands) -> None:
@@ -230,6 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow=args.allow,
         max_update_norm=args.max_update_norm,
         max_updates_per_author=args.max_updates_per_author or None,
+        snapshot_every=args.snapshot_every,
     )
     asyncio.run(run_node(config))
     return 0

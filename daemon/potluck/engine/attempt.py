@@ -9,7 +9,6 @@ module (engine/commit.py) signs and stores the Merged.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ from potluck.defence import probation
 from potluck.manifest import Manifest
 from potluck.rounds import fixedpoint
 from potluck.rounds.entries import RoundEntry
+from potluck.rounds.merging import round_seed
 from potluck.updates.codec import SignedUpdate
 
 QUORUM_MARGIN_S = 0.5  # time left in an attempt for collecting commit signatures
@@ -106,11 +106,6 @@ class Merged:
     contributors: list[str]  # node ids of their authors
     participants: list[bytes]
     total_weight: int
-
-
-def round_seed(run_id: str, round_: int) -> int:
-    """The round's seed for randomized strategies (DARE): the same on every node."""
-    return int.from_bytes(hashlib.sha256(f"{run_id}/{round_}".encode()).digest()[:8], "little")
 
 
 async def sleep_until(t: float) -> None:

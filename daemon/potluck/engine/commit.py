@@ -207,7 +207,7 @@ class Committer:
         replace: bool = False,
     ) -> None:
         # the version first, then the history row: a crash in between leaves V_r as the latest commit
-        stored = self._versions.put(state)
+        stored = self._versions.put(state, parent=commit.parent)  # a patch of it, if the store keeps chains
         if stored != commit.version:
             raise AttemptFailed(f"stored state hashes to {stored}, the commit says {commit.version}")
         self._history.record(commit, signatures, replace=replace)

@@ -35,7 +35,9 @@ import numpy as np
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, commit_id
 from potluck.store.versions import VersionStore
 
-__all__ = ["History", "HistoryConflict", "HistoryError"]
+__all__ = ["HISTORY_FILE", "History", "HistoryConflict", "HistoryError"]
+
+HISTORY_FILE = "history.sqlite"  # in a node's data dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -125,7 +127,7 @@ class History:
         if state is not None:
             if self.versions is None:
                 raise HistoryError("a state was given but the history has no version store")
-            written = self.versions.put(state)
+            written = self.versions.put(state, parent=commit.parent)
             if written != commit.version:
                 raise HistoryError(f"the state hashes to {written}, the commit names {commit.version}")
         elif self.versions is not None and not self.versions.has(commit.version):

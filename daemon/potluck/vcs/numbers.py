@@ -1,0 +1,125 @@
+"""The numbers of `potluck diff` and `potluck blame` (pure: states and updates in, rows out).
+
+diff A B, per tensor, over float64 copies of both versions: ``changed`` (entries whose value differs),
+``l2`` = ||B - A||, ``relative`` = ||B - A|| / ||A|| (None when ||A|| = 0), and ``cosine_prev`` =
+cos(B - A, A - parent(A)): whether this change continues the round that made A (None for the genesis,
+a parent not held here, or a zero change).
+
+blame, for a weighted-mean run: in round r the merge adds, before the one cast to each tensor's dtype,
+``outer_lr * QUANTUM * q_u / W_r`` for each update u, where ``q_u = round(w_u * delta_u / QUANTUM)`` are
+the integers the fixed point sums (rounds/fixedpoint.py) and ``W_r`` the commit's total weight. So an
+author's movement m_a of a tensor over a range is the sum of those terms of its updates, and the
+tensor's total movement M is the sum over authors. A row says ``l2`` = ||m_a||, ``entries`` (where
+m_a is non-zero) and ``share`` = <m_a, M> / ||M||^2: the shares of a tensor add up to 1, and an author
+whose moves were undone by others' ends near 0 (or negative).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from potluck.rounds.fixedpoint import QUANTUM, Layout, contribution
+from potluck.updates.codec import SignedUpdate
+
+__all__ = ["BlameRound", "blame", "diff", "select"]
+
+
+def select(names: Iterable[str], pattern: str | None) -> list[str]:
+    """The names that match the glob ``pattern`` (all when None), sorted."""
+    return sorted(n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern))
+
+
+def _f64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def _cosine(x: np.ndarray, y: np.ndarray) -> float | None:
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    return float(np.dot(x, y)) / (nx * ny) if nx > 0 and ny > 0 else None
+
+
+def diff(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    previous: Mapping[str, np.ndarray] | None = None,
+    pattern: str | None = None,
+) -> list[dict]:
+    """One row per tensor of ``b`` matching ``pattern`` (see the module docstring); ``previous`` is
+    A's parent. A tensor whose shape changed, or that only one side has, is a ValueError."""
+    rows = []
+    for name in select(set(a) | set(b), pattern):
+        if name not in a or name not in b or a[name].shape != b[name].shape:
+            raise ValueError(f"tensor {name!r} is not in both versions with one shape: not the same model")
+        x, y = _f64(a[name]), _f64(b[name])
+        change = y - x
+        norm_a = float(np.linalg.norm(x))
+        l2 = float(np.linalg.norm(change))
+        prev = None
+        if previous is not None and name in previous and previous[name].shape == a[name].shape:
+            prev = _cosine(change, x - _f64(previous[name]))
+        rows.append({
+            "name": name, "shape": list(a[name].shape), "size": int(x.size),
+            "changed": int(np.count_nonzero(a[name].reshape(-1) != b[name].reshape(-1))),
+            "l2": l2, "relative": l2 / norm_a if norm_a > 0 else None, "cosine_prev": prev,
+        })  # fmt: skip
+    return rows
+
+
+@dataclass(frozen=True)
+class BlameRound:
+    """One committed round for blame: its total weight and [(author, weight, update)] it merged."""
+
+    round: int
+    total_weight: int
+    merged: Sequence[tuple[str, int, SignedUpdate]]
+    missing: Sequence[str] = field(default_factory=tuple)  # listed update ids not held here
+
+
+def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern: str | None = None) -> dict:
+    """Who moved which tensor over ``rounds`` (see the module docstring):
+    ``{"tensors": [{name, l2, authors: [{author, l2, share, entries, updates}]}], "rounds": [...]}``."""
+    names = select((s.name for s in layout.slots), pattern)
+    slots = {s.name: s for s in layout.slots if s.name in names}
+    moved: dict[str, dict[str, np.ndarray]] = {}  # author -> tensor -> movement
+    counts: dict[tuple[str, str], int] = {}  # (author, tensor) -> updates that touched it
+    seen = []
+    for r in rounds:
+        seen.append(r.round)
+        for author, weight, signed in r.merged:
+            if weight == 0 or r.total_weight == 0:
+                continue
+            touched = {t.name for t in signed.update.tensors if len(t.indices)}
+            q = contribution(layout, [(weight, signed)]).q
+            mine = moved.setdefault(author, {})
+            for name, slot in slots.items():
+                if name not in touched:
+                    continue
+                step = q[slot.offset : slot.offset + slot.size].astype(np.float64)
+                step *= QUANTUM
+                step /= float(r.total_weight)
+                step *= outer_lr
+                if name in mine:
+                    mine[name] += step
+                else:
+                    mine[name] = step
+                counts[author, name] = counts.get((author, name), 0) + 1
+    tensors = []
+    for name in names:
+        authors = {a: m[name] for a, m in moved.items() if name in m}
+        total = sum(authors.values()) if authors else np.zeros(slots[name].size)
+        total_sq = float(np.dot(total, total))
+        rows = [
+            {
+                "author": a, "l2": float(np.linalg.norm(m)), "entries": int(np.count_nonzero(m)),
+                "share": float(np.dot(m, total)) / total_sq if total_sq > 0 else None,
+                "updates": counts[a, name],
+            }
+            for a, m in authors.items()
+        ]  # fmt: skip
+        rows.sort(key=lambda row: (-row["l2"], row["author"]))
+        tensors.append({"name": name, "l2": float(np.sqrt(total_sq)), "authors": rows})
+    return {"rounds": seen, "tensors": tensors}

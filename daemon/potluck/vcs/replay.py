@@ -1,0 +1,180 @@
+"""`potluck verify`: a node's history replayed from genesis (or from a stored version), checked whole.
+
+For each recorded commit, in round order, the first failed check is the divergence reported (its round,
+the version the commit names, what failed); nothing after it is checked:
+
+1. the commit is of the manifest's run and its parent is the previous version (the genesis first);
+2. its stored signatures verify, are by its participants, and number at least the manifest's quorum;
+3. every update it lists is held here, decodes, is signed by its author (the update id is the hash of
+   its body) and passes the validator the round used (run, round window, base, admission, replay,
+   equivocation, shapes, indices, finite values, norm), with one validator for the whole replay so an
+   update merged twice or a sequence number reused across rounds fails too; its authors are the
+   commit's contributors;
+4. the merge recomputed from those updates with the manifest's strategy, weights (probation counted in
+   the history) and round seed, onto the replayed previous version, gives the total weight and the
+   version hash the commit names (bit for bit: the hash covers every byte);
+5. the version file stored for it, if any, hashes to its name.
+
+The replay carries its own recomputed state forward, so a damaged stored version shows at step 5 of
+its own round, not as a wrong merge later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from potluck.hashing import tensor_hashes, version_hash
+from potluck.merge import DEFAULT_STRATEGY, Strategy, StrategyError, get_strategy
+from potluck.rounds.commit import Commit
+from potluck.rounds.fixedpoint import Layout
+from potluck.rounds.merging import merge_round, round_seed
+from potluck.runfiles import run_context
+from potluck.store.versions import CorruptVersion, VersionNotFound
+from potluck.updates.codec import parse_update
+from potluck.updates.reasons import UpdateRejected
+from potluck.updates.validation import UpdateValidator
+from potluck.vcs.repo import HistoryRepo, RepoError
+
+__all__ = ["Divergence", "verify"]
+
+
+class Divergence(Exception):
+    """The first check that failed."""
+
+    def __init__(self, round_: int | None, version: str, what: str) -> None:
+        super().__init__(what)
+        self.round, self.version, self.what = round_, version, what
+
+
+def verify(
+    repo: HistoryRepo, start: str | None = None, progress: Callable[[dict], None] | None = None
+) -> dict:
+    """Replay ``repo`` from the genesis (or from the stored version ``start``); a report dict with
+    ``ok`` and, when not, the first divergence's ``round``, ``version`` and ``what``."""
+    manifest = repo.need_manifest()
+    report: dict[str, Any] = {"ok": True, "run_id": manifest.run_id, "from": start or manifest.genesis,
+                              "rounds": 0, "signatures": 0, "updates": 0}  # fmt: skip
+    try:
+        strategy = None if manifest.strategy == DEFAULT_STRATEGY else get_strategy(
+            manifest.strategy, manifest.strategy_args
+        )  # fmt: skip
+    except StrategyError as e:
+        raise RepoError(f"the run's merge strategy {manifest.strategy!r}: {e}") from None
+    base = start or manifest.genesis
+    committed_in = repo.round_of(base) if start else None
+    start_round = -1 if committed_in is None else committed_in  # the genesis: before round 0
+    try:
+        state = repo.versions.get(base)
+        context = run_context(manifest, repo.versions)
+    except VersionNotFound as e:
+        return _failed(
+            report, Divergence(committed_in, str(e.args[0]), "the version file is not stored here")
+        )
+    except CorruptVersion as e:
+        return _failed(report, Divergence(committed_in, base, f"the stored version is damaged: {e}"))
+    layout = Layout.from_state(state)
+    validator = UpdateValidator(context)
+    previous: Commit | None = None
+    for entry in repo.log:
+        if entry["round"] <= start_round:
+            continue
+        commit = repo.commit(entry["round"])
+        try:
+            state = _check_round(repo, commit, base, previous, state, layout, validator, strategy, report)
+        except Divergence as d:
+            return _failed(report, d)
+        report["rounds"] += 1
+        base, previous = commit.version, commit
+        if progress is not None:
+            progress({"round": commit.round, "version": commit.version, "updates": len(commit.updates)})
+    report["latest"] = base
+    return report
+
+
+def _failed(report: dict, d: Divergence) -> dict:
+    return report | {"ok": False, "round": d.round, "version": d.version, "what": d.what}
+
+
+def _check_round(
+    repo: HistoryRepo,
+    commit: Commit,
+    base: str,
+    previous: Commit | None,
+    state: dict[str, np.ndarray],
+    layout: Layout,
+    validator: UpdateValidator,
+    strategy: Strategy | None,
+    report: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """The replayed version of ``commit`` (from ``state``, the version ``base``), or :class:`Divergence`."""
+    manifest = repo.need_manifest()
+    r, v = commit.round, commit.version
+
+    def fail(what: str) -> Divergence:
+        return Divergence(r, v, what)
+
+    if commit.run_id != manifest.run_id:
+        raise fail(f"the commit is of run {commit.run_id[:16]}, not {manifest.run_id[:16]}")
+    if commit.parent != base:
+        raise fail(f"its parent is {commit.parent[:16]}, the previous version is {base[:16]}")
+    participants = set(commit.participants)
+    signatures = repo.history.signatures(r)
+    for s in signatures:
+        if s.node_id not in participants:
+            raise fail(f"a signature by {s.node_id[:16]}, who is not a participant")
+        if not s.verify(commit.id):
+            raise fail(f"the signature by {s.node_id[:16]} does not verify")
+    if len(signatures) < manifest.quorum:
+        raise fail(f"{len(signatures)} participant signature(s), the quorum is {manifest.quorum}")
+    report["signatures"] += len(signatures)
+
+    raw = {}
+    for uid in commit.updates:
+        if not repo.updates.has(uid):
+            raise fail(f"update {uid[:16]} is not held here: its merge cannot be recomputed")
+        raw[uid] = repo.updates.get(uid)
+    parsed = {}
+    for uid, data in raw.items():
+        try:
+            p = parse_update(data, validator.context.limits)
+        except UpdateRejected as e:
+            raise fail(f"update {uid[:16]}: {e}") from None
+        if p.update_id != uid:
+            raise fail(f"update {uid[:16]}: its stored bytes are update {p.update_id[:16]}")
+        parsed[uid] = p
+    bases = {commit.parent} | ({previous.parent} if previous and manifest.pacing == "ready" else set())
+    validator.context = dataclasses.replace(validator.context, round=r, known_bases=frozenset(bases))
+    seniority = repo.seniority(r)
+    weighted = []
+    for uid in sorted(parsed, key=lambda u: (parsed[u].round, parsed[u].seq, u)):
+        try:
+            signed = validator.validate(raw[uid])
+        except UpdateRejected as e:
+            raise fail(f"update {uid[:16]} by {parsed[uid].author.hex()[:16]}: {e}") from None
+        weighted.append((repo.weight(signed, seniority), signed))
+    report["updates"] += len(weighted)
+    authors = sorted({s.update.author.hex() for _, s in weighted})
+    if tuple(authors) != commit.contributors:
+        raise fail("its contributors are not the authors of its updates")
+
+    new_state, total = merge_round(state, layout, weighted, manifest, strategy, round_seed(commit.run_id, r))
+    if total != commit.total_weight:
+        raise fail(f"the updates weigh {total} in all, the commit says {commit.total_weight}")
+    got = version_hash(new_state)
+    if got != v:
+        hashes = tensor_hashes(new_state)
+        differ = sorted(n for n in hashes if hashes[n] != commit.tensor_hashes.get(n))
+        raise fail(
+            f"the merge of its {len(weighted)} stored update(s) gives {got[:16]}, not the committed "
+            f"{v[:16]} (tensors that differ: {', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''})"
+        )
+    if repo.versions.has(v):
+        try:
+            repo.versions.get(v)
+        except CorruptVersion as e:
+            raise fail(f"the stored version file is damaged: {e}") from None
+    return new_state

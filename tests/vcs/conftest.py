@@ -1,0 +1,104 @@
+"""A data dir as a node leaves it after committing a few rounds: the manifest's copy, the genesis and
+every version, the signed updates it merged, and the history with two participants' signatures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from potluck.hashing import tensor_hashes, version_hash
+from potluck.identity import NodeIdentity
+from potluck.manifest import Manifest
+from potluck.merge import DEFAULT_STRATEGY, get_strategy
+from potluck.rounds.commit import Commit, sign_commit
+from potluck.rounds.fixedpoint import Layout
+from potluck.rounds.merging import merge_round, round_seed
+from potluck.runfiles import genesis_path, load_manifest, manifest_cache, write_run
+from potluck.store.history import HISTORY_FILE, History
+from potluck.store.updates import UpdateStore
+from potluck.store.versions import VersionStore, load_state
+from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
+
+
+@dataclass
+class Built:
+    data_dir: Path
+    manifest: Manifest
+    versions: list[str]  # genesis, then round 0, 1, ... versions
+    updates: list[list[str]]  # per round, the update ids merged
+    authors: list[NodeIdentity]
+
+
+def make_update(author: NodeIdentity, manifest: Manifest, r: int, base: str, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for name, shape in (("l1.weight", (32, 16)), ("l2.bias", (4,))):
+        size = int(np.prod(shape))
+        idx = np.sort(rng.choice(size, max(1, size // 10), replace=False)).astype(np.int64)
+        tensors.append(SparseTensor(name, shape, idx, rng.standard_normal(idx.size).astype(np.float32) * 0.1))
+    update = Update(manifest.run_id, r, base, author.public_key, r + 1, 10 + 20 * seed % 50, tuple(tensors))
+    return encode_update(update, author, manifest.values)
+
+
+def build_history(
+    tmp_path: Path,
+    rounds: int = 3,
+    tamper: int | None = None,
+    snapshot_every: int = 1,
+    run: Path | None = None,
+    node: str = "node",
+    quorum: int = 2,
+    **rules: object,
+) -> Built:
+    """``tamper``: that round's committed version is its merge with l2.bias moved by 1e-3 (a quorum that
+    signed a wrong merge); ``rules``: manifest rules (probation: both authors start on probation);
+    ``run``: an existing run's manifest (its genesis beside it) instead of a new run; ``node``: the data
+    dir's name under ``tmp_path``."""
+    authors = [NodeIdentity.generate() for _ in range(2)]
+    if run is None:
+        run = write_run(tmp_path / "run.toml", "toy", quorum=quorum, outer_lr=0.5, **rules).path
+    manifest = load_manifest(run)
+    genesis = load_state(genesis_path(run))
+    data_dir = tmp_path / node
+    data_dir.mkdir()
+    manifest_cache(data_dir, manifest.run_id).write_bytes(manifest.to_bytes())
+    versions = VersionStore(data_dir / "versions", snapshot_every=snapshot_every)
+    store = UpdateStore(data_dir / "updates")
+    state = {k: np.asarray(v) for k, v in genesis.items()}
+    base = versions.put(state)
+    layout = Layout.from_state(state)
+    mean = manifest.strategy == DEFAULT_STRATEGY
+    strategy = None if mean else get_strategy(manifest.strategy, manifest.strategy_args)
+    built = Built(data_dir, manifest, [base], [], authors)
+    with History(data_dir / HISTORY_FILE, versions) as history:
+        for r in range(rounds):
+            signed = []
+            for i, author in enumerate(authors):
+                data = make_update(author, manifest, r, base, seed=10 * r + i)
+                u = decode_update(data)
+                store.put(u.update_id, data)
+                signed.append(u)
+            senior = r >= manifest.probation_rounds  # both contributed to every round so far
+            weighted = [(manifest.update_weight(u.update.sample_count) if senior else 0, u) for u in signed]
+            seed = round_seed(manifest.run_id, r)
+            state, total = merge_round(state, layout, weighted, manifest, strategy, seed)
+            if r == tamper:
+                state["l2.bias"] = (state["l2.bias"] + np.float32(1e-3)).astype(np.float32)
+            commit = Commit(
+                manifest.run_id, r, base, version_hash(state), tensor_hashes(state),
+                updates=[u.update_id for u in signed], contributors=[a.node_id for a in authors],
+                participants=[a.node_id for a in authors], total_weight=total,
+            )  # fmt: skip
+            history.record(commit, [sign_commit(commit, a) for a in authors], state)
+            base = commit.version
+            built.versions.append(base)
+            built.updates.append(sorted(u.update_id for u in signed))
+    return built
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Built:
+    return build_history(tmp_path)

@@ -1,0 +1,125 @@
+"""`potluck show`, `diff` and `blame` on a built history: the numbers against ones computed here from the
+stored versions and signed updates, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from potluck.store.versions import load_state
+from potluck.updates.codec import decode_update
+from tests.cli.test_cli import assert_config_error, in_process
+from tests.vcs.conftest import Built, build_history
+
+
+def _json(capsys, *args: str) -> dict:
+    proc = in_process(capsys, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _state(b: Built, i: int) -> dict[str, np.ndarray]:
+    return load_state(b.data_dir / "versions" / f"{b.versions[i]}.safetensors")
+
+
+def test_show_names_round_parent_updates_weights_and_quorum(built: Built, capsys) -> None:
+    d = _json(capsys, "show", "r1", "--data-dir", str(built.data_dir))
+    assert (d["round"], d["parent"], d["version"]) == (1, built.versions[1], built.versions[2])
+    assert sorted(u["update_id"] for u in d["updates"]) == built.updates[1]
+    assert {u["author"] for u in d["updates"]} == {a.node_id for a in built.authors}
+    assert sum(u["weight"] for u in d["updates"]) == d["total_weight"]
+    assert sum(u["share"] for u in d["updates"]) == pytest.approx(1.0)
+    assert d["quorum"] == 2 and d["quorum_met"] and all(s["valid"] for s in d["signatures"])
+    assert d["strategy"] == "weighted_mean"
+    text = in_process(capsys, "show", built.versions[2][:8], "--data-dir", str(built.data_dir)).stdout
+    assert "round     1" in text and "quorum 2 (met)" in text and built.updates[1][0][:16] in text
+    genesis = _json(capsys, "show", "genesis", "--data-dir", str(built.data_dir))
+    assert genesis["genesis"] and genesis["version"] == built.versions[0]
+
+
+@pytest.mark.parametrize("name", ["zzzzzz", "abc", "r9", "0000000000"])
+def test_an_unknown_version_is_one_line_exit_2(built: Built, capsys, name: str) -> None:
+    assert_config_error(in_process(capsys, "show", name, "--data-dir", str(built.data_dir)), name)
+    assert_config_error(in_process(capsys, "diff", "r0", name, "--data-dir", str(built.data_dir)), name)
+
+
+def test_diff_agrees_with_numpy(built: Built, capsys) -> None:
+    d = _json(capsys, "diff", "r0", "r2", "--data-dir", str(built.data_dir))
+    a, b, prev = _state(built, 1), _state(built, 3), _state(built, 0)
+    rows = {t["name"]: t for t in d["tensors"]}
+    assert set(rows) == set(a)
+    for name in a:
+        change = b[name].astype(np.float64) - a[name].astype(np.float64)
+        before = a[name].astype(np.float64) - prev[name].astype(np.float64)
+        assert rows[name]["changed"] == int(np.count_nonzero(a[name] != b[name]))
+        assert rows[name]["l2"] == pytest.approx(np.linalg.norm(change))
+        assert rows[name]["relative"] == pytest.approx(np.linalg.norm(change) / np.linalg.norm(a[name]))
+        if np.linalg.norm(change) and np.linalg.norm(before):
+            cos = change.ravel() @ before.ravel() / np.linalg.norm(change) / np.linalg.norm(before)
+            assert rows[name]["cosine_prev"] == pytest.approx(cos)
+    assert rows["l1.bias"]["changed"] == 0  # no update touches it
+    only = _json(capsys, "diff", "r0", "r2", "--tensor", "l2.*", "--data-dir", str(built.data_dir))
+    assert [t["name"] for t in only["tensors"]] == ["l2.bias", "l2.weight"]
+    assert_config_error(
+        in_process(capsys, "diff", "r0", "r2", "--tensor", "nope*", "--data-dir", str(built.data_dir)), "nope"
+    )
+    genesis = _json(capsys, "diff", "genesis", "r0", "--data-dir", str(built.data_dir))
+    assert all(t["cosine_prev"] is None for t in genesis["tensors"])
+
+
+def test_blame_agrees_with_the_updates(built: Built, capsys) -> None:
+    """Each author's movement: outer_lr * w * delta / W summed over its rounds, from the decoded updates."""
+    d = _json(capsys, "blame", "--from", "r0", "--data-dir", str(built.data_dir))
+    assert d["rounds"] == [1, 2] and d["missing"] == []
+    lr, shapes = built.manifest.outer_lr, {"l1.weight": 512, "l2.bias": 4}
+    expected = {a.node_id: {n: np.zeros(k) for n, k in shapes.items()} for a in built.authors}
+    for r in (1, 2):
+        held = built.data_dir / "updates"
+        ups = [decode_update((held / f"{u}.update").read_bytes()) for u in built.updates[r]]
+        total = sum(built.manifest.update_weight(u.update.sample_count) for u in ups)
+        for u in ups:
+            w = built.manifest.update_weight(u.update.sample_count)
+            for t in u.update.tensors:
+                moved = lr * w * t.values.astype(np.float64) / total
+                expected[u.update.author.hex()][t.name][t.indices] += moved
+    rows = {t["name"]: t for t in d["tensors"]}
+    assert rows["l1.bias"]["authors"] == []
+    for name in shapes:
+        got = {a["author"]: a for a in rows[name]["authors"]}
+        totals = sum(expected[a][name] for a in expected)
+        for author in expected:
+            moved = expected[author][name]
+            assert got[author]["l2"] == pytest.approx(np.linalg.norm(moved), rel=1e-5)
+            assert got[author]["share"] == pytest.approx(moved @ totals / (totals @ totals), rel=1e-4)
+            assert got[author]["updates"] == 2
+        assert sum(a["share"] for a in got.values()) == pytest.approx(1.0)
+    # the movement adds up to the versions' difference (up to the float32 casts)
+    change = _state(built, 3)["l1.weight"].astype(np.float64) - _state(built, 1)["l1.weight"]
+    assert rows["l1.weight"]["l2"] == pytest.approx(np.linalg.norm(change), rel=1e-4)
+    text = in_process(capsys, "blame", "--tensor", "l2.bias", "--data-dir", str(built.data_dir)).stdout
+    assert "rounds 0..2 (3 committed)" in text and built.authors[0].node_id[:16] in text
+
+
+def test_blame_refuses_a_bad_range(built: Built, capsys) -> None:
+    dd = str(built.data_dir)
+    proc = in_process(capsys, "blame", "--from", "r2", "--to", "r1", "--data-dir", dd)
+    assert_config_error(proc, "--to r1")
+
+
+def test_a_median_run_verifies_and_blame_says_it_cannot_attribute_it(tmp_path, capsys) -> None:
+    b = build_history(tmp_path, rounds=2, strategy="coordinate_median")
+    dd = str(b.data_dir)
+    assert in_process(capsys, "verify", "--data-dir", dd).returncode == 0
+    assert_config_error(in_process(capsys, "blame", "--data-dir", dd), "weighted_mean runs only", "median")
+
+
+@pytest.mark.parametrize("command", ["show", "diff", "blame", "verify", "gc"])
+def test_help(capsys, command: str) -> None:
+    proc = in_process(capsys, command, "--help")
+    assert proc.returncode == 0 and "usage: potluck" in proc.stdout
+
+
+def test_no_history_is_one_line(capsys, tmp_path) -> None:
+    assert_config_error(in_process(capsys, "verify", "--data-dir", str(tmp_path)), "no history")

@@ -1,0 +1,81 @@
+"""`potluck fork`: a new run from a version of another, its lineage signed in the manifest and shown by
+`log`; a manifest without lineage keeps its bytes (and run id)."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from potluck.hashing import version_hash
+from potluck.manifest import ManifestError
+from potluck.runfiles import genesis_path, load_manifest
+from potluck.store.versions import load_state
+from tests.cli.test_cli import assert_config_error, in_process
+from tests.vcs.conftest import Built, build_history
+
+
+def test_a_fork_starts_from_the_version_and_names_its_parent(built: Built, tmp_path, capsys) -> None:
+    out = tmp_path / "fork.toml"
+    dd = str(built.data_dir)
+    proc = in_process(
+        capsys, "fork", "--from", f"{tmp_path / 'run.toml'}@r1", "-o", str(out), "--data-dir", dd
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "(round 1)" in proc.stdout
+    fork = load_manifest(out)  # signature checked
+    parent = built.manifest
+    assert (fork.parent_run, fork.parent_version, fork.genesis) == (
+        parent.run_id,
+        built.versions[2],
+        built.versions[2],
+    )
+    assert version_hash(load_state(genesis_path(out))) == built.versions[2]
+    assert (fork.strategy, fork.quorum, fork.outer_lr, fork.task) == (parent.strategy, 2, 0.5, parent.task)
+    assert msgpack.unpackb(fork.body())[1]["parent_run"] == parent.run_id
+
+    # the fork's own history, then log with and without the parent's
+    b = build_history(tmp_path, rounds=2, run=out, node="fork-node")
+    text = in_process(capsys, "log", "--data-dir", str(b.data_dir)).stdout
+    assert f"forked from run {parent.run_id[:16]} at version {built.versions[2][:16]}" in text
+    rows = json.loads(
+        in_process(capsys, "log", "--data-dir", str(b.data_dir), "--parent-data-dir", dd, "--json").stdout
+    )
+    expected = [(parent.run_id, 0), (parent.run_id, 1), (fork.run_id, 0), (fork.run_id, 1)]
+    assert [(e["run_id"], e["round"]) for e in rows] == expected
+    assert rows[2]["parent"] == built.versions[2]  # the fork's round 0 builds on the parent's version
+    genesis = json.loads(
+        in_process(capsys, "show", "genesis", "--data-dir", str(b.data_dir), "--json").stdout
+    )
+    assert genesis["lineage"] == {"run_id": parent.run_id, "version": built.versions[2]}
+    assert in_process(capsys, "verify", "--data-dir", str(b.data_dir)).returncode == 0
+
+
+def test_fork_refuses_what_it_cannot_use(built: Built, tmp_path, capsys) -> None:
+    dd, run = str(built.data_dir), str(tmp_path / "run.toml")
+    out = str(tmp_path / "fork.toml")
+    assert_config_error(in_process(capsys, "fork", "--from", f"{run}@r9", "-o", out, "--data-dir", dd), "r9")
+    assert_config_error(
+        in_process(capsys, "fork", "--from", str(tmp_path / "nope.toml"), "-o", out, "--data-dir", dd),
+        "nope.toml",
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    b = build_history(other)
+    assert_config_error(
+        in_process(capsys, "fork", "--from", run, "-o", out, "--data-dir", str(b.data_dir)), "this history"
+    )
+    assert not (tmp_path / "fork.toml").exists()
+
+
+def test_lineage_must_name_the_genesis(built: Built) -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ManifestError, match="parent_version is its genesis"):
+        replace(
+            built.manifest, parent_run=built.manifest.run_id, parent_version=built.versions[1], signature=b""
+        )
+    assert (
+        "parent_run" not in msgpack.unpackb(built.manifest.body())[1]
+    )  # omitted at default: old run ids stay

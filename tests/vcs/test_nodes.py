@@ -1,0 +1,127 @@
+"""show, diff, blame and verify on the data dirs of real nodes (versions kept as patches, a snapshot
+every 2): 3 nodes commit 3 rounds; diff and blame agree with numbers computed here from the published
+updates and the stored versions; verify passes on every node, and fails at the right round once a byte
+of an old update is flipped (in a copy). A fork of a run, run by a node of its own, commits a round and
+`log` follows its lineage."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from potluck.localswarm import wait_for
+from potluck.runfiles import load_manifest
+from potluck.store.versions import VersionStore
+from potluck.updates.codec import decode_update
+from tests.engine.test_engine import AUTHORS, ROUND_S, Run
+from tests.support.cli import potluck, potluck_json
+from tests.support.swarm import connected_swarm
+from tests.vcs.conftest import build_history
+
+pytestmark = pytest.mark.multiprocess
+ROUNDS = 3
+
+
+@pytest.mark.timeout(600)  # a busy machine slows the nodes' start
+def test_three_nodes_show_diff_blame_and_verify_their_history(tmp_path):
+    run = Run(tmp_path)
+    # versions kept as patches between snapshots every 2: what verify, diff and the catch-up read back
+    with connected_swarm(
+        tmp_path / "swarm", 3, manifest=run.path, extra_args=["--snapshot-every", "2"]
+    ) as swarm:
+        rounds = []
+        for k in range(ROUNDS):
+            r = run.next_collecting_round()
+            for i, node in enumerate(swarm.nodes):
+                run.publish(node, AUTHORS[i], r, seed=10 * k + i, density=0.03)  # patches stay small
+            wait_for(
+                lambda r=r: all(n.status()["committed_round"] >= r for n in swarm.nodes),
+                ROUND_S + 10,
+                f"round {r}",
+            )
+            rounds.append(r)
+        dirs = [n.data_dir for n in swarm.nodes]
+    log = potluck_json("log", "--data-dir", str(dirs[0]))
+    assert [e["round"] for e in log] == rounds and [e["updates"] for e in log] == [3] * ROUNDS
+
+    assert any(VersionStore(d / "versions").is_patch(e["version"]) for d in dirs for e in log)
+    for d in dirs:  # every node replays its whole history bit for bit
+        report = potluck_json("verify", "--data-dir", str(d))
+        assert report["ok"] and report["rounds"] == ROUNDS and report["updates"] == 3 * ROUNDS, report
+
+    shown = potluck_json("show", f"r{rounds[1]}", "--data-dir", str(dirs[1]))
+    assert shown["quorum_met"] and shown["parent"] == log[0]["version"]
+    assert {u["author"] for u in shown["updates"]} == {a.node_id for a in AUTHORS[:3]}
+
+    # diff r0..latest against numpy on the stored versions (the same files on every node)
+    versions = VersionStore(dirs[2] / "versions")
+    a, b = versions.get(log[0]["version"]), versions.get(log[-1]["version"])
+    diff = potluck_json("diff", f"r{rounds[0]}", "latest", "--data-dir", str(dirs[1]))
+    for t in diff["tensors"]:
+        change = b[t["name"]].astype(np.float64) - a[t["name"]].astype(np.float64)
+        assert t["l2"] == pytest.approx(np.linalg.norm(change))
+        assert t["changed"] == int(np.count_nonzero(change))
+
+    # blame over every round against lr * w * delta / W of the published updates
+    blame = potluck_json("blame", "--data-dir", str(dirs[0]))
+    lr = run.manifest.outer_lr
+    for t in blame["tensors"]:
+        moved: dict[str, np.ndarray] = {}
+        for r in rounds:
+            total = sum(w for w, _ in run.published[r])
+            for w, data in run.published[r]:
+                u = decode_update(data).update
+                for s in u.tensors:
+                    if s.name == t["name"]:
+                        m = moved.setdefault(u.author.hex(), np.zeros(int(np.prod(s.shape))))
+                        m[s.indices] += lr * w * s.values.astype(np.float64) / total
+        got = {row["author"]: row for row in t["authors"]}
+        assert set(got) == set(moved)
+        whole = sum(moved.values())
+        for author, m in moved.items():
+            assert got[author]["l2"] == pytest.approx(np.linalg.norm(m), rel=1e-5)
+            assert got[author]["share"] == pytest.approx(m @ whole / (whole @ whole), rel=1e-4, abs=1e-9)
+
+    # one flipped byte of round 1's first update, in a copy: verify fails at that round
+    copy = tmp_path / "copy"
+    shutil.copytree(dirs[0], copy, ignore=shutil.ignore_patterns("lock", "api", "*.sock"))
+    target = sorted(potluck_json("show", f"r{rounds[1]}", "--data-dir", str(copy))["updates"],
+                    key=lambda u: u["update_id"])[0]["update_id"]  # fmt: skip
+    path = copy / "updates" / f"{target}.update"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    proc = potluck("verify", "--data-dir", str(copy))
+    assert proc.returncode == 1 and f"round {rounds[1]}, version {log[1]['version'][:16]}" in proc.stderr
+    assert target[:16] in proc.stderr
+
+
+def test_a_fork_runs_on_a_real_node_and_log_follows_its_lineage(tmp_path):
+    """A fork of round 1's version of a run (built here, quorum 1), run by a real node: it commits a round
+    on top of that version, `log` shows the lineage and lists the parent's rounds, verify passes."""
+    parent = build_history(tmp_path, rounds=3, quorum=1, round_seconds=ROUND_S, density=0.25)
+    fork_path = tmp_path / "fork.toml"
+    potluck("fork", "--from", f"{tmp_path / 'run.toml'}@r1", "-o", str(fork_path), "--data-dir",
+            str(parent.data_dir), check=True)  # fmt: skip
+    forked = Run.__new__(Run)  # the engine tests' publishing helper, for the forked run's manifest
+    forked.manifest, forked.path, forked.published = load_manifest(fork_path), fork_path, {}
+    assert (forked.manifest.parent_run, forked.manifest.genesis) == (
+        parent.manifest.run_id,
+        parent.versions[2],
+    )
+    with connected_swarm(tmp_path / "fork-swarm", 1, manifest=fork_path) as swarm:
+        node = swarm.nodes[0]
+        r = forked.next_collecting_round()
+        forked.publish(node, AUTHORS[4], r, seed=99)
+        wait_for(lambda: node.status()["committed_round"] >= r, ROUND_S + 10, f"the fork's round {r}")
+        fork_dir = node.data_dir
+    lineage = potluck_json("log", "--data-dir", str(fork_dir), "--parent-data-dir", str(parent.data_dir))
+    assert [(e["run_id"], e["round"]) for e in lineage] == [
+        (parent.manifest.run_id, 0), (parent.manifest.run_id, 1), (forked.manifest.run_id, r)
+    ]  # fmt: skip
+    assert lineage[-1]["parent"] == parent.versions[2]
+    text = potluck("log", "--data-dir", str(fork_dir), check=True).stdout
+    assert f"forked from run {parent.manifest.run_id[:16]} at version {parent.versions[2][:16]}" in text
+    assert potluck_json("verify", "--data-dir", str(fork_dir))["ok"]

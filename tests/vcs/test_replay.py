@@ -1,0 +1,89 @@
+"""`potluck verify`: a clean history replays bit for bit; one flipped byte is found at its round."""
+
+from __future__ import annotations
+
+import json
+
+from potluck.store.history import HISTORY_FILE, History
+from potluck.vcs.replay import verify
+from potluck.vcs.repo import HistoryRepo
+from tests.cli.test_cli import in_process
+from tests.vcs.conftest import Built, build_history
+
+
+def _flip(path, offset_from_end: int = 10) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_clean_history_verifies(built: Built) -> None:
+    with HistoryRepo(built.data_dir) as repo:
+        report = verify(repo)
+    assert report["ok"], report
+    assert (report["rounds"], report["signatures"], report["updates"]) == (3, 6, 6)
+    assert report["latest"] == built.versions[-1]
+
+
+def test_verify_from_a_stored_version_replays_only_what_follows(built: Built, capsys) -> None:
+    proc = in_process(capsys, "verify", "--data-dir", str(built.data_dir), "--from", "r1", "--json")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["ok"] and report["rounds"] == 1
+
+
+def test_a_flipped_byte_of_an_old_update_fails_at_its_round(built: Built, capsys) -> None:
+    _flip(built.data_dir / "updates" / f"{built.updates[1][0]}.update")
+    proc = in_process(capsys, "verify", "--data-dir", str(built.data_dir))
+    assert proc.returncode == 1
+    assert f"round 1, version {built.versions[2][:16]}" in proc.stderr
+    assert built.updates[1][0][:16] in proc.stderr
+    with HistoryRepo(built.data_dir) as repo:
+        report = verify(repo)
+    assert (report["ok"], report["round"], report["version"]) == (False, 1, built.versions[2])
+
+
+def test_a_flipped_byte_of_an_old_version_fails_at_its_round(built: Built) -> None:
+    _flip(built.data_dir / "versions" / f"{built.versions[1]}.safetensors")
+    with HistoryRepo(built.data_dir) as repo:
+        report = verify(repo)
+    assert (report["ok"], report["round"], report["version"]) == (False, 0, built.versions[1])
+    assert "stored version file is damaged" in report["what"]
+
+
+def test_a_damaged_genesis_fails_before_round_zero(built: Built) -> None:
+    _flip(built.data_dir / "versions" / f"{built.versions[0]}.safetensors")
+    with HistoryRepo(built.data_dir) as repo:
+        report = verify(repo)
+    assert (report["ok"], report["round"], report["version"]) == (False, None, built.versions[0])
+
+
+def test_a_signed_version_that_is_not_the_merge_fails_at_its_round(tmp_path) -> None:
+    b = build_history(tmp_path, tamper=1)
+    with HistoryRepo(b.data_dir) as repo:
+        report = verify(repo)
+    assert (report["ok"], report["round"], report["version"]) == (False, 1, b.versions[2])
+    assert "not the committed" in report["what"] and "l2.bias" in report["what"]
+    assert "l1.weight" not in report["what"]
+
+
+def test_too_few_signatures_is_a_quorum_failure(built: Built) -> None:
+    with History(built.data_dir / HISTORY_FILE) as history:
+        history._db.execute("DELETE FROM signatures WHERE rowid IN (SELECT rowid FROM signatures LIMIT 1)")
+        r = history._db.execute(
+            "SELECT c.round FROM commits c WHERE (SELECT COUNT(*) FROM signatures s"
+            " WHERE s.commit_id = c.commit_id) = 1"
+        ).fetchone()[0]
+    with HistoryRepo(built.data_dir) as repo:
+        report = verify(repo)
+    assert (report["ok"], report["round"]) == (False, r)
+    assert "quorum is 2" in report["what"]
+
+
+def test_probation_weights_are_replayed(tmp_path) -> None:
+    """Round 0's updates weighed 0 (both authors on probation): the replay gives them 0 and agrees."""
+    b = build_history(tmp_path, rounds=2, probation_rounds=1)
+    assert b.versions[1] == b.versions[0]  # nothing merged in round 0
+    with HistoryRepo(b.data_dir) as repo:
+        assert verify(repo)["ok"]
+        assert [u.weight for u in repo.merged_updates(repo.commit(0))] == [0, 0]
+        assert all(u.weight for u in repo.merged_updates(repo.commit(1)))
