@@ -44,6 +44,7 @@ LAYERS: tuple[str, ...] = (
     "defence",
     "engine",
     "rpc",
+    "observe",  # /metrics, the dashboard, JSON logs: read-only views of the control API's replies
     "joining",
     "node",
     "lifecycle",

@@ -56,6 +56,9 @@ class NodeConfig:
     # agrees on: the round merges the union of the participants' entries, and an honest author's one
     # update per round passes any limit >= 1. None: no limit.
     max_updates_per_author: int | None = DEFAULT_MAX_UPDATES_PER_AUTHOR
+    # the read-only HTTP pages (potluck.observe): HOST:PORT or "off"
+    metrics_listen: str = "off"
+    dashboard_listen: str = "off"
 
 
 def bans_path(data_dir: Path, run: str) -> Path:

@@ -1,0 +1,105 @@
+// The potluck dashboard: polls /api/state (this node's status, peers, history) every second and
+// redraws in place. Read-only; no network access beyond the node that served this page.
+"use strict";
+
+const POLL_MS = 1000;
+const $ = (id) => document.getElementById(id);
+const short = (hex, n = 12) => (hex ? hex.slice(0, n) : "-");
+// what the page saw between polls: failed attempts and close reasons by round (the history keeps commits only)
+const seen = { failed: 0, rounds: {} };
+let last = null;
+
+function esc(value) {
+  return String(value).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (Math.abs(n) >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
+}
+
+function ago(t) {
+  const s = Math.max(0, Date.now() / 1000 - t);
+  return s < 60 ? `${s.toFixed(0)}s ago` : s < 3600 ? `${(s / 60).toFixed(0)}m ago` : `${(s / 3600).toFixed(1)}h ago`;
+}
+
+function rows(id, items, cells) {
+  $(id).innerHTML = items.map((item) => "<tr>" + cells(item).map((c) => `<td>${c}</td>`).join("") + "</tr>").join("");
+}
+
+function remember(s) {
+  const r = s.round;
+  const entry = (seen.rounds[r] = seen.rounds[r] || { errors: [], close: "" });
+  if (s.aggregation && s.aggregation.close_reason) entry.close = s.aggregation.close_reason;
+  if (s.failed_attempts > seen.failed && last !== null && s.round_error) entry.errors.push(s.round_error);
+  seen.failed = s.failed_attempts;
+}
+
+function drawCurve(rounds) {
+  const points = rounds.filter((r) => r.accuracy !== null && r.accuracy >= 0);
+  $("curve-points").textContent = `(${points.length} evaluated version${points.length === 1 ? "" : "s"})`;
+  $("curve").dataset.points = points.length;
+  if (points.length === 0) { $("curve").innerHTML = '<text x="10" y="20">no evaluated version yet</text>'; return; }
+  const xs = points.map((p) => p.round), ys = points.map((p) => p.accuracy);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  const px = (x) => 30 + (x1 > x0 ? ((x - x0) / (x1 - x0)) * 560 : 280);
+  const py = (y) => 165 - (y1 > y0 ? ((y - y0) / (y1 - y0)) * 150 : 75);
+  const line = points.map((p) => `${px(p.round).toFixed(1)},${py(p.accuracy).toFixed(1)}`).join(" ");
+  $("curve").innerHTML =
+    `<polyline points="${line}"/>` +
+    points.map((p) => `<circle cx="${px(p.round).toFixed(1)}" cy="${py(p.accuracy).toFixed(1)}" r="3"><title>round ${p.round}: ${p.accuracy.toFixed(4)}</title></circle>`).join("") +
+    `<text x="2" y="12">${y1.toFixed(4)}</text><text x="2" y="176">${y0.toFixed(4)}</text>` +
+    `<text x="560" y="176">round ${x1}</text>`;
+}
+
+function draw(state) {
+  const s = state.status;
+  remember(s);
+  $("run").textContent = short(s.run_id || s.run, 16);
+  $("round").textContent = s.round;
+  $("phase").textContent = s.phase;
+  const left = s.deadline ? s.deadline - Date.now() / 1000 : 0;
+  $("countdown").textContent = left > 0 ? `ends in ${left.toFixed(0)}s` : "";
+  $("version").textContent = short(s.version || s.model_version);
+  $("version").dataset.version = s.version || "";
+  $("committed").textContent = s.committed_round >= 0 ? `(round ${s.committed_round})` : "";
+  $("peers").textContent = s.peers;
+  $("score").textContent = s.accuracy >= 0 ? s.accuracy.toFixed(4) : "not evaluated";
+  $("last-error").textContent = s.round_error || "";
+  drawCurve(state.rounds);
+  const committed = state.rounds.slice().reverse();
+  rows("rounds", committed, (r) => {
+    const extra = seen.rounds[r.round] || { errors: [], close: "" };
+    return [r.round, `<span class="mono">${short(r.version)}</span>`, ago(r.time), r.updates, r.contributors,
+      r.signatures, esc(extra.close || "-"), extra.errors.length ? esc(`${extra.errors.length}: ${extra.errors.at(-1)}`) : "0"];
+  });
+  rows("contributors", state.contributors, (c) => [`<span class="mono" title="${esc(c.node_id)}">${short(c.node_id, 16)}</span>`,
+    c.rounds, c.last_round >= 0 ? c.last_round : "-", esc(c.ban || "-"), c.probation_rounds_left || "-"]);
+  rows("peer-list", state.peers, (p) => [`<span class="mono" title="${esc(p.node_id)}">${short(p.node_id, 16)}</span>`,
+    esc(p.role), p.round, `<span class="mono">${short(p.model_version)}</span>`, ago(p.last_seen),
+    p.addrs.length ? `<span class="ok">${p.addrs.length} address${p.addrs.length === 1 ? "" : "es"}</span>` : "none (client)"]);
+  const rejected = Object.entries(s.rejected_updates).filter(([, n]) => n > 0).sort();
+  rows("rejections", rejected.length ? rejected : [["none", 0]], ([k, n]) => [esc(k), n]);
+  const kinds = Object.entries((s.traffic && s.traffic.kinds) || {}).filter(([, v]) => v.sent + v.recv > 0);
+  rows("traffic", kinds, ([k, v]) => [esc(k), bytes(v.sent), bytes(v.recv)]);
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  last = state;
+}
+
+async function poll() {
+  try {
+    const response = await fetch("api/state", { cache: "no-store" });
+    if (!response.ok) throw new Error(`${response.status} ${(await response.text()).trim()}`);
+    draw(await response.json());
+    $("connection").textContent = "live";
+    $("connection").className = "ok";
+  } catch (e) {
+    $("connection").textContent = `not answering (${e.message})`;
+    $("connection").className = "error";
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+poll();
