@@ -42,16 +42,19 @@ function drawCurve(rounds) {
   $("curve-points").textContent = `(${points.length} evaluated version${points.length === 1 ? "" : "s"})`;
   $("curve").dataset.points = points.length;
   if (points.length === 0) { $("curve").innerHTML = '<text x="10" y="20">no evaluated version yet</text>'; return; }
+  // the drawing is as wide as the element: text keeps its shape at any window size
+  const svg = $("curve"), width = Math.max(300, svg.clientWidth), height = 180;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const xs = points.map((p) => p.round), ys = points.map((p) => p.accuracy);
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
-  const px = (x) => 30 + (x1 > x0 ? ((x - x0) / (x1 - x0)) * 560 : 280);
-  const py = (y) => 165 - (y1 > y0 ? ((y - y0) / (y1 - y0)) * 150 : 75);
+  const px = (x) => 50 + (x1 > x0 ? ((x - x0) / (x1 - x0)) * (width - 90) : (width - 90) / 2);
+  const py = (y) => height - 20 - (y1 > y0 ? ((y - y0) / (y1 - y0)) * (height - 40) : (height - 40) / 2);
   const line = points.map((p) => `${px(p.round).toFixed(1)},${py(p.accuracy).toFixed(1)}`).join(" ");
-  $("curve").innerHTML =
+  svg.innerHTML =
     `<polyline points="${line}"/>` +
-    points.map((p) => `<circle cx="${px(p.round).toFixed(1)}" cy="${py(p.accuracy).toFixed(1)}" r="3"><title>round ${p.round}: ${p.accuracy.toFixed(4)}</title></circle>`).join("") +
-    `<text x="2" y="12">${y1.toFixed(4)}</text><text x="2" y="176">${y0.toFixed(4)}</text>` +
-    `<text x="560" y="176">round ${x1}</text>`;
+    points.map((p) => `<circle cx="${px(p.round).toFixed(1)}" cy="${py(p.accuracy).toFixed(1)}" r="3.5"><title>round ${p.round}: ${p.accuracy.toFixed(4)}</title></circle>`).join("") +
+    `<text x="4" y="${py(y1) + 4}">${y1.toFixed(4)}</text><text x="4" y="${py(y0) + 4}">${y0.toFixed(4)}</text>` +
+    `<text x="${px(x0) - 10}" y="${height - 4}">round ${x0}</text>` + (x1 > x0 ? `<text x="${px(x1) - 30}" y="${height - 4}">round ${x1}</text>` : "");
 }
 
 function draw(state) {
