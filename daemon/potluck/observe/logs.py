@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# by number: hivemind renames WARNING to "WARN" for its own log lines; ours stay the standard names
+LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING", logging.ERROR: "ERROR"}
 _context: Callable[[], dict[str, Any]] = lambda: {}  # noqa: E731
 
 
@@ -34,7 +36,7 @@ class JsonFormatter(logging.Formatter):
             context = {}
         line = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
+            "level": LEVELS.get(record.levelno, record.levelname),
             "node": context.get("node"),
             "run": context.get("run"),
             "round": context.get("round"),
