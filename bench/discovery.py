@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -42,11 +43,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jsonchild import JsonChild  # bench/jsonchild.py: this script's folder is on the path
+from placement import make_updates  # bench/placement.py
 
-from potluck.localswarm import LocalNode, LocalSwarm
+from potluck.identity import NodeIdentity
+from potluck.localswarm import LocalNode, LocalSwarm, next_collecting_round, wait_for
 from potluck.observe.serve import read_dashboard_url
 from potluck.rpc.client import ControlClient
 from potluck.runfiles import write_run
+from potluck.store.versions import VersionStore
 from potluck.v1 import control_pb2, control_pb2_grpc
 
 POLL_S = 0.05  # how often this process asks the potluck nodes; bounds the measurement's resolution
@@ -287,6 +291,7 @@ def _summary_ms(ms: list[float]) -> dict[str, float]:
 
 # ---- (c) observing: /metrics and the dashboard off vs on ---------------------------------------------------
 
+OBSERVE_ROUNDS = 3  # rounds with updates in each mode, after the latency runs
 OBSERVE_FLAGS = {
     "off": ["--metrics-listen", "off", "--dashboard-listen", "off"],
     "on": ["--metrics-listen", "127.0.0.1:0", "--dashboard-listen", "127.0.0.1:0"],
@@ -310,10 +315,78 @@ def observe_overhead(rate: float, seconds: float) -> dict[str, Any]:
                     swarm.wait_all_see(2, TIMEOUT_S)
                     log(f"observe {mode}: 3-node toy run up; {rate:.0f}/s of each call for {seconds:.0f}s")
                     out |= _observe_node(swarm.nodes[0], mode, rate, seconds)
+                    with _watched(swarm.nodes[0] if mode == "on" else None):
+                        out[mode]["rounds"] = _rounds(swarm, run.manifest, OBSERVE_ROUNDS)
                 finally:
                     _stop_all(swarm)
     on, off = out["on"]["get_status"]["p99_ms"], out["off"]["get_status"]["p99_ms"]
     out["get_status_p99_on_over_off"] = round(on / off, 2)
+    attempt = {m: statistics.median(r["attempt_s"] for r in out[m]["rounds"]) for m in OBSERVE_FLAGS}
+    out["attempt_s_median_on_over_off"] = round(attempt["on"] / attempt["off"], 2)
+    return out
+
+
+@contextlib.contextmanager
+def _watched(node: LocalNode | None) -> Any:
+    """While the rounds run with the pages on: a scrape and a dashboard poll every second, as a
+    Prometheus and an open dashboard would make (from a thread of this process)."""
+    if node is None:
+        yield
+        return
+    stop = threading.Event()
+    metrics, state = _page_urls(node)
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            _get(metrics)
+            _get(state)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _page_urls(node: LocalNode) -> tuple[str, str]:
+    """(/metrics, /api/state) of a node started with both on: the first from its log line."""
+    metrics = next(
+        line.split("metrics on ", 1)[1].strip()
+        for line in node.log_path.read_text().splitlines()
+        if "metrics on http://" in line
+    )
+    return metrics, f"{read_dashboard_url(node.data_dir)}api/state"
+
+
+def _rounds(swarm: LocalSwarm, manifest: Any, rounds: int) -> list[dict[str, Any]]:
+    """``rounds`` rounds with one update per node: how long each round's committing attempt took on
+    node 0 (entries + merge + commit, GetStatus' aggregation.last_phases), and the seconds from the
+    round's collecting deadline until node 0 committed it (polled every 0.1 s). Rounds run on the
+    clock (16 s), so the attempt is what the pages could slow down."""
+    authors = [NodeIdentity.generate() for _ in swarm.nodes]
+    node = swarm.nodes[0]
+    out = []
+    for k in range(rounds):
+        r = next_collecting_round(manifest)
+        base = node.status()["version"]
+        state = VersionStore(node.data_dir / "versions").get(base)
+        for n, data in zip(
+            swarm.nodes, make_updates(manifest, state, base, r, authors, 0.25, seed=k), strict=True
+        ):
+            reply = n.publish(data)
+            assert reply.accepted, f"{reply.reason}: {reply.detail}"
+        closes = node.status()["collecting_deadline"]
+        wait_for(lambda r=r: node.status()["committed_round"] >= r, 60, f"round {r}", interval=0.1)
+        done = time.time()
+        phases = node.status()["aggregation"]["last_phases"]
+        out.append({
+            "round": r, "attempt_s": round(sum(phases.values()), 3),
+            "phases_s": {k: round(v, 3) for k, v in phases.items()},
+            "commit_after_close_s": round(done - closes, 3),
+        })  # fmt: skip
+        log(f"round {r}: {out[-1]}")
     return out
 
 
@@ -334,12 +407,7 @@ def _observe_node(node: LocalNode, mode: str, rate: float, seconds: float) -> di
         }
         out[mode] = _paced(calls, rate, seconds)
         if mode == "on":
-            metrics = next(
-                line.split("metrics on ", 1)[1].strip()
-                for line in node.log_path.read_text().splitlines()
-                if "metrics on http://" in line
-            )
-            state = f"{read_dashboard_url(node.data_dir)}api/state"
+            metrics, state = _page_urls(node)
             pages = {"scrape": lambda: _get(metrics), "dashboard_state": lambda: _get(state)}
             out["http"] = _paced(pages | {"health_check": check}, rate, seconds)
     return out
