@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -55,7 +56,8 @@ class HttpServer:
             self._server = await asyncio.start_server(self._serve, self._host, self._port, reuse_address=True)
         except OSError as e:
             target = join_host_port(self._host, self._port)
-            raise ConfigError(f"cannot bind {self._flag} {target}: {e.strerror}") from None
+            why = os.strerror(e.errno) if e.errno else str(e)  # asyncio's own text repeats the address
+            raise ConfigError(f"cannot bind {self._flag} {target}: {why}") from None
         port = self._server.sockets[0].getsockname()[1]
         self.address = join_host_port(connectable(self._host), port)
         return self.address

@@ -54,9 +54,13 @@ class Observers:
         return Response(200, metrics.CONTENT_TYPE, metrics.render(lambda: status_of(self._node)))
 
     async def start(self) -> None:
-        for server in (self.metrics, self.dashboard):
-            if server is not None:
-                await server.start()
+        try:
+            for server in (self.metrics, self.dashboard):
+                if server is not None:
+                    await server.start()
+        except BaseException:  # the other one may be bound already
+            await self.stop()
+            raise
 
     def publish(self) -> None:
         """Once the node runs: write the dashboard's URL where `potluck dashboard` looks."""
