@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -37,18 +38,21 @@ class Terminal:
         return self.screen
 
     def interrupt(self, timeout: float = 10.0) -> int:
-        """Ctrl-C (SIGINT), as the terminal sends it; the exit code."""
+        """Ctrl-C (SIGINT), as the terminal sends it; the exit code. The terminal is read meanwhile: a
+        child writing into a full terminal buffer would otherwise block and never exit."""
         self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(timeout)
-        while select.select([self._master], [], [], 0.2)[0]:  # what it drew on its way out
-            try:
-                chunk = os.read(self._master, 65536)
-            except OSError:  # closed: all read
-                break
-            if not chunk:
-                break
-            self.screen += chunk
-        return code
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([self._master], [], [], 0.1)
+            chunk = b""
+            if ready:
+                with contextlib.suppress(OSError):  # closed: the child is gone
+                    chunk = os.read(self._master, 65536)
+                self.screen += chunk
+            if not chunk and self.proc.poll() is not None:
+                return self.proc.returncode
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.proc.args, timeout)
 
     def close(self) -> None:
         if self.proc.poll() is None:
