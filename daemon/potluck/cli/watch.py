@@ -9,7 +9,6 @@ dependency of transformers, and redrawing a table needs three escape codes.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 
@@ -94,9 +93,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-_metric = functools.lru_cache(maxsize=4)(run_metric)  # a run's metric does not change: look it up once
-
-
 def frame(args: argparse.Namespace) -> str:
     """One screen: a header line and the status table, or why the node did not answer."""
     from potluck.rpc.client import NodeUnreachable
@@ -106,7 +102,7 @@ def frame(args: argparse.Namespace) -> str:
         _, s = call_node(args, lambda c: c.status())
     except NodeUnreachable as e:
         return f"{header}\n\n{e}; retrying"
-    return f"{header}\n\n{format_status(s, _metric(args.data_dir, s['run_id']))}"
+    return f"{header}\n\n{format_status(s, run_metric(args.data_dir, s['run_id']))}"
 
 
 def watch_status(args: argparse.Namespace) -> int:
