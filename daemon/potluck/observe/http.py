@@ -19,7 +19,7 @@ from potluck.rpc.address import connectable, is_loopback, join_host_port, split_
 
 logger = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 8192
+MAX_REQUEST_BYTES = 8192  # a request line and headers; more is dropped unanswered
 READ_TIMEOUT_S = 5.0
 
 
@@ -53,7 +53,9 @@ class HttpServer:
                 f"{self._flag} bound to {self._host}: anyone who can reach it can read this node's status"
             )
         try:
-            self._server = await asyncio.start_server(self._serve, self._host, self._port, reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._serve, self._host, self._port, reuse_address=True, limit=MAX_REQUEST_BYTES
+            )
         except OSError as e:
             target = join_host_port(self._host, self._port)
             why = os.strerror(e.errno) if e.errno else str(e)  # asyncio's own text repeats the address
