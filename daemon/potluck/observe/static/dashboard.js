@@ -6,7 +6,7 @@ const POLL_MS = 1000;
 const $ = (id) => document.getElementById(id);
 const short = (hex, n = 12) => (hex ? hex.slice(0, n) : "-");
 // what the page saw between polls: failed attempts and close reasons by round (the history keeps commits only)
-const seen = { failed: 0, rounds: {} };
+const seen = { failed: 0, attempts: 0, rounds: {} };
 let last = null;
 
 function esc(value) {
@@ -31,10 +31,12 @@ function rows(id, items, cells) {
 
 function remember(s) {
   const r = s.round;
-  const entry = (seen.rounds[r] = seen.rounds[r] || { errors: [], close: "" });
+  const entry = (seen.rounds[r] = seen.rounds[r] || { errors: [], close: "", attempts: 0 });
   if (s.aggregation && s.aggregation.close_reason) entry.close = s.aggregation.close_reason;
+  if (last !== null) entry.attempts += Math.max(0, s.attempts - seen.attempts);
   if (s.failed_attempts > seen.failed && last !== null && s.round_error) entry.errors.push(s.round_error);
   seen.failed = s.failed_attempts;
+  seen.attempts = s.attempts;
 }
 
 function drawCurve(rounds) {
@@ -74,9 +76,9 @@ function draw(state) {
   drawCurve(state.rounds);
   const committed = state.rounds.slice().reverse();
   rows("rounds", committed, (r) => {
-    const extra = seen.rounds[r.round] || { errors: [], close: "" };
+    const extra = seen.rounds[r.round] || { errors: [], close: "", attempts: 0 };
     return [r.round, `<span class="mono">${short(r.version)}</span>`, ago(r.time), r.updates, r.contributors,
-      r.signatures, esc(extra.close || "-"), extra.errors.length ? esc(`${extra.errors.length}: ${extra.errors.at(-1)}`) : "0"];
+      r.signatures, esc(extra.close || "-"), extra.attempts || "-", extra.errors.length ? esc(`${extra.errors.length}: ${extra.errors.at(-1)}`) : "0"];
   });
   rows("contributors", state.contributors, (c) => [`<span class="mono" title="${esc(c.node_id)}">${short(c.node_id, 16)}</span>`,
     c.rounds, c.last_round >= 0 ? c.last_round : "-", esc(c.ban || "-"), c.probation_rounds_left || "-"]);
