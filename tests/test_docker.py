@@ -69,7 +69,7 @@ def joiners() -> dict[str, dict[str, Any]]:
 
 def test_compose_has_a_bootstrap_node_and_three_joiners() -> None:
     assert "bootstrap" in nodes()
-    assert len(joiners()) == 3 and set(services()) == {*nodes(), "prometheus"}
+    assert len(joiners()) == 3 and set(services()) == {*nodes(), "prometheus", "grafana"}
 
 
 @pytest.mark.parametrize("name", sorted(nodes()))
@@ -213,3 +213,40 @@ def test_wrapper_fails_when_the_address_never_appears(tmp_path: Path, fake_potlu
     assert result.returncode != 0
     assert "no usable address" in result.stderr
     assert result.stdout == ""  # potluck never started
+
+
+def test_grafana_reads_the_shipped_provisioning_and_graphs_only_metrics_a_node_serves() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from potluck.observe.metrics import render
+    from potluck.rpc.jsonify import message_to_dict
+    from potluck.v1 import control_pb2
+
+    grafana = services()["grafana"]
+    mounts = dict(v.rsplit(":", 2)[:2] for v in grafana["volumes"])
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    [source] = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["url"] == "http://prometheus:9090" and "prometheus" in services()
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/potluck.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == mounts["./grafana/dashboards"]
+    assert all(ipaddress.ip_address(p.split(":")[0]).is_loopback for p in grafana["ports"])
+    # every series a panel asks for is one a node's /metrics has (a renamed metric fails here)
+    status = message_to_dict(
+        control_pb2.GetStatusResponse(
+            accuracy=0.5, rejected_updates={"wrong_run": 1},
+            traffic=control_pb2.Traffic(kinds={"sync": control_pb2.TrafficBytes(sent=1, recv=1)}),
+            defence=control_pb2.Defence(bans=[control_pb2.Ban(reason="equivocation")]),
+            aggregation=control_pb2.Aggregation(last_phases={"merge": 0.1}),
+        )
+    )  # fmt: skip
+    served = {
+        s.name for f in text_string_to_metric_families(render(lambda: status).decode()) for s in f.samples
+    }
+    dashboard = json.loads((DOCKER / "grafana/dashboards/potluck.json").read_text())
+    asked = {
+        m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"potluck_\w+", t["expr"])
+    }
+    assert asked and asked <= served, asked - served
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["uid"]}
