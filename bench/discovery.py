@@ -9,8 +9,12 @@
 (b) control API: GetStatus latency at a paced rate against one node of a 3-node swarm, and the
     standard grpc.health.v1 Health.Check on the same server, channel and schedule (interleaved
     half a period apart) as the baseline.
+(c) observing: against one node of a 3-node run with rounds going (the toy task), GetStatus and
+    Health.Check as in (b) with /metrics and the dashboard off, then on; with them on, also a scrape
+    of /metrics and a poll of the dashboard's /api/state (what Prometheus and the page do).
 
     python bench/discovery.py [--sizes 2,4,8] [--repeats K] [--rate 100] [--seconds 10] [--out FILE]
+        [--parts discovery,rpc,observe]
 
 Progress goes to stderr, one JSON object to stdout (and to --out).
 """
@@ -28,7 +32,10 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,9 +43,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jsonchild import JsonChild  # bench/jsonchild.py: this script's folder is on the path
+from placement import make_updates  # bench/placement.py
 
-from potluck.localswarm import LocalNode, LocalSwarm
+from potluck.identity import NodeIdentity
+from potluck.localswarm import LocalNode, LocalSwarm, next_collecting_round, wait_for
+from potluck.observe.serve import read_dashboard_url
 from potluck.rpc.client import ControlClient
+from potluck.runfiles import write_run
+from potluck.store.versions import VersionStore
 from potluck.v1 import control_pb2, control_pb2_grpc
 
 POLL_S = 0.05  # how often this process asks the potluck nodes; bounds the measurement's resolution
@@ -264,6 +276,8 @@ def _paced(calls: dict[str, Any], rate: float, seconds: float) -> dict[str, Any]
     }
     for name, ms in samples.items():
         result[name] = _summary_ms(ms)
+    if "get_status" not in result:
+        return result
     base = result["health_check"]
     result["ratio_p50"] = round(result["get_status"]["p50_ms"] / base["p50_ms"], 2)
     result["ratio_p99"] = round(result["get_status"]["p99_ms"] / base["p99_ms"], 2)
@@ -273,6 +287,130 @@ def _paced(calls: dict[str, Any], rate: float, seconds: float) -> dict[str, Any]
 def _summary_ms(ms: list[float]) -> dict[str, float]:
     q = statistics.quantiles(ms, n=100, method="inclusive")
     return {"n": len(ms), "p50_ms": round(q[49], 3), "p99_ms": round(q[98], 3), "max_ms": round(max(ms), 3)}
+
+
+# ---- (c) observing: /metrics and the dashboard off vs on ---------------------------------------------------
+
+OBSERVE_ROUNDS = 3  # rounds with updates in each mode, after the latency runs
+OBSERVE_FLAGS = {
+    "off": ["--metrics-listen", "off", "--dashboard-listen", "off"],
+    "on": ["--metrics-listen", "127.0.0.1:0", "--dashboard-listen", "127.0.0.1:0"],
+}
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return reply.read()
+
+
+def observe_overhead(rate: float, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="potluck-observe-") as tmp:
+        run = write_run(Path(tmp) / "run.toml", "toy", round_seconds=16.0, density=0.25)
+        for mode, flags in OBSERVE_FLAGS.items():
+            extra = ["--manifest", str(run.path), *flags]
+            with LocalSwarm(Path(tmp) / mode, run=run.manifest.run_id, extra_args=extra) as swarm:
+                try:
+                    swarm.start(3)
+                    swarm.wait_all_see(2, TIMEOUT_S)
+                    log(f"observe {mode}: 3-node toy run up; {rate:.0f}/s of each call for {seconds:.0f}s")
+                    out |= _observe_node(swarm.nodes[0], mode, rate, seconds)
+                    with _watched(swarm.nodes[0] if mode == "on" else None):
+                        out[mode]["rounds"] = _rounds(swarm, run.manifest, OBSERVE_ROUNDS)
+                finally:
+                    _stop_all(swarm)
+    on, off = out["on"]["get_status"]["p99_ms"], out["off"]["get_status"]["p99_ms"]
+    out["get_status_p99_on_over_off"] = round(on / off, 2)
+    attempt = {m: statistics.median(r["attempt_s"] for r in out[m]["rounds"]) for m in OBSERVE_FLAGS}
+    out["attempt_s_median_on_over_off"] = round(attempt["on"] / attempt["off"], 2)
+    return out
+
+
+@contextlib.contextmanager
+def _watched(node: LocalNode | None) -> Any:
+    """While the rounds run with the pages on: a scrape and a dashboard poll every second, as a
+    Prometheus and an open dashboard would make (from a thread of this process)."""
+    if node is None:
+        yield
+        return
+    stop = threading.Event()
+    metrics, state = _page_urls(node)
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            _get(metrics)
+            _get(state)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _page_urls(node: LocalNode) -> tuple[str, str]:
+    """(/metrics, /api/state) of a node started with both on: the first from its log line."""
+    metrics = next(
+        line.split("metrics on ", 1)[1].strip()
+        for line in node.log_path.read_text().splitlines()
+        if "metrics on http://" in line
+    )
+    return metrics, f"{read_dashboard_url(node.data_dir)}api/state"
+
+
+def _rounds(swarm: LocalSwarm, manifest: Any, rounds: int) -> list[dict[str, Any]]:
+    """``rounds`` rounds with one update per node: how long each round's committing attempt took on
+    node 0 (entries + merge + commit, GetStatus' aggregation.last_phases), and the seconds from the
+    round's collecting deadline until node 0 committed it (polled every 0.1 s). Rounds run on the
+    clock (16 s), so the attempt is what the pages could slow down."""
+    authors = [NodeIdentity.generate() for _ in swarm.nodes]
+    node = swarm.nodes[0]
+    out = []
+    for k in range(rounds):
+        r = next_collecting_round(manifest)
+        base = node.status()["version"]
+        state = VersionStore(node.data_dir / "versions").get(base)
+        for n, data in zip(
+            swarm.nodes, make_updates(manifest, state, base, r, authors, 0.25, seed=k), strict=True
+        ):
+            reply = n.publish(data)
+            assert reply.accepted, f"{reply.reason}: {reply.detail}"
+        closes = node.status()["collecting_deadline"]
+        wait_for(lambda r=r: node.status()["committed_round"] >= r, 60, f"round {r}", interval=0.1)
+        done = time.time()
+        phases = node.status()["aggregation"]["last_phases"]
+        out.append({
+            "round": r, "attempt_s": round(sum(phases.values()), 3),
+            "phases_s": {k: round(v, 3) for k, v in phases.items()},
+            "commit_after_close_s": round(done - closes, 3),
+        })  # fmt: skip
+        log(f"round {r}: {out[-1]}")
+    return out
+
+
+def _observe_node(node: LocalNode, mode: str, rate: float, seconds: float) -> dict[str, Any]:
+    """GetStatus and Health.Check as in (b); with the pages on, then a scrape and a dashboard poll
+    paced against Health.Check on their own (so the GetStatus numbers of on and off see the same load)."""
+    out: dict[str, Any] = {}
+    with grpc.insecure_channel(node.rpc_address) as channel:
+        status = control_pb2_grpc.ControlServiceStub(channel).GetStatus
+        health = health_pb2_grpc.HealthStub(channel).Check
+
+        def check() -> Any:
+            return health(health_pb2.HealthCheckRequest(service=""), timeout=5)
+
+        calls = {
+            "get_status": lambda: status(control_pb2.GetStatusRequest(), timeout=5),
+            "health_check": check,
+        }
+        out[mode] = _paced(calls, rate, seconds)
+        if mode == "on":
+            metrics, state = _page_urls(node)
+            pages = {"scrape": lambda: _get(metrics), "dashboard_state": lambda: _get(state)}
+            out["http"] = _paced(pages | {"health_check": check}, rate, seconds)
+    return out
 
 
 # ---- driver ---------------------------------------------------------------------------------------------
@@ -333,15 +471,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="requests/s of each RPC (default 100)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the RPC run (default 10)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--parts", default="discovery,rpc,observe", help="which parts to run (default discovery,rpc,observe)"
+    )
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"discovery", "rpc", "observe"}:
+        parser.error(
+            f"--parts: expected a comma-separated subset of discovery,rpc,observe, got {args.parts!r}"
+        )
 
     started = time.monotonic()
     result: dict[str, Any] = {
         "benchmark": "discovery",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
-    result["discovery"] = discovery(args.sizes, args.repeats)
-    result["rpc"] = rpc_latency(args.rate, args.seconds)
+    if "discovery" in parts:
+        result["discovery"] = discovery(args.sizes, args.repeats)
+    if "rpc" in parts:
+        result["rpc"] = rpc_latency(args.rate, args.seconds)
+    if "observe" in parts:
+        result["observe"] = observe_overhead(args.rate, args.seconds)
     result["total_s"] = round(time.monotonic() - started, 1)
     text = json.dumps(result, indent=2)
     if args.out:

@@ -1,6 +1,6 @@
 """docker/: the Dockerfile, compose.yaml and the entrypoint wrapper, checked without a Docker engine.
 
-Each compose service's argv is handed to the real `potluck` argument parser, and the wrapper script is
+Each node service's argv is handed to the real `potluck` argument parser, and the wrapper script is
 run for real with a stand-in `potluck` on PATH, so a renamed flag or a broken wrapper fails here.
 """
 
@@ -26,6 +26,8 @@ COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 WRAPPER = "potluck-entrypoint"  # where the Dockerfile installs entrypoint.sh
+PROMETHEUS = DOCKER / "prometheus.yml"
+METRICS_PORT = "9450"  # every node's --metrics-listen 0.0.0.0:9450, scraped by the prometheus service
 RPC_PORT = "7450"  # the control API's port inside a container (--rpc-listen 0.0.0.0:7450)
 SAMPLE_PEER = "/ip4/172.18.0.2/tcp/7451/p2p/12D3KooWJZPxCvExTyiofYEuLLEqjpSQsC6LVBAmEyqUDYfbVTh3"
 FAKE_PEER_ID = "12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFake"
@@ -33,6 +35,11 @@ FAKE_PEER_ID = "12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFake"
 
 def services() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def nodes() -> dict[str, dict[str, Any]]:
+    """The services that run potluck (every one but the monitoring)."""
+    return {name: s for name, s in services().items() if s.get("image") == "potluck:dev"}
 
 
 def image_entrypoint() -> list[str]:
@@ -57,32 +64,33 @@ def potluck_argv(service: dict[str, Any]) -> list[str]:
 
 
 def joiners() -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in services().items() if name != "bootstrap"}
+    return {name: s for name, s in nodes().items() if name != "bootstrap"}
 
 
 def test_compose_has_a_bootstrap_node_and_three_joiners() -> None:
-    assert "bootstrap" in services()
-    assert len(joiners()) == 3
+    assert "bootstrap" in nodes()
+    assert len(joiners()) == 3 and set(services()) == {*nodes(), "prometheus", "grafana"}
 
 
-@pytest.mark.parametrize("name", sorted(services()))
+@pytest.mark.parametrize("name", sorted(nodes()))
 def test_service_argv_is_accepted_by_the_cli_parser(name: str) -> None:
-    args = build_parser().parse_args(potluck_argv(services()[name]))
+    args = build_parser().parse_args(potluck_argv(nodes()[name]))
     assert args.command == "run"
     assert args.listen == ["/ip4/0.0.0.0/tcp/7451"]
     # listening on all interfaces inside the container is only allowed with the explicit flag
     assert args.rpc_listen == f"0.0.0.0:{RPC_PORT}" and args.allow_remote_rpc
+    assert args.metrics_listen == f"0.0.0.0:{METRICS_PORT}"  # for the prometheus service
 
 
-@pytest.mark.parametrize("name", sorted(services()))
+@pytest.mark.parametrize("name", sorted(nodes()))
 def test_healthcheck_is_a_potluck_status_call(name: str) -> None:
-    test = services()[name]["healthcheck"]["test"]
+    test = nodes()[name]["healthcheck"]["test"]
     assert test[:2] == ["CMD", "potluck"]
     assert build_parser().parse_args(test[2:]).command == "status"
 
 
 def test_published_control_ports_bind_loopback_only() -> None:
-    for name, service in services().items():
+    for name, service in nodes().items():
         control = []
         for port in service.get("ports", []):
             assert isinstance(port, str), f"{name}: use the HOST_IP:HOST_PORT:CONTAINER_PORT string form"
@@ -104,15 +112,32 @@ def test_joiners_depend_on_bootstrap_and_pass_initial_peers() -> None:
         args = build_parser().parse_args(potluck_argv(service))
         assert args.initial_peers == [SAMPLE_PEER], name
         assert "@/swarm/bootstrap.maddr" in service["command"], name
-    bootstrap = services()["bootstrap"]
+    bootstrap = nodes()["bootstrap"]
     assert bootstrap["environment"]["POTLUCK_PUBLISH_FILE"] == "/swarm/bootstrap.maddr"
     assert bootstrap["environment"]["POTLUCK_PUBLISH_ADDR"].startswith("/dns4/bootstrap/tcp/7451")
     assert not build_parser().parse_args(potluck_argv(bootstrap)).initial_peers
 
 
 def test_each_node_keeps_its_key_in_its_own_volume() -> None:
-    data_volumes = [v.split(":")[0] for s in services().values() for v in s["volumes"] if ":/data" in v]
-    assert len(data_volumes) == len(services()) == len(set(data_volumes))
+    data_volumes = [v.split(":")[0] for s in nodes().values() for v in s["volumes"] if ":/data" in v]
+    assert len(data_volumes) == len(nodes()) == len(set(data_volumes))
+
+
+def test_prometheus_scrapes_every_node_and_is_published_on_loopback_only() -> None:
+    prometheus = services()["prometheus"]
+    mounts = dict(v.rsplit(":", 2)[:2] for v in prometheus["volumes"] if v.startswith("./"))
+    config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))
+    assert mounts["./prometheus.yml"] == config_path  # it reads the file we ship
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    targets = [t for c in job["static_configs"] for t in c["targets"]]
+    assert sorted(targets) == sorted(f"{name}:{METRICS_PORT}" for name in nodes())
+    for port in prometheus["ports"]:
+        host, _, _ = port.split(":")
+        assert ipaddress.ip_address(host).is_loopback, port
+    for name, service in nodes().items():  # the metrics stay inside the compose network
+        assert not any(p.split(":")[-1] == METRICS_PORT for p in service.get("ports", [])), name
 
 
 def test_dockerfile_installs_cpu_torch_before_the_project_and_runs_potluck_unprivileged() -> None:
@@ -188,3 +213,40 @@ def test_wrapper_fails_when_the_address_never_appears(tmp_path: Path, fake_potlu
     assert result.returncode != 0
     assert "no usable address" in result.stderr
     assert result.stdout == ""  # potluck never started
+
+
+def test_grafana_reads_the_shipped_provisioning_and_graphs_only_metrics_a_node_serves() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from potluck.observe.metrics import render
+    from potluck.rpc.jsonify import message_to_dict
+    from potluck.v1 import control_pb2
+
+    grafana = services()["grafana"]
+    mounts = dict(v.rsplit(":", 2)[:2] for v in grafana["volumes"])
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    [source] = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["url"] == "http://prometheus:9090" and "prometheus" in services()
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/potluck.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == mounts["./grafana/dashboards"]
+    assert all(ipaddress.ip_address(p.split(":")[0]).is_loopback for p in grafana["ports"])
+    # every series a panel asks for is one a node's /metrics has (a renamed metric fails here)
+    status = message_to_dict(
+        control_pb2.GetStatusResponse(
+            accuracy=0.5, rejected_updates={"wrong_run": 1},
+            traffic=control_pb2.Traffic(kinds={"sync": control_pb2.TrafficBytes(sent=1, recv=1)}),
+            defence=control_pb2.Defence(bans=[control_pb2.Ban(reason="equivocation")]),
+            aggregation=control_pb2.Aggregation(last_phases={"merge": 0.1}),
+        )
+    )  # fmt: skip
+    served = {
+        s.name for f in text_string_to_metric_families(render(lambda: status).decode()) for s in f.samples
+    }
+    dashboard = json.loads((DOCKER / "grafana/dashboards/potluck.json").read_text())
+    asked = {
+        m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"potluck_\w+", t["expr"])
+    }
+    assert asked and asked <= served, asked - served
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["uid"]}

@@ -46,6 +46,7 @@ LAYERS: tuple[str, ...] = (
     "vcs",  # show, diff, blame, verify: reads a data dir
     "engine",
     "rpc",
+    "observe",  # /metrics, the dashboard, JSON logs: read-only views of the control API's replies
     "joining",
     "node",
     "lifecycle",

@@ -57,6 +57,9 @@ class NodeConfig:
     # update per round passes any limit >= 1. None: no limit.
     max_updates_per_author: int | None = DEFAULT_MAX_UPDATES_PER_AUTHOR
     snapshot_every: int = 1  # versions kept whole; between them, patches of the parent (store/versions.py)
+    # the read-only HTTP pages (potluck.observe): HOST:PORT or "off"
+    metrics_listen: str = "off"
+    dashboard_listen: str = "off"
 
 
 def bans_path(data_dir: Path, run: str) -> Path:

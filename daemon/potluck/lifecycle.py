@@ -13,6 +13,8 @@ from typing import Protocol
 
 from potluck.joining import NodeConfig
 from potluck.node import Node
+from potluck.observe import logs
+from potluck.observe.serve import Observers
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ async def run_node(config: NodeConfig, make_worker: Callable[[Node], Worker] | N
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     node = Node(config)
+    observers = Observers(node, config.metrics_listen, config.dashboard_listen)
+    await observers.start()  # before the node: a busy port fails fast (ConfigError: exit 2)
 
     def restore_signals() -> None:  # also after hivemind's averager set SIGINT to "ignore"
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -44,7 +48,14 @@ async def run_node(config: NodeConfig, make_worker: Callable[[Node], Worker] | N
     await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
     failure: BaseException | None = None
     if start.done():
+        if start.exception() is not None:
+            await observers.stop()
         start.result()  # raise a startup error (ConfigError -> exit 2); start() cleaned up already
+        observers.publish()
+        logs.set_context(lambda: {"node": node.identity.node_id[:16] if node.identity else None,
+                                  "run": node.run, "round": node.local.round})  # fmt: skip
+        for line in observers.urls():
+            logger.info(line)
         worker = make_worker(node) if make_worker is not None else None
         work = asyncio.create_task(worker.run(), name="worker") if worker is not None else None
         await asyncio.wait({stopped, *([work] if work else [])}, return_when=asyncio.FIRST_COMPLETED)
@@ -62,6 +73,7 @@ async def run_node(config: NodeConfig, make_worker: Callable[[Node], Worker] | N
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await start
     logger.info("shutting down")
+    await observers.stop()
     if stop.is_set():  # a second signal ends us at once; a first one (we were leaving anyway) changes nothing
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, os._exit, 130)

@@ -121,6 +121,8 @@ def test_data_dir_that_is_a_file(tmp_path):
         (["--rpc-listen", "0.0.0.0:0"], "--allow-remote-rpc"),
         (["--rpc-listen", "nonsense"], "--rpc-listen"),
         (["--run", "a/b"], "--run"),
+        (["--metrics-listen", "nowhere"], "--metrics-listen"),
+        (["--dashboard-listen", "nowhere"], "--dashboard-listen"),
     ],
 )
 def test_bad_configuration(tmp_path, extra, needle):
@@ -152,7 +154,10 @@ def test_busy_ports_are_one_line_errors(tmp_path):
             "127.0.0.1:0",
         )
         assert_config_error(proc, "address already in use")
-    assert not (tmp_path / "api").exists()
+        # the read-only pages bind before the node starts, like the control API
+        proc = potluck(*run_args(tmp_path), "--metrics-listen", f"127.0.0.1:{port}")
+        assert_config_error(proc, f"cannot bind --metrics-listen 127.0.0.1:{port}: Address already in use")
+    assert not (tmp_path / "api").exists() and not (tmp_path / "dashboard").exists()
 
 
 def test_parser_accepts_the_documented_interface():

@@ -38,6 +38,11 @@ def test_a_participant_frozen_mid_aggregation_does_not_stall_the_round(tmp_path)
             assert len({s["version"] for s in statuses}) == 1 and statuses[0]["version"] != before
             assert len(statuses[0]["participants"]) == 2
             assert "attempt 0" in statuses[0]["round_error"]  # the first attempt failed, the retry committed
+            # and the status counts it: a failed attempt, and the retry after it
+            assert (
+                statuses[0]["failed_attempts"] >= 1
+                and statuses[0]["attempts"] > statuses[0]["failed_attempts"]
+            )
         finally:
             os.killpg(frozen.pid, signal.SIGCONT)
         wait_for(lambda: frozen.status()["version"] == statuses[0]["version"], 2 * ROUND_S, "the thawed node")

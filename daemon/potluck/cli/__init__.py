@@ -1,8 +1,8 @@
 """The `potluck` command: the parser assembled from one module per command group.
 
 node (run, join, status, peers, id), run (init, pretrain), update (make, inspect, publish, list, apply),
-history (log, export, generate), vcs (show, diff, blame, verify, gc), fork, demo; the tables people
-read are in cli.format.
+history (log, export, generate), vcs (show, diff, blame, verify, gc), fork, demo, watch (status --watch,
+dashboard); the tables people read are in cli.format.
 
 Exit codes: 0 ok, 1 runtime failure (e.g. the node did not answer), 2 usage or configuration error.
 Heavy imports (torch, hivemind) happen only in the commands that need them, so `status` stays fast.
@@ -11,14 +11,14 @@ Heavy imports (torch, hivemind) happen only in the commands that need them, so `
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from potluck.cli import demo, fork, history, node, run, update, vcs
+from potluck.cli import demo, fork, history, node, run, update, vcs, watch
 from potluck.cli.common import EXIT_USAGE, Parser
 from potluck.errors import ConfigError
+from potluck.observe.logs import configure as configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -47,17 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="what a node logs to stderr (default INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="human",
+        choices=["human", "json"],
+        help="human lines (default), or one JSON object a line: time, level, node, run, round, event, fields",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for group in (node, run, history, vcs, fork, update, demo):
+    for group in (node, run, history, vcs, fork, update, demo, watch):
         group.add_parsers(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format, sys.stderr)
     try:
         return args.handler(args)
     except ConfigError as e:

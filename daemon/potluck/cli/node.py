@@ -18,6 +18,7 @@ from potluck.cli.common import (
     show,
 )
 from potluck.cli.format import format_peers, format_status
+from potluck.cli.watch import observe_args, watch_args, watch_status
 from potluck.errors import ConfigError
 from potluck.rpc.address import DEFAULT_RPC_LISTEN
 
@@ -31,6 +32,8 @@ def add_parsers(commands: Commands) -> None:
         parser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         query_args(parser)
         parser.set_defaults(handler=handler)
+        if name == "status":
+            watch_args(parser)
 
     ident = commands.add_parser(
         "id",
@@ -84,6 +87,7 @@ def _run_parser(commands: Commands) -> None:
         action="store_true",
         help="allow --rpc-listen on a non-loopback address (the API has no authentication)",
     )
+    observe_args(run)
     run.add_argument(
         "--role", default="keeper", choices=["keeper", "contributor"], help="role announced to peers"
     )
@@ -205,6 +209,7 @@ def _join_parser(commands: Commands) -> None:
         metavar="SECONDS",
         help="give up (exit 2) if the run cannot be reached in this time (default 60)",
     )
+    observe_args(join)
 
 
 def _quiet_libraries(log_level: str) -> None:
@@ -238,6 +243,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_update_norm=args.max_update_norm,
         max_updates_per_author=args.max_updates_per_author or None,
         snapshot_every=args.snapshot_every,
+        metrics_listen=args.metrics_listen,
+        dashboard_listen=args.dashboard_listen,
     )
     asyncio.run(run_node(config))
     return 0
@@ -262,6 +269,8 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return watch_status(args)
     # the score's name comes from the run's task (BPB for lm), which the node's data dir knows
     return show(
         args, lambda c: c.status(), None, lambda s: format_status(s, run_metric(args.data_dir, s["run_id"]))
@@ -299,7 +308,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, run=args.run or "default", manifest=args.manifest, listen=args.listen,
         initial_peers=args.initial_peers, rpc_listen=args.rpc_listen,
         role="client" if args.client_mode else "contributor",
-        record_ttl_s=args.record_ttl,
+        record_ttl_s=args.record_ttl, metrics_listen=args.metrics_listen,
+        dashboard_listen=args.dashboard_listen,
     )  # fmt: skip
 
     def contributor(node):

@@ -36,6 +36,9 @@ class RoundStatus:
     closes_at: float = 0.0  # when the round stops collecting at the latest (its clock bound)
     close_reason: str = ""  # "ready" pacing: why the last round closed
     attempts: int = 0
+    failed_attempts: int = 0
+    commits: int = 0  # versions taken since start: committed here or caught up to
+    version_since: float = 0.0  # when this node took its current version
     last_error: str = ""
     last_participants: list[str] = field(default_factory=list)
     abandoned_rounds: int = 0

@@ -191,6 +191,7 @@ class RoundEngine:
     def adopt(self, commit: Commit, state: dict[str, np.ndarray]) -> None:
         """Take a version committed elsewhere (a late joiner's sync): it becomes our V."""
         self.version, self.state, self.committed_round = commit.version, state, commit.round
+        self.status.commits += 1
         self._publish_version()
 
     async def catch_up(self) -> bool:
@@ -200,11 +201,12 @@ class RoundEngine:
     def _committed(self, commit: Commit, state: dict[str, np.ndarray]) -> None:
         """A commit persisted (ours or caught up to; called off the loop): it is our V from now on."""
         self.state, self.version, self.committed_round = state, commit.version, commit.round
+        self.status.commits += 1
         self._host.call_soon(self._publish_version)
 
     def _publish_version(self) -> None:
         """Tell the exchange and our peer record which version updates must be based on."""
-        self.status.accuracy = -1.0
+        self.status.accuracy, self.status.version_since = -1.0, time.time()
         self._evaluator.soon()
         self._local.model_version = self.version
         self._local.round = max(self.committed_round + 1, 0)
@@ -335,11 +337,13 @@ class RoundEngine:
             except AttemptFailed as e:
                 where = f" ({self._placer.ran})" if self._placer.ran else ""
                 self.status.last_error = f"round {r} attempt {index}{where}: {e}"
+                self.status.failed_attempts += 1
                 logger.warning(self.status.last_error)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug in one attempt must not end the node
                 self.status.last_error = f"round {r} attempt {index}: bug: {type(e).__name__}: {e}"
+                self.status.failed_attempts += 1
                 logger.exception(self.status.last_error)
             attempt += 1
         self._tried = attempt
