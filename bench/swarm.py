@@ -11,10 +11,11 @@ and N/2 contributors (``potluck join --run``, ``--local-steps``), real processes
   thread of its own every ``POLL_S``) until every node's GetStatus reports the N-1 others;
   ``api_ready_*_s``: each node's own launch to its API answering.
 * rounds: after a warm-up round 0, ``--rounds`` more; ``round_s`` commit to commit on the first keeper
-  (its history); ``bytes_per_node_round``: each node's GetStatus.traffic ``total`` (the kernel's TCP
-  byte count on its p2pd sockets, potluck.swarm.traffic), sent + received, from round 0's commit to
-  the last, per round; ``agree``: every node's history holds the same version hash (the weights' hash,
-  so bit-identical weights) for every round 0..last.
+  (its history); ``bytes_per_node_round``: each node's TCP bytes as the kernel counts them (the
+  node's own meter, potluck.swarm.traffic, run by this bench on its p2pd and on its python, which
+  holds the direct sync channel's sockets), sent + received, from round 0's commit on the first
+  keeper to the last one's, per round; ``agree``: every node's history holds the same version hash
+  (the hash of the weights' bytes) for every round 0..last.
 * memory once the last round committed: each node's process tree (python, DHT child, p2pd and any
   averager) RSS, PSS and USS (bench/procmem.py), per role.
 
@@ -81,27 +82,32 @@ class Watcher(threading.Thread):
 
 
 class Wire(threading.Thread):
-    """Each node's p2pd TCP bytes, sent + received, as the kernel counts them: the node's own meter
+    """Each node's TCP bytes, sent + received, as the kernel counts them, by process: its p2pd (libp2p:
+    DHT, records, updates, slices) and its own python (the direct bulk channel of version sync; the
+    control API too, which this bench does not call while it measures). The node's own meter
     (potluck.swarm.traffic.Traffic) run here, sampled every ``POLL_S`` so that sockets that close are
     kept, and read at once for all nodes when asked."""
 
     def __init__(self, nodes: list[LocalNode]) -> None:
         super().__init__(daemon=True)
-        self.meters = []
+        self.meters: list[dict[str, Traffic]] = []
         for node in nodes:
-            meter = Traffic()
-            meter.watch(next((p for p in tree(node.pid) if comm(p) == "p2pd"), None))
-            self.meters.append(meter)
+            p2pd = next((p for p in tree(node.pid) if comm(p) == "p2pd"), None)
+            self.meters.append({"p2pd": Traffic(), "direct": Traffic()})
+            self.meters[-1]["p2pd"].watch(p2pd)
+            self.meters[-1]["direct"].watch(node.pid)
         self.lock, self.stopped = threading.Lock(), threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(POLL_S):
             self.read()
 
-    def read(self) -> list[int | None]:
+    def read(self) -> list[dict[str, int]]:
+        """Per node: bytes so far by process (``p2pd``, ``direct``); a meter that could not read the
+        kernel is left out."""
         with self.lock:
-            totals = [meter.sample().get("total") for meter in self.meters]
-        return [t[0] + t[1] if t is not None else None for t in totals]
+            totals = [{k: m.sample().get("total") for k, m in meters.items()} for meters in self.meters]
+        return [{k: t[0] + t[1] for k, t in node.items() if t is not None} for node in totals]
 
 
 def versions(node: LocalNode) -> dict[int, str]:
@@ -191,14 +197,20 @@ def rounds(swarm: LocalSwarm, args: argparse.Namespace, first_timeout: float) ->
         wait_for(lambda: all(wanted <= set(versions(x)) for x in swarm.nodes), 30, "every node's history")
     held = [versions(node) for node in swarm.nodes]
     agreed = sum(all(r in h for h in held) and len({h[r] for h in held}) == 1 for r in wanted)
-    per_round: dict[str, list[float]] = {"keeper": [], "contributor": []}
+    span = max(1, r1 - r0)
+    per_round: dict[str, dict[str, list[float]]] = {"keeper": {}, "contributor": {}}
     for node, a, b in zip(swarm.nodes, bytes0, bytes1, strict=True):
-        if a is not None and b is not None:
-            per_round[node.data_dir.name.rstrip("0123456789")].append((b - a) / max(1, r1 - r0))
+        role = per_round[node.data_dir.name.rstrip("0123456789")]
+        for path in set(a) & set(b):
+            role.setdefault(path, []).append((b[path] - a[path]) / span)
+    totals = [sum(b[k] - a[k] for k in set(a) & set(b)) / span for a, b in zip(bytes0, bytes1, strict=True)]
     return {
         "round_s": {"median": statistics.median(round_s), "all": round_s},
-        "bytes_per_node_round": summary(per_round["keeper"] + per_round["contributor"], digits=0),
-        "bytes_per_node_round_by_role": {k: summary(v, digits=0) for k, v in per_round.items()},
+        "bytes_per_node_round": summary(totals, digits=0),
+        "bytes_per_node_round_by_role": {
+            role: {path: summary(v, digits=0) for path, v in paths.items()}
+            for role, paths in per_round.items()
+        },
         "bytes_rounds": f"{r0}..{r1}",
         "agree_every_round": agreed == len(wanted),
         "rounds_agreed": f"{agreed}/{len(wanted)}",
