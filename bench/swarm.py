@@ -14,8 +14,10 @@ and N/2 contributors (``potluck join --run``, ``--local-steps``), real processes
   (its history); ``bytes_per_node_round``: each node's TCP bytes as the kernel counts them (the
   node's own meter, potluck.swarm.traffic, run by this bench on its p2pd and on its python, which
   holds the direct sync channel's sockets), sent + received, from round 0's commit on the first
-  keeper to the last one's, per round; ``agree``: every node's history holds the same version hash
-  (the hash of the weights' bytes) for every round 0..last.
+  keeper to the last one's, per round; ``conflicting_rounds``: rounds 0..last of which two nodes'
+  histories hold different version hashes (the hash of the weights' bytes); ``skipped_node_rounds``:
+  rounds a node never held because it fell behind and caught up past them; ``agree_every_round``: no
+  conflict and every node holds the same last version.
 * memory once the last round committed: each node's process tree (python, DHT child, p2pd and any
   averager) RSS, PSS and USS (bench/procmem.py), per role.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -147,7 +150,10 @@ def run_potluck(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         log(f"n={n}: all peers seen {out['all_peers_seen_s']:.2f} s after the last API answered; "
             f"round 0 in {written.manifest.start_time - time.time():.0f} s")  # fmt: skip
         out |= rounds(swarm, args, start_in + args.timeout)
-        log(f"n={n}: rounds {out['round_s']['all']} s; agree on {out['rounds_agreed']}")
+        log(
+            f"n={n}: rounds {out['round_s']['all']} s; conflicting rounds {out['conflicting_rounds']}, "
+            f"skipped {out['skipped_node_rounds']} node-rounds, agree: {out['agree_every_round']}"
+        )
         swarm.stop()
     return out
 
@@ -196,7 +202,12 @@ def rounds(swarm: LocalSwarm, args: argparse.Namespace, first_timeout: float) ->
     with contextlib.suppress(TimeoutError):  # the slowest nodes may still be syncing the last version
         wait_for(lambda: all(wanted <= set(versions(x)) for x in swarm.nodes), 30, "every node's history")
     held = [versions(node) for node in swarm.nodes]
-    agreed = sum(all(r in h for h in held) and len({h[r] for h in held}) == 1 for r in wanted)
+    # a node that fell behind catches up to the latest commit, skipping the rounds between (commit.py):
+    # it never holds those, so they count as skipped; two nodes holding different versions of a round
+    # is a conflict
+    conflicts = [r for r in sorted(wanted) if len({h[r] for h in held if r in h}) > 1]
+    skipped = sum(r not in h for h in held for r in wanted)
+    final = {h.get(last) for h in held}
     span = max(1, r1 - r0)
     per_round: dict[str, dict[str, list[float]]] = {"keeper": {}, "contributor": {}}
     for node, a, b in zip(swarm.nodes, bytes0, bytes1, strict=True):
@@ -212,8 +223,9 @@ def rounds(swarm: LocalSwarm, args: argparse.Namespace, first_timeout: float) ->
             for role, paths in per_round.items()
         },
         "bytes_rounds": f"{r0}..{r1}",
-        "agree_every_round": agreed == len(wanted),
-        "rounds_agreed": f"{agreed}/{len(wanted)}",
+        "agree_every_round": not conflicts and len(final) == 1 and None not in final,
+        "conflicting_rounds": conflicts,
+        "skipped_node_rounds": f"{skipped}/{len(held) * len(wanted)}",
         "memory_MB": memory_by_role(mem),
     }
 
@@ -273,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the hivemind peers")
     parser.add_argument("--out", type=Path, default=Path("bench/out/swarm.png"), help="the plot ('': none)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' folders and logs")
     args = parser.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -282,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("each size must be >= 2 and --rounds >= 1")
     started = time.time()
     results: dict[str, Any] = {"sizes": {}}
-    with tempfile.TemporaryDirectory(prefix="potluck-swarm-bench-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="potluck-swarm-bench-")
+    log(f"nodes' folders in {tmp}" + (" (kept)" if args.keep else ""))
+    try:
         for n in sizes:
             entry: dict[str, Any] = {"potluck": run_potluck(n, args, Path(tmp))}
             if not args.no_baseline:
@@ -290,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"n={n}: hivemind peers see each other {entry['hivemind']['all_peers_seen_s']:.2f} s "
                     f"after the last DHT is up")  # fmt: skip
             results["sizes"][str(n)] = entry
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     if str(args.out) and not args.no_baseline:
         results["plot"] = plot(results["sizes"], args.out)
     report_args = argparse.Namespace(**{**vars(args), "out": args.json})
