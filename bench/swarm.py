@@ -143,7 +143,7 @@ def run_potluck(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     start_in = args.start_in + args.start_per_node * n  # round 0 after every node is up
     written = write_run(
         root / f"n{n}.toml", "toy", round_seconds=args.round_seconds, start_time=time.time() + start_in,
-        pacing="ready",
+        pacing="ready", quorum=args.quorum,
     )  # fmt: skip
     with LocalSwarm.for_run(root / f"n{n}", written.manifest.run_id, written.path, args.record_ttl) as swarm:
         out = {"keepers": keepers, "contributors": n - keepers, **discovery(swarm, n, keepers, args)}
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="4,8,16,24", help="node counts, half keepers (default 4,8,16,24)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds measured after round 0 (default 5)")
     parser.add_argument("--round-seconds", type=float, default=30.0, help="the upper bound of a ready round")
+    parser.add_argument("--quorum", type=int, default=1, help="signatures a commit needs (potluck init's 1)")
     parser.add_argument("--local-steps", type=int, default=5, help="each contributor's steps per round")
     parser.add_argument("--start-in", type=float, default=10.0, help="round 0 starts this much later ...")
     parser.add_argument("--start-per-node", type=float, default=4.0, help="... plus this much per node")
