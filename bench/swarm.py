@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import statistics
 import sys
@@ -287,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/swarm.png"), help="the plot ('': none)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' folders and logs")
+    parser.add_argument("--replot", type=Path, metavar="JSON", help="only draw --out from a saved result")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        print(plot(json.loads(args.replot.read_text())["results"]["sizes"], args.out))
+        return 0
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
