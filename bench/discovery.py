@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,12 @@ def _stop_all(swarm: LocalSwarm) -> None:
 # ---- (a) baseline: plain hivemind DHT peers -------------------------------------------------------------
 
 
-def baseline_discovery(n: int, poll_s: float) -> dict[str, float]:
+def baseline_discovery(
+    n: int, poll_s: float, while_up: Callable[[list[int]], None] | None = None
+) -> dict[str, float]:
+    """As :func:`potluck_discovery`, for plain hivemind DHT peers; also ``seen_after_last_ready_s``:
+    from the last peer's DHT being up until every peer saw all the others. ``while_up`` is called with
+    the peers' pids once they have, before they stop (bench/swarm.py measures their memory)."""
     key = f"bench-{os.getpid()}-{time.time_ns()}"
     peers: list[_BaselinePeer] = []
     try:
@@ -161,18 +166,22 @@ def baseline_discovery(n: int, poll_s: float) -> dict[str, float]:
         first = peers[0].wait("ready")
         initial = [a for a in first["maddrs"] if "/127.0.0.1/" in a][:1] or first["maddrs"][:1]
         peers += [_BaselinePeer(i, n, key, initial, poll_s) for i in range(1, n)]
-        ready = [p.wait("ready")["t"] - p.launched for p in peers]
-        seen = [p.wait("seen_all")["t"] - t0 for p in peers]
+        ready_at = [p.wait("ready")["t"] for p in peers]
+        seen_at = [p.wait("seen_all")["t"] for p in peers]
+        if while_up is not None:
+            while_up([p.proc.pid for p in peers])
     finally:
         for p in peers:
             p.close()
         for p in peers:
             p.join()
+    ready = [t - p.launched for t, p in zip(ready_at, peers, strict=True)]
     return {
-        "discovery_s": max(seen),
+        "discovery_s": max(seen_at) - t0,
         "first_ready_s": ready[0],
         "api_ready_median_s": statistics.median(ready),
         "api_ready_max_s": max(ready),
+        "seen_after_last_ready_s": max(0.0, max(seen_at) - max(ready_at)),
     }
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 import plots  # bench/plots.py: this script's folder is on the path
 from pacing_flower import loopback
+from procmem import parents, tree_memory
 
 HERE = Path(__file__).resolve().parent
 DAEMON = HERE.parent / "daemon"
@@ -67,30 +68,9 @@ def log(message: str) -> None:
     print(f"[pacing] {message}", file=sys.stderr, flush=True)
 
 
-def parents() -> dict[int, int]:
-    """Every process's parent (/proc/*/stat)."""
-    out: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                out[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return out
-
-
 def pss_tree(pid: int) -> int:
-    """Proportional set size of ``pid`` and all its descendants, bytes (/proc/*/smaps_rollup)."""
-    children: dict[int, list[int]] = {}
-    for child, parent in parents().items():
-        children.setdefault(parent, []).append(child)
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-    return total
+    """Proportional set size of ``pid`` and all its descendants, bytes (bench/procmem.py)."""
+    return int(tree_memory(pid)["pss"])
 
 
 class TcpLedger:

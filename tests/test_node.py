@@ -229,6 +229,16 @@ def test_a_port_another_node_listens_on_is_refused_in_one_line(swarm, tmp_path):
     assert not (tmp_path / "second" / "api").exists()
 
 
+def test_a_node_is_its_python_its_dht_child_and_p2pd_and_nothing_else(swarm):
+    for node in swarm.nodes:
+        names = sorted(p.name() for p in descendants(node.pid))
+        # no torch_shm_manager (potluck.swarm.forks), no averager before an all-reduce needs one
+        assert names == sorted(["p2pd", psutil.Process(node.pid).name()]), names
+        child = dht_child(node)
+        # forked with a frozen heap: most of the child's memory is still the parent's pages
+        assert child.memory_full_info().uss < child.memory_info().rss / 2
+
+
 def test_nothing_of_ours_is_left_after_the_swarm_stops(swarm):
     pids = [swarm.nodes[i].pid for i in range(3)]
     children = [c for pid in pids for c in descendants(pid)]

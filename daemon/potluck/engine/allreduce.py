@@ -30,6 +30,7 @@ from potluck.engine.conduct import Conduct
 from potluck.engine.updates import AcceptedUpdates, wait_for_updates
 from potluck.identity import NodeIdentity, node_id_of
 from potluck.rounds import fixedpoint
+from potluck.swarm.forks import frozen_heap
 from potluck.swarm.host import SwarmHost
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class AllReduce:
             allow_state_sharing=False,
             min_vector_size=fixedpoint.ROW,  # every peer's slice holds at least one sentinel
         )
-        averager.run_in_background(await_ready=False)
+        with frozen_heap():  # the child shares our heap: see potluck.swarm.forks
+            averager.run_in_background(await_ready=False)
         self._restore_signals()  # hivemind sets SIGINT to "ignore" in the host process
         try:
             await asyncio.to_thread(averager.wait_until_ready, 10)

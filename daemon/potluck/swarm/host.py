@@ -40,6 +40,7 @@ from potluck.swarm.addresses import (
     p2pd_reason,
     parse_initial_peer,
 )
+from potluck.swarm.forks import frozen_heap
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,16 +163,17 @@ class SwarmHost:
 
     def _start_dht(self) -> None:
         assert self._p2p is not None
-        self._dht = SupervisedDHT(
-            p2p=self._p2p,
-            start=True,
-            record_validators=self._validators,
-            await_ready=True,
-            client_mode=self.client_mode,
-            # every potluck read asks the swarm for the latest value, so hivemind's background re-reads of
-            # values it cached (before they expire) are traffic nobody uses
-            cache_refresh_before_expiry=0,
-        )
+        with frozen_heap():  # the child shares our heap: see potluck.swarm.forks
+            self._dht = SupervisedDHT(
+                p2p=self._p2p,
+                start=True,
+                record_validators=self._validators,
+                await_ready=True,
+                client_mode=self.client_mode,
+                # every potluck read asks the swarm for the latest value, so hivemind's background
+                # re-reads of values it cached (before they expire) are traffic nobody uses
+                cache_refresh_before_expiry=0,
+            )
 
     async def _supervise(self) -> None:
         while True:
