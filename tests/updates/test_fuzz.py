@@ -170,7 +170,8 @@ def test_arbitrary_index_deltas(deltas):
 
     body = list(VALID_BODY)
     entry = list(body[8][1])  # "layer.weight", 512 elements
-    entry[2], entry[4] = len(deltas), varint_encode(__import__("numpy").array(deltas, "uint64"))
+    entry[2], entry[3] = len(deltas), 0  # delta-varint
+    entry[4] = varint_encode(__import__("numpy").array(deltas, "uint64"))
     entry[6] = b"\x01" * len(deltas)
     entry[7] = b"\x00\x00\x80\x3f" * (-(-len(deltas) // 256))
     body[8] = [body[8][0], entry]
