@@ -49,7 +49,7 @@ _MAX_STR = 4096
 _INT64 = 1 << 63
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 WEIGHTINGS = ("samples",)
-VALUE_ENCODINGS = ("int8", "fp16")
+VALUE_ENCODINGS = ("int8", "fp16", "sign")
 ADMISSIONS = ("open", "allowlist")
 PLACEMENTS = ("auto", "gathered", "sliced", "allreduce")  # where a round's merge runs (rounds/placement.py)
 PACINGS = ("clock", "ready")  # when a round stops collecting (rounds/schedule.py)
@@ -146,7 +146,7 @@ class Manifest:
       weight_cap: cap on one update's weight (<= 2**24, see potluck.rounds.fixedpoint)
       outer_lr: V_{r+1} = V_r + outer_lr * weighted mean delta
       density: fraction of each tensor's entries an update may carry (top-k), in (0, 1]
-      values: value encoding of updates, "int8" or "fp16"
+      values: value encoding of updates, "int8", "fp16" or "sign" (1 bit a value, with error feedback)
       admission: "open", or "allowlist" (only authors in ``allow`` are admitted)
       allow: node ids (hex) admitted under "allowlist"
       quorum: signatures on the same commit needed to consider a round committed (>= 1)

@@ -2,9 +2,11 @@ import itertools
 
 import numpy as np
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from potluck.updates.quantize import roundtrip
-from potluck.updates.sparsify import ErrorFeedback, k_for, sparsify, topk_indices
+from potluck.updates.quantize import BLOCK, SIGN, roundtrip
+from potluck.updates.sparsify import ErrorFeedback, k_for, sign_survivors, sparsify, topk_indices
 
 
 def test_topk_exact_on_sampled_path():
@@ -61,3 +63,33 @@ def test_error_feedback_carries_quantization_error():
     (t,) = ef.compress({"w": x})
     np.testing.assert_array_equal(t.values, roundtrip(x, 1))
     np.testing.assert_allclose(ef.residual["w"], x - t.values, atol=1e-7)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32).filter(lambda x: x != 0), min_size=1, max_size=700))
+def test_sign_survivors_never_grow_an_entry(values):
+    v = np.array(values, np.float32)
+    keep = sign_survivors(v)
+    assert keep.any()  # the largest always survives
+    sent = roundtrip(v[keep], SIGN)
+    assert np.all(np.abs(v[keep] - sent) <= np.abs(v[keep]))
+
+
+def test_error_feedback_with_signs_loses_nothing_and_drains():
+    rng = np.random.default_rng(4)
+    ef = ErrorFeedback(density=0.05, values="sign")
+    total = rng.standard_normal((64, 64)).astype(np.float32)
+    published = np.zeros(total.size, np.float64)
+    (t,) = ef.compress({"a": total})
+    assert 0 < t.indices.size <= k_for(total.size, 0.05)
+    mags = np.abs(t.values)
+    assert all(np.all(mags[s : s + BLOCK] == mags[s : s + BLOCK].max()) for s in range(0, mags.size, BLOCK))
+    published[t.indices] += t.values
+    np.testing.assert_allclose(published + ef.residual["a"].reshape(-1), total.reshape(-1), atol=1e-5)
+    norms = [ef.residual_norm()]
+    for _ in range(200):
+        (t,) = ef.compress({"a": np.zeros_like(total)})
+        published[t.indices] += t.values
+        norms.append(ef.residual_norm())
+    assert all(b <= a + 1e-6 for a, b in itertools.pairwise(norms))
+    assert norms[-1] < 0.05 * norms[0]

@@ -45,7 +45,10 @@ def add_parsers(commands: Commands) -> None:
     )
     init.add_argument("--density", type=density, default=0.01, help="top-k density of updates (default 0.01)")
     init.add_argument(
-        "--values", choices=["int8", "fp16"], default="int8", help="value encoding of updates (default int8)"
+        "--values",
+        choices=["int8", "fp16", "sign"],
+        default="int8",
+        help="value encoding of updates (default int8; sign: 1 bit a value, error feedback keeps the rest)",
     )
     init.add_argument(
         "--quorum", type=positive_int, default=1, help="signatures needed to commit (default 1)"

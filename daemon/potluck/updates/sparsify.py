@@ -28,9 +28,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from potluck.updates.codec import SparseTensor
-from potluck.updates.quantize import VALUE_ENCODINGS, roundtrip
+from potluck.updates.quantize import BLOCK, SIGN, VALUE_ENCODINGS, roundtrip
 
-__all__ = ["DEFAULT_DENSITY", "ErrorFeedback", "k_for", "sparsify", "topk_indices"]
+__all__ = ["DEFAULT_DENSITY", "ErrorFeedback", "k_for", "sign_survivors", "sparsify", "topk_indices"]
 
 DEFAULT_DENSITY = 0.01
 _EXACT_BELOW = 1 << 20
@@ -125,6 +125,27 @@ def sparsify(name: str, x: np.ndarray, density: float = DEFAULT_DENSITY) -> Spar
     return SparseTensor(name, tuple(a.shape), idx, flat[idx])
 
 
+def sign_survivors(values: np.ndarray) -> np.ndarray:
+    """Which of the top-k ``values`` (in index order) to send as signs: a mask such that every kept
+    value is at least half the largest magnitude of its block of 256 *kept* values (the block's
+    scale). So ``|v - sign(v) * scale| <= |v|``: no entry's residual grows. A smaller value would be
+    sent more than twice too large; it stays in the residual and costs no index bits. Dropping one
+    shifts the later blocks, so this repeats until nothing changes (two or three passes)."""
+    mags = np.abs(np.asarray(values, dtype=np.float32))
+    keep = np.ones(mags.size, np.bool_)
+    while True:
+        kept = np.flatnonzero(keep)
+        m = mags[kept]
+        nblocks = -(-m.size // BLOCK)
+        padded = np.zeros(nblocks * BLOCK, np.float32)
+        padded[: m.size] = m
+        half = padded.reshape(nblocks, BLOCK).max(axis=1) / np.float32(2)
+        low = m < np.repeat(half, BLOCK)[: m.size]
+        if not low.any():
+            return keep
+        keep[kept[low]] = False
+
+
 class ErrorFeedback:
     """Top-k with memory: what is not sent (and the quantization error of what is) is carried over.
 
@@ -154,6 +175,8 @@ class ErrorFeedback:
                 np.add(acc, d, out=acc, casting="same_kind")
             flat = acc.reshape(-1)
             idx = topk_indices(flat, k_for(flat.size, self.density), row=d.shape[-1] if d.ndim else 1)
+            if self.value_encoding == SIGN:
+                idx = idx[sign_survivors(flat[idx])]
             sent = roundtrip(flat[idx], self.value_encoding)
             flat[idx] -= sent  # what the receiver won't see stays here
             out.append(SparseTensor(name, tuple(d.shape), idx, sent))
