@@ -47,7 +47,7 @@ from potluck.identity import NodeIdentity
 from potluck.rounds.fixedpoint import Layout, local_average
 from potluck.tasks import get_task
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update, parse_update
-from potluck.updates.sparsify import ErrorFeedback
+from potluck.updates.sparsify import SCOPES, ErrorFeedback
 
 RUN = "bench-federated"
 
@@ -71,7 +71,7 @@ def simulate(task, datas, genesis, args, *, sparse: bool, outer_lr: float, ident
     """One federated run; returns per-round accuracy, bytes, and extras."""
     layout = Layout.from_state(genesis)
     state = {k: v.copy() for k, v in genesis.items()}
-    feedback = [ErrorFeedback(args.density, args.values) for _ in datas]
+    feedback = [ErrorFeedback(args.density, args.values, args.scope) for _ in datas]
     acc, sent, overheads = [task.evaluate(state)], [0], []
     residual = []
     t_train = t_codec = t_merge = 0.0
@@ -131,7 +131,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--local-steps", type=int, default=20)
     ap.add_argument("--density", type=float, default=0.02)
-    ap.add_argument("--values", choices=["int8", "fp16"], default="int8")
+    ap.add_argument("--values", choices=["int8", "fp16", "sign"], default="int8")
+    ap.add_argument("--scope", choices=SCOPES, default="tensor", help="top-k of each tensor or of the model")
     ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's outer lr (FedAvg uses 1)")
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=0.02)

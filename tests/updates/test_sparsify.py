@@ -1,6 +1,7 @@
 import itertools
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -93,3 +94,29 @@ def test_error_feedback_with_signs_loses_nothing_and_drains():
         norms.append(ef.residual_norm())
     assert all(b <= a + 1e-6 for a, b in itertools.pairwise(norms))
     assert norms[-1] < 0.05 * norms[0]
+
+
+def test_model_scope_takes_the_largest_of_all_tensors():
+    rng = np.random.default_rng(5)
+    delta = {
+        "big": rng.standard_normal((50, 40)).astype(np.float32),
+        "loud": np.where(rng.random(30) < 0.5, -100, 100).astype(np.float32),
+        "quiet": 1e-3 * rng.standard_normal(20).astype(np.float32),
+    }
+    ef = ErrorFeedback(density=0.02, values="int8", scope="model")
+    out = {t.name: t for t in ef.compress(delta)}
+    k = k_for(2050, 0.02)  # 41 of all 2050 entries
+    assert "quiet" not in out  # no entry there: left out of the update
+    assert sum(t.indices.size for t in out.values()) == k
+    assert out["loud"].indices.size == 30  # every entry of the loud tensor beats the rest
+    everything = np.concatenate([np.abs(delta[n]).reshape(-1) for n in sorted(delta)])
+    sent = np.concatenate([np.abs(delta[n].reshape(-1)[out[n].indices]) for n in sorted(out)])
+    assert sent.min() >= np.sort(everything)[-k]
+    for name, t in out.items():
+        published = np.zeros(delta[name].size, np.float32)
+        published[t.indices] = t.values
+        np.testing.assert_allclose(
+            published + ef.residual[name].reshape(-1), delta[name].reshape(-1), atol=1e-5
+        )
+    with pytest.raises(ValueError):
+        ErrorFeedback(scope="layer")

@@ -30,9 +30,18 @@ import numpy as np
 from potluck.updates.codec import SparseTensor
 from potluck.updates.quantize import BLOCK, SIGN, VALUE_ENCODINGS, roundtrip
 
-__all__ = ["DEFAULT_DENSITY", "ErrorFeedback", "k_for", "sign_survivors", "sparsify", "topk_indices"]
+__all__ = [
+    "DEFAULT_DENSITY",
+    "SCOPES",
+    "ErrorFeedback",
+    "k_for",
+    "sign_survivors",
+    "sparsify",
+    "topk_indices",
+]
 
 DEFAULT_DENSITY = 0.01
+SCOPES = ("tensor", "model")  # what one top-k threshold covers (ErrorFeedback)
 _EXACT_BELOW = 1 << 20
 _CHUNK = 1 << 18  # elements per pass step: the temporaries stay in L2 cache
 _SAMPLE_ABOVE = 2000  # expected sampled values above the threshold
@@ -155,31 +164,64 @@ class ErrorFeedback:
     always equals the sum of all deltas given: nothing is lost, only delayed.
     """
 
-    def __init__(self, density: float = DEFAULT_DENSITY, values: str = "int8") -> None:
+    def __init__(self, density: float = DEFAULT_DENSITY, values: str = "int8", scope: str = "tensor") -> None:
+        """``scope``: "tensor" keeps the top ``density`` of each tensor; "model" the top ``density`` of
+        all entries together (one threshold: tensors with larger updates get more of the budget, and
+        a tensor with none is left out of the update, saving its entry's header bytes; it costs a
+        float32 copy of the model while choosing)."""
         if values not in VALUE_ENCODINGS:
             raise ValueError(f"values must be one of {sorted(VALUE_ENCODINGS)}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         k_for(1, density)  # validates density
         self.density = density
         self.value_encoding = VALUE_ENCODINGS[values]
+        self.scope = scope
         self.residual: dict[str, np.ndarray] = {}
 
     def compress(self, delta: Mapping[str, np.ndarray]) -> list[SparseTensor]:
-        """Add ``delta`` to the residual and take the top-k of each tensor out of it."""
-        out = []
+        """Add ``delta`` to the residual and take the top-k (of each tensor, or of the model) out of it."""
         for name in sorted(delta):
             d = np.asarray(delta[name])
             acc = self.residual.get(name)
             if acc is None or acc.shape != d.shape:
-                acc = self.residual[name] = np.array(d, dtype=np.float32, order="C")
+                self.residual[name] = np.array(d, dtype=np.float32, order="C")
             else:
                 np.add(acc, d, out=acc, casting="same_kind")
+        chosen = (
+            self._model_topk(sorted(delta)) if self.scope == "model" else self._tensor_topk(sorted(delta))
+        )
+        out = []
+        for name, idx in chosen.items():
+            acc = self.residual[name]
             flat = acc.reshape(-1)
-            idx = topk_indices(flat, k_for(flat.size, self.density), row=d.shape[-1] if d.ndim else 1)
             if self.value_encoding == SIGN:
                 idx = idx[sign_survivors(flat[idx])]
             sent = roundtrip(flat[idx], self.value_encoding)
             flat[idx] -= sent  # what the receiver won't see stays here
-            out.append(SparseTensor(name, tuple(d.shape), idx, sent))
+            out.append(SparseTensor(name, tuple(acc.shape), idx, sent))
+        return out
+
+    def _tensor_topk(self, names: list[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            acc = self.residual[name]
+            flat = acc.reshape(-1)
+            out[name] = topk_indices(
+                flat, k_for(flat.size, self.density), row=acc.shape[-1] if acc.ndim else 1
+            )
+        return out
+
+    def _model_topk(self, names: list[str]) -> dict[str, np.ndarray]:
+        flats = [self.residual[name].reshape(-1) for name in names]
+        ends = np.cumsum([f.size for f in flats])
+        idx = topk_indices(np.concatenate(flats), k_for(int(ends[-1]), self.density))
+        cuts = np.searchsorted(idx, ends)
+        out = {}
+        for i, name in enumerate(names):
+            part = idx[(cuts[i - 1] if i else 0) : cuts[i]]
+            if part.size:
+                out[name] = part - (ends[i - 1] if i else 0)
         return out
 
     def residual_norm(self) -> float:
