@@ -22,8 +22,8 @@ from potluck.updates.codec import (
     encode_update,
     parse_update,
 )
-from potluck.updates.indices import BITMAP
-from potluck.updates.quantize import INT8
+from potluck.updates.indices import BITMAP, RICE, VARINT
+from potluck.updates.quantize import VALUE_ENCODINGS
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.updates.sparsify import DEFAULT_DENSITY, sparsify
 
@@ -98,8 +98,8 @@ def _tensor_info(t: EncodedTensor) -> dict[str, Any]:
         "shape": list(t.shape),
         "nonzeros": t.nnz,
         "bytes": t.payload_size,
-        "indices": "bitmap" if t.index_encoding == BITMAP else "delta-varint",
-        "values": "int8" if t.value_encoding == INT8 else "fp16",
+        "indices": {VARINT: "delta-varint", BITMAP: "bitmap", RICE: "rice"}[t.index_encoding],
+        "values": {code: name for name, code in VALUE_ENCODINGS.items()}[t.value_encoding],
     }
 
 
