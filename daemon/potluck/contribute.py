@@ -118,7 +118,7 @@ class Contributor:
             data = await asyncio.to_thread(task.local_data, self._shard, self._seed)
         except TaskError as e:
             raise ConfigError(str(e)) from None
-        feedback = ErrorFeedback(manifest.density, manifest.values)
+        feedback = ErrorFeedback(manifest.density, manifest.values, manifest.topk_scope)
         declared_ahead = -1  # the round we declared for as we published the one before
         identity = node.identity
         assert identity is not None

@@ -51,6 +51,12 @@ def add_parsers(commands: Commands) -> None:
         help="value encoding of updates (default int8; sign: 1 bit a value, error feedback keeps the rest)",
     )
     init.add_argument(
+        "--topk-scope",
+        choices=["tensor", "model"],
+        default="tensor",
+        help="top-k of each tensor (default) or of the whole model (tensors with none are left out)",
+    )
+    init.add_argument(
         "--quorum", type=positive_int, default=1, help="signatures needed to commit (default 1)"
     )
     init.add_argument(
@@ -181,6 +187,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             start_time=time.time() + args.start_in,
             density=args.density,
             values=args.values,
+            topk_scope=args.topk_scope,
             quorum=args.quorum,
             outer_lr=args.outer_lr,
             weight_cap=args.weight_cap,
