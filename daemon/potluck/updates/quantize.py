@@ -24,6 +24,7 @@ __all__ = [
     "INT8",
     "SIGN",
     "VALUE_ENCODINGS",
+    "block_max",
     "dequantize",
     "quantize",
     "roundtrip",
@@ -94,7 +95,9 @@ def value_sizes(encoding: int, n: int) -> tuple[int, int]:
     raise ValueError(f"unknown value encoding {encoding}")
 
 
-def _block_max(v: np.ndarray) -> np.ndarray:
+def block_max(v: np.ndarray) -> np.ndarray:
+    """The largest magnitude of each block of ``BLOCK`` consecutive values (float32; the last block may be
+    shorter)."""
     nblocks = -(-v.size // BLOCK)
     padded = np.zeros(nblocks * BLOCK, np.float32)
     padded[: v.size] = np.abs(v)
@@ -103,7 +106,7 @@ def _block_max(v: np.ndarray) -> np.ndarray:
 
 def _sign_quantize(v: np.ndarray) -> tuple[bytes, bytes]:
     negative = np.signbit(v) & (v != 0)  # bit 1: -scale; zeros of either sign get bit 0
-    return np.packbits(negative, bitorder="little").tobytes(), _block_max(v).astype("<f4").tobytes()
+    return np.packbits(negative, bitorder="little").tobytes(), block_max(v).astype("<f4").tobytes()
 
 
 def _sign_dequantize(value_bytes: bytes, scale_bytes: bytes, n: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from potluck.updates.codec import SparseTensor
-from potluck.updates.quantize import BLOCK, SIGN, VALUE_ENCODINGS, roundtrip
+from potluck.updates.quantize import BLOCK, SIGN, VALUE_ENCODINGS, block_max, roundtrip
 
 __all__ = [
     "DEFAULT_DENSITY",
@@ -145,11 +145,7 @@ def sign_survivors(values: np.ndarray) -> np.ndarray:
     while True:
         kept = np.flatnonzero(keep)
         m = mags[kept]
-        nblocks = -(-m.size // BLOCK)
-        padded = np.zeros(nblocks * BLOCK, np.float32)
-        padded[: m.size] = m
-        half = padded.reshape(nblocks, BLOCK).max(axis=1) / np.float32(2)
-        low = m < np.repeat(half, BLOCK)[: m.size]
+        low = m < np.repeat(block_max(m) / np.float32(2), BLOCK)[: m.size]
         if not low.any():
             return keep
         keep[kept[low]] = False
