@@ -220,3 +220,21 @@ def test_update_publish_on_a_client_mode_node_reaches_the_keepers_or_fails_loudl
         assert proc.returncode == 1, proc.stdout
         assert "no_keeper" in proc.stderr and "client mode" in proc.stderr, proc.stderr
         assert "published" not in proc.stdout
+
+
+def test_a_run_with_sign_values_and_model_top_k_commits_its_contributors_updates(tmp_path):
+    """Value encoding 2 and Rice indices (the smallest here) through the whole path: a contributor's
+    error feedback, the keeper's validator, the merge."""
+    run = write_run(tmp_path / "run.toml", "toy", round_seconds=16.0, start_time=time.time() + 15.0,
+                    density=0.05, values="sign", topk_scope="model")  # fmt: skip
+    with LocalSwarm.for_run(tmp_path / "swarm", run.manifest.run_id, run.path) as swarm:
+        keeper = swarm.add_node(name="keeper").wait_ready()
+        member = contributor(swarm, 0, 1).wait_ready()
+        wait_for(lambda: keeper.status()["committed_round"] >= 0, 60, "a committed round")
+        log = json.loads(potluck("log", "--data-dir", str(keeper.data_dir), "--json").stdout)
+        assert log[0]["contributors"] == [member.status()["node_id"]]
+        status = keeper.status()
+        assert status["accepted_updates"] >= 1 and not any(status["rejected_updates"].values())
+        wait_for(
+            lambda: member.status()["version"] == keeper.status()["version"], 20, "the contributor to follow"
+        )

@@ -153,6 +153,18 @@ def test_placement_keeps_older_manifests_bytes_and_round_trips(tmp_path):
     assert load_manifest(tmp_path / "run.toml") == p
 
 
+def test_sign_values_and_model_topk_keep_older_manifests_bytes_and_round_trip(tmp_path):
+    _, m = _manifest()
+    assert m.topk_scope == "tensor" and "topk_scope" not in msgpack.unpackb(m.body())[1]
+    _, p = _manifest(values="sign", topk_scope="model")
+    assert (msgpack.unpackb(p.body())[1]["topk_scope"], p.values) == ("model", "sign")
+    assert Manifest.from_bytes(p.to_bytes(), p.run_id).topk_scope == "model"
+    save_manifest(p, tmp_path / "run.toml")
+    assert load_manifest(tmp_path / "run.toml") == p
+    with pytest.raises(ManifestError):
+        _manifest(topk_scope="layer")
+
+
 def test_pacing_keeps_older_manifests_bytes_and_round_trips(tmp_path):
     _, m = _manifest()
     assert (m.pacing, m.target_samples) == ("clock", 0)

@@ -149,7 +149,7 @@ class Contributor:
         targets = self._adapted(manifest, task)
         names = list(self._node.versions.get(manifest.genesis))
         frozen = manifest.group_rules.frozen(names)
-        feedback = ErrorFeedback(manifest.density, manifest.values)
+        feedback = ErrorFeedback(manifest.density, manifest.values, manifest.topk_scope)
         limits = manifest.group_rules.limits(names, "max_density")
         # a group's max_density below the run's density bounds its tensors' top-k
         feedback.densities = {n: d for n, d in limits.items() if d < manifest.density}

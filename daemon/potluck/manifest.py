@@ -50,7 +50,8 @@ _MAX_STR = 4096
 _INT64 = 1 << 63
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 WEIGHTINGS = ("samples",)
-VALUE_ENCODINGS = ("int8", "fp16")
+VALUE_ENCODINGS = ("int8", "fp16", "sign")
+TOPK_SCOPES = ("tensor", "model")  # potluck.updates.sparsify.SCOPES
 ADMISSIONS = ("open", "allowlist")
 PLACEMENTS = ("auto", "gathered", "sliced", "allreduce")  # where a round's merge runs (rounds/placement.py)
 PACINGS = ("clock", "ready")  # when a round stops collecting (rounds/schedule.py)
@@ -59,7 +60,7 @@ TaskArg = str | int | float
 # fields added after the first manifests: absent from the canonical body while at their default
 _OMITTED_AT_DEFAULT: dict[str, Any] = {
     "probation_rounds": 0, "placement": "auto", "pacing": "clock", "target_samples": 0, "groups": [],
-    "max_rank": 64, "parent_run": "", "parent_version": "",
+    "max_rank": 64, "parent_run": "", "parent_version": "", "topk_scope": "tensor",
 }  # fmt: skip
 
 
@@ -148,7 +149,8 @@ class Manifest:
       weight_cap: cap on one update's weight (<= 2**24, see potluck.rounds.fixedpoint)
       outer_lr: V_{r+1} = V_r + outer_lr * weighted mean delta
       density: fraction of each tensor's entries an update may carry (top-k), in (0, 1]
-      values: value encoding of updates, "int8" or "fp16"
+      values: value encoding of updates, "int8", "fp16" or "sign" (1 bit a value, with error feedback)
+      topk_scope: "tensor" (the top ``density`` of each tensor) or "model" (of all entries together)
       admission: "open", or "allowlist" (only authors in ``allow`` are admitted)
       allow: node ids (hex) admitted under "allowlist"
       quorum: signatures on the same commit needed to consider a round committed (>= 1)
@@ -183,6 +185,7 @@ class Manifest:
     outer_lr: float = 1.0
     density: float = 0.01
     values: str = "int8"
+    topk_scope: str = "tensor"
     admission: str = "open"
     allow: tuple[str, ...] = ()
     quorum: int = 1
@@ -219,6 +222,7 @@ class Manifest:
             raise ManifestError(f"density must be in (0, 1], got {density}")
         norm("density", density)
         _check_str(self.values, "values", VALUE_ENCODINGS)
+        _check_str(self.topk_scope, "topk_scope", TOPK_SCOPES)
         _check_str(self.admission, "admission", ADMISSIONS)
         if isinstance(self.allow, str | bytes) or not hasattr(self.allow, "__iter__"):
             raise ManifestError("allow must be a list of node ids")

@@ -78,7 +78,9 @@ def test_a_coordinate_strategy_slices_when_its_whole_matrix_would_not_fit():
     assert choose("auto", **MEAN, **big).placement == "gathered"
 
 
-@pytest.mark.parametrize(("density", "values"), [(0.01, "int8"), (0.001, "fp16"), (0.3, "int8")])
+@pytest.mark.parametrize(
+    ("density", "values"), [(0.01, "int8"), (0.001, "fp16"), (0.3, "int8"), (0.01, "sign"), (0.002, "sign")]
+)
 def test_update_bytes_estimates_the_encoded_size(density, values):
     rng = np.random.default_rng(0)
     n = 200_000

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from potluck.updates.codec import SparseTensor, decode_update, encode_update
-from potluck.updates.indices import BITMAP, VARINT, decode_indices, encode_indices
+from potluck.updates.indices import BITMAP, RICE, VARINT, decode_indices, encode_indices, varint_encode
 from potluck.updates.quantize import BLOCK, FP16, INT8, dequantize, quantize
+from potluck.updates.rice import rice_encode
 from tests.updates.builders import BASE, build, sparse
 
 
@@ -66,8 +67,13 @@ def test_indices_pick_the_smaller_encoding(density):
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(numel, max(1, int(density * numel)), replace=False))
     code, data = encode_indices(idx, numel)
-    assert code == (BITMAP if density >= 0.5 else VARINT)
-    assert len(data) <= -(-numel // 8) or code == VARINT
+    sizes = {
+        VARINT: len(varint_encode(np.diff(idx, prepend=0).astype(np.uint64))),
+        BITMAP: -(-numel // 8),
+        RICE: len(rice_encode(idx)),
+    }
+    assert len(data) == sizes[code] == min(sizes.values())
+    assert code == (BITMAP if density >= 0.5 else RICE)  # random sparse indices: Rice beats varint
     np.testing.assert_array_equal(decode_indices(code, data, idx.size, numel), idx)
 
 

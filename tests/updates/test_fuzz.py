@@ -170,7 +170,8 @@ def test_arbitrary_index_deltas(deltas):
 
     body = list(VALID_BODY)
     entry = list(body[8][1])  # "layer.weight", 512 elements
-    entry[2], entry[4] = len(deltas), varint_encode(__import__("numpy").array(deltas, "uint64"))
+    entry[2], entry[3] = len(deltas), 0  # delta-varint
+    entry[4] = varint_encode(__import__("numpy").array(deltas, "uint64"))
     entry[6] = b"\x01" * len(deltas)
     entry[7] = b"\x00\x00\x80\x3f" * (-(-len(deltas) // 256))
     body[8] = [body[8][0], entry]
@@ -186,3 +187,29 @@ def test_limits_are_configurable():
     with pytest.raises(UpdateRejected) as info:
         decode_update(VALID, DecodeLimits(max_tensors=1))
     assert info.value.reason in (Reason.OVERSIZED, Reason.MALFORMED)
+
+
+SIGN_BODY = body_of(encode_update(build(IDENTITY), IDENTITY, "sign"))
+
+
+@FUZZ
+@given(
+    st.sampled_from([4, 6, 7]),  # Rice indices, sign values, scales of "layer.weight"
+    st.lists(st.tuples(st.integers(0, 1 << 10), st.integers(0, 255)), max_size=6),
+    st.integers(-2, 2),
+)
+def test_signed_rice_and_sign_payloads_with_bytes_changed(field, mutations, resize):
+    body = list(SIGN_BODY)
+    entry = list(body[8][1])
+    assert (entry[3], entry[5]) == (2, 2)  # Rice, sign
+    data = bytearray(entry[field])
+    for pos, value in mutations:
+        data[pos % len(data)] = value
+    data = data[: len(data) + resize] if resize < 0 else data + bytes(resize)
+    entry[field] = bytes(data)
+    body[8] = [body[8][0], entry]
+    reason = _only_rejected(sign_body(body, IDENTITY))  # anything but UpdateRejected fails
+    if resize and field != 4:
+        assert reason is Reason.MALFORMED  # value and scale lengths are fixed by nnz
+    if resize > 0 and field == 4:
+        assert reason is Reason.BAD_INDICES  # zero bytes after the last unary code

@@ -1,10 +1,13 @@
 import itertools
 
 import numpy as np
+import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from potluck.updates.quantize import roundtrip
-from potluck.updates.sparsify import ErrorFeedback, k_for, sparsify, topk_indices
+from potluck.updates.quantize import BLOCK, SIGN, roundtrip
+from potluck.updates.sparsify import ErrorFeedback, k_for, sign_survivors, sparsify, topk_indices
 
 
 def test_topk_exact_on_sampled_path():
@@ -73,3 +76,73 @@ def test_error_feedback_keeps_a_tensors_own_density():
     feedback.densities = {"b": 0.01}  # a parameter group's max_density below the run's
     sent = {t.name: t for t in feedback.compress(delta)}
     assert (sent["a"].indices.size, sent["b"].indices.size) == (100, 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32).filter(lambda x: x != 0), min_size=1, max_size=700))
+def test_sign_survivors_never_grow_an_entry(values):
+    v = np.array(values, np.float32)
+    keep = sign_survivors(v)
+    assert keep.any()  # the largest always survives
+    sent = roundtrip(v[keep], SIGN)
+    assert np.all(np.abs(v[keep] - sent) <= np.abs(v[keep]))
+
+
+def test_error_feedback_with_signs_loses_nothing_and_drains():
+    rng = np.random.default_rng(4)
+    ef = ErrorFeedback(density=0.05, values="sign")
+    total = rng.standard_normal((64, 64)).astype(np.float32)
+    published = np.zeros(total.size, np.float64)
+    (t,) = ef.compress({"a": total})
+    assert 0 < t.indices.size <= k_for(total.size, 0.05)
+    mags = np.abs(t.values)
+    assert all(np.all(mags[s : s + BLOCK] == mags[s : s + BLOCK].max()) for s in range(0, mags.size, BLOCK))
+    published[t.indices] += t.values
+    np.testing.assert_allclose(published + ef.residual["a"].reshape(-1), total.reshape(-1), atol=1e-5)
+    norms = [ef.residual_norm()]
+    for _ in range(200):
+        (t,) = ef.compress({"a": np.zeros_like(total)})
+        published[t.indices] += t.values
+        norms.append(ef.residual_norm())
+    assert all(b <= a + 1e-6 for a, b in itertools.pairwise(norms))
+    assert norms[-1] < 0.05 * norms[0]
+
+
+def test_model_scope_takes_the_largest_of_all_tensors():
+    rng = np.random.default_rng(5)
+    delta = {
+        "big": rng.standard_normal((50, 40)).astype(np.float32),
+        "loud": np.where(rng.random(30) < 0.5, -100, 100).astype(np.float32),
+        "quiet": 1e-3 * rng.standard_normal(20).astype(np.float32),
+    }
+    ef = ErrorFeedback(density=0.02, values="int8", scope="model")
+    out = {t.name: t for t in ef.compress(delta)}
+    k = k_for(2050, 0.02)  # 41 of all 2050 entries
+    assert "quiet" not in out  # no entry there: left out of the update
+    assert sum(t.indices.size for t in out.values()) == k
+    assert out["loud"].indices.size == 30  # every entry of the loud tensor beats the rest
+    everything = np.concatenate([np.abs(delta[n]).reshape(-1) for n in sorted(delta)])
+    sent = np.concatenate([np.abs(delta[n].reshape(-1)[out[n].indices]) for n in sorted(out)])
+    assert sent.min() >= np.sort(everything)[-k]
+    for name, t in out.items():
+        published = np.zeros(delta[name].size, np.float32)
+        published[t.indices] = t.values
+        np.testing.assert_allclose(
+            published + ef.residual[name].reshape(-1), delta[name].reshape(-1), atol=1e-5
+        )
+    with pytest.raises(ValueError):
+        ErrorFeedback(scope="layer")
+
+
+def test_model_scope_keeps_a_groups_density_cap():
+    rng = np.random.default_rng(6)
+    delta = {
+        "a": rng.standard_normal(1000).astype(np.float32),
+        "b": 10 * rng.standard_normal(1000).astype(np.float32),
+    }
+    feedback = ErrorFeedback(0.1, scope="model")
+    feedback.densities = {"b": 0.01}  # b is the loudest, but its group allows 1%
+    sent = {t.name: t for t in feedback.compress(delta)}
+    assert sent["b"].indices.size == 10
+    top_b = np.sort(np.argsort(-np.abs(delta["b"]))[:10])
+    np.testing.assert_array_equal(sent["b"].indices, top_b)  # the largest of b, in index order

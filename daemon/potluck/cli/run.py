@@ -20,6 +20,9 @@ from potluck.cli.common import (
 )
 from potluck.errors import ConfigError
 
+_VALUES_HELP = "value encoding of updates (default int8; sign: 1 bit a value, error feedback keeps the rest)"
+_SCOPE_HELP = "top-k of each tensor (default) or of the whole model (tensors with none are left out)"
+
 
 def add_parsers(commands: Commands) -> None:
     init = commands.add_parser(
@@ -44,9 +47,8 @@ def add_parsers(commands: Commands) -> None:
         "--start-in", type=float, default=0.0, metavar="SECONDS", help="round 0 starts this much later"
     )
     init.add_argument("--density", type=density, default=0.01, help="top-k density of updates (default 0.01)")
-    init.add_argument(
-        "--values", choices=["int8", "fp16"], default="int8", help="value encoding of updates (default int8)"
-    )
+    init.add_argument("--values", choices=["int8", "fp16", "sign"], default="int8", help=_VALUES_HELP)
+    init.add_argument("--topk-scope", choices=["tensor", "model"], default="tensor", help=_SCOPE_HELP)
     init.add_argument(
         "--quorum", type=positive_int, default=1, help="signatures needed to commit (default 1)"
     )
@@ -198,6 +200,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             start_time=time.time() + args.start_in,
             density=args.density,
             values=args.values,
+            topk_scope=args.topk_scope,
             quorum=args.quorum,
             outer_lr=args.outer_lr,
             weight_cap=args.weight_cap,

@@ -22,9 +22,9 @@ from potluck.updates.codec import (
     encode_update,
     parse_update,
 )
-from potluck.updates.indices import BITMAP
+from potluck.updates.indices import BITMAP, RICE, VARINT
 from potluck.updates.lowrank import EncodedLowRank
-from potluck.updates.quantize import INT8
+from potluck.updates.quantize import VALUE_ENCODINGS
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.updates.sparsify import DEFAULT_DENSITY, sparsify
 
@@ -94,8 +94,8 @@ def inspect_update(data: bytes, limits: DecodeLimits | None = None) -> dict[str,
 
 
 def _tensor_info(t: EncodedTensor | EncodedLowRank) -> dict[str, Any]:
+    values = {code: name for name, code in VALUE_ENCODINGS.items()}[t.value_encoding]
     if isinstance(t, EncodedLowRank):
-        values = "int8" if t.value_encoding == INT8 else "fp16"
         return {"name": t.name, "shape": list(t.shape), "nonzeros": t.nnz, "bytes": t.payload_size,
                 "form": "lowrank", "rank": t.rank, "values": values}  # fmt: skip
     return {
@@ -103,8 +103,8 @@ def _tensor_info(t: EncodedTensor | EncodedLowRank) -> dict[str, Any]:
         "shape": list(t.shape),
         "nonzeros": t.nnz,
         "bytes": t.payload_size,
-        "indices": "bitmap" if t.index_encoding == BITMAP else "delta-varint",
-        "values": "int8" if t.value_encoding == INT8 else "fp16",
+        "indices": {VARINT: "delta-varint", BITMAP: "bitmap", RICE: "rice"}[t.index_encoding],
+        "values": values,
     }
 
 

@@ -44,7 +44,9 @@ __all__ = [
 
 PLACEMENTS = POLICIES[1:]  # gathered, sliced, allreduce: the order ties go in
 MAX_MERGE_MATRIX_BYTES = 2 << 30  # a strategy's float64 matrix per node: above it, auto prefers slices
-VALUE_BYTES = {"int8": 1.0 + 4 / 256, "fp16": 2.0}  # per value (int8: one fp32 scale per 256 values)
+# per value (int8, sign: one fp32 scale per 256 values)
+VALUE_BYTES = {"int8": 1.0 + 4 / 256, "fp16": 2.0, "sign": 1 / 8 + 4 / 256}
+ENVELOPE_BYTES = 200  # header, signature, a tensor entry: ~200 bytes whatever the payload
 
 
 class PlacementError(ValueError):
@@ -86,11 +88,13 @@ def dense_prep(policy: str, mean: bool, coordinate: bool) -> bool:
 
 
 def update_bytes(length: int, density: float, values: str) -> int:
-    """An update's encoded size, about: top-k values plus delta-varint indices (docs/update-format.md)."""
+    """An update's encoded size, about: the envelope, top-k values and indices in the smallest of
+    delta-varint, bitmap and Rice (about log2(1/density) + 1.5 bits an index) (docs/update-format.md)."""
     nnz = math.ceil(density * length)
     gap_bits = max(1, math.ceil(math.log2(1 / density + 1)))
-    index_bytes = min(nnz * math.ceil(gap_bits / 7), math.ceil(length / 8))  # or the bitmap
-    return math.ceil(nnz * VALUE_BYTES[values]) + index_bytes
+    rice = math.ceil(nnz * (math.log2(1 / density) + 1.5) / 8)
+    index_bytes = min(nnz * math.ceil(gap_bits / 7), math.ceil(length / 8), rice)
+    return math.ceil(nnz * VALUE_BYTES[values]) + index_bytes + ENVELOPE_BYTES
 
 
 def choose(

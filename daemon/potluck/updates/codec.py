@@ -25,8 +25,8 @@ import msgpack
 import numpy as np
 
 from potluck.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeIdentity, verify
-from potluck.updates.indices import BITMAP, VARINT, decode_indices, encode_indices
-from potluck.updates.quantize import BLOCK, FP16, INT8, VALUE_ENCODINGS, dequantize, quantize
+from potluck.updates.indices import INDEX_ENCODINGS, decode_indices, encode_indices
+from potluck.updates.quantize import SCALED, VALUE_ENCODINGS, dequantize, quantize, value_sizes
 from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.wire import WireError, bounded_unpackb
 
@@ -135,7 +135,7 @@ class EncodedTensor:
 
 def decode_values(name: str, encoding: int, value_bytes: bytes, scale_bytes: bytes, n: int) -> np.ndarray:
     """``n`` float32 values of a tensor entry; UpdateRejected non_finite / malformed."""
-    if encoding == INT8 and not np.isfinite(np.frombuffer(scale_bytes, "<f4")).all():
+    if encoding in SCALED and not np.isfinite(np.frombuffer(scale_bytes, "<f4")).all():
         raise UpdateRejected(Reason.NON_FINITE, f"{name}: NaN or infinite scales")
     try:
         values = dequantize(value_bytes, scale_bytes, encoding, n)
@@ -265,17 +265,14 @@ def _parse_tensor(entry: Any, limits: DecodeLimits) -> EncodedTensor | EncodedLo
     if numel > limits.max_numel:
         raise UpdateRejected(Reason.OVERSIZED, f"{name}: {numel} elements > {limits.max_numel}")
     nnz = _uint(nnz, f"{name}: nnz", numel)
-    if index_encoding not in (VARINT, BITMAP) or type(index_encoding) is not int:
+    if index_encoding not in INDEX_ENCODINGS or type(index_encoding) is not int:
         raise _malformed(f"{name}: unknown index encoding")
-    if value_encoding not in (FP16, INT8) or type(value_encoding) is not int:
+    if value_encoding not in VALUE_ENCODINGS.values() or type(value_encoding) is not int:
         raise _malformed(f"{name}: unknown value encoding")
     index_bytes = _bin(index_bytes, f"{name}: indices")
-    if value_encoding == FP16:
-        value_bytes = _bin(value_bytes, f"{name}: fp16 values", 2 * nnz)
-        scale_bytes = _bin(scale_bytes, f"{name}: scales", 0)
-    else:
-        value_bytes = _bin(value_bytes, f"{name}: int8 values", nnz)
-        scale_bytes = _bin(scale_bytes, f"{name}: scales", 4 * -(-nnz // BLOCK))
+    value_size, scale_size = value_sizes(value_encoding, nnz)
+    value_bytes = _bin(value_bytes, f"{name}: values", value_size)
+    scale_bytes = _bin(scale_bytes, f"{name}: scales", scale_size)
     return EncodedTensor(
         name, dims, nnz, index_encoding, index_bytes, value_encoding, value_bytes, scale_bytes
     )  # fmt: skip

@@ -1,10 +1,11 @@
-"""Sorted unique flat indices <-> bytes: delta + LEB128 varint, or a bitmap, whichever is smaller.
+"""Sorted unique flat indices <-> bytes: delta-varint, bitmap or Rice-coded gaps, whichever is smallest.
 
 * delta-varint (code 0): ``d[0] = i[0]``, ``d[j] = i[j] - i[j-1]`` (>= 1), each as unsigned LEB128
   (7 bits per byte, least significant group first, high bit = more bytes follow), at most 9 bytes
   per value, no overlong encodings (a multi-byte value never ends with 0x00).
 * bitmap (code 1): ``ceil(numel / 8)`` bytes, bit ``i`` set for index ``i``, least significant bit
   first (numpy ``bitorder="little"``), padding bits zero.
+* Rice (code 2): Golomb-Rice coded gaps, potluck.updates.rice.
 
 Encoding and decoding are vectorised over bytes-per-value (at most 9 numpy passes), never a Python
 loop per index: 1M indices take a few milliseconds either way.
@@ -14,10 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BITMAP", "VARINT", "decode_indices", "encode_indices", "varint_decode", "varint_encode"]
+from potluck.updates.rice import RICE, rice_decode, rice_encode, rice_size
+
+__all__ = [
+    "BITMAP",
+    "INDEX_ENCODINGS",
+    "RICE",
+    "VARINT",
+    "decode_indices",
+    "encode_indices",
+    "varint_decode",
+    "varint_encode",
+]
 
 VARINT = 0
 BITMAP = 1
+INDEX_ENCODINGS = (VARINT, BITMAP, RICE)  # the codes a decoder accepts
 _MAX_VARINT_BYTES = 9  # 63 bits: every index of an int64-addressable tensor
 _BITMAP_CHUNK = 1 << 20  # bytes of bitmap unpacked at a time: bounds the temporary to 8 MiB
 
@@ -104,32 +117,33 @@ def varint_decode(data: bytes, count: int) -> np.ndarray:
 
 
 def encode_indices(indices: np.ndarray, numel: int) -> tuple[int, bytes]:
-    """(encoding code, bytes) of sorted unique ``indices`` in [0, numel), the smaller of the two forms."""
+    """(encoding code, bytes) of sorted unique ``indices`` in [0, numel): the smallest of the three
+    forms (ties: the lower code). Every form decodes to the same indices, so the choice is free."""
     idx = np.asarray(indices, dtype=np.int64)
     deltas = np.diff(idx, prepend=np.int64(0)) if idx.size else idx
     bitmap_len = -(-numel // 8)
-    # varint length without building it: bytes per delta = 1 + number of 7-bit groups above the first
-    if idx.size * 1 >= bitmap_len:
-        varint_len = bitmap_len + 1
-        if idx.size:
-            varint_len = int(np.sum(np.maximum(1, -(-_bit_length(deltas) // 7))))
-    else:
-        varint_len = 0  # fewer indices than bitmap bytes: varint is smaller, no need to count
-    if varint_len > bitmap_len:
+    varint_len = _varint_len(deltas)
+    rice_len = rice_size(idx) if idx.size else 1
+    best = min((varint_len, VARINT), (bitmap_len, BITMAP), (rice_len, RICE))[1]
+    if best == BITMAP:
         mask = np.zeros(numel, np.bool_)
         mask[idx] = True
         return BITMAP, np.packbits(mask, bitorder="little").tobytes()
+    if best == RICE:
+        return RICE, rice_encode(idx)
     return VARINT, varint_encode(deltas.view(np.uint64))
 
 
-def _bit_length(x: np.ndarray) -> np.ndarray:
-    out = np.zeros(x.shape, np.int64)
-    v = x.astype(np.uint64)
-    for shift in (32, 16, 8, 4, 2, 1):
-        big = v >= np.uint64(1 << shift)
-        out += big * shift
-        v = np.where(big, v >> np.uint64(shift), v)
-    return out + (v > 0)
+def _varint_len(deltas: np.ndarray) -> int:
+    """Bytes of the LEB128 form without building it: one per value, plus one per 7-bit group above."""
+    if deltas.size == 0:
+        return 0
+    top, total = int(deltas.max()), deltas.size
+    for j in range(1, _MAX_VARINT_BYTES):
+        if top < 1 << (7 * j):
+            break
+        total += int(np.count_nonzero(deltas >= 1 << (7 * j)))
+    return total
 
 
 def decode_indices(encoding: int, data: bytes, nnz: int, numel: int) -> np.ndarray:
@@ -162,4 +176,6 @@ def decode_indices(encoding: int, data: bytes, nnz: int, numel: int) -> np.ndarr
         if found != nnz:
             raise ValueError(f"bitmap has {found} bits set, expected {nnz}")
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    if encoding == RICE:
+        return rice_decode(data, nnz, numel)
     raise ValueError(f"unknown index encoding {encoding}")

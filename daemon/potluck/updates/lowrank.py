@@ -83,6 +83,8 @@ def encode_entry(t: LowRankTensor, value_encoding: int) -> list[Any]:
     rank = a.shape[1]
     if a.shape != (rows, rank) or b.shape != (rank, cols) or not 1 <= rank <= min(rows, cols):
         raise ValueError(f"{t.name}: factors {a.shape} and {b.shape} do not make shape {t.shape}")
+    if value_encoding not in (FP16, INT8):  # a run's sign values are for sparse entries; factors take int8
+        value_encoding = INT8
     value_bytes, scale_bytes = quantize(np.concatenate([a.reshape(-1), b.reshape(-1)]), value_encoding)
     return [t.name, [int(rows), int(cols)], int(rank), value_encoding, value_bytes, scale_bytes]
 

@@ -28,11 +28,20 @@ from collections.abc import Mapping
 import numpy as np
 
 from potluck.updates.codec import SparseTensor
-from potluck.updates.quantize import VALUE_ENCODINGS, roundtrip
+from potluck.updates.quantize import BLOCK, SIGN, VALUE_ENCODINGS, block_max, roundtrip
 
-__all__ = ["DEFAULT_DENSITY", "ErrorFeedback", "k_for", "sparsify", "topk_indices"]
+__all__ = [
+    "DEFAULT_DENSITY",
+    "SCOPES",
+    "ErrorFeedback",
+    "k_for",
+    "sign_survivors",
+    "sparsify",
+    "topk_indices",
+]
 
 DEFAULT_DENSITY = 0.01
+SCOPES = ("tensor", "model")  # what one top-k threshold covers (ErrorFeedback)
 _EXACT_BELOW = 1 << 20
 _CHUNK = 1 << 18  # elements per pass step: the temporaries stay in L2 cache
 _SAMPLE_ABOVE = 2000  # expected sampled values above the threshold
@@ -125,6 +134,23 @@ def sparsify(name: str, x: np.ndarray, density: float = DEFAULT_DENSITY) -> Spar
     return SparseTensor(name, tuple(a.shape), idx, flat[idx])
 
 
+def sign_survivors(values: np.ndarray) -> np.ndarray:
+    """Which of the top-k ``values`` (in index order) to send as signs: a mask such that every kept
+    value is at least half the largest magnitude of its block of 256 *kept* values (the block's
+    scale). So ``|v - sign(v) * scale| <= |v|``: no entry's residual grows. A smaller value would be
+    sent more than twice too large; it stays in the residual and costs no index bits. Dropping one
+    shifts the later blocks, so this repeats until nothing changes (two or three passes)."""
+    mags = np.abs(np.asarray(values, dtype=np.float32))
+    keep = np.ones(mags.size, np.bool_)
+    while True:
+        kept = np.flatnonzero(keep)
+        m = mags[kept]
+        low = m < np.repeat(block_max(m) / np.float32(2), BLOCK)[: m.size]
+        if not low.any():
+            return keep
+        keep[kept[low]] = False
+
+
 class ErrorFeedback:
     """Top-k with memory: what is not sent (and the quantization error of what is) is carried over.
 
@@ -134,31 +160,69 @@ class ErrorFeedback:
     always equals the sum of all deltas given: nothing is lost, only delayed.
     """
 
-    def __init__(self, density: float = DEFAULT_DENSITY, values: str = "int8") -> None:
+    def __init__(self, density: float = DEFAULT_DENSITY, values: str = "int8", scope: str = "tensor") -> None:
+        """``scope``: "tensor" keeps the top ``density`` of each tensor; "model" the top ``density`` of
+        all entries together (one threshold: tensors with larger updates get more of the budget, and
+        a tensor with none is left out of the update, saving its entry's header bytes; it costs a
+        float32 copy of the model while choosing)."""
         if values not in VALUE_ENCODINGS:
             raise ValueError(f"values must be one of {sorted(VALUE_ENCODINGS)}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         k_for(1, density)  # validates density
         self.density = density
         self.densities: dict[str, float] = {}  # per tensor, where it differs from ``density``
         self.value_encoding = VALUE_ENCODINGS[values]
+        self.scope = scope
         self.residual: dict[str, np.ndarray] = {}
 
     def compress(self, delta: Mapping[str, np.ndarray]) -> list[SparseTensor]:
-        """Add ``delta`` to the residual and take the top-k of each tensor out of it."""
-        out = []
+        """Add ``delta`` to the residual and take the top-k (of each tensor, or of the model) out of it."""
         for name in sorted(delta):
             d = np.asarray(delta[name])
             acc = self.residual.get(name)
             if acc is None or acc.shape != d.shape:
-                acc = self.residual[name] = np.array(d, dtype=np.float32, order="C")
+                self.residual[name] = np.array(d, dtype=np.float32, order="C")
             else:
                 np.add(acc, d, out=acc, casting="same_kind")
+        chosen = (
+            self._model_topk(sorted(delta)) if self.scope == "model" else self._tensor_topk(sorted(delta))
+        )
+        out = []
+        for name, idx in chosen.items():
+            acc = self.residual[name]
             flat = acc.reshape(-1)
-            density = self.densities.get(name, self.density)
-            idx = topk_indices(flat, k_for(flat.size, density), row=d.shape[-1] if d.ndim else 1)
+            if self.value_encoding == SIGN:
+                idx = idx[sign_survivors(flat[idx])]
             sent = roundtrip(flat[idx], self.value_encoding)
             flat[idx] -= sent  # what the receiver won't see stays here
-            out.append(SparseTensor(name, tuple(d.shape), idx, sent))
+            out.append(SparseTensor(name, tuple(acc.shape), idx, sent))
+        return out
+
+    def _tensor_topk(self, names: list[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            acc = self.residual[name]
+            flat = acc.reshape(-1)
+            density = self.densities.get(name, self.density)
+            out[name] = topk_indices(flat, k_for(flat.size, density), row=acc.shape[-1] if acc.ndim else 1)
+        return out
+
+    def _model_topk(self, names: list[str]) -> dict[str, np.ndarray]:
+        flats = [self.residual[name].reshape(-1) for name in names]
+        ends = np.cumsum([f.size for f in flats])
+        idx = topk_indices(np.concatenate(flats), k_for(int(ends[-1]), self.density))
+        cuts = np.searchsorted(idx, ends)
+        out = {}
+        for i, name in enumerate(names):
+            part = idx[(cuts[i - 1] if i else 0) : cuts[i]]
+            if part.size:
+                out[name] = part - (ends[i - 1] if i else 0)
+        for name, density in self.densities.items():  # a group's max_density caps its tensors' share
+            cap = k_for(self.residual[name].size, density) if name in out else 0
+            if name in out and out[name].size > cap:
+                flat = self.residual[name].reshape(-1)
+                out[name] = out[name][np.sort(np.argsort(-np.abs(flat[out[name]]), kind="stable")[:cap])]
         return out
 
     def residual_norm(self) -> float:
