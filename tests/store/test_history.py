@@ -85,6 +85,23 @@ def test_version_must_be_written_first_and_conflicts(tmp_path):
         assert h.latest() == fork and h.get(1) is None
 
 
+def test_a_caught_up_commit_drops_the_orphaned_row_before_it(tmp_path):
+    """Our round 1 lost the fork choice; the run's round 2 builds on its own V_1: recording it (as a
+    catch-up does, with replace) drops our round 1, so the history is one chain again, with a gap."""
+    versions = VersionStore(tmp_path / "versions")
+    with History(tmp_path / "history.db", versions) as h:
+        h.record(_commit(0), state=_state(0))
+        ours = _commit(1, seed=7)  # a V_1 only this node committed
+        h.record(ours, state=_state(7001))
+        theirs = _commit(2)  # parent: the run's V_1, not ours
+        assert theirs.parent != ours.version
+        h.record(theirs, state=_state(2), replace=True)
+        assert h.get(1) is None and h.get(2) == theirs and h.get(0) == _commit(0)
+        again = _commit(3)  # a commit on the chain keeps the row before it
+        h.record(again, state=_state(3), replace=True)
+        assert h.get(2) == theirs and h.latest() == again
+
+
 _CHILD = textwrap.dedent(
     """
     import os, signal, sys

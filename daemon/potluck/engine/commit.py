@@ -186,7 +186,15 @@ class Committer:
         if version_hash(new) != commit.version:  # every tensor matched, so this cannot happen
             raise AttemptFailed("downloaded state does not hash to the commit's version")
         switch = mine is not None
-        await asyncio.to_thread(self._persist, commit, tracker.signatures(commit.id), new, switch)
+        before = self._history.get(commit.round - 1)
+        orphaned = before is not None and before.version != commit.parent
+        await asyncio.to_thread(self._persist, commit, tracker.signatures(commit.id), new, True)
+        if orphaned:  # our V_{r-1} lost: the winning chain names another (History.record drops our row)
+            self._status.fork_switches += 1
+            logger.warning(
+                f"round {commit.round - 1}: our commit {before.version[:12]} is not on the run's chain "
+                f"(round {commit.round} builds on {commit.parent[:12]}); dropped from the history"
+            )
         if switch:
             self._status.fork_switches += 1
             logger.warning(

@@ -122,7 +122,9 @@ class History:
         not verify, or whose signer is not a participant, are skipped. Recording the same commit
         again adds its new signatures. A different commit for a recorded round raises
         :class:`HistoryConflict`, unless ``replace`` (fork choice switched): then that round and all
-        later ones are deleted first.
+        later ones are deleted first, and so is a row of the round before whose version is not the
+        commit's parent (it lost the fork choice: the winning chain names another V_{r-1}), so the
+        history stays one chain, with a gap where this node holds no commit of the winning one.
         """
         if state is not None:
             if self.versions is None:
@@ -148,6 +150,10 @@ class History:
                     raise HistoryConflict(f"round {commit.round} already has commit {existing[0]}, not {cid}")
                 self._db.execute("DELETE FROM commits WHERE round >= ?", (commit.round,))
                 existing = None
+            if replace:
+                self._db.execute(
+                    "DELETE FROM commits WHERE round = ? AND version != ?", (commit.round - 1, commit.parent)
+                )
             if existing is None:
                 self._db.execute(
                     "INSERT INTO commits (round, commit_id, version, parent, body, committed_at, n_updates,"
