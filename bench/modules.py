@@ -14,7 +14,8 @@ Scored on each domain's fixed held-out text, BPB (lower is better):
 * ``trunk``; ``own module merged`` (each domain scored with its own module added at full weight: what
   a single specialist gives, an upper reference for a router that knows the domain);
 * ``merged mean`` / ``merged sum``: ``trunk + c * sum_m A_m @ B_m`` with c = 1/3 (the mean) or 1;
-* ``routed top-1`` / ``routed top-2``: per token, the rule of potluck.modules.routing.
+* ``routed top-1`` / ``routed top-2``: per token, the rule of potluck.modules.routing, by the token's
+  own gate scores, and (``prefix scores``) by their mean over the token's prefix in its window.
 
 Also, per domain, the share of held-out bytes whose top-1 gate is the domain's own module. JSON on
 stdout, a markdown table on stderr.
@@ -35,7 +36,7 @@ import torch
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.modules.record import Module, check_against, open_module, sign_module
-from potluck.modules.routing import gate_matrix
+from potluck.modules.routing import gate_matrix, prefix_mean
 from potluck.tasks import get_task, pretrain
 from potluck.tasks.corpus import DOMAINS, held_out_text
 from potluck.tasks.lm_modules import merged_state, routed_forward, train_module
@@ -48,8 +49,8 @@ def log(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
-def gate_hits(task, trunk, modules: list[Module]) -> dict[str, float]:
-    """Per domain: the share of held-out bytes (as predicted positions) whose top gate is its own module."""
+def gate_hits(task, trunk, modules: list[Module], prefix: bool) -> dict[str, float]:
+    """Per domain: the share of held-out positions whose top gate score is the domain's own module's."""
     gw, gb = (torch.from_numpy(x) for x in gate_matrix(modules))
     out = {}
     with torch.no_grad():
@@ -58,8 +59,9 @@ def gate_hits(task, trunk, modules: list[Module]) -> dict[str, float]:
             text = held_out_text(domain)[: task.eval_bytes]
             n = (text.size // task.context) * task.context
             x = torch.from_numpy(text[:n].reshape(-1, task.context).astype(np.int64))
-            top = (task.hidden(params, x) @ gw.T + gb).argmax(-1)
-            out[domain] = float((top == i).double().mean())
+            scores = (task.hidden(params, x) @ gw.T + gb).numpy()
+            top = (prefix_mean(scores) if prefix else scores).argmax(-1)
+            out[domain] = float((top == i).mean())
     return out
 
 
@@ -68,7 +70,7 @@ def main() -> None:
     ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--pretrain-steps", type=int, default=300)
     ap.add_argument("--steps", type=int, default=120, help="adapter steps per module")
-    ap.add_argument("--gate-steps", type=int, default=100)
+    ap.add_argument("--gate-steps", type=int, default=200)
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="", help="also write the JSON to this file")
@@ -107,9 +109,11 @@ def main() -> None:
     rows["own module merged"] = own | {"overall": None}
     rows["merged mean"] = task.evaluate_domains(merged_state(trunk, modules))
     rows["merged sum"] = task.evaluate_domains(merged_state(trunk, modules, 1.0))
-    for k in (1, 2):
-        log(f"routed top-{k}")
-        rows[f"routed top-{k}"] = task.evaluate_domains(trunk, routed_forward(modules, task, k))
+    for prefix in (False, True):
+        for k in (1, 2):
+            name = f"routed top-{k}" + (", prefix scores" if prefix else "")
+            log(name)
+            rows[name] = task.evaluate_domains(trunk, routed_forward(modules, task, k, prefix))
     result = {
         "benchmark": "modules",
         "config": {**vars(args), "task_args": task_args, "params": task.num_params()},
@@ -120,7 +124,8 @@ def main() -> None:
         },
         "record_bytes": record_bytes,
         "bpb": rows,
-        "gate_top1_own_share": gate_hits(task, trunk, modules),
+        "gate_top1_own_share": gate_hits(task, trunk, modules, False),
+        "gate_top1_own_share_prefix": gate_hits(task, trunk, modules, True),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     text = json.dumps(result, indent=1)
@@ -135,8 +140,11 @@ def table(result: dict) -> str:
     for name, s in result["bpb"].items():
         cells = ["-" if s.get(d) is None else f"{s[d]:.3f}" for d in (*DOMAINS, "overall")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    hits = result["gate_top1_own_share"]
-    lines.append("| top-1 gate = own module | " + " | ".join(f"{hits[d]:.0%}" for d in DOMAINS) + " | |")
+    for key, what in (("gate_top1_own_share", "token"), ("gate_top1_own_share_prefix", "prefix")):
+        hits = result[key]
+        lines.append(
+            f"| top-1 gate = own module ({what}) | " + " | ".join(f"{hits[d]:.0%}" for d in DOMAINS) + " | |"
+        )
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from potluck.modules.record import (
     open_module,
     sign_module,
 )
-from potluck.modules.routing import merged_deltas, route_weights
+from potluck.modules.routing import merged_deltas, prefix_mean, route_weights
 from potluck.updates.lowrank import expand
 
 SHAPES = {"w1": (6, 4), "w2": (4, 5), "bias": (4,)}
@@ -159,3 +159,13 @@ def test_merged_deltas_mean_exact():
         merged["w2"], (expand(*m1.adapters["w2"]).astype(np.float64) / 2).astype(np.float32)
     )
     assert merged_deltas([]) == {}
+
+
+def test_prefix_mean_is_causal():
+
+    s = np.array([[[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]]])  # (B=1, T=3, M=2)
+    got = prefix_mean(s)
+    assert np.allclose(got[0], [[1, 0], [2, 1], [2, 2]])
+    s2 = s.copy()
+    s2[0, 2] = [100.0, -100.0]  # a later token does not change an earlier one's score
+    assert np.allclose(prefix_mean(s2)[0, :2], got[0, :2])

@@ -3,7 +3,9 @@
 Routing rule, per token, for modules 1..M with gates ``(w_m, b_m)`` and the trunk's final hidden
 state ``h`` at that token (the trunk alone, no adapter applied):
 
-1. scores ``s_m = w_m . h + b_m``;
+1. scores ``s_m = w_m . h + b_m``; with ``prefix`` scoring, each token's score is instead the mean of
+   ``s_m`` over the tokens of its window up to and including it (the document so far, as far as the
+   model sees it), so a token is routed by its context rather than by itself alone;
 2. the top ``k`` modules by score (ties: the lower index, i.e. the earlier name, wins);
 3. weights ``g_m = softmax(s over the chosen k)`` for a chosen module, 0 otherwise (top-1: ``g = 1``);
 4. every adapted matrix ``W`` of the trunk maps that token's input ``x`` to
@@ -22,13 +24,20 @@ import numpy as np
 from potluck.modules.record import Module
 from potluck.updates.lowrank import expand
 
-__all__ = ["gate_matrix", "merged_deltas", "route_weights"]
+__all__ = ["gate_matrix", "merged_deltas", "prefix_mean", "route_weights"]
 
 
 def gate_matrix(modules: Sequence[Module]) -> tuple[np.ndarray, np.ndarray]:
     """``(W, b)``: W is (M, d) with the modules' gate vectors as rows, b is (M,)."""
     w = np.stack([m.gate_w for m in modules]).astype(np.float32)
     return w, np.array([m.gate_b for m in modules], dtype=np.float32)
+
+
+def prefix_mean(scores: np.ndarray) -> np.ndarray:
+    """Scores (..., T, M) averaged over each token's prefix along T (causal: token t sees 0..t)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    steps = np.arange(1, scores.shape[-2] + 1, dtype=np.float64)[:, None]
+    return np.cumsum(scores, axis=-2) / steps
 
 
 def route_weights(scores: np.ndarray, k: int) -> np.ndarray:

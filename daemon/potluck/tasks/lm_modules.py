@@ -5,7 +5,8 @@
   score ``w . h + b`` on the trunk's final hidden state ``h`` (no adapter applied), ``gate_steps``
   Adam steps telling the bytes of the module's own text (label 1) from the bytes of ``general`` text
   (label 0; e.g. every domain's training split), ``batch`` windows of each per step.
-* :func:`routed_forward`: the trunk with modules routed per token, by the rule of
+* :func:`routed_forward`: the trunk with modules routed per token (by the token's gate scores or their
+  mean over its prefix), by the rule of
   :mod:`potluck.modules.routing` (one trunk pass for the gate scores, one adapted pass).
 * :func:`merged_state`: the trunk with ``c * sum A @ B`` of the chosen modules added (the mean).
 """
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from potluck.modules.record import Module
-from potluck.modules.routing import gate_matrix, merged_deltas, route_weights
+from potluck.modules.routing import gate_matrix, merged_deltas, prefix_mean, route_weights
 from potluck.tasks import State, TaskError
 from potluck.tasks.data import OneThread, check_training
 from potluck.tasks.lm import Forward, LmData, LmTask
@@ -72,8 +73,9 @@ def train_module(
     return adapters, gate_w, gate_b
 
 
-def routed_forward(modules: Sequence[Module], task: LmTask, k: int) -> Forward:
-    """A forward (params, ids) -> logits: the trunk with ``modules`` routed per token, top-``k``."""
+def routed_forward(modules: Sequence[Module], task: LmTask, k: int, prefix: bool = False) -> Forward:
+    """A forward (params, ids) -> logits: the trunk with ``modules`` routed per token, top-``k``, by each
+    token's own gate scores or (``prefix``) their mean over its prefix (potluck.modules.routing)."""
     if not modules:
         raise TaskError("lm: routing needs at least one module")
     gw, gb = (torch.from_numpy(x) for x in gate_matrix(modules))
@@ -83,7 +85,8 @@ def routed_forward(modules: Sequence[Module], task: LmTask, k: int) -> Forward:
 
     def forward(params: Mapping[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         scores = task.hidden(params, idx) @ gw.T + gb  # (B, T, M), from the trunk alone
-        weights = torch.from_numpy(route_weights(scores.numpy(), k))
+        scores = prefix_mean(scores.numpy()) if prefix else scores.numpy()
+        weights = torch.from_numpy(route_weights(scores, k))
 
         def linear(name: str, x: torch.Tensor) -> torch.Tensor:
             out = x @ params[name]
