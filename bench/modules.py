@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=300)
     ap.add_argument("--steps", type=int, default=120, help="adapter steps per module")
     ap.add_argument("--gate-steps", type=int, default=200)
+    ap.add_argument("--gate-lr", type=float, default=0.01)
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="", help="also write the JSON to this file")
@@ -91,7 +92,7 @@ def main() -> None:
         log(f"module {domain}: adapter {args.steps} steps, gate {args.gate_steps} steps")
         adapters, gw, gb = train_module(
             task, trunk, task.local_data(domain), general, steps=args.steps, gate_steps=args.gate_steps,
-            seed=args.seed + 1 + i, rank=args.rank,
+            seed=args.seed + 1 + i, rank=args.rank, gate_lr=args.gate_lr,
         )  # fmt: skip
         author = NodeIdentity.generate()
         signed = sign_module(

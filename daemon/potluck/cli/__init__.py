@@ -1,7 +1,8 @@
 """The `potluck` command: the parser assembled from one module per command group.
 
 node (run, join, status, peers, id), run (init, pretrain), update (make, inspect, publish, list, apply),
-history (log, export, generate), demo; the tables people read are in cli.format.
+history (log, export, generate), modules (module publish|add|export, modules), demo; the tables
+people read are in cli.format.
 
 Exit codes: 0 ok, 1 runtime failure (e.g. the node did not answer), 2 usage or configuration error.
 Heavy imports (torch, hivemind) happen only in the commands that need them, so `status` stays fast.
@@ -15,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from potluck.cli import demo, history, node, run, update
+from potluck.cli import demo, history, modules, node, run, update
 from potluck.cli.common import EXIT_USAGE, Parser
 from potluck.errors import ConfigError
 
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what a node logs to stderr (default INFO)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for group in (node, run, history, update, demo):
+    for group in (node, run, history, update, modules, demo):
         group.add_parsers(commands)
     return parser
 

@@ -64,12 +64,12 @@ def train_gate(
 
 def train_module(
     task: LmTask, state: Mapping[str, np.ndarray], own: LmData, general: LmData, *, steps: int,
-    gate_steps: int, seed: int, rank: int, targets: Sequence[str] | None = None,
+    gate_steps: int, seed: int, rank: int, targets: Sequence[str] | None = None, gate_lr: float = 0.01,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, float]:  # fmt: skip
     """``(adapters, gate_w, gate_b)``: the adapter first, then its gate (see the module doc)."""
     chosen = list(targets) if targets else default_targets(task)
     adapters, _ = task.train_lowrank(state, own, steps=steps, seed=seed, rank=rank, targets=chosen)
-    gate_w, gate_b = train_gate(task, state, own, general, steps=gate_steps, seed=seed)
+    gate_w, gate_b = train_gate(task, state, own, general, steps=gate_steps, seed=seed, lr=gate_lr)
     return adapters, gate_w, gate_b
 
 
