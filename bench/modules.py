@@ -3,11 +3,12 @@
     python bench/modules.py             # a few minutes on 2 cores
 
 The `lm` task (bench/lm.py's small size unless `--task-arg`) is pre-trained `--pretrain-steps` on every
-domain's training split: the trunk. One contributor per domain then trains a module on that domain's
-training text (potluck.tasks.lm_modules.train_module): a rank-`--rank` LoRA adapter on every block's
-``attn.c_attn`` and ``mlp.c_fc`` for `--steps` steps, then its gate for `--gate-steps` steps (own text
-vs every domain's training text). Each module goes through the real record: signed by its author,
-opened, checked against the trunk (its bytes are reported). In process, no network.
+domain's training split, as bench/lm.py does: the trunk. One contributor per domain then trains a module
+on that domain's training text (potluck.tasks.lm_modules.train_module): a rank-`--rank` LoRA adapter
+on every block's ``attn.c_attn`` and ``mlp.c_fc`` for `--steps` steps, then its gate for `--gate-steps`
+steps at `--gate-lr` (own text vs every domain's training text). Each module goes through the real
+record: signed by its author, opened, checked against the trunk (its bytes are reported). In process,
+no network.
 
 Scored on each domain's fixed held-out text, BPB (lower is better):
 
@@ -24,25 +25,22 @@ stdout, a markdown table on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from lm import emit, lm_and_genesis  # bench/lm.py: this script's folder is on the path
 
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.modules.record import Module, check_against, open_module, sign_module
 from potluck.modules.routing import gate_matrix, prefix_mean
-from potluck.tasks import get_task, pretrain
 from potluck.tasks.corpus import DOMAINS, held_out_text
 from potluck.tasks.lm_modules import merged_state, routed_forward, train_module
 
 RUN = "bench-modules"
-SMALL = {"n_layer": 2, "n_head": 2, "d_model": 64, "context": 64, "batch": 16, "eval_bytes": 4096}
 
 
 def log(*parts: object) -> None:
@@ -78,13 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    task_args = dict(SMALL)
-    for item in args.task_arg:
-        key, _, value = item.partition("=")
-        task_args[key] = type(SMALL.get(key, 0.0))(value)
-    task = get_task("lm", task_args)
-    log(f"lm {task_args}: {task.num_params()} params; pre-training {args.pretrain_steps} steps")
-    trunk = pretrain(task, steps=args.pretrain_steps, seed=args.seed)
+    task, task_args, trunk = lm_and_genesis(args.task_arg, args.pretrain_steps, args.seed)
     trunk_hash = version_hash(trunk)
     general = task.local_data(None)
     modules, record_bytes = [], {}
@@ -129,11 +121,7 @@ def main() -> None:
         "gate_top1_own_share_prefix": gate_hits(task, trunk, modules, True),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(result, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
-    log(table(result))
+    emit(result, args.json, table(result))
 
 
 def table(result: dict) -> str:

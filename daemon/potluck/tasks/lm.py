@@ -15,6 +15,9 @@ better) on each domain's held-out documents.
   offsets in the shard's text, gradients clipped to norm 1, on one thread (deterministic).
 * Low-rank training (:meth:`LmTask.train_lowrank`, ``potluck join --lowrank``): LoRA adapters on
   chosen 2-D tensors, the model frozen; the adapters are published as low-rank update entries.
+* Modules (potluck.tasks.lm_modules): :meth:`LmTask.hidden` takes a ``linear(name, x)`` that computes
+  each block matrix's product, so adapters can be added per token; evaluation and generation take a
+  ``forward`` that replaces :meth:`LmTask.forward`.
 * Evaluation: the first ``eval_bytes`` bytes of each domain's held-out text, cut into windows of
   ``context + 1`` bytes (every byte after the first predicted once); BPB = mean cross-entropy / ln 2.
   :meth:`LmTask.evaluate` returns the overall BPB (every domain weighs ``eval_bytes``).
