@@ -75,10 +75,15 @@ def test_publish_list_supersede_and_a_name_clash(capsys, tmp_path, node_dirs):
     proc = in_process(capsys, "module", "add", "--data-dir", str(b), str(record).replace("verse", "none"))
     assert proc.returncode == 2
     c = tmp_path / "third"
-    shutil.copytree(a, c, ignore=shutil.ignore_patterns("modules"))
+    shutil.copytree(a, c, ignore=shutil.ignore_patterns("modules", KEY_FILE))
+    load_or_create(c)
     proc = in_process(capsys, "module", "add", "--data-dir", str(c), str(record))
     assert proc.returncode == 0 and "module verse v2 kept" in proc.stdout, proc.stderr
     assert _modules(capsys, c) == _modules(capsys, a)
+    assert_config_error(  # refused before any training
+        in_process(capsys, "module", "publish", "--data-dir", str(c), "--name", "verse", *TRAIN),
+        "module name already taken by another author",
+    )
     # a damaged record is refused, and never kept
     bad = tmp_path / "bad.module"
     bad.write_bytes(record.read_bytes()[:-1] + bytes([record.read_bytes()[-1] ^ 1]))

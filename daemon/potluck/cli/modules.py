@@ -106,7 +106,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     manifest, task, version, state, _ = run_task_state(args, "take modules")
     identity = load_existing(args.data_dir.expanduser())
     kept = _library(args).get(args.name)
-    number = kept.module.version + 1 if kept is not None and kept.module.author == identity.public_key else 1
+    if kept is not None and kept.module.author != identity.public_key:  # refuse before training, not after
+        raise ConfigError(
+            f"module refused (name_taken): module name already taken by another author: {args.name}"
+        )
+    number = kept.module.version + 1 if kept is not None else 1
     try:
         own, general = task.local_data(args.shard), task.local_data(None)
         adapters, gw, gb = train_module(
