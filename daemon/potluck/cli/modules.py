@@ -9,7 +9,15 @@ import json
 import sys
 from pathlib import Path
 
-from potluck.cli.common import Commands, data_dir_arg, non_negative_int, output_file, positive_int, read_file
+from potluck.cli.common import (
+    Commands,
+    Parser,
+    data_dir_arg,
+    non_negative_int,
+    output_file,
+    positive_int,
+    read_file,
+)
 from potluck.cli.history import _which_version, run_task_state
 from potluck.errors import ConfigError
 
@@ -20,7 +28,7 @@ def add_parsers(commands: Commands) -> None:
         help="train and keep a named module (adapter + routing gate) on this node's run",
         description="Modules: low-rank adapters with a routing gate that the run keeps beside its trunk.",
     )
-    sub = module.add_subparsers(dest="module_command", required=True, metavar="ACTION")
+    sub = module.add_subparsers(dest="module_command", required=True, metavar="ACTION", parser_class=Parser)
     pub = sub.add_parser(
         "publish",
         help="train a module on a shard's text, sign it with this node's key, keep it",
@@ -35,29 +43,44 @@ def add_parsers(commands: Commands) -> None:
     pub.add_argument("--steps", type=positive_int, default=100, help="adapter training steps (default 100)")
     pub.add_argument("--gate-steps", type=positive_int, default=200, help="gate training steps (default 200)")
     pub.add_argument("--rank", type=positive_int, default=4, help="adapter rank (default 4)")
-    pub.add_argument("--seed", type=non_negative_int, default=0)
+    pub.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
     pub.add_argument(
         "--manifest", type=Path, metavar="RUN.toml", help="the run's manifest (default: the node's)"
     )
     _which_version(pub, "the trunk: a committed version's or the genesis' hash")
     pub.add_argument("--json", action="store_true", help="print JSON")
 
-    add = sub.add_parser("add", help="keep a module record received as a file (checked first)")
+    add = sub.add_parser(
+        "add",
+        help="keep a module record received as a file (checked first)",
+        description="Check a signed module record (format, signature, the trunk's shapes, rank limit, "
+        "name owner) and keep it.",
+    )
     add.set_defaults(handler=cmd_add)
     data_dir_arg(add)
-    add.add_argument("file", type=Path, metavar="FILE.module")
+    add.add_argument("file", type=Path, metavar="FILE.module", help="the signed record (module export)")
     add.add_argument(
         "--manifest", type=Path, metavar="RUN.toml", help="the run's manifest (default: the node's)"
     )
     add.set_defaults(version=None, round=None)
 
-    export = sub.add_parser("export", help="write a kept module's signed record to a file")
+    export = sub.add_parser(
+        "export",
+        help="write a kept module's signed record to a file",
+        description="Write the signed record of a kept module to a file (for module add elsewhere).",
+    )
     export.set_defaults(handler=cmd_export)
     data_dir_arg(export)
-    export.add_argument("name")
-    export.add_argument("-o", "--output", type=output_file, required=True, metavar="FILE.module")
+    export.add_argument("name", help="the kept module's name")
+    export.add_argument(
+        "-o", "--output", type=output_file, required=True, metavar="FILE.module", help="the file to write"
+    )
 
-    listing = commands.add_parser("modules", help="list the modules this node keeps (reads <data-dir>)")
+    listing = commands.add_parser(
+        "modules",
+        help="list the modules this node keeps (reads <data-dir>)",
+        description="List the modules this node keeps: name, version, author, rank, tensors, bytes.",
+    )
     listing.set_defaults(handler=cmd_list)
     data_dir_arg(listing)
     listing.add_argument("--json", action="store_true", help="print JSON")
