@@ -195,7 +195,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_task_state(args: argparse.Namespace, what: str = "generates text"):
+def run_task_state(args: argparse.Namespace, what: str = "generate text"):
     """``(manifest, task, version, state, entries)`` of the lm-like run in ``args.data_dir``: the version
     --version/--round names (default: the latest committed); ConfigError in one line otherwise."""
     from potluck.tasks import TaskError, get_task
