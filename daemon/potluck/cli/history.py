@@ -195,9 +195,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_task_state(args: argparse.Namespace, what: str = "generate text"):
+def run_task_state(args: argparse.Namespace, what: str = "generate text", load: bool = True):
     """``(manifest, task, version, state, entries)`` of the lm-like run in ``args.data_dir``: the version
-    --version/--round names (default: the latest committed); ConfigError in one line otherwise."""
+    --version/--round names (default: the latest committed; both None unless ``load``); ConfigError in
+    one line otherwise."""
     from potluck.tasks import TaskError, get_task
 
     entries, run_id = _read_history(args.data_dir)
@@ -218,6 +219,8 @@ def run_task_state(args: argparse.Namespace, what: str = "generate text"):
         raise ConfigError(f"the run's task: {e}") from None
     if not callable(getattr(task, "generate", None)):
         raise ConfigError(f"run {manifest.run_id[:16]}'s task {manifest.task!r} does not {what} (lm does)")
+    if not load:
+        return manifest, task, None, None, entries
     version = _pick(entries, args.version, args.round, manifest.genesis)
     return manifest, task, version, _load_version(args, version), entries
 

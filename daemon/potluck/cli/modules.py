@@ -62,7 +62,6 @@ def add_parsers(commands: Commands) -> None:
     add.add_argument(
         "--manifest", type=Path, metavar="RUN.toml", help="the run's manifest (default: the node's)"
     )
-    add.set_defaults(version=None, round=None)
 
     export = sub.add_parser(
         "export",
@@ -161,7 +160,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from potluck.modules.record import module_id
 
-    manifest, task, _, _, _ = run_task_state(args, "take modules")
+    manifest, task, _, _, _ = run_task_state(args, "take modules", load=False)
     data = read_file(args.file)
     status, m = _keep(args, data, manifest, task)
     print(f"module {m.name} v{m.version} {status} (id {module_id(data)[:16]})")
