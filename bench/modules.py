@@ -6,7 +6,8 @@ The `lm` task (bench/lm.py's small size unless `--task-arg`) is pre-trained `--p
 domain's training split, as bench/lm.py does: the trunk. One contributor per domain then trains a module
 on that domain's training text (potluck.tasks.lm_modules.train_module): a rank-`--rank` LoRA adapter
 on every block's ``attn.c_attn`` and ``mlp.c_fc`` for `--steps` steps, then its gate for `--gate-steps`
-steps at `--gate-lr` (own text vs every domain's training text). Each module goes through the real
+steps at `--gate-lr` (own text vs every domain's training text; `--calibrate` then z-scores it on
+that general text, potluck.tasks.lm_modules.calibrate_gate). Each module goes through the real
 record: signed by its author, opened, checked against the trunk (its bytes are reported). In process,
 no network.
 
@@ -38,7 +39,7 @@ from potluck.identity import NodeIdentity
 from potluck.modules.record import Module, check_against, open_module, sign_module
 from potluck.modules.routing import gate_matrix, prefix_mean
 from potluck.tasks.corpus import DOMAINS, held_out_text
-from potluck.tasks.lm_modules import merged_state, routed_forward, train_module
+from potluck.tasks.lm_modules import calibrate_gate, merged_state, routed_forward, train_module
 
 RUN = "bench-modules"
 
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--gate-steps", type=int, default=200)
     ap.add_argument("--gate-lr", type=float, default=0.01)
     ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument("--calibrate", action="store_true", help="z-score each gate on general text")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="", help="also write the JSON to this file")
     args = ap.parse_args()
@@ -86,6 +88,8 @@ def main() -> None:
             task, trunk, task.local_data(domain), general, steps=args.steps, gate_steps=args.gate_steps,
             seed=args.seed + 1 + i, rank=args.rank, gate_lr=args.gate_lr,
         )  # fmt: skip
+        if args.calibrate:
+            gw, gb = calibrate_gate(task, trunk, (gw, gb), general, seed=args.seed)
         author = NodeIdentity.generate()
         signed = sign_module(
             author, Module(RUN, domain, author.public_key, 1, trunk_hash, domain, adapters, gw, gb)

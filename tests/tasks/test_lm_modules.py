@@ -10,7 +10,13 @@ from potluck.identity import NodeIdentity
 from potluck.modules.record import Module
 from potluck.tasks import TaskError, get_task
 from potluck.tasks.lm import LmTask
-from potluck.tasks.lm_modules import default_targets, merged_state, routed_forward, train_module
+from potluck.tasks.lm_modules import (
+    calibrate_gate,
+    default_targets,
+    merged_state,
+    routed_forward,
+    train_module,
+)
 
 SMALL = {"n_layer": 1, "n_head": 2, "d_model": 32, "context": 32, "batch": 4, "eval_bytes": 512}
 TRUNK = "00" * 32
@@ -70,3 +76,20 @@ def test_merged_mean_and_errors(setup):
         routed_forward([], task, 1)
     with pytest.raises(TaskError, match="does not have in that shape"):
         merged_state({k: v for k, v in trunk.items() if k != name}, modules)
+
+
+def test_calibrated_gate_scores_general_text_as_z_scores(setup):
+    task, trunk, (plays, _) = setup
+    general = task.local_data(None)
+    w, b = calibrate_gate(task, trunk, (plays.gate_w, plays.gate_b), general, seed=0, windows=16)
+    rng = np.random.Generator(np.random.PCG64([0, 11]))  # the same windows calibrate_gate drew
+    starts = rng.integers(0, len(general) - task.context, size=16)
+    x = torch.from_numpy(general.text[starts[:, None] + np.arange(task.context)].astype(np.int64))
+    with torch.no_grad():
+        h = task.hidden(task._params(trunk), x)
+    scores = (h @ torch.from_numpy(w) + b).double()
+    assert abs(float(scores.mean())) < 1e-4 and abs(float(scores.std()) - 1) < 1e-4
+    raw = (h @ torch.from_numpy(plays.gate_w) + plays.gate_b).double()
+    assert (
+        float(torch.corrcoef(torch.stack([raw.flatten(), scores.flatten()]))[0, 1]) > 0.9999
+    )  # rescaled only

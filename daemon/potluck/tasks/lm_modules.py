@@ -62,6 +62,22 @@ def train_gate(
     return w.detach().numpy().copy(), float(b.detach()[0])
 
 
+def calibrate_gate(
+    task: LmTask, state: Mapping[str, np.ndarray], gate: tuple[np.ndarray, float], general: LmData, *,
+    seed: int, windows: int = 64,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """The gate rescaled so its scores on ``windows`` seeded windows of ``general`` text have mean 0 and
+    standard deviation 1 (z-scores: comparable across modules whose gates were trained apart)."""
+    rng = np.random.Generator(np.random.PCG64([seed, 11]))
+    starts = rng.integers(0, len(general) - task.context, size=windows)
+    x = torch.from_numpy(general.text[starts[:, None] + np.arange(task.context)].astype(np.int64))
+    w, b = gate
+    with OneThread(), torch.no_grad():
+        scores = (task.hidden(task._params(state), x) @ torch.from_numpy(w) + b).double()
+    mu, sigma = float(scores.mean()), max(float(scores.std()), 1e-6)
+    return (w / sigma).astype(np.float32), (b - mu) / sigma
+
+
 def train_module(
     task: LmTask, state: Mapping[str, np.ndarray], own: LmData, general: LmData, *, steps: int,
     gate_steps: int, seed: int, rank: int, targets: Sequence[str] | None = None, gate_lr: float = 0.01,
