@@ -5,6 +5,7 @@
   score ``w . h + b`` on the trunk's final hidden state ``h`` (no adapter applied), ``gate_steps``
   Adam steps telling the bytes of the module's own text (label 1) from the bytes of ``general`` text
   (label 0; e.g. every domain's training split), ``batch`` windows of each per step.
+* :func:`calibrate_gate`: a trained gate rescaled to z-scores on general text (optional).
 * :func:`routed_forward`: the trunk with modules routed per token (by the token's gate scores or their
   mean over its prefix), by the rule of
   :mod:`potluck.modules.routing` (one trunk pass for the gate scores, one adapted pass).
@@ -25,7 +26,14 @@ from potluck.tasks import State, TaskError
 from potluck.tasks.data import OneThread, check_training
 from potluck.tasks.lm import Forward, LmData, LmTask
 
-__all__ = ["merged_state", "routed_forward", "train_gate", "train_module"]
+__all__ = [
+    "calibrate_gate",
+    "default_targets",
+    "merged_state",
+    "routed_forward",
+    "train_gate",
+    "train_module",
+]
 
 DEFAULT_TARGETS = ("attn.c_attn.weight", "mlp.c_fc.weight")  # per block
 
