@@ -163,6 +163,17 @@ def retention(task, genesis, args) -> dict:
     return {"bpb": rows, "gain_kept": kept}
 
 
+def lm_and_genesis(task_arg: list[str], pretrain_steps: int, seed: int) -> tuple[object, dict, dict]:
+    """The lm task (SMALL, changed by ``KEY=VALUE`` items), its task args, and its pre-trained genesis."""
+    task_args = dict(SMALL)
+    for item in task_arg:
+        key, _, value = item.partition("=")
+        task_args[key] = type(SMALL.get(key, 0.0))(value)
+    task = get_task("lm", task_args)
+    log(f"lm {task_args}: {task.num_params()} params; pre-training {pretrain_steps} steps")
+    return task, task_args, pretrain(task, steps=pretrain_steps, seed=seed)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="federated,retention")
@@ -188,13 +199,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    task_args = dict(SMALL)
-    for item in args.task_arg:
-        key, _, value = item.partition("=")
-        task_args[key] = type(SMALL.get(key, 0.0))(value)
-    task = get_task("lm", task_args)
-    log(f"lm {task_args}: {task.num_params()} params; pre-training {args.pretrain_steps} steps")
-    genesis = pretrain(task, steps=args.pretrain_steps, seed=args.seed)
+    task, task_args, genesis = lm_and_genesis(args.task_arg, args.pretrain_steps, args.seed)
     result: dict = {
         "benchmark": "lm",
         "config": {**vars(args), "task_args": task_args, "params": task.num_params()},
@@ -231,11 +236,16 @@ def main() -> None:
     result["wall_s"] = round(time.perf_counter() - started, 1)
     if args.out and "federated" in result:
         result["plot"] = plot(result, Path(args.out))
+    emit(result, args.json, table(result))
+
+
+def emit(result: dict, json_path: str, table_text: str) -> None:
+    """The JSON on stdout (and in ``json_path`` when given), the table on stderr."""
     text = json.dumps(result, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    if json_path:
+        Path(json_path).write_text(text + "\n")
     print(text)
-    log(table(result))
+    log(table_text)
 
 
 def table(result: dict) -> str:

@@ -34,6 +34,7 @@ LAYERS: tuple[str, ...] = (
     "datadir",
     "groups",  # parameter groups: manifest rules by tensor name (pure)
     "updates",
+    "modules",  # the module library: signed module records, name ownership, routing math (pure)
     "merge",
     "manifest",
     "rounds",
@@ -58,7 +59,7 @@ LAYERS: tuple[str, ...] = (
 )
 
 # Functions of bytes and tensors: no I/O machinery (the async shell composes them).
-PURE = ("wire", "signed", "hashing", "groups", "updates", "merge", "rounds")
+PURE = ("wire", "signed", "hashing", "groups", "updates", "modules", "merge", "rounds")
 IMPURE_MODULES = frozenset(
     {"asyncio", "hivemind", "grpc", "socket", "subprocess", "sqlite3", "multiprocessing", "threading"}
     | {"signal", "ctypes", "fcntl"}

@@ -1,8 +1,9 @@
 """The `potluck` command: the parser assembled from one module per command group.
 
 node (run, join, status, peers, id), run (init, pretrain), update (make, inspect, publish, list, apply),
-history (log, export, generate), vcs (show, diff, blame, verify, gc), fork, demo, watch (status --watch,
-dashboard); the tables people read are in cli.format.
+history (log, export, generate), vcs (show, diff, blame, verify, gc), fork, modules (module
+publish|add|export, modules), demo, watch (status --watch, dashboard); the tables people read are in
+cli.format.
 
 Exit codes: 0 ok, 1 runtime failure (e.g. the node did not answer), 2 usage or configuration error.
 Heavy imports (torch, hivemind) happen only in the commands that need them, so `status` stays fast.
@@ -15,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from potluck.cli import demo, fork, history, node, run, update, vcs, watch
+from potluck.cli import demo, fork, history, modules, node, run, update, vcs, watch
 from potluck.cli.common import EXIT_USAGE, Parser
 from potluck.errors import ConfigError
 from potluck.observe.logs import configure as configure_logging
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="human lines (default), or one JSON object a line: time, level, node, run, round, event, fields",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for group in (node, run, history, vcs, fork, update, demo, watch):
+    for group in (node, run, history, vcs, fork, update, modules, demo, watch):
         group.add_parsers(commands)
     return parser
 

@@ -80,6 +80,17 @@ def add_parsers(commands: Commands) -> None:
         "--manifest", type=Path, metavar="RUN.toml", help="the run's manifest (default: the node's copy)"
     )
     gen.add_argument("--json", action="store_true", help="print JSON")
+    mods = gen.add_mutually_exclusive_group()
+    mods.add_argument(
+        "--modules", metavar="NAME,...", help="merge these kept modules into the version (their mean delta)"
+    )
+    mods.add_argument("--route", action="store_true", help="route every kept module per token (top-k gates)")
+    gen.add_argument(
+        "--top-k", type=positive_int, default=1, help="modules per token with --route (default 1)"
+    )
+    gen.add_argument(
+        "--prefix-scores", action="store_true", help="with --route: gate scores averaged over each prefix"
+    )
 
 
 def _which_version(parser: argparse.ArgumentParser, what: str) -> None:
@@ -216,11 +227,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def run_task_state(args: argparse.Namespace, what: str = "generate text", load: bool = True):
+    """``(manifest, task, version, state, entries)`` of the lm-like run in ``args.data_dir``: the version
+    --version/--round names (default: the latest committed; both None unless ``load``); ConfigError in
+    one line otherwise."""
     from potluck.tasks import TaskError, get_task
 
-    if args.max_bytes > MAX_BYTES:
-        raise ConfigError(f"--max-bytes {args.max_bytes}: at most {MAX_BYTES}")
     entries, run_id = _read_history(args.data_dir)
     manifest = _run_manifest(args.data_dir, run_id, args.manifest)
     if manifest is None:
@@ -238,14 +250,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except TaskError as e:
         raise ConfigError(f"the run's task: {e}") from None
     if not callable(getattr(task, "generate", None)):
-        raise ConfigError(
-            f"run {manifest.run_id[:16]}'s task {manifest.task!r} does not generate text (lm does)"
-        )
+        raise ConfigError(f"run {manifest.run_id[:16]}'s task {manifest.task!r} does not {what} (lm does)")
+    if not load:
+        return manifest, task, None, None, entries
     version = _pick(entries, args.version, args.round, manifest.genesis)
-    state = _load_version(args, version)
+    return manifest, task, version, _load_version(args, version), entries
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from potluck.tasks import TaskError
+
+    if args.max_bytes > MAX_BYTES:
+        raise ConfigError(f"--max-bytes {args.max_bytes}: at most {MAX_BYTES}")
+    manifest, task, version, state, entries = run_task_state(args)
+    forward = None
+    if args.modules or args.route:
+        from potluck.cli.modules import with_modules
+
+        state, forward = with_modules(args, manifest, task, state)
     prompt = args.prompt.encode("utf-8", "surrogateescape")
     try:
-        out = task.generate(state, prompt, args.max_bytes, seed=args.seed, temperature=args.temperature)
+        out = task.generate(
+            state, prompt, args.max_bytes, seed=args.seed, temperature=args.temperature, forward=forward
+        )
     except TaskError as e:  # a stored state that is not the task's model
         raise ConfigError(f"version {version[:16]}: {e}") from None
     text = out.decode("utf-8", "replace")
@@ -254,6 +281,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps({
             "run_id": manifest.run_id, "version": version, "round": round_, "prompt": args.prompt,
             "text": text, "max_bytes": args.max_bytes, "temperature": args.temperature, "seed": args.seed,
+            "modules": args.modules.split(",") if args.modules else None,
+            "route": {"top_k": args.top_k, "prefix_scores": args.prefix_scores} if args.route else None,
         }))  # fmt: skip
     else:
         print(args.prompt + text)

@@ -15,6 +15,9 @@ better) on each domain's held-out documents.
   offsets in the shard's text, gradients clipped to norm 1, on one thread (deterministic).
 * Low-rank training (:meth:`LmTask.train_lowrank`, ``potluck join --lowrank``): LoRA adapters on
   chosen 2-D tensors, the model frozen; the adapters are published as low-rank update entries.
+* Modules (potluck.tasks.lm_modules): :meth:`LmTask.hidden` takes a ``linear(name, x)`` that computes
+  each block matrix's product, so adapters can be added per token; evaluation and generation take a
+  ``forward`` that replaces :meth:`LmTask.forward`.
 * Evaluation: the first ``eval_bytes`` bytes of each domain's held-out text, cut into windows of
   ``context + 1`` bytes (every byte after the first predicted once); BPB = mean cross-entropy / ln 2.
   :meth:`LmTask.evaluate` returns the overall BPB (every domain weighs ``eval_bytes``).
@@ -43,6 +46,8 @@ __all__ = ["VOCAB", "LmData", "LmTask"]
 VOCAB = 256
 _EPS = 1e-5
 _EVAL_BATCH = 32  # windows per forward pass when scoring
+Linear = Callable[[str, torch.Tensor], torch.Tensor]  # (matrix name, input) -> input @ matrix (+ adapters)
+Forward = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]  # (params, ids) -> logits
 
 
 @dataclass(frozen=True)
@@ -126,23 +131,32 @@ class LmTask:
             "tie_word_embeddings": True, "bos_token_id": 10, "eos_token_id": 10,
         }  # fmt: skip
 
-    def forward(self, p: Mapping[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, p: Mapping[str, torch.Tensor], idx: torch.Tensor, linear: Linear | None = None
+    ) -> torch.Tensor:
         """Logits (B, T, 256) for byte ids ``idx`` (B, T), T <= context."""
+        return self.hidden(p, idx, linear) @ p["transformer.wte.weight"].T
+
+    def hidden(
+        self, p: Mapping[str, torch.Tensor], idx: torch.Tensor, linear: Linear | None = None
+    ) -> torch.Tensor:
+        """The final (post-LayerNorm) hidden states (B, T, d_model). ``linear(name, x)`` computes each
+        block matrix's ``x @ p[name]`` (default), so a caller can add adapters per token (modules)."""
+        lin = linear or (lambda name, z: z @ p[name])
         b, t = idx.shape
         d, heads = self.d_model, self.n_head
         x = p["transformer.wte.weight"][idx] + p["transformer.wpe.weight"][:t]
         for i in range(self.n_layer):
             h = f"transformer.h.{i}."
             a = F.layer_norm(x, (d,), p[h + "ln_1.weight"], p[h + "ln_1.bias"], _EPS)
-            q, k, v = (a @ p[h + "attn.c_attn.weight"] + p[h + "attn.c_attn.bias"]).split(d, dim=2)
+            q, k, v = (lin(h + "attn.c_attn.weight", a) + p[h + "attn.c_attn.bias"]).split(d, dim=2)
             q, k, v = (z.view(b, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
-            x = x + y @ p[h + "attn.c_proj.weight"] + p[h + "attn.c_proj.bias"]
+            x = x + lin(h + "attn.c_proj.weight", y) + p[h + "attn.c_proj.bias"]
             m = F.layer_norm(x, (d,), p[h + "ln_2.weight"], p[h + "ln_2.bias"], _EPS)
-            m = F.gelu(m @ p[h + "mlp.c_fc.weight"] + p[h + "mlp.c_fc.bias"], approximate="tanh")
-            x = x + m @ p[h + "mlp.c_proj.weight"] + p[h + "mlp.c_proj.bias"]
-        x = F.layer_norm(x, (d,), p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], _EPS)
-        return x @ p["transformer.wte.weight"].T
+            m = F.gelu(lin(h + "mlp.c_fc.weight", m) + p[h + "mlp.c_fc.bias"], approximate="tanh")
+            x = x + lin(h + "mlp.c_proj.weight", m) + p[h + "mlp.c_proj.bias"]
+        return F.layer_norm(x, (d,), p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], _EPS)
 
     def _params(self, state: Mapping[str, np.ndarray], grad: bool = False) -> dict[str, torch.Tensor]:
         shapes = self.shapes()
@@ -237,8 +251,12 @@ class LmTask:
             if progress is not None:
                 progress(step + 1)
 
-    def evaluate_domains(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """Held-out BPB per domain and ``"overall"`` (total bits over total predicted bytes)."""
+    def evaluate_domains(
+        self, state: Mapping[str, np.ndarray], forward: Forward | None = None
+    ) -> dict[str, float]:
+        """Held-out BPB per domain and ``"overall"`` (total bits over total predicted bytes); ``forward``
+        replaces :meth:`forward` (e.g. the trunk with modules routed, potluck.tasks.lm_modules)."""
+        forward = forward or self.forward
         bits: dict[str, float] = {}
         counts: dict[str, int] = {}
         with OneThread(), torch.no_grad():
@@ -250,7 +268,7 @@ class LmTask:
                 for group in _by_length(windows):
                     for at in range(0, len(group), _EVAL_BATCH):
                         x = torch.from_numpy(np.stack(group[at : at + _EVAL_BATCH]).astype(np.int64))
-                        logits = self.forward(params, x[:, :-1])
+                        logits = forward(params, x[:, :-1])
                         nats += float(F.cross_entropy(logits.reshape(-1, VOCAB), x[:, 1:].reshape(-1),
                                                       reduction="sum").double())  # fmt: skip
                         count += x[:, 1:].numel()
@@ -264,15 +282,17 @@ class LmTask:
         return self.evaluate_domains(state)["overall"]
 
     def generate(self, state: Mapping[str, np.ndarray], prompt: bytes, length: int, *, seed: int = 0,
-                 temperature: float = 0.8) -> bytes:  # fmt: skip
-        """``length`` bytes sampled after ``prompt`` (seeded: the same bytes for the same inputs)."""
+                 temperature: float = 0.8, forward: Forward | None = None) -> bytes:  # fmt: skip
+        """``length`` bytes sampled after ``prompt`` (seeded: the same bytes for the same inputs);
+        ``forward`` as in :meth:`evaluate_domains`."""
+        forward = forward or self.forward
         out = list(prompt or b"\n")
         gen = torch.Generator().manual_seed(seed)
         with OneThread(), torch.no_grad():
             params = self._params(state)
             for _ in range(length):
                 x = torch.tensor([out[-self.context :]], dtype=torch.int64)
-                probs = torch.softmax(self.forward(params, x)[0, -1] / max(temperature, 1e-3), dim=0)
+                probs = torch.softmax(forward(params, x)[0, -1] / max(temperature, 1e-3), dim=0)
                 out.append(int(torch.multinomial(probs, 1, generator=gen)))
         return bytes(out[len(prompt or b"\n") :])
 
