@@ -25,7 +25,7 @@ import numpy as np
 from potluck.rounds.fixedpoint import QUANTUM, Layout, contribution
 from potluck.updates.codec import SignedUpdate
 
-__all__ = ["BlameRound", "blame", "diff", "select"]
+__all__ = ["BlameRound", "blame", "diff", "merged_step", "select"]
 
 
 def select(names: Iterable[str], pattern: str | None) -> list[str]:
@@ -79,6 +79,32 @@ class BlameRound:
     missing: Sequence[str] = field(default_factory=tuple)  # listed update ids not held here
 
 
+def merged_step(
+    layout: Layout,
+    weight: int,
+    signed: SignedUpdate,
+    total_weight: int,
+    outer_lr: float,
+    names: Iterable[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """tensor -> ``outer_lr * QUANTUM * q_u / W`` (float64, flat): what update ``signed`` of merge weight
+    ``weight`` added to each tensor it touched (of ``names``; all when None) in a round of total weight
+    ``total_weight``, before the round's cast (the arithmetic of fixedpoint.next_version)."""
+    touched = {t.name for t in signed.update.tensors if len(t.indices)}
+    wanted = set(names) if names is not None else None
+    q = contribution(layout, [(weight, signed)]).q
+    out = {}
+    for slot in layout.slots:
+        if slot.name not in touched or (wanted is not None and slot.name not in wanted):
+            continue
+        step = q[slot.offset : slot.offset + slot.size].astype(np.float64)
+        step *= QUANTUM
+        step /= float(total_weight)
+        step *= outer_lr
+        out[slot.name] = step
+    return out
+
+
 def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern: str | None = None) -> dict:
     """Who moved which tensor over ``rounds`` (see the module docstring):
     ``{"tensors": [{name, l2, authors: [{author, l2, share, entries, updates}]}], "rounds": [...]}``."""
@@ -92,16 +118,8 @@ def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern
         for author, weight, signed in r.merged:
             if weight == 0 or r.total_weight == 0:
                 continue
-            touched = {t.name for t in signed.update.tensors if len(t.indices)}
-            q = contribution(layout, [(weight, signed)]).q
             mine = moved.setdefault(author, {})
-            for name, slot in slots.items():
-                if name not in touched:
-                    continue
-                step = q[slot.offset : slot.offset + slot.size].astype(np.float64)
-                step *= QUANTUM
-                step /= float(r.total_weight)
-                step *= outer_lr
+            for name, step in merged_step(layout, weight, signed, r.total_weight, outer_lr, slots).items():
                 if name in mine:
                     mine[name] += step
                 else:
