@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from potluck.cli import demo, fork, history, node, run, update, vcs
+from potluck.cli import demo, fork, history, node, revert, run, update, vcs
 from potluck.cli.common import EXIT_USAGE, Parser
 from potluck.errors import ConfigError
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what a node logs to stderr (default INFO)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for group in (node, run, history, vcs, fork, update, demo):
+    for group in (node, run, history, vcs, revert, fork, update, demo):
         group.add_parsers(commands)
     return parser
 

@@ -76,7 +76,7 @@ def add_parsers(commands: Commands) -> None:
     p["gc"].add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
 
 
-def _repo(args: argparse.Namespace) -> Any:  # potluck.vcs imported here: the command line stays fast
+def open_repo(args: argparse.Namespace) -> Any:  # potluck.vcs imported here: the command line stays fast
     from potluck.manifest import ManifestError
     from potluck.runfiles import load_manifest
     from potluck.vcs.repo import HistoryRepo
@@ -175,7 +175,7 @@ def format_show(d: dict[str, Any]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         d = describe(repo, repo.resolve(args.version))
     _print(args, d, format_show(d))
     return 0
@@ -187,7 +187,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from potluck.vcs.numbers import diff
 
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         a, b = repo.resolve(args.a), repo.resolve(args.b)
         parent = repo.parent_of(a)
         previous = repo.state(parent) if parent is not None and repo.versions.has(parent) else None
@@ -224,7 +224,7 @@ def cmd_blame(args: argparse.Namespace) -> int:
     from potluck.rounds.fixedpoint import Layout
     from potluck.vcs.numbers import BlameRound, blame
 
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         m = repo.need_manifest()
         if m.strategy != DEFAULT_STRATEGY:
             raise ConfigError(
@@ -279,7 +279,7 @@ def format_blame(d: dict[str, Any]) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     from potluck.vcs.replay import verify
 
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         start = repo.resolve(args.start) if args.start else None
         report = verify(repo, start)
     if args.json:
@@ -305,7 +305,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from potluck.vcs.gc import collect
 
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         report = collect(repo, args.keep_last, args.keep_every, args.dry_run)
     freed = sum(d["bytes"] for d in report["dropped"])
     verb = "would drop" if args.dry_run else "dropped"
