@@ -3,7 +3,9 @@
 diff A B, per tensor, over float64 copies of both versions: ``changed`` (entries whose value differs),
 ``l2`` = ||B - A||, ``relative`` = ||B - A|| / ||A|| (None when ||A|| = 0), and ``cosine_prev`` =
 cos(B - A, A - parent(A)): whether this change continues the round that made A (None for the genesis,
-a parent not held here, or a zero change).
+a parent not held here, or a zero change). Per parameter group of the manifest (groups.py: a tensor is in
+its first matching rule's group, named by the rule's pattern, or in "other"), the same sums: ``changed``,
+``l2`` over the group and ``relative`` to the group's ||A||.
 
 blame, for a weighted-mean run: in round r the merge adds, before the one cast to each tensor's dtype,
 ``outer_lr * QUANTUM * q_u / W_r`` for each update u, where ``q_u = round(w_u * delta_u / QUANTUM)`` are
@@ -22,10 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from potluck.groups import GroupRules
 from potluck.rounds.fixedpoint import QUANTUM, Layout, contribution
 from potluck.updates.codec import SignedUpdate
 
-__all__ = ["BlameRound", "blame", "diff", "merged_step", "select"]
+__all__ = ["OTHER_GROUP", "BlameRound", "blame", "diff", "group_of", "group_summary", "merged_step", "select"]
 
 
 def select(names: Iterable[str], pattern: str | None) -> list[str]:
@@ -64,9 +67,41 @@ def diff(
         rows.append({
             "name": name, "shape": list(a[name].shape), "size": int(x.size),
             "changed": int(np.count_nonzero(a[name].reshape(-1) != b[name].reshape(-1))),
-            "l2": l2, "relative": l2 / norm_a if norm_a > 0 else None, "cosine_prev": prev,
+            "l2": l2, "relative": l2 / norm_a if norm_a > 0 else None, "cosine_prev": prev, "norm_a": norm_a,
         })  # fmt: skip
     return rows
+
+
+OTHER_GROUP = "other"  # the tensors no group rule matches (the manifest's own fields apply)
+
+
+def group_of(rules: GroupRules, name: str) -> str:
+    """The parameter group of tensor ``name``: its first matching rule's pattern, or :data:`OTHER_GROUP`."""
+    rule = rules.rule_for(name)
+    return rule.pattern if rule is not None else OTHER_GROUP
+
+
+def group_summary(rows: Sequence[dict], rules: GroupRules) -> list[dict]:
+    """One row per parameter group that ``rows`` (of :func:`diff`) touch, in rule order, "other" last:
+    its tensors, ``changed``/``size`` entries, ``l2`` = ||B - A|| over the group, ``relative`` to ||A||."""
+    order = [r.pattern for r in rules.rules] + [OTHER_GROUP]
+    acc: dict[str, dict] = {}
+    for row in rows:
+        g = acc.setdefault(
+            group_of(rules, row["name"]), {"tensors": 0, "changed": 0, "size": 0, "sq": 0.0, "sq_a": 0.0}
+        )
+        g["tensors"] += 1
+        g["changed"] += row["changed"]
+        g["size"] += row["size"]
+        g["sq"] += row["l2"] ** 2
+        g["sq_a"] += row["norm_a"] ** 2
+    out = []
+    for name in sorted(acc, key=order.index):
+        g = acc[name]
+        l2, norm_a = float(np.sqrt(g["sq"])), float(np.sqrt(g["sq_a"]))
+        out.append({"group": name, "tensors": g["tensors"], "changed": g["changed"], "size": g["size"],
+                    "l2": l2, "relative": l2 / norm_a if norm_a > 0 else None})  # fmt: skip
+    return out
 
 
 @dataclass(frozen=True)
