@@ -10,7 +10,9 @@ import pytest
 
 from potluck.identity import NodeIdentity, load_or_create
 from potluck.manifest import Manifest, ManifestError
+from potluck.merge import get_strategy
 from potluck.rounds.fixedpoint import Layout, next_version
+from potluck.rounds.merging import merge_round
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import load_state
 from potluck.updates.codec import decode_update
@@ -114,6 +116,24 @@ def test_revert_takes_out_exactly_the_merged_contribution(tmp_path: Path) -> Non
             assert np.abs(latest[name].reshape(-1) - expected).max() > 1e-3
         else:
             assert np.array_equal(reverted[name], latest[name])
+
+
+def test_merge_round_applies_the_step_with_the_rounds_updates_for_the_weighted_mean_only(
+    tmp_path: Path,
+) -> None:
+    b = build_history(tmp_path, rounds=1, revert="anyone")
+    state = _state(b, 1)
+    layout = Layout.from_state(state)
+    signed = decode_update(make_update(b.authors[0], b.manifest, 1, b.versions[1], seed=7))
+    step = {"l2.bias": np.full(4, 1e-2)}
+    merged, total = merge_round(state, layout, [(10, signed)], b.manifest, None, 0, extra=step)
+    plain, _ = merge_round(state, layout, [(10, signed)], b.manifest, None, 0)
+    assert total == 10 and [n for n in state if not np.array_equal(merged[n], plain[n])] == ["l2.bias"]
+    np.testing.assert_allclose(merged["l2.bias"], plain["l2.bias"] + 1e-2, atol=1e-6)
+    with pytest.raises(ValueError, match="weighted-mean"):
+        merge_round(
+            state, layout, [(10, signed)], b.manifest, get_strategy("coordinate_median", {}), 0, extra=step
+        )
 
 
 def e_total(repo: HistoryRepo, e: dict) -> int:
