@@ -34,13 +34,7 @@ from potluck.groups import GroupError, GroupRules
 from potluck.identity import SIGNATURE_SIZE, NodeIdentity, verify
 from potluck.wire import WireError, bounded_unpackb
 
-__all__ = [
-    "DOMAIN",
-    "MAX_MANIFEST_BYTES",
-    "Manifest",
-    "ManifestError",
-    "create_manifest",
-]
+__all__ = ["DOMAIN", "MAX_MANIFEST_BYTES", "Manifest", "ManifestError", "create_manifest"]
 
 DOMAIN = "potluck/manifest/v1"
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: room for an allowlist of ~10k node ids
@@ -55,12 +49,13 @@ TOPK_SCOPES = ("tensor", "model")  # potluck.updates.sparsify.SCOPES
 ADMISSIONS = ("open", "allowlist")
 PLACEMENTS = ("auto", "gathered", "sliced", "allreduce")  # where a round's merge runs (rounds/placement.py)
 PACINGS = ("clock", "ready")  # when a round stops collecting (rounds/schedule.py)
+REVERTS = ("creator", "allowlist", "anyone")  # who may propose a revert (vcs/revert.py)
 
 TaskArg = str | int | float
 # fields added after the first manifests: absent from the canonical body while at their default
 _OMITTED_AT_DEFAULT: dict[str, Any] = {
     "probation_rounds": 0, "placement": "auto", "pacing": "clock", "target_samples": 0, "groups": [],
-    "max_rank": 64, "parent_run": "", "parent_version": "", "topk_scope": "tensor",
+    "max_rank": 64, "parent_run": "", "parent_version": "", "topk_scope": "tensor", "revert": "creator",
 }  # fmt: skip
 
 
@@ -163,6 +158,7 @@ class Manifest:
         rounds (0 = off; the rule is in potluck.defence.probation)
       parent_run, parent_version: lineage of a fork (`potluck fork`): the run id and the version of
         it this run starts from (then ``genesis == parent_version``); both empty for a new run
+      revert: who may propose a revert (`potluck revert`): "creator", "allowlist" (``allow``) or "anyone"
       creator: node id (hex) of the signer
       created: unix seconds of creation
       seed: seed of ``Task.init_state`` that produced ``genesis`` (unless it was pre-trained)
@@ -195,6 +191,7 @@ class Manifest:
     probation_rounds: int = 0
     parent_run: str = ""
     parent_version: str = ""
+    revert: str = "creator"
     created: float = 0.0
     seed: int = 0
     signature: bytes = b""
@@ -213,6 +210,7 @@ class Manifest:
         norm("strategy_args", _check_task_args(self.strategy_args, "strategy_args"))
         _check_str(self.placement, "placement", PLACEMENTS)
         _check_str(self.pacing, "pacing", PACINGS)
+        _check_str(self.revert, "revert", REVERTS)
         _check_int(self.target_samples, "target_samples", 0, 1 << 40)
         _check_str(self.weighting, "weighting", WEIGHTINGS)
         _check_int(self.weight_cap, "weight_cap", 1, 1 << 24)

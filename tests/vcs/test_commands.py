@@ -69,6 +69,30 @@ def test_diff_agrees_with_numpy(built: Built, capsys) -> None:
     assert all(t["cosine_prev"] is None for t in genesis["tensors"])
 
 
+def test_diff_group_selects_the_manifests_parameter_group_and_sums_it(tmp_path, capsys) -> None:
+    """A tensor is in its first matching rule's group; a group's l2 is over all its tensors' entries."""
+    b = build_history(tmp_path, rounds=2, groups=["l2.*:max_density=0.5", "*.bias:max_density=0.5"])
+    d = _json(capsys, "diff", "r0", "r1", "--data-dir", str(b.data_dir))
+    assert [g["group"] for g in d["groups"]] == ["l2.*", "*.bias", "other"]
+    a, c = _state(b, 1), _state(b, 2)
+    members = {"l2.*": ["l2.bias", "l2.weight"], "*.bias": ["l1.bias"], "other": ["l1.weight"]}
+    for g in d["groups"]:
+        names = members[g["group"]]
+        change = np.concatenate([(c[n].astype(np.float64) - a[n].astype(np.float64)).ravel() for n in names])
+        before = np.concatenate([a[n].astype(np.float64).ravel() for n in names])
+        assert g["tensors"] == len(names)
+        assert g["changed"] == sum(int(np.count_nonzero(a[n] != c[n])) for n in names)
+        assert g["l2"] == pytest.approx(np.linalg.norm(change))
+        assert g["relative"] == pytest.approx(np.linalg.norm(change) / np.linalg.norm(before))
+    only = _json(capsys, "diff", "r0", "r1", "--group", "*.bias", "--data-dir", str(b.data_dir))
+    assert [t["name"] for t in only["tensors"]] == ["l1.bias"]  # l2.bias is in the first group
+    assert [g["group"] for g in only["groups"]] == ["*.bias"]
+    text = in_process(capsys, "diff", "r0", "r1", "--group", "other", "--data-dir", str(b.data_dir))
+    assert "l1.weight" in text.stdout and "GROUP" in text.stdout and "l2.bias" not in text.stdout
+    proc = in_process(capsys, "diff", "r0", "r1", "--group", "nope", "--data-dir", str(b.data_dir))
+    assert_config_error(proc, "nope", "l2.*, *.bias, other")
+
+
 def test_blame_agrees_with_the_updates(built: Built, capsys) -> None:
     """Each author's movement: outer_lr * w * delta / W summed over its rounds, from the decoded updates."""
     d = _json(capsys, "blame", "--from", "r0", "--data-dir", str(built.data_dir))

@@ -50,6 +50,10 @@ def test_a_fork_starts_from_the_version_and_names_its_parent(built: Built, tmp_p
     )
     assert genesis["lineage"] == {"run_id": parent.run_id, "version": built.versions[2]}
     assert in_process(capsys, "verify", "--data-dir", str(b.data_dir)).returncode == 0
+    export = tmp_path / "export"  # the model card of an export names the lineage
+    assert in_process(capsys, "export", "--data-dir", str(b.data_dir), "--to", str(export)).returncode == 0
+    card = (export / "README.md").read_text()
+    assert f"| forked from | run `{parent.run_id}` at version `{built.versions[2]}` |" in card
 
 
 def test_fork_refuses_what_it_cannot_use(built: Built, tmp_path, capsys) -> None:

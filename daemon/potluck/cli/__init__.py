@@ -1,7 +1,7 @@
 """The `potluck` command: the parser assembled from one module per command group.
 
 node (run, join, status, peers, id), run (init, pretrain), update (make, inspect, publish, list, apply),
-history (log, export, generate), vcs (show, diff, blame, verify, gc), fork, modules (module
+history (log, export, generate), vcs (show, diff, blame, verify, gc), revert, fork, modules (module
 publish|add|export, modules), demo, watch (status --watch, dashboard); the tables people read are in
 cli.format.
 
@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from potluck.cli import demo, fork, history, modules, node, run, update, vcs, watch
+from potluck.cli import demo, fork, history, modules, node, revert, run, update, vcs, watch
 from potluck.cli.common import EXIT_USAGE, Parser
 from potluck.errors import ConfigError
 from potluck.observe.logs import configure as configure_logging
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="human lines (default), or one JSON object a line: time, level, node, run, round, event, fields",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for group in (node, run, history, vcs, fork, update, modules, demo, watch):
+    for group in (node, run, history, vcs, revert, fork, update, modules, demo, watch):
         group.add_parsers(commands)
     return parser
 

@@ -41,20 +41,19 @@ def add_parsers(commands: Commands) -> None:
 
     export = commands.add_parser(
         "export",
-        help="write a committed version to a safetensors file",
-        description="Write a version this node committed (default: the latest) to a safetensors file.",
+        help="write a committed version to a safetensors file, or a folder with config and model card",
+        description="Write a version this node committed (default: the latest) to a safetensors file (-o), "
+        "or to a new folder (--to) of model.safetensors, the task's config.json and a README.md model card "
+        "generated from the history (contributors, rounds, scores, lineage).",
     )
     export.set_defaults(handler=cmd_export)
     data_dir_arg(export)
     _which_version(export, "version hash")
-    export.add_argument(
-        "-o",
-        "--output",
-        type=output_file,
-        required=True,
-        metavar="MODEL.safetensors",
-        help="the file to write",
+    where = export.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "-o", "--output", type=output_file, metavar="MODEL.safetensors", help="the file to write"
     )
+    where.add_argument("--to", type=Path, metavar="DIR", help="a new (or empty) folder to write")
 
     gen = commands.add_parser(
         "generate",
@@ -217,12 +216,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     entries, _ = _read_history(args.data_dir)
     version = _pick(entries, args.version, args.round)
+    round_ = next(e["round"] for e in entries if e["version"] == version)
+    if args.to is not None:
+        from potluck.vcs.export import export_folder
+        from potluck.vcs.repo import HistoryRepo
+
+        with HistoryRepo(args.data_dir) as repo:
+            export_folder(repo, version, args.to)
+        print(
+            f"wrote {args.to}/: model.safetensors, config.json, README.md: version {version} (round {round_})"
+        )
+        return 0
     state = _load_version(args, version)
     try:
         atomic_save(state, args.output)
     except OSError as e:
         raise ConfigError(f"cannot write {args.output}: {e.strerror}") from None
-    round_ = next(e["round"] for e in entries if e["version"] == version)
     print(f"wrote {args.output}: version {version} (round {round_})")
     return 0
 

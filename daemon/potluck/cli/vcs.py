@@ -66,6 +66,11 @@ def add_parsers(commands: Commands) -> None:
     p["diff"].add_argument("b", metavar="B", help=VERSION_HELP)
     for name in ("diff", "blame"):
         p[name].add_argument("--tensor", metavar="GLOB", help="only tensors whose name matches (fnmatch)")
+    p["diff"].add_argument(
+        "--group",
+        metavar="NAME",
+        help="only the manifest's parameter group NAME (a rule's pattern, or other)",
+    )
     p["blame"].add_argument("--from", dest="start", default="genesis", metavar="V", help="default genesis")
     p["blame"].add_argument("--to", dest="end", default="latest", metavar="V", help="default latest")
     p["verify"].add_argument("--from", dest="start", metavar="V", help="start from this stored version")
@@ -76,7 +81,7 @@ def add_parsers(commands: Commands) -> None:
     p["gc"].add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
 
 
-def _repo(args: argparse.Namespace) -> Any:  # potluck.vcs imported here: the command line stays fast
+def open_repo(args: argparse.Namespace) -> Any:  # potluck.vcs imported here: the command line stays fast
     from potluck.manifest import ManifestError
     from potluck.runfiles import load_manifest
     from potluck.vcs.repo import HistoryRepo
@@ -175,7 +180,7 @@ def format_show(d: dict[str, Any]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         d = describe(repo, repo.resolve(args.version))
     _print(args, d, format_show(d))
     return 0
@@ -185,9 +190,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from potluck.vcs.numbers import diff
+    from potluck.groups import GroupRules
+    from potluck.vcs.numbers import OTHER_GROUP, diff, group_of, group_summary
 
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
+        rules = repo.manifest.group_rules if repo.manifest is not None else GroupRules()
+        known = [r.pattern for r in rules.rules] + [OTHER_GROUP]
+        if args.group is not None and args.group not in known:
+            raise ConfigError(
+                f"--group {args.group!r}: no such parameter group (this run's: {', '.join(known)})"
+            )
         a, b = repo.resolve(args.a), repo.resolve(args.b)
         parent = repo.parent_of(a)
         previous = repo.state(parent) if parent is not None and repo.versions.has(parent) else None
@@ -195,9 +207,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
             rows = diff(repo.state(a), repo.state(b), previous, args.tensor)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if args.group is not None:
+            rows = [row for row in rows if group_of(rules, row["name"]) == args.group]
         if not rows:
-            raise ConfigError(f"--tensor {args.tensor!r} matches no tensor")
-        d = {"a": a, "b": b, "round_a": repo.round_of(a), "round_b": repo.round_of(b), "tensors": rows}
+            what = " ".join(f"--{k} {v!r}" for k, v in (("tensor", args.tensor), ("group", args.group)) if v)
+            raise ConfigError(f"{what} matches no tensor")
+        d = {"a": a, "b": b, "round_a": repo.round_of(a), "round_b": repo.round_of(b), "tensors": rows,
+             "groups": group_summary(rows, rules)}  # fmt: skip
     _print(args, d, format_diff(d))
     return 0
 
@@ -213,7 +229,12 @@ def format_diff(d: dict[str, Any]) -> str:
         for t in d["tensors"]
     ]  # fmt: skip
     head = f"A {d['a'][:16]} (round {d['round_a']})  B {d['b'][:16]} (round {d['round_b']})"
-    return head + "\n" + _table(("TENSOR", "SHAPE", "CHANGED", "L2", "RELATIVE", "COS PREV"), rows)
+    groups = [
+        (g["group"], str(g["tensors"]), f"{g['changed']}/{g['size']}", _num(g["l2"]), _num(g["relative"]))
+        for g in d["groups"]
+    ]
+    tensors = _table(("TENSOR", "SHAPE", "CHANGED", "L2", "RELATIVE", "COS PREV"), rows)
+    return f"{head}\n{tensors}\n\n" + _table(("GROUP", "TENSORS", "CHANGED", "L2", "RELATIVE"), groups)
 
 
 # ---- blame -------------------------------------------------------------------------------------------
@@ -224,7 +245,7 @@ def cmd_blame(args: argparse.Namespace) -> int:
     from potluck.rounds.fixedpoint import Layout
     from potluck.vcs.numbers import BlameRound, blame
 
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         m = repo.need_manifest()
         if m.strategy != DEFAULT_STRATEGY:
             raise ConfigError(
@@ -279,7 +300,7 @@ def format_blame(d: dict[str, Any]) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     from potluck.vcs.replay import verify
 
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         start = repo.resolve(args.start) if args.start else None
         report = verify(repo, start)
     if args.json:
@@ -305,7 +326,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from potluck.vcs.gc import collect
 
-    with _repo(args) as repo:
+    with open_repo(args) as repo:
         report = collect(repo, args.keep_last, args.keep_every, args.dry_run)
     freed = sum(d["bytes"] for d in report["dropped"])
     verb = "would drop" if args.dry_run else "dropped"

@@ -287,12 +287,14 @@ def next_version(
     summed_q: np.ndarray,
     total_weight: int,
     outer_lr: float,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """``V_{r+1} = V_r + outer_lr * (summed_q * QUANTUM) / total_weight``, the same bytes on every node.
 
     Each float tensor is computed as float64 ``base + ((S * 2**-24) / W) * outer_lr`` (each step one
     IEEE-rounded ufunc) and cast once to its dtype. Passthrough tensors are the same objects as in
-    ``base_state``. With ``total_weight == 0`` (no updates) the state is returned unchanged.
+    ``base_state``. With ``total_weight == 0`` (no updates) the state is returned unchanged. ``extra``
+    (tensor -> flat float64) is added to the step before the base: a revert's step (vcs/revert.py).
     """
     layout.check_state(base_state)
     s = np.asarray(summed_q)
@@ -305,16 +307,19 @@ def next_version(
     if s.size and np.abs(s).max() > MAX_GROUP * BOUND:
         raise ValueError("summed_q exceeds MAX_GROUP * 2**40")
     out = dict(base_state)
-    if total_weight == 0:
-        if s.any():
-            raise ValueError("a non-zero sum with zero total weight")
+    extra = extra or {}
+    if total_weight == 0 and s.any():
+        raise ValueError("a non-zero sum with zero total weight")
+    if total_weight == 0 and not extra:
         return out
-    w, lr = float(total_weight), float(outer_lr)
+    w, lr = float(max(total_weight, 1)), float(outer_lr)
     for slot in layout.slots:
         step = s[slot.offset : slot.offset + slot.size].astype(np.float64)
         step *= QUANTUM
         step /= w
         step *= lr
+        if slot.name in extra:
+            step += extra[slot.name]
         step += np.asarray(base_state[slot.name], dtype=np.float64).reshape(-1)
         with np.errstate(over="ignore"):
             out[slot.name] = step.astype(slot.dtype).reshape(slot.shape)

@@ -32,16 +32,21 @@ def merge_round(
     manifest: Manifest,
     strategy: Strategy | None,
     seed: int,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """V_{r+1} and the total weight merged, from V_r and ``weighted`` = [(merge weight, update)].
 
     ``strategy`` None is the weighted mean: the updates are summed straight into the fixed point (an
     update of weight 0, on probation, adds nothing). Any other strategy merges the updates that weigh
-    something as its own batch (strategies that ignore weights must not see the others).
+    something as its own batch (strategies that ignore weights must not see the others). ``extra``: a
+    revert's float64 step (vcs/revert.py), weighted mean only.
     """
     if strategy is None:
-        new_state, c = fixedpoint.local_average(dict(base), layout, weighted, manifest.outer_lr)
+        c = fixedpoint.contribution(layout, weighted)
+        new_state = fixedpoint.next_version(dict(base), layout, c.q, c.weight, manifest.outer_lr, extra)
         return new_state, c.weight
+    if extra:
+        raise ValueError("a revert applies to weighted-mean runs only")
     counted = [(w, u) for w, u in weighted if w > 0]
     merged = (
         strategy.merge([u for _, u in counted], [float(w) for w, _ in counted], round_seed=seed)

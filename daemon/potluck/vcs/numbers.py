@@ -3,7 +3,9 @@
 diff A B, per tensor, over float64 copies of both versions: ``changed`` (entries whose value differs),
 ``l2`` = ||B - A||, ``relative`` = ||B - A|| / ||A|| (None when ||A|| = 0), and ``cosine_prev`` =
 cos(B - A, A - parent(A)): whether this change continues the round that made A (None for the genesis,
-a parent not held here, or a zero change).
+a parent not held here, or a zero change). Per parameter group of the manifest (groups.py: a tensor is in
+its first matching rule's group, named by the rule's pattern, or in "other"), the same sums: ``changed``,
+``l2`` over the group and ``relative`` to the group's ||A||.
 
 blame, for a weighted-mean run: in round r the merge adds, before the one cast to each tensor's dtype,
 ``outer_lr * QUANTUM * q_u / W_r`` for each update u, where ``q_u = round(w_u * delta_u / QUANTUM)`` are
@@ -22,10 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from potluck.groups import GroupRules
 from potluck.rounds.fixedpoint import QUANTUM, Layout, contribution
 from potluck.updates.codec import SignedUpdate
 
-__all__ = ["BlameRound", "blame", "diff", "select"]
+__all__ = ["OTHER_GROUP", "BlameRound", "blame", "diff", "group_of", "group_summary", "merged_step", "select"]
 
 
 def select(names: Iterable[str], pattern: str | None) -> list[str]:
@@ -64,9 +67,41 @@ def diff(
         rows.append({
             "name": name, "shape": list(a[name].shape), "size": int(x.size),
             "changed": int(np.count_nonzero(a[name].reshape(-1) != b[name].reshape(-1))),
-            "l2": l2, "relative": l2 / norm_a if norm_a > 0 else None, "cosine_prev": prev,
+            "l2": l2, "relative": l2 / norm_a if norm_a > 0 else None, "cosine_prev": prev, "norm_a": norm_a,
         })  # fmt: skip
     return rows
+
+
+OTHER_GROUP = "other"  # the tensors no group rule matches (the manifest's own fields apply)
+
+
+def group_of(rules: GroupRules, name: str) -> str:
+    """The parameter group of tensor ``name``: its first matching rule's pattern, or :data:`OTHER_GROUP`."""
+    rule = rules.rule_for(name)
+    return rule.pattern if rule is not None else OTHER_GROUP
+
+
+def group_summary(rows: Sequence[dict], rules: GroupRules) -> list[dict]:
+    """One row per parameter group that ``rows`` (of :func:`diff`) touch, in rule order, "other" last:
+    its tensors, ``changed``/``size`` entries, ``l2`` = ||B - A|| over the group, ``relative`` to ||A||."""
+    order = [r.pattern for r in rules.rules] + [OTHER_GROUP]
+    acc: dict[str, dict] = {}
+    for row in rows:
+        g = acc.setdefault(
+            group_of(rules, row["name"]), {"tensors": 0, "changed": 0, "size": 0, "sq": 0.0, "sq_a": 0.0}
+        )
+        g["tensors"] += 1
+        g["changed"] += row["changed"]
+        g["size"] += row["size"]
+        g["sq"] += row["l2"] ** 2
+        g["sq_a"] += row["norm_a"] ** 2
+    out = []
+    for name in sorted(acc, key=order.index):
+        g = acc[name]
+        l2, norm_a = float(np.sqrt(g["sq"])), float(np.sqrt(g["sq_a"]))
+        out.append({"group": name, "tensors": g["tensors"], "changed": g["changed"], "size": g["size"],
+                    "l2": l2, "relative": l2 / norm_a if norm_a > 0 else None})  # fmt: skip
+    return out
 
 
 @dataclass(frozen=True)
@@ -77,6 +112,32 @@ class BlameRound:
     total_weight: int
     merged: Sequence[tuple[str, int, SignedUpdate]]
     missing: Sequence[str] = field(default_factory=tuple)  # listed update ids not held here
+
+
+def merged_step(
+    layout: Layout,
+    weight: int,
+    signed: SignedUpdate,
+    total_weight: int,
+    outer_lr: float,
+    names: Iterable[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """tensor -> ``outer_lr * QUANTUM * q_u / W`` (float64, flat): what update ``signed`` of merge weight
+    ``weight`` added to each tensor it touched (of ``names``; all when None) in a round of total weight
+    ``total_weight``, before the round's cast (the arithmetic of fixedpoint.next_version)."""
+    touched = {t.name for t in signed.update.tensors if len(t.indices)}
+    wanted = set(names) if names is not None else None
+    q = contribution(layout, [(weight, signed)]).q
+    out = {}
+    for slot in layout.slots:
+        if slot.name not in touched or (wanted is not None and slot.name not in wanted):
+            continue
+        step = q[slot.offset : slot.offset + slot.size].astype(np.float64)
+        step *= QUANTUM
+        step /= float(total_weight)
+        step *= outer_lr
+        out[slot.name] = step
+    return out
 
 
 def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern: str | None = None) -> dict:
@@ -92,16 +153,8 @@ def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern
         for author, weight, signed in r.merged:
             if weight == 0 or r.total_weight == 0:
                 continue
-            touched = {t.name for t in signed.update.tensors if len(t.indices)}
-            q = contribution(layout, [(weight, signed)]).q
             mine = moved.setdefault(author, {})
-            for name, slot in slots.items():
-                if name not in touched:
-                    continue
-                step = q[slot.offset : slot.offset + slot.size].astype(np.float64)
-                step *= QUANTUM
-                step /= float(r.total_weight)
-                step *= outer_lr
+            for name, step in merged_step(layout, weight, signed, r.total_weight, outer_lr, slots).items():
                 if name in mine:
                     mine[name] += step
                 else:
