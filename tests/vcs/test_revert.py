@@ -15,12 +15,14 @@ from potluck.rounds.fixedpoint import Layout, next_version
 from potluck.rounds.merging import merge_round
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import load_state
-from potluck.updates.codec import decode_update
+from potluck.updates.codec import decode_update, parse_update
+from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.vcs import revert
 from potluck.vcs.numbers import merged_step
+from potluck.vcs.replay import verify
 from potluck.vcs.repo import HistoryRepo
 from tests.cli.test_cli import assert_config_error, in_process
-from tests.vcs.conftest import Built, build_history, make_update
+from tests.vcs.conftest import Built, build_history, commit_revert, make_update
 
 
 def _state(b: Built, i: int) -> dict[str, np.ndarray]:
@@ -168,3 +170,73 @@ def test_cli_writes_a_signed_proposal_and_refuses_bad_input_in_one_line(tmp_path
         capsys, "revert", "--data-dir", str(strict.data_dir), strict.updates[0][0], "-o", str(out)
     )
     assert_config_error(proc, "revert_not_allowed")
+
+
+def test_a_committed_revert_verifies_and_cannot_be_repeated(tmp_path: Path) -> None:
+    """A round that merges only a revert (weight 0) moves exactly by its step; verify replays it bit for
+    bit; the same update cannot be reverted again, and a round holding a second revert of it skips it."""
+    b = build_history(tmp_path, rounds=2, revert="anyone")
+    me, uid = NodeIdentity.generate(), _author_update(b, 0, 0)
+    before = _state(b, -1)
+    rid = commit_revert(b, me, [uid])
+    after = _state(b, -1)
+    with HistoryRepo(b.data_dir) as repo:
+        commit = repo.commit(2)
+        assert commit.updates == (rid,) and commit.total_weight == 0
+        target = revert.check(repo, revert.Revert(b.manifest.run_id, me.public_key, (uid,)), before=2)
+        step = revert.revert_step(Layout.from_state(before), target, b.manifest.outer_lr)
+        for name, s in step.items():
+            expected = (before[name].astype(np.float64).reshape(-1) + s).astype(before[name].dtype)
+            assert np.array_equal(after[name].reshape(-1), expected)
+        assert revert.reverted(repo) == {uid: rid}
+        report = verify(repo)
+        assert report["ok"] and report["rounds"] == 3, report
+        hook = revert.validation_hook(b.data_dir, b.manifest)
+        again = parse_update(revert.as_update(me, b.manifest.run_id, 3, b.versions[-1], [uid]))
+        with pytest.raises(UpdateRejected) as info:
+            hook(again)
+        assert info.value.reason is Reason.REVERT_ALREADY_REVERTED
+        assert (
+            revert.round_targets(
+                repo, [decode_update(revert.as_update(me, b.manifest.run_id, 3, b.versions[-1], [uid]))], 3
+            )
+            == []
+        )
+
+
+def test_the_validation_hook_refuses_what_the_round_cannot_merge(tmp_path: Path) -> None:
+    me = NodeIdentity.generate()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    b = build_history(tmp_path / "a", rounds=1, revert="anyone")
+    run = b.manifest.run_id
+    hook = revert.validation_hook(b.data_dir, b.manifest)
+    later = _author_update(b, 0, 0)
+    cases = [
+        (
+            parse_update(revert.as_update(me, run, 1, b.versions[-1], ["e" * 64])),
+            Reason.REVERT_UNKNOWN_UPDATE,
+        ),
+        # round 0's own update: the history before round 0 has not merged it
+        (parse_update(revert.as_update(me, run, 0, b.versions[0], [later])), Reason.REVERT_NOT_MERGED),
+    ]
+    strict = build_history(tmp_path / "b", rounds=1)
+    u = strict.updates[0][0]
+    cases.append(
+        (
+            parse_update(revert.as_update(me, strict.manifest.run_id, 1, strict.versions[-1], [u])),
+            Reason.REVERT_NOT_ALLOWED,
+        )
+    )
+    robust = build_history(tmp_path / "c", rounds=1, revert="anyone", strategy="coordinate_median")
+    r = robust.updates[0][0]
+    cases.append(
+        (
+            parse_update(revert.as_update(me, robust.manifest.run_id, 1, robust.versions[-1], [r])),
+            Reason.REVERT_UNSUPPORTED,
+        )
+    )
+    for (p, reason), built in zip(cases, [b, b, strict, robust], strict=True):
+        with pytest.raises(UpdateRejected) as info:
+            revert.validation_hook(built.data_dir, built.manifest)(p)
+        assert info.value.reason is reason, info.value
+    assert hook(parse_update(revert.as_update(me, run, 1, b.versions[-1], [later]))) is None
