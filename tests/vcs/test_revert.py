@@ -3,6 +3,7 @@ takes one update's merged contribution back out (tests/vcs/conftest.py builds th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,8 @@ def test_cli_writes_a_signed_proposal_and_refuses_bad_input_in_one_line(tmp_path
         assert_config_error(
             in_process(capsys, "revert", "--data-dir", str(b.data_dir), *args, "-o", str(out)), needle
         )
+    proc = in_process(capsys, "revert", "--data-dir", str(b.data_dir), _author_update(b, 0, 0))
+    assert_config_error(proc, "--publish")
     (tmp_path / "s").mkdir()
     strict = build_history(tmp_path / "s", rounds=1)
     load_or_create(strict.data_dir)
@@ -240,3 +243,29 @@ def test_the_validation_hook_refuses_what_the_round_cannot_merge(tmp_path: Path)
             revert.validation_hook(built.data_dir, built.manifest)(p)
         assert info.value.reason is reason, info.value
     assert hook(parse_update(revert.as_update(me, run, 1, b.versions[-1], [later]))) is None
+
+
+def test_show_log_and_blame_know_a_committed_revert(tmp_path: Path, capsys) -> None:
+    b = build_history(tmp_path, rounds=2, revert="anyone")
+    uid, kept = _author_update(b, 0, 0), _author_update(b, 1, 0)
+    rid = commit_revert(b, NodeIdentity.generate(), [uid])
+    d = str(b.data_dir)
+    shown = json.loads(in_process(capsys, "show", "r2", "--data-dir", d, "--json").stdout)
+    assert [(u["update_id"], u["reverts"], u["weight"]) for u in shown["updates"]] == [(rid, [uid], 0)]
+    assert f"{rid[:16]} reverts {uid[:16]}" in in_process(capsys, "show", "r2", "--data-dir", d).stdout
+    log = json.loads(in_process(capsys, "log", "--data-dir", d, "--json").stdout)
+    assert [e["reverts"] for e in log] == [[], [], [uid]]
+    assert f"round 2 reverts {uid[:16]}" in in_process(capsys, "log", "--data-dir", d).stdout
+    # blame counts the revert against author 0: what is left of theirs is their round-1 update alone
+    blame = json.loads(in_process(capsys, "blame", "--data-dir", d, "--json").stdout)
+    with HistoryRepo(b.data_dir) as repo:
+        layout = Layout.from_state(_state(b, -1))
+        mu = next(m for m in repo.merged_updates(repo.commit(1)) if m.update_id == kept)
+        left = merged_step(layout, mu.weight, mu.signed, repo.commit(1).total_weight, b.manifest.outer_lr)
+    a0 = b.authors[0].node_id
+    touched = [t for t in blame["tensors"] if t["name"] in left]
+    assert len(touched) == 2
+    for t in touched:
+        row = next(a for a in t["authors"] if a["author"] == a0)
+        assert row["l2"] == pytest.approx(float(np.linalg.norm(left[t["name"]])), rel=1e-9, abs=1e-12)
+        assert row["updates"] == 2  # their own two; the revert is not theirs

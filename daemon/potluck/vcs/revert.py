@@ -39,8 +39,9 @@ from potluck.vcs.numbers import merged_step
 from potluck.vcs.repo import HistoryRepo
 
 __all__ = [
-    "FORMAT", "Revert", "RevertError", "Target", "as_update", "check", "of_update", "revert_step", "reverted",
-    "round_step", "round_targets", "sign", "targets_of_author", "unsupported", "validation_hook",
+    "FORMAT", "Revert", "RevertError", "Target", "as_update", "check", "of_update", "revert_step",
+    "reverted", "reverted_by_round", "round_step", "round_targets", "sign", "targets_of_author",
+    "unsupported", "validation_hook",
 ]  # fmt: skip
 
 MAX_REVERTS = 1024
@@ -138,15 +139,29 @@ def _merged_in(repo: HistoryRepo, before: int | None) -> dict[str, int]:
     return {uid: r for r in rounds for uid in repo.commit(r).updates}
 
 
-def reverted(repo: HistoryRepo, before: int | None = None) -> dict[str, str]:
-    """reverted update id -> the revert that took it out, over the commits of rounds before ``before``."""
-    out: dict[str, str] = {}
-    for uid in _merged_in(repo, before):
+def _committed_reverts(repo: HistoryRepo, before: int | None) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(round, revert id, the ids it names) of the reverts the commits before ``before`` merged."""
+    out = []
+    for uid, r in _merged_in(repo, before).items():
         try:  # the header only: a training update's payloads are not decoded
             targets = parse_update(repo.updates.get(uid), verify_signature=False).reverts
         except (OSError, KeyError, UpdateRejected):
             continue  # not held or damaged here: verify names it
-        out |= dict.fromkeys(targets, uid)
+        if targets:
+            out.append((r, uid, targets))
+    return sorted(out)
+
+
+def reverted(repo: HistoryRepo, before: int | None = None) -> dict[str, str]:
+    """reverted update id -> the revert that took it out, over the commits of rounds before ``before``."""
+    return {t: uid for _, uid, targets in _committed_reverts(repo, before) for t in targets}
+
+
+def reverted_by_round(repo: HistoryRepo) -> dict[int, list[str]]:
+    """round -> the update ids its commit's reverts name (what `log` and `show` list)."""
+    out: dict[int, list[str]] = {}
+    for r, _, targets in _committed_reverts(repo, None):
+        out[r] = sorted(set(out.get(r, [])) | set(targets))
     return out
 
 
