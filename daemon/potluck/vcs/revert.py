@@ -4,7 +4,10 @@ arithmetic.
 A revert carries no delta of its own, only the ids of the updates it reverts, so every node recomputes
 the same step from the stored signed updates and the commits' weights (nothing else can be smuggled in):
 the record is ``pack_pair(body, signature)``, body = ``["potluck/revert/v1", run, author, reverts]``
-(``reverts``: sorted unique update ids), signed by ``author``.
+(``reverts``: sorted unique update ids), signed by ``author``. What a round takes is the same ids in a
+revert-kind update (:func:`as_update`: the update body's ``reverts``, no tensors, weight 0): nodes
+validate it against their history before its round (:func:`validation_hook`), the gathered merge and
+``verify`` add :func:`round_step`, and ``show``/``log``/``blame`` read it back (:func:`reverted_by_round`).
 
 Arithmetic (weighted-mean runs, the merge of rounds/fixedpoint.py): round r added, before the one cast to
 each tensor's dtype, ``outer_lr * QUANTUM * q_u / W_r`` for update u (``q_u = round(w_u * delta_u /
