@@ -5,6 +5,7 @@ the task versions are evaluated on. The node (potluck.node) wires what this retu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from potluck.swarm.membership import LocalState, Membership
 from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
 from potluck.tasks import genesis as task_genesis
 from potluck.updates.validation import ValidationContext
+from potluck.vcs import revert
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +163,9 @@ def validation_context(
     config: NodeConfig, run: str, manifest: Manifest | None, versions: VersionStore, local: LocalState
 ) -> ValidationContext:
     """What updates are checked against: the run's manifest if there is one, else the node's flags."""
-    if manifest is not None:
-        return run_context(manifest, versions)
+    if manifest is not None:  # a revert is checked against this node's history (vcs/revert.py)
+        hook = revert.validation_hook(config.data_dir, manifest)
+        return dataclasses.replace(run_context(manifest, versions), check_revert=hook)
     return loose_context(
         run, local, versions, model=config.model, allow=config.allow, max_update_norm=config.max_update_norm
     )

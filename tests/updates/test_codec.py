@@ -4,8 +4,9 @@ import pytest
 from potluck.updates.codec import SparseTensor, decode_update, encode_update
 from potluck.updates.indices import BITMAP, RICE, VARINT, decode_indices, encode_indices, varint_encode
 from potluck.updates.quantize import BLOCK, FP16, INT8, dequantize, quantize
+from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.updates.rice import rice_encode
-from tests.updates.builders import BASE, build, sparse
+from tests.updates.builders import BASE, body_of, build, sign_body, sparse
 
 
 def test_round_trip_int8_within_bound(identity):
@@ -88,3 +89,35 @@ def test_encoder_refuses_bad_input(identity):
         encode_update(build(identity, tensors=(sparse("a", (4,), 2), sparse("a", (4,), 2))), identity)
     with pytest.raises(ValueError):
         encode_update(build(identity), identity, values="int4")
+
+
+def test_a_revert_is_an_update_with_a_tenth_field_and_nothing_else(identity):
+    ids = ("0a" * 32, "ff" * 32)
+    data = encode_update(build(identity, tensors=(), sample_count=0, reverts=ids), identity)
+    body = body_of(data)
+    assert len(body) == 10 and body[9] == [bytes.fromhex(u) for u in ids]
+    signed = decode_update(data)
+    assert signed.update.reverts == ids and signed.update.tensors == () and signed.update.sample_count == 0
+    # a plain update keeps its 9 fields (its bytes and id are what they were)
+    assert len(body_of(encode_update(build(identity), identity))) == 9
+    with pytest.raises(ValueError, match="revert"):
+        encode_update(build(identity, reverts=ids), identity)  # tensors and samples beside reverts
+
+
+@pytest.mark.parametrize(
+    "problem",
+    ["unsorted", "duplicate", "empty", "short id", "with tensors", "with samples", "not an array"],
+)
+def test_a_malformed_revert_field_is_refused(identity, problem):
+    body = body_of(encode_update(build(identity, tensors=(), sample_count=0, reverts=("0a" * 32,)), identity))
+    a, b = bytes.fromhex("0a" * 32), bytes.fromhex("ff" * 32)
+    if problem == "with tensors":
+        body[8] = body_of(encode_update(build(identity), identity))[8]
+    elif problem == "with samples":
+        body[6] = 1
+    else:
+        body[9] = {"unsorted": [b, a], "duplicate": [a, a], "empty": [], "short id": [a[:31]],
+                   "not an array": a}[problem]  # fmt: skip
+    with pytest.raises(UpdateRejected) as info:
+        decode_update(sign_body(body, identity))
+    assert info.value.reason is Reason.MALFORMED, info.value

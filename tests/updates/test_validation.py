@@ -223,3 +223,28 @@ def test_equivocation_is_found_whatever_the_second_update_s_base(valid, identity
     v = UpdateValidator(_context())
     v.validate(valid(seq=10))
     _reject(v, valid(seq=11, base="cd" * 32), Reason.EQUIVOCATION)
+
+
+def _revert(identity: NodeIdentity, **overrides) -> bytes:
+    fields = {"tensors": (), "sample_count": 0, "reverts": ("0a" * 32,)} | overrides
+    return encode_update(build(identity, **fields), identity)
+
+
+def test_a_revert_goes_through_the_context_hook_and_is_refused_without_one(identity):
+    _reject(UpdateValidator(_context()), _revert(identity), Reason.REVERT_UNSUPPORTED)
+    seen = []
+
+    def refuse(p):
+        seen.append(p.reverts)
+        raise UpdateRejected(Reason.REVERT_NOT_MERGED, "no commit merged it")
+
+    _reject(UpdateValidator(_context(check_revert=refuse)), _revert(identity), Reason.REVERT_NOT_MERGED)
+    assert seen == [("0a" * 32,)]
+    v = UpdateValidator(_context(check_revert=seen.append))
+    assert v.validate(_revert(identity, seq=2)).update.reverts == ("0a" * 32,)
+    # the header checks run first: a revert of another run never reaches the (costly) history check
+    seen.clear()
+    _reject(
+        UpdateValidator(_context(check_revert=seen.append)), _revert(identity, run="other"), Reason.WRONG_RUN
+    )
+    assert seen == []

@@ -99,6 +99,33 @@ def build_history(
     return built
 
 
+def commit_revert(b: Built, author: NodeIdentity, reverts: list[str]) -> str:
+    """Commit one more round to ``b``'s history holding only a revert of ``reverts`` by ``author``, its
+    step computed as a node's gathered merge does (vcs/revert.round_step); the revert's update id."""
+    from potluck.vcs import revert
+    from potluck.vcs.repo import HistoryRepo
+
+    r, base = len(b.updates), b.versions[-1]
+    versions = VersionStore(b.data_dir / "versions")
+    state = versions.get(base)
+    layout = Layout.from_state(state)
+    data = revert.as_update(author, b.manifest.run_id, r, base, reverts)
+    signed = decode_update(data)
+    UpdateStore(b.data_dir / "updates").put(signed.update_id, data)
+    with HistoryRepo(b.data_dir) as repo:
+        extra = revert.round_step(repo, [signed], r, layout, b.manifest.outer_lr)
+    state, total = merge_round(state, layout, [(0, signed)], b.manifest, None, 0, extra)
+    commit = Commit(
+        b.manifest.run_id, r, base, version_hash(state), tensor_hashes(state), updates=[signed.update_id],
+        contributors=[author.node_id], participants=[a.node_id for a in b.authors], total_weight=total,
+    )  # fmt: skip
+    with History(b.data_dir / HISTORY_FILE, versions) as history:
+        history.record(commit, [sign_commit(commit, a) for a in b.authors], state)
+    b.versions.append(commit.version)
+    b.updates.append([signed.update_id])
+    return signed.update_id
+
+
 @pytest.fixture
 def built(tmp_path: Path) -> Built:
     return build_history(tmp_path)

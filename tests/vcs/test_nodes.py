@@ -1,11 +1,13 @@
-"""show, diff, blame and verify on the data dirs of real nodes (versions kept as patches, a snapshot
-every 2): 3 nodes commit 3 rounds; diff and blame agree with numbers computed here from the published
-updates and the stored versions; verify passes on every node, and fails at the right round once a byte
-of an old update is flipped (in a copy). A fork of a run, run by a node of its own, commits a round and
-`log` follows its lineage."""
+"""show, diff, blame, revert and verify on the data dirs of real nodes (versions kept as patches, a
+snapshot every 2): 3 nodes commit 3 rounds, then a fourth that merges a revert of one author's first
+update (the same bytes on every node); diff and blame agree with numbers computed here from the published
+updates and the stored versions (that author's blame back at 0); verify passes on every node, and fails
+at the right round once a byte of an old update is flipped (in a copy). A fork of a run, run by a node
+of its own, commits a round and `log` follows its lineage."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -24,9 +26,16 @@ pytestmark = pytest.mark.multiprocess
 ROUNDS = 3
 
 
+def _wait_committed(swarm, r: int) -> None:
+    wait_for(lambda: all(n.status()["committed_round"] >= r for n in swarm.nodes), ROUND_S + 10, f"round {r}")
+
+
 @pytest.mark.timeout(600)  # a busy machine slows the nodes' start
-def test_three_nodes_show_diff_blame_and_verify_their_history(tmp_path):
-    run = Run(tmp_path)
+def test_three_nodes_show_diff_blame_revert_and_verify_their_history(tmp_path):
+    """AUTHORS[0] contributes to the first round only (node 0 publishes AUTHORS[3]'s updates after it);
+    a fourth round merges a revert of that update, published by node 0's key through `potluck revert
+    --publish` (the run lets anyone revert)."""
+    run = Run(tmp_path, revert="anyone")
     # versions kept as patches between snapshots every 2: what verify, diff and the catch-up read back
     with connected_swarm(
         tmp_path / "swarm", 3, manifest=run.path, extra_args=["--snapshot-every", "2"]
@@ -35,25 +44,50 @@ def test_three_nodes_show_diff_blame_and_verify_their_history(tmp_path):
         for k in range(ROUNDS):
             r = run.next_collecting_round()
             for i, node in enumerate(swarm.nodes):
-                run.publish(node, AUTHORS[i], r, seed=10 * k + i, density=0.03)  # patches stay small
-            wait_for(
-                lambda r=r: all(n.status()["committed_round"] >= r for n in swarm.nodes),
-                ROUND_S + 10,
-                f"round {r}",
-            )
+                author = AUTHORS[3 if i == 0 and k else i]
+                run.publish(node, author, r, seed=10 * k + i, density=0.03)  # patches stay small
+            _wait_committed(swarm, r)
             rounds.append(r)
+        first = decode_update(run.published[rounds[0]][0][1]).update_id  # AUTHORS[0]'s only update
+        r = run.next_collecting_round()
+        out = potluck("revert", first, "--publish", "--data-dir", str(swarm.nodes[0].data_dir), "--json",
+                      check=True)  # fmt: skip
+        undo = json.loads(out.stdout)["published"]
+        _wait_committed(swarm, r)
+        rounds.append(r)
         dirs = [n.data_dir for n in swarm.nodes]
     log = potluck_json("log", "--data-dir", str(dirs[0]))
-    assert [e["round"] for e in log] == rounds and [e["updates"] for e in log] == [3] * ROUNDS
+    assert [e["round"] for e in log] == rounds and [e["updates"] for e in log] == [3] * ROUNDS + [1]
+    assert [e["reverts"] for e in log] == [[]] * ROUNDS + [[first]]
+    for d in dirs[1:]:  # the same commits, and the revert's same bytes, on every node
+        assert [e["version"] for e in potluck_json("log", "--data-dir", str(d))] == [
+            e["version"] for e in log
+        ]
+        assert (d / "updates" / f"{undo}.update").read_bytes() == (
+            dirs[0] / "updates" / f"{undo}.update"
+        ).read_bytes()
 
     assert any(VersionStore(d / "versions").is_patch(e["version"]) for d in dirs for e in log)
-    for d in dirs:  # every node replays its whole history bit for bit
+    for d in dirs:  # every node replays its whole history bit for bit, the revert's round included
         report = potluck_json("verify", "--data-dir", str(d))
-        assert report["ok"] and report["rounds"] == ROUNDS and report["updates"] == 3 * ROUNDS, report
+        assert report["ok"] and report["rounds"] == ROUNDS + 1 and report["updates"] == 3 * ROUNDS + 1, report
 
     shown = potluck_json("show", f"r{rounds[1]}", "--data-dir", str(dirs[1]))
     assert shown["quorum_met"] and shown["parent"] == log[0]["version"]
-    assert {u["author"] for u in shown["updates"]} == {a.node_id for a in AUTHORS[:3]}
+    assert {u["author"] for u in shown["updates"]} == {a.node_id for a in AUTHORS[1:4]}
+    shown = potluck_json("show", f"r{rounds[-1]}", "--data-dir", str(dirs[2]))
+    assert [(u["update_id"], u["reverts"], u["weight"]) for u in shown["updates"]] == [(undo, [first], 0)]
+
+    # the revert's round moved the model by minus AUTHORS[0]'s merged term: lr * w * delta / W of round 0
+    lr = run.manifest.outer_lr
+    versions = VersionStore(dirs[1] / "versions")
+    before, after = versions.get(log[-2]["version"]), versions.get(log[-1]["version"])
+    w0, total0 = run.published[rounds[0]][0][0], sum(w for w, _ in run.published[rounds[0]])
+    reverted = decode_update(run.published[rounds[0]][0][1]).update
+    for s in reverted.tensors:
+        expected = before[s.name].astype(np.float64).reshape(-1).copy()
+        expected[s.indices] -= lr * w0 * s.values.astype(np.float64) / total0
+        np.testing.assert_allclose(after[s.name].reshape(-1), expected, rtol=0, atol=1e-6)
 
     # diff r0..latest against numpy on the stored versions (the same files on every node)
     versions = VersionStore(dirs[2] / "versions")
@@ -65,11 +99,11 @@ def test_three_nodes_show_diff_blame_and_verify_their_history(tmp_path):
         assert t["changed"] == int(np.count_nonzero(change))
 
     # blame over every round against lr * w * delta / W of the published updates
+    # (the revert counted against AUTHORS[0]: minus their one term, so their share is back at 0)
     blame = potluck_json("blame", "--data-dir", str(dirs[0]))
-    lr = run.manifest.outer_lr
     for t in blame["tensors"]:
         moved: dict[str, np.ndarray] = {}
-        for r in rounds:
+        for r in rounds[:ROUNDS]:
             total = sum(w for w, _ in run.published[r])
             for w, data in run.published[r]:
                 u = decode_update(data).update
@@ -77,6 +111,11 @@ def test_three_nodes_show_diff_blame_and_verify_their_history(tmp_path):
                     if s.name == t["name"]:
                         m = moved.setdefault(u.author.hex(), np.zeros(int(np.prod(s.shape))))
                         m[s.indices] += lr * w * s.values.astype(np.float64) / total
+        for s in reverted.tensors:
+            if s.name == t["name"]:
+                moved[reverted.author.hex()][s.indices] -= lr * w0 * s.values.astype(np.float64) / total0
+                row = next(a for a in t["authors"] if a["author"] == AUTHORS[0].node_id)
+                assert abs(row["share"]) < 1e-9 and row["l2"] < 1e-12, row
         got = {row["author"]: row for row in t["authors"]}
         assert set(got) == set(moved)
         whole = sum(moved.values())

@@ -3,6 +3,7 @@ takes one update's merged contribution back out (tests/vcs/conftest.py builds th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,14 @@ from potluck.rounds.fixedpoint import Layout, next_version
 from potluck.rounds.merging import merge_round
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import load_state
-from potluck.updates.codec import decode_update
+from potluck.updates.codec import decode_update, parse_update
+from potluck.updates.reasons import Reason, UpdateRejected
 from potluck.vcs import revert
 from potluck.vcs.numbers import merged_step
+from potluck.vcs.replay import verify
 from potluck.vcs.repo import HistoryRepo
 from tests.cli.test_cli import assert_config_error, in_process
-from tests.vcs.conftest import Built, build_history, make_update
+from tests.vcs.conftest import Built, build_history, commit_revert, make_update
 
 
 def _state(b: Built, i: int) -> dict[str, np.ndarray]:
@@ -161,6 +164,8 @@ def test_cli_writes_a_signed_proposal_and_refuses_bad_input_in_one_line(tmp_path
         assert_config_error(
             in_process(capsys, "revert", "--data-dir", str(b.data_dir), *args, "-o", str(out)), needle
         )
+    proc = in_process(capsys, "revert", "--data-dir", str(b.data_dir), _author_update(b, 0, 0))
+    assert_config_error(proc, "--publish")
     (tmp_path / "s").mkdir()
     strict = build_history(tmp_path / "s", rounds=1)
     load_or_create(strict.data_dir)
@@ -168,3 +173,99 @@ def test_cli_writes_a_signed_proposal_and_refuses_bad_input_in_one_line(tmp_path
         capsys, "revert", "--data-dir", str(strict.data_dir), strict.updates[0][0], "-o", str(out)
     )
     assert_config_error(proc, "revert_not_allowed")
+
+
+def test_a_committed_revert_verifies_and_cannot_be_repeated(tmp_path: Path) -> None:
+    """A round that merges only a revert (weight 0) moves exactly by its step; verify replays it bit for
+    bit; the same update cannot be reverted again, and a round holding a second revert of it skips it."""
+    b = build_history(tmp_path, rounds=2, revert="anyone")
+    me, uid = NodeIdentity.generate(), _author_update(b, 0, 0)
+    before = _state(b, -1)
+    rid = commit_revert(b, me, [uid])
+    after = _state(b, -1)
+    with HistoryRepo(b.data_dir) as repo:
+        commit = repo.commit(2)
+        assert commit.updates == (rid,) and commit.total_weight == 0
+        target = revert.check(repo, revert.Revert(b.manifest.run_id, me.public_key, (uid,)), before=2)
+        step = revert.revert_step(Layout.from_state(before), target, b.manifest.outer_lr)
+        for name, s in step.items():
+            expected = (before[name].astype(np.float64).reshape(-1) + s).astype(before[name].dtype)
+            assert np.array_equal(after[name].reshape(-1), expected)
+        assert revert.reverted(repo) == {uid: rid}
+        report = verify(repo)
+        assert report["ok"] and report["rounds"] == 3, report
+        hook = revert.validation_hook(b.data_dir, b.manifest)
+        again = parse_update(revert.as_update(me, b.manifest.run_id, 3, b.versions[-1], [uid]))
+        with pytest.raises(UpdateRejected) as info:
+            hook(again)
+        assert info.value.reason is Reason.REVERT_ALREADY_REVERTED
+        assert (
+            revert.round_targets(
+                repo, [decode_update(revert.as_update(me, b.manifest.run_id, 3, b.versions[-1], [uid]))], 3
+            )
+            == []
+        )
+
+
+def test_the_validation_hook_refuses_what_the_round_cannot_merge(tmp_path: Path) -> None:
+    me = NodeIdentity.generate()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    b = build_history(tmp_path / "a", rounds=1, revert="anyone")
+    run = b.manifest.run_id
+    hook = revert.validation_hook(b.data_dir, b.manifest)
+    later = _author_update(b, 0, 0)
+    cases = [
+        (
+            parse_update(revert.as_update(me, run, 1, b.versions[-1], ["e" * 64])),
+            Reason.REVERT_UNKNOWN_UPDATE,
+        ),
+        # round 0's own update: the history before round 0 has not merged it
+        (parse_update(revert.as_update(me, run, 0, b.versions[0], [later])), Reason.REVERT_NOT_MERGED),
+    ]
+    strict = build_history(tmp_path / "b", rounds=1)
+    u = strict.updates[0][0]
+    cases.append(
+        (
+            parse_update(revert.as_update(me, strict.manifest.run_id, 1, strict.versions[-1], [u])),
+            Reason.REVERT_NOT_ALLOWED,
+        )
+    )
+    robust = build_history(tmp_path / "c", rounds=1, revert="anyone", strategy="coordinate_median")
+    r = robust.updates[0][0]
+    cases.append(
+        (
+            parse_update(revert.as_update(me, robust.manifest.run_id, 1, robust.versions[-1], [r])),
+            Reason.REVERT_UNSUPPORTED,
+        )
+    )
+    for (p, reason), built in zip(cases, [b, b, strict, robust], strict=True):
+        with pytest.raises(UpdateRejected) as info:
+            revert.validation_hook(built.data_dir, built.manifest)(p)
+        assert info.value.reason is reason, info.value
+    assert hook(parse_update(revert.as_update(me, run, 1, b.versions[-1], [later]))) is None
+
+
+def test_show_log_and_blame_know_a_committed_revert(tmp_path: Path, capsys) -> None:
+    b = build_history(tmp_path, rounds=2, revert="anyone")
+    uid, kept = _author_update(b, 0, 0), _author_update(b, 1, 0)
+    rid = commit_revert(b, NodeIdentity.generate(), [uid])
+    d = str(b.data_dir)
+    shown = json.loads(in_process(capsys, "show", "r2", "--data-dir", d, "--json").stdout)
+    assert [(u["update_id"], u["reverts"], u["weight"]) for u in shown["updates"]] == [(rid, [uid], 0)]
+    assert f"{rid[:16]} reverts {uid[:16]}" in in_process(capsys, "show", "r2", "--data-dir", d).stdout
+    log = json.loads(in_process(capsys, "log", "--data-dir", d, "--json").stdout)
+    assert [e["reverts"] for e in log] == [[], [], [uid]]
+    assert f"round 2 reverts {uid[:16]}" in in_process(capsys, "log", "--data-dir", d).stdout
+    # blame counts the revert against author 0: what is left of theirs is their round-1 update alone
+    blame = json.loads(in_process(capsys, "blame", "--data-dir", d, "--json").stdout)
+    with HistoryRepo(b.data_dir) as repo:
+        layout = Layout.from_state(_state(b, -1))
+        mu = next(m for m in repo.merged_updates(repo.commit(1)) if m.update_id == kept)
+        left = merged_step(layout, mu.weight, mu.signed, repo.commit(1).total_weight, b.manifest.outer_lr)
+    a0 = b.authors[0].node_id
+    touched = [t for t in blame["tensors"] if t["name"] in left]
+    assert len(touched) == 2
+    for t in touched:
+        row = next(a for a in t["authors"] if a["author"] == a0)
+        assert row["l2"] == pytest.approx(float(np.linalg.norm(left[t["name"]])), rel=1e-9, abs=1e-12)
+        assert row["updates"] == 2  # their own two; the revert is not theirs

@@ -213,7 +213,9 @@ def format_log(entries: list[dict[str, Any]], metric: str = "ACCURACY") -> str:
         )
         for e in entries
     ]
-    return _table(header, rows)
+    undone = [f"round {e['round']} reverts {', '.join(u[:16] for u in e['reverts'])}" for e in entries
+              if e.get("reverts")]  # fmt: skip
+    return _table(header, rows) + "".join(f"\n{line}" for line in undone)
 
 
 def format_updates(updates: list[dict[str, Any]]) -> str:

@@ -127,10 +127,19 @@ def _open_history(data_dir: Path):
 
 
 def _read_history(data_dir: Path) -> tuple[list[dict], str | None]:
-    """The node's committed versions (oldest first) and the run id they belong to (None: none yet)."""
+    """The node's committed versions (oldest first), each with the update ids its reverts took out, and
+    the run id they belong to (None: none yet)."""
+    from potluck.vcs.repo import HistoryRepo
+    from potluck.vcs.revert import reverted_by_round
+
     with _open_history(data_dir) as history:
         latest = history.latest()
-        return history.log(), (latest.run_id if latest is not None else None)
+        entries, run_id = history.log(), (latest.run_id if latest is not None else None)
+    if entries:
+        with HistoryRepo(data_dir) as repo:
+            by_round = reverted_by_round(repo)
+        entries = [e | {"reverts": by_round.get(e["round"], [])} for e in entries]
+    return entries, run_id
 
 
 def _run_manifest(data_dir: Path, run_id: str | None, given: Path | None = None):

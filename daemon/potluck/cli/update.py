@@ -114,7 +114,7 @@ def cmd_update_make(args: argparse.Namespace) -> int:
     from potluck.datadir import prepare_data_dir
     from potluck.identity import load_or_create
 
-    run, round_, asked = _run_and_round(args)
+    run, round_, asked = run_and_round(args)
     identity = load_or_create(prepare_data_dir(args.data_dir))
     seq = args.seq if args.seq is not None else time.time_ns() // 1_000_000
     try:
@@ -150,7 +150,7 @@ def cmd_update_make(args: argparse.Namespace) -> int:
 _CURRENT_ROUND_PHASES = ("collecting", "waiting", "idle")
 
 
-def _run_and_round(args: argparse.Namespace) -> tuple[str, int, str | None]:
+def run_and_round(args: argparse.Namespace) -> tuple[str, int, str | None]:
     """--run and --round, or what the running node takes updates for (and its address) when not given."""
     if args.run is not None and args.round is not None:
         return args.run, args.round, None

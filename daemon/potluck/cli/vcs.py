@@ -126,7 +126,7 @@ def describe(repo: Any, version: str) -> dict[str, Any]:
             row |= {
                 "author": u.author, "round": up.round, "base": up.base, "sample_count": up.sample_count,
                 "weight": u.weight, "share": u.weight / total if u.weight is not None and total else None,
-                "entries": sum(len(t.indices) for t in up.tensors),
+                "entries": sum(len(t.indices) for t in up.tensors), "reverts": list(up.reverts),
             }  # fmt: skip
         else:
             row["error"] = u.error
@@ -176,7 +176,9 @@ def format_show(d: dict[str, Any]) -> str:
         for u in d["updates"]
     ]  # fmt: skip
     table = _table(("UPDATE", "AUTHOR", "SAMPLES", "WEIGHT", "SHARE", "ENTRIES"), rows)
-    return "\n".join(lines) + (table if rows else "no updates merged")
+    undone = [f"\n{u['update_id'][:16]} reverts {', '.join(t[:16] for t in u['reverts'])}"
+              for u in d["updates"] if u.get("reverts")]  # fmt: skip
+    return "\n".join(lines) + (table if rows else "no updates merged") + "".join(undone)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -243,6 +245,7 @@ def format_diff(d: dict[str, Any]) -> str:
 def cmd_blame(args: argparse.Namespace) -> int:
     from potluck.merge import DEFAULT_STRATEGY
     from potluck.rounds.fixedpoint import Layout
+    from potluck.vcs import revert
     from potluck.vcs.numbers import BlameRound, blame
 
     with open_repo(args) as repo:
@@ -264,7 +267,11 @@ def cmd_blame(args: argparse.Namespace) -> int:
                 merged = repo.merged_updates(commit)
                 missing += [u.update_id for u in merged if u.signed is None]
                 held = [(u.author, u.weight, u.signed) for u in merged if u.signed is not None]
-                rounds.append(BlameRound(commit.round, commit.total_weight, held))
+                undone = revert.round_targets(repo, [s for _, _, s in held if s.update.reverts], commit.round)
+                reverted = [
+                    (t.signed.update.author.hex(), t.weight, t.total_weight, t.signed) for t in undone
+                ]
+                rounds.append(BlameRound(commit.round, commit.total_weight, held, reverted=reverted))
         layout = Layout.from_state(repo.state(end))
         d = blame(layout, rounds, m.outer_lr, args.tensor) | {"from": start, "to": end, "missing": missing}
         if not d["tensors"]:

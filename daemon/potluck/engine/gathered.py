@@ -3,20 +3,49 @@ deterministically, and the quorum of equal signatures shows that they agree.
 
 The merge itself is rounds/merging.py: the weighted mean (``strategy`` None) sums the sparse updates
 straight into potluck's fixed point (the integers and bytes of the all-reduce's result, without
-densifying an update); any other strategy merges the updates as its own batch (merge/)."""
+densifying an update); any other strategy merges the updates as its own batch (merge/). A revert among
+the updates (an update with ``reverts``, weight 0) adds its step, recomputed from this node's history
+(vcs/revert.py), before the round's cast. Only this placement takes reverts: a node accepts one only in
+a weighted-mean run that merges gathered (``revert.unsupported``; under ``auto`` such a run always
+does, rounds/placement.py)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from potluck.engine.attempt import Attempt, Merged
+import numpy as np
+
+from potluck.engine.attempt import Attempt, AttemptFailed, Merged
 from potluck.engine.updates import AcceptedUpdates, wait_for_updates
+from potluck.errors import ConfigError
 from potluck.identity import node_id_of
 from potluck.merge import Strategy
 from potluck.rounds.merging import merge_round
+from potluck.updates.codec import SignedUpdate
+from potluck.vcs import revert
+from potluck.vcs.repo import HistoryRepo
 
 
-async def merge_gathered(a: Attempt, exchange: AcceptedUpdates, strategy: Strategy | None) -> Merged:
+def revert_extra(
+    data_dir: Path | None, a: Attempt, updates: Sequence[SignedUpdate]
+) -> Mapping[str, np.ndarray] | None:
+    """The float64 step of the reverts among ``updates`` (None: there are none)."""
+    if not any(u.update.reverts for u in updates):
+        return None
+    if data_dir is None:
+        raise AttemptFailed(f"round {a.round}: a revert, and no history here to compute its step from")
+    try:
+        with HistoryRepo(data_dir, a.manifest) as repo:
+            return revert.round_step(repo, updates, a.round, a.layout, a.manifest.outer_lr)
+    except ConfigError as e:  # validation checked it: this node's history cannot give the step now
+        raise AttemptFailed(f"round {a.round}: {e}") from None
+
+
+async def merge_gathered(
+    a: Attempt, exchange: AcceptedUpdates, strategy: Strategy | None, data_dir: Path | None = None
+) -> Merged:
     ids = sorted(a.assignment)
     updates = await wait_for_updates(exchange, ids, a.until)
 
@@ -24,7 +53,8 @@ async def merge_gathered(a: Attempt, exchange: AcceptedUpdates, strategy: Strate
         authors = sorted({node_id_of(u.update.author) for u in updates})
         # on probation: weight 0, listed in the commit, not merged
         weighted = [(a.weight(u.update_id, u.update.sample_count), u) for u in updates]
-        new_state, total = merge_round(a.state, a.layout, weighted, a.manifest, strategy, a.seed)
+        extra = revert_extra(data_dir, a, updates)
+        new_state, total = merge_round(a.state, a.layout, weighted, a.manifest, strategy, a.seed, extra)
         return Merged(new_state, ids, authors, a.participants, total)
 
     return await asyncio.to_thread(merge)

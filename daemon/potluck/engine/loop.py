@@ -147,7 +147,7 @@ class RoundEngine:
             )  # fmt: skip
         self._placer = Placer(
             strategy=self._strategy, mean=self._mean, sliceable=self._sliceable, exchange=exchange,
-            allreduce=allreduce, sliced=sliced, status=self.status,
+            allreduce=allreduce, sliced=sliced, status=self.status, data_dir=history.path.parent,
         )  # fmt: skip
         self._committer = Committer(
             bulletin=bulletin, identity=identity, manifest=manifest, versions=versions, history=history,

@@ -6,6 +6,7 @@ retries), or the weighted mean inside hivemind's all-reduce (engine/allreduce.py
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from potluck.engine.allreduce import AllReduce
@@ -21,10 +22,11 @@ logger = logging.getLogger(__name__)
 class Placer:
     def __init__(
         self, *, strategy: Any, mean: bool, sliceable: bool, exchange: AcceptedUpdates, allreduce: AllReduce,
-        sliced: SlicedMerge | None, status: RoundStatus,
+        sliced: SlicedMerge | None, status: RoundStatus, data_dir: Path | None = None,
     ):  # fmt: skip
         self._strategy, self._mean, self._sliceable = strategy, mean, sliceable
         self._exchange, self._allreduce, self._sliced, self._status = exchange, allreduce, sliced, status
+        self._data_dir = data_dir  # the history a revert's step is computed from (gathered only)
         self.ran = ""  # the placement the last attempt ran (for its error line)
 
     async def merge(self, a: Attempt) -> Merged:
@@ -48,5 +50,7 @@ class Placer:
             assert self._sliced is not None  # check_policy/choose allow sliced only with one
             return await self._sliced.merge(a)
         if where == "gathered":
-            return await merge_gathered(a, self._exchange, None if self._mean else self._strategy)
+            return await merge_gathered(
+                a, self._exchange, None if self._mean else self._strategy, self._data_dir
+            )
         return await self._allreduce.merge(a)

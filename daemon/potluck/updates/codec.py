@@ -3,7 +3,9 @@
 Envelope = msgpack ``[body: bin, signature: bin(64)]``; body = canonical msgpack array
 ``["potluck/update/v1", run, round, base, author, seq, sample_count, created_ms, tensors]`` with
 one ``[name, shape, nnz, index_encoding, indices, value_encoding, values, scales]`` per tensor
-(or a low-rank entry of 6 fields, potluck.updates.lowrank), sorted by name. The signature is
+(or a low-rank entry of 6 fields, potluck.updates.lowrank), sorted by name. A revert (vcs/revert.py)
+is an update of its own kind: a 10th field ``reverts`` (the sorted unique 32-byte ids of the updates it
+takes back out), present only when non-empty, with no tensors and sample_count 0. The signature is
 Ed25519 over ``sha256(body)``; the update id is that hash in hex.
 
 Decoding never trusts bytes before checking them and raises only :class:`UpdateRejected`:
@@ -48,6 +50,7 @@ __all__ = [
 
 DOMAIN = "potluck/update/v1"
 _BODY_FIELDS = 9
+MAX_REVERTS = 1024  # update ids one revert names
 _TENSOR_FIELDS = 8
 _MAX_UINT = (1 << 63) - 1  # every integer field is a non-negative int64
 
@@ -80,6 +83,7 @@ class Update:
     sample_count: int  # training samples behind this delta (merge weight)
     tensors: tuple[SparseTensor | LowRankTensor, ...]  # decoded updates: SparseTensor only
     created_ms: int = field(default_factory=_now_ms)  # unix time in milliseconds
+    reverts: tuple[str, ...] = ()  # a revert: the update ids (hex, sorted unique) it takes back out
 
 
 @dataclass(frozen=True)
@@ -162,13 +166,14 @@ class ParsedUpdate:
     signature: bytes
     signature_ok: bool
     size: int
+    reverts: tuple[str, ...] = ()
 
     def decode(self) -> SignedUpdate:
         """Decode every tensor payload: :class:`UpdateRejected` bad_indices / non_finite / malformed."""
         tensors = tuple(t.decode() for t in self.tensors)
         update = Update(
             self.run, self.round, self.base, self.author, self.seq, self.sample_count, tensors,
-            self.created_ms,
+            self.created_ms, self.reverts,
         )  # fmt: skip
         return SignedUpdate(update, self.update_id, self.signature, self.size)
 
@@ -197,6 +202,10 @@ def encode_update(update: Update, identity: NodeIdentity, values: str = "int8") 
         raise ValueError(f"values must be one of {sorted(VALUE_ENCODINGS)}, got {values!r}")
     value_encoding = VALUE_ENCODINGS[values]
     entries = []
+    if update.reverts and (
+        update.tensors or update.sample_count or list(update.reverts) != sorted(set(update.reverts))
+    ):
+        raise ValueError("a revert carries sorted unique update ids, no tensors and sample_count 0")
     names = [t.name for t in update.tensors]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names")
@@ -213,11 +222,11 @@ def encode_update(update: Update, identity: NodeIdentity, values: str = "int8") 
             [t.name, [int(s) for s in t.shape], int(idx.size), index_encoding, index_bytes,
              value_encoding, value_bytes, scale_bytes]
         )  # fmt: skip
-    body = msgpack.packb(
-        [DOMAIN, update.run, update.round, bytes.fromhex(update.base), update.author, update.seq,
-         update.sample_count, update.created_ms, entries],
-        use_bin_type=True,
-    )  # fmt: skip
+    fields = [DOMAIN, update.run, update.round, bytes.fromhex(update.base), update.author, update.seq,
+              update.sample_count, update.created_ms, entries]  # fmt: skip
+    if update.reverts:
+        fields.append([bytes.fromhex(u) for u in update.reverts])
+    body = msgpack.packb(fields, use_bin_type=True)
     signature = identity.sign(hashlib.sha256(body).digest())
     return msgpack.packb([body, signature], use_bin_type=True)
 
@@ -298,16 +307,17 @@ def parse_update(
         limits.max_bytes,
         limits.max_depth,
         max_str_len=max(limits.max_name_len, limits.max_run_len, len(DOMAIN)),
-        max_array_len=max(limits.max_tensors, limits.max_ndim, _BODY_FIELDS),
+        max_array_len=max(limits.max_tensors, limits.max_ndim, _BODY_FIELDS + 1, MAX_REVERTS),
         max_map_len=0,
     )
     if type(body) is not list or not body:
         raise _malformed("body must be an array")
     if body[0] != DOMAIN:
         raise UpdateRejected(Reason.BAD_DOMAIN, f"domain tag {str(body[0])[:64]!r}")
-    if len(body) != _BODY_FIELDS:
-        raise _malformed(f"body must have {_BODY_FIELDS} fields")
-    _, run, round_, base, author, seq, sample_count, created_ms, entries = body
+    if len(body) not in (_BODY_FIELDS, _BODY_FIELDS + 1):
+        raise _malformed(f"body must have {_BODY_FIELDS} fields ({_BODY_FIELDS + 1}: a revert)")
+    _, run, round_, base, author, seq, sample_count, created_ms, entries = body[:_BODY_FIELDS]
+    reverts = _reverts(body[_BODY_FIELDS:], entries, sample_count)
     if type(run) is not str or not 0 < len(run) <= limits.max_run_len:
         raise _malformed("run must be a non-empty str")
     round_ = _uint(round_, "round")
@@ -329,8 +339,24 @@ def parse_update(
         raise UpdateRejected(Reason.BAD_SIGNATURE, f"by {author.hex()}")
     return ParsedUpdate(
         run, round_, base, author, seq, sample_count, created_ms, tensors, digest.hex(), signature,
-        signature_ok, len(data),
+        signature_ok, len(data), reverts,
     )  # fmt: skip
+
+
+def _reverts(extra: list[Any], entries: Any, sample_count: Any) -> tuple[str, ...]:
+    """A revert's ids (hex), from the body's optional 10th field: non-empty, sorted, unique, 32 bytes
+    each, and the update carries no tensors and no samples."""
+    if not extra:
+        return ()
+    ids = extra[0]
+    if type(ids) is not list or not 0 < len(ids) <= MAX_REVERTS:
+        raise _malformed(f"reverts must be an array of 1 to {MAX_REVERTS} update ids")
+    raw = [_bin(u, "a reverted update id", 32) for u in ids]
+    if any(a >= b for a, b in itertools.pairwise(raw)):
+        raise _malformed("reverts must be sorted, without duplicates")
+    if entries != [] or sample_count != 0:
+        raise _malformed("a revert carries no tensors and sample_count 0")
+    return tuple(u.hex() for u in raw)
 
 
 def decode_update(data: bytes, limits: DecodeLimits | None = None) -> SignedUpdate:

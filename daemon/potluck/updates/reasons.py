@@ -31,6 +31,12 @@ class Reason(StrEnum):
     BAD_INDICES = "bad_indices"  # index payload undecodable, unsorted, duplicate or out of range
     NON_FINITE = "non_finite"
     NORM_EXCEEDED = "norm_exceeded"
+    # a revert (an update with ``reverts``): checked against the node's history (vcs/revert.py)
+    REVERT_UNSUPPORTED = "revert_unsupported"  # not a weighted-mean run merged gathered, or no history hook
+    REVERT_NOT_ALLOWED = "revert_not_allowed"  # the manifest's revert rule does not admit the author
+    REVERT_UNKNOWN_UPDATE = "revert_unknown_update"  # names an update this node does not hold
+    REVERT_NOT_MERGED = "revert_not_merged"  # names an update no earlier commit merged with a weight
+    REVERT_ALREADY_REVERTED = "revert_already_reverted"  # names an update an earlier revert took out
 
 
 class UpdateRejected(Exception):

@@ -2,9 +2,10 @@
 
 Order: size and nesting (bounded decode) -> domain tag -> types/canonical form -> signature ->
 run -> round window -> author admitted -> author banned -> duplicate -> rate limit -> equivocation ->
-base known -> replay -> tensor names/shapes -> parameter groups (frozen, rank, density) -> indices ->
-finite values -> L2 norm (of the expanded delta, for low-rank entries). Payloads (indices, values,
-factors) are decoded only after every header check has passed.
+base known -> replay -> a revert's check against the node's history (``check_revert``) ->
+tensor names/shapes -> parameter groups (frozen, rank, density) -> indices -> finite values -> L2 norm
+(of the expanded delta, for low-rank entries). Payloads (indices, values, factors) are decoded only after
+every header check has passed.
 
 State (in memory): per-author sequence high-water marks, the accepted update id per
 (author, round), the distinct signed ids seen per (author, round) (at most the rate limit of them),
@@ -49,6 +50,9 @@ class ValidationContext:
     max_rank: int = 64  # of a low-rank entry, unless rank_limits names the tensor
     rank_limits: Mapping[str, int] = field(default_factory=dict)
     density_limits: Mapping[str, float] = field(default_factory=dict)  # nnz <= ceil(limit * numel)
+    # a revert (an update with ``reverts``): raises UpdateRejected revert_* (vcs/revert.validation_hook);
+    # None: this validator refuses reverts (revert_unsupported)
+    check_revert: Callable[[ParsedUpdate], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,10 @@ class UpdateValidator:
                 Reason.RATE_LIMITED, f"{p.author.hex()} sent over {limit} updates for round {p.round}"
             )
         self._check_context(p, ctx)
+        if p.reverts:
+            if ctx.check_revert is None:
+                raise UpdateRejected(Reason.REVERT_UNSUPPORTED, "this node does not take reverts")
+            ctx.check_revert(p)
         self._check_shapes(p, ctx)
         self._check_groups(p, ctx)
         signed = p.decode()  # bad_indices, non_finite

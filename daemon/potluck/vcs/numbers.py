@@ -13,7 +13,10 @@ the integers the fixed point sums (rounds/fixedpoint.py) and ``W_r`` the commit'
 author's movement m_a of a tensor over a range is the sum of those terms of its updates, and the
 tensor's total movement M is the sum over authors. A row says ``l2`` = ||m_a||, ``entries`` (where
 m_a is non-zero) and ``share`` = <m_a, M> / ||M||^2: the shares of a tensor add up to 1, and an author
-whose moves were undone by others' ends near 0 (or negative).
+whose moves were undone by others' ends near 0 (or negative). A revert merged in round r (vcs/revert.py)
+added minus the reverted update's term, with that update's weight and round total: blame counts it
+against the reverted update's author, so that author's movement over a range holding both is back to the
+float casts of the rounds between (about an ulp an entry a round).
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class BlameRound:
     total_weight: int
     merged: Sequence[tuple[str, int, SignedUpdate]]
     missing: Sequence[str] = field(default_factory=tuple)  # listed update ids not held here
+    # the updates this round's reverts took out: (their author, weight, their round's total, update)
+    reverted: Sequence[tuple[str, int, int, SignedUpdate]] = field(default_factory=tuple)
 
 
 def merged_step(
@@ -150,16 +155,19 @@ def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern
     seen = []
     for r in rounds:
         seen.append(r.round)
-        for author, weight, signed in r.merged:
-            if weight == 0 or r.total_weight == 0:
+        terms = [(a, w, signed, r.total_weight, 1) for a, w, signed in r.merged]
+        terms += [(a, w, signed, total, -1) for a, w, total, signed in r.reverted]
+        for author, weight, signed, total_weight, sign in terms:
+            if weight == 0 or total_weight == 0:
                 continue
             mine = moved.setdefault(author, {})
-            for name, step in merged_step(layout, weight, signed, r.total_weight, outer_lr, slots).items():
+            for name, step in merged_step(layout, weight, signed, total_weight, outer_lr, slots).items():
+                step *= sign
                 if name in mine:
                     mine[name] += step
                 else:
                     mine[name] = step
-                counts[author, name] = counts.get((author, name), 0) + 1
+                counts[author, name] = counts.get((author, name), 0) + (sign > 0)
     tensors = []
     for name in names:
         authors = {a: m[name] for a, m in moved.items() if name in m}

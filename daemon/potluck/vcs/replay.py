@@ -7,12 +7,14 @@ the version the commit names, what failed); nothing after it is checked:
 2. its stored signatures verify, are by its participants, and number at least the manifest's quorum;
 3. every update it lists is held here, decodes, is signed by its author (the update id is the hash of
    its body) and passes the validator the round used (run, round window, base, admission, replay,
-   equivocation, shapes, indices, finite values, norm), with one validator for the whole replay so an
+   equivocation, a revert's check against the history before its round, shapes, indices, finite
+   values, norm), with one validator for the whole replay so an
    update merged twice or a sequence number reused across rounds fails too; its authors are the
    commit's contributors;
 4. the merge recomputed from those updates with the manifest's strategy, weights (probation counted in
-   the history) and round seed, onto the replayed previous version, gives the total weight and the
-   version hash the commit names (bit for bit: the hash covers every byte);
+   the history), round seed and the step of its reverts (vcs/revert.py), onto the replayed previous
+   version, gives the total weight and the version hash the commit names (bit for bit: the hash covers
+   every byte);
 5. the version file stored for it, if any, hashes to its name.
 
 The replay carries its own recomputed state forward, so a damaged stored version shows at step 5 of
@@ -37,6 +39,7 @@ from potluck.store.versions import CorruptVersion, VersionNotFound
 from potluck.updates.codec import parse_update
 from potluck.updates.reasons import UpdateRejected
 from potluck.updates.validation import UpdateValidator
+from potluck.vcs import revert
 from potluck.vcs.repo import HistoryRepo, RepoError
 
 __all__ = ["Divergence", "verify"]
@@ -69,7 +72,8 @@ def verify(
     start_round = -1 if committed_in is None else committed_in  # the genesis: before round 0
     try:
         state = repo.versions.get(base)
-        context = run_context(manifest, repo.versions)
+        hook = revert.validation_hook(repo.data_dir, manifest)
+        context = dataclasses.replace(run_context(manifest, repo.versions), check_revert=hook)
     except VersionNotFound as e:
         return _failed(
             report, Divergence(committed_in, str(e.args[0]), "the version file is not stored here")
@@ -161,7 +165,12 @@ def _check_round(
     if tuple(authors) != commit.contributors:
         raise fail("its contributors are not the authors of its updates")
 
-    new_state, total = merge_round(state, layout, weighted, manifest, strategy, round_seed(commit.run_id, r))
+    try:
+        extra = revert.round_step(repo, [s for _, s in weighted], r, layout, manifest.outer_lr)
+    except revert.RevertError as e:
+        raise fail(f"its revert: {e}") from None
+    seed = round_seed(commit.run_id, r)
+    new_state, total = merge_round(state, layout, weighted, manifest, strategy, seed, extra)
     if total != commit.total_weight:
         raise fail(f"the updates weigh {total} in all, the commit says {commit.total_weight}")
     got = version_hash(new_state)
