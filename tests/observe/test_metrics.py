@@ -22,6 +22,8 @@ def _status(**fields) -> dict:
             probation=[control_pb2.Probation(node_id="01" * 32, rounds_left=2)],
         ),
         aggregation=control_pb2.Aggregation(last_phases={"entries": 0.5, "merge": 0.25, "commit": 0.125}),
+        sync=control_pb2.Sync(version="12" * 32, started=1000.0, bytes=300, target_bytes=1200,
+                              downloaded_bytes=5000, tensors_reused=4),
         **fields,
     )  # fmt: skip
     return message_to_dict(reply)
@@ -48,6 +50,11 @@ def test_the_status_becomes_prometheus_samples():
     assert samples[("potluck_probation_nodes", ())] == 1
     assert samples[("potluck_last_commit_phase_seconds", (("phase", "merge"),))] == 0.25
     assert samples[("potluck_heldout_score", ())] == 0.75
+    assert samples[("potluck_sync_bytes_total", ())] == 5000
+    assert samples[("potluck_sync_tensors_reused_total", ())] == 4
+    assert samples[("potluck_sync_progress_bytes", ())] == 300
+    assert samples[("potluck_sync_target_bytes", ())] == 1200
+    assert samples[("potluck_sync_started_timestamp_seconds", ())] == 1000.0
     phases = {dict(k[1])["phase"]: v for k, v in samples.items() if k[0] == "potluck_phase"}
     assert phases == {p: float(p == "collecting") for p in (*PHASES, "other")}
 
@@ -60,7 +67,9 @@ def test_names_and_labels_follow_the_conventions():
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
         for sample in family.samples:  # bounded label sets: never a node or peer id
             assert not {"node", "node_id", "peer", "peer_id"} & sample.labels.keys()
-    assert NODE not in text and "ef" * 32 not in text  # ids appear nowhere, not even in a label value
+    assert (
+        NODE not in text and "ef" * 32 not in text and "12" * 32 not in text
+    )  # ids appear nowhere, not even in a label value
 
 
 def test_an_unevaluated_version_has_no_score_and_a_starting_node_only_says_it_is_down():

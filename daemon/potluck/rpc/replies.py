@@ -74,7 +74,21 @@ def status(node: NodeParts) -> control_pb2.GetStatusResponse:
     if node.defence is not None:
         fields["defence"] = _defence(node.defence)
     fields["traffic"] = _traffic(node.host)
+    if node.state_service is not None:
+        fields["sync"] = _sync(node.state_service)
     return control_pb2.GetStatusResponse(**fields)
+
+
+def _sync(service: StateService) -> control_pb2.Sync:
+    p, st = service.progress, service.stats
+    return control_pb2.Sync(
+        version=p.version,
+        started=p.started,
+        bytes=p.bytes,
+        target_bytes=p.target_bytes,
+        downloaded_bytes=st.bytes_downloaded,
+        tensors_reused=st.tensors_reused,
+    )
 
 
 def _traffic(host: SwarmHost) -> control_pb2.Traffic:

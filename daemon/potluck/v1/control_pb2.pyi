@@ -11,7 +11,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "collecting_deadline", "attempts", "failed_attempts", "commits", "version_age_s", "aggregation", "defence", "traffic")
+    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "collecting_deadline", "attempts", "failed_attempts", "commits", "version_age_s", "aggregation", "defence", "traffic", "sync")
     class RejectedRecordsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class GetStatusResponse(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     DEFENCE_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     run: str
@@ -112,7 +113,24 @@ class GetStatusResponse(_message.Message):
     aggregation: Aggregation
     defence: Defence
     traffic: Traffic
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., collecting_deadline: _Optional[float] = ..., attempts: _Optional[int] = ..., failed_attempts: _Optional[int] = ..., commits: _Optional[int] = ..., version_age_s: _Optional[float] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ..., defence: _Optional[_Union[Defence, _Mapping]] = ..., traffic: _Optional[_Union[Traffic, _Mapping]] = ...) -> None: ...
+    sync: Sync
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., collecting_deadline: _Optional[float] = ..., attempts: _Optional[int] = ..., failed_attempts: _Optional[int] = ..., commits: _Optional[int] = ..., version_age_s: _Optional[float] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ..., defence: _Optional[_Union[Defence, _Mapping]] = ..., traffic: _Optional[_Union[Traffic, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ...) -> None: ...
+
+class Sync(_message.Message):
+    __slots__ = ("version", "started", "bytes", "target_bytes", "downloaded_bytes", "tensors_reused")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_REUSED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    started: float
+    bytes: int
+    target_bytes: int
+    downloaded_bytes: int
+    tensors_reused: int
+    def __init__(self, version: _Optional[str] = ..., started: _Optional[float] = ..., bytes: _Optional[int] = ..., target_bytes: _Optional[int] = ..., downloaded_bytes: _Optional[int] = ..., tensors_reused: _Optional[int] = ...) -> None: ...
 
 class Traffic(_message.Message):
     __slots__ = ("kernel", "total", "kinds", "window_s")
