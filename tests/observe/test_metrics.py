@@ -21,7 +21,9 @@ def _status(**fields) -> dict:
             bans=[control_pb2.Ban(node_id="ef" * 32, reason="equivocation", round=3)],
             probation=[control_pb2.Probation(node_id="01" * 32, rounds_left=2)],
         ),
-        aggregation=control_pb2.Aggregation(last_phases={"entries": 0.5, "merge": 0.25, "commit": 0.125}),
+        aggregation=control_pb2.Aggregation(
+            last_phases={"entries": 0.5, "merge": 0.25, "commit": 0.125},
+            commit_seconds=control_pb2.Histogram(bounds=[0.5, 1.0, 2.0], counts=[1, 3, 3], sum=3.5, count=4)),
         sync=control_pb2.Sync(version="12" * 32, started=1000.0, bytes=300, target_bytes=1200,
                               downloaded_bytes=5000, tensors_reused=4),
         **fields,
@@ -55,6 +57,12 @@ def test_the_status_becomes_prometheus_samples():
     assert samples[("potluck_sync_progress_bytes", ())] == 300
     assert samples[("potluck_sync_target_bytes", ())] == 1200
     assert samples[("potluck_sync_started_timestamp_seconds", ())] == 1000.0
+    latency = {
+        dict(k[1])["le"]: v for k, v in samples.items() if k[0] == "potluck_commit_latency_seconds_bucket"
+    }
+    assert latency == {"0.5": 1, "1.0": 3, "2.0": 3, "+Inf": 4}
+    assert samples[("potluck_commit_latency_seconds_count", ())] == 4
+    assert samples[("potluck_commit_latency_seconds_sum", ())] == 3.5
     phases = {dict(k[1])["phase"]: v for k, v in samples.items() if k[0] == "potluck_phase"}
     assert phases == {p: float(p == "collecting") for p in (*PHASES, "other")}
 
@@ -75,4 +83,9 @@ def test_names_and_labels_follow_the_conventions():
 def test_an_unevaluated_version_has_no_score_and_a_starting_node_only_says_it_is_down():
     samples = _samples(render(lambda: _status() | {"accuracy": -1.0}))
     assert not any(name == "potluck_heldout_score" for name, _ in samples)
+    # a node without rounds has no histogram bounds: no latency series rather than an empty histogram
+    no_rounds = _status() | {"aggregation": message_to_dict(control_pb2.Aggregation())}
+    assert not any(
+        name.startswith("potluck_commit_latency") for name, _ in _samples(render(lambda: no_rounds))
+    )
     assert _samples(render(lambda: None)) == {("potluck_up", ()): 0.0}

@@ -134,6 +134,12 @@ def test_metrics_move_as_the_run_does(run, swarm, page):
     )
     assert total(after, "potluck_traffic_sent_bytes_total", kind="update_transfer") > 0
     assert total(after, "potluck_last_commit_phase_seconds", phase="merge") > 0
+    # the commit latency histogram: both commits observed, and no bucket went down between scrapes
+    latency = "potluck_commit_latency_seconds"
+    assert total(after, f"{latency}_count") >= total(before, f"{latency}_count") + 2
+    assert total(after, f"{latency}_sum") > total(before, f"{latency}_sum")
+    buckets = [k for k in after if k[0] == f"{latency}_bucket"]
+    assert len(buckets) > 2 and all(after[k] >= before.get(k, 0.0) for k in buckets)
 
 
 def history(node: LocalNode) -> list[dict]:

@@ -102,3 +102,11 @@ def test_the_status_says_when_collecting_stops_a_quarter_round_before_the_end():
     agg = reply.aggregation
     assert (agg.pacing, agg.waiting_for, agg.close_reason) == ("clock", 2, "every declared ...")
     assert dict(agg.last_phases) == {"entries": 0.2, "merge": 0.01, "commit": 0.05}
+    status.committed({"entries": 0.3, "merge": 0.5, "commit": 0.4})
+    latency = replies.status(_node(engine)).aggregation.commit_seconds
+    assert (latency.count, latency.sum) == (1, pytest.approx(1.2)) and list(latency.bounds)[:3] == [
+        0.25,
+        0.5,
+        1.0,
+    ]
+    assert list(latency.counts)[:4] == [0, 0, 0, 1]

@@ -11,9 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "PHASES", "StatusCollector", "render"]
 
@@ -89,6 +96,17 @@ def round_metrics(s: Status) -> Iterator[Metric]:
         ),
         agg.get("last_phases") or {},
     )
+    latency = agg.get("commit_seconds") or {}
+    if latency.get("bounds"):  # a node with rounds: the engine's histogram (engine/attempt.py)
+        yield HistogramMetricFamily(
+            "potluck_commit_latency_seconds",
+            "commits this node merged: seconds from the attempt's start to the stored commit",
+            buckets=[
+                *((floatToGoString(b), c) for b, c in zip(latency["bounds"], latency["counts"], strict=True)),
+                ("+Inf", latency["count"]),
+            ],
+            sum_value=latency["sum"],
+        )
     if s["accuracy"] >= 0:  # -1: not evaluated yet; an absent series, not a fake score
         yield _gauge(
             "potluck_heldout_score",

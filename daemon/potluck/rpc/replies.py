@@ -150,6 +150,12 @@ def _aggregation(engine: RoundEngine) -> control_pb2.Aggregation:
         close_reason=st.close_reason,
         waiting_for=engine.waiting_for,
         last_phases=st.last_phases,
+        commit_seconds=control_pb2.Histogram(
+            bounds=st.commit_seconds.bounds,
+            counts=st.commit_seconds.counts,
+            sum=st.commit_seconds.sum,
+            count=st.commit_seconds.count,
+        ),
     )
 
 
