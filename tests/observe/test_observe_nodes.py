@@ -163,6 +163,11 @@ def test_the_dashboard_followed_the_commits_in_a_browser(swarm, page):
     assert contributors == {a.node_id for a in AUTHORS}
     rows = page.evaluate("[...document.querySelectorAll('#contributors tr span')].map(e => e.title)")
     assert sorted(rows) == sorted(contributors)
+    # every contributor's merged updates are held here: bytes, samples and a weight in each row
+    cells = page.evaluate(
+        "[...document.querySelectorAll('#contributors tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert all(c[3].endswith("B") and int(c[4]) > 0 and int(c[5]) > 0 for c in cells), cells
     assert page.evaluate("document.querySelectorAll('#peer-list tr').length") == 2
     assert page.evaluate("document.getElementById('rejections').textContent").startswith("none")
     page.screenshot(SCREENSHOT)

@@ -95,7 +95,13 @@ function draw(state) {
       r.signatures, esc(extra.close || "-"), extra.attempts || "-", extra.errors.length ? esc(`${extra.errors.length}: ${extra.errors.at(-1)}`) : "0"];
   });
   rows("contributors", state.contributors, (c) => [`<span class="mono" title="${esc(c.node_id)}">${short(c.node_id, 16)}</span>`,
-    c.rounds, c.last_round >= 0 ? c.last_round : "-", esc(c.ban || "-"), c.probation_rounds_left || "-"]);
+    c.rounds, c.last_round >= 0 ? c.last_round : "-", c.updates ? bytes(c.bytes) : "-", c.updates ? c.samples : "-",
+    c.weight === null ? "?" : c.updates ? c.weight : "-", esc(c.ban || "-"), c.probation_rounds_left || "-"]);
+  const held = state.contributions || { not_held: 0, pending: 0 };
+  $("contributions-note").textContent = [
+    held.not_held ? `${held.not_held} merged update(s) not held here: in nobody's bytes` : "",
+    held.pending ? `reading the updates of ${held.pending} more round(s)` : "",
+  ].filter(Boolean).join("; ");
   rows("peer-list", state.peers, (p) => [`<span class="mono" title="${esc(p.node_id)}">${short(p.node_id, 16)}</span>`,
     esc(p.role), p.round, `<span class="mono">${short(p.model_version)}</span>`, ago(p.last_seen),
     p.addrs.length ? `<span class="ok">${p.addrs.length} address${p.addrs.length === 1 ? "" : "es"}</span>` : "none (client)"]);
