@@ -26,7 +26,9 @@ from potluck.updates.reasons import UpdateRejected
 from potluck.vcs.repo import merge_weight
 
 Row = dict[str, Any]
-READ_BUDGET_BYTES = 16 << 20  # update files read per call (~20 ms from the page cache)
+# update files read per call: parse_update took ~12 ms per 16 MiB of 3.4 MiB updates, in memory, on the
+# project's 2-core machine (a one-off timing), plus reading the files
+READ_BUDGET_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
