@@ -169,6 +169,8 @@ def test_the_dashboard_followed_the_commits_in_a_browser(swarm, page):
     )
     assert all(c[3].endswith("B") and int(c[4]) > 0 and int(c[5]) > 0 for c in cells), cells
     assert page.evaluate("document.querySelectorAll('#peer-list tr').length") == 2
+    # every node merged every round itself: no download under way, and the tile says so
+    assert page.evaluate("document.getElementById('sync').textContent") == "idle"
     assert page.evaluate("document.getElementById('rejections').textContent").startswith("none")
     page.screenshot(SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000
