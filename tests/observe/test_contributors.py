@@ -74,3 +74,16 @@ def test_a_window_counts_only_its_rounds_and_the_reads_are_spread_over_calls(tmp
     for row in got["rows"]:
         assert {k: row[k] for k in ("updates", "bytes", "samples", "weight")} == want[row["node_id"]]
         assert row["rounds"] == 2
+
+
+def test_one_call_reads_at_most_its_budget_of_commits(tmp_path, monkeypatch):
+    built = build_history(tmp_path, rounds=3)
+    monkeypatch.setattr(contributors_module, "READ_BUDGET_ROUNDS", 1)
+    with History(built.data_dir / HISTORY_FILE, readonly=True) as history:
+        table = Contributors(history, UpdateStore(built.data_dir / "updates"), built.manifest)
+        log = history.log()
+        calls = [table.table(log, log, {}) for _ in range(3)]
+    assert [c["pending"] for c in calls] == [2, 1, 0]
+    # the newest round is read first; the rounds column never waits for the reads
+    assert {r["updates"] for r in calls[0]["rows"]} == {1} and {r["rounds"] for r in calls[0]["rows"]} == {3}
+    assert {r["updates"] for r in calls[2]["rows"]} == {3}
