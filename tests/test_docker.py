@@ -238,7 +238,8 @@ def test_grafana_reads_the_shipped_provisioning_and_graphs_only_metrics_a_node_s
             accuracy=0.5, rejected_updates={"wrong_run": 1},
             traffic=control_pb2.Traffic(kinds={"sync": control_pb2.TrafficBytes(sent=1, recv=1)}),
             defence=control_pb2.Defence(bans=[control_pb2.Ban(reason="equivocation")]),
-            aggregation=control_pb2.Aggregation(last_phases={"merge": 0.1}),
+            aggregation=control_pb2.Aggregation(
+                last_phases={"merge": 0.1}, commit_seconds=control_pb2.Histogram(bounds=[1.0], counts=[1])),
         )
     )  # fmt: skip
     served = {

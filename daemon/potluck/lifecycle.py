@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from potluck.joining import NodeConfig
 from potluck.node import Node
@@ -26,6 +26,13 @@ class Worker(Protocol):
 
     async def run(self) -> None: ...
     def stop(self) -> None: ...
+
+
+def log_context(node: Node) -> dict[str, Any]:
+    """What a JSON log line says of the node: its id, run, and the round it is in (the engine's; without
+    rounds, the one its peer record names)."""
+    round_ = max(node.engine.status.round, 0) if node.engine is not None else node.local.round
+    return {"node": node.identity.node_id[:16] if node.identity else None, "run": node.run, "round": round_}
 
 
 async def run_node(config: NodeConfig, make_worker: Callable[[Node], Worker] | None = None) -> None:
@@ -52,8 +59,7 @@ async def run_node(config: NodeConfig, make_worker: Callable[[Node], Worker] | N
             await observers.stop()
         start.result()  # raise a startup error (ConfigError -> exit 2); start() cleaned up already
         observers.publish()
-        logs.set_context(lambda: {"node": node.identity.node_id[:16] if node.identity else None,
-                                  "run": node.run, "round": node.local.round})  # fmt: skip
+        logs.set_context(lambda: log_context(node))
         for line in observers.urls():
             logger.info(line)
         worker = make_worker(node) if make_worker is not None else None

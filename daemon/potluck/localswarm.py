@@ -32,12 +32,14 @@ class LocalNode:
         env: dict[str, str] | None = None,
         command: str = "run",
         module: str = "potluck",
+        global_args: Sequence[str] = (),
     ):
         self.data_dir = data_dir
         self.args = list(args)
         self.command = command  # "run" (a keeper) or "join" (a contributor)
         self.module = module  # what `python -m` runs: tests start misbehaving nodes from their own modules
         self.log_path = data_dir / "node.log"
+        self.global_args = list(global_args)  # flags of `potluck` itself, before the command: --log-format
         self._env = env
         self.proc: subprocess.Popen | None = None
 
@@ -51,6 +53,7 @@ class LocalNode:
                     sys.executable,
                     "-m",
                     self.module,
+                    *self.global_args,
                     self.command,
                     "--data-dir",
                     str(self.data_dir),

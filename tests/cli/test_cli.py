@@ -195,8 +195,11 @@ def test_tables_show_what_people_look_for():
                         "waiting_for": 2, "close_reason": "every declared contributor (3) has published",
                         "last_phases": {"entries": 0.16, "merge": 0.01, "commit": 0.04}},
         "round_error": "round 3 abandoned after 1 attempt(s); the last failed: the all-reduce timed out",
+        "sync": {"version": "34" * 32, "bytes": 2_500_000, "target_bytes": 10_000_000},
     }  # fmt: skip
     text = format_status(status)
+    assert "syncing       343434343434: 2.5 MB of 10.0 MB" in text
+    assert "syncing" not in format_status(status | {"sync": {"version": ""}})
     assert "placement     gathered (policy auto)" in text
     assert "waiting for 2 declared update(s); the last round closed: every declared contributor (3)" in text
     assert "entries 0.16s, merge 0.01s, commit 0.04s" in text

@@ -1,7 +1,7 @@
 """Version download over the direct bulk channel between real hosts (a p2pd each, in this process):
-pieces spread over several holders, a holder whose direct port is closed or who runs in client mode
-is read over libp2p, and a holder whose direct channel serves a corrupted range is caught while the
-tensor is fetched elsewhere; and the download's pure helpers."""
+pieces spread over several holders while status sees the download's progress, a holder whose direct
+port is closed or who runs in client mode is read over libp2p, and a holder whose direct channel serves
+a corrupted range is caught while the tensor is fetched elsewhere; and the download's pure helpers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from potluck.exchange.bulk import PIECE_BYTES
-from potluck.exchange.download import _addr_ips, _nbytes
+from potluck.exchange.download import SyncProgress, _addr_ips, _nbytes
 from potluck.exchange.state import StateService
 from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import P2P_KEY_FILE, load_or_create
@@ -25,6 +25,13 @@ def test_direct_addresses_and_tensor_headers():
     assert _nbytes("<f4", [3, 5]) == 60 and _nbytes("<f4", []) == 4
     assert _nbytes(">f4", [3]) is None and _nbytes("<f4", [1] * 9) is None
     assert _nbytes("<f8", [1 << 32]) is None  # over MAX_TENSOR_BYTES
+
+
+def test_a_download_target_counts_each_tensor_once():
+    progress = SyncProgress("ab" * 32)
+    for name, size in (("w", 300), ("b", 100), ("w", 300)):
+        progress.size(name, size)
+    assert progress.target_bytes == 400
 
 
 def model() -> dict[str, np.ndarray]:
@@ -75,9 +82,26 @@ def test_bulk_sync_from_several_holders_with_fallbacks_and_a_corrupt_range(tmp_p
             holders = [(h.peer_id, list(h.addrs)) for h, _ in nodes]
             assert nodes[3][1].bulk is None  # client mode: no direct channel
 
-            # three reachable holders: every byte over the direct channels, shared among them
+            # three reachable holders: every byte over the direct channels, shared among them; status sees
+            # the download under way (its version, bytes in of bytes needed), then nothing under way
+            seen: list[tuple[str, int, int]] = []
+
+            async def watch() -> None:
+                while True:
+                    p = service.progress
+                    if not seen or seen[-1] != (p.version, p.bytes, p.target_bytes):
+                        seen.append((p.version, p.bytes, p.target_bytes))
+                    await asyncio.sleep(0)
+
+            watcher = asyncio.create_task(watch())
             got = await service.download(version, hashes, holders[:3])
+            watcher.cancel()
             assert version_hash(got) == version
+            under_way = [(b, t) for v, b, t in seen if v == version]
+            assert under_way and {t for _, t in under_way if t} == {total}
+            assert [b for b, _ in under_way] == sorted(b for b, _ in under_way) and under_way[-1][0] <= total
+            assert any(0 < b < total for b, _ in under_way), "no progress seen between start and end"
+            assert (service.progress.version, service.progress.bytes) == ("", 0)
             assert service.stats.bytes_direct == total == service.stats.bytes_downloaded
             served = [s.bulk.bytes_served for _, s in nodes[:3]]
             assert sum(served) == total and sum(1 for b in served if b) >= 2, served

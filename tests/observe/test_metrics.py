@@ -21,7 +21,11 @@ def _status(**fields) -> dict:
             bans=[control_pb2.Ban(node_id="ef" * 32, reason="equivocation", round=3)],
             probation=[control_pb2.Probation(node_id="01" * 32, rounds_left=2)],
         ),
-        aggregation=control_pb2.Aggregation(last_phases={"entries": 0.5, "merge": 0.25, "commit": 0.125}),
+        aggregation=control_pb2.Aggregation(
+            last_phases={"entries": 0.5, "merge": 0.25, "commit": 0.125},
+            commit_seconds=control_pb2.Histogram(bounds=[0.5, 1.0, 2.0], counts=[1, 3, 3], sum=3.5, count=4)),
+        sync=control_pb2.Sync(version="12" * 32, started=1000.0, bytes=300, target_bytes=1200,
+                              downloaded_bytes=5000, tensors_reused=4),
         **fields,
     )  # fmt: skip
     return message_to_dict(reply)
@@ -48,6 +52,17 @@ def test_the_status_becomes_prometheus_samples():
     assert samples[("potluck_probation_nodes", ())] == 1
     assert samples[("potluck_last_commit_phase_seconds", (("phase", "merge"),))] == 0.25
     assert samples[("potluck_heldout_score", ())] == 0.75
+    assert samples[("potluck_sync_bytes_total", ())] == 5000
+    assert samples[("potluck_sync_tensors_reused_total", ())] == 4
+    assert samples[("potluck_sync_progress_bytes", ())] == 300
+    assert samples[("potluck_sync_target_bytes", ())] == 1200
+    assert samples[("potluck_sync_started_timestamp_seconds", ())] == 1000.0
+    latency = {
+        dict(k[1])["le"]: v for k, v in samples.items() if k[0] == "potluck_commit_latency_seconds_bucket"
+    }
+    assert latency == {"0.5": 1, "1.0": 3, "2.0": 3, "+Inf": 4}
+    assert samples[("potluck_commit_latency_seconds_count", ())] == 4
+    assert samples[("potluck_commit_latency_seconds_sum", ())] == 3.5
     phases = {dict(k[1])["phase"]: v for k, v in samples.items() if k[0] == "potluck_phase"}
     assert phases == {p: float(p == "collecting") for p in (*PHASES, "other")}
 
@@ -60,10 +75,17 @@ def test_names_and_labels_follow_the_conventions():
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
         for sample in family.samples:  # bounded label sets: never a node or peer id
             assert not {"node", "node_id", "peer", "peer_id"} & sample.labels.keys()
-    assert NODE not in text and "ef" * 32 not in text  # ids appear nowhere, not even in a label value
+    assert (
+        NODE not in text and "ef" * 32 not in text and "12" * 32 not in text
+    )  # ids appear nowhere, not even in a label value
 
 
 def test_an_unevaluated_version_has_no_score_and_a_starting_node_only_says_it_is_down():
     samples = _samples(render(lambda: _status() | {"accuracy": -1.0}))
     assert not any(name == "potluck_heldout_score" for name, _ in samples)
+    # a node without rounds has no histogram bounds: no latency series rather than an empty histogram
+    no_rounds = _status() | {"aggregation": message_to_dict(control_pb2.Aggregation())}
+    assert not any(
+        name.startswith("potluck_commit_latency") for name, _ in _samples(render(lambda: no_rounds))
+    )
     assert _samples(render(lambda: None)) == {("potluck_up", ()): 0.0}

@@ -134,6 +134,12 @@ def test_metrics_move_as_the_run_does(run, swarm, page):
     )
     assert total(after, "potluck_traffic_sent_bytes_total", kind="update_transfer") > 0
     assert total(after, "potluck_last_commit_phase_seconds", phase="merge") > 0
+    # the commit latency histogram: both commits observed, and no bucket went down between scrapes
+    latency = "potluck_commit_latency_seconds"
+    assert total(after, f"{latency}_count") >= total(before, f"{latency}_count") + 2
+    assert total(after, f"{latency}_sum") > total(before, f"{latency}_sum")
+    buckets = [k for k in after if k[0] == f"{latency}_bucket"]
+    assert len(buckets) > 2 and all(after[k] >= before.get(k, 0.0) for k in buckets)
 
 
 def history(node: LocalNode) -> list[dict]:
@@ -157,7 +163,14 @@ def test_the_dashboard_followed_the_commits_in_a_browser(swarm, page):
     assert contributors == {a.node_id for a in AUTHORS}
     rows = page.evaluate("[...document.querySelectorAll('#contributors tr span')].map(e => e.title)")
     assert sorted(rows) == sorted(contributors)
+    # every contributor's merged updates are held here: bytes, samples and a weight in each row
+    cells = page.evaluate(
+        "[...document.querySelectorAll('#contributors tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert all(c[3].endswith("B") and int(c[4]) > 0 and int(c[5]) > 0 for c in cells), cells
     assert page.evaluate("document.querySelectorAll('#peer-list tr').length") == 2
+    # every node merged every round itself: no download under way, and the tile says so
+    assert page.evaluate("document.getElementById('sync').textContent") == "idle"
     assert page.evaluate("document.getElementById('rejections').textContent").startswith("none")
     page.screenshot(SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000

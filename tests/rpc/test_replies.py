@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from potluck.engine import RoundStatus
+from potluck.exchange.download import SyncProgress, SyncStats
 from potluck.identity import NodeIdentity
 from potluck.manifest import create_manifest
 from potluck.rounds import schedule
@@ -57,6 +58,24 @@ def test_the_status_carries_the_traffic_by_kind():
     assert (traffic.kinds["records"].sent, traffic.kinds["records"].recv) == (120, 30)
 
 
+def test_the_status_carries_the_download_under_way_and_every_byte_synced():
+    node = _node()
+    progress = SyncProgress("ab" * 32, 1000.0)
+    progress.size("w", 300)
+    progress.size("w", 300)  # named again (pass 2 after pass 1): counted once
+    progress.size("b", 100)
+    progress.bytes = 250
+    node.state_service = SimpleNamespace(
+        progress=progress, stats=SyncStats(bytes_downloaded=900, tensors_reused=2)
+    )
+    sync = replies.status(node).sync
+    assert (sync.version, sync.started, sync.bytes, sync.target_bytes) == ("ab" * 32, 1000.0, 250, 400)
+    assert (sync.downloaded_bytes, sync.tensors_reused) == (900, 2)
+    node.state_service.progress = SyncProgress()  # done: nothing under way, the total stays
+    sync = replies.status(node).sync
+    assert (sync.version, sync.bytes, sync.target_bytes, sync.downloaded_bytes) == ("", 0, 0, 900)
+
+
 def test_the_status_says_when_collecting_stops_a_quarter_round_before_the_end():
     manifest = create_manifest(
         NodeIdentity.generate(), "toy", "ab" * 32, round_seconds=40.0, start_time=1000.0
@@ -83,3 +102,11 @@ def test_the_status_says_when_collecting_stops_a_quarter_round_before_the_end():
     agg = reply.aggregation
     assert (agg.pacing, agg.waiting_for, agg.close_reason) == ("clock", 2, "every declared ...")
     assert dict(agg.last_phases) == {"entries": 0.2, "merge": 0.01, "commit": 0.05}
+    status.committed({"entries": 0.3, "merge": 0.5, "commit": 0.4})
+    latency = replies.status(_node(engine)).aggregation.commit_seconds
+    assert (latency.count, latency.sum) == (1, pytest.approx(1.2)) and list(latency.bounds)[:3] == [
+        0.25,
+        0.5,
+        1.0,
+    ]
+    assert list(latency.counts)[:4] == [0, 0, 0, 1]

@@ -22,6 +22,10 @@ def _round_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("last attempt", phases))
     if s.get("round_error"):
         rows.append(("round error", s["round_error"]))
+    sync = s.get("sync") or {}
+    if sync.get("version"):  # a download under way; its target grows as holders name tensor sizes
+        target = _bytes(sync["target_bytes"]) if sync["target_bytes"] else "?"
+        rows.append(("syncing", f"{sync['version'][:12]}: {_bytes(sync['bytes'])} of {target}"))
     return rows
 
 

@@ -212,16 +212,20 @@ def _join_parser(commands: Commands) -> None:
     observe_args(join)
 
 
-def _quiet_libraries(log_level: str) -> None:
+def _quiet_libraries(args: argparse.Namespace) -> None:
     """Before hivemind and grpc are imported by a command that starts a node."""
-    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if log_level != "DEBUG" else "DEBUG")
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")
     # The DHT child is forked from this process; it never uses gRPC, so gRPC's fork handlers are not needed.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # errors reach the user as our own one-liners
+    if args.log_format == "json":
+        from potluck.observe.logs import adopt_hivemind
+
+        adopt_hivemind()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _quiet_libraries(args.log_level)
+    _quiet_libraries(args)
     import asyncio
 
     from potluck.lifecycle import run_node
@@ -282,7 +286,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    _quiet_libraries(args.log_level)
+    _quiet_libraries(args)
     import asyncio
 
     from potluck.contribute import Contributor

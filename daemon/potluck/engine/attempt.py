@@ -22,10 +22,33 @@ from potluck.rounds.merging import round_seed
 from potluck.updates.codec import SignedUpdate
 
 QUORUM_MARGIN_S = 0.5  # time left in an attempt for collecting commit signatures
+# commit latency buckets (seconds): an attempt of a toy run takes ~0.2 s, one of a large model minutes
+COMMIT_SECONDS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class AttemptFailed(Exception):
     """This attempt cannot commit (the same way on every honest participant); the next may."""
+
+
+@dataclass
+class Histogram:
+    """Observations counted by bucket since the node started, as Prometheus keeps them: ``counts[i]``
+    observations at most ``bounds[i]`` (cumulative), so every count only grows."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
+        self.sum += value
+        self.count += 1
 
 
 @dataclass
@@ -56,6 +79,14 @@ class RoundStatus:
     last_phases: dict[str, float] = field(default_factory=dict)
     last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
     # slices or gathered merge, whichever the strategy uses), before collecting signatures
+    # every commit this node merged: seconds from its attempt's start to the commit stored (the sum of
+    # its phases); kept here, beside last_phases, so /metrics reads a histogram that only grows
+    commit_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_SECONDS_BUCKETS))
+
+    def committed(self, phases: dict[str, float]) -> None:
+        """An attempt of this node committed, phase by phase (seconds)."""
+        self.last_phases = phases
+        self.commit_seconds.observe(sum(phases.values()))
 
 
 @dataclass(frozen=True)

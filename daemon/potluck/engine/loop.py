@@ -387,10 +387,10 @@ class RoundEngine:
         self.status.last_merge_s = committing - merge_started
         await self._committer.commit(a, merged)
         # where an attempt's time goes (issue: attempts that fit short rounds), for status and the log
-        self.status.last_phases = {
+        self.status.committed({
             "entries": merge_started - entered, "merge": self.status.last_merge_s,
             "commit": time.time() - committing,
-        }  # fmt: skip
+        })  # fmt: skip
         logger.info(
             f"round {r} attempt {attempt}: "
             + ", ".join(f"{k} {v:.3f} s" for k, v in self.status.last_phases.items())

@@ -12,7 +12,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from hivemind.p2p import PeerID
@@ -47,6 +47,25 @@ class SyncStats:
     bytes_direct: int = 0  # of bytes_downloaded, those that came over the direct bulk channel
 
 
+@dataclass
+class SyncProgress:
+    """The download under way, for status (an empty ``version``: none). ``bytes`` is what came in for it
+    so far; ``target_bytes`` is what it needs, counted as the holders' tensor lists (pass 1) or a
+    tensor's first chunk (pass 2) name sizes, so it can grow while a download runs; a tensor fetched
+    again after a holder served wrong bytes makes ``bytes`` pass it."""
+
+    version: str = ""
+    started: float = 0.0  # unix time
+    bytes: int = 0
+    target_bytes: int = 0
+    sized: dict[str, int] = field(default_factory=dict)  # tensor -> bytes, as far as known
+
+    def size(self, name: str, nbytes: int) -> None:
+        if name not in self.sized:
+            self.sized[name] = nbytes
+            self.target_bytes += nbytes
+
+
 def _addr_ips(addrs: Sequence[str]) -> list[str]:
     """The IPs a holder is dialled on directly (a relayed address names the relay's IP, not its own)."""
     return [
@@ -74,14 +93,24 @@ class Download:
         holders: Sequence[tuple[str, list[str]]],
         state: dict[str, np.ndarray],
         direct: bool = True,
+        progress: SyncProgress | None = None,
     ):
         self.direct = direct
+        self.progress = progress if progress is not None else SyncProgress(version)
         self.host, self.stats, self.version, self.expected = host, stats, version, expected
         self.holders, self.state = holders, state
         self.live = {peer_id for peer_id, _ in holders}
         self.peers = {peer_id: PeerID.from_base58(peer_id) for peer_id, _ in holders}
         # a tensor whose pieces did not hash right: its bytes, who served which piece, who sent the meta
         self.suspects: dict[str, tuple[np.ndarray, list[tuple[Piece, str]], str]] = {}
+
+    def _received(self, nbytes: int, direct: bool = False) -> None:
+        self.stats.bytes_downloaded += nbytes
+        self.progress.bytes += nbytes
+        if direct:
+            self.stats.bytes_direct += nbytes
+            if (counters := traffic.counters_of(self.host.p2p)) is not None:
+                counters.add(traffic.DIRECT, received=nbytes)
 
     async def _connect(self, peer_id: str, addrs: list[str]) -> bool:
         if addrs:
@@ -108,6 +137,8 @@ class Download:
                 if m.name in self.expected and m.name not in meta and _nbytes(m.dtype, m.shape):
                     meta[m.name] = (m.dtype, tuple(m.shape), peer_id)
         sizes = {name: _nbytes(*meta[name][:2]) or 0 for name in todo if name in meta}
+        for name, size in sizes.items():
+            self.progress.size(name, size)
         if not serving or not sizes:
             return
         buffers = {name: np.empty(size, dtype=np.uint8) for name, size in sizes.items()}
@@ -140,10 +171,7 @@ class Download:
                 try:
                     if conn is not None:
                         await asyncio.to_thread(conn.read_into, piece.name, piece.start, view)
-                        self.stats.bytes_downloaded += view.nbytes
-                        self.stats.bytes_direct += view.nbytes
-                        if (counters := traffic.counters_of(self.host.p2p)) is not None:
-                            counters.add(traffic.DIRECT, received=view.nbytes)
+                        self._received(view.nbytes, direct=True)
                     elif view.nbytes:
                         await asyncio.wait_for(
                             self._fetch_range(
@@ -255,7 +283,7 @@ class Download:
             got += len(chunk.data)
         if got != view.nbytes:
             raise SyncFailed("truncated range")
-        self.stats.bytes_downloaded += got
+        self._received(got)
 
     async def _fetch_tensor(self, peer: PeerID, version: str, name: str) -> np.ndarray:
         request = exchange_pb2.TensorRequest(version=bytes.fromhex(version), name=name)
@@ -270,12 +298,13 @@ class Download:
                 if _nbytes(chunk.dtype, chunk.shape) != chunk.total_size:
                     raise SyncFailed(f"bad tensor header {chunk.dtype!r} {list(chunk.shape)}")
                 header = chunk
+                self.progress.size(name, chunk.total_size)
             buffer += chunk.data
             if len(buffer) > header.total_size:
                 raise SyncFailed("holder sent more than it declared")
         if header is None or len(buffer) != header.total_size:
             raise SyncFailed("truncated tensor")
-        self.stats.bytes_downloaded += len(buffer)
+        self._received(len(buffer))
         return np.frombuffer(bytes(buffer), dtype=np.dtype(header.dtype)).reshape(tuple(header.shape)).copy()
 
     def _blame(self, name: str, good: np.ndarray) -> None:

@@ -35,6 +35,7 @@ from potluck.exchange.download import (
     TICKET_HANDLER,
     Download,
     SyncFailed,
+    SyncProgress,
     SyncStats,
 )
 from potluck.hashing import tensor_hash, tensor_hashes, version_hash_of
@@ -60,6 +61,7 @@ class StateService:
         self._cache: tuple[str, Mapping[str, np.ndarray]] | None = None  # last version served
         self._hashed: tuple[str, dict[str, str]] = ("", {})  # its tensor hashes, once asked for
         self.stats = SyncStats()
+        self.progress = SyncProgress()  # the download under way (status; empty version: none)
         self.bulk: BulkServer | None = None  # the direct channel; None in client mode
         # how downloads run, for comparisons (bench/rounds.py): "bulk" (both passes, direct channels where
         # reachable), "pieces" (both passes, libp2p only), "whole" (pass 2 only: the path before pieces)
@@ -238,13 +240,20 @@ class StateService:
             return state
         if not holders:
             raise SyncFailed(f"nobody holds version {version[:12]}")
-        run = Download(self._host, self.stats, version, expected, holders, state, direct=self.mode == "bulk")
+        progress = self.progress = SyncProgress(version, time.time())
+        run = Download(
+            self._host, self.stats, version, expected, holders, state, self.mode == "bulk", progress
+        )
         began, before, direct = time.monotonic(), self.stats.bytes_downloaded, self.stats.bytes_direct
-        if self.mode != "whole":
-            await run.pieces(todo)
-        rest = [name for name in todo if name not in state]
-        if rest:
-            await run.whole(rest)
+        try:
+            if self.mode != "whole":
+                await run.pieces(todo)
+            rest = [name for name in todo if name not in state]
+            if rest:
+                await run.whole(rest)
+        finally:
+            if self.progress is progress:  # not a later download's
+                self.progress = SyncProgress()
         logger.info(
             f"synced {version[:12]}: {len(todo)} tensors, {self.stats.bytes_downloaded - before} bytes "
             f"({self.stats.bytes_direct - direct} direct) from {len(run.live)} of {len(holders)} holders "

@@ -1,6 +1,7 @@
 """The dashboard: a page, its script and style (static/, shipped in the package: no CDN, no fetch
 elsewhere) and ``/api/state``, the JSON the page polls: the GetStatus and ListPeers replies, the
-node's committed history (the metric curve, the rounds timeline) and the contributors it names.
+node's committed history (the metric curve, the rounds timeline) and the contributors it names
+(observe/contributors.py: rounds, bytes, samples and merge weight of each author's merged updates).
 
 Read-only, and nothing secret: node ids, addresses and counts, as `potluck status` shows them.
 """
@@ -10,11 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
 
+from potluck.manifest import Manifest
+from potluck.observe.contributors import Contributors
 from potluck.observe.http import Handler, Response, text
 from potluck.rpc.jsonify import message_to_dict
 from potluck.store.history import History
+from potluck.store.updates import UpdateStore
 from potluck.v1 import control_pb2
 
 HISTORY_ROUNDS = 300  # the newest rounds the page plots: a long run's page stays small
@@ -26,46 +31,47 @@ ASSETS = {
 
 
 class Pages(Protocol):
+    data_dir: Path
     history: History | None
+    manifest: Manifest | None
 
     def list_peers(self) -> control_pb2.ListPeersResponse: ...
 
 
-def contributors(log: list[dict[str, Any]], status: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per author the history names: rounds contributed, the last one, ban and probation."""
-    rows: dict[str, dict[str, Any]] = {}
-    for entry in log:
-        for node in entry["contributors"]:
-            row = rows.setdefault(node, {"node_id": node, "rounds": 0, "last_round": -1})
-            row["rounds"] += 1
-            row["last_round"] = max(row["last_round"], entry["round"])
-    defence = status.get("defence") or {}
-    bans = {b["node_id"]: b for b in defence.get("bans", [])}
-    probation = {p["node_id"]: p["rounds_left"] for p in defence.get("probation", [])}
-    for node in bans.keys() | probation.keys():
-        rows.setdefault(node, {"node_id": node, "rounds": 0, "last_round": -1})
-    for node, row in rows.items():
-        row["ban"] = bans[node]["reason"] if node in bans else ""
-        row["probation_rounds_left"] = probation.get(node, 0)
-    return sorted(rows.values(), key=lambda r: (-r["rounds"], r["node_id"]))
+class State:
+    """``/api/state`` of one node; keeps the contributors table's reads between polls."""
 
+    def __init__(self, node: Pages) -> None:
+        self._node = node
+        self._contributors: Contributors | None = None
 
-def state(node: Pages, status: dict[str, Any] | None) -> dict[str, Any]:
-    if status is None:
-        return {"starting": True}
-    log = node.history.log()[-HISTORY_ROUNDS:] if node.history is not None else []
-    rounds = [
-        {k: e[k] for k in ("round", "version", "time", "accuracy", "updates", "signatures")}
-        | {"contributors": len(e["contributors"])}
-        for e in log
-    ]
-    return {
-        "starting": False,
-        "status": status,
-        "peers": message_to_dict(node.list_peers())["peers"],
-        "rounds": rounds,
-        "contributors": contributors(log, status),
-    }
+    def __call__(self, status: dict[str, Any] | None) -> dict[str, Any]:
+        if status is None:
+            return {"starting": True}
+        node = self._node
+        log = node.history.log() if node.history is not None else []
+        window = log[-HISTORY_ROUNDS:]
+        rounds = [
+            {k: e[k] for k in ("round", "version", "time", "accuracy", "updates", "signatures")}
+            | {"contributors": len(e["contributors"])}
+            for e in window
+        ]
+        if self._contributors is None and node.history is not None:
+            updates = UpdateStore(node.data_dir / "updates")
+            self._contributors = Contributors(node.history, updates, node.manifest)
+        table = (
+            self._contributors.table(window, log, status)
+            if self._contributors is not None
+            else {"rows": [], "not_held": 0, "pending": 0}
+        )
+        return {
+            "starting": False,
+            "status": status,
+            "peers": message_to_dict(node.list_peers())["peers"],
+            "rounds": rounds,
+            "contributors": table["rows"],
+            "contributions": {"not_held": table["not_held"], "pending": table["pending"]},
+        }
 
 
 def _asset(name: str, content_type: str) -> Handler:
@@ -74,8 +80,10 @@ def _asset(name: str, content_type: str) -> Handler:
 
 
 def routes(node: Pages, status: Callable[[], dict[str, Any] | None]) -> dict[str, Handler]:
+    state = State(node)
+
     def api() -> Response:
-        s = state(node, status())
+        s = state(status())
         if s["starting"]:
             return text(503, "the node is starting")
         return Response(200, "application/json", json.dumps(s).encode())

@@ -1,4 +1,5 @@
-"""``--log-format json``: one JSON object a line (time, level, node, run, round, event, logger, fields).
+"""``--log-format json``: one JSON object a line (time, level, node, run, round, event, logger, fields),
+hivemind's own lines included (:func:`adopt_hivemind`).
 
 ``node``, ``run`` and ``round`` come from the running node (lifecycle.py calls :func:`set_context` once
 it has started; before that they are null). ``event`` is the message; ``fields`` holds what a caller
@@ -55,3 +56,12 @@ def configure(level: str, fmt: str, stream: Any) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+def adopt_hivemind() -> None:
+    """hivemind's loggers (and the p2pd lines it relays) print in hivemind's own format through its own
+    handler; with JSON lines they go to the root handler instead. Call once HIVEMIND_LOGLEVEL is set:
+    this imports hivemind."""
+    from hivemind.utils.logging import use_hivemind_log_handler
+
+    use_hivemind_log_handler("nowhere")

@@ -11,9 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "PHASES", "StatusCollector", "render"]
 
@@ -89,6 +96,17 @@ def round_metrics(s: Status) -> Iterator[Metric]:
         ),
         agg.get("last_phases") or {},
     )
+    latency = agg.get("commit_seconds") or {}
+    if latency.get("bounds"):  # a node with rounds: the engine's histogram (engine/attempt.py)
+        yield HistogramMetricFamily(
+            "potluck_commit_latency_seconds",
+            "commits this node merged: seconds from the attempt's start to the stored commit",
+            buckets=[
+                *((floatToGoString(b), c) for b, c in zip(latency["bounds"], latency["counts"], strict=True)),
+                ("+Inf", latency["count"]),
+            ],
+            sum_value=latency["sum"],
+        )
     if s["accuracy"] >= 0:  # -1: not evaluated yet; an absent series, not a fake score
         yield _gauge(
             "potluck_heldout_score",
@@ -128,6 +146,33 @@ def traffic_metrics(s: Status) -> Iterator[Metric]:
         yield _counter("potluck_p2pd_received_bytes", "TCP bytes p2pd received", t["total"]["recv"])
 
 
+def sync_metrics(s: Status) -> Iterator[Metric]:
+    """Version downloads. The version being synced is no label (a new series each round): GetStatus and
+    the dashboard name it."""
+    sync = s.get("sync")
+    if not sync:
+        return
+    yield _counter(
+        "potluck_sync_bytes", "tensor bytes of versions downloaded from holders", sync["downloaded_bytes"]
+    )
+    yield _counter(
+        "potluck_sync_tensors_reused", "tensors a download found already here", sync["tensors_reused"]
+    )
+    yield _gauge(
+        "potluck_sync_progress_bytes", "bytes received for the download under way (0: none)", sync["bytes"]
+    )
+    yield _gauge(
+        "potluck_sync_target_bytes",
+        "bytes the download under way needs, as far as its holders told (0: none or not known yet)",
+        sync["target_bytes"],
+    )
+    yield _gauge(
+        "potluck_sync_started_timestamp_seconds",
+        "unix time the download under way began (0: none)",
+        sync["started"],
+    )
+
+
 def defence_metrics(s: Status) -> Iterator[Metric]:
     d = s.get("defence")
     if not d:
@@ -161,7 +206,14 @@ class StatusCollector(Collector):
         )
         if s is None:
             return
-        for part in (node_metrics, round_metrics, update_metrics, traffic_metrics, defence_metrics):
+        for part in (
+            node_metrics,
+            round_metrics,
+            update_metrics,
+            traffic_metrics,
+            sync_metrics,
+            defence_metrics,
+        ):
             yield from part(s)
 
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from potluck.manifest import Manifest
 from potluck.observe import dashboard, metrics
 from potluck.observe.http import HttpServer, Response
 from potluck.rpc.jsonify import message_to_dict
@@ -25,6 +26,7 @@ class Observed(Protocol):
     data_dir: Path
     membership: Membership | None
     history: History | None
+    manifest: Manifest | None
 
     def status(self) -> control_pb2.GetStatusResponse: ...
     def list_peers(self) -> control_pb2.ListPeersResponse: ...

@@ -74,7 +74,21 @@ def status(node: NodeParts) -> control_pb2.GetStatusResponse:
     if node.defence is not None:
         fields["defence"] = _defence(node.defence)
     fields["traffic"] = _traffic(node.host)
+    if node.state_service is not None:
+        fields["sync"] = _sync(node.state_service)
     return control_pb2.GetStatusResponse(**fields)
+
+
+def _sync(service: StateService) -> control_pb2.Sync:
+    p, st = service.progress, service.stats
+    return control_pb2.Sync(
+        version=p.version,
+        started=p.started,
+        bytes=p.bytes,
+        target_bytes=p.target_bytes,
+        downloaded_bytes=st.bytes_downloaded,
+        tensors_reused=st.tensors_reused,
+    )
 
 
 def _traffic(host: SwarmHost) -> control_pb2.Traffic:
@@ -136,6 +150,12 @@ def _aggregation(engine: RoundEngine) -> control_pb2.Aggregation:
         close_reason=st.close_reason,
         waiting_for=engine.waiting_for,
         last_phases=st.last_phases,
+        commit_seconds=control_pb2.Histogram(
+            bounds=st.commit_seconds.bounds,
+            counts=st.commit_seconds.counts,
+            sum=st.commit_seconds.sum,
+            count=st.commit_seconds.count,
+        ),
     )
 
 

@@ -11,7 +11,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "collecting_deadline", "attempts", "failed_attempts", "commits", "version_age_s", "aggregation", "defence", "traffic")
+    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "collecting_deadline", "attempts", "failed_attempts", "commits", "version_age_s", "aggregation", "defence", "traffic", "sync")
     class RejectedRecordsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class GetStatusResponse(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     DEFENCE_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     run: str
@@ -112,7 +113,24 @@ class GetStatusResponse(_message.Message):
     aggregation: Aggregation
     defence: Defence
     traffic: Traffic
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., collecting_deadline: _Optional[float] = ..., attempts: _Optional[int] = ..., failed_attempts: _Optional[int] = ..., commits: _Optional[int] = ..., version_age_s: _Optional[float] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ..., defence: _Optional[_Union[Defence, _Mapping]] = ..., traffic: _Optional[_Union[Traffic, _Mapping]] = ...) -> None: ...
+    sync: Sync
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., collecting_deadline: _Optional[float] = ..., attempts: _Optional[int] = ..., failed_attempts: _Optional[int] = ..., commits: _Optional[int] = ..., version_age_s: _Optional[float] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ..., defence: _Optional[_Union[Defence, _Mapping]] = ..., traffic: _Optional[_Union[Traffic, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ...) -> None: ...
+
+class Sync(_message.Message):
+    __slots__ = ("version", "started", "bytes", "target_bytes", "downloaded_bytes", "tensors_reused")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_REUSED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    started: float
+    bytes: int
+    target_bytes: int
+    downloaded_bytes: int
+    tensors_reused: int
+    def __init__(self, version: _Optional[str] = ..., started: _Optional[float] = ..., bytes: _Optional[int] = ..., target_bytes: _Optional[int] = ..., downloaded_bytes: _Optional[int] = ..., tensors_reused: _Optional[int] = ...) -> None: ...
 
 class Traffic(_message.Message):
     __slots__ = ("kernel", "total", "kinds", "window_s")
@@ -197,7 +215,7 @@ class Probation(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., rounds_left: _Optional[int] = ...) -> None: ...
 
 class Aggregation(_message.Message):
-    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums", "placement_policy", "placement_reason", "pacing", "close_reason", "waiting_for", "last_phases")
+    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums", "placement_policy", "placement_reason", "pacing", "close_reason", "waiting_for", "last_phases", "commit_seconds")
     class LastPhasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +238,7 @@ class Aggregation(_message.Message):
     CLOSE_REASON_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     LAST_PHASES_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     placement: str
     audited_slices: int
@@ -235,7 +254,20 @@ class Aggregation(_message.Message):
     close_reason: str
     waiting_for: int
     last_phases: _containers.ScalarMap[str, float]
-    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ..., placement_policy: _Optional[str] = ..., placement_reason: _Optional[str] = ..., pacing: _Optional[str] = ..., close_reason: _Optional[str] = ..., waiting_for: _Optional[int] = ..., last_phases: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    commit_seconds: Histogram
+    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ..., placement_policy: _Optional[str] = ..., placement_reason: _Optional[str] = ..., pacing: _Optional[str] = ..., close_reason: _Optional[str] = ..., waiting_for: _Optional[int] = ..., last_phases: _Optional[_Mapping[str, float]] = ..., commit_seconds: _Optional[_Union[Histogram, _Mapping]] = ...) -> None: ...
+
+class Histogram(_message.Message):
+    __slots__ = ("bounds", "counts", "sum", "count")
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    bounds: _containers.RepeatedScalarFieldContainer[float]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    sum: float
+    count: int
+    def __init__(self, bounds: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., sum: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Conviction(_message.Message):
     __slots__ = ("node_id", "round", "fault_id")

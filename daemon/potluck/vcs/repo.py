@@ -27,7 +27,7 @@ from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
 from potluck.updates.codec import SignedUpdate, decode_update
 from potluck.updates.reasons import UpdateRejected
 
-__all__ = ["MIN_PREFIX", "HistoryRepo", "MergedUpdate", "RepoError"]
+__all__ = ["MIN_PREFIX", "HistoryRepo", "MergedUpdate", "RepoError", "merge_weight"]
 
 MIN_PREFIX = 6  # hex digits: shorter, a prefix would silently pick whichever hash starts with it
 
@@ -49,6 +49,13 @@ class MergedUpdate:
     @property
     def author(self) -> str | None:
         return self.signed.update.author.hex() if self.signed is not None else None
+
+
+def merge_weight(manifest: Manifest, author: str, sample_count: int, seniority: Counter[str]) -> int:
+    """The weight a round's merge gave an update of ``author`` (hex) with ``sample_count`` samples, given
+    ``seniority`` (author -> committed rounds before that round listing it): 0 while on probation."""
+    senior = probation.is_senior(seniority.get(author, 0), manifest.probation_rounds)
+    return probation.update_weight(manifest, sample_count, senior)
 
 
 class HistoryRepo:
@@ -168,9 +175,9 @@ class HistoryRepo:
 
     def weight(self, signed: SignedUpdate, seniority: Counter[str]) -> int:
         """The merge weight the round gave ``signed`` (0: its author was on probation)."""
-        manifest = self.need_manifest()
-        senior = probation.is_senior(seniority.get(signed.update.author.hex(), 0), manifest.probation_rounds)
-        return probation.update_weight(manifest, signed.update.sample_count, senior)
+        return merge_weight(
+            self.need_manifest(), signed.update.author.hex(), signed.update.sample_count, seniority
+        )
 
     def merged_updates(self, commit: Commit) -> list[MergedUpdate]:
         """The updates ``commit`` lists, in id order, with the weights its merge gave them (None without

@@ -59,6 +59,19 @@ function drawCurve(rounds) {
     `<text x="${px(x0) - 10}" y="${height - 4}">round ${x0}</text>` + (x1 > x0 ? `<text x="${px(x1) - 30}" y="${height - 4}">round ${x1}</text>` : "");
 }
 
+// the version download under way: bytes in of bytes needed (the target grows as holders name sizes)
+function drawSync(sync) {
+  $("sync").dataset.version = (sync && sync.version) || "";
+  if (!sync || !sync.version) {
+    $("sync").textContent = "idle";
+    $("sync-detail").textContent = sync && sync.downloaded_bytes ? `${bytes(sync.downloaded_bytes)} so far` : "";
+    return;
+  }
+  const pct = sync.target_bytes ? ` (${Math.min(100, (100 * sync.bytes) / sync.target_bytes).toFixed(0)}%)` : "";
+  $("sync").textContent = `${bytes(sync.bytes)} of ${sync.target_bytes ? bytes(sync.target_bytes) : "?"}${pct}`;
+  $("sync-detail").textContent = `${short(sync.version)}, ${ago(sync.started).replace(" ago", "")}`;
+}
+
 function draw(state) {
   const s = state.status;
   remember(s);
@@ -71,6 +84,7 @@ function draw(state) {
   $("version").dataset.version = s.version || "";
   $("committed").textContent = s.committed_round >= 0 ? `(round ${s.committed_round})` : "";
   $("peers").textContent = s.peers;
+  drawSync(s.sync);
   $("score").textContent = s.accuracy >= 0 ? s.accuracy.toFixed(4) : "not evaluated";
   $("last-error").textContent = s.round_error || "";
   drawCurve(state.rounds);
@@ -81,7 +95,13 @@ function draw(state) {
       r.signatures, esc(extra.close || "-"), extra.attempts || "-", extra.errors.length ? esc(`${extra.errors.length}: ${extra.errors.at(-1)}`) : "0"];
   });
   rows("contributors", state.contributors, (c) => [`<span class="mono" title="${esc(c.node_id)}">${short(c.node_id, 16)}</span>`,
-    c.rounds, c.last_round >= 0 ? c.last_round : "-", esc(c.ban || "-"), c.probation_rounds_left || "-"]);
+    c.rounds, c.last_round >= 0 ? c.last_round : "-", c.updates ? bytes(c.bytes) : "-", c.updates ? c.samples : "-",
+    c.weight === null ? "?" : c.updates ? c.weight : "-", esc(c.ban || "-"), c.probation_rounds_left || "-"]);
+  const held = state.contributions || { not_held: 0, pending: 0 };
+  $("contributions-note").textContent = [
+    held.not_held ? `${held.not_held} merged update(s) not held here: in nobody's bytes` : "",
+    held.pending ? `reading the updates of ${held.pending} more round(s)` : "",
+  ].filter(Boolean).join("; ");
   rows("peer-list", state.peers, (p) => [`<span class="mono" title="${esc(p.node_id)}">${short(p.node_id, 16)}</span>`,
     esc(p.role), p.round, `<span class="mono">${short(p.model_version)}</span>`, ago(p.last_seen),
     p.addrs.length ? `<span class="ok">${p.addrs.length} address${p.addrs.length === 1 ? "" : "es"}</span>` : "none (client)"]);
