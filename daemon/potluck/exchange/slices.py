@@ -69,5 +69,5 @@ class SliceService:
                 last = f"{type(e).__name__}: {e}"
             else:
                 return data
-            await asyncio.sleep(RETRY_S)
+            await asyncio.sleep(min(RETRY_S, max(0.0, until - time.time() - 0.02)))  # one last ask in time
         raise SliceUnavailable(f"slice of {peer_id_of(reducer)[:16]}: {last}")
