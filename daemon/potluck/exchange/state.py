@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from hivemind.p2p import P2PContext, PeerID
@@ -165,26 +166,28 @@ class StateService:
 
     # ---- fetching ----------------------------------------------------------------------------------
 
+    async def _ask(
+        self, peer_id: str, addrs: list[str], handler: str, request: Any, reply: Any, timeout: float
+    ) -> Any:
+        """One unary call to a holder, dialled at ``addrs`` first; None (logged) when it fails."""
+        try:
+            peer = PeerID.from_base58(peer_id)
+            if addrs:
+                await self._host.connect(peer, addrs)
+            call = self._host.p2p.call_protobuf_handler(peer, handler, request, reply)
+            return await asyncio.wait_for(call, timeout)
+        except Exception as e:
+            logger.debug(f"{handler} from {peer_id}: {type(e).__name__}: {e}")
+            return None
+
     async def fetch_manifest(self, run_id: str, holders: Sequence[tuple[str, list[str]]]) -> bytes:
         """The manifest bytes of ``run_id`` from the first holder that has them (the caller checks them)."""
+        request = exchange_pb2.ManifestRequest(run_id=bytes.fromhex(run_id))
         for peer_id, addrs in holders:
-            try:
-                peer = PeerID.from_base58(peer_id)
-                if addrs:
-                    await self._host.connect(peer, addrs)
-                reply = await asyncio.wait_for(
-                    self._host.p2p.call_protobuf_handler(
-                        peer,
-                        MANIFEST_HANDLER,
-                        exchange_pb2.ManifestRequest(run_id=bytes.fromhex(run_id)),
-                        exchange_pb2.ManifestResponse,
-                    ),
-                    10,
-                )
-            except Exception as e:
-                logger.debug(f"manifest from {peer_id}: {type(e).__name__}: {e}")
-                continue
-            if reply.manifest:
+            reply = await self._ask(
+                peer_id, addrs, MANIFEST_HANDLER, request, exchange_pb2.ManifestResponse, 10
+            )
+            if reply is not None and reply.manifest:
                 return reply.manifest
         raise SyncFailed(f"no peer served the manifest of run {run_id[:16]}")
 
@@ -193,22 +196,10 @@ class StateService:
     ) -> dict[str, np.ndarray]:
         """The state of ``version`` when all this node knows of it is its hash (a run's pre-trained
         genesis): the first holder's tensor list whose hashes make up ``version``, then the download."""
+        request = exchange_pb2.BulkTicketRequest(version=bytes.fromhex(version), hashes=True)
         for peer_id, addrs in holders:
-            try:
-                peer = PeerID.from_base58(peer_id)
-                if addrs:
-                    await self._host.connect(peer, addrs)
-                reply = await asyncio.wait_for(
-                    self._host.p2p.call_protobuf_handler(
-                        peer,
-                        TICKET_HANDLER,
-                        exchange_pb2.BulkTicketRequest(version=bytes.fromhex(version), hashes=True),
-                        exchange_pb2.BulkTicket,
-                    ),
-                    30,
-                )
-            except Exception as e:
-                logger.debug(f"tensor list of {version[:12]} from {peer_id}: {type(e).__name__}: {e}")
+            reply = await self._ask(peer_id, addrs, TICKET_HANDLER, request, exchange_pb2.BulkTicket, 30)
+            if reply is None:
                 continue
             expected = {t.name: t.hash.hex() for t in reply.tensors}
             if expected and version_hash_of(expected) == version:
