@@ -2,8 +2,9 @@
 snapshot every 2): 3 nodes commit 3 rounds, then a fourth that merges a revert of one author's first
 update (the same bytes on every node); diff and blame agree with numbers computed here from the published
 updates and the stored versions (that author's blame back at 0); verify passes on every node, and fails
-at the right round once a byte of an old update is flipped (in a copy). A fork of a run, run by a node
-of its own, commits a round and `log` follows its lineage."""
+at the right round once a byte of an old update is flipped (in a copy). A newcomer that synced only the
+latest version diffs against round 0's, fetched from its peers, with the same numbers. A fork of a run,
+run by a node of its own, commits a round and `log` follows its lineage."""
 
 from __future__ import annotations
 
@@ -56,6 +57,17 @@ def test_three_nodes_show_diff_blame_revert_and_verify_their_history(tmp_path):
         _wait_committed(swarm, r)
         rounds.append(r)
         dirs = [n.data_dir for n in swarm.nodes]
+        # a newcomer syncs the latest version only; diff fetches round 0's from the peers, once
+        newcomer = swarm.add_node(name="newcomer").wait_ready()
+        latest = swarm.nodes[0].status()["version"]
+        wait_for(lambda: newcomer.status()["version"] == latest, 40, "the newcomer to sync")
+        assert [e["round"] for e in potluck_json("log", "--data-dir", str(newcomer.data_dir))] == [r]
+        fresh = [potluck_json("diff", f"r{rounds[0]}", "latest", "--data-dir", str(newcomer.data_dir))
+                 for _ in range(2)]  # fmt: skip
+        missing = potluck("diff", "r999", "latest", "--data-dir", str(newcomer.data_dir))
+    assert [d["fetched"] for d in fresh] == [[fresh[0]["a"]], []]  # stored by the first call
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "no commit of round 999 with the quorum's" in missing.stderr
     log = potluck_json("log", "--data-dir", str(dirs[0]))
     assert [e["round"] for e in log] == rounds and [e["updates"] for e in log] == [3] * ROUNDS + [1]
     assert [e["reverts"] for e in log] == [[]] * ROUNDS + [[first]]
@@ -93,6 +105,7 @@ def test_three_nodes_show_diff_blame_revert_and_verify_their_history(tmp_path):
     versions = VersionStore(dirs[2] / "versions")
     a, b = versions.get(log[0]["version"]), versions.get(log[-1]["version"])
     diff = potluck_json("diff", f"r{rounds[0]}", "latest", "--data-dir", str(dirs[1]))
+    assert diff["fetched"] == [] and all(d | {"fetched": []} == diff for d in fresh)  # the same numbers
     for t in diff["tensors"]:
         change = b[t["name"]].astype(np.float64) - a[t["name"]].astype(np.float64)
         assert t["l2"] == pytest.approx(np.linalg.norm(change))

@@ -192,6 +192,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from potluck.cli.fetch import locate
     from potluck.groups import GroupRules
     from potluck.vcs.numbers import OTHER_GROUP, diff, group_of, group_summary
 
@@ -202,11 +203,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--group {args.group!r}: no such parameter group (this run's: {', '.join(known)})"
             )
-        a, b = repo.resolve(args.a), repo.resolve(args.b)
-        parent = repo.parent_of(a)
+        a, b = locate(args, repo, args.a), locate(args, repo, args.b)
+        parent = a.parent  # not fetched when not stored here: cosine_prev is then None
         previous = repo.state(parent) if parent is not None and repo.versions.has(parent) else None
         try:
-            rows = diff(repo.state(a), repo.state(b), previous, args.tensor)
+            rows = diff(repo.state(a.version), repo.state(b.version), previous, args.tensor)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if args.group is not None:
@@ -214,8 +215,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         if not rows:
             what = " ".join(f"--{k} {v!r}" for k, v in (("tensor", args.tensor), ("group", args.group)) if v)
             raise ConfigError(f"{what} matches no tensor")
-        d = {"a": a, "b": b, "round_a": repo.round_of(a), "round_b": repo.round_of(b), "tensors": rows,
-             "groups": group_summary(rows, rules)}  # fmt: skip
+        d = {"a": a.version, "b": b.version, "round_a": a.round, "round_b": b.round, "tensors": rows,
+             "groups": group_summary(rows, rules),
+             "fetched": [v.version for v in (a, b) if v.fetched]}  # fmt: skip
     _print(args, d, format_diff(d))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -42,6 +43,16 @@ class ControlClient:
 
     def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse:
         return self._call(self._stub.PublishUpdate, control_pb2.PublishUpdateRequest(update=data))
+
+    def fetch_version(self, version: str = "", round_: int = -1) -> Iterator[control_pb2.FetchVersionReply]:
+        """The node's progress replies while it fetches a version (the last has ``done``); no deadline:
+        the node replies every half second and ends the stream itself."""
+        request = control_pb2.FetchVersionRequest(version=version, round=round_)
+        try:
+            yield from self._stub.FetchVersion(request)
+        except grpc.RpcError as e:
+            code = e.code().name if hasattr(e, "code") else "UNKNOWN"
+            raise NodeUnreachable(f"node at {self.address} did not answer ({code})") from None
 
     def _call(self, method, request):
         try:

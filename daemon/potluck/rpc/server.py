@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from potluck.errors import ConfigError
+from potluck.rpc import fetching
 from potluck.rpc.address import connectable, is_loopback, join_host_port, split_host_port
 from potluck.v1 import control_pb2, control_pb2_grpc
 
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
 
 
-class NodeView(Protocol):
+class NodeView(fetching.ArchiveParts, Protocol):
     """What the control API asks of a node."""
 
     def status(self) -> control_pb2.GetStatusResponse: ...
@@ -41,6 +42,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     async def PublishUpdate(self, request, context):
         return await self._node.publish(request.update)
+
+    async def FetchVersion(self, request, context):
+        async for reply in fetching.fetch_version(self._node, request):
+            yield reply
 
 
 class ControlServer:

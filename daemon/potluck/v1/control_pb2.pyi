@@ -380,3 +380,35 @@ class ListUpdatesResponse(_message.Message):
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[UpdateInfo]
     def __init__(self, updates: _Optional[_Iterable[_Union[UpdateInfo, _Mapping]]] = ...) -> None: ...
+
+class FetchVersionRequest(_message.Message):
+    __slots__ = ("version", "round")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    round: int
+    def __init__(self, version: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class FetchVersionReply(_message.Message):
+    __slots__ = ("done", "version", "round", "bytes", "target_bytes", "fetched", "holders", "reason", "error", "parent")
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    done: bool
+    version: str
+    round: int
+    bytes: int
+    target_bytes: int
+    fetched: bool
+    holders: int
+    reason: str
+    error: str
+    parent: str
+    def __init__(self, done: _Optional[bool] = ..., version: _Optional[str] = ..., round: _Optional[int] = ..., bytes: _Optional[int] = ..., target_bytes: _Optional[int] = ..., fetched: _Optional[bool] = ..., holders: _Optional[int] = ..., reason: _Optional[str] = ..., error: _Optional[str] = ..., parent: _Optional[str] = ...) -> None: ...

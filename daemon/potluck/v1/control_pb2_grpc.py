@@ -54,6 +54,11 @@ class ControlServiceStub:
                 request_serializer=potluck_dot_v1_dot_control__pb2.ListUpdatesRequest.SerializeToString,
                 response_deserializer=potluck_dot_v1_dot_control__pb2.ListUpdatesResponse.FromString,
                 _registered_method=True)
+        self.FetchVersion = channel.unary_stream(
+                '/potluck.v1.ControlService/FetchVersion',
+                request_serializer=potluck_dot_v1_dot_control__pb2.FetchVersionRequest.SerializeToString,
+                response_deserializer=potluck_dot_v1_dot_control__pb2.FetchVersionReply.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -87,6 +92,16 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchVersion(self, request, context):
+        """Fetch a committed version of the run this node does not store (`potluck diff`/`show` of an old
+        version): its commit from this node's history or the run's quorum-signed copies in the DHT, the
+        tensors from the run's peers, each checked against the commit, then stored here. A stream of
+        progress replies every half second; the last one has done set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +124,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListUpdates,
                     request_deserializer=potluck_dot_v1_dot_control__pb2.ListUpdatesRequest.FromString,
                     response_serializer=potluck_dot_v1_dot_control__pb2.ListUpdatesResponse.SerializeToString,
+            ),
+            'FetchVersion': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchVersion,
+                    request_deserializer=potluck_dot_v1_dot_control__pb2.FetchVersionRequest.FromString,
+                    response_serializer=potluck_dot_v1_dot_control__pb2.FetchVersionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +239,33 @@ class ControlService:
             '/potluck.v1.ControlService/ListUpdates',
             potluck_dot_v1_dot_control__pb2.ListUpdatesRequest.SerializeToString,
             potluck_dot_v1_dot_control__pb2.ListUpdatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/potluck.v1.ControlService/FetchVersion',
+            potluck_dot_v1_dot_control__pb2.FetchVersionRequest.SerializeToString,
+            potluck_dot_v1_dot_control__pb2.FetchVersionReply.FromString,
             options,
             channel_credentials,
             insecure,
