@@ -83,3 +83,44 @@ def test_lineage_must_name_the_genesis(built: Built) -> None:
     assert (
         "parent_run" not in msgpack.unpackb(built.manifest.body())[1]
     )  # omitted at default: old run ids stay
+
+
+def test_log_follows_a_fork_of_a_fork(built: Built, tmp_path, capsys) -> None:
+    """C forks B at B's round 0, B forks A at A's round 1: log of C lists A to its round 1, B to its round
+    0, then C, with each --parent-data-dir given; one line per fork; a dir of another run is refused."""
+    a_dir = str(built.data_dir)
+    b_run, c_run = tmp_path / "b.toml", tmp_path / "c.toml"
+    fork = ["fork", "--from"]
+    assert (
+        in_process(
+            capsys, *fork, f"{tmp_path / 'run.toml'}@r1", "-o", str(b_run), "--data-dir", a_dir
+        ).returncode
+        == 0
+    )
+    b = build_history(tmp_path, rounds=2, run=b_run, node="b-node")
+    assert (
+        in_process(capsys, *fork, f"{b_run}@r0", "-o", str(c_run), "--data-dir", str(b.data_dir)).returncode
+        == 0
+    )
+    c = build_history(tmp_path, rounds=1, run=c_run, node="c-node")
+    a_id, b_id, c_id = built.manifest.run_id, b.manifest.run_id, c.manifest.run_id
+    log = [
+        "log",
+        "--data-dir",
+        str(c.data_dir),
+        "--parent-data-dir",
+        str(b.data_dir),
+        "--parent-data-dir",
+        a_dir,
+    ]
+    rows = json.loads(in_process(capsys, *log, "--json").stdout)
+    assert [(e["run_id"], e["round"]) for e in rows] == [(a_id, 0), (a_id, 1), (b_id, 0), (c_id, 0)]
+    text = in_process(capsys, *log).stdout
+    assert f"run {c_id[:16]} forked from run {b_id[:16]} at version {b.versions[1][:16]}" in text
+    assert f"run {b_id[:16]} forked from run {a_id[:16]} at version {built.versions[2][:16]}" in text
+    # with B's history only: B's rounds, and where A's would come from
+    text = in_process(capsys, *log[:5]).stdout
+    assert f"forked from run {a_id[:16]} at version {built.versions[2][:16]} (its history: one more" in text
+    other = build_history(tmp_path, rounds=1, node="other-node")
+    proc = in_process(capsys, *log, "--parent-data-dir", str(other.data_dir))
+    assert_config_error(proc, "not in this run's lineage")

@@ -35,8 +35,10 @@ def add_parsers(commands: Commands) -> None:
     log.add_argument(
         "--parent-data-dir",
         type=Path,
+        action="append",
         metavar="DIR",
-        help="for a forked run: a data dir holding the parent run's history, listed up to the fork first",
+        help="for a forked run: a data dir holding the parent run's history, listed up to the fork first; "
+        "repeat it for each further ancestor (a fork of a fork)",
     )
 
     export = commands.add_parser(
@@ -159,34 +161,62 @@ def cmd_log(args: argparse.Namespace) -> int:
     entries, run_id = _read_history(args.data_dir)
     manifest = _run_manifest(args.data_dir, run_id)
     forked = manifest is not None and bool(manifest.parent_run)
-    if args.parent_data_dir is not None:
+    lines: list[str] = []
+    if args.parent_data_dir:
         if not forked:
             raise ConfigError(f"{args.data_dir} holds no forked run: --parent-data-dir has no parent to show")
-        entries = _lineage(args.parent_data_dir, manifest) + [e | {"run_id": run_id} for e in entries]
+        ancestors, lines = _lineage(args.parent_data_dir, manifest)
+        entries = ancestors + [e | {"run_id": run_id} for e in entries]
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
     text = format_log(entries, run_metric(args.data_dir, run_id)[0].upper())
     if forked:
-        parent, at = manifest.parent_run[:16], manifest.parent_version[:16]
-        line = f"run {str(run_id)[:16]} forked from run {parent} at version {at}"
-        text = f"{line}{'' if args.parent_data_dir else ' (its history: --parent-data-dir DIR)'}\n{text}"
+        if not lines:
+            lines = [f"{_forked(manifest)} (its history: --parent-data-dir DIR)"]
+        text = "\n".join([*lines, text])
     print(text)
     return 0
 
 
-def _lineage(parent_dir: Path, manifest: Any) -> list[dict]:
-    """The parent run's committed versions up to the fork's version (a Manifest's lineage), with run ids."""
-    parent_entries, parent_run = _read_history(parent_dir)
-    if parent_run != manifest.parent_run:
-        raise ConfigError(f"{parent_dir} holds run {str(parent_run)[:16]}, not the parent run")
-    rounds = [e["round"] for e in parent_entries if e["version"] == manifest.parent_version]
-    if not rounds:  # forked from the parent's genesis, or from a version this history does not hold
-        parent = _run_manifest(parent_dir, parent_run)
-        if parent is not None and parent.genesis == manifest.parent_version:
-            return []
-        raise ConfigError(f"{parent_dir} holds no commit of version {manifest.parent_version[:16]}")
-    return [e | {"run_id": parent_run} for e in parent_entries if e["round"] <= rounds[0]]
+def _forked(manifest: Any) -> str:
+    parent, at = manifest.parent_run[:16], manifest.parent_version[:16]
+    return f"run {manifest.run_id[:16]} forked from run {parent} at version {at}"
+
+
+def _lineage(parent_dirs: list[Path], manifest: Any) -> tuple[list[dict], list[str]]:
+    """The ancestors' committed versions, oldest first, each run's up to the version its child forked
+    (with run ids), following the lineage through the runs ``parent_dirs`` hold; and a line per fork."""
+    held: dict[str | None, tuple[Path, list[dict]]] = {}
+    for d in parent_dirs:
+        entries, run = _read_history(d)
+        held[run] = (d, entries)
+    out: list[dict] = []
+    lines: list[str] = []
+    child = manifest
+    while child is not None and child.parent_run:
+        lines.append(_forked(child))
+        if child.parent_run not in held:
+            if child is manifest:
+                where = ", ".join(str(d) for d in parent_dirs)
+                raise ConfigError(
+                    f"{where}: no --parent-data-dir holds the parent run {child.parent_run[:16]}"
+                )
+            lines[-1] += " (its history: one more --parent-data-dir)"
+            break
+        parent_dir, parent_entries = held.pop(child.parent_run)
+        parent = _run_manifest(parent_dir, child.parent_run)
+        rounds = [e["round"] for e in parent_entries if e["version"] == child.parent_version]
+        if rounds:
+            out = [e | {"run_id": child.parent_run} for e in parent_entries if e["round"] <= rounds[0]] + out
+        elif parent is None or parent.genesis != child.parent_version:  # not forked from its genesis
+            raise ConfigError(f"{parent_dir} holds no commit of version {child.parent_version[:16]}")
+        child = parent
+    if held:  # a dir that holds no run of the lineage: a mistake, not silently ignored
+        d, _ = next(iter(held.values()))
+        run = next(iter(held))
+        raise ConfigError(f"{d} holds run {str(run)[:16]}, which is not in this run's lineage")
+    return out, lines
 
 
 def _pick(entries: list[dict], version: str | None, round_: int | None, genesis: str | None = None) -> str:
