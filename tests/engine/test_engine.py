@@ -38,13 +38,19 @@ class Run:
         return next_collecting_round(self.manifest)
 
     def publish(
-        self, node: LocalNode, author: NodeIdentity, r: int, seed: int, density: float = 0.25
+        self,
+        node: LocalNode,
+        author: NodeIdentity,
+        r: int,
+        seed: int,
+        density: float = 0.25,
+        scale: float = 1.0,
     ) -> None:
         status = node.status()
         base = VersionStore(node.data_dir / "versions").get(status["version"])
         rng = np.random.default_rng(seed)
         tensors = tuple(
-            sparsify(name, rng.standard_normal(t.shape).astype(np.float32) * 0.05, density)
+            sparsify(name, rng.standard_normal(t.shape).astype(np.float32) * 0.05 * scale, density)
             for name, t in base.items()
         )
         samples = 10 + seed % 7

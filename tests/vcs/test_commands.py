@@ -132,11 +132,59 @@ def test_blame_refuses_a_bad_range(built: Built, capsys) -> None:
     assert_config_error(proc, "--to r1")
 
 
-def test_a_median_run_verifies_and_blame_says_it_cannot_attribute_it(tmp_path, capsys) -> None:
+def _deltas(b: Built, r: int) -> dict[str, dict[str, np.ndarray]]:
+    """author -> tensor -> the float64 dense delta of its update merged in round ``r``."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for uid in b.updates[r]:
+        u = decode_update((b.data_dir / "updates" / f"{uid}.update").read_bytes()).update
+        for t in u.tensors:
+            dense = out.setdefault(u.author.hex(), {}).setdefault(t.name, np.zeros(int(np.prod(t.shape))))
+            dense[t.indices] = t.values.astype(np.float64)
+    return out
+
+
+def test_a_median_run_verifies_and_blame_attributes_the_middle_values(tmp_path, capsys) -> None:
+    """Two deltas: where both touch a coordinate its median is their mean, where one does, the sparse rule
+    gives its value times m / n = 1/2; so each author moved lr * delta / 2 each round."""
     b = build_history(tmp_path, rounds=2, strategy="coordinate_median")
     dd = str(b.data_dir)
     assert in_process(capsys, "verify", "--data-dir", dd).returncode == 0
-    assert_config_error(in_process(capsys, "blame", "--data-dir", dd), "weighted_mean runs only", "median")
+    d = _json(capsys, "blame", "--data-dir", dd)
+    assert d["rounds"] == [0, 1] and d["attribution"] == ["exact"]
+    lr = b.manifest.outer_lr
+    for t in d["tensors"]:
+        if not t["authors"]:
+            continue
+        expected = {
+            a.node_id: lr * sum(_deltas(b, r)[a.node_id][t["name"]] for r in (0, 1)) / 2 for a in b.authors
+        }
+        whole = sum(expected.values())
+        got = {a["author"]: a for a in t["authors"]}
+        for author, moved in expected.items():
+            assert got[author]["l2"] == pytest.approx(np.linalg.norm(moved), rel=1e-9)
+            assert got[author]["share"] == pytest.approx(moved @ whole / (whole @ whole), rel=1e-9)
+        assert sum(a["share"] for a in t["authors"]) == pytest.approx(1.0) and t["unattributed"] is None
+        change = _state(b, 2)[t["name"]].astype(np.float64) - _state(b, 0)[t["name"]]  # up to the casts
+        np.testing.assert_allclose(whole, change.reshape(-1), rtol=0, atol=1e-6)
+    text = in_process(capsys, "blame", "--data-dir", dd).stdout
+    assert "attributed by: exact" in text
+
+
+def test_a_strategy_with_no_exact_rule_is_attributed_by_projection(tmp_path, capsys) -> None:
+    """A third-party strategy (the first delta in canonical order, tests/merge/custom_strategy.py): each
+    update's share of the merged delta D is its projection's, <x_u, D> / sum_v <x_v, D>, per tensor."""
+    b = build_history(tmp_path, rounds=1, strategy="tests.merge.custom_strategy:FirstScaled")
+    d = _json(capsys, "blame", "--data-dir", str(b.data_dir))
+    assert d["attribution"] == ["projection"]
+    change = {k: v.astype(np.float64) - _state(b, 0)[k] for k, v in _state(b, 1).items()}
+    deltas = _deltas(b, 0)
+    for t in d["tensors"]:
+        merged = change[t["name"]].reshape(-1)  # lr * D, up to the cast
+        if not merged.any():
+            continue
+        p = {a: x[t["name"]] @ merged for a, x in deltas.items()}
+        got = {a["author"]: a["share"] for a in t["authors"]}
+        assert got == pytest.approx({a: v / sum(p.values()) for a, v in p.items() if v}, rel=1e-4)
 
 
 @pytest.mark.parametrize("command", ["show", "diff", "blame", "verify", "gc"])

@@ -177,3 +177,48 @@ def test_a_fork_runs_on_a_real_node_and_log_follows_its_lineage(tmp_path):
     text = potluck("log", "--data-dir", str(fork_dir), check=True).stdout
     assert f"forked from run {parent.manifest.run_id[:16]} at version {parent.versions[2][:16]}" in text
     assert potluck_json("verify", "--data-dir", str(fork_dir))["ok"]
+
+
+def test_blame_of_a_norm_filter_run_on_real_nodes(tmp_path):
+    """3 nodes merge a round of 4 updates with norm_filter (reject 4, clip 2 x the lower median norm):
+    AUTHORS[2]'s is 3x the others' (clipped to 2x the median norm), AUTHORS[3]'s (published by node 0)
+    10x (dropped). blame's numbers are each update's s_u * x_u / kept * outer_lr, computed here from the
+    published updates, and add up to the versions' difference."""
+    run = Run(tmp_path, strategy="norm_filter")
+    with connected_swarm(tmp_path / "swarm", 3, manifest=run.path) as swarm:
+        r = run.next_collecting_round()
+        for i, node in enumerate(swarm.nodes):
+            run.publish(node, AUTHORS[i], r, seed=i, scale=3.0 if i == 2 else 1.0)
+        run.publish(swarm.nodes[0], AUTHORS[3], r, seed=3, scale=10.0)
+        _wait_committed(swarm, r)
+        rounds = [r]
+        data_dir = swarm.nodes[1].data_dir
+    lr = run.manifest.outer_lr
+    moved: dict[str, dict[str, np.ndarray]] = {}
+    scales = []
+    for r in rounds:
+        ups = [decode_update(data).update for _, data in run.published[r]]
+        norms = [np.sqrt(sum(float(s.values.astype(np.float64) @ s.values) for s in u.tensors)) for u in ups]
+        med = sorted(norms)[(len(norms) - 1) // 2]
+        s = [0.0 if n > 4 * med else min(1.0, 2 * med / n) for n in norms]
+        scales.append(s)
+        for u, factor in zip(ups, s, strict=True):
+            for t in u.tensors:
+                m = moved.setdefault(u.author.hex(), {}).setdefault(t.name, np.zeros(int(np.prod(t.shape))))
+                m[t.indices] += lr * factor * t.values.astype(np.float64) / sum(1 for f in s if f)
+    assert sorted(scales[0]) == [0, scales[0][2], 1, 1] and 0 < scales[0][2] < 1  # one dropped, one clipped
+    blame = potluck_json("blame", "--data-dir", str(data_dir))
+    assert blame["rounds"] == rounds and blame["attribution"] == ["exact"]
+    versions, log = VersionStore(data_dir / "versions"), potluck_json("log", "--data-dir", str(data_dir))
+    first, last = versions.get(log[0]["parent"]), versions.get(log[-1]["version"])
+    for t in blame["tensors"]:
+        got = {a["author"]: a for a in t["authors"]}
+        mine = {a: m[t["name"]] for a, m in moved.items() if np.any(m[t["name"]])}
+        whole = sum(mine.values())
+        assert set(got) == set(mine)
+        for author, m in mine.items():
+            assert got[author]["l2"] == pytest.approx(np.linalg.norm(m), rel=1e-9)
+            assert got[author]["share"] == pytest.approx(m @ whole / (whole @ whole), rel=1e-6, abs=1e-12)
+        change = last[t["name"]].astype(np.float64) - first[t["name"]]
+        np.testing.assert_allclose(whole, change.reshape(-1), rtol=0, atol=1e-6)  # up to the float32 casts
+    assert potluck_json("verify", "--data-dir", str(data_dir))["ok"]

@@ -32,9 +32,10 @@ _TEXTS = {
     ),
     "blame": (
         "how much each contributor moved each tensor over a range of history",
-        "From the stored signed updates and the weights the merge gave them: per tensor, each author's "
-        "movement (L2), the entries it moved, and its share of the tensor's total movement "
-        "(<m_author, M> / |M|^2; shares add up to 1). Rounds after --from up to --to.",
+        "From the stored signed updates and the weights the merge gave them (robust strategies: each "
+        "update's term of the merged delta, docs/history.md): per tensor, each author's movement (L2), "
+        "the entries it moved, and its share of the tensor's total movement (<m_author, M> / |M|^2; "
+        "shares add up to 1). Rounds after --from up to --to.",
     ),
     "verify": (
         "replay the history: signatures, quorums, updates, every merge",
@@ -245,18 +246,20 @@ def format_diff(d: dict[str, Any]) -> str:
 
 
 def cmd_blame(args: argparse.Namespace) -> int:
-    from potluck.merge import DEFAULT_STRATEGY
+    from potluck.merge import DEFAULT_STRATEGY, StrategyError, run_strategy
     from potluck.rounds.fixedpoint import Layout
+    from potluck.rounds.merging import round_seed
     from potluck.vcs import revert
-    from potluck.vcs.numbers import BlameRound, blame
+    from potluck.vcs.numbers import BlameRound, attributed_steps, blame
 
     with open_repo(args) as repo:
         m = repo.need_manifest()
-        if m.strategy != DEFAULT_STRATEGY:
-            raise ConfigError(
-                f"blame attributes weighted_mean runs only: this run merges with {m.strategy!r}, "
-                "whose result is not a weighted sum of its updates"
-            )
+        strategy = None
+        if m.strategy != DEFAULT_STRATEGY or m.group_rules.split_strategies(m.strategy):
+            try:  # what the engine merges with (engine/loop.py)
+                strategy = run_strategy(m.strategy, m.strategy_args, m.group_rules)
+            except StrategyError as e:
+                raise ConfigError(f"the run's merge strategy {m.strategy!r}: {e}") from None
         start, end = repo.resolve(args.start), repo.resolve(args.end)
         lo, hi = repo.round_of(start), repo.round_of(end)
         lo = -1 if lo is None else lo
@@ -269,6 +272,11 @@ def cmd_blame(args: argparse.Namespace) -> int:
                 merged = repo.merged_updates(commit)
                 missing += [u.update_id for u in merged if u.signed is None]
                 held = [(u.author, u.weight, u.signed) for u in merged if u.signed is not None]
+                if strategy is not None:  # attributed: merge/attribution.py
+                    seed = round_seed(m.run_id, commit.round)
+                    steps, rule = attributed_steps(strategy, held, seed, m.outer_lr)
+                    rounds.append(BlameRound(commit.round, commit.total_weight, held, steps=steps, rule=rule))
+                    continue
                 undone = revert.round_targets(repo, [s for _, _, s in held if s.update.reverts], commit.round)
                 reverted = [
                     (t.signed.update.author.hex(), t.weight, t.total_weight, t.signed) for t in undone
@@ -297,9 +305,13 @@ def format_blame(d: dict[str, Any]) -> str:
             )
             for a in t["authors"]
         ]
+        if t["unattributed"] is not None:
+            left = t["unattributed"]
+            rows.append(("", "(unattributed)", _num(left["l2"]), _num(left["share"], ".3f"), "", ""))
     r = d["rounds"]
     head = f"rounds {r[0]}..{r[-1]} ({len(r)} committed)" if r else "no committed rounds in range"
     warn = f"\n{len(d['missing'])} merged update(s) not held here are not counted" if d["missing"] else ""
+    warn += f"\nattributed by: {'; '.join(d['attribution'])}" if d["attribution"] != ["fixed_point"] else ""
     return head + warn + "\n" + _table(("TENSOR", "AUTHOR", "L2", "SHARE", "ENTRIES", "UPDATES"), rows)
 
 

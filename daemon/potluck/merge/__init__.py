@@ -72,6 +72,10 @@ per-round step that needs each update's norm, which every node holding the round
 Sparse-aware robust aggregation (the default of ``coordinate_median`` and ``trimmed_mean``, and of
 centered_clip's median start) is described in :mod:`potluck.merge.robust`.
 
+**Who moved the merge** (`potluck blame`): :func:`potluck.merge.attribution.attribute` splits a merge
+into one term per delta that add up to it, by each built-in's exact rule (``attribute_batch``) or, for
+any other strategy, the projection rule (:mod:`potluck.merge.attribution`).
+
 Third-party strategies: declare an entry point in group ``"potluck.strategies"``
 (``name = "package.module:factory"``, ``factory(args) -> Strategy``); ``get_strategy`` also takes
 ``"package.module:factory"`` directly. Built-in names cannot be shadowed.

@@ -246,3 +246,28 @@ class BaseStrategy:
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
         """The merged delta as a flat float64 vector of length ``batch.length`` (the matrix's columns)."""
         raise NotImplementedError
+
+    def attribute(
+        self, deltas: Sequence[Delta], weights: Sequence[float], *, round_seed: int
+    ) -> list[dict[str, np.ndarray]] | None:
+        """Each delta's term of :meth:`merge` (in the order given; ``{}`` for a delta of weight 0):
+        ``{tensor: float64 array}`` over the merge's tensors, the terms adding up to the merge (up to
+        float rounding). None when this strategy has no exact rule (:meth:`attribute_batch`):
+        potluck.merge.attribution then falls back to the projection rule."""
+        seed = _seed(round_seed)
+        try:
+            batch = make_batch(deltas, weights)
+        except InputError as e:
+            raise StrategyError(f"{self.name}: {e}") from None
+        terms = self.attribute_batch(batch, seed) if batch.n else np.zeros((0, batch.length))
+        if terms is None:
+            return None
+        out: list[dict[str, np.ndarray]] = [{} for _ in deltas]
+        for row, given in enumerate(batch.order):
+            out[given] = batch.split(terms[row])
+        return out
+
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray | None:
+        """Row i: delta i's term of :meth:`merge_batch` (float64, ``(n, length)``), the rows adding up to
+        the merge; None (the default) when the rule has no exact decomposition."""
+        return None

@@ -108,6 +108,7 @@ class Batch:
     int_weights: tuple[int, ...] | None  # the weights as ints, when they all are integers
     columns: np.ndarray | None = None  # int64, sorted, unique: the flat indices of matrix's columns
     parts: tuple[tuple[_Part, ...], ...] | None = field(default=None, repr=False, compare=False)
+    order: tuple[int, ...] = field(default=(), repr=False, compare=False)  # row i is input delta order[i]
 
     @property
     def n(self) -> int:
@@ -288,8 +289,9 @@ def make_batch(
     layout: dict[str, tuple[int, ...]] = _check_shapes(shapes) if fixed else {}
     rows: list[dict[str, _Part]] = []
     kept: list[float] = []
+    given: list[int] = []  # the input index of each row kept
     keys: list[tuple[bytes, float]] = []
-    for delta, w in zip(deltas, weights, strict=True):
+    for k, (delta, w) in enumerate(zip(deltas, weights, strict=True)):
         row: dict[str, _Part] = {}
         for name, shape, t in delta_tensors(delta):
             if not isinstance(name, str) or not name:
@@ -306,6 +308,7 @@ def make_batch(
             continue
         rows.append(row)
         kept.append(w)
+        given.append(k)
         keys.append(_row_key(row, w))
     slots, offset, index = [], 0, {}
     for name in sorted(layout):
@@ -356,6 +359,7 @@ def make_batch(
         ints,
         cols,
         ordered_parts if cols is not None else None,
+        tuple(given[i] for i in order),
     )
 
 

@@ -46,15 +46,19 @@ class Grouped:
     def merge(
         self, deltas: Sequence[Delta], weights: Sequence[float], *, round_seed: int
     ) -> dict[str, np.ndarray]:
+        merged: dict[str, np.ndarray] = {}
+        for strategy, part in self.parts(deltas):
+            merged |= strategy.merge(part, weights, round_seed=round_seed)
+        return merged
+
+    def parts(self, deltas: Sequence[Delta]) -> list[tuple[Strategy, list[dict[str, Any]]]]:
+        """Per group strategy that has tensors here: it, and every delta cut to its tensors (in order)."""
         parts: dict[str, list[dict[str, Any]]] = {s: [{} for _ in deltas] for s in self._strategies}
         for i, delta in enumerate(deltas):
             for name, _, t in delta_tensors(delta):
                 parts[self.strategy_of(name)][i][name] = t
-        merged: dict[str, np.ndarray] = {}
-        for s in sorted(parts):  # disjoint tensors: the order only fixes the work's order
-            if any(parts[s]):
-                merged |= self._strategies[s].merge(parts[s], weights, round_seed=round_seed)
-        return merged
+        # disjoint tensors: the order only fixes the work's order
+        return [(self._strategies[s], parts[s]) for s in sorted(parts) if any(parts[s])]
 
 
 def run_strategy(strategy: str, args: Mapping[str, Any], rules: GroupRules) -> Strategy:

@@ -77,6 +77,9 @@ class WeightedMean(BaseStrategy):
         weights = batch.int_weights or tuple(float(w) for w in batch.weights)
         return fixed_point_mean(batch, weights)
 
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        return batch.matrix * (batch.weights / math.fsum(batch.weights.tolist()))[:, None]
+
 
 class Mean(BaseStrategy):
     """The unweighted mean ``sum(delta_u) / n`` (the weighted mean with every weight 1). No arguments."""
@@ -87,6 +90,9 @@ class Mean(BaseStrategy):
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
         return fixed_point_mean(batch, (1,) * batch.n)
+
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        return batch.matrix / batch.n
 
 
 class TaskArithmetic(BaseStrategy):
@@ -106,6 +112,9 @@ class TaskArithmetic(BaseStrategy):
         out = rowsum(batch.matrix)
         out *= self.scale
         return out
+
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        return batch.matrix * self.scale
 
 
 def _top(values: np.ndarray, percent: float) -> np.ndarray:
@@ -144,7 +153,8 @@ class Ties(BaseStrategy):
         self.k = a.number("k", 20.0, low=0.0, high=100.0, low_open=True)
         self.scale = a.number("lambda", 1.0, low=0.0, low_open=True)
 
-    def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
+    def _agreeing(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's trimmed values that agree with the elected sign (0 elsewhere); per column, how many."""
         trimmed = np.zeros_like(batch.matrix)
         for i in range(batch.n):
             pos, values = batch.nonzeros(i)  # the whole update, in flat order
@@ -152,11 +162,18 @@ class Ties(BaseStrategy):
             trimmed[i, at] = batch.matrix[i, at]
         elected = np.sign(rowsum(trimmed))
         agree = (np.sign(trimmed) == elected) & (trimmed != 0)
-        total = rowsum(np.where(agree, trimmed, 0.0))
-        count = agree.sum(axis=0)
+        return np.where(agree, trimmed, 0.0), agree.sum(axis=0)
+
+    def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        agreeing, count = self._agreeing(batch)
+        total = rowsum(agreeing)
         out = np.where(count > 0, total / np.maximum(count, 1), 0.0)
         out *= self.scale
         return out
+
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        agreeing, count = self._agreeing(batch)  # the disjoint mean: each agreeing value over the count
+        return agreeing / np.maximum(count, 1) * self.scale
 
 
 def _name_key(name: str) -> int:
@@ -212,6 +229,16 @@ class Dare(BaseStrategy):
         self.scale = a.number("lambda", 1.0, low=0.0, low_open=True)
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        out = rowsum(self._parts(batch, seed))
+        out /= math.fsum(batch.weights.tolist())
+        out *= self.scale
+        return out
+
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        return self._parts(batch, seed) / math.fsum(batch.weights.tolist()) * self.scale
+
+    def _parts(self, batch: Batch, seed: int) -> np.ndarray:
+        """Row i: ``w_i * keep_i * delta_i / (1 - p)``, delta i's surviving entries rescaled and weighted."""
         rescale = 1.0 / (1.0 - self.p)
         parts = np.zeros_like(batch.matrix)
         segments = batch.segments()
@@ -230,10 +257,7 @@ class Dare(BaseStrategy):
                 d *= rescale
                 d *= batch.weights[i]
                 parts[i, g.lo : g.hi] = d
-        out = rowsum(parts)
-        out /= math.fsum(batch.weights.tolist())
-        out *= self.scale
-        return out
+        return parts
 
 
 def next_state(base_state, merged, outer_lr: float = 1.0) -> dict[str, np.ndarray]:

@@ -109,3 +109,9 @@ class NormFilter(BaseStrategy):
         out = rowsum(rows)
         out /= len(kept)
         return out
+
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        """Row i: ``s_i x_i / kept`` (0 for a dropped delta)."""
+        scales = self.scales(batch)
+        kept = sum(1 for s in scales if s > 0.0) or 1
+        return batch.matrix * (np.array(scales) / kept)[:, None]

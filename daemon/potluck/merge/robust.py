@@ -38,20 +38,58 @@ import numpy as np
 from potluck.merge.base import Args, BaseStrategy
 from potluck.merge.batch import Batch, rowsum, sqnorm
 
-__all__ = ["CenteredClip", "CoordinateMedian", "GeometricMedian", "MultiKrum", "TrimmedMean", "median_of"]
+__all__ = [
+    "CenteredClip",
+    "CoordinateMedian",
+    "GeometricMedian",
+    "MultiKrum",
+    "TrimmedMean",
+    "median_of",
+    "median_terms",
+]
 
 _CHUNK = 1 << 15  # columns per pass of the coordinate-wise strategies (bounds the temporaries)
 
 
-def _support(chunk: np.ndarray, min_support: int) -> tuple[np.ndarray, np.ndarray]:
-    """Columns sorted ascending with the entries outside each column's multiset as NaN (last); and m."""
+def _multiset(chunk: np.ndarray, min_support: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk with the entries outside each column's multiset as NaN; and its size m per column."""
     n = chunk.shape[0]
     touched = chunk != 0
     t = touched.sum(axis=0)
     pad = np.maximum(min_support - t, 0)
     rank = np.cumsum(~touched, axis=0)  # 1-based rank of an untouched entry in its column
     values = np.where(touched | (rank <= pad), chunk, np.nan)
-    return np.sort(values, axis=0), t + np.minimum(pad, n - t)
+    return values, t + np.minimum(pad, n - t)
+
+
+def _support(chunk: np.ndarray, min_support: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns sorted ascending with the entries outside each column's multiset as NaN (last); and m."""
+    values, m = _multiset(chunk, min_support)
+    return np.sort(values, axis=0), m
+
+
+def _order_terms(batch: Batch, min_support: int, weights_of) -> np.ndarray:
+    """Per row, its term of an order-statistic rule: ``weights_of(m)`` gives, per sorted position k and
+    column, the weight of the k-th smallest value of the column's multiset in the location; the row
+    that holds that value (equal values: the lower canonical row) gets ``weight * value * m / n``."""
+    n = batch.n
+    out = np.zeros_like(batch.matrix)
+    for start in range(0, batch.length, _CHUNK):
+        chunk = batch.matrix[:, start : start + _CHUNK]
+        values, m = _multiset(chunk, min_support)
+        rows = np.argsort(values, axis=0, kind="stable")  # NaN last, as np.sort puts them
+        cols = np.broadcast_to(np.arange(chunk.shape[1]), rows.shape)
+        w = weights_of(m) * (m / n)
+        out[rows, cols + start] = chunk[rows, cols] * w
+    return out
+
+
+def median_terms(batch: Batch, sparse: bool, min_support: int | None) -> np.ndarray:
+    """Row i: its term of :func:`median_of` (the rows add up to it): the one or two middle values of
+    each column's multiset, each times ``m / n`` (halved when there are two), to the rows that hold them."""
+    support = batch.n if not sparse else min(batch.n, min_support or 1)
+    k = np.arange(batch.n)[:, None]
+    return _order_terms(batch, support, lambda m: 0.5 * (k == (m - 1) // 2) + 0.5 * (k == m // 2))
 
 
 def _columns(batch: Batch, fn) -> np.ndarray:
@@ -95,6 +133,9 @@ class CoordinateMedian(BaseStrategy):
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
         return median_of(batch, self.sparse, self.min_support)
 
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        return median_terms(batch, self.sparse, self.min_support)
+
 
 class TrimmedMean(BaseStrategy):
     """Per coordinate, drop the ``b = floor(beta * m)`` largest and smallest of its ``m`` values
@@ -128,6 +169,17 @@ class TrimmedMean(BaseStrategy):
 
         return _columns(batch, chunk_fn)
 
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        """The kept values (sorted positions b .. m-b-1) each times ``m / (n (m - 2b))``, to their rows."""
+        support = min(batch.n, self.min_support or 1) if self.sparse else batch.n
+        k = np.arange(batch.n)[:, None]
+
+        def weights(m: np.ndarray) -> np.ndarray:
+            b = np.floor(self.beta * m + 1e-9).astype(np.int64)
+            return ((k >= b) & (k < m - b)) / (m - 2 * b)
+
+        return _order_terms(batch, support, weights)
+
 
 def _norms(diffs: np.ndarray) -> list[float]:
     return [math.sqrt(sqnorm(diffs[i])) for i in range(diffs.shape[0])]
@@ -157,12 +209,26 @@ class CenteredClip(BaseStrategy):
         self.min_support = a.integer("min_support", None, low=1)
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        return self._clip(batch, None)
+
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        """The start's terms (the median's, or ``x_i / n``), plus every step's ``c_i (x_i - v) / n``."""
+        terms = np.zeros_like(batch.matrix)
+        self._clip(batch, terms)
+        return terms
+
+    def _clip(self, batch: Batch, terms: np.ndarray | None) -> np.ndarray:
+        """The merge; with ``terms``, each row's term of it is added there as it is computed."""
         n, x = batch.n, batch.matrix
         if self.start == "median":
             support = self.min_support if self.min_support is not None else n // 2 + 1
             v = median_of(batch, self.sparse, support)
+            if terms is not None:
+                terms += median_terms(batch, self.sparse, support)
         else:
             v = rowsum(x) / n
+            if terms is not None:
+                terms += x / n
         tau = self.tau
         if tau is None:
             tau = sorted(_norms(x - v))[(n - 1) // 2]
@@ -172,6 +238,8 @@ class CenteredClip(BaseStrategy):
             diffs = x - v
             scale = np.array([1.0 if d <= tau else tau / d for d in _norms(diffs)])
             diffs *= scale[:, None]
+            if terms is not None:
+                terms += diffs / n
             step = rowsum(diffs)
             step /= n
             v = v + step
@@ -220,6 +288,12 @@ class MultiKrum(BaseStrategy):
         out /= len(chosen)
         return out
 
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        chosen = self.selected(batch)
+        terms = np.zeros_like(batch.matrix)
+        terms[chosen] = batch.matrix[chosen] / len(chosen)
+        return terms
+
 
 class GeometricMedian(BaseStrategy):
     """The geometric median ``argmin_v sum_i ||x_i - v||`` by Weiszfeld's iteration (unweighted):
@@ -237,6 +311,15 @@ class GeometricMedian(BaseStrategy):
         self.eps = a.number("eps", 1e-10, low=0.0, low_open=True)
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        return self._weiszfeld(batch)[0]
+
+    def attribute_batch(self, batch: Batch, seed: int) -> np.ndarray:
+        """The result is ``sum_i a_i x_i``, ``a_i = inv_i / sum inv`` of the last step: row i, ``a_i x_i``."""
+        inv = self._weiszfeld(batch)[1]
+        return batch.matrix * (np.array(inv) / math.fsum(inv))[:, None]
+
+    def _weiszfeld(self, batch: Batch) -> tuple[np.ndarray, list[float]]:
+        """The merge, and the inverse distances of the step that gave it (every step runs at least once)."""
         n, x = batch.n, batch.matrix
         v = rowsum(x) / n
         for _ in range(self.iterations):
@@ -246,4 +329,4 @@ class GeometricMedian(BaseStrategy):
             if np.array_equal(new, v):
                 break
             v = new
-        return v
+        return v, inv

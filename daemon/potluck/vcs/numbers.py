@@ -7,7 +7,8 @@ a parent not held here, or a zero change). Per parameter group of the manifest (
 its first matching rule's group, named by the rule's pattern, or in "other"), the same sums: ``changed``,
 ``l2`` over the group and ``relative`` to the group's ||A||.
 
-blame, for a weighted-mean run: in round r the merge adds, before the one cast to each tensor's dtype,
+blame: round r moved the model by outer_lr * D_r, split into one term per merged update. For a
+weighted-mean run, in round r the merge adds, before the one cast to each tensor's dtype,
 ``outer_lr * QUANTUM * q_u / W_r`` for each update u, where ``q_u = round(w_u * delta_u / QUANTUM)`` are
 the integers the fixed point sums (rounds/fixedpoint.py) and ``W_r`` the commit's total weight. So an
 author's movement m_a of a tensor over a range is the sum of those terms of its updates, and the
@@ -16,7 +17,10 @@ m_a is non-zero) and ``share`` = <m_a, M> / ||M||^2: the shares of a tensor add 
 whose moves were undone by others' ends near 0 (or negative). A revert merged in round r (vcs/revert.py)
 added minus the reverted update's term, with that update's weight and round total: blame counts it
 against the reverted update's author, so that author's movement over a range holding both is back to the
-float casts of the rounds between (about an ulp an entry a round).
+float casts of the rounds between (about an ulp an entry a round). Any other strategy: the terms of
+merge/attribution.py (the strategy's exact decomposition, else the projection rule), times outer_lr
+(:func:`attributed_steps`); what no update accounts for is counted apart (``unattributed``) and is part
+of M, so the authors' shares then add up to 1 minus its share.
 """
 
 from __future__ import annotations
@@ -28,10 +32,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from potluck.groups import GroupRules
+from potluck.merge import Strategy
+from potluck.merge.attribution import attribute
 from potluck.rounds.fixedpoint import QUANTUM, Layout, contribution
 from potluck.updates.codec import SignedUpdate
 
-__all__ = ["OTHER_GROUP", "BlameRound", "blame", "diff", "group_of", "group_summary", "merged_step", "select"]
+__all__ = [
+    "OTHER_GROUP",
+    "BlameRound",
+    "attributed_steps",
+    "blame",
+    "diff",
+    "group_of",
+    "group_summary",
+    "merged_step",
+    "select",
+]
 
 
 def select(names: Iterable[str], pattern: str | None) -> list[str]:
@@ -117,6 +133,33 @@ class BlameRound:
     missing: Sequence[str] = field(default_factory=tuple)  # listed update ids not held here
     # the updates this round's reverts took out: (their author, weight, their round's total, update)
     reverted: Sequence[tuple[str, int, int, SignedUpdate]] = field(default_factory=tuple)
+    # another strategy than the weighted mean: [(author, {tensor: float64 flat step})] from
+    # :func:`attributed_steps` (author None: what no update accounts for); ``merged`` is then not used
+    steps: Sequence[tuple[str | None, Mapping[str, np.ndarray]]] | None = None
+    rule: str = "fixed_point"  # how the steps were attributed
+
+
+def attributed_steps(
+    strategy: Strategy, merged: Sequence[tuple[str, int, SignedUpdate]], seed: int, outer_lr: float
+) -> tuple[list[tuple[str | None, dict[str, np.ndarray]]], str]:
+    """Each update's ``outer_lr * t_u`` of a round merged by ``strategy`` (merge/attribution.py: its exact
+    rule, or the projection rule), flat float64 per tensor, and the rule's name; the updates of weight 0
+    are left out, as the merge left them out."""
+    counted = [(a, w, u) for a, w, u in merged if w > 0]
+    if not counted:
+        return [], "none"
+    got = attribute(strategy, [u for _, _, u in counted], [float(w) for _, w, _ in counted], seed)
+    steps: list[tuple[str | None, dict[str, np.ndarray]]] = [
+        (a, {name: outer_lr * np.asarray(t, dtype=np.float64).reshape(-1) for name, t in terms.items()})
+        for (a, _, _), terms in zip(counted, got.terms, strict=True)
+    ]
+    if got.unattributed:
+        left = {
+            name: outer_lr * np.asarray(t, dtype=np.float64).reshape(-1)
+            for name, t in got.unattributed.items()
+        }
+        steps.append((None, left))
+    return steps, got.rule
 
 
 def merged_step(
@@ -152,9 +195,19 @@ def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern
     slots = {s.name: s for s in layout.slots if s.name in names}
     moved: dict[str, dict[str, np.ndarray]] = {}  # author -> tensor -> movement
     counts: dict[tuple[str, str], int] = {}  # (author, tensor) -> updates that touched it
-    seen = []
+    seen, rules = [], set()
     for r in rounds:
         seen.append(r.round)
+        rules.add(r.rule)
+        if r.steps is not None:
+            for author, steps in r.steps:
+                mine = moved.setdefault(author, {})
+                for name, step in steps.items():
+                    if name not in slots or not np.any(step):
+                        continue
+                    mine[name] = mine[name] + step if name in mine else step.copy()
+                    counts[author, name] = counts.get((author, name), 0) + 1
+            continue
         terms = [(a, w, signed, r.total_weight, 1) for a, w, signed in r.merged]
         terms += [(a, w, signed, total, -1) for a, w, total, signed in r.reverted]
         for author, weight, signed, total_weight, sign in terms:
@@ -173,6 +226,7 @@ def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern
         authors = {a: m[name] for a, m in moved.items() if name in m}
         total = sum(authors.values()) if authors else np.zeros(slots[name].size)
         total_sq = float(np.dot(total, total))
+        left = authors.pop(None, None)  # what no update accounts for (the projection rule's remainder)
         rows = [
             {
                 "author": a, "l2": float(np.linalg.norm(m)), "entries": int(np.count_nonzero(m)),
@@ -182,5 +236,11 @@ def blame(layout: Layout, rounds: Iterable[BlameRound], outer_lr: float, pattern
             for a, m in authors.items()
         ]  # fmt: skip
         rows.sort(key=lambda row: (-row["l2"], row["author"]))
-        tensors.append({"name": name, "l2": float(np.sqrt(total_sq)), "authors": rows})
-    return {"rounds": seen, "tensors": tensors}
+        unattributed = None if left is None else {
+            "l2": float(np.linalg.norm(left)),
+            "share": float(np.dot(left, total)) / total_sq if total_sq > 0 else None,
+        }  # fmt: skip
+        tensors.append(
+            {"name": name, "l2": float(np.sqrt(total_sq)), "authors": rows, "unattributed": unattributed}
+        )
+    return {"rounds": seen, "tensors": tensors, "attribution": sorted(rules)}
