@@ -12,7 +12,6 @@ import pytest
 from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import NodeIdentity
 from potluck.manifest import Manifest
-from potluck.merge import DEFAULT_STRATEGY, get_strategy
 from potluck.rounds.commit import Commit, sign_commit
 from potluck.rounds.fixedpoint import Layout
 from potluck.rounds.merging import merge_round, round_seed
@@ -21,6 +20,7 @@ from potluck.store.history import HISTORY_FILE, History
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import VersionStore, load_state
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
+from potluck.vcs.repo import merge_strategy
 
 
 @dataclass
@@ -70,8 +70,7 @@ def build_history(
     state = {k: np.asarray(v) for k, v in genesis.items()}
     base = versions.put(state)
     layout = Layout.from_state(state)
-    mean = manifest.strategy == DEFAULT_STRATEGY
-    strategy = None if mean else get_strategy(manifest.strategy, manifest.strategy_args)
+    strategy = merge_strategy(manifest)  # as the engine picks it (per-group strategies too)
     built = Built(data_dir, manifest, [base], [], authors)
     with History(data_dir / HISTORY_FILE, versions) as history:
         for r in range(rounds):

@@ -170,6 +170,24 @@ def test_a_median_run_verifies_and_blame_attributes_the_middle_values(tmp_path, 
     assert "attributed by: exact" in text
 
 
+def test_a_run_with_per_group_strategies_verifies_and_blame_attributes_each_group(tmp_path, capsys) -> None:
+    """l2.* merged by coordinate_median (two deltas: lr * delta / 2 each), the rest by the weighted mean,
+    as the engine merges them (merge/grouped.py); verify recomputes the same per-group merge."""
+    b = build_history(tmp_path, rounds=2, groups=["l2.*:strategy=coordinate_median"])
+    dd = str(b.data_dir)
+    assert _json(capsys, "verify", "--data-dir", dd)["ok"]
+    d = _json(capsys, "blame", "--tensor", "l2.*", "--data-dir", dd)
+    assert d["attribution"] == ["grouped: coordinate_median exact, weighted_mean exact"]
+    [t] = [t for t in d["tensors"] if t["authors"]]
+    expected = {
+        a.node_id: b.manifest.outer_lr * sum(_deltas(b, r)[a.node_id][t["name"]] for r in (0, 1)) / 2
+        for a in b.authors
+    }
+    assert {a["author"]: a["l2"] for a in t["authors"]} == pytest.approx(
+        {a: np.linalg.norm(m) for a, m in expected.items()}, rel=1e-9
+    )
+
+
 def test_a_strategy_with_no_exact_rule_is_attributed_by_projection(tmp_path, capsys) -> None:
     """A third-party strategy (the first delta in canonical order, tests/merge/custom_strategy.py): each
     update's share of the merged delta D is its projection's, <x_u, D> / sum_v <x_v, D>, per tensor."""

@@ -246,20 +246,15 @@ def format_diff(d: dict[str, Any]) -> str:
 
 
 def cmd_blame(args: argparse.Namespace) -> int:
-    from potluck.merge import DEFAULT_STRATEGY, StrategyError, run_strategy
     from potluck.rounds.fixedpoint import Layout
     from potluck.rounds.merging import round_seed
     from potluck.vcs import revert
     from potluck.vcs.numbers import BlameRound, attributed_steps, blame
+    from potluck.vcs.repo import merge_strategy
 
     with open_repo(args) as repo:
         m = repo.need_manifest()
-        strategy = None
-        if m.strategy != DEFAULT_STRATEGY or m.group_rules.split_strategies(m.strategy):
-            try:  # what the engine merges with (engine/loop.py)
-                strategy = run_strategy(m.strategy, m.strategy_args, m.group_rules)
-            except StrategyError as e:
-                raise ConfigError(f"the run's merge strategy {m.strategy!r}: {e}") from None
+        strategy = merge_strategy(m)  # None: the weighted mean's fixed-point terms
         start, end = repo.resolve(args.start), repo.resolve(args.end)
         lo, hi = repo.round_of(start), repo.round_of(end)
         lo = -1 if lo is None else lo

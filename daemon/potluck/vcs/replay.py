@@ -11,7 +11,8 @@ the version the commit names, what failed); nothing after it is checked:
    values, norm), with one validator for the whole replay so an
    update merged twice or a sequence number reused across rounds fails too; its authors are the
    commit's contributors;
-4. the merge recomputed from those updates with the manifest's strategy, weights (probation counted in
+4. the merge recomputed from those updates with the manifest's strategy (per group where the groups name
+   others, as the engine merges: repo.merge_strategy), weights (probation counted in
    the history), round seed and the step of its reverts (vcs/revert.py), onto the replayed previous
    version, gives the total weight and the version hash the commit names (bit for bit: the hash covers
    every byte);
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from potluck.hashing import tensor_hashes, version_hash
-from potluck.merge import DEFAULT_STRATEGY, Strategy, StrategyError, get_strategy
+from potluck.merge import Strategy
 from potluck.rounds.commit import Commit
 from potluck.rounds.fixedpoint import Layout
 from potluck.rounds.merging import merge_round, round_seed
@@ -40,7 +41,7 @@ from potluck.updates.codec import parse_update
 from potluck.updates.reasons import UpdateRejected
 from potluck.updates.validation import UpdateValidator
 from potluck.vcs import revert
-from potluck.vcs.repo import HistoryRepo, RepoError
+from potluck.vcs.repo import HistoryRepo, merge_strategy
 
 __all__ = ["Divergence", "verify"]
 
@@ -61,12 +62,7 @@ def verify(
     manifest = repo.need_manifest()
     report: dict[str, Any] = {"ok": True, "run_id": manifest.run_id, "from": start or manifest.genesis,
                               "rounds": 0, "signatures": 0, "updates": 0}  # fmt: skip
-    try:
-        strategy = None if manifest.strategy == DEFAULT_STRATEGY else get_strategy(
-            manifest.strategy, manifest.strategy_args
-        )  # fmt: skip
-    except StrategyError as e:
-        raise RepoError(f"the run's merge strategy {manifest.strategy!r}: {e}") from None
+    strategy = merge_strategy(manifest)  # per-group strategies too, as the engine merges
     base = start or manifest.genesis
     committed_in = repo.round_of(base) if start else None
     start_round = -1 if committed_in is None else committed_in  # the genesis: before round 0

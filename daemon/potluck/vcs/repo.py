@@ -19,6 +19,7 @@ import numpy as np
 from potluck.defence import probation
 from potluck.errors import ConfigError
 from potluck.manifest import Manifest
+from potluck.merge import DEFAULT_STRATEGY, Strategy, StrategyError, run_strategy
 from potluck.rounds.commit import Commit
 from potluck.runfiles import cached_manifest
 from potluck.store.history import HISTORY_FILE, History
@@ -27,7 +28,7 @@ from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
 from potluck.updates.codec import SignedUpdate, decode_update
 from potluck.updates.reasons import UpdateRejected
 
-__all__ = ["MIN_PREFIX", "HistoryRepo", "MergedUpdate", "RepoError", "merge_weight"]
+__all__ = ["MIN_PREFIX", "HistoryRepo", "MergedUpdate", "RepoError", "merge_strategy", "merge_weight"]
 
 MIN_PREFIX = 6  # hex digits: shorter, a prefix would silently pick whichever hash starts with it
 
@@ -56,6 +57,20 @@ def merge_weight(manifest: Manifest, author: str, sample_count: int, seniority: 
     ``seniority`` (author -> committed rounds before that round listing it): 0 while on probation."""
     senior = probation.is_senior(seniority.get(author, 0), manifest.probation_rounds)
     return probation.update_weight(manifest, sample_count, senior)
+
+
+def merge_strategy(manifest: Manifest) -> Strategy | None:
+    """What the run's rounds merge with, as engine/loop.py picks it: None for the weighted mean (its fixed
+    point, rounds/merging.py), else ``run_strategy`` (per-group strategies when the groups name others);
+    :class:`RepoError` in one line for a strategy this install cannot load."""
+    try:
+        strategy = run_strategy(manifest.strategy, manifest.strategy_args, manifest.group_rules)
+    except StrategyError as e:
+        raise RepoError(f"the run's merge strategy {manifest.strategy!r}: {e}") from None
+    mean = manifest.strategy == DEFAULT_STRATEGY and not manifest.group_rules.split_strategies(
+        manifest.strategy
+    )
+    return None if mean else strategy
 
 
 class HistoryRepo:
