@@ -114,6 +114,7 @@ class ModuleExchange:
         self.fetched = 0
         self.bad_holder_fetches = 0
         self._news, self._changed = asyncio.Event(), asyncio.Event()
+        self._scanning = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         bulletin.on_post(lambda key: self._news.set() if key == self._key else None)
 
@@ -161,7 +162,8 @@ class ModuleExchange:
 
     async def rescan(self) -> None:
         """Read the kept modules again if their files changed; a changed set is announced at once."""
-        found = await asyncio.to_thread(self._read_if_changed)
+        async with self._scanning:  # one at a time: two would both sign a first claim
+            found = await asyncio.to_thread(self._read_if_changed)
         if found is None:
             return
         files, kept, claims = found
