@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from potluck.exchange.modules import trunk_of
 from potluck.identity import NodeIdentity
 from potluck.localswarm import wait_for
 from potluck.modules.record import Module, module_id, sign_module
@@ -17,8 +18,6 @@ from tests.support.attacks import run_module_peddler
 from tests.support.cli import potluck
 from tests.support.spawned import run_spawned
 from tests.support.swarm import connected_swarm
-
-pytestmark = pytest.mark.multiprocess
 
 SMALL = {"n_layer": 1, "n_head": 2, "d_model": 32, "context": 32, "eval_bytes": 1024}
 TRAIN = ("--shard", "poetry", "--steps", "2", "--gate-steps", "5", "--rank", "2")
@@ -47,6 +46,15 @@ def swarm(tmp_path_factory):
         yield swarm, run
 
 
+def test_only_runs_whose_task_takes_modules_carry_them(tmp_path):
+    lm = write_run(tmp_path / "lm.toml", "lm", task_args=SMALL).manifest
+    trunk = trunk_of(lm)
+    assert trunk is not None and trunk.run_id == lm.run_id and trunk.gate_dim == 32
+    assert trunk.shapes["transformer.h.0.attn.c_attn.weight"] == (32, 96) and trunk.max_rank == lm.max_rank
+    assert trunk_of(write_run(tmp_path / "toy.toml", "toy").manifest) is None
+
+
+@pytest.mark.multiprocess
 def test_a_module_published_on_a_running_node_reaches_its_peer(swarm):
     nodes, run = swarm
     a, b = nodes.nodes
@@ -65,6 +73,7 @@ def test_a_module_published_on_a_running_node_reaches_its_peer(swarm):
     assert "1 kept, 1 fetched; refused: none" in potluck("status", "--data-dir", str(b.data_dir)).stdout
 
 
+@pytest.mark.multiprocess
 def test_bad_records_offered_by_a_peer_are_refused_and_counted(swarm, tmp_path):
     nodes, run = swarm
     a, b = nodes.nodes

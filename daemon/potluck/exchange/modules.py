@@ -187,6 +187,8 @@ class ModuleExchange:
             assert k is not None
             m = k.module
             size = next((f[2] for f in files if f[0] == f"{name}{SUFFIX}"), 0)
+            if m.run_id != self._trunk.run_id or not size:  # another run's, or not in <name>.module
+                continue
             kept[k.module_id] = Kept(m.name, m.author, m.version, size)
             claim = self._store.claim(name)
             if claim is not None and not self._claims_for(claim, m):  # damaged, or another author's
@@ -345,7 +347,8 @@ class ModuleExchange:
                 logger.info(f"module {m.name} v{m.version} by {node_id_of(m.author)[:12]} {status} "
                             f"(id {uid[:12]}, {len(data)} B, from {holder})")  # fmt: skip
                 own_claim = self._claims.get(m.name, {}).get(m.author)
-                if own_claim is not None and self._store.claim(m.name) is None:
+                kept_claim = self._store.claim(m.name)
+                if own_claim is not None and (kept_claim is None or not self._claims_for(kept_claim, m)):
                     await asyncio.to_thread(self._store.put_claim, m.name, own_claim[1])
                 await self.rescan()
                 return
