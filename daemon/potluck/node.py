@@ -21,6 +21,7 @@ from potluck.defence.bans import BanRegistry, BanStoreError
 from potluck.defence.service import DefenceService
 from potluck.engine import RoundEngine
 from potluck.errors import ConfigError
+from potluck.exchange.modules import ModuleExchange
 from potluck.exchange.service import UpdateExchange
 from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService
@@ -80,6 +81,7 @@ class Node:
         self.membership: Membership | None = None
         self.bulletin: Bulletin | None = None
         self.exchange: UpdateExchange | None = None
+        self.modules: ModuleExchange | None = None  # the module library over the swarm
         self.state_service: StateService | None = None
         self.engine: RoundEngine | None = None
         self.history: History | None = None
@@ -211,6 +213,9 @@ class Node:
             except StrategyError as e:
                 raise ConfigError(f"the run's merge strategy {self.manifest.strategy!r}: {e}") from None
             self.engine.start()
+            self.modules = await ModuleExchange.started(
+                self.host, self.identity, self.manifest, self.data_dir, self.bulletin, self._addresses_of
+            )
 
     async def _join_run(self) -> None:
         """Fetch the manifest of ``self.run`` from its peers (checked against the run id), then start."""
@@ -364,16 +369,10 @@ class Node:
         if self.rpc is not None:
             with contextlib.suppress(Exception):
                 await self.rpc.stop()
-        if self.defence is not None:
-            await self.defence.stop()
-        if self.exchange is not None:
-            await self.exchange.stop()
-        if self.bulletin is not None:
-            await self.bulletin.stop()
-        if self.membership is not None:
-            await self.membership.stop()
-        if self.state_service is not None:
-            await self.state_service.stop()
+        for part in (self.defence, self.modules, self.exchange, self.bulletin, self.membership,
+                     self.state_service):  # fmt: skip
+            if part is not None:
+                await part.stop()
         if self.host is not None:
             await self.host.stop()
         self._lock.release()

@@ -34,6 +34,7 @@ def _node(engine=None) -> SimpleNamespace:
         ),
         membership=SimpleNamespace(peers=lambda: [], ttl_s=30.0),
         exchange=None,
+        modules=None,
         state_service=None,
         engine=engine,
         defence=None,

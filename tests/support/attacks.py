@@ -26,6 +26,22 @@ def nested_dictionary_value(levels: int) -> bytes:
     return payload
 
 
+async def _join(bootstrap: str, workdir):
+    """``(identity, p2p, dht)`` of a bare peer (its key in ``workdir``) that dialled ``bootstrap``."""
+    from hivemind.dht import DHT
+    from hivemind.p2p import P2P, PeerID
+    from hivemind.utils.multiaddr import Multiaddr
+
+    from potluck.identity import P2P_KEY_FILE, load_or_create
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    identity = load_or_create(workdir)
+    p2p = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], identity_path=str(workdir / P2P_KEY_FILE))
+    target = Multiaddr(bootstrap)
+    await p2p._client.connect(PeerID.from_base58(target["p2p"]), [Multiaddr(bootstrap.split("/p2p/")[0])])
+    return identity, p2p, DHT(p2p=p2p, initial_peers=[bootstrap], start=True)
+
+
 async def lying_holder(
     bootstrap: str, run: str, announced: str, round_: int, author: bytes, served: bytes, workdir, done
 ) -> None:
@@ -37,22 +53,13 @@ async def lying_holder(
     import asyncio
     import time
 
-    from hivemind.dht import DHT
-    from hivemind.p2p import P2P, PeerID
     from hivemind.utils import get_dht_time
-    from hivemind.utils.multiaddr import Multiaddr
 
     from potluck.exchange.announcements import Announcement, updates_key
     from potluck.exchange.service import HANDLER
-    from potluck.identity import P2P_KEY_FILE, load_or_create
     from potluck.v1 import exchange_pb2
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    identity = load_or_create(workdir)
-    p2p = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], identity_path=str(workdir / P2P_KEY_FILE))
-    target = Multiaddr(bootstrap)
-    await p2p._client.connect(PeerID.from_base58(target["p2p"]), [Multiaddr(bootstrap.split("/p2p/")[0])])
-    dht = DHT(p2p=p2p, initial_peers=[bootstrap], start=True)
+    identity, p2p, dht = await _join(bootstrap, workdir)
 
     async def serve(request, context):
         yield exchange_pb2.UpdateChunk(total_size=len(served), data=served)
@@ -267,3 +274,61 @@ def store_values(bootstrap: str, key: str, items: list[tuple[bytes, bytes]], ttl
         ]
     finally:
         attacker.shutdown()
+
+
+async def module_peddler(bootstrap: str, run: str, offers: list, workdir, done) -> None:
+    """A peer that announces modules and serves bytes for them, until ``done()``. ``offers``: tuples
+    ``(announced id, name, author, served bytes)``; the bytes may be a forged record (its own id
+    announced, so only the record checks catch it) or another record's (only the id check does).
+
+    It speaks the real protocol (its own identity, signed announcements in the DHT, our handler)."""
+    import asyncio
+    import time
+
+    from hivemind.utils import get_dht_time
+
+    from potluck.exchange.modules import HANDLER
+    from potluck.modules.announce import ModuleAnnouncement, modules_key
+    from potluck.v1 import exchange_pb2
+
+    identity, p2p, dht = await _join(bootstrap, workdir)
+    served = {bytes.fromhex(uid): data for uid, _, _, data in offers}
+
+    async def serve(request, context):
+        data = served.get(request.module_id, b"")
+        yield exchange_pb2.UpdateChunk(total_size=len(data), data=data)
+
+    await p2p.add_protobuf_handler(HANDLER, serve, exchange_pb2.ModuleRequest, stream_output=True)
+    try:
+        for uid, name, author, data in offers:
+            a = ModuleAnnouncement(uid, name, author, 1, len(data), (identity.peer_id,), identity.public_key,
+                                   time.time())  # fmt: skip
+            await dht.store(modules_key(run), a.sign(identity), get_dht_time() + 60, subkey=uid.encode(),
+                            return_future=True)  # fmt: skip
+        while not await asyncio.to_thread(done):
+            await asyncio.sleep(0.5)
+    finally:
+        dht.shutdown()
+        await p2p.shutdown()
+
+
+def run_module_peddler(
+    bootstrap: str, run: str, offers: list, workdir, victim_rpc: str, refused: int
+) -> None:
+    """:func:`module_peddler` until the victim (control API ``victim_rpc``) has refused ``refused``
+    module records in all and counted a holder that served the wrong bytes, if any offer is such.
+    Run it with support.spawned.run_spawned."""
+    import asyncio
+    import hashlib
+
+    lying = any(hashlib.sha256(data).hexdigest() != uid for uid, _, _, data in offers)
+    done = functools.partial(_modules_refused, victim_rpc, refused, lying)
+    asyncio.run(module_peddler(bootstrap, run, offers, workdir, done))
+
+
+def _modules_refused(rpc_address: str, count: int, bad_holder: bool) -> bool:
+    from potluck.rpc.client import ControlClient
+
+    with ControlClient(rpc_address, timeout=5.0) as client:
+        m = client.status().modules
+    return sum(m.refused.values()) >= count and (m.bad_holder_fetches > 0 or not bad_holder)

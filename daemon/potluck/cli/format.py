@@ -78,6 +78,7 @@ def format_status(s: dict[str, Any], metric: tuple[str, bool] = ("accuracy", Tru
             "rejected upd",
             " ".join(f"{k}={v}" for k, v in sorted(s["rejected_updates"].items()) if v) or "none",
         ),
+        *_module_rows(s.get("modules")),
         ("rejected rec", rejected),
         *_defence_rows(s.get("defence")),
         ("dht restarts", str(s["dht_restarts"])),
@@ -86,6 +87,14 @@ def format_status(s: dict[str, Any], metric: tuple[str, bool] = ("accuracy", Tru
     ]
     rows += [("address" if i == 0 else "", a) for i, a in enumerate(s["addrs"] or ["-"])]
     return "\n".join(f"{k:<13} {v}" for k, v in rows)
+
+
+def _module_rows(m: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The module library's traffic (a run whose task takes modules)."""
+    if not m or not (m["kept"] or m["fetched"] or any(m["refused"].values())):
+        return []
+    refused = " ".join(f"{k}={v}" for k, v in sorted(m["refused"].items()) if v) or "none"
+    return [("modules", f"{m['kept']} kept, {m['fetched']} fetched; refused: {refused}")]
 
 
 def _score_rows(s: dict[str, Any], metric: tuple[str, bool]) -> list[tuple[str, str]]:

@@ -3,8 +3,12 @@ total size (0: "I don't have it"), every chunk at most 1 MiB, the receiver bound
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
+from google.protobuf.message import Message
+from hivemind.p2p import PeerID
+
+from potluck.swarm.host import SwarmHost
 from potluck.v1 import exchange_pb2
 
 CHUNK_BYTES = 1 << 20  # below p2pd's 2 MiB message limit, with room for framing
@@ -50,3 +54,16 @@ async def received(stream: AsyncIterator[exchange_pb2.UpdateChunk], limit: int) 
     if total is None or len(buffer) != total:
         raise BadStream("truncated")
     return bytes(buffer)
+
+
+async def download_from(
+    host: SwarmHost, holder: str, addrs: Sequence[str], handler: str, request: Message, limit: int
+) -> bytes:
+    """The payload ``holder`` streams from ``handler`` for ``request``, unchecked, at most ``limit`` bytes
+    (NotHeld, BadStream as :func:`received`). ``addrs``: the holder's multiaddrs, from its peer record:
+    p2pd may not know where it is yet."""
+    peer = PeerID.from_base58(holder)
+    if addrs:
+        await host.connect(peer, addrs)
+    stream = await host.p2p.iterate_protobuf_handler(peer, handler, request, exchange_pb2.UpdateChunk)
+    return await received(stream, limit)

@@ -18,10 +18,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from hivemind.p2p import PeerID
-
 from potluck.exchange.announcements import Announcement, BadAnnouncement, updates_key
-from potluck.exchange.chunks import BadStream, NotHeld, received
+from potluck.exchange.chunks import BadStream, NotHeld, download_from
 from potluck.identity import NodeIdentity
 from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.host import SwarmHost
@@ -257,15 +255,9 @@ class Fetcher:
 
     async def download(self, holder: str, update_id: str, limit: int) -> bytes:
         """The bytes ``holder`` serves for ``update_id`` over GetUpdate, unchecked (at most ``limit``)."""
-        peer = PeerID.from_base58(holder)
-        addrs = self._addresses_of(holder)
-        if addrs:  # p2pd may not know where a holder is yet: tell it, from the holder's peer record
-            await self._host.connect(peer, addrs)
         request = exchange_pb2.UpdateRequest(update_id=bytes.fromhex(update_id))
-        stream = await self._host.p2p.iterate_protobuf_handler(
-            peer, HANDLER, request, exchange_pb2.UpdateChunk
-        )
         try:
-            return await received(stream, limit)
+            addrs = self._addresses_of(holder)
+            return await download_from(self._host, holder, addrs, HANDLER, request, limit)
         except (NotHeld, BadStream) as e:
             raise FetchFailed(f"holder {holder[:16]}: {e}") from None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from potluck import AGENT
 from potluck.defence.service import DefenceService
+from potluck.exchange.modules import ModuleExchange
 from potluck.exchange.service import UpdateExchange
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity, node_id_of
@@ -34,6 +35,7 @@ class NodeParts(Protocol):
     host: SwarmHost | None
     membership: Membership | None
     exchange: UpdateExchange | None
+    modules: ModuleExchange | None
     state_service: StateService | None
     engine: RoundEngine | None
     defence: DefenceService | None
@@ -76,6 +78,8 @@ def status(node: NodeParts) -> control_pb2.GetStatusResponse:
     fields["traffic"] = _traffic(node.host)
     if node.state_service is not None:
         fields["sync"] = _sync(node.state_service)
+    if node.modules is not None:
+        fields["modules"] = control_pb2.Modules(**node.modules.status_fields())
     return control_pb2.GetStatusResponse(**fields)
 
 

@@ -46,7 +46,7 @@ DIRECT = "sync_direct"
 _KEY_KINDS = (
     ("/peers", "records"), ("/updates/", "announcements"), ("/entries", "entries"),
     ("/commits/", "commits"), ("/evidence/", "defence"), ("/faults", "aggregation"),
-    ("/declared", "declarations"),
+    ("/declared", "declarations"), ("/modules", "announcements"),
 )  # fmt: skip
 POST_HANDLER = "potluck.v1.Post"  # swarm/bulletin.py: a record pushed beside its DHT copy, kind by key
 _HANDLER_KINDS = {
@@ -55,6 +55,7 @@ _HANDLER_KINDS = {
     "potluck.v1.GetSlice": "aggregation",
     "potluck.v1.GetTensor": "sync",
     "potluck.v1.GetManifest": "sync",
+    "potluck.v1.GetModule": "update_transfer",
 }
 STREAM_FRAMING = 9  # hivemind's marker byte and 8-byte length before each stream message
 MAX_KNOWN_KEYS = 4096

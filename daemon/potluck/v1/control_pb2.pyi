@@ -11,7 +11,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "collecting_deadline", "attempts", "failed_attempts", "commits", "version_age_s", "aggregation", "defence", "traffic", "sync")
+    __slots__ = ("node_id", "peer_id", "run", "agent_version", "listen_addrs", "addrs", "uptime_s", "peers", "role", "round", "phase", "model_version", "rejected_records", "dht_restarts", "bootstrap", "rpc_address", "record_ttl_s", "accepted_updates", "held_updates", "rejected_updates", "bad_holder_fetches", "fetched_updates", "base_version", "run_id", "version", "deadline", "participants", "committed_round", "abandoned_rounds", "round_error", "bad_tensors", "fork_switches", "accuracy", "published_updates", "published_bytes", "collecting_deadline", "attempts", "failed_attempts", "commits", "version_age_s", "aggregation", "defence", "traffic", "sync", "modules")
     class RejectedRecordsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class GetStatusResponse(_message.Message):
     DEFENCE_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     run: str
@@ -114,7 +115,27 @@ class GetStatusResponse(_message.Message):
     defence: Defence
     traffic: Traffic
     sync: Sync
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., collecting_deadline: _Optional[float] = ..., attempts: _Optional[int] = ..., failed_attempts: _Optional[int] = ..., commits: _Optional[int] = ..., version_age_s: _Optional[float] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ..., defence: _Optional[_Union[Defence, _Mapping]] = ..., traffic: _Optional[_Union[Traffic, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ...) -> None: ...
+    modules: Modules
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., run: _Optional[str] = ..., agent_version: _Optional[str] = ..., listen_addrs: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., uptime_s: _Optional[float] = ..., peers: _Optional[int] = ..., role: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[str] = ..., rejected_records: _Optional[_Mapping[str, int]] = ..., dht_restarts: _Optional[int] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., rpc_address: _Optional[str] = ..., record_ttl_s: _Optional[float] = ..., accepted_updates: _Optional[int] = ..., held_updates: _Optional[int] = ..., rejected_updates: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ..., fetched_updates: _Optional[int] = ..., base_version: _Optional[str] = ..., run_id: _Optional[str] = ..., version: _Optional[str] = ..., deadline: _Optional[float] = ..., participants: _Optional[_Iterable[str]] = ..., committed_round: _Optional[int] = ..., abandoned_rounds: _Optional[int] = ..., round_error: _Optional[str] = ..., bad_tensors: _Optional[int] = ..., fork_switches: _Optional[int] = ..., accuracy: _Optional[float] = ..., published_updates: _Optional[int] = ..., published_bytes: _Optional[int] = ..., collecting_deadline: _Optional[float] = ..., attempts: _Optional[int] = ..., failed_attempts: _Optional[int] = ..., commits: _Optional[int] = ..., version_age_s: _Optional[float] = ..., aggregation: _Optional[_Union[Aggregation, _Mapping]] = ..., defence: _Optional[_Union[Defence, _Mapping]] = ..., traffic: _Optional[_Union[Traffic, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ..., modules: _Optional[_Union[Modules, _Mapping]] = ...) -> None: ...
+
+class Modules(_message.Message):
+    __slots__ = ("kept", "fetched", "refused", "bad_holder_fetches")
+    class RefusedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    BAD_HOLDER_FETCHES_FIELD_NUMBER: _ClassVar[int]
+    kept: int
+    fetched: int
+    refused: _containers.ScalarMap[str, int]
+    bad_holder_fetches: int
+    def __init__(self, kept: _Optional[int] = ..., fetched: _Optional[int] = ..., refused: _Optional[_Mapping[str, int]] = ..., bad_holder_fetches: _Optional[int] = ...) -> None: ...
 
 class Sync(_message.Message):
     __slots__ = ("version", "started", "bytes", "target_bytes", "downloaded_bytes", "tensors_reused")

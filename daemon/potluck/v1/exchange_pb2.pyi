@@ -108,6 +108,12 @@ class SliceRequest(_message.Message):
     attempt: int
     def __init__(self, run_id: _Optional[bytes] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
+class ModuleRequest(_message.Message):
+    __slots__ = ("module_id",)
+    MODULE_ID_FIELD_NUMBER: _ClassVar[int]
+    module_id: bytes
+    def __init__(self, module_id: _Optional[bytes] = ...) -> None: ...
+
 class Post(_message.Message):
     __slots__ = ("key", "subkey", "value", "expiration")
     KEY_FIELD_NUMBER: _ClassVar[int]
