@@ -205,6 +205,23 @@ class History:
             ).fetchall()
         return [CommitSignature(node, bytes(sig)) for node, sig in rows]
 
+    def made(self, version: str) -> tuple[Commit, list[CommitSignature]] | None:
+        """The recorded commit whose version is ``version``, with its stored signatures (None: none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT round FROM commits WHERE version = ? LIMIT 1", (version,)
+            ).fetchone()
+        commit = self.get(row[0]) if row is not None else None
+        return (commit, self.signatures(commit.round)) if commit is not None else None
+
+    def parent_of(self, version: str) -> str | None:
+        """The parent of the recorded commit that made ``version`` (None: no such commit here)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT parent FROM commits WHERE version = ? LIMIT 1", (version,)
+            ).fetchone()
+        return row[0] if row is not None else None
+
     def has_version(self, version: str) -> bool:
         """Whether a recorded commit produced ``version``."""
         with self._lock:

@@ -11,8 +11,10 @@ the version the commit names, what failed); nothing after it is checked:
    values, norm), with one validator for the whole replay so an
    update merged twice or a sequence number reused across rounds fails too; its authors are the
    commit's contributors;
-4. the merge recomputed from those updates with the manifest's strategy, weights (probation counted in
-   the history), round seed and the step of its reverts (vcs/revert.py), onto the replayed previous
+4. the merge recomputed from those updates with the manifest's strategy (per parameter group where the
+   groups pick their own), weights (probation counted in the history), round seed, the step of its
+   reverts (vcs/revert.py) and, for a history-aware strategy, the merged steps of the commits before it
+   (from the replayed versions; before ``start``, from the stored ones), onto the replayed previous
    version, gives the total weight and the version hash the commit names (bit for bit: the hash covers
    every byte);
 5. the version file stored for it, if any, hashes to its name.
@@ -30,10 +32,18 @@ from typing import Any
 import numpy as np
 
 from potluck.hashing import tensor_hashes, version_hash
-from potluck.merge import DEFAULT_STRATEGY, Strategy, StrategyError, get_strategy
+from potluck.merge import StrategyError
 from potluck.rounds.commit import Commit
 from potluck.rounds.fixedpoint import Layout
-from potluck.rounds.merging import merge_round, round_seed
+from potluck.rounds.merging import (
+    HistoryGap,
+    RunMerge,
+    history_chain,
+    history_steps,
+    merge_round,
+    round_seed,
+    run_merge,
+)
 from potluck.runfiles import run_context
 from potluck.store.versions import CorruptVersion, VersionNotFound
 from potluck.updates.codec import parse_update
@@ -62,9 +72,7 @@ def verify(
     report: dict[str, Any] = {"ok": True, "run_id": manifest.run_id, "from": start or manifest.genesis,
                               "rounds": 0, "signatures": 0, "updates": 0}  # fmt: skip
     try:
-        strategy = None if manifest.strategy == DEFAULT_STRATEGY else get_strategy(
-            manifest.strategy, manifest.strategy_args
-        )  # fmt: skip
+        how = run_merge(manifest.strategy, manifest.strategy_args, manifest.group_rules)
     except StrategyError as e:
         raise RepoError(f"the run's merge strategy {manifest.strategy!r}: {e}") from None
     base = start or manifest.genesis
@@ -83,12 +91,13 @@ def verify(
     layout = Layout.from_state(state)
     validator = UpdateValidator(context)
     previous: Commit | None = None
+    recent = {base: state}  # the replayed versions a history-aware merge may still look back to
     for entry in repo.log:
         if entry["round"] <= start_round:
             continue
         commit = repo.commit(entry["round"])
         try:
-            state = _check_round(repo, commit, base, previous, state, layout, validator, strategy, report)
+            _check_round(repo, commit, base, previous, recent, layout, validator, how, report)
         except Divergence as d:
             return _failed(report, d)
         report["rounds"] += 1
@@ -108,13 +117,14 @@ def _check_round(
     commit: Commit,
     base: str,
     previous: Commit | None,
-    state: dict[str, np.ndarray],
+    recent: dict[str, dict[str, np.ndarray]],
     layout: Layout,
     validator: UpdateValidator,
-    strategy: Strategy | None,
+    how: RunMerge,
     report: dict[str, Any],
 ) -> dict[str, np.ndarray]:
-    """The replayed version of ``commit`` (from ``state``, the version ``base``), or :class:`Divergence`."""
+    """The replayed version of ``commit`` (from ``recent[base]``, the replayed version ``base``), or
+    :class:`Divergence`. ``recent`` keeps the replayed versions a later round's history may need."""
     manifest = repo.need_manifest()
     r, v = commit.round, commit.version
 
@@ -170,7 +180,20 @@ def _check_round(
     except revert.RevertError as e:
         raise fail(f"its revert: {e}") from None
     seed = round_seed(commit.run_id, r)
-    new_state, total = merge_round(state, layout, weighted, manifest, strategy, seed, extra)
+    state, steps = recent[base], None
+    if how.history:
+        try:
+            chain = history_chain(base, manifest.genesis, repo.parent_of, how.history)
+            steps = history_steps(
+                [recent[c] if c in recent else repo.state(c) for c in chain], manifest.outer_lr
+            )
+        except (HistoryGap, RepoError) as e:
+            raise fail(f"its merge needs the steps of the last {how.history} commits: {e}") from None
+        for old in set(recent) - set(chain):
+            del recent[old]
+    else:
+        recent.clear()
+    new_state, total = merge_round(state, layout, weighted, manifest, how.merging, seed, extra, steps)
     if total != commit.total_weight:
         raise fail(f"the updates weigh {total} in all, the commit says {commit.total_weight}")
     got = version_hash(new_state)
@@ -186,4 +209,5 @@ def _check_round(
             repo.versions.get(v)
         except CorruptVersion as e:
             raise fail(f"the stored version file is damaged: {e}") from None
+    recent[v] = new_state
     return new_state
