@@ -1,0 +1,129 @@
+"""history_clip: centered clipping around the agreed history's momentum; bit for bit deterministic."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from potluck.merge import StrategyError, get_strategy, supports_columns
+from potluck.merge.batch import make_batch
+from potluck.merge.context import RoundContext, entries_digest
+from potluck.merge.history import HistoryClip, bucket_order, momentum_center
+from tests.merge.test_norm_filter import orthogonal_sparse
+
+
+def ctx(n: int, previous=(), digest: bytes = b"d" * 32) -> RoundContext:
+    return RoundContext(authors=tuple(f"{i:02x}" for i in range(n)), previous=tuple(previous), digest=digest)
+
+
+def norm(v: np.ndarray) -> float:
+    return math.sqrt(float(np.sum(v * v)))
+
+
+def test_registered_as_a_history_aware_vector_strategy_with_defaults():
+    s = get_strategy("history_clip")
+    assert isinstance(s, HistoryClip) and s.kind == "vector" and not supports_columns(s)
+    assert s.history_rounds >= 1
+    assert s.args == {"beta": 0.5, "clip": 2.0, "reject": 4.0, "min_cos": -0.2, "bucket": 1, "iterations": 1}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"beta": 1.0},
+        {"beta": -0.1},
+        {"clip": 0},
+        {"reject": 0.5},
+        {"min_cos": 1.5},
+        {"bucket": 0},
+        {"iterations": 0},
+        {"tau": 1},
+    ],
+)
+def test_bad_args(args):
+    with pytest.raises(StrategyError):
+        get_strategy("history_clip", args)
+
+
+def test_bad_context():
+    s = get_strategy("history_clip")
+    deltas = orthogonal_sparse(4)
+    with pytest.raises(StrategyError, match="RoundContext"):
+        s.merge(deltas, [1] * 4, round_seed=0, context={"previous": ()})  # type: ignore[arg-type]
+    with pytest.raises(StrategyError, match="authors"):
+        s.merge(deltas, [1] * 4, round_seed=0, context=ctx(3))
+    with pytest.raises(StrategyError, match="shape"):
+        s.merge(deltas, [1] * 4, round_seed=0, context=ctx(4, [{"w": np.zeros(7)}]))
+    with pytest.raises(StrategyError, match="finite"):
+        s.merge(deltas, [1] * 4, round_seed=0, context=ctx(4, [{"w": np.full(2000, np.nan)}]))
+
+
+def test_without_history_it_is_robust_and_equal_with_none_or_empty_context():
+    honest = orthogonal_sparse(6)
+    attack = [{"w": -1000.0 * honest[0]["w"]}, {"w": 1000.0 * honest[1]["w"]}]
+    s = get_strategy("history_clip")
+    a = s.merge(honest + attack, [1] * 8, round_seed=3)["w"]
+    b = s.merge(honest + attack, [1] * 8, round_seed=3, context=ctx(8))["w"]
+    assert a.tobytes() == b.tobytes()
+    mean = np.mean([d["w"] for d in honest], axis=0)
+    assert norm(a - mean) < 0.5 * norm(mean)  # the x1000 rows are dropped, the rest averaged
+
+
+def test_honest_round_is_the_mean_when_nothing_is_clipped():
+    honest = orthogonal_sparse(6)
+    mean = np.mean([d["w"] for d in honest], axis=0)
+    previous = [{"w": 0.5 * mean}]
+    got = get_strategy("history_clip").merge(honest, [5] * 6, round_seed=0, context=ctx(6, previous))["w"]
+    np.testing.assert_allclose(got, mean, rtol=0, atol=1e-12)
+
+
+def test_bitwise_invariant_under_input_order():
+    deltas = orthogonal_sparse(6, seed=4)
+    previous = [{"w": np.mean([d["w"] for d in deltas], axis=0)}, {"w": deltas[0]["w"]}]
+    s = get_strategy("history_clip", {"bucket": 2, "iterations": 3, "clip": 1})
+    ref = s.merge(deltas, [1] * 6, round_seed=1, context=ctx(6, previous))["w"].tobytes()
+    for perm in itertools.islice(itertools.permutations(range(6)), 1, 40, 7):
+        got = s.merge([deltas[i] for i in perm], [1] * 6, round_seed=1, context=ctx(6, previous))["w"]
+        assert got.tobytes() == ref
+
+
+def test_bucketing_is_reproducible_from_the_digest():
+    assert bucket_order(8, b"a") == bucket_order(8, b"a")
+    assert sorted(bucket_order(8, b"a")) == list(range(8))
+    assert len({tuple(bucket_order(8, bytes([k]))) for k in range(20)}) > 1
+    deltas = orthogonal_sparse(6, seed=2)
+    previous = [{"w": 0.1 * deltas[0]["w"]}]
+    s = get_strategy("history_clip", {"bucket": 2, "clip": 0.5})
+    one = entries_digest(["aa", "bb"])
+    a = s.merge(deltas, [1] * 6, round_seed=0, context=ctx(6, previous, one))["w"]
+    b = s.merge(deltas, [1] * 6, round_seed=99, context=ctx(6, previous, one))["w"]
+    c = s.merge(deltas, [1] * 6, round_seed=0, context=ctx(6, previous, entries_digest(["cc"])))["w"]
+    assert a.tobytes() == b.tobytes()  # the digest, not the round seed, seeds the buckets
+    assert a.tobytes() != c.tobytes()  # another round's digest forms other buckets (clip=0.5 clips them)
+
+
+def test_clipping_bounds_an_outlier_and_the_gate_drops_a_reversal():
+    honest = orthogonal_sparse(6, seed=1)
+    mean = np.mean([d["w"] for d in honest], axis=0)
+    previous = [{"w": mean}]
+    med = sorted(norm(d["w"] - mean) for d in honest)[2]
+    s = get_strategy("history_clip", {"min_cos": -1})  # no gate: only clipping bounds it
+    for scale in (3.0, 30.0):
+        outlier = {"w": np.zeros(2000)}
+        outlier["w"][1999] = scale * med  # a direction no honest delta has, within reject x med
+        got = s.merge([*honest, outlier], [1] * 7, round_seed=0, context=ctx(7, previous))["w"]
+        assert abs(got[1999]) <= 2.0 * 3.0 * med / 7 + 1e-12  # at most tau / k (tau = 2 x a median)
+    reversal = {"w": -3.0 * mean}  # IPM: against the honest mean and the history
+    gated = get_strategy("history_clip").merge(
+        [*honest, reversal], [1] * 7, round_seed=0, context=ctx(7, previous)
+    )["w"]
+    np.testing.assert_allclose(gated, mean, rtol=0, atol=1e-12)
+
+
+def test_momentum_center_weights_newest_first():
+    b = make_batch([{"w": np.zeros(3)}, {"w": np.ones(3)}], [1, 1])
+    c = momentum_center(b, [{"w": np.full(3, 3.0)}, {"w": np.zeros(3)}], 0.5)
+    np.testing.assert_allclose(c, np.full(3, 2.0))  # (1 * 3 + 0.5 * 0) / 1.5
