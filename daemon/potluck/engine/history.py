@@ -7,7 +7,8 @@ quorum signed, so every node derives the same bytes whatever it happened to see:
 * the chain: each commit's parent, from this node's history; a node whose history starts later (it
   synced to a later version, or caught up across rounds) asks its peers for the commit that made the
   version (``potluck.v1.GetCommit``) and takes it only with the manifest's quorum of valid participant
-  signatures on it;
+  signatures on it, then records it in its own history (with those signatures, once its version is
+  stored), so its history fills in and `potluck verify --from` can follow the chain too;
 * the versions: from this node's version store (patches materialised); one it lacks (a synced node
   never stored its start's parent; `potluck gc` dropped it) is downloaded from its peers by hash
   (``StateService.fetch_version``: the tensor list must make up the hash, each tensor its hash) and
@@ -30,7 +31,7 @@ from potluck.exchange.state import StateService, SyncFailed
 from potluck.manifest import Manifest
 from potluck.rounds.commit import Commit, CommitError, CommitSignature, QuorumTracker
 from potluck.rounds.merging import HistoryGap, history_chain, history_steps
-from potluck.store.history import History
+from potluck.store.history import History, HistoryError
 from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
 from potluck.swarm.membership import PeerInfo
 
@@ -55,7 +56,8 @@ class RoundHistory:
     ) -> None:
         self._manifest, self._rounds, self._history, self._versions = manifest, rounds, history, versions
         self._state_service, self._peers = state_service, peers
-        self._parents: dict[str, str] = {}  # version -> parent, from commits fetched from peers
+        # version -> the commit that made it and its signatures, fetched from peers, recorded once stored
+        self._fetched: dict[str, tuple[Commit, list[CommitSignature]]] = {}
         self._cache: dict[str, State] = {}  # the last chain's states
         state_service.commits = self.recorded
 
@@ -68,7 +70,8 @@ class RoundHistory:
         return commit.body(), [s.to_bytes(commit.id) for s in signatures]
 
     def _parent_of(self, version: str) -> str | None:
-        return self._parents.get(version) or self._history.parent_of(version)
+        fetched = self._fetched.get(version)
+        return fetched[0].parent if fetched is not None else self._history.parent_of(version)
 
     async def previous(self, a: Attempt) -> tuple[State, ...]:
         """The steps of the last ``rounds`` commits before ``a``'s round; :class:`AttemptFailed` (one line)
@@ -81,6 +84,9 @@ class RoundHistory:
                 await self._fetch_commit(a, e.version)
         states = [a.state] + [await self._state(a, v) for v in chain[1:]]
         self._cache = dict(zip(chain, states, strict=True))
+        for version in chain:
+            if version in self._fetched:
+                await asyncio.to_thread(self._record, *self._fetched.pop(version))
         return await asyncio.to_thread(history_steps, states, self._manifest.outer_lr)
 
     def _holders(self) -> list[tuple[str, list[str]]]:
@@ -102,13 +108,19 @@ class RoundHistory:
             except CommitError:
                 continue
             if tracker.count(commit.id) >= m.quorum:
-                self._parents[version] = commit.parent
+                self._fetched[version] = (commit, tracker.signatures(commit.id))
                 logger.info(f"round {a.round}: fetched the commit of {version[:12]} (round {commit.round})")
                 return
         raise AttemptFailed(
             f"round {a.round}: the merge needs the steps of the last {self._rounds} commits; this node's "
             f"history has no commit of version {version[:12]} and no peer served one with a quorum"
         )
+
+    def _record(self, commit: Commit, signatures: list[CommitSignature]) -> None:
+        try:
+            self._history.record(commit, signatures)
+        except HistoryError as e:  # another commit of that round here (a fork): keep ours, use theirs now
+            logger.warning(f"the fetched commit of round {commit.round} is not recorded: {e}")
 
     async def _state(self, a: Attempt, version: str) -> State:
         if version in self._cache:
