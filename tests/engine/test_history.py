@@ -108,3 +108,41 @@ def test_history_clip_agrees_everywhere_damps_adaptive_attackers_and_a_late_keep
         assert report["ok"] and report["rounds"] == 4, report
     report = potluck_json("verify", "--data-dir", str(joined), "--from", "r2")
     assert report["ok"] and report["rounds"] == 1, report
+
+
+def test_status_log_and_show_say_which_updates_the_strategy_damped(tmp_path):
+    """A strategy that reports its factors (tests/support/history_strategy.py: clip to 2x the median norm
+    in round 0) on 3 keepers: one update 6x the others is damped; status, the log and `potluck show` name
+    it with the factor computed here from its stored bytes."""
+    run = write_run(
+        tmp_path / "run.toml", "toy", round_seconds=ROUND_S, density=DENSITY, pacing="ready",
+        target_samples=4 * SAMPLES, strategy="tests.support.history_strategy:step_clip",
+        strategy_args={"radius": 2.0}, quorum=2,
+    )  # fmt: skip
+    authors = [NodeIdentity.generate() for _ in range(4)]
+    rng = np.random.default_rng(3)
+    datas = []
+    for i, a in enumerate(authors):
+        delta = {n: rng.standard_normal(t.shape) * 0.02 * (6 if i == 3 else 1) for n, t in run.state.items()}
+        datas.append(signed_update(a, run.manifest.run_id, 0, run.manifest.genesis, delta, DENSITY, SAMPLES))
+    names = sorted(run.state)
+    norms = [float(np.linalg.norm(flat(dense(decode_update(d).update), names))) for d in datas]
+    expected = 2.0 * sorted(norms)[1] / norms[3]  # around 0 (no history yet), tau = 2 x the lower median
+    big = decode_update(datas[3]).update_id
+    with connected_swarm(tmp_path / "swarm", 3, manifest=run.path) as swarm:
+        for i, data in enumerate(datas):
+            reply = swarm.nodes[i % 3].publish(data)
+            assert reply.accepted, f"{reply.reason}: {reply.detail}"
+        wait_for(
+            lambda: all(n.status()["committed_round"] >= 0 for n in swarm.nodes), ROUND_S + 30, "round 0"
+        )
+        merged = [n for n in swarm.nodes if n.status()["aggregation"].get("damped")]
+        assert merged, [n.status()["aggregation"] for n in swarm.nodes]
+        for node in merged:
+            damped = node.status()["aggregation"]["damped"]
+            assert set(damped) == {big} and damped[big] == pytest.approx(expected, rel=1e-6)
+        assert f"damped 1 of 4 updates: {big[:12]} x{expected:.3f}" in merged[0].log_path.read_text()
+        shown = potluck_json("show", "r0", "--data-dir", str(merged[0].data_dir))
+    rows = {u["update_id"]: u for u in shown["updates"]}
+    assert rows[big]["damped"] == pytest.approx(expected, rel=1e-6)
+    assert [k for k, u in rows.items() if "damped" in u] == [big]

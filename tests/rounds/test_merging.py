@@ -117,3 +117,17 @@ def test_a_bad_history_rounds_is_one_clear_error():
 
     with pytest.raises(StrategyError, match=r"step_clip: history_rounds must be an int in \[0, 64\], got -1"):
         history_rounds(Bad({}))
+
+
+def test_damping_reads_the_strategys_factors_by_update_or_nothing(run):
+    from potluck.rounds.merging import damping
+
+    updates = _updates(run, 3)
+    weighted = [(10, updates[0]), (0, updates[1]), (10, updates[2])]  # the middle one on probation
+    strategy = StepClip({})
+    strategy.last_factors = (1.0, 0.25)  # the counted deltas, as passed
+    assert damping(strategy, weighted) == {updates[2].update_id: 0.25}
+    for bad in ((1.0,), (1.0, 1.5), (1.0, float("nan")), "ab", None):
+        strategy.last_factors = bad
+        assert damping(strategy, weighted) == {}
+    assert damping(get_strategy("mean", {}), weighted) == {} and damping(None, weighted) == {}

@@ -104,6 +104,8 @@ def _print(args: argparse.Namespace, value: Any, text: str) -> None:
 
 def describe(repo: Any, version: str) -> dict[str, Any]:
     """What `show` prints of ``version`` (the genesis, or a committed one)."""
+    from potluck.vcs import damping
+
     m = repo.manifest
     out: dict[str, Any] = {"version": version, "run_id": repo.run_id}
     entry = repo.entry(version)
@@ -118,9 +120,12 @@ def describe(repo: Any, version: str) -> dict[str, Any]:
     commit = repo.commit(entry["round"])
     updates = repo.merged_updates(commit)
     total = commit.total_weight
+    damped = damping.read(repo.data_dir, version)  # the strategy's factors below 1, where it said them
     rows = []
     for u in updates:
         row: dict[str, Any] = {"update_id": u.update_id, "held": u.signed is not None}
+        if u.update_id in damped:
+            row["damped"] = damped[u.update_id]
         if u.signed is not None:
             up = u.signed.update
             row |= {
@@ -178,7 +183,9 @@ def format_show(d: dict[str, Any]) -> str:
     table = _table(("UPDATE", "AUTHOR", "SAMPLES", "WEIGHT", "SHARE", "ENTRIES"), rows)
     undone = [f"\n{u['update_id'][:16]} reverts {', '.join(t[:16] for t in u['reverts'])}"
               for u in d["updates"] if u.get("reverts")]  # fmt: skip
-    return "\n".join(lines) + (table if rows else "no updates merged") + "".join(undone)
+    damped = [f"\n{u['update_id'][:16]} damped x{u['damped']:.3f} by {d['strategy']}"
+              for u in d["updates"] if "damped" in u]  # fmt: skip
+    return "\n".join(lines) + (table if rows else "no updates merged") + "".join(undone) + "".join(damped)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from potluck.engine.updates import AcceptedUpdates, wait_for_updates
 from potluck.errors import ConfigError
 from potluck.identity import node_id_of
 from potluck.merge import Strategy
-from potluck.rounds.merging import merge_round
+from potluck.rounds.merging import damping, merge_round
 from potluck.updates.codec import SignedUpdate
 from potluck.vcs import revert
 from potluck.vcs.repo import HistoryRepo
@@ -64,6 +64,6 @@ async def merge_gathered(
         new_state, total = merge_round(
             a.state, a.layout, weighted, a.manifest, strategy, a.seed, extra, previous
         )
-        return Merged(new_state, ids, authors, a.participants, total)
+        return Merged(new_state, ids, authors, a.participants, total, damping(strategy, weighted))
 
     return await asyncio.to_thread(merge)

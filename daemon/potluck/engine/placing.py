@@ -54,5 +54,12 @@ class Placer:
             return await self._sliced.merge(a)
         if where == "gathered":
             strategy = None if self._mean else self._strategy
-            return await merge_gathered(a, self._exchange, strategy, self._data_dir, self._history)
+            merged = await merge_gathered(a, self._exchange, strategy, self._data_dir, self._history)
+            self._status.damped = merged.damped
+            if merged.damped:  # why an update counts less than the others: the strategy's own factors
+                factors = ", ".join(f"{u[:12]} x{f:.3f}" for u, f in sorted(merged.damped.items()))
+                name = getattr(strategy, "name", "the strategy")
+                logger.info(f"round {a.round} attempt {a.index}: {name} damped {len(merged.damped)} of "
+                            f"{len(a.assignment)} updates: {factors}")  # fmt: skip
+            return merged
         return await self._allreduce.merge(a)

@@ -35,7 +35,7 @@ from potluck.rounds import fixedpoint
 from potluck.updates.codec import SignedUpdate
 
 __all__ = [
-    "HistoryGap", "RunMerge", "history_chain", "history_rounds", "history_steps", "merge_round",
+    "HistoryGap", "RunMerge", "damping", "history_chain", "history_rounds", "history_steps", "merge_round",
     "round_seed", "run_merge",
 ]  # fmt: skip
 
@@ -88,6 +88,21 @@ def run_merge(strategy: str, args: Mapping, rules: GroupRules) -> RunMerge:
     history = history_rounds(s)
     mean = strategy == DEFAULT_STRATEGY and not isinstance(s, Grouped)
     return RunMerge(s, mean, supports_columns(s) and history == 0, history)
+
+
+def damping(strategy: Strategy | None, weighted: Sequence[tuple[int, SignedUpdate]]) -> dict[str, float]:
+    """update id -> the factor ``strategy``'s last merge of ``weighted`` scaled it by, where below 1.
+
+    Read from the strategy's optional ``last_factors``, set by its ``merge``: one number in [0, 1] per
+    counted delta, in the order they were passed (that of ``RoundContext.authors``; 0: dropped). {} when
+    the strategy has none or gives something else: a strategy that does not say so is never damping."""
+    factors = getattr(strategy, "last_factors", None) if strategy is not None else None
+    counted = [u for w, u in weighted if w > 0]
+    if not isinstance(factors, Sequence) or len(factors) != len(counted):
+        return {}
+    if not all(isinstance(f, int | float) and 0.0 <= f <= 1.0 for f in factors):
+        return {}
+    return {u.update_id: float(f) for u, f in zip(counted, factors, strict=True) if f < 1.0}
 
 
 def history_chain(base: str, genesis: str, parent_of: Callable[[str], str | None], rounds: int) -> list[str]:
