@@ -89,10 +89,11 @@ def build_history(
             weighted = [(manifest.update_weight(u.update.sample_count) if senior else 0, u) for u in signed]
             seed = round_seed(manifest.run_id, r)
             lr, f64 = manifest.outer_lr, np.float64
-            steps = [
+            steps = [  # the last changes of the model (a round that merged nothing made no step)
                 {k: (states[-1 - j][k].astype(f64) - states[-2 - j][k].astype(f64)) / lr for k in state}
-                for j in range(min(lookback, len(states) - 1))
-            ]
+                for j in range(len(states) - 1)
+                if version_hash(states[-1 - j]) != version_hash(states[-2 - j])
+            ][:lookback]
             previous = ([] if history_off else steps) if lookback else None
             state, total = merge_round(state, layout, weighted, manifest, strategy, seed, previous=previous)
             states.append(state)

@@ -114,3 +114,15 @@ def test_a_merge_that_ignored_the_history_fails_where_the_history_begins(tmp_pat
         report = verify(repo)
     assert (report["ok"], report["round"], report["version"]) == (False, 1, b.versions[2]), report
     assert "not the committed" in report["what"]
+
+
+def test_a_round_that_merged_nothing_is_no_step_of_the_history(tmp_path) -> None:
+    """Round 0 merges nothing (both authors on probation: its version is the genesis): the history of
+    round 2 is round 1's step alone, in the replay as in the merge that built it."""
+    b = build_history(tmp_path, rounds=3, probation_rounds=1, strategy=HISTORY_SPEC)
+    assert b.versions[1] == b.versions[0]
+    with HistoryRepo(b.data_dir) as repo:
+        assert repo.history.parent_of(b.versions[0]) is None  # round 0 did not change the model
+        assert repo.history.parent_of(b.versions[2]) == b.versions[0]
+        report = verify(repo)
+    assert report["ok"] and report["rounds"] == 3, report

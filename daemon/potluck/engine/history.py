@@ -98,7 +98,7 @@ class RoundHistory:
         for body, signatures in await self._state_service.fetch_commit(m.run_id, version, self._holders()):
             try:
                 commit = Commit.from_bytes(body)
-                if commit.version != version or commit.run_id != m.run_id:
+                if commit.version != version or commit.parent == version or commit.run_id != m.run_id:
                     continue
                 tracker = QuorumTracker(m.run_id, commit.round, m.quorum)
                 for data in signatures:

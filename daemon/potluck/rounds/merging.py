@@ -107,13 +107,14 @@ def damping(strategy: Strategy | None, weighted: Sequence[tuple[int, SignedUpdat
 
 def history_chain(base: str, genesis: str, parent_of: Callable[[str], str | None], rounds: int) -> list[str]:
     """``[V_r = base, V_{r-1}, ...]``: the versions of the last ``rounds`` commits of the chain that ends
-    at ``base``, following each commit's parent (``parent_of(v)``: the parent of the commit that made
-    ``v``; None when unknown), at most ``rounds + 1`` of them, fewer when the chain reaches the genesis.
+    at ``base``, following each commit's parent (``parent_of(v)``: the parent of the commit that changed
+    the model to ``v``, None when unknown; a commit that left the version as it was made no step and is
+    not one of them), at most ``rounds + 1`` of them, fewer when the chain reaches the genesis.
     :class:`HistoryGap` when a parent is unknown."""
     chain = [base]
     while len(chain) <= rounds and chain[-1] != genesis:
         parent = parent_of(chain[-1])
-        if parent is None:
+        if parent is None or parent == chain[-1]:
             raise HistoryGap(chain[-1])
         chain.append(parent)
     return chain

@@ -183,7 +183,7 @@ def _check_round(
     state, steps = recent[base], None
     if how.history:
         try:
-            chain = history_chain(base, manifest.genesis, repo.parent_of, how.history)
+            chain = history_chain(base, manifest.genesis, repo.history.parent_of, how.history)
             steps = history_steps(
                 [recent[c] if c in recent else repo.state(c) for c in chain], manifest.outer_lr
             )
