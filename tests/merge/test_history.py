@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from bench import attacks
 from potluck.merge import StrategyError, get_strategy, supports_columns
 from potluck.merge.batch import make_batch
 from potluck.merge.context import RoundContext, entries_digest
@@ -155,3 +156,16 @@ def test_momentum_center_weights_newest_first():
     b = make_batch([{"w": np.zeros(3)}, {"w": np.ones(3)}], [1, 1])
     c = momentum_center(b, [{"w": np.full(3, 3.0)}, {"w": np.zeros(3)}], 0.5)
     np.testing.assert_allclose(c, np.full(3, 2.0))  # (1 * 3 + 0.5 * 0) / 1.5
+
+
+def test_an_ipm_under_the_norm_cut_reverses_norm_filter_but_not_history_clip():
+    honest = [d["w"] for d in orthogonal_sparse(6, seed=5)]
+    mean = np.mean(honest, axis=0)
+    covers = [np.zeros_like(mean), np.zeros_like(mean)]
+    # bench/attacks.py's adaptive IPM, all push (c = 1), at 2 median norms: under norm_filter's cut
+    push = next(c for c in attacks.candidates(-mean, honest, None, covers, False) if norm(c[0]) > 1.5)
+    deltas = [{"w": x} for x in honest + push]
+    nf = get_strategy("norm_filter").merge(deltas, [1] * 8, round_seed=0)["w"]
+    hc = get_strategy("history_clip").merge(deltas, [1] * 8, round_seed=0, context=ctx(8, [{"w": mean}]))["w"]
+    assert float(np.sum(nf * mean)) < 0  # reversed
+    assert float(np.sum(hc * mean)) > 0.9 * float(np.sum(mean * mean))  # the copies count once, dropped
