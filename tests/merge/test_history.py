@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from bench import attacks
 from potluck.merge import StrategyError, get_strategy, supports_columns
 from potluck.merge.batch import make_batch
 from potluck.merge.context import RoundContext, entries_digest
-from potluck.merge.history import HistoryClip, bucket_order, momentum_center
+from potluck.merge.history import HistoryClip, bucket_order, momentum_center, screen
 from tests.merge.test_norm_filter import orthogonal_sparse
 
 
@@ -27,7 +28,16 @@ def test_registered_as_a_history_aware_vector_strategy_with_defaults():
     s = get_strategy("history_clip")
     assert isinstance(s, HistoryClip) and s.kind == "vector" and not supports_columns(s)
     assert s.history_rounds >= 1
-    assert s.args == {"beta": 0.5, "clip": 2.0, "reject": 4.0, "min_cos": -0.2, "bucket": 1, "iterations": 1}
+    assert s.args == {
+        "beta": 0.5,
+        "clip": 2.0,
+        "reject": 4.0,
+        "min_cos": -1.0,
+        "dup_cos": 0.9,
+        "min_agree": -0.08,
+        "bucket": 1,
+        "iterations": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -38,6 +48,8 @@ def test_registered_as_a_history_aware_vector_strategy_with_defaults():
         {"clip": 0},
         {"reject": 0.5},
         {"min_cos": 1.5},
+        {"dup_cos": -0.1},
+        {"min_agree": "x"},
         {"bucket": 0},
         {"iterations": 0},
         {"tau": 1},
@@ -117,13 +129,43 @@ def test_clipping_bounds_an_outlier_and_the_gate_drops_a_reversal():
         got = s.merge([*honest, outlier], [1] * 7, round_seed=0, context=ctx(7, previous))["w"]
         assert abs(got[1999]) <= 2.0 * 3.0 * med / 7 + 1e-12  # at most tau / k (tau = 2 x a median)
     reversal = {"w": -3.0 * mean}  # IPM: against the honest mean and the history
-    gated = get_strategy("history_clip").merge(
-        [*honest, reversal], [1] * 7, round_seed=0, context=ctx(7, previous)
-    )["w"]
-    np.testing.assert_allclose(gated, mean, rtol=0, atol=1e-12)
+    for gate in ({}, {"min_cos": 0}):  # the disagreement screen, or the history gate, drops it
+        args = {"min_agree": -1, **gate} if gate else {}
+        got = get_strategy("history_clip", args).merge(
+            [*honest, reversal], [1] * 7, round_seed=0, context=ctx(7, previous)
+        )["w"]
+        np.testing.assert_allclose(got, mean, rtol=0, atol=1e-12)
+
+
+def test_screen_collapses_copies_and_drops_the_most_disagreeing_rows():
+    honest = np.stack([d["w"] for d in orthogonal_sparse(6, seed=3)])
+    copies = np.stack([honest[0], honest[0] * 1.5])  # a mimic and a scaled copy: cosine 1
+    out = screen(np.concatenate([honest, copies]), 0.9, -1.0)
+    assert out.shape[0] == 6  # honest[0] and its two copies are one row, their mean
+    np.testing.assert_allclose(out[0], (honest[0] + honest[0] + 1.5 * honest[0]) / 3)
+    mean = honest.mean(axis=0)
+    pushers = np.stack([-mean + 0.05 * honest[1], -mean + 0.05 * honest[2]])  # two differing IPMs
+    out = screen(np.concatenate([honest, pushers]), 0.9, -0.08)
+    assert out.shape[0] == 6 and np.array_equal(out, honest)
+    assert screen(np.concatenate([honest, pushers]), 1.0, -1.0).shape[0] == 8  # screen off
+    many = np.stack([-mean + 0.01 * honest[k] for k in range(6)])  # a majority of pushers
+    assert screen(np.concatenate([honest[:2], many]), 1.0, -0.08).shape[0] >= 5  # at most (k-1)//2
 
 
 def test_momentum_center_weights_newest_first():
     b = make_batch([{"w": np.zeros(3)}, {"w": np.ones(3)}], [1, 1])
     c = momentum_center(b, [{"w": np.full(3, 3.0)}, {"w": np.zeros(3)}], 0.5)
     np.testing.assert_allclose(c, np.full(3, 2.0))  # (1 * 3 + 0.5 * 0) / 1.5
+
+
+def test_an_ipm_under_the_norm_cut_reverses_norm_filter_but_not_history_clip():
+    honest = [d["w"] for d in orthogonal_sparse(6, seed=5)]
+    mean = np.mean(honest, axis=0)
+    covers = [np.zeros_like(mean), np.zeros_like(mean)]
+    # bench/attacks.py's adaptive IPM, all push (c = 1), at 2 median norms: under norm_filter's cut
+    push = next(c for c in attacks.candidates(-mean, honest, None, covers, False) if norm(c[0]) > 1.5)
+    deltas = [{"w": x} for x in honest + push]
+    nf = get_strategy("norm_filter").merge(deltas, [1] * 8, round_seed=0)["w"]
+    hc = get_strategy("history_clip").merge(deltas, [1] * 8, round_seed=0, context=ctx(8, [{"w": mean}]))["w"]
+    assert float(np.sum(nf * mean)) < 0  # reversed
+    assert float(np.sum(hc * mean)) > 0.9 * float(np.sum(mean * mean))  # the copies count once, dropped

@@ -10,18 +10,26 @@ Rule, for the n deltas of a round (canonical order, weights ignored like every r
 
 * **center** ``c``: the momentum of the agreed merged steps ``p_0`` (last round), ``p_1``, ...:
   ``c = sum_k beta^k p_k / sum_k beta^k`` over the (at most ``history_rounds``) steps given. Without
-  history (round 0, or ``context`` None) ``c`` is the round's ``norm_filter`` merge, and the gate
-  below is off;
+  history (round 0, or ``context`` None) ``c`` is the round's ``norm_filter`` merge;
 * ``d_i = ||x_i - c||`` (L2 over the whole delta); ``med`` = the lower median of the d_i. A delta
   with ``d_i > reject * med`` is **dropped** (default ``reject = 4``: the x1000 attacks);
-* **gate** (with history): a delta whose cosine with ``c`` is below ``min_cos`` is **dropped**
-  (default -0.2: it pushes the model back along the way it has been going; an IPM delta, -eps x the
-  honest mean, has a cosine near -1 with a center that honest rounds made);
-* **bucketing** (``bucket = s > 1``): the kept deltas are permuted by ranks of
+* **history gate** (``min_cos > -1``, off by default): a delta whose cosine with ``c`` is below
+  ``min_cos`` is dropped. Off because on sparse non-IID updates the history has no direction to
+  defend: with top-2% error-feedback updates, consecutive merged steps have cosines within -0.1..0.1
+  after round 3 (bench/README.md), so honest deltas sit at cosine ~0 with ``c`` and a gate at 0
+  drops half of them;
+* **screen** (:func:`screen`): near-copies (pairwise cosine >= ``dup_cos``, default 0.9) become one
+  row, their mean (colluders sending one vector, a mimic and its model count once); then the row
+  whose median cosine with the other rows is lowest is dropped while it is below ``min_agree``
+  (default -0.08), judged again after each drop, at most ``(k - 1) // 2`` rows. Honest non-IID deltas
+  are nearly orthogonal (median cosine with the others -0.05..0 on the bench), while a delta pushing
+  against the honest mean has cosine ``-c x 0.4`` with each (c: the share of the push in it), so the
+  push an attacker can hide is bounded by the margin;
+* **bucketing** (``bucket = s > 1``): the remaining rows are permuted by ranks of
   ``sha256(digest || index)`` (``digest`` = the round's :func:`~potluck.merge.context.entries_digest`;
   without one, the round seed) and averaged in consecutive groups of s (Karimireddy et al. 2022);
 * **centered clipping** around ``c`` (Karimireddy, He & Jaggi 2021): ``v <- v + (1/k) sum_i
-  clip_tau(y_i - v)`` from ``v = c`` over the k kept rows (buckets), ``iterations`` times, with
+  clip_tau(y_i - v)`` from ``v = c`` over the k rows (buckets), ``iterations`` times, with
   ``tau = clip * med``. A row within tau of v moves it exactly as the mean would, so with no row
   clipped the result is the rows' mean (up to rounding); a row far from the history moves it by at
   most ``tau / k`` per iteration.
@@ -81,14 +89,66 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.add.reduce(np.ascontiguousarray(a * b)))
 
 
+def cosines(rows: np.ndarray) -> list[list[float]]:
+    """Pairwise cosines of the rows (0 with a zero row; 1 on the diagonal), each pair computed once."""
+    k = rows.shape[0]
+    norms = [math.sqrt(sqnorm(rows[i])) for i in range(k)]
+    cos = [[1.0] * k for _ in range(k)]
+    for i in range(k):
+        for j in range(i + 1, k):
+            d = norms[i] * norms[j]
+            cos[i][j] = cos[j][i] = _dot(rows[i], rows[j]) / d if d > 0.0 else 0.0
+    return cos
+
+
+def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> np.ndarray:
+    """Collapse near-copies, then drop rows that disagree with the others (see the module doc).
+
+    Rows with cosine >= ``dup_cos`` (transitively) become their mean, counted once (``dup_cos`` 1:
+    only exact directions); then a row whose median cosine with the other rows is below
+    ``min_agree`` is dropped, one at a time (the lowest; then the others are judged again without it)
+    and never more than ``(k - 1) // 2`` of the k rows.
+    """
+    cos = cosines(rows)
+    k = rows.shape[0]
+    group = list(range(k))  # union-find over near-copies, the smallest index as the root
+    for i in range(k):
+        for j in range(i + 1, k):
+            if cos[i][j] >= dup_cos:
+                a, b = _root(group, i), _root(group, j)
+                group[max(a, b)] = min(a, b)
+    roots = sorted({_root(group, i) for i in range(k)})
+    if len(roots) < k:
+        members = [[i for i in range(k) if _root(group, i) == r] for r in roots]
+        rows = np.stack([rowsum(rows[m]) / len(m) for m in members])
+        cos = cosines(rows)
+        k = rows.shape[0]
+    keep = list(range(k))
+    while len(keep) >= 3 and k - len(keep) < (k - 1) // 2 and min_agree > -1.0:
+        agree = [sorted(cos[i][j] for j in keep if j != i)[(len(keep) - 2) // 2] for i in keep]
+        worst = min(range(len(keep)), key=lambda t: (agree[t], t))
+        if agree[worst] >= min_agree:
+            break
+        del keep[worst]  # the most disagreeing row; the others' agreement is judged again without it
+    return rows[keep]
+
+
+def _root(group: list[int], i: int) -> int:
+    while group[i] != i:
+        i = group[i]
+    return i
+
+
 class HistoryClip(BaseStrategy):
-    """Centered clipping around the momentum of the agreed merged steps, with a norm cut, a direction
-    gate and optional seeded bucketing (see :mod:`potluck.merge.history`).
+    """Centered clipping around the momentum of the agreed merged steps, after a norm cut, an optional
+    history gate, a copy-and-disagreement screen and optional seeded bucketing (see
+    :mod:`potluck.merge.history`).
 
     Args: ``beta`` (momentum of the previous steps, in [0, 1), default 0.5), ``clip`` (tau as a
     multiple of the median distance to the center, > 0, default 2), ``reject`` (0 = never, or >= 1;
-    default 4), ``min_cos`` (in [-1, 1], default -0.2; -1 = no gate), ``bucket`` (rows per bucket,
-    default 1 = none), ``iterations`` (default 1).
+    default 4), ``min_cos`` (in [-1, 1], default -1 = no history gate), ``dup_cos`` (in [0, 1],
+    default 0.9), ``min_agree`` (in [-1, 1], default -0.08; -1 = no disagreement screen), ``bucket``
+    (rows per bucket, default 1 = none), ``iterations`` (default 1).
     """
 
     name = "history_clip"
@@ -99,7 +159,9 @@ class HistoryClip(BaseStrategy):
         self.beta = a.number("beta", 0.5, low=0.0, high=1.0, high_open=True)
         self.clip = a.number("clip", 2.0, low=0.0, low_open=True)
         self.reject = a.number("reject", 4.0, low=0.0)
-        self.min_cos = a.number("min_cos", -0.2, low=-1.0, high=1.0)
+        self.min_cos = a.number("min_cos", -1.0, low=-1.0, high=1.0)
+        self.dup_cos = a.number("dup_cos", 0.9, low=0.0, high=1.0)
+        self.min_agree = a.number("min_agree", -0.08, low=-1.0, high=1.0)
         self.bucket = a.integer("bucket", 1, low=1, high=1 << 16)
         self.iterations = a.integer("iterations", 1, low=1, high=1000)
         if 0.0 < self.reject < 1.0:
@@ -153,9 +215,9 @@ class HistoryClip(BaseStrategy):
             kept = gated
         if not kept:  # every delta gated out: stay on the history
             return center
-        rows = x[kept]
-        if self.bucket > 1 and len(kept) > 1:
-            order = bucket_order(len(kept), key)
+        rows = screen(x[kept], self.dup_cos, self.min_agree)
+        if self.bucket > 1 and rows.shape[0] > 1:
+            order = bucket_order(rows.shape[0], key)
             groups = [order[j : j + self.bucket] for j in range(0, len(order), self.bucket)]
             rows = np.stack([rowsum(rows[g]) / len(g) for g in groups])
         tau = self.clip * med
