@@ -325,6 +325,14 @@ def test_init_fixes_a_placement_the_strategy_allows_or_refuses(capsys, tmp_path)
     assert_config_error(proc, "--placement sliced", "whole-vector strategy: it runs gathered")
     proc = in_process(capsys, *init, "--strategy", "coordinate_median", "--placement", "allreduce")
     assert_config_error(proc, "runs gathered or sliced, not allreduce")
+    # a history-aware strategy merges where the updates and the history are: gathered only
+    for placement in ("sliced", "allreduce"):
+        proc = in_process(capsys, *init, "--strategy", "history_clip", "--placement", placement)
+        assert_config_error(
+            proc, f"--placement {placement}", "'history_clip' is a history-aware (it merges with the last 4 "
+            f"commits' steps) strategy: it runs gathered, not {placement}",
+        )  # fmt: skip
+    assert in_process(capsys, *init, "--strategy", "history_clip", "--placement", "gathered").returncode == 0
 
 
 def test_init_groups_sign_their_rules_and_bad_syntax_is_one_line(capsys, tmp_path):

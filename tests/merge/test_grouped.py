@@ -40,3 +40,24 @@ def test_each_group_is_merged_by_its_strategy_over_every_update():
     assert np.array_equal(merged["b.weight"], mean["b.weight"])  # the same weights: all three updates
     again = grouped.merge(deltas[::-1], weights[::-1], round_seed=7)
     assert all(np.array_equal(merged[k], again[k]) for k in merged)  # input order does not matter
+
+
+def test_a_history_aware_group_gets_the_context_cut_to_its_tensors():
+    from potluck.merge.context import RoundContext
+
+    grouped = run_strategy(
+        "weighted_mean", {}, GroupRules(["a.*:strategy=tests.support.history_strategy:step_clip"])
+    )
+    assert isinstance(grouped, Grouped) and grouped.history_rounds == 1
+    deltas = [_delta(1), _delta(2), _delta(3)]
+    previous = ({name: np.full(shape, 0.1) for name, shape in SHAPES.items()},)
+    context = RoundContext(("x", "y", "z"), previous, b"d" * 32)
+    merged = grouped.merge(deltas, [1.0] * 3, round_seed=7, context=context)
+    step_clip = grouped._strategies["tests.support.history_strategy:step_clip"]
+    (seen,) = step_clip.seen
+    assert seen.authors == context.authors and seen.digest == context.digest
+    assert [sorted(s) for s in seen.previous] == [["a.bias", "a.weight"]]  # its own tensors only
+    mean = get_strategy("weighted_mean", {}).merge(deltas, [1.0] * 3, round_seed=7)
+    assert np.array_equal(merged["b.weight"], mean["b.weight"])
+    without = grouped.merge(deltas, [1.0] * 3, round_seed=7, context=RoundContext(context.authors))
+    assert not np.array_equal(merged["a.weight"], without["a.weight"])  # the history moved the result

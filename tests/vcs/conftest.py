@@ -51,12 +51,14 @@ def build_history(
     run: Path | None = None,
     node: str = "node",
     quorum: int = 2,
+    history_off: bool = False,
     **rules: object,
 ) -> Built:
     """``tamper``: that round's committed version is its merge with l2.bias moved by 1e-3 (a quorum that
     signed a wrong merge); ``rules``: manifest rules (probation: both authors start on probation);
     ``run``: an existing run's manifest (its genesis beside it) instead of a new run; ``node``: the data
-    dir's name under ``tmp_path``."""
+    dir's name under ``tmp_path``. A history-aware strategy gets the last steps, computed here from the
+    versions built so far (``history_off``: none, as a node that ignored the history would merge)."""
     authors = [NodeIdentity.generate() for _ in range(2)]
     if run is None:
         run = write_run(tmp_path / "run.toml", "toy", quorum=quorum, outer_lr=0.5, **rules).path
@@ -72,6 +74,8 @@ def build_history(
     layout = Layout.from_state(state)
     strategy = merge_strategy(manifest)  # as the engine picks it (per-group strategies too)
     built = Built(data_dir, manifest, [base], [], authors)
+    states = [state]  # every version so far, for a history-aware strategy's steps
+    lookback = getattr(strategy, "history_rounds", 0)
     with History(data_dir / HISTORY_FILE, versions) as history:
         for r in range(rounds):
             signed = []
@@ -83,7 +87,15 @@ def build_history(
             senior = r >= manifest.probation_rounds  # both contributed to every round so far
             weighted = [(manifest.update_weight(u.update.sample_count) if senior else 0, u) for u in signed]
             seed = round_seed(manifest.run_id, r)
-            state, total = merge_round(state, layout, weighted, manifest, strategy, seed)
+            lr, f64 = manifest.outer_lr, np.float64
+            steps = [  # the last changes of the model (a round that merged nothing made no step)
+                {k: (states[-1 - j][k].astype(f64) - states[-2 - j][k].astype(f64)) / lr for k in state}
+                for j in range(len(states) - 1)
+                if version_hash(states[-1 - j]) != version_hash(states[-2 - j])
+            ][:lookback]
+            previous = ([] if history_off else steps) if lookback else None
+            state, total = merge_round(state, layout, weighted, manifest, strategy, seed, previous=previous)
+            states.append(state)
             if r == tamper:
                 state["l2.bias"] = (state["l2.bias"] + np.float32(1e-3)).astype(np.float32)
             commit = Commit(

@@ -213,3 +213,19 @@ def test_help(capsys, command: str) -> None:
 
 def test_no_history_is_one_line(capsys, tmp_path) -> None:
     assert_config_error(in_process(capsys, "verify", "--data-dir", str(tmp_path)), "no history")
+
+
+def test_show_says_which_updates_the_strategy_damped(built, capsys) -> None:
+    """The factors the merging node kept (vcs/damping.py) show beside the updates, in JSON and text."""
+    from potluck.vcs import damping
+
+    victim = built.updates[1][0]
+    damping.write(built.data_dir, built.versions[2], {victim: 0.125})
+    proc = in_process(capsys, "show", "r1", "--data-dir", str(built.data_dir), "--json")
+    rows = {u["update_id"]: u for u in json.loads(proc.stdout)["updates"]}
+    assert rows[victim]["damped"] == 0.125 and all("damped" not in u for k, u in rows.items() if k != victim)
+    text = in_process(capsys, "show", "r1", "--data-dir", str(built.data_dir)).stdout
+    assert f"{victim[:16]} damped x0.125 by weighted_mean" in text
+    assert "damped" not in in_process(capsys, "show", "r0", "--data-dir", str(built.data_dir)).stdout
+    (built.data_dir / "damping" / f"{built.versions[2]}.json").write_text("[1, 2]")  # not a mapping: none
+    assert damping.read(built.data_dir, built.versions[2]) == {}

@@ -87,3 +87,42 @@ def test_probation_weights_are_replayed(tmp_path) -> None:
         assert verify(repo)["ok"]
         assert [u.weight for u in repo.merged_updates(repo.commit(0))] == [0, 0]
         assert all(u.weight for u in repo.merged_updates(repo.commit(1)))
+
+
+HISTORY_SPEC = "tests.support.history_strategy:step_clip"  # history_rounds = 1
+
+
+def test_a_history_aware_merge_is_replayed_with_the_steps_before_it(tmp_path) -> None:
+    b = build_history(tmp_path, rounds=4, strategy=HISTORY_SPEC)
+    with HistoryRepo(b.data_dir) as repo:
+        report = verify(repo)
+        assert report["ok"] and report["rounds"] == 4, report
+        # from a stored version: the step before it comes from the stored versions
+        assert verify(repo, start=b.versions[2])["ok"]
+    # without that version the replay cannot have the step: one line that says so
+    (b.data_dir / "versions" / f"{b.versions[1]}.safetensors").unlink()
+    with HistoryRepo(b.data_dir) as repo:
+        report = verify(repo, start=b.versions[2])
+    assert (report["ok"], report["round"]) == (False, 2), report
+    assert "needs the steps of the last 1 commits" in report["what"] and b.versions[1][:16] in report["what"]
+
+
+def test_a_merge_that_ignored_the_history_fails_where_the_history_begins(tmp_path) -> None:
+    """Signed versions merged without the steps before them (round 0 has none, so it still agrees)."""
+    b = build_history(tmp_path, rounds=3, strategy=HISTORY_SPEC, history_off=True)
+    with HistoryRepo(b.data_dir) as repo:
+        report = verify(repo)
+    assert (report["ok"], report["round"], report["version"]) == (False, 1, b.versions[2]), report
+    assert "not the committed" in report["what"]
+
+
+def test_a_round_that_merged_nothing_is_no_step_of_the_history(tmp_path) -> None:
+    """Round 0 merges nothing (both authors on probation: its version is the genesis): the history of
+    round 2 is round 1's step alone, in the replay as in the merge that built it."""
+    b = build_history(tmp_path, rounds=3, probation_rounds=1, strategy=HISTORY_SPEC)
+    assert b.versions[1] == b.versions[0]
+    with HistoryRepo(b.data_dir) as repo:
+        assert repo.history.parent_of(b.versions[0]) is None  # round 0 did not change the model
+        assert repo.history.parent_of(b.versions[2]) == b.versions[0]
+        report = verify(repo)
+    assert report["ok"] and report["rounds"] == 3, report

@@ -20,6 +20,9 @@ def _round_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     if agg.get("last_phases"):
         phases = ", ".join(f"{k} {v:.2f}s" for k, v in agg["last_phases"].items())
         rows.append(("last attempt", phases))
+    if agg.get("damped"):  # the strategy's own factors: why those updates counted less
+        factors = ", ".join(f"{u[:12]} x{f:.3f}" for u, f in sorted(agg["damped"].items()))
+        rows.append(("damped", f"{len(agg['damped'])} update(s) by {agg.get('strategy')}: {factors}"))
     if s.get("round_error"):
         rows.append(("round error", s["round_error"]))
     sync = s.get("sync") or {}

@@ -164,7 +164,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from potluck.groups import GroupError, GroupRules
     from potluck.identity import load_or_create
     from potluck.manifest import ManifestError
-    from potluck.merge import DEFAULT_STRATEGY, Grouped, StrategyError, run_strategy, supports_columns
+    from potluck.merge import StrategyError
+    from potluck.rounds.merging import run_merge
     from potluck.rounds.placement import PlacementError, check_policy
     from potluck.runfiles import write_run
     from potluck.tasks import TaskError
@@ -176,12 +177,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     except GroupError as e:
         raise ConfigError(f"--group: {e}") from None
     try:
-        strategy = run_strategy(args.strategy, strategy_args, groups)
+        how = run_merge(args.strategy, strategy_args, groups)
     except StrategyError as e:
         raise ConfigError(f"--strategy {args.strategy} / --group: {e}") from None
     try:
-        mean = args.strategy == DEFAULT_STRATEGY and not isinstance(strategy, Grouped)
-        check_policy(args.placement, mean, supports_columns(strategy), repr(args.strategy))
+        check_policy(args.placement, how.mean, how.coordinate, repr(args.strategy), how.history)
     except PlacementError as e:
         raise ConfigError(f"--placement {args.placement}: {e}") from None
     if args.admission == "allowlist" and not args.allow:

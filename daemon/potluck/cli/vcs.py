@@ -105,6 +105,8 @@ def _print(args: argparse.Namespace, value: Any, text: str) -> None:
 
 def describe(repo: Any, version: str) -> dict[str, Any]:
     """What `show` prints of ``version`` (the genesis, or a committed one)."""
+    from potluck.vcs import damping
+
     m = repo.manifest
     out: dict[str, Any] = {"version": version, "run_id": repo.run_id}
     entry = repo.entry(version)
@@ -119,9 +121,12 @@ def describe(repo: Any, version: str) -> dict[str, Any]:
     commit = repo.commit(entry["round"])
     updates = repo.merged_updates(commit)
     total = commit.total_weight
+    damped = damping.read(repo.data_dir, version)  # the strategy's factors below 1, where it said them
     rows = []
     for u in updates:
         row: dict[str, Any] = {"update_id": u.update_id, "held": u.signed is not None}
+        if u.update_id in damped:
+            row["damped"] = damped[u.update_id]
         if u.signed is not None:
             up = u.signed.update
             row |= {
@@ -179,7 +184,9 @@ def format_show(d: dict[str, Any]) -> str:
     table = _table(("UPDATE", "AUTHOR", "SAMPLES", "WEIGHT", "SHARE", "ENTRIES"), rows)
     undone = [f"\n{u['update_id'][:16]} reverts {', '.join(t[:16] for t in u['reverts'])}"
               for u in d["updates"] if u.get("reverts")]  # fmt: skip
-    return "\n".join(lines) + (table if rows else "no updates merged") + "".join(undone)
+    damped = [f"\n{u['update_id'][:16]} damped x{u['damped']:.3f} by {d['strategy']}"
+              for u in d["updates"] if "damped" in u]  # fmt: skip
+    return "\n".join(lines) + (table if rows else "no updates merged") + "".join(undone) + "".join(damped)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -246,15 +253,17 @@ def format_diff(d: dict[str, Any]) -> str:
 
 
 def cmd_blame(args: argparse.Namespace) -> int:
+    from potluck.merge.context import step_between
     from potluck.rounds.fixedpoint import Layout
     from potluck.rounds.merging import round_seed
     from potluck.vcs import revert
     from potluck.vcs.numbers import BlameRound, attributed_steps, blame
-    from potluck.vcs.repo import merge_strategy
+    from potluck.vcs.repo import run_merge_of
 
     with open_repo(args) as repo:
         m = repo.need_manifest()
-        strategy = merge_strategy(m)  # None: the weighted mean's fixed-point terms
+        how = run_merge_of(m)
+        strategy, history = how.merging, how.history  # strategy None: the weighted mean's fixed-point terms
         start, end = repo.resolve(args.start), repo.resolve(args.end)
         lo, hi = repo.round_of(start), repo.round_of(end)
         lo = -1 if lo is None else lo
@@ -269,7 +278,10 @@ def cmd_blame(args: argparse.Namespace) -> int:
                 held = [(u.author, u.weight, u.signed) for u in merged if u.signed is not None]
                 if strategy is not None:  # attributed: merge/attribution.py
                     seed = round_seed(m.run_id, commit.round)
-                    steps, rule = attributed_steps(strategy, held, seed, m.outer_lr)
+                    step = None
+                    if history:  # the merge depended on earlier rounds: project on the stored step
+                        step = step_between(repo.state(commit.parent), repo.state(commit.version), m.outer_lr)
+                    steps, rule = attributed_steps(strategy, held, seed, m.outer_lr, step)
                     rounds.append(BlameRound(commit.round, commit.total_weight, held, steps=steps, rule=rule))
                     continue
                 undone = revert.round_targets(repo, [s for _, _, s in held if s.update.reverts], commit.round)

@@ -75,6 +75,7 @@ class RoundStatus:
     unaudited_sums: int = 0  # all-reduce sums refused unchecked (some updates not fetched in time)
     placement: str = ""  # where the last attempt's merge ran (rounds/placement.py)
     placement_reason: str = ""  # and why
+    damped: dict[str, float] = field(default_factory=dict)  # the last merge: update id -> factor below 1
     # the last commit's attempt, phase by phase (seconds): entries, merge, commit (signatures + store)
     last_phases: dict[str, float] = field(default_factory=dict)
     last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
@@ -140,6 +141,7 @@ class Merged:
     contributors: list[str]  # node ids of their authors
     participants: list[bytes]
     total_weight: int
+    damped: dict[str, float] = field(default_factory=dict)  # update id -> the strategy's factor below 1
 
 
 async def sleep_until(t: float) -> None:

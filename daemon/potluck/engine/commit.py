@@ -31,6 +31,7 @@ from potluck.store.history import History
 from potluck.store.versions import VersionStore
 from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.membership import PeerInfo
+from potluck.vcs import damping
 from potluck.wire import WireError, pack_pair, unpack_pair
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class Committer:
         mine = sign_commit(commit, self._identity)
         signatures = await self._collect_quorum(commit, mine, attempt.until)
         await asyncio.to_thread(self._persist, commit, signatures, merged.state)
+        if merged.damped:  # what `potluck show` says of the updates its strategy counted less
+            await asyncio.to_thread(damping.write, self._history.path.parent, commit.version, merged.damped)
         # a notice to the peers that did not take part (they catch up now), the others have their own
         key, signed = commits_key(commit.run_id, commit.round), signed_commit_bytes(commit, mine)
         expires = time.time() + COMMIT_TTL_S

@@ -7,7 +7,8 @@ densifying an update); any other strategy merges the updates as its own batch (m
 the updates (an update with ``reverts``, weight 0) adds its step, recomputed from this node's history
 (vcs/revert.py), before the round's cast. Only this placement takes reverts: a node accepts one only in
 a weighted-mean run that merges gathered (``revert.unsupported``; under ``auto`` such a run always
-does, rounds/placement.py)."""
+does, rounds/placement.py). A history-aware strategy merges only here, with the merged steps of the last
+commits (engine/history.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from potluck.engine.attempt import Attempt, AttemptFailed, Merged
+from potluck.engine.history import RoundHistory
 from potluck.engine.updates import AcceptedUpdates, wait_for_updates
 from potluck.errors import ConfigError
 from potluck.identity import node_id_of
 from potluck.merge import Strategy
-from potluck.rounds.merging import merge_round
+from potluck.rounds.merging import damping, merge_round
 from potluck.updates.codec import SignedUpdate
 from potluck.vcs import revert
 from potluck.vcs.repo import HistoryRepo
@@ -44,17 +46,24 @@ def revert_extra(
 
 
 async def merge_gathered(
-    a: Attempt, exchange: AcceptedUpdates, strategy: Strategy | None, data_dir: Path | None = None
+    a: Attempt,
+    exchange: AcceptedUpdates,
+    strategy: Strategy | None,
+    data_dir: Path | None = None,
+    history: RoundHistory | None = None,
 ) -> Merged:
     ids = sorted(a.assignment)
     updates = await wait_for_updates(exchange, ids, a.until)
+    previous = await history.previous(a) if history is not None else None
 
     def merge() -> Merged:
         authors = sorted({node_id_of(u.update.author) for u in updates})
         # on probation: weight 0, listed in the commit, not merged
         weighted = [(a.weight(u.update_id, u.update.sample_count), u) for u in updates]
         extra = revert_extra(data_dir, a, updates)
-        new_state, total = merge_round(a.state, a.layout, weighted, a.manifest, strategy, a.seed, extra)
-        return Merged(new_state, ids, authors, a.participants, total)
+        new_state, total = merge_round(
+            a.state, a.layout, weighted, a.manifest, strategy, a.seed, extra, previous
+        )
+        return Merged(new_state, ids, authors, a.participants, total, damping(strategy, weighted))
 
     return await asyncio.to_thread(merge)

@@ -39,6 +39,7 @@ from potluck.engine.commit import Committer, commits_key
 from potluck.engine.conduct import Conduct, current
 from potluck.engine.entries import ENTRY_GRACE_S, ENTRY_WINDOW_S, EntryBoard
 from potluck.engine.evaluation import Evaluator
+from potluck.engine.history import RoundHistory
 from potluck.engine.placing import Placer
 from potluck.engine.sliced import Faults, SlicedMerge
 from potluck.engine.updates import AcceptedUpdates
@@ -47,11 +48,11 @@ from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity
 from potluck.manifest import Manifest
-from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy, run_strategy, supports_columns
-from potluck.merge.grouped import Grouped
+from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy
 from potluck.rounds import fixedpoint, placement, schedule
 from potluck.rounds.commit import Commit
 from potluck.rounds.entries import agreement_digest, assign, retry_holders, senior_ids
+from potluck.rounds.merging import run_merge
 from potluck.store.history import History
 from potluck.store.versions import VersionStore
 from potluck.swarm.bulletin import Bulletin
@@ -107,15 +108,14 @@ class RoundEngine:
         self.layout = fixedpoint.Layout.from_state(self.state)
         # same on every node (same layout): when the all-reduce starts after an attempt's start
         self.prep_s = ENTRY_WINDOW_S + ENTRY_GRACE_S + MATCHMAKING_S + self.layout.length / PREP_PARAMS_PER_S
-        # parameter groups with their own strategies merge per group, gathered (merge/grouped.py)
-        self._strategy = run_strategy(manifest.strategy, manifest.strategy_args, manifest.group_rules)
-        # the weighted mean runs gathered, sliced or inside the all-reduce
-        self._mean = manifest.strategy == DEFAULT_STRATEGY and not isinstance(self._strategy, Grouped)
-        # a coordinate strategy (the weighted mean is one) may run sliced: each participant reduces
-        # one slice, the others audit it
-        self._sliceable = slice_service is not None and supports_columns(self._strategy)
+        # where this run's strategy may merge: rounds/merging.py (run_merge), rounds/placement.py (allowed)
+        how = run_merge(manifest.strategy, manifest.strategy_args, manifest.group_rules)
+        self._strategy, self._mean = how.strategy, how.mean
+        self._sliceable = slice_service is not None and how.coordinate
         try:
-            placement.check_policy(manifest.placement, self._mean, self._sliceable, repr(manifest.strategy))
+            placement.check_policy(
+                manifest.placement, self._mean, self._sliceable, repr(manifest.strategy), how.history
+            )
         except placement.PlacementError as e:
             raise StrategyError(str(e)) from None
         # a 50M-parameter model's dense preparation (~12 s) would not leave a 60 s round's 15 s window
@@ -148,6 +148,8 @@ class RoundEngine:
         self._placer = Placer(
             strategy=self._strategy, mean=self._mean, sliceable=self._sliceable, exchange=exchange,
             allreduce=allreduce, sliced=sliced, status=self.status, data_dir=history.path.parent,
+            history=RoundHistory(manifest=manifest, rounds=how.history, history=history, versions=versions,
+                                 state_service=state_service, peers=peers) if how.history else None,
         )  # fmt: skip
         self._committer = Committer(
             bulletin=bulletin, identity=identity, manifest=manifest, versions=versions, history=history,

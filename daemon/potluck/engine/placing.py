@@ -12,6 +12,7 @@ from typing import Any
 from potluck.engine.allreduce import AllReduce
 from potluck.engine.attempt import Attempt, Merged, RoundStatus
 from potluck.engine.gathered import merge_gathered
+from potluck.engine.history import RoundHistory
 from potluck.engine.sliced import SlicedMerge
 from potluck.engine.updates import AcceptedUpdates
 from potluck.rounds import placement
@@ -23,10 +24,12 @@ class Placer:
     def __init__(
         self, *, strategy: Any, mean: bool, sliceable: bool, exchange: AcceptedUpdates, allreduce: AllReduce,
         sliced: SlicedMerge | None, status: RoundStatus, data_dir: Path | None = None,
+        history: RoundHistory | None = None,
     ):  # fmt: skip
         self._strategy, self._mean, self._sliceable = strategy, mean, sliceable
         self._exchange, self._allreduce, self._sliced, self._status = exchange, allreduce, sliced, status
         self._data_dir = data_dir  # the history a revert's step is computed from (gathered only)
+        self._history = history  # the merged steps a history-aware strategy needs (gathered only)
         self.ran = ""  # the placement the last attempt ran (for its error line)
 
     async def merge(self, a: Attempt) -> Merged:
@@ -50,7 +53,13 @@ class Placer:
             assert self._sliced is not None  # check_policy/choose allow sliced only with one
             return await self._sliced.merge(a)
         if where == "gathered":
-            return await merge_gathered(
-                a, self._exchange, None if self._mean else self._strategy, self._data_dir
-            )
+            strategy = None if self._mean else self._strategy
+            merged = await merge_gathered(a, self._exchange, strategy, self._data_dir, self._history)
+            self._status.damped = merged.damped
+            if merged.damped:  # why an update counts less than the others: the strategy's own factors
+                factors = ", ".join(f"{u[:12]} x{f:.3f}" for u, f in sorted(merged.damped.items()))
+                name = getattr(strategy, "name", "the strategy")
+                logger.info(f"round {a.round} attempt {a.index}: {name} damped {len(merged.damped)} of "
+                            f"{len(a.assignment)} updates: {factors}")  # fmt: skip
+            return merged
         return await self._allreduce.merge(a)

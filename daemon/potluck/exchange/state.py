@@ -1,5 +1,5 @@
-"""Model state between nodes: serve the versions and the manifest a node holds; download a version from
-several holders at once, checking each tensor against a signed commit.
+"""Model state between nodes: serve the versions, the manifest and the recorded commits a node holds;
+download a version from several holders at once, checking each tensor against a signed commit.
 
 A download runs in two passes:
 
@@ -48,6 +48,7 @@ from potluck.v1 import exchange_pb2
 logger = logging.getLogger(__name__)
 
 MANIFEST_HANDLER = "potluck.v1.GetManifest"
+COMMIT_HANDLER = "potluck.v1.GetCommit"
 
 MAX_TICKET_BYTES = 1 << 20  # a ticket stays under p2pd's message limit; a longer tensor list: pass 2 only
 
@@ -67,6 +68,8 @@ class StateService:
         # how downloads run, for comparisons (bench/rounds.py): "bulk" (both passes, direct channels where
         # reachable), "pieces" (both passes, libp2p only), "whole" (pass 2 only: the path before pieces)
         self.mode = "bulk"
+        # the recorded commit that made a version, and its signatures' bytes (GetCommit); None: not served
+        self.commits: Callable[[str, str], tuple[bytes, list[bytes]] | None] | None = None
 
     async def start(self) -> None:
         p2p = self._host.p2p
@@ -75,6 +78,7 @@ class StateService:
         )
         await p2p.add_protobuf_handler(MANIFEST_HANDLER, self._serve_manifest, exchange_pb2.ManifestRequest)
         await p2p.add_protobuf_handler(TICKET_HANDLER, self._serve_ticket, exchange_pb2.BulkTicketRequest)
+        await p2p.add_protobuf_handler(COMMIT_HANDLER, self._serve_commit, exchange_pb2.CommitRequest)
         ip = listen_ip(self._host.listen)
         if not self._host.client_mode and ip is not None:
             bulk = BulkServer(self._load)
@@ -164,6 +168,16 @@ class StateService:
         data = self._manifest_bytes(request.run_id.hex()) if len(request.run_id) == 32 else None
         return exchange_pb2.ManifestResponse(manifest=data or b"")
 
+    async def _serve_commit(
+        self, request: exchange_pb2.CommitRequest, context: P2PContext
+    ) -> exchange_pb2.CommitReply:
+        if self.commits is None or len(request.run_id) != 32 or len(request.version) != 32:
+            return exchange_pb2.CommitReply()
+        found = await asyncio.to_thread(self.commits, request.run_id.hex(), request.version.hex())
+        if found is None:
+            return exchange_pb2.CommitReply()
+        return exchange_pb2.CommitReply(commit=found[0], signatures=found[1])
+
     # ---- fetching ----------------------------------------------------------------------------------
 
     async def _ask(
@@ -190,6 +204,17 @@ class StateService:
             if reply is not None and reply.manifest:
                 return reply.manifest
         raise SyncFailed(f"no peer served the manifest of run {run_id[:16]}")
+
+    async def fetch_commit(
+        self, run_id: str, version: str, holders: Sequence[tuple[str, list[str]]]
+    ) -> list[tuple[bytes, list[bytes]]]:
+        """Every holder's answer (commit body, signatures) for the commit that made ``version``, unchecked:
+        the caller checks each against the run, the version and the quorum."""
+        request = exchange_pb2.CommitRequest(run_id=bytes.fromhex(run_id), version=bytes.fromhex(version))
+        replies = await asyncio.gather(
+            *(self._ask(p, a, COMMIT_HANDLER, request, exchange_pb2.CommitReply, 10) for p, a in holders)
+        )
+        return [(r.commit, list(r.signatures)) for r in replies if r is not None and r.commit]
 
     async def fetch_version(
         self, version: str, holders: Sequence[tuple[str, list[str]]]

@@ -37,6 +37,8 @@ name                   kind        rule (args)
 ``centered_clip``      vector      iterative L2 clipping around v (``tau``, ``iterations``, ``start``, ...)
 ``multi_krum``         vector      average the m best Krum scores (``f``, ``m``)
 ``geometric_median``   vector      Weiszfeld (``iterations``, ``eps``)
+``history_clip``       vector      gate + clip around the agreed history's momentum (``beta``, ``clip``,
+                                   ``reject``, ``min_cos``, ``bucket``, ``iterations``)
 =====================  ==========  =========================================================
 
 **Where they can run.** A ``coordinate`` strategy computes coordinate j of the result from
@@ -68,6 +70,12 @@ vector strategy and is merged where the updates are gathered.
 ``norm_filter`` is the recommended robust strategy (bench/robust.py): a coordinate strategy after a
 per-round step that needs each update's norm, which every node holding the round's updates computes
 (:mod:`potluck.merge.norm_filter`).
+
+``history_clip`` (:mod:`potluck.merge.history`) is history-aware: it sets ``history_rounds`` and its
+``merge`` also takes ``context=RoundContext(...)`` (:mod:`potluck.merge.context`: the agreed merged
+steps of the last rounds, the authors, the digest of the round's update ids), so it judges each
+delta against where the model has been moving; every node derives the context from committed
+versions and agreed entries, so it merges bit for bit alike.
 
 Sparse-aware robust aggregation (the default of ``coordinate_median`` and ``trimmed_mean``, and of
 centered_clip's median start) is described in :mod:`potluck.merge.robust`.

@@ -201,14 +201,18 @@ class BaseStrategy:
         self, deltas: Sequence[Delta], weights: Sequence[float], *, round_seed: int
     ) -> dict[str, np.ndarray]:
         seed = _seed(round_seed)
-        try:
-            batch = make_batch(deltas, weights)
-        except InputError as e:
-            raise StrategyError(f"{self.name}: {e}") from None
+        batch = self.batch_of(deltas, weights)
         if batch.n == 0:
             return batch.split(np.zeros(batch.length, dtype=np.float64))
         flat = self.merge_batch(batch, seed)
         return batch.split(flat)
+
+    def batch_of(self, deltas: Sequence[Delta], weights: Sequence[float]) -> Batch:
+        """The canonical :class:`Batch` of the whole deltas; malformed input is a :class:`StrategyError`."""
+        try:
+            return make_batch(deltas, weights)
+        except InputError as e:
+            raise StrategyError(f"{self.name}: {e}") from None
 
     def merge_columns(
         self,

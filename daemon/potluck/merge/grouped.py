@@ -7,6 +7,9 @@ as it is for a single strategy, so the weights and the canonical order are those
 round), and the results are joined. A group's strategy runs with its default arguments; the
 manifest's ``strategy_args`` are for the manifest's ``strategy``.
 
+A group whose strategy is history-aware (``history_rounds``, merge/context.py) gets the round's context
+with the previous steps cut to its own tensors; ``Grouped`` asks for the most history any group needs.
+
 ``Grouped`` is a ``vector`` strategy: it has no ``merge_columns``, so its merge runs where the
 round's updates are gathered (rounds/placement.py allows only ``gathered`` for it). Supporting
 per-group strategies inside the sliced and all-reduce placements would need every reducer to merge
@@ -24,6 +27,7 @@ import numpy as np
 from potluck.groups import GroupRules
 from potluck.merge.base import Strategy
 from potluck.merge.batch import Delta, delta_tensors
+from potluck.merge.context import RoundContext
 from potluck.merge.registry import get_strategy
 
 __all__ = ["Grouped", "run_strategy"]
@@ -38,17 +42,31 @@ class Grouped:
     def __init__(self, default: str, strategies: Mapping[str, Strategy], rules: GroupRules) -> None:
         self._default, self._strategies, self._rules = default, dict(strategies), rules
         self.args: dict[str, Any] = {"groups": [r.text() for r in rules.rules], "default": default}
+        self.history_rounds = max(
+            (getattr(s, "history_rounds", 0) for s in self._strategies.values()), default=0
+        )
 
     def strategy_of(self, tensor: str) -> str:
         rule = self._rules.rule_for(tensor)
         return rule.strategy if rule is not None and rule.strategy else self._default
 
     def merge(
-        self, deltas: Sequence[Delta], weights: Sequence[float], *, round_seed: int
+        self,
+        deltas: Sequence[Delta],
+        weights: Sequence[float],
+        *,
+        round_seed: int,
+        context: RoundContext | None = None,
     ) -> dict[str, np.ndarray]:
         merged: dict[str, np.ndarray] = {}
         for strategy, part in self.parts(deltas):
-            merged |= strategy.merge(part, weights, round_seed=round_seed)
+            if context is not None and getattr(strategy, "history_rounds", 0):
+                names = {n for d in part for n in d}
+                own = tuple({n: t for n, t in step.items() if n in names} for step in context.previous)
+                cut = RoundContext(context.authors, own, context.digest)
+                merged |= strategy.merge(part, weights, round_seed=round_seed, context=cut)  # type: ignore[call-arg]
+            else:
+                merged |= strategy.merge(part, weights, round_seed=round_seed)
         return merged
 
     def parts(self, deltas: Sequence[Delta]) -> list[tuple[Strategy, list[dict[str, Any]]]]:

@@ -32,6 +32,7 @@ BUILTINS: dict[str, str] = {
     "multi_krum": "potluck.merge.robust:MultiKrum",
     "geometric_median": "potluck.merge.robust:GeometricMedian",
     "norm_filter": "potluck.merge.norm_filter:NormFilter",
+    "history_clip": "potluck.merge.history:HistoryClip",
 }
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 

@@ -3,26 +3,126 @@
 What the gathered placement computes (engine/gathered.py) and what `potluck verify` recomputes from the
 stored updates. The all-reduce and sliced placements give the same bytes: the weighted mean through
 potluck's fixed point (rounds/fixedpoint.py), a coordinate strategy through ``merge_columns`` (merge/).
+
+A history-aware strategy (``history_rounds = N > 0``, merge/context.py) also gets the round's
+:class:`~potluck.merge.context.RoundContext`: the counted updates' authors, the merged steps of the last N
+commits of the chain that ends at the round's base (:func:`history_chain` names their versions, the
+caller loads them: engine/history.py on a live node, vcs/replay.py in `potluck verify`) and the digest
+of the round's update ids. Such a strategy merges only where the updates are gathered (:func:`run_merge`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from potluck.groups import GroupRules
 from potluck.manifest import Manifest
-from potluck.merge import Strategy, next_state
+from potluck.merge import (
+    DEFAULT_STRATEGY,
+    Grouped,
+    Strategy,
+    StrategyError,
+    next_state,
+    run_strategy,
+    supports_columns,
+)
+from potluck.merge.context import RoundContext, entries_digest, step_between
 from potluck.rounds import fixedpoint
 from potluck.updates.codec import SignedUpdate
 
-__all__ = ["merge_round", "round_seed"]
+__all__ = [
+    "HistoryGap", "RunMerge", "damping", "history_chain", "history_rounds", "history_steps", "merge_round",
+    "round_seed", "run_merge",
+]  # fmt: skip
+
+MAX_HISTORY_ROUNDS = 64  # earlier versions a strategy may ask for: each is a whole model in memory
+
+
+class HistoryGap(Exception):
+    """The chain of commits before a round cannot be followed here: no commit of ``version`` is known."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(f"no commit of version {version[:16]} is known here")
+        self.version = version
 
 
 def round_seed(run_id: str, round_: int) -> int:
     """The round's seed for randomized strategies (DARE): the same on every node."""
     return int.from_bytes(hashlib.sha256(f"{run_id}/{round_}".encode()).digest()[:8], "little")
+
+
+def history_rounds(strategy: Strategy | None) -> int:
+    """How many earlier merged steps ``strategy`` merges with (0: none; the weighted mean never)."""
+    n = getattr(strategy, "history_rounds", 0) if strategy is not None else 0
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_HISTORY_ROUNDS:
+        name = getattr(strategy, "name", type(strategy).__name__)
+        raise StrategyError(f"{name}: history_rounds must be an int in [0, {MAX_HISTORY_ROUNDS}], got {n!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class RunMerge:
+    """How a run merges: its strategy (None: the weighted mean through the fixed point), whether that is
+    the weighted mean, whether it can merge a window of coordinates, and the history it needs."""
+
+    strategy: Strategy
+    mean: bool
+    coordinate: bool
+    history: int
+
+    @property
+    def merging(self) -> Strategy | None:
+        """What :func:`merge_round` takes: None for the weighted mean."""
+        return None if self.mean else self.strategy
+
+
+def run_merge(strategy: str, args: Mapping, rules: GroupRules) -> RunMerge:
+    """The merge of a run with ``strategy`` (``args``) and parameter groups ``rules``, as the manifest
+    check at `potluck init`, the node and `potluck verify` all read it. A history-aware strategy is never
+    ``coordinate``: a reducer of one slice would merge without the history (gathered only)."""
+    s = run_strategy(strategy, args, rules)
+    history = history_rounds(s)
+    mean = strategy == DEFAULT_STRATEGY and not isinstance(s, Grouped)
+    return RunMerge(s, mean, supports_columns(s) and history == 0, history)
+
+
+def damping(strategy: Strategy | None, weighted: Sequence[tuple[int, SignedUpdate]]) -> dict[str, float]:
+    """update id -> the factor ``strategy``'s last merge of ``weighted`` scaled it by, where below 1.
+
+    Read from the strategy's optional ``last_factors``, set by its ``merge``: one number in [0, 1] per
+    counted delta, in the order they were passed (that of ``RoundContext.authors``; 0: dropped). {} when
+    the strategy has none or gives something else: a strategy that does not say so is never damping."""
+    factors = getattr(strategy, "last_factors", None) if strategy is not None else None
+    counted = [u for w, u in weighted if w > 0]
+    if not isinstance(factors, Sequence) or len(factors) != len(counted):
+        return {}
+    if not all(isinstance(f, int | float) and 0.0 <= f <= 1.0 for f in factors):
+        return {}
+    return {u.update_id: float(f) for u, f in zip(counted, factors, strict=True) if f < 1.0}
+
+
+def history_chain(base: str, genesis: str, parent_of: Callable[[str], str | None], rounds: int) -> list[str]:
+    """``[V_r = base, V_{r-1}, ...]``: the versions of the last ``rounds`` commits of the chain that ends
+    at ``base``, following each commit's parent (``parent_of(v)``: the parent of the commit that changed
+    the model to ``v``, None when unknown; a commit that left the version as it was made no step and is
+    not one of them), at most ``rounds + 1`` of them, fewer when the chain reaches the genesis.
+    :class:`HistoryGap` when a parent is unknown."""
+    chain = [base]
+    while len(chain) <= rounds and chain[-1] != genesis:
+        parent = parent_of(chain[-1])
+        if parent is None or parent == chain[-1]:
+            raise HistoryGap(chain[-1])
+        chain.append(parent)
+    return chain
+
+
+def history_steps(states: Sequence[Mapping[str, np.ndarray]], outer_lr: float) -> tuple[dict, ...]:
+    """The merged steps, newest first, of ``states`` = the versions of :func:`history_chain`, in order."""
+    return tuple(step_between(states[k + 1], states[k], outer_lr) for k in range(len(states) - 1))
 
 
 def merge_round(
@@ -33,13 +133,17 @@ def merge_round(
     strategy: Strategy | None,
     seed: int,
     extra: Mapping[str, np.ndarray] | None = None,
+    previous: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """V_{r+1} and the total weight merged, from V_r and ``weighted`` = [(merge weight, update)].
+    """V_{r+1} and the total weight merged, from V_r and ``weighted`` = [(merge weight, SignedUpdate)].
 
     ``strategy`` None is the weighted mean: the updates are summed straight into the fixed point (an
     update of weight 0, on probation, adds nothing). Any other strategy merges the updates that weigh
     something as its own batch (strategies that ignore weights must not see the others). ``extra``: a
-    revert's float64 step (vcs/revert.py), weighted mean only.
+    revert's float64 step (vcs/revert.py), weighted mean only. ``previous``: the merged steps before the
+    round (:func:`history_steps`), required by a history-aware strategy and passed in its context with
+    the counted updates' authors and the digest of every update id of the round (sorted: the commit's
+    order).
     """
     if strategy is None:
         c = fixedpoint.contribution(layout, weighted)
@@ -48,9 +152,18 @@ def merge_round(
     if extra:
         raise ValueError("a revert applies to weighted-mean runs only")
     counted = [(w, u) for w, u in weighted if w > 0]
-    merged = (
-        strategy.merge([u for _, u in counted], [float(w) for w, _ in counted], round_seed=seed)
-        if counted
-        else {}
-    )
+    if not counted:
+        return next_state(dict(base), {}, manifest.outer_lr), 0
+    deltas, weights = [u for _, u in counted], [float(w) for w, _ in counted]
+    if history_rounds(strategy):
+        if previous is None:
+            raise ValueError(f"{strategy.name} merges with the run's history: pass the previous steps")
+        context = RoundContext(
+            authors=tuple(u.update.author.hex() for u in deltas),
+            previous=tuple(previous),
+            digest=entries_digest(sorted(u.update_id for _, u in weighted)),
+        )
+        merged = strategy.merge(deltas, weights, round_seed=seed, context=context)  # type: ignore[call-arg]
+    else:
+        merged = strategy.merge(deltas, weights, round_seed=seed)
     return next_state(dict(base), merged, manifest.outer_lr), sum(w for w, _ in counted)

@@ -19,7 +19,8 @@ Which placements a strategy allows: the weighted mean all three (its gathered an
 the all-reduce's bytes, merge/linear.py), a coordinate strategy ``gathered`` or ``sliced``, a
 whole-vector strategy ``gathered`` only. A manifest may fix one (``placement``); it must be allowed.
 Parameter groups that pick different strategies make the run's strategy merge.grouped.Grouped, a
-vector strategy: gathered only.
+vector strategy: gathered only. So is a history-aware strategy (``history_rounds``, rounds/merging.py),
+whatever its kind: a reducer of one slice does not have the history it merges with.
 """
 
 from __future__ import annotations
@@ -68,12 +69,17 @@ def allowed(mean: bool, coordinate: bool) -> tuple[str, ...]:
     return ("gathered", "allreduce") if mean else ("gathered",)
 
 
-def check_policy(policy: str, mean: bool, coordinate: bool, strategy: str = "the strategy") -> None:
-    """PlacementError unless ``policy`` is ``auto`` or a placement the strategy allows."""
+def check_policy(
+    policy: str, mean: bool, coordinate: bool, strategy: str = "the strategy", history: int = 0
+) -> None:
+    """PlacementError unless ``policy`` is ``auto`` or a placement the strategy allows (``history``: the
+    merged steps a history-aware strategy merges with, which only a gathered merge has)."""
     if policy not in POLICIES:
         raise PlacementError(f"placement must be one of {list(POLICIES)}, got {policy!r}")
     if policy != "auto" and policy not in allowed(mean, coordinate):
         kind = "the weighted mean" if mean else "a coordinate" if coordinate else "a whole-vector"
+        if history:
+            kind = f"a history-aware (it merges with the last {history} commits' steps)"
         raise PlacementError(
             f"{strategy} is {kind} strategy: it runs {' or '.join(allowed(mean, coordinate))}, not {policy}"
         )

@@ -154,6 +154,7 @@ def _aggregation(engine: RoundEngine) -> control_pb2.Aggregation:
         close_reason=st.close_reason,
         waiting_for=engine.waiting_for,
         last_phases=st.last_phases,
+        damped=st.damped,
         commit_seconds=control_pb2.Histogram(
             bounds=st.commit_seconds.bounds,
             counts=st.commit_seconds.counts,

@@ -205,6 +205,24 @@ class History:
             ).fetchall()
         return [CommitSignature(node, bytes(sig)) for node, sig in rows]
 
+    # A commit that left the version as it was (every counted update weighed 0) made no step: the commit
+    # that "made" a version is the one that changed the model to it, the same on every node.
+    _MADE = "SELECT round, parent FROM commits WHERE version = ? AND parent != version ORDER BY round DESC"
+
+    def made(self, version: str) -> tuple[Commit, list[CommitSignature]] | None:
+        """The recorded commit that changed the model to ``version``, with its stored signatures (None:
+        none here)."""
+        with self._lock:
+            row = self._db.execute(self._MADE, (version,)).fetchone()
+        commit = self.get(row[0]) if row is not None else None
+        return (commit, self.signatures(commit.round)) if commit is not None else None
+
+    def parent_of(self, version: str) -> str | None:
+        """The parent of the recorded commit that changed the model to ``version`` (None: none here)."""
+        with self._lock:
+            row = self._db.execute(self._MADE, (version,)).fetchone()
+        return row[1] if row is not None else None
+
     def has_version(self, version: str) -> bool:
         """Whether a recorded commit produced ``version``."""
         with self._lock:

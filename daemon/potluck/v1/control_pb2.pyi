@@ -236,8 +236,15 @@ class Probation(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., rounds_left: _Optional[int] = ...) -> None: ...
 
 class Aggregation(_message.Message):
-    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums", "placement_policy", "placement_reason", "pacing", "close_reason", "waiting_for", "last_phases", "commit_seconds")
+    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums", "placement_policy", "placement_reason", "pacing", "close_reason", "waiting_for", "last_phases", "commit_seconds", "damped")
     class LastPhasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class DampedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +267,7 @@ class Aggregation(_message.Message):
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     LAST_PHASES_FIELD_NUMBER: _ClassVar[int]
     COMMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DAMPED_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     placement: str
     audited_slices: int
@@ -276,7 +284,8 @@ class Aggregation(_message.Message):
     waiting_for: int
     last_phases: _containers.ScalarMap[str, float]
     commit_seconds: Histogram
-    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ..., placement_policy: _Optional[str] = ..., placement_reason: _Optional[str] = ..., pacing: _Optional[str] = ..., close_reason: _Optional[str] = ..., waiting_for: _Optional[int] = ..., last_phases: _Optional[_Mapping[str, float]] = ..., commit_seconds: _Optional[_Union[Histogram, _Mapping]] = ...) -> None: ...
+    damped: _containers.ScalarMap[str, float]
+    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ..., placement_policy: _Optional[str] = ..., placement_reason: _Optional[str] = ..., pacing: _Optional[str] = ..., close_reason: _Optional[str] = ..., waiting_for: _Optional[int] = ..., last_phases: _Optional[_Mapping[str, float]] = ..., commit_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., damped: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("bounds", "counts", "sum", "count")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19potluck/v1/exchange.proto\x12\npotluck.v1\"\"\n\rUpdateRequest\x12\x11\n\tupdate_id\x18\x01 \x01(\x0c\"/\n\x0bUpdateChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"N\n\rTensorRequest\x12\x0f\n\x07version\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"M\n\x0bTensorChunk\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"4\n\x11\x42ulkTicketRequest\x12\x0f\n\x07version\x18\x01 \x01(\x0c\x12\x0e\n\x06hashes\x18\x02 \x01(\x08\"F\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\"`\n\nBulkTicket\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\r\n\x05token\x18\x03 \x01(\x0c\x12\'\n\x07tensors\x18\x04 \x03(\x0b\x32\x16.potluck.v1.TensorMeta\"!\n\x0fManifestRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x0c\"$\n\x10ManifestResponse\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\"I\n\x12PushUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tupdate_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\x0cSliceRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x0c\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\"\n\rModuleRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\x0c\"F\n\x04Post\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06subkey\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\nexpiration\x18\x04 \x01(\x01\"\t\n\x07PostAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19potluck/v1/exchange.proto\x12\npotluck.v1\"\"\n\rUpdateRequest\x12\x11\n\tupdate_id\x18\x01 \x01(\x0c\"/\n\x0bUpdateChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"N\n\rTensorRequest\x12\x0f\n\x07version\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"M\n\x0bTensorChunk\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"4\n\x11\x42ulkTicketRequest\x12\x0f\n\x07version\x18\x01 \x01(\x0c\x12\x0e\n\x06hashes\x18\x02 \x01(\x08\"F\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\"`\n\nBulkTicket\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\r\n\x05token\x18\x03 \x01(\x0c\x12\'\n\x07tensors\x18\x04 \x03(\x0b\x32\x16.potluck.v1.TensorMeta\"!\n\x0fManifestRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x0c\"$\n\x10ManifestResponse\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\"0\n\rCommitRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x0c\"1\n\x0b\x43ommitReply\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\x0c\x12\x12\n\nsignatures\x18\x02 \x03(\x0c\"I\n\x12PushUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tupdate_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\x0cSliceRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x0c\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\"\n\rModuleRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\x0c\"F\n\x04Post\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06subkey\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\nexpiration\x18\x04 \x01(\x01\"\t\n\x07PostAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,14 +49,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MANIFESTREQUEST']._serialized_end=542
   _globals['_MANIFESTRESPONSE']._serialized_start=544
   _globals['_MANIFESTRESPONSE']._serialized_end=580
-  _globals['_PUSHUPDATERESPONSE']._serialized_start=582
-  _globals['_PUSHUPDATERESPONSE']._serialized_end=655
-  _globals['_SLICEREQUEST']._serialized_start=657
-  _globals['_SLICEREQUEST']._serialized_end=719
-  _globals['_MODULEREQUEST']._serialized_start=721
-  _globals['_MODULEREQUEST']._serialized_end=755
-  _globals['_POST']._serialized_start=757
-  _globals['_POST']._serialized_end=827
-  _globals['_POSTACK']._serialized_start=829
-  _globals['_POSTACK']._serialized_end=838
+  _globals['_COMMITREQUEST']._serialized_start=582
+  _globals['_COMMITREQUEST']._serialized_end=630
+  _globals['_COMMITREPLY']._serialized_start=632
+  _globals['_COMMITREPLY']._serialized_end=681
+  _globals['_PUSHUPDATERESPONSE']._serialized_start=683
+  _globals['_PUSHUPDATERESPONSE']._serialized_end=756
+  _globals['_SLICEREQUEST']._serialized_start=758
+  _globals['_SLICEREQUEST']._serialized_end=820
+  _globals['_MODULEREQUEST']._serialized_start=822
+  _globals['_MODULEREQUEST']._serialized_end=856
+  _globals['_POST']._serialized_start=858
+  _globals['_POST']._serialized_end=928
+  _globals['_POSTACK']._serialized_start=930
+  _globals['_POSTACK']._serialized_end=939
 # @@protoc_insertion_point(module_scope)

@@ -88,6 +88,22 @@ class ManifestResponse(_message.Message):
     manifest: bytes
     def __init__(self, manifest: _Optional[bytes] = ...) -> None: ...
 
+class CommitRequest(_message.Message):
+    __slots__ = ("run_id", "version")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    run_id: bytes
+    version: bytes
+    def __init__(self, run_id: _Optional[bytes] = ..., version: _Optional[bytes] = ...) -> None: ...
+
+class CommitReply(_message.Message):
+    __slots__ = ("commit", "signatures")
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    commit: bytes
+    signatures: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, commit: _Optional[bytes] = ..., signatures: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class PushUpdateResponse(_message.Message):
     __slots__ = ("accepted", "update_id", "reason")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]

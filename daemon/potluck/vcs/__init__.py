@@ -8,6 +8,7 @@ replay   `verify`: history replayed from genesis, every signature, quorum, updat
 gc       `gc`: which stored versions to drop, rewriting kept patches whose parent goes
 revert   `revert`: the signed proposal, who may revert, and the step that takes merged updates back out
 export   `export --to`: a version as a folder of safetensors, the task's config and a model card
+damping  the factors a strategy scaled a committed round's updates by (written by the node that merged)
 
 All but gc only read the data dir, so they run beside a running node (revert and export write only their
 output); gc takes the data dir's lock to write.

@@ -33,7 +33,7 @@ import numpy as np
 
 from potluck.groups import GroupRules
 from potluck.merge import Strategy
-from potluck.merge.attribution import attribute
+from potluck.merge.attribution import attribute, projection
 from potluck.rounds.fixedpoint import QUANTUM, Layout, contribution
 from potluck.updates.codec import SignedUpdate
 
@@ -140,15 +140,22 @@ class BlameRound:
 
 
 def attributed_steps(
-    strategy: Strategy, merged: Sequence[tuple[str, int, SignedUpdate]], seed: int, outer_lr: float
+    strategy: Strategy,
+    merged: Sequence[tuple[str, int, SignedUpdate]],
+    seed: int,
+    outer_lr: float,
+    step: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[list[tuple[str | None, dict[str, np.ndarray]]], str]:
     """Each update's ``outer_lr * t_u`` of a round merged by ``strategy`` (merge/attribution.py: its exact
     rule, or the projection rule), flat float64 per tensor, and the rule's name; the updates of weight 0
-    are left out, as the merge left them out."""
+    are left out, as the merge left them out. ``step``: the round's merged delta as the versions show it
+    (``(V_{r+1} - V_r) / outer_lr``), for a history-aware strategy, whose merge depends on earlier rounds:
+    the updates are projected on it (what they do not account for, e.g. momentum, is unattributed)."""
     counted = [(a, w, u) for a, w, u in merged if w > 0]
     if not counted:
         return [], "none"
-    got = attribute(strategy, [u for _, _, u in counted], [float(w) for _, w, _ in counted], seed)
+    deltas, weights = [u for _, _, u in counted], [float(w) for _, w, _ in counted]
+    got = attribute(strategy, deltas, weights, seed) if step is None else projection(deltas, weights, step)
     steps: list[tuple[str | None, dict[str, np.ndarray]]] = [
         (a, {name: outer_lr * np.asarray(t, dtype=np.float64).reshape(-1) for name, t in terms.items()})
         for (a, _, _), terms in zip(counted, got.terms, strict=True)

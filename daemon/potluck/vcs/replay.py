@@ -11,9 +11,10 @@ the version the commit names, what failed); nothing after it is checked:
    values, norm), with one validator for the whole replay so an
    update merged twice or a sequence number reused across rounds fails too; its authors are the
    commit's contributors;
-4. the merge recomputed from those updates with the manifest's strategy (per group where the groups name
-   others, as the engine merges: repo.merge_strategy), weights (probation counted in
-   the history), round seed and the step of its reverts (vcs/revert.py), onto the replayed previous
+4. the merge recomputed from those updates with the manifest's strategy (per parameter group where the
+   groups pick their own), weights (probation counted in the history), round seed, the step of its
+   reverts (vcs/revert.py) and, for a history-aware strategy, the merged steps of the commits before it
+   (from the replayed versions; before ``start``, from the stored ones), onto the replayed previous
    version, gives the total weight and the version hash the commit names (bit for bit: the hash covers
    every byte);
 5. the version file stored for it, if any, hashes to its name.
@@ -31,17 +32,23 @@ from typing import Any
 import numpy as np
 
 from potluck.hashing import tensor_hashes, version_hash
-from potluck.merge import Strategy
 from potluck.rounds.commit import Commit
 from potluck.rounds.fixedpoint import Layout
-from potluck.rounds.merging import merge_round, round_seed
+from potluck.rounds.merging import (
+    HistoryGap,
+    RunMerge,
+    history_chain,
+    history_steps,
+    merge_round,
+    round_seed,
+)
 from potluck.runfiles import run_context
 from potluck.store.versions import CorruptVersion, VersionNotFound
 from potluck.updates.codec import parse_update
 from potluck.updates.reasons import UpdateRejected
 from potluck.updates.validation import UpdateValidator
 from potluck.vcs import revert
-from potluck.vcs.repo import HistoryRepo, merge_strategy
+from potluck.vcs.repo import HistoryRepo, RepoError, run_merge_of
 
 __all__ = ["Divergence", "verify"]
 
@@ -62,7 +69,7 @@ def verify(
     manifest = repo.need_manifest()
     report: dict[str, Any] = {"ok": True, "run_id": manifest.run_id, "from": start or manifest.genesis,
                               "rounds": 0, "signatures": 0, "updates": 0}  # fmt: skip
-    strategy = merge_strategy(manifest)  # per-group strategies too, as the engine merges
+    how = run_merge_of(manifest)
     base = start or manifest.genesis
     committed_in = repo.round_of(base) if start else None
     start_round = -1 if committed_in is None else committed_in  # the genesis: before round 0
@@ -79,12 +86,13 @@ def verify(
     layout = Layout.from_state(state)
     validator = UpdateValidator(context)
     previous: Commit | None = None
+    recent = {base: state}  # the replayed versions a history-aware merge may still look back to
     for entry in repo.log:
         if entry["round"] <= start_round:
             continue
         commit = repo.commit(entry["round"])
         try:
-            state = _check_round(repo, commit, base, previous, state, layout, validator, strategy, report)
+            _check_round(repo, commit, base, previous, recent, layout, validator, how, report)
         except Divergence as d:
             return _failed(report, d)
         report["rounds"] += 1
@@ -104,13 +112,14 @@ def _check_round(
     commit: Commit,
     base: str,
     previous: Commit | None,
-    state: dict[str, np.ndarray],
+    recent: dict[str, dict[str, np.ndarray]],
     layout: Layout,
     validator: UpdateValidator,
-    strategy: Strategy | None,
+    how: RunMerge,
     report: dict[str, Any],
 ) -> dict[str, np.ndarray]:
-    """The replayed version of ``commit`` (from ``state``, the version ``base``), or :class:`Divergence`."""
+    """The replayed version of ``commit`` (from ``recent[base]``, the replayed version ``base``), or
+    :class:`Divergence`. ``recent`` keeps the replayed versions a later round's history may need."""
     manifest = repo.need_manifest()
     r, v = commit.round, commit.version
 
@@ -166,7 +175,20 @@ def _check_round(
     except revert.RevertError as e:
         raise fail(f"its revert: {e}") from None
     seed = round_seed(commit.run_id, r)
-    new_state, total = merge_round(state, layout, weighted, manifest, strategy, seed, extra)
+    state, steps = recent[base], None
+    if how.history:
+        try:
+            chain = history_chain(base, manifest.genesis, repo.history.parent_of, how.history)
+            steps = history_steps(
+                [recent[c] if c in recent else repo.state(c) for c in chain], manifest.outer_lr
+            )
+        except (HistoryGap, RepoError) as e:
+            raise fail(f"its merge needs the steps of the last {how.history} commits: {e}") from None
+        for old in set(recent) - set(chain):
+            del recent[old]
+    else:
+        recent.clear()
+    new_state, total = merge_round(state, layout, weighted, manifest, how.merging, seed, extra, steps)
     if total != commit.total_weight:
         raise fail(f"the updates weigh {total} in all, the commit says {commit.total_weight}")
     got = version_hash(new_state)
@@ -182,4 +204,5 @@ def _check_round(
             repo.versions.get(v)
         except CorruptVersion as e:
             raise fail(f"the stored version file is damaged: {e}") from None
+    recent[v] = new_state
     return new_state

@@ -19,8 +19,9 @@ import numpy as np
 from potluck.defence import probation
 from potluck.errors import ConfigError
 from potluck.manifest import Manifest
-from potluck.merge import DEFAULT_STRATEGY, Strategy, StrategyError, run_strategy
+from potluck.merge import Strategy, StrategyError
 from potluck.rounds.commit import Commit
+from potluck.rounds.merging import RunMerge, run_merge
 from potluck.runfiles import cached_manifest
 from potluck.store.history import HISTORY_FILE, History
 from potluck.store.updates import UpdateStore
@@ -28,7 +29,15 @@ from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
 from potluck.updates.codec import SignedUpdate, decode_update
 from potluck.updates.reasons import UpdateRejected
 
-__all__ = ["MIN_PREFIX", "HistoryRepo", "MergedUpdate", "RepoError", "merge_strategy", "merge_weight"]
+__all__ = [
+    "MIN_PREFIX",
+    "HistoryRepo",
+    "MergedUpdate",
+    "RepoError",
+    "merge_strategy",
+    "merge_weight",
+    "run_merge_of",
+]
 
 MIN_PREFIX = 6  # hex digits: shorter, a prefix would silently pick whichever hash starts with it
 
@@ -59,18 +68,19 @@ def merge_weight(manifest: Manifest, author: str, sample_count: int, seniority: 
     return probation.update_weight(manifest, sample_count, senior)
 
 
-def merge_strategy(manifest: Manifest) -> Strategy | None:
-    """What the run's rounds merge with, as engine/loop.py picks it: None for the weighted mean (its fixed
-    point, rounds/merging.py), else ``run_strategy`` (per-group strategies when the groups name others);
-    :class:`RepoError` in one line for a strategy this install cannot load."""
+def run_merge_of(manifest: Manifest) -> RunMerge:
+    """How the run's rounds merge, as the engine reads it (rounds/merging.py's ``run_merge``: per-group
+    strategies, the history a strategy needs); :class:`RepoError` in one line for a strategy this
+    install cannot load."""
     try:
-        strategy = run_strategy(manifest.strategy, manifest.strategy_args, manifest.group_rules)
+        return run_merge(manifest.strategy, manifest.strategy_args, manifest.group_rules)
     except StrategyError as e:
         raise RepoError(f"the run's merge strategy {manifest.strategy!r}: {e}") from None
-    mean = manifest.strategy == DEFAULT_STRATEGY and not manifest.group_rules.split_strategies(
-        manifest.strategy
-    )
-    return None if mean else strategy
+
+
+def merge_strategy(manifest: Manifest) -> Strategy | None:
+    """What the run's rounds merge with: None for the weighted mean (its fixed point), else the strategy."""
+    return run_merge_of(manifest).merging
 
 
 class HistoryRepo:
