@@ -317,6 +317,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--seeds", default="0", help="comma-separated: initial weights and training streams")
+    ap.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds SEED)")
     ap.add_argument("--contributor-momentum", type=float, default=0.0, help="beta at contributors (0: off)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--strategies", default="", help="comma-separated subset of: " + ",".join(STRATEGIES))
@@ -338,7 +339,7 @@ def main() -> None:
     unknown += [a for a in cols if a not in attacks.ATTACKS and not _is_ipm(a)]
     if unknown:
         ap.error(f"unknown strategy label(s) or attack(s) {unknown}; labels: {', '.join(STRATEGIES)}")
-    seeds = [int(x) for x in args.seeds.split(",")]
+    seeds = [args.seed] if args.seed is not None else [int(x) for x in args.seeds.split(",")]
     cfg = {
         "rounds": rounds,
         "contributors": args.contributors,

@@ -140,16 +140,16 @@ def test_clipping_bounds_an_outlier_and_the_gate_drops_a_reversal():
 def test_screen_collapses_copies_and_drops_the_most_disagreeing_rows():
     honest = np.stack([d["w"] for d in orthogonal_sparse(6, seed=3)])
     copies = np.stack([honest[0], honest[0] * 1.5])  # a mimic and a scaled copy: cosine 1
-    out = screen(np.concatenate([honest, copies]), 0.9, -1.0)
-    assert out.shape[0] == 6  # honest[0] and its two copies are one row, their mean
+    out, groups = screen(np.concatenate([honest, copies]), 0.9, -1.0)
+    assert out.shape[0] == 6 and groups[0] == [0, 6, 7]  # honest[0] and its copies: one row, their mean
     np.testing.assert_allclose(out[0], (honest[0] + honest[0] + 1.5 * honest[0]) / 3)
     mean = honest.mean(axis=0)
     pushers = np.stack([-mean + 0.05 * honest[1], -mean + 0.05 * honest[2]])  # two differing IPMs
-    out = screen(np.concatenate([honest, pushers]), 0.9, -0.08)
-    assert out.shape[0] == 6 and np.array_equal(out, honest)
-    assert screen(np.concatenate([honest, pushers]), 1.0, -1.0).shape[0] == 8  # screen off
+    out, groups = screen(np.concatenate([honest, pushers]), 0.9, -0.08)
+    assert np.array_equal(out, honest) and groups == [[i] for i in range(6)]
+    assert screen(np.concatenate([honest, pushers]), 1.0, -1.0)[0].shape[0] == 8  # screen off
     many = np.stack([-mean + 0.01 * honest[k] for k in range(6)])  # a majority of pushers
-    assert screen(np.concatenate([honest[:2], many]), 1.0, -0.08).shape[0] >= 5  # at most (k-1)//2
+    assert screen(np.concatenate([honest[:2], many]), 1.0, -0.08)[0].shape[0] >= 5  # at most (k-1)//2
 
 
 def test_momentum_center_weights_newest_first():
@@ -169,3 +169,14 @@ def test_an_ipm_under_the_norm_cut_reverses_norm_filter_but_not_history_clip():
     hc = get_strategy("history_clip").merge(deltas, [1] * 8, round_seed=0, context=ctx(8, [{"w": mean}]))["w"]
     assert float(np.sum(nf * mean)) < 0  # reversed
     assert float(np.sum(hc * mean)) > 0.9 * float(np.sum(mean * mean))  # the copies count once, dropped
+
+
+def test_last_factors_say_what_each_delta_weighed_in_the_order_passed():
+    honest = orthogonal_sparse(5, seed=6)
+    copy = {"w": honest[0]["w"].copy()}  # a mimic
+    flip = {"w": -1000.0 * honest[1]["w"]}  # dropped by the norm cut
+    s = get_strategy("history_clip")
+    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7))
+    assert s.last_factors == (0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
+    s.merge(honest, [1] * 5, round_seed=0, context=ctx(5, [{"w": np.zeros(2000)}]))
+    assert s.last_factors == (1.0,) * 5

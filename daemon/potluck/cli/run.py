@@ -62,9 +62,10 @@ def add_parsers(commands: Commands) -> None:
     init.add_argument(
         "--strategy",
         default="weighted_mean",
-        help="how updates are merged: weighted_mean (default), norm_filter "
-        "(the recommended robust rule), mean, task_arithmetic, ties, dare, trimmed_mean, "
-        "coordinate_median, centered_clip, multi_krum, geometric_median, or package.module:factory",
+        help="how updates are merged: weighted_mean (default), history_clip (the recommended robust "
+        "rule, gathered), norm_filter (the robust rule for a sliced merge), mean, task_arithmetic, ties, "
+        "dare, trimmed_mean, coordinate_median, centered_clip, multi_krum, geometric_median, or "
+        "package.module:factory",
     )
     init.add_argument(
         "--strategy-arg", action="append", default=[], metavar="KEY=VALUE", help="strategy argument"

@@ -207,10 +207,16 @@ class BaseStrategy:
         flat = self.merge_batch(batch, seed)
         return batch.split(flat)
 
-    def batch_of(self, deltas: Sequence[Delta], weights: Sequence[float]) -> Batch:
-        """The canonical :class:`Batch` of the whole deltas; malformed input is a :class:`StrategyError`."""
+    def batch_of(
+        self,
+        deltas: Sequence[Delta],
+        weights: Sequence[float],
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> Batch:
+        """The canonical :class:`Batch` of the whole deltas (in the layout of ``shapes`` if given);
+        malformed input is a :class:`StrategyError`."""
         try:
-            return make_batch(deltas, weights)
+            return make_batch(deltas, weights, shapes=shapes)
         except InputError as e:
             raise StrategyError(f"{self.name}: {e}") from None
 

@@ -34,6 +34,10 @@ Rule, for the n deltas of a round (canonical order, weights ignored like every r
   clipped the result is the rows' mean (up to rounding); a row far from the history moves it by at
   most ``tau / k`` per iteration.
 
+After each merge ``last_factors`` holds one number per delta, in the order passed: 0 when dropped,
+``1/g`` for one of g near-copies, times its clip factor (what a node reports as damping,
+rounds/merging.py).
+
 Every sum over deltas is a row-by-row addition in a fixed order, every sum over coordinates numpy's
 add.reduce of a contiguous float64 vector (:mod:`potluck.merge.batch`), the permutation comes from
 sha256: the same round, history and digest give the same bytes on any node, whatever order the
@@ -101,8 +105,9 @@ def cosines(rows: np.ndarray) -> list[list[float]]:
     return cos
 
 
-def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> np.ndarray:
-    """Collapse near-copies, then drop rows that disagree with the others (see the module doc).
+def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> tuple[np.ndarray, list[list[int]]]:
+    """Collapse near-copies, then drop rows that disagree with the others (see the module doc); the
+    rows left and, for each, the input rows it is the mean of.
 
     Rows with cosine >= ``dup_cos`` (transitively) become their mean, counted once (``dup_cos`` 1:
     only exact directions); then a row whose median cosine with the other rows is below
@@ -118,8 +123,8 @@ def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> np.ndarray:
                 a, b = _root(group, i), _root(group, j)
                 group[max(a, b)] = min(a, b)
     roots = sorted({_root(group, i) for i in range(k)})
+    members = [[i for i in range(k) if _root(group, i) == r] for r in roots]
     if len(roots) < k:
-        members = [[i for i in range(k) if _root(group, i) == r] for r in roots]
         rows = np.stack([rowsum(rows[m]) / len(m) for m in members])
         cos = cosines(rows)
         k = rows.shape[0]
@@ -130,7 +135,7 @@ def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> np.ndarray:
         if agree[worst] >= min_agree:
             break
         del keep[worst]  # the most disagreeing row; the others' agreement is judged again without it
-    return rows[keep]
+    return rows[keep], [members[i] for i in keep]
 
 
 def _root(group: list[int], i: int) -> int:
@@ -164,6 +169,8 @@ class HistoryClip(BaseStrategy):
         self.min_agree = a.number("min_agree", -0.08, low=-1.0, high=1.0)
         self.bucket = a.integer("bucket", 1, low=1, high=1 << 16)
         self.iterations = a.integer("iterations", 1, low=1, high=1000)
+        # after each merge: one factor in [0, 1] per delta as passed (rounds/merging.py ``damping``)
+        self.last_factors: tuple[float, ...] = ()
         if 0.0 < self.reject < 1.0:
             raise StrategyError(
                 f"{self.name}: argument 'reject' must be 0 (never) or >= 1, got {self.reject!r}"
@@ -185,18 +192,29 @@ class HistoryClip(BaseStrategy):
                 f"{self.name}: context names {len(context.authors)} authors for {len(deltas)} deltas"
             )
         batch = self.batch_of(deltas, weights)
+        self.last_factors = ()
         if batch.n == 0:
             return batch.split(np.zeros(batch.length, dtype=np.float64))
         previous = tuple(context.previous[: self.history_rounds]) if context is not None else ()
         key = context.digest if context is not None and context.digest else seed.to_bytes(8, "big")
-        return batch.split(self.merge_history(batch, previous, key))
+        merged, factors = self.merge_history(batch, previous, key)
+        # canonical rows back to the order the deltas were passed in, by their values in the layout
+        by_row = {batch.matrix[i].tobytes(): factors[i] for i in range(batch.n)}
+        shapes = {slot.name: slot.shape for slot in batch.slots}
+        self.last_factors = tuple(
+            by_row.get(self.batch_of([d], [1.0], shapes).matrix[0].tobytes(), 0.0) if w > 0 else 0.0
+            for d, w in zip(deltas, weights, strict=True)
+        )
+        return batch.split(merged)
 
     def merge_batch(self, batch: Batch, seed: int) -> np.ndarray:
-        return self.merge_history(batch, (), seed.to_bytes(8, "big"))
+        return self.merge_history(batch, (), seed.to_bytes(8, "big"))[0]
 
     def merge_history(
         self, batch: Batch, previous: Sequence[Mapping[str, np.ndarray]], key: bytes
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, list[float]]:
+        """The merged flat delta and each row's factor (canonical order): 0 dropped, ``1/g`` for one of
+        ``g`` near-copies, times its clip factor (the last iteration's)."""
         x = batch.matrix
         if previous:
             center = momentum_center(batch, previous, self.beta)
@@ -213,17 +231,21 @@ class HistoryClip(BaseStrategy):
                 if xn > 0.0 and _dot(x[i], center) >= self.min_cos * xn * cnorm:
                     gated.append(i)
             kept = gated
+        factors = [0.0] * batch.n  # what each row (canonical order) weighs against a plain mean's 1
         if not kept:  # every delta gated out: stay on the history
-            return center
-        rows = screen(x[kept], self.dup_cos, self.min_agree)
+            return center, factors
+        rows, groups = screen(x[kept], self.dup_cos, self.min_agree)
+        groups = [[kept[i] for i in g] for g in groups]
         if self.bucket > 1 and rows.shape[0] > 1:
             order = bucket_order(rows.shape[0], key)
-            groups = [order[j : j + self.bucket] for j in range(0, len(order), self.bucket)]
-            rows = np.stack([rowsum(rows[g]) / len(g) for g in groups])
+            buckets = [order[j : j + self.bucket] for j in range(0, len(order), self.bucket)]
+            rows = np.stack([rowsum(rows[b]) / len(b) for b in buckets])
+            groups = [[i for t in b for i in groups[t]] for b in buckets]
+        for g in groups:
+            for i in g:
+                factors[i] = 1.0 / len(g) if self.bucket == 1 else 1.0
         tau = self.clip * med
         v = center
-        if tau == 0.0:
-            return v
         for _ in range(self.iterations):
             diffs = rows - v
             scale = []
@@ -234,4 +256,7 @@ class HistoryClip(BaseStrategy):
             step = rowsum(diffs)
             step /= rows.shape[0]
             v = v + step
-        return v
+        for g, f in zip(groups, scale, strict=True):  # the last iteration's clipping
+            for i in g:
+                factors[i] *= f
+        return v, factors

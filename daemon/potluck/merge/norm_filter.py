@@ -1,5 +1,7 @@
 """``norm_filter``: drop the deltas whose L2 norm is far above the round's median norm, clip the rest,
-average them (unweighted). The recommended robust strategy (bench/robust.py).
+average them (unweighted). The recommended robust strategy for a sliced merge (bench/robust.py);
+where the updates are gathered, :mod:`potluck.merge.history` also holds against attackers that stay
+under its norm cut.
 
 Rule, for the n deltas of a round (canonical order, weights ignored like every robust strategy):
 
