@@ -62,6 +62,11 @@ def _shares(versions: list[dict], lr: float, round_updates: list[list[bytes]], r
     return coef[: len(xs)]
 
 
+def _rounds(data_dir) -> list[int]:
+    with History(data_dir / HISTORY_FILE, readonly=True) as h:
+        return [e["round"] for e in h.log()]
+
+
 def test_history_clip_agrees_everywhere_damps_adaptive_attackers_and_a_late_keeper_merges_alike(tmp_path):
     run = write_run(
         tmp_path / "run.toml", "toy", round_seconds=ROUND_S, density=DENSITY, pacing="ready",
@@ -89,6 +94,8 @@ def test_history_clip_agrees_everywhere_damps_adaptive_attackers_and_a_late_keep
         statuses = [n.status() for n in [*keepers, joiner]]
         assert len({s["version"] for s in statuses}) == 1, statuses
         joined, joiner_id = joiner.data_dir, statuses[-1]["node_id"]
+        # its history records round 3's commit a moment after its status shows the version
+        wait_for(lambda: _rounds(joined) == [0, 1, 2, 3], 30, "the late keeper's history to hold rounds 0-3")
 
     store = VersionStore(keepers[0].data_dir / "versions")
     versions = [store.get(run.manifest.genesis)] + [
@@ -99,6 +106,7 @@ def test_history_clip_agrees_everywhere_damps_adaptive_attackers_and_a_late_keep
         honest, attackers = s[:HONEST], s[HONEST:]
         print(f"round {r}: honest shares {np.round(honest, 3)}, attackers' {np.round(attackers, 3)}")
         assert max(abs(attackers)) < 0.25 * min(honest), (r, s)  # (a plain mean: 1/6 each)
+
     with History(joined / HISTORY_FILE, readonly=True) as h:
         assert [e["round"] for e in h.log()] == [0, 1, 2, 3]  # the fetched commits are recorded
         assert joiner_id in {s.node_id for s in h.signatures(3)}  # it merged the same bytes
