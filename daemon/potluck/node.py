@@ -21,6 +21,7 @@ from potluck.defence.bans import BanRegistry, BanStoreError
 from potluck.defence.service import DefenceService
 from potluck.engine import RoundEngine
 from potluck.errors import ConfigError
+from potluck.exchange.dense import DenseService
 from potluck.exchange.service import UpdateExchange
 from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService
@@ -82,6 +83,7 @@ class Node:
         self.exchange: UpdateExchange | None = None
         self.state_service: StateService | None = None
         self.engine: RoundEngine | None = None
+        self._dense: DenseService | None = None  # the dense rounds' channel (exchange/dense.py)
         self.history: History | None = None
         self.bans: BanRegistry | None = None
         self.defence: DefenceService | None = None
@@ -185,8 +187,9 @@ class Node:
         if self.manifest is not None:
             if self.manifest.pacing == "ready":  # rounds of a second: their records are mostly pushes
                 self.bulletin.store_after = READY_STORE_AFTER_S
-            slice_service = SliceService(self.host, self.manifest.run_id)
-            await slice_service.start()
+            run_id = self.manifest.run_id
+            slice_service, self._dense = SliceService(self.host, run_id), DenseService(self.host, run_id)
+            await asyncio.gather(slice_service.start(), self._dense.start())
             self.history = History(self.data_dir / HISTORY_FILE, self.versions)
             self.defence.history = self.history
             try:
@@ -206,6 +209,7 @@ class Node:
                     task=joining.evaluation_task(self.manifest),
                     aggregates=self.config.role != "client",
                     slice_service=slice_service,
+                    dense_service=self._dense,
                     defence=self.defence,
                 )
             except StrategyError as e:
@@ -372,8 +376,9 @@ class Node:
             await self.bulletin.stop()
         if self.membership is not None:
             await self.membership.stop()
-        if self.state_service is not None:
-            await self.state_service.stop()
+        for service in (self.state_service, self._dense):
+            if service is not None:
+                await service.stop()
         if self.host is not None:
             await self.host.stop()
         self._lock.release()
