@@ -505,13 +505,15 @@ class Peer:
         q = self.contribution.q
         key = dense.attempt_key("bench", 0, self.dense_attempt)
         _sleep_until(at)
-        t0 = time.time()
+        t0, (cpu0, sys0) = time.time(), _cpu_times()
         phases: dict[str, float] = {}
         coroutine = reduce_scatter(
             self.dense, key, me, peers, bounds, q, sign, check_header, None, time.time() + 60, phases
         )
         self.summed = asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(90)
         out: dict[str, Any] = {"start_lag_s": t0 - at, "step_s": time.time() - at}
+        cpu1, sys1 = _cpu_times()
+        out["step_cpu_s"], out["step_sys_s"] = cpu1 - cpu0, sys1 - sys0  # this process, all its threads
         out.update({f"{phase}_s": seconds for phase, seconds in phases.items()})
         self.total_weight = len(members)
         out.update(self._next_version())
@@ -525,10 +527,11 @@ class Peer:
 
     # -- (c) --
 
-    def tcp(self, dtype: str, at: float) -> float:
+    def tcp(self, dtype: str, at: float) -> tuple[float, float]:
         vec = self.packed if dtype == "f8" else self.flat32
+        cpu0, _ = _cpu_times()
         _, seconds = self.mesh.allreduce(vec, at)
-        return seconds
+        return seconds, _cpu_times()[0] - cpu0
 
 
 def peer_main(index: int, n: int, params: int, initial: list[str]) -> None:
@@ -558,7 +561,8 @@ def peer_main(index: int, n: int, params: int, initial: list[str]) -> None:
             elif op == "trigger":
                 _emit("done", **peer.trigger(cmd["kind"], cmd["at"]))
             elif op == "tcp":
-                _emit("tcp_done", seconds=peer.tcp(cmd["dtype"], cmd["at"]))
+                seconds, cpu = peer.tcp(cmd["dtype"], cmd["at"])
+                _emit("tcp_done", seconds=seconds, cpu_s=cpu)
             elif op == "dense_setup":
                 _emit("dense_up", **peer.dense_setup(cmd["workdir"]))
             elif op == "dense_peers":
@@ -633,8 +637,11 @@ def allreduce_bench(
                 at = time.time() + TRIGGER_LEAD_S + 0.5  # the f8 vector is packed before the start
                 for p in peers:
                     p.send(cmd="tcp", dtype=dtype, at=at)
-                seconds = [p.wait("tcp_done")["seconds"] for p in peers]
-                runs[f"tcp_{dtype}"].append({"seconds": max(seconds)})
+                done = [p.wait("tcp_done") for p in peers]
+                seconds = [d["seconds"] for d in done]
+                runs[f"tcp_{dtype}"].append(
+                    {"seconds": max(seconds), "cpu_s": statistics.median(d["cpu_s"] for d in done)}
+                )
                 log(f"run {r + 1}: tcp {dtype}  {max(seconds):.3f}s")
         for p in peers:
             p.send(cmd="exit")
@@ -780,6 +787,7 @@ def _allreduce_report(
         tcp[f"{dtype}_s"] = s
         tcp[f"{dtype}_s_all"] = [round(x["seconds"], 3) for x in runs[f"tcp_{dtype}"]]
         tcp[f"{dtype}_MBps_per_peer"] = round(moved(nbytes) / s / 1e6, 1)
+        tcp[f"{dtype}_cpu_s"] = _med(runs[f"tcp_{dtype}"], "cpu_s")  # per peer, median: sockets' CPU
     out["tcp"] = tcp
     c, p = out["canonical"], out["plain"]
     ratios: dict[str, float] = {}
