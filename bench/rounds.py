@@ -617,6 +617,9 @@ def allreduce_bench(
                 )
             for p in peers:
                 p.wait("dense_peers")
+            # warm-up, not counted: the hosts' first libp2p dials (a node's peers are connected already)
+            # and each process's first touch of its buffers' pages
+            log(f"dense warm-up: {_fmt(_dense_run(peers), ('step_s', 'result_s'))}")
         runs: dict[str, list[dict[str, Any]]] = {
             "canonical": [], "plain": [], "dense": [], "tcp_f8": [], "tcp_f4": []
         }  # fmt: skip
@@ -654,7 +657,7 @@ def allreduce_bench(
 
 
 def _dense_run(peers: list[Child]) -> dict[str, Any]:
-    at = time.time() + TRIGGER_LEAD_S
+    at = time.time() + TRIGGER_LEAD_S + 0.5  # as tcp's: the last kind's processes have wound down
     for p in peers:
         p.send(cmd="dense", at=at)
     done = [p.wait("done") for p in peers]

@@ -47,7 +47,8 @@ WEIGHTINGS = ("samples",)
 VALUE_ENCODINGS = ("int8", "fp16", "sign")
 TOPK_SCOPES = ("tensor", "model")  # potluck.updates.sparsify.SCOPES
 ADMISSIONS = ("open", "allowlist")
-PLACEMENTS = ("auto", "gathered", "sliced", "allreduce", "dense")  # where a round's merge runs (rounds/placement.py)
+# where a round's merge runs (rounds/placement.py)
+PLACEMENTS = ("auto", "gathered", "sliced", "allreduce", "dense")
 PACINGS = ("clock", "ready")  # when a round stops collecting (rounds/schedule.py)
 REVERTS = ("creator", "allowlist", "anyone")  # who may propose a revert (vcs/revert.py)
 

@@ -35,6 +35,7 @@ from potluck.exchange.bulk import BulkConnection, BulkServer, Hashing, listen_ip
 from potluck.exchange.chunks import chunked, received
 from potluck.exchange.download import _addr_ips
 from potluck.rounds import dense
+from potluck.swarm import traffic
 from potluck.swarm.host import SwarmHost
 from potluck.v1 import exchange_pb2
 
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 TICKET_HANDLER = "potluck.v1.GetDenseTicket"
 PART_HANDLER = "potluck.v1.GetDensePart"
-KEEP = 4  # attempts whose arrays stay served (a slow peer may still be reading an old one)
+KEEP = 2  # attempts whose arrays stay served (a slow peer may still read the last one; ~1.3x the model each)
 WAIT_S = 0.5  # a ticket request waits this long at most for the array it names to be offered
 MAX_NAME = 64
 HASH_PIECE = 1 << 20  # hashed as they arrive
@@ -93,6 +94,9 @@ class DenseService:
         ip = listen_ip(self._host.listen)
         if not self._host.client_mode and ip is not None:
             server = BulkServer(lambda key: self._offers.get(key))
+            counters = traffic.counters_of(p2p)
+            if counters is not None:  # status's traffic: the direct channel's bytes as "direct"
+                server.on_sent = lambda n: counters.add(traffic.DIRECT, sent=n)
             try:
                 await server.start(ip)
                 self.server = server
@@ -284,7 +288,8 @@ async def reduce_scatter(
     addresses), None for ``me``. ``sign(lo, hi, digest)`` makes this node's signed header of its merged
     range; ``check_header(j, header, digest)`` raises unless reducer j's header is right for the attempt
     and names that digest; ``check_part(j, part)`` (optional) audits participant j's contribution to our
-    range. ``phases`` (optional) gets the seconds each phase took. Raises DenseUnavailable."""
+    range. ``phases`` (optional) gets the seconds each phase took (reduce: encoding and
+    offering the parts too, which overlaps the fetches). Raises DenseUnavailable."""
     clock = [time.perf_counter()]
 
     def mark(phase: str) -> None:
@@ -300,9 +305,9 @@ async def reduce_scatter(
         array = dense.encode(values)
         return array, dense.digest(array)
 
-    parts = await asyncio.to_thread(lambda: {f"c{k}": encoded(q[slice(*bounds[k])]) for k in others})
-    mark("encode")
-    service.offer(key, parts)
+    async def offer_part(k: int) -> None:  # each as soon as it is encoded: its reducer can start on it
+        service.offer(key, {f"c{k}": await asyncio.to_thread(encoded, q[slice(*bounds[k])])})
+
     sessions = {j: service.session(key, *peers[j], until) for j in others}  # type: ignore[misc]
     acc = q[lo:hi].copy()
     adding = threading.Lock()
@@ -319,7 +324,7 @@ async def reduce_scatter(
 
             await asyncio.to_thread(add)
 
-        await asyncio.gather(*(reduce(j) for j in others))
+        await asyncio.gather(*(offer_part(k) for k in others), *(reduce(j) for j in others))
         mark("reduce")
         merged, digest = await asyncio.to_thread(encoded, acc)
         signed = sign(lo, hi, digest)

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from potluck.manifest import PLACEMENTS as POLICIES
 
 __all__ = [
+    "DENSE_DENSITY",
     "MAX_MERGE_MATRIX_BYTES",
     "PLACEMENTS",
-    "DENSE_DENSITY",
     "POLICIES",
     "Choice",
     "PlacementError",
