@@ -1,7 +1,7 @@
 """Round aggregation and version sync of a model among potluck peers, next to plain hivemind and raw TCP.
 
 (1) all-reduce of a P-parameter model among N peers on 127.0.0.1, each peer its own process with its
-    own hivemind DHT, three ways in the same run:
+    own hivemind DHT, four ways in the same run:
     (a) canonical: potluck's path, as engine/allreduce.py runs it: fixedpoint.pack of the peer's
         int64 contribution into a float64 vector with sentinels, a fresh CanonicalAverager with the
         engine's settings, step() with the engine's gather metadata, the engine's checks, a copy of
@@ -13,6 +13,15 @@
         same N processes (reduce-scatter: send (N-1)/N of the vector, receive the others' parts of
         your slice and add them; all-gather: send your reduced slice to the N-1 others, receive
         theirs), once with (a)'s packed float64 vector and once with (b)'s float32 vector.
+    (d) dense: potluck's own reduce-scatter and all-gather (exchange/dense.reduce_scatter, as
+        engine/dense.py runs it) between the same N processes, each with a real SwarmHost (own p2pd)
+        and DenseService: tickets over libp2p, every range in the narrowest integer type over the
+        direct TCP channel, hashed (BLAKE3) as received and checked against its stated digest, every
+        merged range's header signed (Ed25519) and verified; from a common start T to the exact sum on
+        the last peer (step_s), then fixedpoint.next_version and the version hash as in (a) (result_s).
+        Not timed: the audits against the signed updates (the bench has no signed updates; the
+        canonical kind's audit is not timed either) and one warm-up run (the hosts' first dials).
+        Every peer's version must be (a)'s (`equal_to_canonical`).
     Timing: every peer first forms its group (step(..., require_trigger=True, wait=False)), then all
     start the all-reduce at one common wall-clock instant T (allow_allreduce(); for tcp: the first
     send); a run's time is T -> the last peer has its result. Matchmaking and the work the daemon does
@@ -26,7 +35,7 @@
     sends capped (kernel TCP pacing, --holder-rate) as an uplink would cap them; bulk and tcp only.
 
     python bench/rounds.py [--params 25000000] [--peers 4] [--repeats 3] [--parts allreduce,sync,sync_paced]
-                            [--holder-rate 250] [--out FILE]
+                            [--kinds canonical,plain,dense] [--holder-rate 250] [--out FILE]
 
 Progress goes to stderr, one JSON object to stdout (and to --out).
 """
