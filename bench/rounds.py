@@ -19,8 +19,10 @@
         direct TCP channel, hashed (BLAKE3) as received and checked against its stated digest, every
         merged range's header signed (Ed25519) and verified; from a common start T to the exact sum on
         the last peer (step_s), then fixedpoint.next_version and the version hash as in (a) (result_s).
-        Not timed: the audits against the signed updates (the bench has no signed updates; the
-        canonical kind's audit is not timed either) and one warm-up run (the hosts' first dials).
+        Before T, reported apart as (a)'s pack is: each peer's parts encoded, hashed and offered, its
+        buffers made (exchange/dense.prepare). Not timed: the audits against the signed updates (the
+        bench has no signed updates; (a)'s audit is not timed either) and one warm-up run (the hosts'
+        first dials).
         Every peer's version must be (a)'s (`equal_to_canonical`).
     Timing: every peer first forms its group (step(..., require_trigger=True, wait=False)), then all
     start the all-reduce at one common wall-clock instant T (allow_allreduce(); for tcp: the first
@@ -481,6 +483,22 @@ class Peer:
         self.dense_members = sorted(peers, key=lambda p: p["key"])  # participants in key order
         self.dense_attempt = 0
 
+    def dense_prepare(self) -> dict[str, float]:
+        """(d) before the start, as (a) packs: this peer's parts encoded and offered, its buffers made."""
+        from potluck.exchange.dense import prepare
+        from potluck.rounds import dense
+
+        me = [bytes.fromhex(p["key"]) for p in self.dense_members].index(self.identity.public_key)
+        bounds = dense.range_bounds(self.layout.length, len(self.dense_members))
+        self.dense_attempt += 1
+        key = dense.attempt_key("bench", 0, self.dense_attempt)
+        coroutine = prepare(self.dense, key, me, bounds, self.contribution.q)
+        before: dict[str, float] = {}
+        self.dense_ready = _timed(
+            before, "prepare", lambda: asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+        )
+        return before
+
     def dense_run(self, at: float) -> dict[str, Any]:
         """(d) from the common start ``at``: the exact int64 sum of the 4 contributions on this peer (every
         range's bytes hashed as received and checked; every merged range's header signed and verified),
@@ -493,7 +511,6 @@ class Peer:
         me = keys.index(me_key)
         peers = [None if j == me else (p["peer_id"], p["addrs"]) for j, p in enumerate(members)]
         bounds = dense.range_bounds(self.layout.length, len(members))
-        self.dense_attempt += 1
         fields = ("bench", 0, self.dense_attempt, "0" * 64, self.digest)
         ids = tuple(self.assignment)
 
@@ -517,7 +534,18 @@ class Peer:
         t0, (cpu0, sys0) = time.time(), _cpu_times()
         phases: dict[str, float] = {}
         coroutine = reduce_scatter(
-            self.dense, key, me, peers, bounds, q, sign, check_header, None, time.time() + 60, phases
+            self.dense,
+            key,
+            me,
+            peers,
+            bounds,
+            q,
+            sign,
+            check_header,
+            None,
+            time.time() + 60,
+            phases,
+            self.dense_ready,
         )
         self.summed = asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(90)
         out: dict[str, Any] = {"start_lag_s": t0 - at, "step_s": time.time() - at}
@@ -577,6 +605,8 @@ def peer_main(index: int, n: int, params: int, initial: list[str]) -> None:
             elif op == "dense_peers":
                 peer.dense_peers(cmd["peers"])
                 _emit("dense_peers")
+            elif op == "dense_prepare":
+                _emit("dense_prepared", **peer.dense_prepare())
             elif op == "dense":
                 _emit("done", **peer.dense_run(cmd["at"]))
             elif op == "exit":
@@ -666,7 +696,10 @@ def allreduce_bench(
 
 
 def _dense_run(peers: list[Child]) -> dict[str, Any]:
-    at = time.time() + TRIGGER_LEAD_S + 0.5  # as tcp's: the last kind's processes have wound down
+    for p in peers:
+        p.send(cmd="dense_prepare")
+    pre = [p.wait("dense_prepared") for p in peers]
+    at = time.time() + TRIGGER_LEAD_S
     for p in peers:
         p.send(cmd="dense", at=at)
     done = [p.wait("done") for p in peers]
@@ -674,7 +707,7 @@ def _dense_run(peers: list[Child]) -> dict[str, Any]:
         "step_s": max(d["step_s"] for d in done),
         "result_s": max(d["result_s"] for d in done),
         "start_lag_max_s": max(d["start_lag_s"] for d in done),
-        "before": {},
+        "before": {k: statistics.median(x[k] for x in pre) for k in pre[0] if k != "event"},
         "after": {
             k: statistics.median(d[k] for d in done)
             for k in done[0]

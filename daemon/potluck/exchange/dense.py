@@ -26,6 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -270,6 +271,39 @@ class Session:
             self._conn = None
 
 
+def _encoded(values: np.ndarray) -> tuple[np.ndarray, bytes]:
+    array = dense.encode(values)
+    return array, dense.digest(array)
+
+
+@dataclass
+class Prepared:
+    """What a participant readies before the exchange, as the all-reduce packs its vector before its
+    scheduled time: its parts offered, the accumulator of its range, the sum's buffer (pages touched)."""
+
+    acc: np.ndarray  # int64, this participant's range of its own contribution, the parts added into it
+    out: np.ndarray  # int32, the whole sum's buffer
+
+
+async def prepare(
+    service: DenseService, key: bytes, me: int, bounds: Sequence[tuple[int, int]], q: np.ndarray
+) -> Prepared:
+    """Encode and offer this participant's part of every other range (each as soon as it is encoded:
+    its reducer can start on it), and make the buffers of its reduce and of the sum."""
+
+    async def offer_part(k: int) -> None:
+        service.offer(key, {f"c{k}": await asyncio.to_thread(_encoded, q[slice(*bounds[k])])})
+
+    def buffers() -> Prepared:
+        out = np.empty(q.size, dtype=np.int32)
+        out.fill(0)  # its pages now, not inside the receives
+        return Prepared(q[slice(*bounds[me])].copy(), out)
+
+    others = [k for k in range(len(bounds)) if k != me]
+    *_, ready = await asyncio.gather(*(offer_part(k) for k in others), asyncio.to_thread(buffers))
+    return ready
+
+
 async def reduce_scatter(
     service: DenseService,
     key: bytes,
@@ -282,14 +316,16 @@ async def reduce_scatter(
     check_part: Callable[[int, np.ndarray], None] | None,
     until: float,
     phases: dict[str, float] | None = None,
+    prepared: Prepared | None = None,
 ) -> np.ndarray:
     """The exact sum (int32 where every range fits, else int64) of every participant's ``q`` (this
     one's: ``q``), participant ``me`` reducing ``bounds[me]``. ``peers[j]`` is participant j's (peer id,
     addresses), None for ``me``. ``sign(lo, hi, digest)`` makes this node's signed header of its merged
     range; ``check_header(j, header, digest)`` raises unless reducer j's header is right for the attempt
     and names that digest; ``check_part(j, part)`` (optional) audits participant j's contribution to our
-    range. ``phases`` (optional) gets the seconds each phase took (reduce: encoding and
-    offering the parts too, which overlaps the fetches). Raises DenseUnavailable."""
+    range. ``phases`` (optional) gets the seconds each phase took. ``prepared``: :func:`prepare`'s result,
+    when the caller readied it before (else it is readied here, while this node's own part is fetched).
+    Raises DenseUnavailable."""
     clock = [time.perf_counter()]
 
     def mark(phase: str) -> None:
@@ -300,16 +336,8 @@ async def reduce_scatter(
 
     lo, hi = bounds[me]
     others = [j for j in range(len(bounds)) if j != me]
-
-    def encoded(values: np.ndarray) -> tuple[np.ndarray, bytes]:
-        array = dense.encode(values)
-        return array, dense.digest(array)
-
-    async def offer_part(k: int) -> None:  # each as soon as it is encoded: its reducer can start on it
-        service.offer(key, {f"c{k}": await asyncio.to_thread(encoded, q[slice(*bounds[k])])})
-
     sessions = {j: service.session(key, *peers[j], until) for j in others}  # type: ignore[misc]
-    acc = q[lo:hi].copy()
+    pending = prepared or asyncio.ensure_future(prepare(service, key, me, bounds, q))
     adding = threading.Lock()
     try:
 
@@ -318,22 +346,25 @@ async def reduce_scatter(
             if check_part is not None:
                 await asyncio.to_thread(check_part, j, part)
 
+            ready = prepared or await pending  # type: ignore[misc]
+
             def add() -> None:
                 with adding:
-                    np.add(acc, part, out=acc)
+                    np.add(ready.acc, part, out=ready.acc)
 
             await asyncio.to_thread(add)
 
-        await asyncio.gather(*(offer_part(k) for k in others), *(reduce(j) for j in others))
+        await asyncio.gather(*(reduce(j) for j in others))
+        ready: Prepared = prepared or await pending  # type: ignore[misc]
         mark("reduce")
-        merged, digest = await asyncio.to_thread(encoded, acc)
+        merged, digest = await asyncio.to_thread(_encoded, ready.acc)
         signed = sign(lo, hi, digest)
         service.offer(
             key,
             {f"h{me}": (np.frombuffer(signed, dtype=np.uint8), _digest(signed)), f"m{me}": (merged, digest)},
         )
         # the sum in int32 where every range fits (the usual case), received in place: no copy
-        out = np.empty(q.size, dtype=np.int32 if merged.dtype.itemsize <= 4 else np.int64)
+        out = ready.out if merged.dtype.itemsize <= 4 else np.empty(q.size, dtype=np.int64)
         out[lo:hi] = merged
         wide: dict[int, np.ndarray] = {}
         mark("merged")
@@ -355,6 +386,8 @@ async def reduce_scatter(
                 out[slice(*bounds[j])] = values
         mark("gather")
     finally:
+        if not isinstance(pending, Prepared):
+            pending.cancel()
         for s in sessions.values():
             s.close()
     return out
