@@ -6,14 +6,16 @@ arrays: ``c<k>``, its contribution's part for reducer k (reduce-scatter), then `
 header) and ``m<i>`` (its merged range, all-gather). A peer asks over libp2p (authenticated,
 ``GetDenseTicket``: the request and reply messages of ``GetBulkTicket``) for a ticket to the direct
 channel and the list of arrays offered so far, each with its wire type, length and digest
-(rounds/dense.digest); it asks again until the one it needs is there, then reads it over one direct
-connection per peer and attempt, hashing the pieces as they arrive, into a preallocated buffer. So the
+(rounds/dense.digest); the request names the array it needs and the reply waits (up to WAIT_S) until
+it is offered. It reads the array over one direct connection per peer and attempt, in pipelined
+pieces hashed as they arrive, into a preallocated buffer (a merged range straight into the sum). So the
 bytes are checked against what the sender stated over the authenticated channel, and a merged range
 against the digest its reducer signed. A peer without a direct channel (client mode, a port that cannot
 be reached) serves the same arrays over libp2p (``GetDensePart``).
 
-Why not hivemind's all-reduce: on the 2-core box it moves ~42 MB/s per peer, float64 included
-(bench/README.md); this path moves int32 at the direct channel's speed.
+Why not hivemind's all-reduce: on the 2-core box it moves ~42-65 MB/s per peer and carries the integers
+as float64; this path moves int32 at ~355 MB/s per peer there, 2.5x raw TCP with the same bytes
+(bench/rounds.py, bench/README.md).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from hivemind.p2p import P2PContext, PeerID
 
 from potluck.exchange.bulk import BulkConnection, BulkServer, Hashing, listen_ip
 from potluck.exchange.chunks import chunked, received
-from potluck.exchange.download import _addr_ips
+from potluck.exchange.download import addr_ips
 from potluck.rounds import dense
 from potluck.swarm import traffic
 from potluck.swarm.host import SwarmHost
@@ -196,7 +198,7 @@ class Session:
             self._metas.update((m.name, m) for m in ticket.tensors)
             if not self._dialled and ticket.port and self._service.direct:
                 self._dialled = True
-                ips = _addr_ips(self._addrs)
+                ips = addr_ips(self._addrs)
                 ip = ticket.host if ticket.host and (not ips or ticket.host in ips) else (ips or [""])[0]
                 try:
                     self._conn = await asyncio.to_thread(BulkConnection, ip, ticket.port, ticket.token)
