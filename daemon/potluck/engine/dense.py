@@ -2,7 +2,8 @@
 
 1. each participant turns the updates it carries into its fixed-point contribution (rounds/fixedpoint.py)
    and serves its part of every other participant's range, in the narrowest integer type
-   (rounds/dense.py, exchange/dense.py: the direct TCP channel, libp2p where unreachable);
+   (rounds/dense.py, exchange/dense.py: the direct TCP channel, libp2p where unreachable), while it
+   waits for the round's other updates (the audits recompute from them);
 2. participant i fetches its range of every contribution, **audits** each at a random sample of
    coordinates (recomputed from that carrier's signed updates: a participant that feeds something else
    is named), sums them exactly in int64 and signs the sum's digest (a slices.SliceHeader whose root is
@@ -26,7 +27,7 @@ import numpy as np
 from potluck.engine.attempt import QUORUM_MARGIN_S, Attempt, AttemptFailed, Merged, RoundStatus
 from potluck.engine.conduct import Conduct
 from potluck.engine.updates import AcceptedUpdates, wait_for_updates
-from potluck.exchange.dense import DenseService, DenseUnavailable, reduce_scatter
+from potluck.exchange.dense import DenseService, DenseUnavailable, Prepared, prepare, reduce_scatter
 from potluck.identity import NodeIdentity, node_id_of, peer_id_of
 from potluck.rounds import dense, fixedpoint, slices
 from potluck.swarm.membership import PeerInfo
@@ -44,33 +45,44 @@ class DenseMerge:
 
     async def merge(self, a: Attempt) -> Merged:
         listed = sorted(a.assignment)
-        # the audits recompute from every signed update (the exchange fetches them all anyway)
-        updates = {u.update_id: u for u in await wait_for_updates(self._exchange, listed, a.until)}
+        participants, me_key = a.participants, self._identity.public_key
+        mine = await asyncio.to_thread(lambda: [self._exchange.decoded(u) for u in a.carried_by(me_key)])
+        weighted = [(a.weight(u.update_id, u.update.sample_count), u) for u in mine]  # held: our entry
+        own = await asyncio.to_thread(self._conduct.contribution, a.layout, weighted)
+        if own.clipped:
+            logger.warning(f"round {a.round}: {own.clipped} coordinates clipped to the fixed-point range")
+        key = dense.attempt_key(a.run_id, a.round, a.index)
+        bounds = dense.range_bounds(a.layout.length, len(participants))
+        me = participants.index(me_key)
+        # our parts offered now: the others can fetch them while we wait for the updates the audits need
+        alone = len(participants) == 1
+        prepared = None if alone else asyncio.ensure_future(prepare(self._service, key, me, bounds, own.q))
+        try:  # the audits recompute from every signed update (the exchange fetches them all anyway)
+            updates = {u.update_id: u for u in await wait_for_updates(self._exchange, listed, a.until)}
+            ready = None if prepared is None else await prepared
+        finally:
+            if prepared is not None:
+                prepared.cancel()
         contributors = sorted({node_id_of(u.update.author) for u in updates.values()})
         weights = {uid: a.weight(uid, u.update.sample_count) for uid, u in updates.items()}  # probation: 0
 
         def carried(node: bytes) -> list[tuple[int, object]]:
             return [(weights[uid], updates[uid]) for uid in a.carried_by(node)]
 
-        participants, me_key = a.participants, self._identity.public_key
-        own = await asyncio.to_thread(self._conduct.contribution, a.layout, carried(me_key))  # type: ignore[arg-type]
-        if own.clipped:
-            logger.warning(f"round {a.round}: {own.clipped} coordinates clipped to the fixed-point range")
         total_weight = sum(weights.values())
         summed = own.q
-        if len(participants) > 1:
-            summed = await self._exchange_sums(a, own.q, listed, carried)
+        if ready is not None:
+            summed = await self._exchange_sums(a, own.q, listed, carried, key, bounds, me, ready)
         new_state = await asyncio.to_thread(
             fixedpoint.next_version, a.state, a.layout, summed, total_weight, a.manifest.outer_lr
         )
         return Merged(new_state, listed, contributors, participants, total_weight)
 
     async def _exchange_sums(
-        self, a: Attempt, q: np.ndarray, ids: list[str], carried: Callable[[bytes], list]
-    ) -> np.ndarray:
+        self, a: Attempt, q: np.ndarray, ids: list[str], carried: Callable[[bytes], list], key: bytes,
+        bounds: list[tuple[int, int]], me: int, ready: Prepared,
+    ) -> np.ndarray:  # fmt: skip
         participants = a.participants
-        me = participants.index(self._identity.public_key)
-        bounds = dense.range_bounds(a.layout.length, len(participants))
         addrs = {p.node_id: list(p.record.addrs) for p in self._peers()}
         peers = [
             None if j == me else (peer_id_of(node), addrs.get(node_id_of(node), []))
@@ -116,8 +128,8 @@ class DenseMerge:
 
         try:
             summed = await reduce_scatter(
-                self._service, dense.attempt_key(a.run_id, a.round, a.index), me, peers, bounds, q,
-                sign, check_header, check_part if samples else None, a.until - QUORUM_MARGIN_S,
+                self._service, key, me, peers, bounds, q, sign, check_header,
+                check_part if samples else None, a.until - QUORUM_MARGIN_S, prepared=ready,
             )  # fmt: skip
         except DenseUnavailable as e:
             raise AttemptFailed(f"dense exchange: {e}") from None
