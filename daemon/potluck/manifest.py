@@ -47,8 +47,7 @@ WEIGHTINGS = ("samples",)
 VALUE_ENCODINGS = ("int8", "fp16", "sign")
 TOPK_SCOPES = ("tensor", "model")  # potluck.updates.sparsify.SCOPES
 ADMISSIONS = ("open", "allowlist")
-# where a round's merge runs (rounds/placement.py)
-PLACEMENTS = ("auto", "gathered", "sliced", "allreduce", "dense")
+PLACEMENTS = ("auto", "gathered", "sliced", "allreduce", "dense")  # where merges run (rounds/placement.py)
 PACINGS = ("clock", "ready")  # when a round stops collecting (rounds/schedule.py)
 REVERTS = ("creator", "allowlist", "anyone")  # who may propose a revert (vcs/revert.py)
 
