@@ -1,7 +1,7 @@
 """Round aggregation and version sync of a model among potluck peers, next to plain hivemind and raw TCP.
 
 (1) all-reduce of a P-parameter model among N peers on 127.0.0.1, each peer its own process with its
-    own hivemind DHT, three ways in the same run:
+    own hivemind DHT, four ways in the same run:
     (a) canonical: potluck's path, as engine/allreduce.py runs it: fixedpoint.pack of the peer's
         int64 contribution into a float64 vector with sentinels, a fresh CanonicalAverager with the
         engine's settings, step() with the engine's gather metadata, the engine's checks, a copy of
@@ -13,6 +13,17 @@
         same N processes (reduce-scatter: send (N-1)/N of the vector, receive the others' parts of
         your slice and add them; all-gather: send your reduced slice to the N-1 others, receive
         theirs), once with (a)'s packed float64 vector and once with (b)'s float32 vector.
+    (d) dense: potluck's own reduce-scatter and all-gather (exchange/dense.reduce_scatter, as
+        engine/dense.py runs it) between the same N processes, each with a real SwarmHost (own p2pd)
+        and DenseService: tickets over libp2p, every range in the narrowest integer type over the
+        direct TCP channel, hashed (BLAKE3) as received and checked against its stated digest, every
+        merged range's header signed (Ed25519) and verified; from a common start T to the exact sum on
+        the last peer (step_s), then fixedpoint.next_version and the version hash as in (a) (result_s).
+        Before T, reported apart as (a)'s pack is: each peer's parts encoded, hashed and offered, its
+        buffers made (exchange/dense.prepare). Not timed: the audits against the signed updates (the
+        bench has no signed updates; (a)'s audit is not timed either) and one warm-up run (the hosts'
+        first dials).
+        Every peer's version must be (a)'s (`equal_to_canonical`).
     Timing: every peer first forms its group (step(..., require_trigger=True, wait=False)), then all
     start the all-reduce at one common wall-clock instant T (allow_allreduce(); for tcp: the first
     send); a run's time is T -> the last peer has its result. Matchmaking and the work the daemon does
@@ -26,7 +37,7 @@
     sends capped (kernel TCP pacing, --holder-rate) as an uplink would cap them; bulk and tcp only.
 
     python bench/rounds.py [--params 25000000] [--peers 4] [--repeats 3] [--parts allreduce,sync,sync_paced]
-                            [--holder-rate 250] [--out FILE]
+                            [--kinds canonical,plain,dense] [--holder-rate 250] [--out FILE]
 
 Progress goes to stderr, one JSON object to stdout (and to --out).
 """
@@ -62,6 +73,7 @@ TRIGGER_LEAD_S = 0.3  # the driver schedules the common start this far ahead of 
 TENSORS = 25  # the state is split into this many float32 tensors
 SEED = 20240611
 SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; as exchange/bulk.py sets it
+KINDS = ("canonical", "plain", "dense")  # (a), (b), (d); tcp (c) always runs
 
 
 def log(message: str) -> None:
@@ -443,12 +455,120 @@ class Peer:
         self.summed = None
         return out
 
+    # -- (d) dense: potluck's own reduce-scatter (exchange/dense.py) between real SwarmHosts --
+
+    def dense_setup(self, workdir: str) -> dict[str, Any]:
+        """A SwarmHost (own p2pd) and a DenseService on an event loop in a thread of this process."""
+        from potluck.exchange.dense import DenseService
+        from potluck.identity import P2P_KEY_FILE, load_or_create
+        from potluck.swarm.host import SwarmHost
+
+        root = Path(workdir) / f"dense{self.index}"
+        root.mkdir(parents=True)
+        self.identity = load_or_create(root)
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+        async def start() -> tuple[str, list[str]]:
+            self.host = SwarmHost(identity_path=root / P2P_KEY_FILE, listen=["/ip4/127.0.0.1/tcp/0"])
+            await self.host.start()
+            self.dense = DenseService(self.host, "bench")
+            await self.dense.start()
+            return self.host.peer_id, await self.host.visible_addrs()
+
+        peer_id, addrs = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
+        return {"peer_id": peer_id, "addrs": addrs, "key": self.identity.public_key.hex()}
+
+    def dense_peers(self, peers: list[dict[str, Any]]) -> None:
+        self.dense_members = sorted(peers, key=lambda p: p["key"])  # participants in key order
+        self.dense_attempt = 0
+
+    def dense_prepare(self) -> dict[str, float]:
+        """(d) before the start, as (a) packs: this peer's parts encoded and offered, its buffers made."""
+        from potluck.exchange.dense import prepare
+        from potluck.rounds import dense
+
+        me = [bytes.fromhex(p["key"]) for p in self.dense_members].index(self.identity.public_key)
+        bounds = dense.range_bounds(self.layout.length, len(self.dense_members))
+        self.dense_attempt += 1
+        key = dense.attempt_key("bench", 0, self.dense_attempt)
+        coroutine = prepare(self.dense, key, me, bounds, self.contribution.q)
+        before: dict[str, float] = {}
+        self.dense_ready = _timed(
+            before, "prepare", lambda: asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+        )
+        return before
+
+    def dense_run(self, at: float) -> dict[str, Any]:
+        """(d) from the common start ``at``: the exact int64 sum of the 4 contributions on this peer (every
+        range's bytes hashed as received and checked; every merged range's header signed and verified),
+        then V_{r+1} and its hash as in (a)."""
+        from potluck.exchange.dense import reduce_scatter
+        from potluck.rounds import dense, slices
+
+        members, me_key = self.dense_members, self.identity.public_key
+        keys = [bytes.fromhex(p["key"]) for p in members]
+        me = keys.index(me_key)
+        peers = [None if j == me else (p["peer_id"], p["addrs"]) for j, p in enumerate(members)]
+        bounds = dense.range_bounds(self.layout.length, len(members))
+        fields = ("bench", 0, self.dense_attempt, "0" * 64, self.digest)
+        ids = tuple(self.assignment)
+
+        def sign(lo: int, hi: int, digest: bytes) -> bytes:
+            return slices.SliceHeader(*fields, me_key, lo, hi, ids, digest).sign(self.identity)
+
+        def check_header(j: int, data: bytes, digest: bytes) -> None:
+            h = slices.SliceHeader.verify(data)
+            if (h.run, h.round, h.attempt, h.parent, h.digest, h.reducer, h.lo, h.hi, h.updates, h.root) != (
+                *fields,
+                keys[j],
+                *bounds[j],
+                ids,
+                digest,
+            ):
+                raise RuntimeError(f"range {j}: a header for another attempt or sum")
+
+        q = self.contribution.q
+        key = dense.attempt_key("bench", 0, self.dense_attempt)
+        _sleep_until(at)
+        t0, (cpu0, sys0) = time.time(), _cpu_times()
+        phases: dict[str, float] = {}
+        coroutine = reduce_scatter(
+            self.dense,
+            key,
+            me,
+            peers,
+            bounds,
+            q,
+            sign,
+            check_header,
+            None,
+            time.time() + 60,
+            phases,
+            self.dense_ready,
+        )
+        self.summed = asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(90)
+        out: dict[str, Any] = {"start_lag_s": t0 - at, "step_s": time.time() - at}
+        cpu1, sys1 = _cpu_times()
+        out["step_cpu_s"], out["step_sys_s"] = cpu1 - cpu0, sys1 - sys0  # this process, all its threads
+        out.update({f"{phase}_s": seconds for phase, seconds in phases.items()})
+        self.total_weight = len(members)
+        out.update(self._next_version())
+        out["result_s"] = time.time() - at
+        return out
+
+    def dense_stop(self) -> None:
+        if getattr(self, "host", None) is not None:
+            asyncio.run_coroutine_threadsafe(self.host.stop(), self.loop).result(30)
+            self.host = None
+
     # -- (c) --
 
-    def tcp(self, dtype: str, at: float) -> float:
+    def tcp(self, dtype: str, at: float) -> tuple[float, float]:
         vec = self.packed if dtype == "f8" else self.flat32
+        cpu0, _ = _cpu_times()
         _, seconds = self.mesh.allreduce(vec, at)
-        return seconds
+        return seconds, _cpu_times()[0] - cpu0
 
 
 def peer_main(index: int, n: int, params: int, initial: list[str]) -> None:
@@ -478,7 +598,17 @@ def peer_main(index: int, n: int, params: int, initial: list[str]) -> None:
             elif op == "trigger":
                 _emit("done", **peer.trigger(cmd["kind"], cmd["at"]))
             elif op == "tcp":
-                _emit("tcp_done", seconds=peer.tcp(cmd["dtype"], cmd["at"]))
+                seconds, cpu = peer.tcp(cmd["dtype"], cmd["at"])
+                _emit("tcp_done", seconds=seconds, cpu_s=cpu)
+            elif op == "dense_setup":
+                _emit("dense_up", **peer.dense_setup(cmd["workdir"]))
+            elif op == "dense_peers":
+                peer.dense_peers(cmd["peers"])
+                _emit("dense_peers")
+            elif op == "dense_prepare":
+                _emit("dense_prepared", **peer.dense_prepare())
+            elif op == "dense":
+                _emit("done", **peer.dense_run(cmd["at"]))
             elif op == "exit":
                 break
         except Exception as e:
@@ -488,13 +618,17 @@ def peer_main(index: int, n: int, params: int, initial: list[str]) -> None:
     peer.mesh.close()
     with contextlib.suppress(Exception):
         peer.abort()
+    with contextlib.suppress(Exception):
+        peer.dense_stop()
     peer.dht.shutdown()
 
 
 # ---- (1) driver -------------------------------------------------------------------------------------
 
 
-def allreduce_bench(params: int, n: int, repeats: int, logdir: Path) -> dict[str, Any]:
+def allreduce_bench(
+    params: int, n: int, repeats: int, logdir: Path, workdir: Path, kinds: Sequence[str] = KINDS
+) -> dict[str, Any]:
     peers: list[Child] = []
     try:
         t = time.monotonic()
@@ -512,11 +646,30 @@ def allreduce_bench(params: int, n: int, repeats: int, logdir: Path) -> dict[str
         for p in peers:
             p.wait("mesh")
         packed_length = ready[0]["packed_length"]
-        runs: dict[str, list[dict[str, Any]]] = {"canonical": [], "plain": [], "tcp_f8": [], "tcp_f4": []}
-        failures: dict[str, list[str]] = {"canonical": [], "plain": []}
+        if "dense" in kinds:  # (d): a SwarmHost and a DenseService per peer, told each other's addresses
+            for p in peers:
+                p.send(cmd="dense_setup", workdir=str(workdir))
+            hosts = [p.wait("dense_up") for p in peers]
+            for p in peers:
+                p.send(
+                    cmd="dense_peers", peers=[{k: h[k] for k in ("peer_id", "addrs", "key")} for h in hosts]
+                )
+            for p in peers:
+                p.wait("dense_peers")
+            # warm-up, not counted: the hosts' first libp2p dials (a node's peers are connected already)
+            # and each process's first touch of its buffers' pages
+            log(f"dense warm-up: {_fmt(_dense_run(peers), ('step_s', 'result_s'))}")
+        runs: dict[str, list[dict[str, Any]]] = {
+            "canonical": [], "plain": [], "dense": [], "tcp_f8": [], "tcp_f4": []
+        }  # fmt: skip
+        failures: dict[str, list[str]] = {"canonical": [], "plain": [], "dense": []}
         for r in range(repeats):
-            for kind in ("canonical", "plain"):  # alternate, so drift of the machine hits both alike
+            for kind in kinds:  # alternate, so drift of the machine hits all alike
                 try:
+                    if kind == "dense":
+                        runs[kind].append(_dense_run(peers))
+                        log(f"run {r + 1}: {kind:9s} {_fmt(runs[kind][-1], ('step_s', 'result_s'))}")
+                        continue
                     runs[kind].append(_averaging_run(peers, kind, f"bench_{os.getpid()}_{kind}_{r}"))
                     log(f"run {r + 1}: {kind:9s} {_fmt(runs[kind][-1], ('step_s', 'result_s'))}")
                 except (ChildError, TimeoutError) as e:
@@ -526,8 +679,11 @@ def allreduce_bench(params: int, n: int, repeats: int, logdir: Path) -> dict[str
                 at = time.time() + TRIGGER_LEAD_S + 0.5  # the f8 vector is packed before the start
                 for p in peers:
                     p.send(cmd="tcp", dtype=dtype, at=at)
-                seconds = [p.wait("tcp_done")["seconds"] for p in peers]
-                runs[f"tcp_{dtype}"].append({"seconds": max(seconds)})
+                done = [p.wait("tcp_done") for p in peers]
+                seconds = [d["seconds"] for d in done]
+                runs[f"tcp_{dtype}"].append(
+                    {"seconds": max(seconds), "cpu_s": statistics.median(d["cpu_s"] for d in done)}
+                )
                 log(f"run {r + 1}: tcp {dtype}  {max(seconds):.3f}s")
         for p in peers:
             p.send(cmd="exit")
@@ -537,6 +693,28 @@ def allreduce_bench(params: int, n: int, repeats: int, logdir: Path) -> dict[str
         for p in peers:
             p.join()
     return _allreduce_report(params, n, packed_length, ready, runs, failures)
+
+
+def _dense_run(peers: list[Child]) -> dict[str, Any]:
+    for p in peers:
+        p.send(cmd="dense_prepare")
+    pre = [p.wait("dense_prepared") for p in peers]
+    at = time.time() + TRIGGER_LEAD_S
+    for p in peers:
+        p.send(cmd="dense", at=at)
+    done = [p.wait("done") for p in peers]
+    return {
+        "step_s": max(d["step_s"] for d in done),
+        "result_s": max(d["result_s"] for d in done),
+        "start_lag_max_s": max(d["start_lag_s"] for d in done),
+        "before": {k: statistics.median(x[k] for x in pre) for k in pre[0] if k != "event"},
+        "after": {
+            k: statistics.median(d[k] for d in done)
+            for k in done[0]
+            if k.endswith("_s") and k not in ("step_s", "result_s", "start_lag_s")
+        },
+        "versions": sorted({d["version"] for d in done}),
+    }
 
 
 def _averaging_run(peers: list[Child], kind: str, prefix: str) -> dict[str, Any]:
@@ -623,17 +801,17 @@ def _allreduce_report(
             "startup_s_max": round(max(r["setup_s"] for r in ready), 2),
         },
     }
-    for kind in ("canonical", "plain"):
+    for kind in ("canonical", "plain", "dense"):
         results = runs[kind]
         entry: dict[str, Any] = {"runs": len(results), "failed": len(failures[kind])}
         if failures[kind]:
             entry["errors"] = failures[kind]
         if results:
             entry["step_s"] = _med(results, "step_s")
-            if kind == "canonical":
+            if kind != "plain":
                 entry["result_s"] = _med(results, "result_s")
             entry["step_s_all"] = [round(x["step_s"], 3) for x in results]
-            if kind == "canonical":
+            if kind != "plain":
                 entry["result_s_all"] = [round(x["result_s"], 3) for x in results]
                 entry["identical"] = all(len(x["versions"]) == 1 for x in results)
                 entry["versions_differ_runs"] = sum(len(x["versions"]) != 1 for x in results)
@@ -644,12 +822,17 @@ def _allreduce_report(
                 moved(f8_bytes if kind == "canonical" else f4_bytes) / entry["step_s"] / 1e6, 1
             )
         out[kind] = entry
+    canonical_versions = {v for x in runs["canonical"] for v in x["versions"]}
+    dense_versions = {v for x in runs["dense"] for v in x["versions"]}
+    if canonical_versions and dense_versions:  # the same inputs every run: one version, both paths
+        out["dense"]["equal_to_canonical"] = canonical_versions == dense_versions and len(dense_versions) == 1
     tcp = {}
     for dtype, nbytes in (("f8", f8_bytes), ("f4", f4_bytes)):
         s = _med(runs[f"tcp_{dtype}"], "seconds")
         tcp[f"{dtype}_s"] = s
         tcp[f"{dtype}_s_all"] = [round(x["seconds"], 3) for x in runs[f"tcp_{dtype}"]]
         tcp[f"{dtype}_MBps_per_peer"] = round(moved(nbytes) / s / 1e6, 1)
+        tcp[f"{dtype}_cpu_s"] = _med(runs[f"tcp_{dtype}"], "cpu_s")  # per peer, median: sockets' CPU
     out["tcp"] = tcp
     c, p = out["canonical"], out["plain"]
     ratios: dict[str, float] = {}
@@ -660,6 +843,12 @@ def _allreduce_report(
         ratios["canonical_step_over_tcp_f8"] = round(c["step_s"] / tcp["f8_s"], 2)
     if "step_s" in p:
         ratios["plain_step_over_tcp_f4"] = round(p["step_s"] / tcp["f4_s"], 2)
+    d = out["dense"]
+    if "step_s" in d:  # the useful bytes: the float32 model's, as tcp f4 moves them
+        ratios["dense_step_over_tcp_f4"] = round(d["step_s"] / tcp["f4_s"], 2)
+        ratios["dense_result_over_tcp_f4"] = round(d["result_s"] / tcp["f4_s"], 2)
+    if "result_s" in c:
+        ratios["canonical_result_over_tcp_f4"] = round(c["result_s"] / tcp["f4_s"], 2)
     ratios["tcp_f8_over_tcp_f4"] = round(tcp["f8_s"] / tcp["f4_s"], 2)
     out["ratios"] = ratios
     return out
@@ -927,7 +1116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--parts", default="allreduce,sync,sync_paced", help="comma-separated parts to run (default all)"
     )
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help=f"allreduce: which of {', '.join(KINDS)} (tcp always)"
+    )
     args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not set(kinds) <= set(KINDS):
+        parser.error(f"--kinds: choose from {', '.join(KINDS)}")
     if args.params < TENSORS or args.peers < 2 or args.repeats < 1:
         parser.error(f"need --params >= {TENSORS}, --peers >= 2, --repeats >= 1")
 
@@ -942,7 +1137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logdir = Path(tmp) / "logs"
         logdir.mkdir()
         sections: dict[str, Callable[[], dict[str, Any]]] = {
-            "allreduce": lambda: allreduce_bench(args.params, args.peers, args.repeats, logdir),
+            "allreduce": lambda: allreduce_bench(
+                args.params, args.peers, args.repeats, logdir, Path(tmp), kinds
+            ),
             "sync": lambda: sync_bench(args.params, args.repeats, logdir, Path(tmp)),
             "sync_paced": lambda: sync_bench(
                 args.params, args.repeats, logdir, Path(tmp), int(args.holder_rate * 1e6)

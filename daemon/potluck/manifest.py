@@ -47,7 +47,7 @@ WEIGHTINGS = ("samples",)
 VALUE_ENCODINGS = ("int8", "fp16", "sign")
 TOPK_SCOPES = ("tensor", "model")  # potluck.updates.sparsify.SCOPES
 ADMISSIONS = ("open", "allowlist")
-PLACEMENTS = ("auto", "gathered", "sliced", "allreduce")  # where a round's merge runs (rounds/placement.py)
+PLACEMENTS = ("auto", "gathered", "sliced", "allreduce", "dense")  # where merges run (rounds/placement.py)
 PACINGS = ("clock", "ready")  # when a round stops collecting (rounds/schedule.py)
 REVERTS = ("creator", "allowlist", "anyone")  # who may propose a revert (vcs/revert.py)
 
@@ -139,7 +139,7 @@ class Manifest:
       target_samples: under "ready" pacing, close a round once its updates carry this many samples
         (0 = off)
       placement: where the merge runs: "auto" (the cheapest the strategy allows, per attempt),
-        "gathered", "sliced" or "allreduce" (see potluck.rounds.placement)
+        "gathered", "sliced", "allreduce" or "dense" (see potluck.rounds.placement)
       weighting: "samples": an update weighs ``min(sample_count, weight_cap)``
       weight_cap: cap on one update's weight (<= 2**24, see potluck.rounds.fixedpoint)
       outer_lr: V_{r+1} = V_r + outer_lr * weighted mean delta

@@ -21,6 +21,7 @@ from potluck.defence.bans import BanRegistry, BanStoreError
 from potluck.defence.service import DefenceService
 from potluck.engine import RoundEngine
 from potluck.errors import ConfigError
+from potluck.exchange.dense import DenseService
 from potluck.exchange.modules import ModuleExchange
 from potluck.exchange.service import UpdateExchange
 from potluck.exchange.slices import SliceService
@@ -84,6 +85,7 @@ class Node:
         self.modules: ModuleExchange | None = None  # the module library over the swarm
         self.state_service: StateService | None = None
         self.engine: RoundEngine | None = None
+        self._dense: DenseService | None = None  # the dense rounds' channel (exchange/dense.py)
         self.history: History | None = None
         self.bans: BanRegistry | None = None
         self.defence: DefenceService | None = None
@@ -187,8 +189,9 @@ class Node:
         if self.manifest is not None:
             if self.manifest.pacing == "ready":  # rounds of a second: their records are mostly pushes
                 self.bulletin.store_after = READY_STORE_AFTER_S
-            slice_service = SliceService(self.host, self.manifest.run_id)
-            await slice_service.start()
+            run_id = self.manifest.run_id
+            slice_service, self._dense = SliceService(self.host, run_id), DenseService(self.host, run_id)
+            await asyncio.gather(slice_service.start(), self._dense.start())
             self.history = History(self.data_dir / HISTORY_FILE, self.versions)
             self.defence.history = self.history
             try:
@@ -208,6 +211,7 @@ class Node:
                     task=joining.evaluation_task(self.manifest),
                     aggregates=self.config.role != "client",
                     slice_service=slice_service,
+                    dense_service=self._dense,
                     defence=self.defence,
                 )
             except StrategyError as e:
@@ -370,7 +374,7 @@ class Node:
             with contextlib.suppress(Exception):
                 await self.rpc.stop()
         for part in (self.defence, self.modules, self.exchange, self.bulletin, self.membership,
-                     self.state_service):  # fmt: skip
+                     self.state_service, self._dense):  # fmt: skip
             if part is not None:
                 await part.stop()
         if self.host is not None:

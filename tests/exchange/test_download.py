@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from potluck.exchange.bulk import PIECE_BYTES
-from potluck.exchange.download import SyncProgress, _addr_ips, _nbytes
+from potluck.exchange.download import SyncProgress, _nbytes, addr_ips
 from potluck.exchange.state import StateService
 from potluck.hashing import tensor_hashes, version_hash
 from potluck.identity import P2P_KEY_FILE, load_or_create
@@ -21,7 +21,7 @@ from potluck.swarm.host import SwarmHost
 
 def test_direct_addresses_and_tensor_headers():
     addrs = ["/ip4/10.0.0.2/tcp/4001/p2p/Qm", "/ip4/9.9.9.9/tcp/1/p2p/Relay/p2p-circuit", "/dns4/x/tcp/1"]
-    assert _addr_ips(addrs) == ["10.0.0.2"]
+    assert addr_ips(addrs) == ["10.0.0.2"]
     assert _nbytes("<f4", [3, 5]) == 60 and _nbytes("<f4", []) == 4
     assert _nbytes(">f4", [3]) is None and _nbytes("<f4", [1] * 9) is None
     assert _nbytes("<f8", [1 << 32]) is None  # over MAX_TENSOR_BYTES

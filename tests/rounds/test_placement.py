@@ -6,6 +6,7 @@ from potluck.identity import NodeIdentity
 from potluck.merge import get_strategy, next_state
 from potluck.rounds.fixedpoint import local_average, next_version, unpack
 from potluck.rounds.placement import (
+    DENSE_DENSITY,
     MAX_MERGE_MATRIX_BYTES,
     PlacementError,
     allowed,
@@ -26,14 +27,16 @@ ISSUE = {"updates": 2, "participants": 2, "length": 768 * 65536, "density": 0.01
 
 
 def test_what_each_kind_of_strategy_may_run():
-    assert allowed(**MEAN) == ("gathered", "sliced", "allreduce")
+    assert allowed(**MEAN) == ("gathered", "sliced", "allreduce", "dense")
     assert allowed(**MEDIAN) == ("gathered", "sliced")
     assert allowed(**KRUM) == ("gathered",)
-    assert allowed(mean=True, coordinate=False) == ("gathered", "allreduce")  # a node without slices
-    for policy in ("auto", "gathered", "sliced", "allreduce"):
+    assert allowed(mean=True, coordinate=False) == ("gathered", "allreduce", "dense")  # no slices
+    for policy in ("auto", "gathered", "sliced", "allreduce", "dense"):
         check_policy(policy, **MEAN)
     with pytest.raises(PlacementError, match="runs gathered or sliced, not allreduce"):
         check_policy("allreduce", **MEDIAN, strategy="'coordinate_median'")
+    with pytest.raises(PlacementError, match="runs gathered or sliced, not dense"):
+        check_policy("dense", **MEDIAN, strategy="'coordinate_median'")
     with pytest.raises(PlacementError, match="whole-vector strategy: it runs gathered, not sliced"):
         check_policy("sliced", **KRUM)
     with pytest.raises(PlacementError, match="placement must be one of"):
@@ -48,11 +51,12 @@ def test_sparse_weighted_mean_of_the_issue_runs_gathered_not_the_dense_all_reduc
     assert costs["gathered"] < 2.5e6  # the two updates, ~1 MB each
     assert costs["allreduce"] - costs["gathered"] == 2 * (costs["sliced"] - costs["gathered"])
     assert costs["allreduce"] > 400e6 > 100 * costs["gathered"]
+    assert costs["dense"] - costs["gathered"] == (costs["allreduce"] - costs["gathered"]) // 2  # int32
     assert choice.reason.startswith("auto: cheapest") and "allreduce 404.7 MB" in choice.reason
     assert choose("auto", **MEAN, **ISSUE) == choice  # a pure function of what everyone agrees on
 
 
-@pytest.mark.parametrize("policy", ["gathered", "sliced", "allreduce"])
+@pytest.mark.parametrize("policy", ["gathered", "sliced", "allreduce", "dense"])
 def test_a_fixed_placement_is_kept_and_says_so(policy):
     choice = choose(policy, **MEAN, **ISSUE)
     assert choice.placement == policy and choice.reason.startswith(f"the manifest fixes {policy}")
@@ -60,7 +64,12 @@ def test_a_fixed_placement_is_kept_and_says_so(policy):
 
 def test_dense_updates_and_whole_vector_strategies():
     dense = ISSUE | {"density": 1.0, "length": 1_000_000}
-    assert choose("auto", **MEAN, **dense).placement == "gathered"  # the updates are fetched anyway
+    choice = choose("auto", **MEAN, **dense)  # bytes alone say gathered: every node would quantize all
+    assert choice.placement == "dense" and choice.reason.startswith("auto: dense updates (density 1)")
+    assert choose("auto", **MEAN, **dense | {"density": DENSE_DENSITY}).placement == "dense"
+    assert choose("auto", **MEAN, **dense | {"density": 0.3}).placement == "gathered"
+    assert choose("auto", **MEAN, **dense | {"participants": 1}).placement == "gathered"  # alone
+    assert choose("auto", **MEDIAN, **dense).placement == "gathered"  # only the weighted mean sums
     choice = choose("auto", **KRUM, **dense)
     assert choice.placement == "gathered" and set(choice.bytes_per_node) == {"gathered"}
     with pytest.raises(PlacementError):
@@ -110,3 +119,5 @@ def test_only_runs_that_may_prepare_a_dense_vector_make_attempts_grow_with_the_m
     assert not dense_prep("auto", **MEAN)  # auto never picks the all-reduce or slices for the mean
     assert not dense_prep("gathered", **MEDIAN) and not dense_prep("auto", **KRUM)
     assert dense_prep("allreduce", **MEAN) and dense_prep("sliced", **MEAN) and dense_prep("auto", **MEDIAN)
+    assert dense_prep("dense", **MEAN) and dense_prep("auto", **MEAN, density=1.0)  # a dense round
+    assert not dense_prep("auto", **MEAN, density=0.3)

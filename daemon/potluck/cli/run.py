@@ -72,10 +72,11 @@ def add_parsers(commands: Commands) -> None:
     )
     init.add_argument(
         "--placement",
-        choices=("auto", "gathered", "sliced", "allreduce"),
+        choices=("auto", "gathered", "sliced", "allreduce", "dense"),
         default="auto",
-        help="where the merge runs: auto (default: the fewest bytes, per attempt), or fixed "
-        "(allreduce: weighted_mean only; sliced: weighted_mean and coordinate strategies)",
+        help="where the merge runs: auto (default: the fewest bytes, per attempt; dense updates of "
+        "weighted_mean: dense), or fixed (allreduce, dense: weighted_mean only; sliced: weighted_mean "
+        "and coordinate strategies)",
     )
     init.add_argument(
         "--pacing",

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 
 from potluck.defence.service import DefenceService
-from potluck.engine.allreduce import MATCHMAKING_S, AllReduce
+from potluck.engine.allreduce import MATCHMAKING_S
 from potluck.engine.attempt import Attempt, AttemptFailed, RoundStatus, abandoned, sleep_until
 from potluck.engine.closing import Carried, Closer, carried, eligible
 from potluck.engine.commit import Committer, commits_key
@@ -41,8 +41,9 @@ from potluck.engine.entries import ENTRY_GRACE_S, ENTRY_WINDOW_S, EntryBoard
 from potluck.engine.evaluation import Evaluator
 from potluck.engine.history import RoundHistory
 from potluck.engine.placing import Placer
-from potluck.engine.sliced import Faults, SlicedMerge
+from potluck.engine.sliced import Faults
 from potluck.engine.updates import AcceptedUpdates
+from potluck.exchange.dense import DenseService
 from potluck.exchange.service import HeldUpdate
 from potluck.exchange.slices import SliceService
 from potluck.exchange.state import StateService
@@ -91,6 +92,7 @@ class RoundEngine:
         task: TrainableTask | None = None,
         aggregates: bool = True,
         slice_service: SliceService | None = None,
+        dense_service: DenseService | None = None,
         defence: DefenceService | None = None,
         conduct: Conduct | None = None,
     ):
@@ -120,7 +122,9 @@ class RoundEngine:
             raise StrategyError(str(e)) from None
         # a 50M-parameter model's dense preparation (~12 s) would not leave a 60 s round's 15 s window
         # room for one attempt: only runs that may need it make their attempts that long
-        self._dense_prep = placement.dense_prep(manifest.placement, self._mean, self._sliceable)
+        self._dense_prep = placement.dense_prep(
+            manifest.placement, self._mean, self._sliceable, manifest.density
+        )
         # a run that may slice convicts lying reducers
         self._convicts = self._sliceable
         column_strategy = self._strategy if self._sliceable else get_strategy(DEFAULT_STRATEGY, {})
@@ -135,19 +139,12 @@ class RoundEngine:
         self._closer = Closer(
             bulletin=bulletin, manifest=manifest, me=identity.public_key, excluded=self._faults.excluded
         )
-        allreduce = AllReduce(
-            host=host, identity=identity, exchange=exchange, conduct=conduct, status=self.status,
-            restore_signals=restore_signals, prep_s=self.prep_s,
-        )  # fmt: skip
-        sliced: SlicedMerge | None = None
-        if slice_service is not None and self._sliceable:
-            sliced = SlicedMerge(
-                identity=identity, strategy=column_strategy, exchange=exchange, slice_service=slice_service,
-                peers=peers, conduct=conduct, status=self.status, faults=self._faults,
-            )  # fmt: skip
         self._placer = Placer(
-            strategy=self._strategy, mean=self._mean, sliceable=self._sliceable, exchange=exchange,
-            allreduce=allreduce, sliced=sliced, status=self.status, data_dir=history.path.parent,
+            strategy=self._strategy, column_strategy=column_strategy, mean=self._mean,
+            sliceable=self._sliceable, host=host, identity=identity, exchange=exchange, conduct=conduct,
+            status=self.status, peers=peers, restore_signals=restore_signals, prep_s=self.prep_s,
+            faults=self._faults, slice_service=slice_service, dense_service=dense_service,
+            data_dir=history.path.parent,
             history=RoundHistory(manifest=manifest, rounds=how.history, history=history, versions=versions,
                                  state_service=state_service, peers=peers) if how.history else None,
         )  # fmt: skip

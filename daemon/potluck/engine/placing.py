@@ -1,35 +1,62 @@
 """Where an attempt's merge runs: the placement rounds/placement.py picks (the manifest's, or under
-"auto" the one that moves the fewest bytes, derived alike everywhere), then the module that runs it:
-the gathered updates (engine/gathered.py), per reducer slice (engine/sliced.py; also the all-reduce's
-retries), or the weighted mean inside hivemind's all-reduce (engine/allreduce.py)."""
+"auto" the one that moves the fewest bytes, or a dense round's, derived alike everywhere), then the
+module that runs it: the gathered updates (engine/gathered.py), per reducer slice (engine/sliced.py;
+also the all-reduce's and the dense path's retries), the weighted mean inside hivemind's all-reduce
+(engine/allreduce.py) or through potluck's own reduce-scatter (engine/dense.py)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from potluck.engine.allreduce import AllReduce
-from potluck.engine.attempt import Attempt, Merged, RoundStatus
+from potluck.engine.attempt import Attempt, AttemptFailed, Merged, RoundStatus
+from potluck.engine.conduct import Conduct
+from potluck.engine.dense import DenseMerge
 from potluck.engine.gathered import merge_gathered
 from potluck.engine.history import RoundHistory
-from potluck.engine.sliced import SlicedMerge
+from potluck.engine.sliced import Faults, SlicedMerge
 from potluck.engine.updates import AcceptedUpdates
+from potluck.exchange.dense import DenseService
+from potluck.exchange.slices import SliceService
+from potluck.identity import NodeIdentity
 from potluck.rounds import placement
+from potluck.swarm.host import SwarmHost
+from potluck.swarm.membership import PeerInfo
 
 logger = logging.getLogger(__name__)
 
 
 class Placer:
     def __init__(
-        self, *, strategy: Any, mean: bool, sliceable: bool, exchange: AcceptedUpdates, allreduce: AllReduce,
-        sliced: SlicedMerge | None, status: RoundStatus, data_dir: Path | None = None,
-        history: RoundHistory | None = None,
+        self, *, strategy: Any, column_strategy: Any, mean: bool, sliceable: bool, host: SwarmHost,
+        identity: NodeIdentity, exchange: AcceptedUpdates, conduct: Conduct, status: RoundStatus,
+        peers: Callable[[], list[PeerInfo]], restore_signals: Callable[[], None], prep_s: float,
+        faults: Faults, slice_service: SliceService | None, dense_service: DenseService | None,
+        data_dir: Path | None = None, history: RoundHistory | None = None,
     ):  # fmt: skip
         self._strategy, self._mean, self._sliceable = strategy, mean, sliceable
-        self._exchange, self._allreduce, self._sliced, self._status = exchange, allreduce, sliced, status
+        self._exchange, self._status = exchange, status
         self._data_dir = data_dir  # the history a revert's step is computed from (gathered only)
         self._history = history  # the merged steps a history-aware strategy needs (gathered only)
+        self._allreduce = AllReduce(
+            host=host, identity=identity, exchange=exchange, conduct=conduct, status=status,
+            restore_signals=restore_signals, prep_s=prep_s,
+        )  # fmt: skip
+        self._sliced: SlicedMerge | None = None
+        if slice_service is not None and sliceable:
+            self._sliced = SlicedMerge(
+                identity=identity, strategy=column_strategy, exchange=exchange, slice_service=slice_service,
+                peers=peers, conduct=conduct, status=status, faults=faults,
+            )  # fmt: skip
+        self._dense: DenseMerge | None = None
+        if dense_service is not None:
+            self._dense = DenseMerge(
+                identity=identity, exchange=exchange, service=dense_service, peers=peers, conduct=conduct,
+                status=status,
+            )  # fmt: skip
         self.ran = ""  # the placement the last attempt ran (for its error line)
 
     async def merge(self, a: Attempt) -> Merged:
@@ -39,10 +66,14 @@ class Placer:
             participants=len(a.participants), length=a.layout.length, density=m.density, values=m.values,
         )  # fmt: skip
         where, why = choice.placement, choice.reason
-        if where == "allreduce" and a.index > 0 and self._sliced is not None:
-            # the weighted mean's retries run sliced: the same bytes, but a reducer that lies is named
-            # and excluded, where the all-reduce can only refuse a wrong sum (allreduce.py's audit)
-            where, why = "sliced", f"a retry of the all-reduce; {why}"
+        if where in ("allreduce", "dense") and a.index > 0 and self._sliced is not None:
+            # the weighted mean's retries run sliced: a reducer that lies is named and excluded, where
+            # the all-reduce and the dense path can only refuse a wrong sum (their audits)
+            where, why = (
+                "sliced",
+                f"a retry of the {'all-reduce' if where == 'allreduce' else 'dense merge'}; {why}",
+            )
+
         self._status.placement, self._status.placement_reason = where, why
         self.ran = where
         logger.info(
@@ -62,4 +93,8 @@ class Placer:
                 logger.info(f"round {a.round} attempt {a.index}: {name} damped {len(merged.damped)} of "
                             f"{len(a.assignment)} updates: {factors}")  # fmt: skip
             return merged
+        if where == "dense":
+            if self._dense is None:  # every node wires one (node.py); an engine built without it cannot
+                raise AttemptFailed("this node has no dense channel (engine built without one)")
+            return await self._dense.merge(a)
         return await self._allreduce.merge(a)

@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -286,6 +287,25 @@ class BulkConnection:
         recv_exactly(self._sock, view)
         self.bytes_read += view.nbytes
 
+    def read_hashed(self, name: str, view: memoryview, hasher: Hashing, piece: int = PIECE_BYTES) -> None:
+        """All of ``name`` into ``view``, asked for in pieces of at most ``piece`` bytes at once (pipelined)
+        and each piece handed to ``hasher.update`` as soon as it is in: hashing overlaps the transfer."""
+        starts = range(0, view.nbytes, piece) if view.nbytes else range(1)
+        self._sock.sendall(b"".join(encode_request(name, s, min(piece, view.nbytes - s)) for s in starts))
+        status = bytearray(1)
+        for start in starts:
+            part = view[start : start + piece]
+            recv_exactly(self._sock, memoryview(status))
+            if status != OK:
+                raise ConnectionError(f"holder refused bytes {start}+{part.nbytes} of {name!r}")
+            recv_exactly(self._sock, part)
+            hasher.update(part)
+            self.bytes_read += part.nbytes
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+class Hashing(Protocol):
+    def update(self, data: memoryview, /) -> None: ...

@@ -66,7 +66,7 @@ class SyncProgress:
             self.target_bytes += nbytes
 
 
-def _addr_ips(addrs: Sequence[str]) -> list[str]:
+def addr_ips(addrs: Sequence[str]) -> list[str]:
     """The IPs a holder is dialled on directly (a relayed address names the relay's IP, not its own)."""
     return [
         a.split("/")[2] for a in addrs if a.split("/")[1:2] in (["ip4"], ["ip6"]) and "p2p-circuit" not in a
@@ -194,7 +194,7 @@ class Download:
                     checks.append(asyncio.create_task(check(piece.name)))
 
         async def dial(peer_id: str, addrs: list[str], ticket: exchange_pb2.BulkTicket) -> None:
-            ips = _addr_ips(addrs)
+            ips = addr_ips(addrs)
             host = ticket.host if ticket.host and (not ips or ticket.host in ips) else (ips or [""])[0]
             if not ticket.port or not host or not self.direct:
                 return

@@ -1,10 +1,12 @@
 """Where an attempt's merge runs (pure): the same choice on every participant, from what they all agree on.
 
-Three placements (engine/gathered.py, engine/sliced.py, engine/allreduce.py):
+Four placements (engine/gathered.py, engine/sliced.py, engine/allreduce.py, engine/dense.py):
 
 * ``gathered``  every keeper merges every update of the attempt itself;
 * ``sliced``    participant i reduces slice i, fetches the others' slices (float64) and audits them;
-* ``allreduce`` the weighted mean's fixed-point sums (int64) through hivemind's butterfly all-reduce.
+* ``allreduce`` the weighted mean's fixed-point sums (int64) through hivemind's butterfly all-reduce;
+* ``dense``     the weighted mean's fixed-point sums through potluck's own reduce-scatter and
+  all-gather, in the narrowest integer type (int32 for a dense update: ``2 * (P-1)/P * L * 4``).
 
 Every keeper fetches every update of the round whatever the placement (the gathered merge needs them,
 so do the slice audits and the all-reduce's audit), so the placements differ by what they move on top
@@ -15,7 +17,13 @@ dense ``updates x L`` float64 matrix (merge/batch.py), where a reducer of one sl
 it. ``auto`` takes the cheapest placement, in bytes, among those the strategy allows whose working
 matrix fits :data:`MAX_MERGE_MATRIX_BYTES`; ties go in the order of :data:`PLACEMENTS`.
 
-Which placements a strategy allows: the weighted mean all three (its gathered and sliced merges give
+A **dense round** (the manifest's ``density`` >= :data:`DENSE_DENSITY`) of the weighted mean among two
+or more participants is the exception under ``auto``: it runs ``dense``. Bytes alone would pick
+``gathered`` (the updates are fetched anyway), but then every participant quantizes and sums every
+dense update itself (U x L coordinates per node, ~2 s per 25M-parameter update on the 2-core box),
+where ``dense`` has each quantize only the updates it carries and sum 1/P of the coordinates.
+
+Which placements a strategy allows: the weighted mean all four (its gathered and sliced merges give
 the all-reduce's bytes, merge/linear.py), a coordinate strategy ``gathered`` or ``sliced``, a
 whole-vector strategy ``gathered`` only. A manifest may fix one (``placement``); it must be allowed.
 Parameter groups that pick different strategies make the run's strategy merge.grouped.Grouped, a
@@ -31,6 +39,7 @@ from dataclasses import dataclass
 from potluck.manifest import PLACEMENTS as POLICIES
 
 __all__ = [
+    "DENSE_DENSITY",
     "MAX_MERGE_MATRIX_BYTES",
     "PLACEMENTS",
     "POLICIES",
@@ -43,7 +52,9 @@ __all__ = [
     "update_bytes",
 ]
 
-PLACEMENTS = POLICIES[1:]  # gathered, sliced, allreduce: the order ties go in
+PLACEMENTS = POLICIES[1:]  # gathered, sliced, allreduce, dense: the order ties go in
+DENSE_DENSITY = 0.5  # updates at least this dense make a dense round: auto runs the weighted mean dense
+DENSE_VALUE_BYTES = 4  # int32 on the wire: a dense update's fixed-point integers (|q| < 2**31)
 MAX_MERGE_MATRIX_BYTES = 2 << 30  # a strategy's float64 matrix per node: above it, auto prefers slices
 # per value (int8, sign: one fp32 scale per 256 values)
 VALUE_BYTES = {"int8": 1.0 + 4 / 256, "fp16": 2.0, "sign": 1 / 8 + 4 / 256}
@@ -66,7 +77,7 @@ def allowed(mean: bool, coordinate: bool) -> tuple[str, ...]:
     merge a window of coordinates (merge.supports_columns) where the node can serve slices."""
     if coordinate:
         return PLACEMENTS if mean else ("gathered", "sliced")
-    return ("gathered", "allreduce") if mean else ("gathered",)
+    return ("gathered", "allreduce", "dense") if mean else ("gathered",)
 
 
 def check_policy(
@@ -85,11 +96,14 @@ def check_policy(
         )
 
 
-def dense_prep(policy: str, mean: bool, coordinate: bool) -> bool:
+def dense_prep(policy: str, mean: bool, coordinate: bool, density: float = 0.0) -> bool:
     """Whether an attempt of the run may have to prepare a dense vector before it merges (the
-    all-reduce's contribution and pack, a reducer's slice), and so needs time that grows with the model.
-    Not when every attempt merges gathered: a fixed ``gathered``, a whole-vector strategy, or the
-    weighted mean under ``auto`` (gathered is always allowed to it and never dearer, see :func:`choose`)."""
+    all-reduce's contribution and pack, a reducer's slice, a dense round's contribution), and so needs
+    time that grows with the model. Not when every attempt merges gathered: a fixed ``gathered``, a
+    whole-vector strategy, or the weighted mean under ``auto`` in a round that is not dense (gathered is
+    always allowed to it and never dearer, see :func:`choose`)."""
+    if policy == "dense" or (policy == "auto" and mean and density >= DENSE_DENSITY):
+        return True
     return not (policy == "gathered" or not coordinate or (policy == "auto" and mean))
 
 
@@ -119,12 +133,16 @@ def choose(
     check_policy(policy, mean, coordinate)
     fetched = updates * update_bytes(length, density, values)
     others = (participants - 1) * length * 8 // max(participants, 1)  # float64 / int64 coordinates
-    extra = {"gathered": 0, "sliced": others, "allreduce": 2 * others}
+    narrow = (participants - 1) * length * DENSE_VALUE_BYTES // max(participants, 1)
+    extra = {"gathered": 0, "sliced": others, "allreduce": 2 * others, "dense": 2 * narrow}
     options = allowed(mean, coordinate)
     costs = {p: fetched + extra[p] for p in options}
     summary = ", ".join(f"{p} {_mb(costs[p])}" for p in options)
     if policy != "auto":
         return Choice(policy, f"the manifest fixes {policy} (per node: {summary})", costs)
+    if mean and density >= DENSE_DENSITY and participants > 1:
+        why = f"auto: dense updates (density {density:g}): each participant quantizes only what it carries"
+        return Choice("dense", f"{why} (per node: {summary})", costs)
 
     def matrix(p: str) -> int:  # the weighted mean merges sparse into one int64 vector: no matrix
         rows = 0 if mean else updates
