@@ -11,7 +11,7 @@ update still goes through the real codec, signed and verified, and the exact mer
 ``federated`` -- six contributors, two per domain (shards ``DOMAIN:0/2`` and ``DOMAIN:1/2``: the
 domain's training documents split between them), each round training ``--local-steps`` from V_r,
 each keeping its own Adam state across rounds as ``potluck join`` does (``--fresh-optimizer``: a
-fresh Adam every round, for every method):
+fresh Adam every round; LoRA adapters always start a fresh one):
 
 * ``potluck``: ``sparse`` top-k deltas (``--density``, int8 values, error feedback) and/or
   ``lowrank`` LoRA factors (``--rank``, int8), merged by ``fixedpoint.local_average`` weighted by
@@ -100,8 +100,7 @@ def federated(task, genesis, datas, args) -> dict:
                 seed = seed_of(args.seed, r, c)
                 if method == "lowrank":  # LoRA adapters from V_r, their factors published
                     factors, samples = task.train_lowrank(
-                        state, data, steps=args.local_steps, seed=seed, rank=args.rank, targets=targets,
-                        optimizer=opts[method][c],
+                        state, data, steps=args.local_steps, seed=seed, rank=args.rank, targets=targets
                     )  # fmt: skip
                     tensors = tuple(LowRankTensor(k, state[k].shape, *balance(*factors[k])) for k in targets)
                 else:

@@ -208,33 +208,21 @@ class LmTask:
     def train_lowrank(
         self, state: Mapping[str, np.ndarray], data: LmData, *, steps: int, seed: int, rank: int,
         targets: list[str], progress: Callable[[int], None] | None = None,
-        optimizer: dict[str, Any] | None = None,
     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:  # fmt: skip
         """LoRA: ``steps`` Adam steps on rank-``rank`` adapters of the 2-D tensors ``targets``, every
         model tensor frozen; returns ``{name: (A, B)}`` (A: rows x rank, B: rank x cols, delta A @ B,
         potluck.updates.lowrank) and the sample count. A starts seeded normal(0, 1/sqrt(rows)), B at
-        zero (the first step starts from the base model). Deterministic like :meth:`train`.
-
-        ``optimizer`` (a dict the caller keeps, as in :meth:`train`): every call starts A from the
-        first call's seed and continues that call's Adam state, so the adapters restart each round
-        from the same point with their moments carried over."""
+        zero (the first step starts from the base model). Deterministic like :meth:`train`. A fresh
+        Adam every call: carrying it over rounds (A restarted from one seed) measured worse in
+        bench/lm.py (bench/README.md#lm), so this takes no ``optimizer``."""
         check_training(steps, seed)
-        carry = None
-        if optimizer is not None:
-            kind = (rank, tuple(sorted(targets)))
-            if optimizer.get("lowrank", {}).get("kind") != kind:  # first call, or other adapters
-                optimizer["lowrank"] = {"kind": kind, "seed": seed}
-            carry = optimizer["lowrank"]
-            seed_a = carry["seed"]
-        else:
-            seed_a = seed
         shapes = self.shapes()
         for name in targets:
             if len(shapes.get(name, ())) != 2:
                 raise TaskError(f"lm: no 2-D tensor {name!r} to adapt (the model's: {sorted(shapes)[:3]}...)")
             if not 1 <= rank <= min(shapes[name]):
                 raise TaskError(f"lm: rank {rank} is not in [1, {min(shapes[name])}] for {name}")
-        rng = np.random.Generator(np.random.PCG64([seed_a, 5]))
+        rng = np.random.Generator(np.random.PCG64([seed, 5]))
         with OneThread():
             params = self._params(state)
             adapters = {}
@@ -248,7 +236,7 @@ class LmTask:
                 return params | {n: params[n] + a @ b for n, (a, b) in adapters.items()}
 
             trainable = [t for pair in adapters.values() for t in pair]
-            self._fit(trainable, adapted, data, steps, seed, progress, carry, lr=self.lora_lr)
+            self._fit(trainable, adapted, data, steps, seed, progress, lr=self.lora_lr)
             out = {
                 n: (a.detach().numpy().copy(), b.detach().numpy().copy()) for n, (a, b) in adapters.items()
             }
