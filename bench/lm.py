@@ -3,24 +3,31 @@
     python bench/lm.py                              # ~10-15 minutes on 2 cores; plot in bench/out/lm.png
     python bench/lm.py --rounds 12 --local-steps 10 --density 0.01 --parts federated,retention
 
-The `lm` task (a byte-level GPT-2, `--task-arg` sets its size) is pre-trained for `--pretrain-steps`
-on every domain's training split: the run's genesis. Then, in process (no network; every potluck
+The `lm` task (a byte-level GPT-2; LM_ARGS, then `--task-arg`, set its size: 438k parameters by
+default, and ``lora_lr`` 0.01) is pre-trained for `--pretrain-steps` on every domain's training
+split: the run's genesis. Then, in process (no network; every potluck
 update still goes through the real codec, signed and verified, and the exact merge every node runs):
 
 ``federated`` -- six contributors, two per domain (shards ``DOMAIN:0/2`` and ``DOMAIN:1/2``: the
-domain's training documents split between them), each round training ``--local-steps`` from V_r:
+domain's training documents split between them), each round training ``--local-steps`` from V_r,
+each keeping its own Adam state across rounds as ``potluck join`` does (``--fresh-optimizer``: a
+fresh Adam every round; LoRA adapters always start a fresh one):
 
-* ``potluck``: top-k sparse deltas (``--density``, int8 values, error feedback), merged by
-  ``fixedpoint.local_average`` weighted by sample count;
+* ``potluck``: ``sparse`` top-k deltas (``--density``, int8 values, error feedback) and/or
+  ``lowrank`` LoRA factors (``--rank``, int8), merged by ``fixedpoint.local_average`` weighted by
+  sample count;
 * ``fedavg``: the same rounds with dense fp32 deltas (bytes ``4 x params`` + a potluck envelope's
   non-payload bytes), merged the same way;
 * ``pooled``: one model trained on all six shards with the same compute (6 x K steps a round);
 * ``alone``: each contributor on its own shard only (K steps a round).
 
+``--outer-momentum MU`` puts DiLoCo's outer optimizer (Nesterov momentum, lr ``--outer-lr``) on every
+method's merged delta alike; potluck's nodes do not run one (an exploration flag).
+
 ``retention`` -- the three domains' groups each fine-tune the genesis on their domain for
-``--finetune-steps``; their deltas are merged by mean, task arithmetic, TIES and DARE
-(potluck.merge). A domain's gain is genesis BPB minus BPB on that domain's held-out text; it keeps
-``merged gain / own model's gain`` of it.
+``--finetune-steps`` (all of it, or rank ``--finetune-rank`` LoRA adapters); their deltas are
+merged by mean, task arithmetic, TIES and DARE (potluck.merge). A domain's gain is genesis BPB
+minus BPB on that domain's held-out text; it keeps ``merged gain / own model's gain`` of it.
 
 BPB (bits per byte, lower is better) on each domain's fixed held-out text and overall. JSON on stdout,
 progress on stderr.
@@ -47,12 +54,15 @@ from potluck.rounds.fixedpoint import Layout, local_average
 from potluck.tasks import get_task, pretrain
 from potluck.tasks.corpus import DOMAINS
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
-from potluck.updates.lowrank import LowRankTensor, balance
+from potluck.updates.lowrank import LowRankTensor, balance, expand
 from potluck.updates.sparsify import ErrorFeedback
 
 RUN = "bench-lm"
 # small enough that 6 contributors x 12 rounds fit a few minutes of 2 cores
 SMALL = {"n_layer": 2, "n_head": 2, "d_model": 64, "context": 64, "batch": 16, "eval_bytes": 4096}
+# this bench's model on top of SMALL (bench/modules.py keeps SMALL): wide enough that a rank-2
+# adapter costs < 1% of a dense delta; LoRA's adapters at their own, higher learning rate
+LM_ARGS = ["d_model=128", "n_head=4", "lora_lr=0.01"]
 MERGES = {
     "mean": ("mean", {}),
     "task_arithmetic": ("task_arithmetic", {"lambda": 1.0}),
@@ -77,6 +87,9 @@ def federated(task, genesis, datas, args) -> dict:
     targets = [k for k, v in sorted(genesis.items()) if v.ndim == 2 and fnmatchcase(k, args.targets)]
     methods = ["fedavg", *args.patches.split(",")]
     states = {m: dict(genesis) for m in methods}
+    # each contributor's own Adam state per method (--keep-optimizer), and each method's outer momentum
+    opts = {m: [None if args.fresh_optimizer else {} for _ in datas] for m in methods}
+    momenta: dict[str, dict] = {m: {} for m in methods}
     sent = dict.fromkeys(methods, 0)
     overheads: list[int] = []
     for r in range(args.rounds):
@@ -88,10 +101,12 @@ def federated(task, genesis, datas, args) -> dict:
                 if method == "lowrank":  # LoRA adapters from V_r, their factors published
                     factors, samples = task.train_lowrank(
                         state, data, steps=args.local_steps, seed=seed, rank=args.rank, targets=targets
-                    )
+                    )  # fmt: skip
                     tensors = tuple(LowRankTensor(k, state[k].shape, *balance(*factors[k])) for k in targets)
                 else:
-                    new, samples = task.train(state, data, steps=args.local_steps, seed=seed)
+                    new, samples = task.train(
+                        state, data, steps=args.local_steps, seed=seed, optimizer=opts[method][c]
+                    )
                     delta = {k: new[k] - state[k] for k in state}
                     if method == "fedavg":
                         carried.append((samples, delta))
@@ -103,9 +118,14 @@ def federated(task, genesis, datas, args) -> dict:
                 overheads.append(len(blob) - sum(t.payload_size for t in parse_update(blob).tensors))
                 carried.append((samples, decode_update(blob)))
             if method == "fedavg":
-                states[method] = dense_average(state, carried)
+                merged = dense_average(state, carried)
             else:
-                states[method], _ = local_average(state, layout, carried, args.outer_lr)
+                merged, _ = local_average(
+                    state, layout, carried, 1.0 if args.outer_momentum else args.outer_lr
+                )
+            if args.outer_momentum:
+                merged = outer_step(state, merged, momenta[method], args)
+            states[method] = merged
         log(f"  round {r + 1}/{args.rounds}")
     # FedAvg's dense fp32 deltas: 4 bytes a parameter plus a potluck envelope's non-payload bytes
     sent["fedavg"] = n * args.rounds * (4 * params + int(np.median(overheads)))
@@ -115,21 +135,40 @@ def federated(task, genesis, datas, args) -> dict:
     }
     out["envelope_overhead_bytes"] = int(np.median(overheads))
 
+    if "pooled" not in args.baselines.split(","):
+        return out
     log("  pooled: all shards, the same compute")
-    pooled = task.local_data(None)
+    pooled, opt = task.local_data(None), None if args.fresh_optimizer else {}
     state = genesis
     for r in range(args.rounds):
-        state, _ = task.train(state, pooled, steps=n * args.local_steps, seed=seed_of(args.seed, r, 999))
+        state, _ = task.train(
+            state, pooled, steps=n * args.local_steps, seed=seed_of(args.seed, r, 999), optimizer=opt
+        )
     out["pooled"] = {"final": task.evaluate_domains(state)}
 
+    if "alone" not in args.baselines.split(","):
+        return out
     log("  each contributor alone")
     alone = []
     for c, data in enumerate(datas):
-        state = genesis
+        state, opt = genesis, None if args.fresh_optimizer else {}
         for r in range(args.rounds):
-            state, _ = task.train(state, data, steps=args.local_steps, seed=seed_of(args.seed, r, c))
+            state, _ = task.train(
+                state, data, steps=args.local_steps, seed=seed_of(args.seed, r, c), optimizer=opt
+            )
         alone.append(task.evaluate_domains(state))
     out["alone"] = {"final": alone, "mean_overall": float(np.mean([a["overall"] for a in alone]))}
+    return out
+
+
+def outer_step(state: dict, merged: dict, momentum: dict, args) -> dict:
+    """DiLoCo's outer optimizer on the merged pseudo-gradient d = merged - state: Nesterov momentum
+    m = mu m + d, next = state + lr (d + mu m), in float64 (the same for every method)."""
+    mu, out = args.outer_momentum, {}
+    for k, v in state.items():
+        d = merged[k].astype(np.float64) - v
+        m = momentum[k] = mu * momentum.get(k, 0.0) + d
+        out[k] = (v + args.outer_lr * (d + mu * m)).astype(v.dtype)
     return out
 
 
@@ -149,7 +188,20 @@ def retention(task, genesis, args) -> dict:
     own, deltas, weights = {}, [], []
     for g, domain in enumerate(DOMAINS):
         log(f"  fine-tuning on {domain}")
-        tuned, samples = task.train(genesis, task.local_data(domain), steps=args.finetune_steps, seed=100 + g)
+        data = task.local_data(domain)
+        if args.finetune_rank:  # LoRA on every 2-D tensor, expanded as every node would
+            targets = [k for k, v in sorted(genesis.items()) if v.ndim == 2]
+            factors, samples = task.train_lowrank(
+                genesis,
+                data,
+                steps=args.finetune_steps,
+                seed=100 + g,
+                rank=args.finetune_rank,
+                targets=targets,
+            )
+            tuned = {k: v + expand(*factors[k]) if k in factors else v for k, v in genesis.items()}
+        else:
+            tuned, samples = task.train(genesis, data, steps=args.finetune_steps, seed=100 + g)
         own[domain] = task.evaluate_domains(tuned)
         deltas.append({k: tuned[k] - genesis[k] for k in genesis})
         weights.append(samples)
@@ -183,6 +235,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--local-steps", type=int, default=10)
+    ap.add_argument("--baselines", default="pooled,alone", help="federated: besides FedAvg ('' for none)")
     ap.add_argument("--patches", default="sparse,lowrank", help="potluck's patch kinds to run")
     ap.add_argument("--density", type=float, default=0.01, help="sparse: top-k fraction (error feedback)")
     ap.add_argument("--values", choices=["int8", "fp16", "sign"], default="int8", help="sparse: value format")
@@ -192,14 +245,23 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=2, help="lowrank: adapter rank")
     ap.add_argument("--targets", default="*", help="lowrank: glob of the 2-D tensors adapted")
     ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's merge lr (FedAvg uses 1)")
+    ap.add_argument(
+        "--fresh-optimizer",
+        action="store_true",
+        help="a fresh Adam every round (default: each keeps its own)",
+    )
+    ap.add_argument(
+        "--outer-momentum", type=float, default=0.0, help="Nesterov momentum on the merged delta (all)"
+    )
     ap.add_argument("--finetune-steps", type=int, default=120)
+    ap.add_argument("--finetune-rank", type=int, default=0, help="retention: LoRA rank (0: full fine-tuning)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/out/lm.png", help="PNG plot ('' for none)")
     ap.add_argument("--json", default="", help="also write the JSON to this file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    task, task_args, genesis = lm_and_genesis(args.task_arg, args.pretrain_steps, args.seed)
+    task, task_args, genesis = lm_and_genesis([*LM_ARGS, *args.task_arg], args.pretrain_steps, args.seed)
     result: dict = {
         "benchmark": "lm",
         "config": {**vars(args), "task_args": task_args, "params": task.num_params()},
@@ -259,9 +321,11 @@ def table(result: dict) -> str:
     fed = result.get("federated")
     if fed:
         for m in (*result["config"]["patches"].split(","), "fedavg", "pooled"):
-            row(m, fed[m]["final"])
-        mean_alone = {d: float(np.mean([a[d] for a in fed["alone"]["final"]])) for d in (*DOMAINS, "overall")}
-        row("alone (mean)", mean_alone)
+            if m in fed:
+                row(m, fed[m]["final"])
+        if "alone" in fed:
+            alone = fed["alone"]["final"]
+            row("alone (mean)", {d: float(np.mean([a[d] for a in alone])) for d in (*DOMAINS, "overall")})
     for name, s in result.get("retention", {}).get("bpb", {}).items():
         row(name, s)
     return "\n".join(lines)
@@ -273,7 +337,7 @@ def plot(result: dict, path: Path) -> str:
         return plots.SKIPPED
     fed = result["federated"]
     patches = result["config"]["patches"].split(",")
-    names = ["genesis", *patches, "fedavg", "pooled"]
+    names = ["genesis", *patches, *(m for m in ("fedavg", "pooled") if m in fed)]
     scores = [result["genesis"], *(fed[m]["final"] for m in names[1:])]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     x, width = np.arange(len(DOMAINS) + 1), 0.8 / len(names)

@@ -3,7 +3,9 @@ change into a signed sparse update (top-k with error feedback; or, with ``lowran
 adapters and sends their factors), leaving out tensors of frozen parameter groups, and hands it
 to its node's one publish path (Node.publish), which validates, holds and announces it like any
 other update, or pushes it to keepers when the node runs in client mode. What it needs of the node
-is ContributingNode.
+is ContributingNode. Where the task's ``train`` takes an ``optimizer`` dict (the lm task), the contributor
+hands it the same dict every round: its optimizer's state carries over rounds (``--fresh-optimizer``
+restarts it from each V_r instead).
 
 Training runs in a worker thread, so the node keeps serving peers and the control API meanwhile.
 """
@@ -11,6 +13,7 @@ Training runs in a worker thread, so the node keeps serving peers and the contro
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import sys
 import threading
@@ -85,13 +88,24 @@ class ContributingNode(Protocol):
     async def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse: ...
 
 
+def takes_optimizer(train: Callable) -> bool:
+    """Whether a task's ``train`` (or ``train_lowrank``) takes an ``optimizer`` dict to carry its
+    optimizer's state between calls."""
+    return "optimizer" in inspect.signature(train).parameters
+
+
 class Contributor:
     def __init__(self, node: ContributingNode, *, task_spec: str | None, shard: str | None, local_steps: int,
                  seed: int, max_rounds: int | None = None, join_timeout: float = 60.0,
-                 lowrank: int | None = None, lowrank_targets: str = "*"):  # fmt: skip
+                 lowrank: int | None = None, lowrank_targets: str = "*",
+                 keep_optimizer: bool = True):  # fmt: skip
         """``lowrank``: train rank-``lowrank`` LoRA adapters on the 2-D tensors matching the glob
-        ``lowrank_targets`` (the task needs ``train_lowrank``) and publish their factors instead."""
+        ``lowrank_targets`` (the task needs ``train_lowrank``) and publish their factors instead.
+        ``keep_optimizer``: where the task's ``train`` takes an ``optimizer`` dict (the lm task's),
+        hand it the same one every round, so its optimizer's state (Adam's moments) carries over
+        rounds instead of restarting from each V_r; it stays on this machine, never in an update."""
         self._node = node
+        self._optimizer: dict | None = {} if keep_optimizer else None
         self._lowrank, self._lowrank_targets = lowrank, lowrank_targets
         self._task_spec, self._shard, self._steps, self._seed = task_spec, shard, local_steps, seed
         self._max_rounds = max_rounds
@@ -147,6 +161,10 @@ class Contributor:
         except TaskError as e:
             raise ConfigError(str(e)) from None
         targets = self._adapted(manifest, task)
+        train = task.train_lowrank if targets else task.train  # type: ignore[attr-defined]
+        kept = (
+            {"optimizer": self._optimizer} if self._optimizer is not None and takes_optimizer(train) else {}
+        )
         names = list(self._node.versions.get(manifest.genesis))
         frozen = manifest.group_rules.frozen(names)
         feedback = ErrorFeedback(manifest.density, manifest.values, manifest.topk_scope)
@@ -187,11 +205,11 @@ class Contributor:
                 if targets:
                     factors, samples = await asyncio.to_thread(
                         task.train_lowrank, base_state, data, steps=self._steps, seed=seed,  # type: ignore[attr-defined]
-                        rank=self._lowrank, targets=targets, progress=step,
+                        rank=self._lowrank, targets=targets, progress=step, **kept,
                     )  # fmt: skip
                 else:
                     trained, samples = await asyncio.to_thread(
-                        task.train, base_state, data, steps=self._steps, seed=seed, progress=step
+                        task.train, base_state, data, steps=self._steps, seed=seed, progress=step, **kept
                     )
             except StopTraining:
                 logger.info("stopped after the current training step")

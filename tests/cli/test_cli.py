@@ -177,6 +177,9 @@ def test_parser_accepts_the_documented_interface():
         ]
     )
     assert args.listen == ["/ip4/0.0.0.0/tcp/7451"] and args.run == "r"
+    join = ["join", "--run", "r"]
+    assert not build_parser().parse_args(join).fresh_optimizer  # contributors keep their optimizer
+    assert build_parser().parse_args([*join, "--fresh-optimizer"]).fresh_optimizer
 
 
 def test_tables_show_what_people_look_for():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from potluck.contribute import takes_optimizer
 from potluck.hashing import version_hash
 from potluck.tasks import TaskError, TrainableTask, builtin_tasks, genesis, get_task, is_trainable, metric
 from potluck.tasks.lm import LmTask
@@ -84,6 +86,40 @@ def test_training_is_deterministic(small):
     assert version_hash(a) == version_hash(b) != version_hash(c)
 
 
+def test_training_continues_the_optimizer_it_is_handed(small):
+    """``optimizer=``: Adam's state is left in the dict and the next call continues from it (a
+    different step than a fresh Adam's), deterministically; without the dict nothing changes."""
+    state, data = small.init_state(0), small.local_data("0/3")
+    carry: dict = {}
+    first, _ = small.train(state, data, steps=3, seed=1, optimizer=carry)
+    assert version_hash(first) == version_hash(small.train(state, data, steps=3, seed=1)[0])
+    assert {s["step"].item() for s in carry["adam"]["state"].values()} == {3}
+    kept = copy.deepcopy(carry)
+    fresh, _ = small.train(first, data, steps=3, seed=2)
+    a, _ = small.train(first, data, steps=3, seed=2, optimizer=carry)
+    b, _ = small.train(first, data, steps=3, seed=2, optimizer=kept)
+    assert version_hash(a) == version_hash(b) != version_hash(fresh)
+    assert {s["step"].item() for s in carry["adam"]["state"].values()} == {6}
+
+
+def test_lora_lr_sets_the_adapters_learning_rate_only(small):
+    state, data = small.init_state(0), small.local_data("0/3")
+    targets = ["transformer.h.0.mlp.c_fc.weight"]
+    fast = get_task("lm", {**SMALL, "lora_lr": 0.03})
+    assert fast.lr == small.lr and small.lora_lr == small.lr
+    slow_ab = small.train_lowrank(state, data, steps=2, seed=0, rank=2, targets=targets)[0][targets[0]]
+    fast_ab = fast.train_lowrank(state, data, steps=2, seed=0, rank=2, targets=targets)[0][targets[0]]
+    assert np.abs(fast_ab[1]).max() > 5 * np.abs(slow_ab[1]).max()  # B starts at 0: lr sets its size
+    assert version_hash(fast.train(state, data, steps=2, seed=0)[0]) == version_hash(
+        small.train(state, data, steps=2, seed=0)[0]
+    )
+
+
+def test_the_contributor_hands_the_lm_task_an_optimizer_dict(small):
+    assert takes_optimizer(small.train) and not takes_optimizer(small.train_lowrank)
+    assert not takes_optimizer(get_task("toy").train)
+
+
 def test_generate_is_seeded(small):
     state = small.init_state(0)
     out = small.generate(state, b"And ", 16, seed=3)
@@ -97,6 +133,7 @@ def test_generate_is_seeded(small):
         ({"n_layer": 0}, "n_layer must be an integer"),
         ({"context": 1}, "context must be at least 2"),
         ({"lr": "fast"}, "lr must be a number"),
+        ({"lora_lr": -1}, "lora_lr must be"),
         ({"vocab": 100}, "unexpected keyword"),
     ],
 )

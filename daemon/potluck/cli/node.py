@@ -181,6 +181,11 @@ def _join_parser(commands: Commands) -> None:
         help="with --lowrank: the 2-D tensors to adapt, by name (default '*': all of them)",
     )
     join.add_argument(
+        "--fresh-optimizer",
+        action="store_true",
+        help="restart the optimizer every round (default: keep its state across rounds where the task can)",
+    )
+    join.add_argument(
         "--client-mode",
         action="store_true",
         help="behind NAT/firewall: nobody dials us; updates are pushed to keepers, versions pulled",
@@ -320,7 +325,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         return Contributor(
             node, task_spec=args.task, shard=shard, local_steps=args.local_steps, seed=args.seed,
             max_rounds=args.rounds, join_timeout=args.join_timeout, lowrank=args.lowrank,
-            lowrank_targets=args.lowrank_targets,
+            lowrank_targets=args.lowrank_targets, keep_optimizer=not args.fresh_optimizer,
         )  # fmt: skip
 
     asyncio.run(run_node(config, contributor))

@@ -78,7 +78,9 @@ class TrainableTask(Task, Protocol):
       ``state`` (not modified); returns the new state (same names, shapes and dtypes) and the
       number of training samples behind it (the update's ``sample_count``, i.e. its merge weight
       before the run's cap). Deterministic given ``(state, data, steps, seed)``. ``progress``, if
-      given, is called as ``progress(steps_done)`` after every step (1 .. steps).
+      given, is called as ``progress(steps_done)`` after every step (1 .. steps). A task may also
+      take ``optimizer=``, a dict the caller keeps between calls, to continue its optimizer's state
+      across them (the contributor passes one when ``train`` has that parameter).
     * ``evaluate(state)``: a score on the task's fixed held-out test split (the same on every
       machine, never part of any shard): accuracy in [0, 1], higher is better, unless the task
       names another metric (see :func:`metric`; the lm task's is bits per byte, lower is better).

@@ -12,9 +12,12 @@ better) on each domain's held-out documents.
 * Init (GPT-2's): normal(0, 0.02), residual projections 0.02/sqrt(2 n_layer), LayerNorm 1 and 0,
   biases 0, drawn in float64 from one PCG64(seed) stream in name order and cast once to float32.
 * Training: ``steps`` Adam steps on ``batch`` windows of ``context + 1`` bytes at seeded random
-  offsets in the shard's text, gradients clipped to norm 1, on one thread (deterministic).
+  offsets in the shard's text, gradients clipped to norm 1, on one thread (deterministic); given an
+  ``optimizer`` dict, Adam continues from the state a previous call left there (a contributor's
+  rounds, potluck.contribute).
 * Low-rank training (:meth:`LmTask.train_lowrank`, ``potluck join --lowrank``): LoRA adapters on
-  chosen 2-D tensors, the model frozen; the adapters are published as low-rank update entries.
+  chosen 2-D tensors, the model frozen, at learning rate ``lora_lr``; the adapters are published
+  as low-rank update entries.
 * Modules (potluck.tasks.lm_modules): :meth:`LmTask.hidden` takes a ``linear(name, x)`` that computes
   each block matrix's product, so adapters can be added per token; evaluation and generation take a
   ``forward`` that replaces :meth:`LmTask.forward`.
@@ -22,12 +25,13 @@ better) on each domain's held-out documents.
   ``context + 1`` bytes (every byte after the first predicted once); BPB = mean cross-entropy / ln 2.
   :meth:`LmTask.evaluate` returns the overall BPB (every domain weighs ``eval_bytes``).
 * Task args: ``n_layer`` (4), ``n_head`` (4), ``d_model`` (128), ``context`` (128): ~0.84M parameters;
-  GPT-2 small is ``n_layer=12, n_head=12, d_model=768, context=1024``. ``lr`` (0.003), ``batch``
-  (8), ``eval_bytes`` (8192).
+  GPT-2 small is ``n_layer=12, n_head=12, d_model=768, context=1024``. ``lr`` (0.003), ``lora_lr``
+  (the adapters' lr; default ``lr``), ``batch`` (8), ``eval_bytes`` (8192).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -71,13 +75,14 @@ class LmTask:
 
     def __init__(
         self, n_layer: int = 4, n_head: int = 4, d_model: int = 128, context: int = 128, lr: float = 0.003,
-        batch: int = 8, eval_bytes: int = 8192,
+        batch: int = 8, eval_bytes: int = 8192, lora_lr: float | None = None,
     ) -> None:  # fmt: skip
         self.n_layer = int(check_number(n_layer, "lm: n_layer", integer=True, high=48))
         self.n_head = int(check_number(n_head, "lm: n_head", integer=True, high=64))
         self.d_model = int(check_number(d_model, "lm: d_model", integer=True, high=4096))
         self.context = int(check_number(context, "lm: context", integer=True, high=4096))
         self.lr = float(check_number(lr, "lm: lr", high=10.0))
+        self.lora_lr = self.lr if lora_lr is None else float(check_number(lora_lr, "lm: lora_lr", high=10.0))
         self.batch = int(check_number(batch, "lm: batch", integer=True, high=4096))
         self.eval_bytes = int(check_number(eval_bytes, "lm: eval_bytes", integer=True, high=1 << 24))
         if self.d_model % self.n_head:
@@ -188,11 +193,15 @@ class LmTask:
         steps: int,
         seed: int,
         progress: Callable[[int], None] | None = None,
+        optimizer: dict[str, Any] | None = None,
     ) -> tuple[State, int]:
+        """``optimizer``: a dict the caller keeps between calls; Adam continues from the moments and
+        step count it holds (if any) and leaves its own there, so a contributor runs one optimizer
+        across rounds instead of a fresh one from each V_r (its state is local: it is never sent)."""
         check_training(steps, seed)
         with OneThread():
             params = self._params(state, grad=True)
-            self._fit(list(params.values()), lambda: params, data, steps, seed, progress)
+            self._fit(list(params.values()), lambda: params, data, steps, seed, progress, optimizer)
             out = {k: p.detach().numpy().copy() for k, p in params.items()}
         return out, min(steps * self.batch * self.context, len(data))
 
@@ -203,7 +212,9 @@ class LmTask:
         """LoRA: ``steps`` Adam steps on rank-``rank`` adapters of the 2-D tensors ``targets``, every
         model tensor frozen; returns ``{name: (A, B)}`` (A: rows x rank, B: rank x cols, delta A @ B,
         potluck.updates.lowrank) and the sample count. A starts seeded normal(0, 1/sqrt(rows)), B at
-        zero (the first step starts from the base model). Deterministic like :meth:`train`."""
+        zero (the first step starts from the base model). Deterministic like :meth:`train`. A fresh
+        Adam every call: carrying it over rounds (A restarted from one seed) measured worse in
+        bench/lm.py (bench/README.md#lm), so this takes no ``optimizer``."""
         check_training(steps, seed)
         shapes = self.shapes()
         for name in targets:
@@ -225,7 +236,7 @@ class LmTask:
                 return params | {n: params[n] + a @ b for n, (a, b) in adapters.items()}
 
             trainable = [t for pair in adapters.values() for t in pair]
-            self._fit(trainable, adapted, data, steps, seed, progress)
+            self._fit(trainable, adapted, data, steps, seed, progress, lr=self.lora_lr)
             out = {
                 n: (a.detach().numpy().copy(), b.detach().numpy().copy()) for n, (a, b) in adapters.items()
             }
@@ -233,12 +244,16 @@ class LmTask:
 
     def _fit(
         self, trainable: list[torch.Tensor], params: Callable[[], Mapping[str, torch.Tensor]], data: LmData,
-        steps: int, seed: int, progress: Callable[[int], None] | None,
+        steps: int, seed: int, progress: Callable[[int], None] | None, carry: dict[str, Any] | None = None,
+        lr: float | None = None,
     ) -> None:  # fmt: skip
-        """Adam on ``trainable``, the loss of the model ``params()`` on seeded windows of ``data``."""
+        """Adam on ``trainable``, the loss of the model ``params()`` on seeded windows of ``data``;
+        continued from and saved to ``carry`` when given (see :meth:`train`)."""
         rng = np.random.Generator(np.random.PCG64([seed, 3]))
         window = np.arange(self.context + 1)
-        opt = torch.optim.Adam(trainable, lr=self.lr, betas=(0.9, 0.95))
+        opt = torch.optim.Adam(trainable, lr=lr or self.lr, betas=(0.9, 0.95))
+        if carry and "adam" in carry:
+            opt.load_state_dict(carry["adam"])
         for step in range(steps):
             starts = rng.integers(0, len(data) - self.context, size=self.batch)
             chunk = torch.from_numpy(data.text[starts[:, None] + window].astype(np.int64))
@@ -250,6 +265,8 @@ class LmTask:
             opt.step()
             if progress is not None:
                 progress(step + 1)
+        if carry is not None:
+            carry["adam"] = copy.deepcopy(opt.state_dict())
 
     def evaluate_domains(
         self, state: Mapping[str, np.ndarray], forward: Forward | None = None
