@@ -503,6 +503,7 @@ def main() -> None:
         result["plot"] = plot(result, labels, Path(args.out))
     text = json.dumps(result, indent=1)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     print(text)
     log(table(result, labels))
