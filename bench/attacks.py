@@ -46,7 +46,7 @@ Against the probe-set rule (``potluck.merge.probe``, a probe set the attackers k
   local steps on the probe samples, correct labels) and sends ``flip + t * boost`` with the smallest
   t of ``PROBE_BOOSTS`` that the rule keeps (``probe_keep`` run on the round's deltas with the
   candidate as the codec will send it; the attackers choose in turn, each against the others'
-  choices) (:func:`probe_flip`).
+  choices) (:func:`probe_flip`). Against a rule without the probe: a plain label flip.
 """
 
 from __future__ import annotations

@@ -161,11 +161,13 @@ class ProbeThen:
         dense = [dense_of(d.update.tensors, shapes) if hasattr(d, "update") else d for d in deltas]
         started = time.perf_counter()
         keep = self.keep(dense)
-        self.score_s += time.perf_counter() - started  # the merge's scoring only (not the attackers')
-        self.scored += len(dense)
-        for i in sorted(set(range(len(deltas))) - set(keep)):
-            author = deltas[i].update.author.hex() if hasattr(deltas[i], "update") else ""
-            self.dropped["attacker" if author in self.attackers else "honest"] += 1
+        # tally the round's merge only (signed updates), not an adaptive attack's trials (dense deltas)
+        if all(hasattr(d, "update") for d in deltas):
+            self.score_s += time.perf_counter() - started
+            self.scored += len(dense)
+            for i in sorted(set(range(len(deltas))) - set(keep)):
+                author = deltas[i].update.author.hex()
+                self.dropped["attacker" if author in self.attackers else "honest"] += 1
         kept = [deltas[i] for i in keep]
         if context is not None and context.authors:
             context = RoundContext(tuple(context.authors[i] for i in keep), context.previous, context.digest)
