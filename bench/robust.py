@@ -58,7 +58,7 @@ from potluck.merge.context import RoundContext, entries_digest, step_between
 from potluck.merge.probe import ProbeSet, probe_filter
 from potluck.tasks import get_task
 from potluck.tasks.data import LabeledData, evaluate_mlp
-from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
+from potluck.updates.codec import SignedUpdate, SparseTensor, Update, decode_update, encode_update
 from potluck.updates.sparsify import ErrorFeedback, sparsify
 
 RUN = "bench-robust"
@@ -158,11 +158,11 @@ class ProbeThen:
 
     def merge(self, deltas, weights, *, round_seed: int, context: RoundContext | None = None):
         shapes = {k: v.shape for k, v in self.base.items()}
-        dense = [dense_of(d.update.tensors, shapes) if hasattr(d, "update") else d for d in deltas]
+        dense = [dense_of(d.update.tensors, shapes) if isinstance(d, SignedUpdate) else d for d in deltas]
         started = time.perf_counter()
         keep = self.keep(dense)
         # tally the round's merge only (signed updates), not an adaptive attack's trials (dense deltas)
-        if all(hasattr(d, "update") for d in deltas):
+        if all(isinstance(d, SignedUpdate) for d in deltas):
             self.score_s += time.perf_counter() - started
             self.scored += len(dense)
             for i in sorted(set(range(len(deltas))) - set(keep)):
