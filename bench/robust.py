@@ -437,7 +437,8 @@ def main() -> None:
     args = ap.parse_args()
     rounds = args.rounds or (12 if args.quick else 30)
     labels = list(QUICK if args.quick else STRATEGIES)
-    cols = args.attacks.split(",") if args.attacks else list(attacks.ATTACKS)
+    default = [a for a in attacks.ATTACKS if args.probe or a != "probe_flip"]  # else a plain label flip
+    cols = args.attacks.split(",") if args.attacks else default
     if args.strategies:
         labels = args.strategies.split(",")
     if any(s.endswith("+probe") for s in labels) and not args.probe:
