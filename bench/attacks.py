@@ -39,6 +39,14 @@ gate) is met from just inside.
   the others';
 * ``alternating``: a colluding pair that takes turns: in round r attacker ``r % 2`` sends the
   adaptive IPM, the other its honest delta (against any rule that learns who misbehaved).
+
+Against the probe-set rule (``potluck.merge.probe``, a probe set the attackers know):
+
+* ``probe_flip``: a label flipper that also trains on the probe set (``boost``: the delta of the same
+  local steps on the probe samples, correct labels) and sends ``flip + t * boost`` with the smallest
+  t of ``PROBE_BOOSTS`` that the rule keeps (``probe_keep`` run on the round's deltas with the
+  candidate as the codec will send it; the attackers choose in turn, each against the others'
+  choices) (:func:`probe_flip`). Against a rule without the probe: a plain label flip.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ __all__ = [
     "ipm",
     "min_max",
     "norm",
+    "probe_flip",
     "random_direction",
     "sign_flip",
     "unflatten",
@@ -67,7 +76,18 @@ __all__ = [
 ]
 
 ADAPTIVE = ("adaptive_ipm", "adaptive_sign_flip", "min_max", "min_sum", "mimic", "alternating")
-ATTACKS = ("none", "sign_flip", "random", "label_flip", "ipm_0.1", "ipm_100", "replay", *ADAPTIVE)
+ATTACKS = (
+    "none",
+    "sign_flip",
+    "random",
+    "label_flip",
+    "ipm_0.1",
+    "ipm_100",
+    "replay",
+    *ADAPTIVE,
+    "probe_flip",
+)
+PROBE_BOOSTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # x the probe-trained delta, smallest that passes first
 SCALES = (1.0, 2.0, 3.0, 4.0)  # x the median honest norm: up to norm_filter's and history_clip's cut
 TILTS = (0.0, 1.0)  # weight of the history's direction (against a rule with a history gate)
 COVER = (1.0, 0.3, 0.2, 0.12)  # share of the push in an adaptive delta (the rest: noise, see candidates)
@@ -185,3 +205,14 @@ def worst_of(cands: Sequence, damage):
     """The candidate with the lowest ``damage(candidate)`` (the first on ties)."""
     scores = [damage(c) for c in cands]
     return cands[min(range(len(cands)), key=lambda i: scores[i])]
+
+
+def probe_flip(flip: Delta, boost: Delta, passes) -> dict[str, np.ndarray]:
+    """``flip + t * boost`` for the smallest t of ``PROBE_BOOSTS`` with ``passes(candidate)`` (the
+    largest t when none passes)."""
+    for t in PROBE_BOOSTS:
+        cand = {k: (np.asarray(flip[k], np.float64) + t * np.asarray(boost[k], np.float64)).astype(np.float32)
+                for k in sorted(flip)}  # fmt: skip
+        if passes(cand):
+            break
+    return cand

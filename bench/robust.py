@@ -25,6 +25,14 @@ A strategy label is one of ``STRATEGIES`` or ``name:key=value:...``. Output: JSO
 accuracy per strategy, attack and seed; drop against honest-only of the same seed, worst over the
 seeds, per attack; honest-run cost against weighted_mean), a Markdown table on stderr, a heatmap of
 the worst drops (``--out``). ``--sim`` adds a small simulation of the sparse-aware rule.
+
+``--probe K`` (issue 15's probe-set option): a public probe set of K images per class of the
+held-out test split (a fixed PCG64 stream; no contributor trains on it), named by its SHA-256
+(``potluck.merge.probe``); every run of the invocation then scores accuracy on the rest of the test
+split, and a label ``S+probe`` (e.g. ``history_clip+probe``) drops updates by their probe scores
+(leave-one-out on the plain mean; ``probe_keep``: the lowest dropped while below ``-probe_frac`` x
+the median absolute score, the rest scored again) before strategy S merges the rest. The JSON's
+``probe`` holds the set's hash and the scoring time per update.
 """
 
 from __future__ import annotations
@@ -47,8 +55,10 @@ from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.merge import get_strategy, next_state
 from potluck.merge.context import RoundContext, entries_digest, step_between
+from potluck.merge.probe import ProbeSet, probe_filter
 from potluck.tasks import get_task
-from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
+from potluck.tasks.data import LabeledData, evaluate_mlp
+from potluck.updates.codec import SignedUpdate, SparseTensor, Update, decode_update, encode_update
 from potluck.updates.sparsify import ErrorFeedback, sparsify
 
 RUN = "bench-robust"
@@ -106,9 +116,64 @@ def spec_of(label: str) -> tuple[str, dict]:
     return name, dict(p.split("=", 1) for p in pairs)
 
 
-def strategy_of(label: str):
+def strategy_of(label: str, cfg: dict | None = None):
+    if label.endswith("+probe"):
+        return ProbeThen(strategy_of(label.removesuffix("+probe")), cfg)
     name, args = spec_of(label)
     return get_strategy(name, args)
+
+
+PROBE_SEED = 15  # the probe set's images: part of the bench's definition, like the task's split
+
+
+def probe_split(task, per_class: int) -> tuple[ProbeSet, LabeledData]:
+    """(probe set, the rest of the test split): ``per_class`` test images of each class, fixed."""
+    test = task.test_data()
+    rng = np.random.Generator(np.random.PCG64(PROBE_SEED))
+    idx = np.sort(
+        np.concatenate([rng.permutation(np.flatnonzero(test.y == c))[:per_class] for c in range(10)])
+    )
+    rest = np.setdiff1d(np.arange(len(test)), idx)
+    probe = ProbeSet(np.ascontiguousarray(test.x[idx]), test.y[idx].astype(np.int64), 10)
+    return probe, LabeledData(np.ascontiguousarray(test.x[rest]), test.y[rest])
+
+
+class ProbeThen:
+    """The probe rule, then ``inner``: scores each delta on the probe set at ``base`` (set by the round
+    loop), keeps ``probe_keep``'s and merges those with ``inner`` (the context's authors filtered alike)."""
+
+    def __init__(self, inner, cfg: dict) -> None:
+        self.inner, self.cfg = inner, cfg
+        self.history_rounds = getattr(inner, "history_rounds", 0)
+        self.base: dict[str, np.ndarray] = {}
+        self.score_s, self.scored = 0.0, 0
+        self.attackers: set[str] = set()  # authors (hex) the bench knows are attackers: for the tally only
+        self.dropped = {"attacker": 0, "honest": 0}
+
+    def keep(self, dense: list[dict[str, np.ndarray]]) -> list[int]:
+        cfg = self.cfg
+        return probe_filter(
+            self.base, dense, setup(cfg).layers, cfg["probe_set"], cfg["outer_lr"], cfg["probe_frac"]
+        )
+
+    def merge(self, deltas, weights, *, round_seed: int, context: RoundContext | None = None):
+        shapes = {k: v.shape for k, v in self.base.items()}
+        dense = [dense_of(d.update.tensors, shapes) if isinstance(d, SignedUpdate) else d for d in deltas]
+        started = time.perf_counter()
+        keep = self.keep(dense)
+        # tally the round's merge only (signed updates), not an adaptive attack's trials (dense deltas)
+        if all(isinstance(d, SignedUpdate) for d in deltas):
+            self.score_s += time.perf_counter() - started
+            self.scored += len(dense)
+            for i in sorted(set(range(len(deltas))) - set(keep)):
+                author = deltas[i].update.author.hex()
+                self.dropped["attacker" if author in self.attackers else "honest"] += 1
+        kept = [deltas[i] for i in keep]
+        if context is not None and context.authors:
+            context = RoundContext(tuple(context.authors[i] for i in keep), context.previous, context.digest)
+        if context is None:
+            return self.inner.merge(kept, [weights[i] for i in keep], round_seed=round_seed)
+        return self.inner.merge(kept, [weights[i] for i in keep], round_seed=round_seed, context=context)
 
 
 def train_seed(seed: int, round_: int, contributor: int) -> int:
@@ -167,6 +232,28 @@ def attack_deltas(attack: str, r: int, cfg: dict, env: dict) -> dict[int, dict[s
             mean = np.mean(flat, axis=0)
             env["memory"]["mimic"] = max(range(len(flat)), key=lambda i: float(np.sum((flat[i] - mean) ** 2)))
         return {c: honest[env["memory"]["mimic"]] for c in order}
+    if attack == "probe_flip":  # knows the probe set: adds the least probe training that passes the cut
+        rule = env["strategy"]
+        if not isinstance(rule, ProbeThen):
+            return dict(own)
+        probe = cfg["probe_set"]
+        sends = dict(own)
+        for c in order:  # in turn, each against the others' choices so far
+            new, _ = setup(cfg).train(
+                env["state"],
+                LabeledData(probe.x, probe.y),
+                steps=cfg["local_steps"],
+                seed=train_seed(cfg["seed"], r, c),
+            )
+            boost = {k: new[k] - env["state"][k] for k in new}
+
+            def passes(x: dict[str, np.ndarray], c: int = c) -> bool:
+                kept = dense_of(to_sparse(x, cfg["density"]), shapes)  # what the codec keeps of it
+                deltas = honest + [kept if o == c else sends[o] for o in order]
+                return len(honest) + order.index(c) in rule.keep(deltas)
+
+            sends[c] = attacks.probe_flip(own[c], boost, passes)
+        return sends
     if attack not in attacks.ADAPTIVE:  # label_flip: the flipped-label delta as is
         return dict(own)
     flat = [attacks.flatten(d) for d in honest]
@@ -212,11 +299,11 @@ def simulate(job: tuple[str, str, dict]) -> tuple[str, str, int, list[float], fl
             get_strategy("mean"),
         )
     else:
-        members, strategy = list(range(n)), strategy_of(label)
+        members, strategy = list(range(n)), strategy_of(label, cfg)
         if attack == "none":
             attackers = set()
     datas = {c: task.local_data(f"{c}/{n}") for c in members}
-    for c in attackers if attack == "label_flip" else ():
+    for c in attackers if attack in ("label_flip", "probe_flip") else ():
         datas[c] = attacks.flip_labels(datas[c])
     ids = {c: NodeIdentity.generate() for c in members}
     feedback = {c: ErrorFeedback(cfg["density"], cfg["values"]) for c in members}
@@ -227,9 +314,19 @@ def simulate(job: tuple[str, str, dict]) -> tuple[str, str, int, list[float], fl
     env = {"shapes": shapes, "strategy": strategy, "steps": [], "memory": {}}
     env["replay"] = {c: attacks.Replay() for c in attackers}
     env["authors"] = tuple(ids[c].public_key.hex() for c in members)
-    acc = [task.evaluate(state)]
+    held_out = cfg.get("eval_set")
+
+    def evaluate(st) -> float:  # with --probe: the test split less the probe images
+        return task.evaluate(st) if held_out is None else evaluate_mlp(st, held_out, layers=task.layers)
+
+    if isinstance(strategy, ProbeThen):
+        strategy.attackers = {ids[c].public_key.hex() for c in attackers}
+    acc = [evaluate(state)]
     for r in range(cfg["rounds"]):
         base = version_hash(state)
+        env["state"] = state
+        if isinstance(strategy, ProbeThen):
+            strategy.base = state
         sent: dict[int, tuple[list[SparseTensor], int]] = {}
         for c in members:
             new, samples = task.train(
@@ -256,8 +353,14 @@ def simulate(job: tuple[str, str, dict]) -> tuple[str, str, int, list[float], fl
         new_state = next_state(state, merged, cfg["outer_lr"])
         env["steps"] = [step_between(state, new_state, cfg["outer_lr"]), *env["steps"][:8]]
         state = new_state
-        a = task.evaluate(state)
+        a = evaluate(state)
         acc.append(a if math.isfinite(a) else 0.0)
+    if isinstance(strategy, ProbeThen) and strategy.scored:
+        per = 1e3 * strategy.score_s / strategy.scored
+        log(
+            f"  probe scoring s{cfg['seed']} {label} {attack}: {per:.1f} ms/update ({strategy.scored}); "
+            f"dropped {strategy.dropped}"
+        )
     return label, attack, cfg["seed"], acc, time.perf_counter() - started
 
 
@@ -329,13 +432,18 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out/robust.png")
     ap.add_argument("--json", default="")
     ap.add_argument("--sim", action="store_true", help="also the sparse-aware simulation")
+    ap.add_argument("--probe", type=int, default=0, help="probe images per class (0: off; see the doc)")
+    ap.add_argument("--probe-frac", type=float, default=0.5, help="probe_keep's cut: x the median score")
     args = ap.parse_args()
     rounds = args.rounds or (12 if args.quick else 30)
     labels = list(QUICK if args.quick else STRATEGIES)
-    cols = args.attacks.split(",") if args.attacks else list(attacks.ATTACKS)
+    default = [a for a in attacks.ATTACKS if args.probe or a != "probe_flip"]  # else a plain label flip
+    cols = args.attacks.split(",") if args.attacks else default
     if args.strategies:
         labels = args.strategies.split(",")
-    unknown = [s for s in labels if s not in STRATEGIES and ":" not in s]
+    if any(s.endswith("+probe") for s in labels) and not args.probe:
+        ap.error("a '+probe' strategy needs --probe K (probe images per class)")
+    unknown = [s for s in labels if s.removesuffix("+probe") not in STRATEGIES and ":" not in s]
     unknown += [a for a in cols if a not in attacks.ATTACKS and not _is_ipm(a)]
     if unknown:
         ap.error(f"unknown strategy label(s) or attack(s) {unknown}; labels: {', '.join(STRATEGIES)}")
@@ -351,7 +459,13 @@ def main() -> None:
         "contributor_momentum": args.contributor_momentum,
         "weight_cap": 1 << 20,
         "task_args": {"hidden": args.hidden, "lr": args.lr, "batch": 32, "momentum": 0.9},
+        "probe_frac": args.probe_frac,
     }
+    probe_info = {}
+    if args.probe:
+        probe, rest = probe_split(setup(cfg), args.probe)
+        cfg.update(probe_set=probe, eval_set=rest)
+        probe_info = {"per_class": args.probe, "sha256": probe.digest(), "eval_images": len(rest)}
     started = time.perf_counter()
     runs = [("honest_only", "honest_only")] + [(s, a) for s in labels for a in cols]
     if "none" in cols and "weighted_mean" not in labels:  # the honest-run cost is against it
@@ -368,11 +482,12 @@ def main() -> None:
         {
             "benchmark": "robust",
             "config": {
-                **cfg,
+                **{k: v for k, v in cfg.items() if k not in ("probe_set", "eval_set")},
                 "seeds": seeds,
-                "strategies": {s: list(spec_of(s)) for s in labels},
+                "strategies": {s: list(spec_of(s.removesuffix("+probe"))) for s in labels},
                 "attacks": cols,
             },
+            "probe": probe_info,
             "machine": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,
@@ -391,6 +506,7 @@ def main() -> None:
         result["plot"] = plot(result, labels, Path(args.out))
     text = json.dumps(result, indent=1)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     print(text)
     log(table(result, labels))

@@ -1,0 +1,227 @@
+"""Probe-set evidence for a merge (issue 15): score each update by what the round's merge loses on
+a small public probe set without it, and drop the updates the merge is better off without (pure).
+
+A label flipper's update has an honest norm and cosines near 0 with the others, like a contributor
+with classes of its own, so no rule over the round's updates alone tells them apart
+(bench/README.md). A run that opts in names a small labelled probe set by the SHA-256 of its bytes
+(:meth:`ProbeSet.digest`); every keeper then scores the round's n updates the same way:
+
+* ``L(state)``: the probe loss, the mean over the classes present in the probe set of each class's
+  mean cross-entropy (class-balanced);
+* the **score** of update i is leave-one-out: ``L(base + scale * mean of the others) -
+  L(base + scale * mean of all n)``: positive when the merge is better with it. Scoring an update
+  alone does not work on non-IID data: each honest update shifts the class prior towards its own
+  classes and raises the loss on every other class, and a label flipper's raises the prior of the
+  classes it relabels to, so both look alike (on digits, alone, honest 0.3-2.5 and flippers 0.1-0.5
+  as the best class's gain); in the mean the honest shifts balance and what a flipper does to the
+  classes it relabels stands out (bench/README.md);
+* :func:`probe_keep` drops the update with the lowest score while it is below the cut, ``-frac``
+  (default 0.5) times the lower-median absolute score of the updates still kept, and scores the
+  rest again after each drop; never more than ``(n - 1) // 2`` of the n, so a probe set that
+  disagrees with most contributors cannot empty a round. Cost per keeper and round: ``n + 1``
+  forward passes over the probe set per scoring, one scoring more per drop. The kept updates then go to
+  the run's strategy (e.g. ``history_clip``); the scores judge them under a plain mean, not under
+  that strategy.
+
+Determinism: every keeper must get the same scores bit for bit, whatever order the updates arrived
+in. The updates are summed in a canonical order (by the SHA-256 of each one's float64 bytes), so
+the sum and each "all but one" (the sum minus that update) are the same bytes under any permutation.
+The model is the built-in tasks' MLP (``layers`` applied in order, ReLU between) in float64 numpy:
+each product an exact IEEE multiply, each dot product numpy's ``add.reduce`` over a contiguous last
+axis (a fixed pairwise order; no BLAS, whose kernels differ between machines and thread counts);
+the softmax's ``exp`` and ``log`` are Python's ``math`` (scalar libm: numpy's SIMD-dispatched
+``exp`` and ``log`` may differ in the last bit between CPUs), the sums over classes and samples
+``math.fsum`` (correctly rounded, so order-free). Not covered: a libm that rounds ``exp`` / ``log``
+differently on another machine (glibc's are correctly rounded in practice), a numpy whose
+``add.reduce`` changed its order (the same assumption as :mod:`potluck.merge.batch`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ProbeError",
+    "ProbeSet",
+    "mlp_class_losses",
+    "probe_cut",
+    "probe_filter",
+    "probe_keep",
+    "probe_loss",
+    "probe_scores",
+]
+
+_DOMAIN = b"potluck-probe-v1\n"
+_CHUNK = 16  # probe samples per forward block: bounds the (chunk, out, in) product array
+
+
+class ProbeError(ValueError):
+    """A malformed probe set, or one whose bytes do not hash to the name the run gave."""
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Probe features ``x`` (n, d) float32 and labels ``y`` (n,) int64 in ``[0, classes)``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: int
+
+    def __post_init__(self) -> None:
+        x, y = np.asarray(self.x), np.asarray(self.y)
+        if x.dtype != np.float32 or x.ndim != 2 or y.dtype != np.int64 or y.shape != (x.shape[0],):
+            raise ProbeError(f"probe set: x is (n, d) float32 and y (n,) int64, got {x.shape} {x.dtype}, "
+                             f"{y.shape} {y.dtype}")  # fmt: skip
+        if x.shape[0] == 0 or self.classes < 1 or (y < 0).any() or (y >= self.classes).any():
+            raise ProbeError(f"probe set: needs samples with labels in [0, {self.classes})")
+        if not np.isfinite(x).all():
+            raise ProbeError("probe set: features are not finite")
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the set's canonical bytes: shapes, classes, little-endian x then y."""
+        h = hashlib.sha256(_DOMAIN)
+        h.update(np.array([*self.x.shape, self.classes], dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(self.x, dtype="<f4").tobytes())
+        h.update(np.ascontiguousarray(self.y, dtype="<i8").tobytes())
+        return h.hexdigest()
+
+    @classmethod
+    def named(cls, x: np.ndarray, y: np.ndarray, classes: int, digest: str) -> ProbeSet:
+        """The probe set of these bytes, refused unless they hash to ``digest`` (the manifest's name)."""
+        probe = cls(np.asarray(x), np.asarray(y), classes)
+        got = probe.digest()
+        if got != digest:
+            raise ProbeError(f"probe set hashes to {got[:16]}..., the run names {str(digest)[:16]}...")
+        return probe
+
+
+def _forward(state: Mapping[str, np.ndarray], layers: Sequence[str], x: np.ndarray) -> np.ndarray:
+    h = np.asarray(x, dtype=np.float64)
+    for i, name in enumerate(layers):
+        w = np.ascontiguousarray(state[f"{name}.weight"], dtype=np.float64)  # (out, in)
+        b = np.asarray(state[f"{name}.bias"], dtype=np.float64)
+        h = np.add.reduce(np.ascontiguousarray(h[:, None, :] * w[None, :, :]), axis=2) + b
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0.0)
+    return h
+
+
+def mlp_class_losses(state: Mapping[str, np.ndarray], layers: Sequence[str], probe: ProbeSet) -> list[float]:
+    """Mean cross-entropy of the MLP ``state`` on the probe samples of each class (0 for a class the
+    probe set lacks), computed deterministically (see the module doc)."""
+    per_class: list[list[float]] = [[] for _ in range(probe.classes)]
+    for lo in range(0, probe.x.shape[0], _CHUNK):
+        logits = _forward(state, layers, probe.x[lo : lo + _CHUNK])
+        if logits.shape[1] != probe.classes:
+            raise ProbeError(f"probe set: the model has {logits.shape[1]} outputs, the set {probe.classes}")
+        for row, label in zip(logits.tolist(), probe.y[lo : lo + _CHUNK].tolist(), strict=True):
+            top = max(row)
+            if not math.isfinite(top):
+                per_class[label].append(math.inf)
+                continue
+            lse = top + math.log(math.fsum(math.exp(z - top) for z in row))
+            per_class[label].append(lse - row[label])
+    return [math.fsum(v) / len(v) if v else 0.0 for v in per_class]
+
+
+def probe_loss(state: Mapping[str, np.ndarray], layers: Sequence[str], probe: ProbeSet) -> float:
+    """The class-balanced probe loss: the mean over the classes present of their mean cross-entropy."""
+    losses = mlp_class_losses(state, layers, probe)
+    present = sorted(set(probe.y.tolist()))
+    return math.fsum(losses[c] for c in present) / len(present)
+
+
+def _key(delta: Mapping[str, np.ndarray]) -> bytes:
+    h = hashlib.sha256()
+    for name in sorted(delta):
+        h.update(name.encode() + b"\0" + np.ascontiguousarray(delta[name], dtype="<f8").tobytes())
+    return h.digest()
+
+
+def probe_scores(
+    base: Mapping[str, np.ndarray],
+    deltas: Sequence[Mapping[str, np.ndarray]],
+    layers: Sequence[str],
+    probe: ProbeSet,
+    scale: float = 1.0,
+) -> list[float]:
+    """Each delta's leave-one-out score (see the module doc), in the order given; 0 for a lone delta.
+    A tensor a delta lacks is 0 in it; a delta naming a tensor ``base`` lacks is refused."""
+    n = len(deltas)
+    dense = []
+    for d in deltas:
+        extra = sorted(set(d) - set(base))
+        if extra:
+            raise ProbeError(f"probe scores: a delta names tensors the model lacks: {extra}")
+        dense.append(
+            {k: np.asarray(d[k], np.float64) if k in d else np.zeros(np.shape(v)) for k, v in base.items()}
+        )
+    if n < 2:
+        return [0.0] * n
+    for d in dense:
+        if not all(np.isfinite(v).all() for v in d.values()):
+            raise ProbeError("probe scores: a delta is not finite")
+    total = {k: np.zeros(np.shape(v), np.float64) for k, v in base.items()}
+    for i in sorted(range(n), key=lambda i: _key(dense[i])):  # canonical order: permutation-free sums
+        for k in total:
+            total[k] += dense[i][k]
+    origin = {k: np.asarray(v, np.float64) for k, v in base.items()}
+    merged = probe_loss({k: origin[k] + (scale / n) * total[k] for k in origin}, layers, probe)
+    return [
+        probe_loss({k: origin[k] + (scale / (n - 1)) * (total[k] - d[k]) for k in origin}, layers, probe)
+        - merged
+        for d in dense
+    ]
+
+
+def probe_cut(scores: Sequence[float], frac: float = 0.5) -> float:
+    """The score below which :func:`probe_keep` drops: ``-frac`` x the lower median absolute score."""
+    if not scores:
+        return 0.0
+    if any(math.isnan(s) for s in scores):
+        raise ProbeError("probe scores: a score is NaN")
+    return -frac * sorted(abs(s) for s in scores)[(len(scores) - 1) // 2]
+
+
+def probe_keep(n: int, scores_of: Callable[[list[int]], list[float]], frac: float = 0.5) -> list[int]:
+    """Indices (ascending) of the n updates to keep. ``scores_of(kept)``: the scores of the updates
+    ``kept`` (indices) when only they are merged. While the lowest score of the kept updates is below
+    :func:`probe_cut` of their scores, that update is dropped (ties: the later index) and the rest are
+    scored again without it, never more than ``(n - 1) // 2`` of the n. Rescoring because
+    leave-one-out scores interact: with several flippers an honest owner of the classes they relabel
+    to can look bad until they are gone, and a flipper whose harm is masked by another's shows once
+    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse)."""
+    kept = list(range(n))
+    scores = scores_of(kept)
+    cut = probe_cut(scores, frac)
+    while n - len(kept) < (n - 1) // 2:
+        if any(math.isnan(s) for s in scores):
+            raise ProbeError("probe scores: a score is NaN")
+        worst = min(range(len(kept)), key=lambda t: (scores[t], -kept[t]))
+        if scores[worst] >= cut:
+            break
+        del kept[worst]
+        scores = scores_of(kept)
+        cut = probe_cut(scores, frac)
+    return kept
+
+
+def probe_filter(
+    base: Mapping[str, np.ndarray],
+    deltas: Sequence[Mapping[str, np.ndarray]],
+    layers: Sequence[str],
+    probe: ProbeSet,
+    scale: float = 1.0,
+    frac: float = 0.5,
+) -> list[int]:
+    """:func:`probe_keep` with :func:`probe_scores`: the indices (ascending) of the deltas to merge."""
+
+    def scores_of(kept: list[int]) -> list[float]:
+        return probe_scores(base, [deltas[i] for i in kept], layers, probe, scale)
+
+    return probe_keep(len(deltas), scores_of, frac)
