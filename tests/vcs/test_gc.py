@@ -65,3 +65,14 @@ def test_gc_refuses_while_a_node_holds_the_data_dir(tmp_path, capsys) -> None:
         lock.release()
     assert_config_error(proc, "in use")
     assert all(VersionStore(b.data_dir / "versions").has(v) for v in b.versions)
+
+
+def test_gc_keeps_the_versions_a_history_aware_merge_needs(tmp_path, capsys) -> None:
+    b = build_history(tmp_path, rounds=6, strategy="history_clip")  # it merges with the last 4 commits
+    dd = str(b.data_dir)
+    proc = in_process(capsys, "gc", "--keep-last", "1", "--json", "--data-dir", dd)
+    report = json.loads(proc.stdout)
+    assert report["kept_for_history"] == 5
+    assert [d["round"] for d in report["dropped"]] == [0]  # rounds 1-5 stay: V_2..V_6, with the genesis
+    store = VersionStore(b.data_dir / "versions")
+    assert [store.has(v) for v in b.versions] == [True, False, True, True, True, True, True]

@@ -361,6 +361,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     text = (
         f"{verb} {len(report['dropped'])} version(s), {freed} bytes; kept {report['kept']}"
         + (f", {len(report['rewritten_whole'])} rewritten whole" if report["rewritten_whole"] else "")
+        + (
+            f" (the last {n} at least: the strategy merges with them)"
+            if (n := report["kept_for_history"])
+            else ""
+        )
         + ("" if args.dry_run else f"; {report['bytes_before']} -> {report['bytes_after']} bytes on disk")
     )
     _print(args, report, text)
