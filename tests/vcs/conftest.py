@@ -52,14 +52,16 @@ def build_history(
     node: str = "node",
     quorum: int = 2,
     history_off: bool = False,
+    authors: int = 2,
     **rules: object,
 ) -> Built:
     """``tamper``: that round's committed version is its merge with l2.bias moved by 1e-3 (a quorum that
     signed a wrong merge); ``rules``: manifest rules (probation: both authors start on probation);
-    ``run``: an existing run's manifest (its genesis beside it) instead of a new run; ``node``: the data
-    dir's name under ``tmp_path``. A history-aware strategy gets the last steps, computed here from the
-    versions built so far (``history_off``: none, as a node that ignored the history would merge)."""
-    authors = [NodeIdentity.generate() for _ in range(2)]
+    ``run``: an existing run's manifest (its genesis beside it) instead of a new run; ``node``: the
+    data dir's name under ``tmp_path``; ``authors``: how many contribute each round. A history-aware
+    strategy gets the last steps, computed here from the versions built so far (``history_off``:
+    none, as a node that ignored the history would merge)."""
+    identities = [NodeIdentity.generate() for _ in range(authors)]
     if run is None:
         run = write_run(tmp_path / "run.toml", "toy", quorum=quorum, outer_lr=0.5, **rules).path
     manifest = load_manifest(run)
@@ -73,13 +75,13 @@ def build_history(
     base = versions.put(state)
     layout = Layout.from_state(state)
     strategy = merge_strategy(manifest)  # as the engine picks it (per-group strategies too)
-    built = Built(data_dir, manifest, [base], [], authors)
+    built = Built(data_dir, manifest, [base], [], identities)
     states = [state]  # every version so far, for a history-aware strategy's steps
     lookback = getattr(strategy, "history_rounds", 0)
     with History(data_dir / HISTORY_FILE, versions) as history:
         for r in range(rounds):
             signed = []
-            for i, author in enumerate(authors):
+            for i, author in enumerate(identities):
                 data = make_update(author, manifest, r, base, seed=10 * r + i)
                 u = decode_update(data)
                 store.put(u.update_id, data)
@@ -100,10 +102,10 @@ def build_history(
                 state["l2.bias"] = (state["l2.bias"] + np.float32(1e-3)).astype(np.float32)
             commit = Commit(
                 manifest.run_id, r, base, version_hash(state), tensor_hashes(state),
-                updates=[u.update_id for u in signed], contributors=[a.node_id for a in authors],
-                participants=[a.node_id for a in authors], total_weight=total,
+                updates=[u.update_id for u in signed], contributors=[a.node_id for a in identities],
+                participants=[a.node_id for a in identities], total_weight=total,
             )  # fmt: skip
-            history.record(commit, [sign_commit(commit, a) for a in authors], state)
+            history.record(commit, [sign_commit(commit, a) for a in identities], state)
             base = commit.version
             built.versions.append(base)
             built.updates.append(sorted(u.update_id for u in signed))

@@ -205,6 +205,34 @@ def test_a_strategy_with_no_exact_rule_is_attributed_by_projection(tmp_path, cap
         assert got == pytest.approx({a: v / sum(p.values()) for a, v in p.items() if v}, rel=1e-4)
 
 
+def test_a_history_aware_run_is_blamed_by_projection_on_its_stored_steps(tmp_path, capsys) -> None:
+    """history_clip merges with earlier rounds' steps, so a round's merge is not a function of its own
+    updates: blame projects each update on the round's step as the versions show it, (V_r+1 - V_r) / lr,
+    and what no update projects on (the history carried in) is unattributed."""
+    b = build_history(tmp_path, rounds=3, strategy="history_clip", authors=6)
+    dd, lr = str(b.data_dir), b.manifest.outer_lr
+    assert _json(capsys, "verify", "--data-dir", dd)["ok"]
+    d = _json(capsys, "blame", "--data-dir", dd)
+    assert d["rounds"] == [0, 1, 2] and d["attribution"] == ["projection"]
+    states = [{k: v.astype(np.float64) for k, v in _state(b, i).items()} for i in range(4)]
+    checked = 0
+    for t in d["tensors"]:
+        name = t["name"]
+        moved: dict[str, np.ndarray] = {}
+        for r in range(3):
+            step = (states[r + 1][name] - states[r][name]).reshape(-1) / lr
+            p = {a: x[name] @ step for a, x in _deltas(b, r).items() if name in x}
+            if sum(p.values()) == 0:
+                continue
+            for a, v in p.items():
+                moved[a] = moved.get(a, 0) + lr * step * (v / sum(p.values()))
+        got = {a["author"]: a["l2"] for a in t["authors"]}
+        expected = {a: np.linalg.norm(m) for a, m in moved.items() if np.linalg.norm(m) > 0}
+        assert got == pytest.approx(expected, rel=1e-6), name
+        checked += bool(expected)
+    assert checked > 0
+
+
 @pytest.mark.parametrize("command", ["show", "diff", "blame", "verify", "gc"])
 def test_help(capsys, command: str) -> None:
     proc = in_process(capsys, command, "--help")
