@@ -199,9 +199,7 @@ def probe_keep(n: int, scores_of: Callable[[list[int]], list[float]], frac: floa
     kept = list(range(n))
     scores = scores_of(kept)
     cut = probe_cut(scores, frac)
-    while n - len(kept) < (n - 1) // 2:
-        if any(math.isnan(s) for s in scores):
-            raise ProbeError("probe scores: a score is NaN")
+    while n - len(kept) < (n - 1) // 2:  # probe_cut has refused NaN scores
         worst = min(range(len(kept)), key=lambda t: (scores[t], -kept[t]))
         if scores[worst] >= cut:
             break
