@@ -33,6 +33,7 @@ from potluck.tasks.lm_modules import default_targets, train_module
 logger = logging.getLogger(__name__)
 
 WAIT_S = 0.1
+CLAIMS_READ_S = 10.0  # reading the run's module announcements once before training
 
 
 class ModuleNode(Protocol):
@@ -106,7 +107,7 @@ class ModuleContributor:
         if opened is None:
             return
         with contextlib.suppress(Exception):  # best effort: the claims the run's peers announce now
-            await exchange.fetch_announced()
+            await asyncio.wait_for(exchange.fetch_announced(), CLAIMS_READ_S)
         owner = exchange.owner_of(spec.name)
         if owner is not None and owner != identity.public_key:
             raise ConfigError(

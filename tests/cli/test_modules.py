@@ -133,6 +133,7 @@ def test_generate_with_modules_merged_or_routed(capsys, node_dirs):
         (["--module", "Bad Name", "--shard", "poetry"], "bad --module name 'Bad Name'"),
         (["--module", "verse"], "--module needs --shard SPEC"),
         (["--module", "verse", "--shard", "poetry", "--rounds", "2"], "add --patches"),
+        (["--module", "verse", "--shard", "poetry", "--client-mode"], "drop --client-mode"),
         (["--module", "verse", "--shard", "poetry", "--module-description", "x" * 513], "at most 512"),
     ],
 )

@@ -121,6 +121,9 @@ def module_spec(args: argparse.Namespace):
         )
     if len(args.module_description or "") > MAX_DESCRIPTION:
         raise ConfigError(f"--module-description: at most {MAX_DESCRIPTION} characters")
+    if args.client_mode:  # it would keep the module and never announce it
+        raise ConfigError("--module needs a node peers can fetch from: drop --client-mode (or publish the "
+                          "module on a keeper: potluck module export, then module add there)")  # fmt: skip
     if not args.patches and (args.rounds is not None or args.lowrank is not None):
         raise ConfigError("--rounds and --lowrank are for patches: add --patches to contribute them too")
     return ModuleSpec(
