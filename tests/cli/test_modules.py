@@ -140,3 +140,11 @@ def test_generate_with_modules_merged_or_routed(capsys, node_dirs):
 def test_join_module_refuses_bad_options_before_starting_a_node(capsys, tmp_path, extra, needle):
     proc = in_process(capsys, "join", "--data-dir", str(tmp_path), "--run", "ab" * 32, *extra)
     assert_config_error(proc, needle)
+
+
+def test_join_help_tells_how_to_publish_a_module(capsys):
+    proc = in_process(capsys, "join", "--help")
+    assert proc.returncode == 0
+    for option in ("--module NAME", "--module-rank RANK", "--gate-steps N", "--patches"):
+        assert option in proc.stdout
+    assert "train a named module" in proc.stdout
