@@ -145,7 +145,10 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
         ([*lm_base, "4", "--lowrank-targets", "nope.*"], "matches no unfrozen 2-D tensor"),
         ([*lm_base, "4", "--lowrank-targets", "*.attn.c_attn.weight"], "--lowrank 4 is above the limit 2"),
         ([*lm_base, "40", "--lowrank-targets", "*.c_fc.weight"], "--lowrank 40 is above the limit 32"),
-    ]
+        ([*base, "--manifest", str(path), "--module", "m", "--shard", "0/1"], "takes no modules (lm does)"),
+        ([*lm_base[:-1], "--module", "m", "--shard", "poetry", "--module-rank", "40"],
+         "--module-rank 40 is above the limit 32"),
+    ]  # fmt: skip
     for args, needle in cases:
         proc = potluck(*args, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr[-1000:])

@@ -52,6 +52,7 @@ LAYERS: tuple[str, ...] = (
     "node",
     "lifecycle",
     "contribute",
+    "contribute_module",  # join --module: train, sign and keep a module through the node
     "localswarm",
     "demo",
     "cli",

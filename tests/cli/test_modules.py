@@ -123,3 +123,28 @@ def test_generate_with_modules_merged_or_routed(capsys, node_dirs):
     gen = ("generate", "--data-dir", str(a), "--prompt", "x")
     assert_config_error(in_process(capsys, *gen, "--modules", "nosuch"), "no module named 'nosuch'")
     assert_config_error(in_process(capsys, *gen, "--route", "--top-k", "3"), "only 2 modules")
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--module-rank", "2"], "--module-rank needs --module NAME"),
+        (["--patches"], "--patches needs --module NAME"),
+        (["--module", "Bad Name", "--shard", "poetry"], "bad --module name 'Bad Name'"),
+        (["--module", "verse"], "--module needs --shard SPEC"),
+        (["--module", "verse", "--shard", "poetry", "--rounds", "2"], "add --patches"),
+        (["--module", "verse", "--shard", "poetry", "--client-mode"], "drop --client-mode"),
+        (["--module", "verse", "--shard", "poetry", "--module-description", "x" * 513], "at most 512"),
+    ],
+)
+def test_join_module_refuses_bad_options_before_starting_a_node(capsys, tmp_path, extra, needle):
+    proc = in_process(capsys, "join", "--data-dir", str(tmp_path), "--run", "ab" * 32, *extra)
+    assert_config_error(proc, needle)
+
+
+def test_join_help_tells_how_to_publish_a_module(capsys):
+    proc = in_process(capsys, "join", "--help")
+    assert proc.returncode == 0
+    for option in ("--module NAME", "--module-rank RANK", "--gate-steps N", "--patches"):
+        assert option in proc.stdout
+    assert "train a named module" in proc.stdout

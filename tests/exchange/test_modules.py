@@ -103,3 +103,32 @@ def test_bad_records_offered_by_a_peer_are_refused_and_counted(swarm, tmp_path):
     assert after["bad_holder_fetches"] == before["bad_holder_fetches"] + 1
     assert set(_listed(b)) == {"verse"} and _listed(b)["verse"]["author"] == _listed(a)["verse"]["author"]
     assert a.status()["modules"]["kept"] == 1  # both nodes still answer
+
+
+@pytest.mark.multiprocess
+def test_a_joiner_publishes_a_module_that_reaches_the_other_nodes(swarm):
+    """`potluck join --module`: trained on the run's current version, kept and announced through the
+    joiner's node, fetched by the others byte for byte, then (--patches) a patch sent too; a second
+    joiner cannot take the name."""
+    nodes, run = swarm
+    a, b = nodes.nodes[:2]
+    small = ("--shard", "poetry", "--module-steps", "2", "--gate-steps", "5", "--module-rank", "2")
+    patches = ("--patches", "--local-steps", "2", "--rounds", "1")
+    joiner = nodes.add_contributor("joiner", "--module", "sonnets", *small, *patches, manifest=run.path)
+    wait_for(lambda: "sonnets" in _listed(a) and "sonnets" in _listed(b), 60, "A and B to fetch the module")
+    mine = _listed(joiner)["sonnets"]
+    assert _listed(a)["sonnets"] == _listed(b)["sonnets"] == mine
+    assert mine["author"] == joiner.status()["node_id"] and mine["version"] == 1 and mine["rank"] == 2
+    assert mine["trunk"] == a.status()["version"]  # the version the open round collects on
+    record = (joiner.data_dir / "modules/sonnets.module").read_bytes()
+    for node in (a, b):
+        assert (node.data_dir / "modules/sonnets.module").read_bytes() == record
+    log = joiner.log_path.read_text()
+    assert "module sonnets: adapter" in log and "module sonnets v1 kept and announced" in log
+    me = mine["author"]
+    wait_for(lambda: any(u["author"] == me for u in a.updates()), 30, "A to hold the joiner's patch")
+    taker = nodes.add_contributor("taker", "--module", "sonnets", *small, manifest=run.path)
+    assert taker.proc.wait(60) == 2, taker.log_tail()
+    assert "module name already taken by another author: sonnets" in taker.log_tail(3)
+    assert "module sonnets: adapter" not in taker.log_path.read_text()  # refused before training
+    assert joiner.proc.poll() is None  # the author's node stays up, serving its module

@@ -126,6 +126,9 @@ def test_library_name_ownership_and_versions():
         with pytest.raises(ModuleRefused) as info:
             lib.admit(mid, m)
         assert info.value.reason == reason
+    assert lib.next_version("bard", me.public_key) == 3 and lib.next_version("new", other.public_key) == 1
+    with pytest.raises(ModuleRefused, match="already taken by another author: bard"):
+        lib.next_version("bard", other.public_key)
     assert lib.admit("id4", make(other, name="psalm")) == "kept"
     assert lib.names() == ["bard", "psalm"] and [m.name for m in lib.select(["psalm"])] == ["psalm"]
     with pytest.raises(KeyError, match="no module named 'nope'"):

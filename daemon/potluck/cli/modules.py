@@ -1,6 +1,6 @@
 """`potluck module publish|add|export` and `potluck modules`: the module library a node keeps in its
-data dir (potluck.store.modules; no running node needed), and the trunk run with modules
-(`potluck generate --modules A,B | --route`)."""
+data dir (potluck.store.modules; no running node needed), the trunk run with modules
+(`potluck generate --modules A,B | --route`), and `potluck join --module`'s options."""
 
 from __future__ import annotations
 
@@ -85,6 +85,53 @@ def add_parsers(commands: Commands) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
 
 
+def join_args(join: argparse.ArgumentParser) -> None:
+    """`potluck join --module NAME` and its options (potluck.contribute_module)."""
+    group = join.add_argument_group(
+        "module", "train a named module (adapter + routing gate) on --shard's text from the run's current "
+        "version and publish it to the run through this node, instead of patches (or before them: --patches)"
+    )  # fmt: skip
+    group.add_argument("--module", metavar="NAME", help="the module's name ([a-z0-9][a-z0-9_-]{0,63})")
+    group.add_argument("--module-rank", type=positive_int, metavar="RANK", help="adapter rank (default 4)")
+    group.add_argument("--module-steps", type=positive_int, metavar="N", help="adapter steps (default 100)")
+    group.add_argument("--gate-steps", type=positive_int, metavar="N", help="gate steps (default 200)")
+    group.add_argument("--module-description", metavar="TEXT", help="what it is for (<= 512 characters)")
+    group.add_argument(
+        "--patches", action="store_true", help="after publishing the module, contribute patches every round "
+        "too (default: only serve the module until stopped)"
+    )  # fmt: skip
+
+
+def module_spec(args: argparse.Namespace):
+    """The ModuleSpec `join` asked for (None without --module), or a ConfigError on bad options."""
+    from potluck.contribute_module import ModuleSpec
+    from potluck.modules.record import MAX_DESCRIPTION, valid_name
+
+    given = [f for f in ("module_rank", "module_steps", "gate_steps", "module_description", "patches")
+             if getattr(args, f) not in (None, False)]  # fmt: skip
+    if args.module is None:
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} needs --module NAME")
+        return None
+    if not valid_name(args.module):
+        raise ConfigError(f"bad --module name {args.module!r}: use [a-z0-9][a-z0-9_-]{{0,63}}")
+    if args.shard is None or args.dirichlet is not None:
+        raise ConfigError(
+            "--module needs --shard SPEC (the module's own text, e.g. poetry), without --dirichlet"
+        )
+    if len(args.module_description or "") > MAX_DESCRIPTION:
+        raise ConfigError(f"--module-description: at most {MAX_DESCRIPTION} characters")
+    if args.client_mode:  # it would keep the module and never announce it
+        raise ConfigError("--module needs a node peers can fetch from: drop --client-mode (or publish the "
+                          "module on a keeper: potluck module export, then module add there)")  # fmt: skip
+    if not args.patches and (args.rounds is not None or args.lowrank is not None):
+        raise ConfigError("--rounds and --lowrank are for patches: add --patches to contribute them too")
+    return ModuleSpec(
+        args.module, args.shard, args.module_steps or 100, args.gate_steps or 200, args.module_rank or 4,
+        args.seed, args.module_description or "", args.task,
+    )  # fmt: skip
+
+
 def _store(args: argparse.Namespace):
     from potluck.store.modules import ModuleStore
 
@@ -121,18 +168,16 @@ def _describe(m, module_id: str) -> dict:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from potluck.identity import load_existing
-    from potluck.modules.record import Module, module_id, sign_module
+    from potluck.modules.record import Module, ModuleRefused, module_id, sign_module
     from potluck.tasks import TaskError
     from potluck.tasks.lm_modules import train_module
 
     manifest, task, version, state, _ = run_task_state(args, "take modules")
     identity = load_existing(args.data_dir.expanduser())
-    kept = _library(args).get(args.name)
-    if kept is not None and kept.module.author != identity.public_key:  # refuse before training, not after
-        raise ConfigError(
-            f"module refused (name_taken): module name already taken by another author: {args.name}"
-        )
-    number = kept.module.version + 1 if kept is not None else 1
+    try:  # refuse a taken name before training, not after
+        number = _library(args).next_version(args.name, identity.public_key)
+    except ModuleRefused as e:
+        raise ConfigError(f"module refused ({e.reason}): {e.detail or e}") from None
     try:
         own, general = task.local_data(args.shard), task.local_data(None)
         adapters, gw, gb = train_module(

@@ -18,6 +18,7 @@ from potluck.cli.common import (
     show,
 )
 from potluck.cli.format import format_peers, format_status
+from potluck.cli.modules import join_args, module_spec
 from potluck.cli.watch import observe_args, watch_args, watch_status
 from potluck.errors import ConfigError
 from potluck.rpc.address import DEFAULT_RPC_LISTEN
@@ -143,8 +144,9 @@ def _run_parser(commands: Commands) -> None:
 def _join_parser(commands: Commands) -> None:
     join = commands.add_parser(
         "join",
-        help="contribute: train on your data every round and publish signed sparse updates",
-        description="Join a run as a contributor: a node that also trains.",
+        help="contribute: train on your data every round and publish signed sparse updates (or a module)",
+        description="Join a run as a contributor: a node that also trains (patches every round, or a "
+        "named module with --module).",
     )
     join.set_defaults(handler=cmd_join)
     data_dir_arg(join)
@@ -215,6 +217,7 @@ def _join_parser(commands: Commands) -> None:
         help="give up (exit 2) if the run cannot be reached in this time (default 60)",
     )
     observe_args(join)
+    join_args(join)
 
 
 def _quiet_libraries(args: argparse.Namespace) -> None:
@@ -312,6 +315,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     shard = args.shard if args.dirichlet is None else f"dirichlet:{args.dirichlet}:{args.shard}"
     if shard is not None:
         _check_shard(shard)
+    spec = module_spec(args)
     _check_peer_addresses(args.initial_peers)
     config = NodeConfig(
         data_dir=args.data_dir, run=args.run or "default", manifest=args.manifest, listen=args.listen,
@@ -322,11 +326,17 @@ def cmd_join(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
     def contributor(node):
-        return Contributor(
+        patches = Contributor(
             node, task_spec=args.task, shard=shard, local_steps=args.local_steps, seed=args.seed,
             max_rounds=args.rounds, join_timeout=args.join_timeout, lowrank=args.lowrank,
             lowrank_targets=args.lowrank_targets, keep_optimizer=not args.fresh_optimizer,
         )  # fmt: skip
+        if spec is None:
+            return patches
+        from potluck.contribute_module import ModuleContributor
+
+        then = patches if args.patches else None
+        return ModuleContributor(node, spec, then=then, join_timeout=args.join_timeout)
 
     asyncio.run(run_node(config, contributor))
     return 0

@@ -1,11 +1,10 @@
 """Modules over the swarm: a running node announces the modules it keeps, serves their records by id,
 and fetches and keeps the ones its peers announce (docs/modules.md).
 
-* **What is kept** is what ``<data-dir>/modules`` holds (store/modules.py). The node rescans that
-  folder every SCAN_S seconds (a listing and a stat per file; the records are read again only when a
-  file changed), so a module written by `potluck module publish` or `module add` (which need no
-  running node and write the files atomically) reaches the peers without a restart or a control call.
-  The first time the node sees a module of its own under a name, it signs a name claim for it.
+* **What is kept** is what ``<data-dir>/modules`` holds (store/modules.py), rescanned every SCAN_S
+  seconds (a listing and a stat per file), so a module written by `potluck module publish` or `module
+  add` (no running node needed) reaches the peers without a restart; `join --module` keeps its module
+  through :meth:`ModuleExchange.keep`. The node signs a name claim for each of its own modules' names.
 * **Announcing**: one signed ModuleAnnouncement (modules/announce.py) per kept module under
   ``potluck/<run>/modules``, pushed to the run's peers beside its DHT copy (swarm/bulletin.py),
   again every third of its TTL. A client-mode node, which nobody can dial, does not announce.
@@ -13,8 +12,8 @@ and fetches and keeps the ones its peers announce (docs/modules.md).
   naming an unknown id, under a name not kept from another author nor owned by another author's
   earlier claim, is fetched from a holder over ``potluck.v1.GetModule`` (at most the announced size,
   at most the record limit); bytes that do not hash to the id cost the holder (counted, avoided);
-  the record is then checked and kept as `potluck module add` does, plus the swarm's ownership rule.
-  Every refusal is logged and counted once per id by reason (``status_fields``).
+  the record is then kept as `module add` keeps it, plus the swarm's ownership rule. Every refusal
+  is logged and counted once per id by reason (``status_fields``).
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ class ModuleExchange:
         addresses_of: Callable[[str], list[str]], *, scan_s: float = SCAN_S, poll_s: float = POLL_S,
         announce_ttl_s: float = ANNOUNCE_TTL_S,
     ):  # fmt: skip
-        self._host, self._identity, self._trunk, self._store = host, identity, trunk, store
+        self._host, self._identity, self.trunk, self._store = host, identity, trunk, store
         self._bulletin, self._addresses_of = bulletin, addresses_of
         self._scan_s, self._poll_s, self._ttl_s = scan_s, poll_s, announce_ttl_s
         self._key = modules_key(trunk.run_id)
@@ -187,14 +186,14 @@ class ModuleExchange:
             assert k is not None
             m = k.module
             size = next((f[2] for f in files if f[0] == f"{name}{SUFFIX}"), 0)
-            if m.run_id != self._trunk.run_id or not size:  # another run's, or not in <name>.module
+            if m.run_id != self.trunk.run_id or not size:  # another run's, or not in <name>.module
                 continue
             kept[k.module_id] = Kept(m.name, m.author, m.version, size)
             claim = self._store.claim(name)
             if claim is not None and not self._claims_for(claim, m):  # damaged, or another author's
                 claim = None
             if claim is None and m.author == self._identity.public_key:
-                claim = NameClaim(self._trunk.run_id, name, m.author, time.time()).sign(self._identity)
+                claim = NameClaim(self.trunk.run_id, name, m.author, time.time()).sign(self._identity)
                 self._store.put_claim(name, claim)
                 logger.info(f"claimed module name {name}")
             if claim is not None:
@@ -204,7 +203,7 @@ class ModuleExchange:
     def _claims_for(self, data: bytes, m: Module) -> bool:
         with contextlib.suppress(BadModuleAnnouncement):
             c = NameClaim.verify(data)
-            return (c.run_id, c.name, c.author) == (self._trunk.run_id, m.name, m.author)
+            return (c.run_id, c.name, c.author) == (self.trunk.run_id, m.name, m.author)
         return False
 
     def _note_claim(self, data: bytes) -> NameClaim | None:
@@ -215,7 +214,7 @@ class ModuleExchange:
             logger.debug(f"ignoring a name claim: {e}")
             return None
         full = c.name not in self._claims and len(self._claims) >= MAX_TRACKED
-        if c.run_id != self._trunk.run_id or full:
+        if c.run_id != self.trunk.run_id or full:
             return None
         by_author = self._claims.setdefault(c.name, {})
         if c.author not in by_author or c.claimed_at < by_author[c.author][0].claimed_at:
@@ -293,7 +292,7 @@ class ModuleExchange:
         DHT too, not only the pushes)."""
         for item in (await self._bulletin.get(self._key, network=network)).values():
             try:
-                a = ModuleAnnouncement.verify(item.value, self._trunk.run_id)
+                a = ModuleAnnouncement.verify(item.value, self.trunk.run_id)
             except BadModuleAnnouncement as e:
                 logger.debug(f"ignoring a module announcement: {e}")
                 continue
@@ -332,11 +331,8 @@ class ModuleExchange:
                 data = await self._download_checked(holder, uid, min(a.size, MAX_BYTES))
                 if data is None:
                     continue
-                t, owned = self._trunk, _owner_rule({n: self._claims_of(n) for n in self._claims})
                 try:
-                    status, m = await asyncio.to_thread(
-                        self._store.admit, data, t.run_id, t.shapes, t.gate_dim, t.max_rank, owned
-                    )
+                    status, m = await self.keep(data)
                 except ModuleRefused as e:
                     self._refuse(uid, e.reason, f"{e.detail or e} (from {holder})")
                     return
@@ -354,6 +350,21 @@ class ModuleExchange:
                 return
         finally:
             self._inflight.discard(uid)
+
+    def owner_of(self, name: str) -> bytes | None:
+        """Whose ``name`` is here: the kept module's author, else the earliest claim's seen, else None."""
+        first = owner(self._claims_of(name), time.time())
+        kept = next((k.author for k in self.kept.values() if k.name == name), None)
+        return kept if kept is not None else first.author if first is not None else None
+
+    async def keep(self, data: bytes) -> tuple[str, Module]:
+        """Check a record and keep it as `module add` does, plus the swarm's ownership rule over the
+        claims seen: ``("kept" | "superseded", module)``, or ModuleRefused. The next scan announces it."""
+        t, claims = self.trunk, {n: self._claims_of(n) for n in self._claims}  # a snapshot for the thread
+        return await asyncio.to_thread(
+            self._store.admit, data, t.run_id, t.shapes, t.gate_dim, t.max_rank,
+            lambda m: check_owner(m, claims.get(m.name, ()), time.time()),
+        )  # fmt: skip
 
     def _refuse(self, uid: str, reason: str, detail: str) -> None:
         if len(self._refused) >= MAX_TRACKED:
@@ -386,12 +397,3 @@ class ModuleExchange:
         self._avoid[holder] = time.monotonic() + AVOID_HOLDER_S
         logger.warning(f"holder {holder} served bytes that are not module {uid[:12]}; avoiding it")
         return None
-
-
-def _owner_rule(claims: dict[str, list[NameClaim]]) -> Callable[[Module], None]:
-    """The swarm's ownership rule over a snapshot of the claims seen (run in the keeping thread)."""
-
-    def check(m: Module) -> None:
-        check_owner(m, claims.get(m.name, ()), time.time())
-
-    return check

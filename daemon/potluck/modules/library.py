@@ -44,6 +44,14 @@ class ModuleLibrary:
         self._kept[m.name] = Kept(module_id, m)
         return "kept" if old is None else "superseded"
 
+    def next_version(self, name: str, author: bytes) -> int:
+        """The version ``author``'s next record under ``name`` takes here: one above its kept one;
+        ModuleRefused (``name_taken``) if ``name`` is kept from another author."""
+        old = self._kept.get(name)
+        if old is not None and old.module.author != author:
+            raise ModuleRefused("name_taken", f"module name already taken by another author: {name}")
+        return old.module.version + 1 if old is not None else 1
+
     def get(self, name: str) -> Kept | None:
         return self._kept.get(name)
 

@@ -89,6 +89,10 @@ def sign_module(identity: NodeIdentity, m: Module) -> bytes:
     return FORMAT.sign(identity, m.author, body)
 
 
+def valid_name(name: str) -> bool:
+    return bool(_NAME.fullmatch(name))
+
+
 def module_id(signed: bytes) -> str:
     return hashlib.sha256(signed).hexdigest()
 

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,9 +44,10 @@ def default_targets(task: LmTask) -> list[str]:
 
 def train_gate(
     task: LmTask, state: Mapping[str, np.ndarray], own: LmData, general: LmData, *, steps: int, seed: int,
-    lr: float = 0.01,
+    lr: float = 0.01, progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, float]:  # fmt: skip
-    """The gate ``(w, b)`` for ``own`` text against ``general`` text (see the module doc)."""
+    """The gate ``(w, b)`` for ``own`` text against ``general`` text (see the module doc); ``progress``
+    is called with the steps done after each step."""
     check_training(steps, seed)
     rng = np.random.Generator(np.random.PCG64([seed, 7]))
     window = np.arange(task.context)
@@ -55,7 +56,7 @@ def train_gate(
     opt = torch.optim.Adam([w, b], lr=lr)
     with OneThread():
         params = task._params(state)
-        for _ in range(steps):
+        for step in range(steps):
             xs, ys = [], []
             for data, label in ((own, 1.0), (general, 0.0)):
                 starts = rng.integers(0, len(data) - task.context, size=task.batch)
@@ -67,6 +68,8 @@ def train_gate(
             loss = F.binary_cross_entropy_with_logits(h @ w + b, torch.cat(ys))
             loss.backward()
             opt.step()
+            if progress is not None:
+                progress(step + 1)
     return w.detach().numpy().copy(), float(b.detach()[0])
 
 
@@ -89,11 +92,21 @@ def calibrate_gate(
 def train_module(
     task: LmTask, state: Mapping[str, np.ndarray], own: LmData, general: LmData, *, steps: int,
     gate_steps: int, seed: int, rank: int, targets: Sequence[str] | None = None, gate_lr: float = 0.01,
+    progress: Callable[[str, int], None] | None = None,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, float]:  # fmt: skip
-    """``(adapters, gate_w, gate_b)``: the adapter first, then its gate (see the module doc)."""
+    """``(adapters, gate_w, gate_b)``: the adapter first, then its gate (see the module doc);
+    ``progress`` is called with ``("adapter" | "gate", steps done)`` after each step."""
     chosen = list(targets) if targets else default_targets(task)
-    adapters, _ = task.train_lowrank(state, own, steps=steps, seed=seed, rank=rank, targets=chosen)
-    gate_w, gate_b = train_gate(task, state, own, general, steps=gate_steps, seed=seed, lr=gate_lr)
+
+    def part(what: str) -> Callable[[int], None] | None:
+        return None if progress is None else lambda n: progress(what, n)
+
+    adapters, _ = task.train_lowrank(
+        state, own, steps=steps, seed=seed, rank=rank, targets=chosen, progress=part("adapter")
+    )
+    gate_w, gate_b = train_gate(
+        task, state, own, general, steps=gate_steps, seed=seed, lr=gate_lr, progress=part("gate")
+    )
     return adapters, gate_w, gate_b
 
 
