@@ -29,10 +29,13 @@ def run_swarm(tmp_path, manifest, path) -> LocalSwarm:
     return LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, path)
 
 
-def publish_attacked_round(nodes, manifest, state, genesis_hash) -> tuple[int, list[bytes]]:
+def publish_attacked_round(
+    nodes, manifest, state, genesis_hash, round_: int | None = None
+) -> tuple[int, list[bytes]]:
     """Three honest updates and a sign-flipped x1000 copy of the first (by another key), published at
-    the start of the next round, spread over ``nodes``: (round, the four signed updates)."""
-    r = next_collecting_round(manifest)
+    the start of the next round (or for round ``round_`` at once: "ready" pacing), spread over ``nodes``:
+    (round, the four signed updates)."""
+    r = next_collecting_round(manifest) if round_ is None else round_
     rng = np.random.default_rng(r)
     authors = [NodeIdentity.generate() for _ in range(3)]
     honest = [
