@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -163,19 +164,25 @@ class DenseMerge:
         def find() -> dense.DenseFault | None:
             for column in columns[:MAX_FAULT_TRIES].tolist():
                 right = dense.exact_sum_at(a.layout, counted, column)
-                if right is not None and right != int(values[column - lo]):
-                    fault = dense.DenseFault.make(signed, values, lo, column)
-                    self._faults.check(fault, [u for _, u in counted])  # as every receiver will
+                if right is None or right == int(values[column - lo]):
+                    continue
+                fault = dense.DenseFault.make(signed, values, lo, column)
+                with contextlib.suppress(slices.BadSlice):  # checked as every receiver will check it
+                    self._faults.check(fault, [u for _, u in counted])
                     return fault
             return None
 
         fault = await asyncio.to_thread(find)
         node = node_id_of(a.participants[j])[:16]
-        if fault is None:  # every wrong coordinate was one a carrier's sum may have clipped
+        why = "a clipped coordinate proves nothing" if fault is None else ""
+        if fault is not None and len(fault.to_bytes()) > slices.MAX_FAULT_BYTES:
+            why = f"its header names {len(counted)} updates, too many for a DHT value"
+        if why:  # refused all the same
             raise AttemptFailed(
-                f"reducer {node} signed a wrong sum at coordinate {int(columns[0])}: refusing it "
-                "(no fault: a clipped coordinate proves nothing)"
+                f"reducer {node} signed a wrong sum at coordinate {int(columns[0])}: "
+                f"refusing it (no fault: {why})"
             )
+        assert fault is not None
         await self._faults.publish(fault)
         raise AttemptFailed(
             f"reducer {node} signed a wrong sum at coordinate {fault.column}: convicted, "

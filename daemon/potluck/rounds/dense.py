@@ -19,8 +19,8 @@ A reducer's merged range is named by :func:`tree_digest` instead: a BLAKE3 Merkl
 signs it (a :class:`potluck.rounds.slices.SliceHeader` whose ``root`` is this digest), so any value it
 served can be tied to its signature by one leaf and a proof: a :class:`DenseFault`, the evidence that
 convicts a reducer whose signed sum is wrong at a coordinate (docs/rounds.md, "the dense path").
-The tree costs its hashes per leaf (~4 us each in Python): ~0.25-0.5 s per 100 MB on the loaded 2-core
-box, against ~0.05 s for the flat hash, and only the merged ranges (the model's bytes once) pay it.
+The tree costs one Python hash call per leaf: ~0.16 s per 100 MB on the loaded 2-core box against
+~0.05 s for the flat hash, and only the merged ranges (the model's bytes once per node) pay it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from potluck.signed import RecordFormat
 from potluck.updates.codec import SignedUpdate, Update
 
 __all__ = [
+    "MAX_FAULT_UPDATES",
     "NARROW",
     "BadRange",
     "DenseFault",
@@ -67,9 +68,12 @@ DOMAIN = b"potluck/dense-range/v1"
 NARROW = ("|i1", "<i2", "<i4", "<i8")  # the wire types, narrowest first (little-endian)
 TREE_DOMAIN = b"potluck/dense-merged/v1"
 FAULT_DOMAIN = "potluck/dense-fault/v1"
-# bytes of a merged range per Merkle leaf: a fault carries one leaf, a signed header of up to 10 KiB and
-# a proof, and stays under slices.MAX_FAULT_BYTES, below hivemind's DHT value hazard (shared/HIVEMIND.md)
-LEAF_BYTES = 2048
+# bytes of a merged range per Merkle leaf: a fault carries one leaf, the signed header and a proof, under
+# slices.MAX_FAULT_BYTES (hivemind's DHT value hazard, shared/HIVEMIND.md) while the header names at
+# most MAX_FAULT_UPDATES updates. 8 KiB: a leaf costs one Python hash call (~4 us), so 2 KiB leaves
+# took ~0.6 s per 100 MB on the loaded 2-core box and 8 KiB ones ~0.16 s (a flat BLAKE3: ~0.05 s)
+LEAF_BYTES = 8192
+MAX_FAULT_UPDATES = 128
 range_bounds = slice_bounds  # reducer i's coordinates [lo, hi): contiguous, 256-aligned
 
 
