@@ -147,6 +147,8 @@ class Faults:
         """The header of the reducer ``fault`` convicts, checked against ``updates`` (this node's copies of
         those its header names, in its order); BadSlice if it proves nothing."""
         header = header_of(fault)
+        if tuple(u.update_id for u in updates) != header.updates:
+            raise slices.BadSlice("wrong_updates", "not the updates the reducer signed for")
         if isinstance(fault, slices.ReducerFault):
             recompute = recomputer(self._strategy, self._manifest, self._layout, header.round, updates)
             return fault.verify(recompute)
