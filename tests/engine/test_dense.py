@@ -18,7 +18,12 @@ from potluck.rounds import dense
 from potluck.rounds.slices import SliceHeader
 from potluck.runfiles import write_run
 from potluck.wire import pack_pair
-from tests.engine.attacked_round import expected_version, publish_attacked_round, run_swarm
+from tests.engine.attacked_round import (
+    add_trusting_and_liar,
+    expected_version,
+    publish_attacked_round,
+    run_swarm,
+)
 from tests.support.attacks import store_values
 from tests.support.spawned import run_spawned
 
@@ -66,13 +71,8 @@ def test_a_lying_dense_reducer_is_convicted_banned_and_the_retry_commits_without
             run_spawned, store_values, swarm.nodes[0].multiaddr(), faults_key(run.manifest.run_id),
             [(b"framed", framed)], 60.0,
         )  # fmt: skip
-        trusting = swarm.add_node(name="trusting", module="tests.engine.trusting_keeper")
-        liar = swarm.add_node(name="liar", module="tests.engine.lying_dense_reducer")
-        for node in (trusting, liar):
-            node.wait_ready(60)
-        honest = swarm.nodes[:3]
-        swarm.wait_all_see(3)
-        liar_id = liar.status()["node_id"]
+        honest, liar_id = add_trusting_and_liar(swarm, "tests.engine.lying_dense_reducer")
+        trusting = honest[2]
         assert stored.result(90) == [True]
         r, datas = publish_attacked_round(honest, run.manifest, run.state, run.genesis_hash, round_=0)
         wait_for(lambda: all(n.status()["committed_round"] >= r for n in honest), 30, f"round {r}")
