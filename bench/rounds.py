@@ -517,7 +517,7 @@ class Peer:
         def sign(lo: int, hi: int, digest: bytes) -> bytes:
             return slices.SliceHeader(*fields, me_key, lo, hi, ids, digest).sign(self.identity)
 
-        def check_header(j: int, data: bytes, digest: bytes) -> None:
+        def check_header(j: int, data: bytes, digest: bytes, values: Any) -> None:
             h = slices.SliceHeader.verify(data)
             if (h.run, h.round, h.attempt, h.parent, h.digest, h.reducer, h.lo, h.hi, h.updates, h.root) != (
                 *fields,

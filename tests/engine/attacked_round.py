@@ -29,10 +29,26 @@ def run_swarm(tmp_path, manifest, path) -> LocalSwarm:
     return LocalSwarm.for_run(tmp_path / "swarm", manifest.run_id, path)
 
 
-def publish_attacked_round(nodes, manifest, state, genesis_hash) -> tuple[int, list[bytes]]:
+def add_trusting_and_liar(swarm: LocalSwarm, liar_module: str) -> tuple[list, str]:
+    """A keeper that audits nothing (it can only learn of a lie from the fault the others publish) and a
+    liar (``liar_module``) joined to ``swarm``'s running keepers: (the honest keepers, the liar's id),
+    once every honest keeper sees the three others."""
+    trusting = swarm.add_node(name="trusting", module="tests.engine.trusting_keeper")
+    liar = swarm.add_node(name="liar", module=liar_module)
+    for node in (trusting, liar):
+        node.wait_ready(60)
+    honest = [n for n in swarm.nodes if n is not liar]
+    swarm.wait_all_see(len(swarm.nodes) - 1)
+    return honest, liar.status()["node_id"]
+
+
+def publish_attacked_round(
+    nodes, manifest, state, genesis_hash, round_: int | None = None
+) -> tuple[int, list[bytes]]:
     """Three honest updates and a sign-flipped x1000 copy of the first (by another key), published at
-    the start of the next round, spread over ``nodes``: (round, the four signed updates)."""
-    r = next_collecting_round(manifest)
+    the start of the next round (or for round ``round_`` at once: "ready" pacing), spread over ``nodes``:
+    (round, the four signed updates)."""
+    r = next_collecting_round(manifest) if round_ is None else round_
     rng = np.random.default_rng(r)
     authors = [NodeIdentity.generate() for _ in range(3)]
     honest = [

@@ -9,7 +9,13 @@ from __future__ import annotations
 import pytest
 
 from potluck.localswarm import wait_for
-from tests.engine.attacked_round import expected_version, make_run, publish_attacked_round, run_swarm
+from tests.engine.attacked_round import (
+    add_trusting_and_liar,
+    expected_version,
+    make_run,
+    publish_attacked_round,
+    run_swarm,
+)
 from tests.support.cli import potluck_json
 
 pytestmark = pytest.mark.multiprocess
@@ -41,14 +47,8 @@ def test_a_lying_reducer_is_convicted_and_its_lie_never_committed(tmp_path):
     )
     with run_swarm(tmp_path, manifest, path) as swarm:
         swarm.start(2)
-        # audits nothing: it can only learn of the lie from the fault the others publish
-        trusting = swarm.add_node(name="trusting", module="tests.engine.trusting_keeper")
-        liar = swarm.add_node(name="liar", module="tests.engine.lying_reducer")
-        for node in (trusting, liar):
-            node.wait_ready(60)
-        honest = swarm.nodes[:3]
-        swarm.wait_all_see(3)
-        liar_id = liar.status()["node_id"]
+        honest, liar_id = add_trusting_and_liar(swarm, "tests.engine.lying_reducer")
+        trusting = honest[2]
         r, datas = publish_attacked_round(honest, manifest, state, genesis_hash)
         wait_for(lambda: all(n.status()["committed_round"] >= r for n in honest), 45, f"round {r}")
         expected = expected_version(manifest, state, datas, r, "trimmed_mean")

@@ -46,8 +46,9 @@ def test_every_participant_ends_with_the_exact_sum_direct_or_over_libp2p(tmp_pat
                     signed[i] = b"header of %d " % i + digest
                     return signed[i]
 
-                def check_header(j: int, header: bytes, digest: bytes) -> None:
+                def check_header(j: int, header: bytes, digest: bytes, values: np.ndarray) -> None:
                     assert header == b"header of %d " % j + digest
+                    assert digest == dense.tree_digest(values)  # the merged range as it was served
 
                 peers = [None if j == i else holder(hosts[j]) for j in range(n)]
                 return reduce_scatter(

@@ -25,6 +25,13 @@ def _round_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("damped", f"{len(agg['damped'])} update(s) by {agg.get('strategy')}: {factors}"))
     if s.get("round_error"):
         rows.append(("round error", s["round_error"]))
+    for i, c in enumerate(agg.get("convicted") or ()):  # reducers this node holds proven liars, and why
+        rows.append(
+            (
+                "convicted" if i == 0 else "",
+                f"{c['node_id'][:16]} in round {c['round']}: {c.get('why') or 'a wrong merge'}",
+            )
+        )
     sync = s.get("sync") or {}
     if sync.get("version"):  # a download under way; its target grows as holders name tensor sizes
         target = _bytes(sync["target_bytes"]) if sync["target_bytes"] else "?"

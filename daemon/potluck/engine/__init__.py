@@ -4,7 +4,9 @@ signed, content-addressed version, following the pure rules of potluck.rounds.
 loop.py       the round loop (RoundEngine): schedule, attempts, dispatch to the run's placement
 entries.py    freezing an attempt: signed entries published and read, their exclusions checked
 allreduce.py  the weighted mean inside hivemind's all-reduce (averager.py), and the audit of its sum
-sliced.py     a coordinate strategy per reducer slice; slice audits; reducer faults and convictions
+sliced.py     a coordinate strategy per reducer slice; slice audits
+dense.py      a dense round's weighted mean by potluck's own reduce-scatter; its audits
+faults.py     reducer faults of both (published, verified by every node) and convictions
 gathered.py   a whole-vector strategy merged by every participant on the gathered updates
 commit.py     signing, the quorum, persisting; catching up to (or switching to) the winning commit
 attempt.py    what an attempt agrees on (Attempt), what a placement returns (Merged), RoundStatus

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +71,10 @@ class RoundStatus:
     audited_slices: int = 0  # other reducers' slices this node recomputed a sample of
     audited_coordinates: int = 0
     convicted: dict[str, tuple[int, str]] = field(default_factory=dict)  # reducer id -> (round, fault id)
+    convicted_why: dict[str, str] = field(default_factory=dict)  # reducer id -> what it did (faults.py)
+    convictions: Counter[str] = field(default_factory=Counter)  # kind ("wrong_slice", ...) -> reducers
     bad_faults: int = 0  # published faults that did not prove a lie
+    bad_faults_by: Counter[str] = field(default_factory=Counter)  # and why each proved nothing
     audited_sums: int = 0  # all-reduce results this node checked against the signed updates
     unaudited_sums: int = 0  # all-reduce sums refused unchecked (some updates not fetched in time)
     placement: str = ""  # where the last attempt's merge ran (rounds/placement.py)

@@ -1,7 +1,7 @@
 """How this node acts as a participant: the engine's seam for adversaries.
 
-A :class:`Conduct` decides the four things a participant could lie about: which updates its round
-entry lists, what it feeds the all-reduce for the updates it carries, the slice it signs as a
+A :class:`Conduct` decides the things a participant could lie about: which updates its round entry
+lists, what it feeds the all-reduce for the updates it carries, the slice or dense range it signs as a
 reducer, and how many coordinates of every other reducer's work it recomputes. The shipped node is
 honest: :class:`RoundEngine` is built with ``conduct=None``, which takes :func:`current` (an honest
 ``Conduct()`` unless a test installed another).
@@ -40,6 +40,11 @@ class Conduct:
     def reduce_slice(self, recompute: slices.Recompute, lo: int, hi: int) -> np.ndarray:
         """This node's slice [lo, hi) of the merged delta, which it signs as the slice's reducer."""
         return np.asarray(recompute(np.arange(lo, hi, dtype=np.int64)), dtype=np.float64)
+
+    def dense_range(self, summed: np.ndarray) -> np.ndarray:
+        """This node's merged range of a dense round (the exact int64 sum of its range of every
+        contribution), as it signs and serves it as the range's reducer."""
+        return summed
 
 
 _current = Conduct()

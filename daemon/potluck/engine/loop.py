@@ -39,9 +39,9 @@ from potluck.engine.commit import Committer, commits_key
 from potluck.engine.conduct import Conduct, current
 from potluck.engine.entries import ENTRY_GRACE_S, ENTRY_WINDOW_S, EntryBoard
 from potluck.engine.evaluation import Evaluator
+from potluck.engine.faults import Faults
 from potluck.engine.history import RoundHistory
 from potluck.engine.placing import Placer
-from potluck.engine.sliced import Faults
 from potluck.engine.updates import AcceptedUpdates
 from potluck.exchange.dense import DenseService
 from potluck.exchange.service import HeldUpdate

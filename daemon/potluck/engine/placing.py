@@ -15,9 +15,10 @@ from potluck.engine.allreduce import AllReduce
 from potluck.engine.attempt import Attempt, AttemptFailed, Merged, RoundStatus
 from potluck.engine.conduct import Conduct
 from potluck.engine.dense import DenseMerge
+from potluck.engine.faults import Faults
 from potluck.engine.gathered import merge_gathered
 from potluck.engine.history import RoundHistory
-from potluck.engine.sliced import Faults, SlicedMerge
+from potluck.engine.sliced import SlicedMerge
 from potluck.engine.updates import AcceptedUpdates
 from potluck.exchange.dense import DenseService
 from potluck.exchange.slices import SliceService
@@ -55,7 +56,7 @@ class Placer:
         if dense_service is not None:
             self._dense = DenseMerge(
                 identity=identity, exchange=exchange, service=dense_service, peers=peers, conduct=conduct,
-                status=status,
+                status=status, faults=faults,
             )  # fmt: skip
         self.ran = ""  # the placement the last attempt ran (for its error line)
 

@@ -10,8 +10,9 @@ channel and the list of arrays offered so far, each with its wire type, length a
 it is offered. It reads the array over one direct connection per peer and attempt, in pipelined
 pieces hashed as they arrive, into a preallocated buffer (a merged range straight into the sum). So the
 bytes are checked against what the sender stated over the authenticated channel, and a merged range
-against the digest its reducer signed. A peer without a direct channel (client mode, a port that cannot
-be reached) serves the same arrays over libp2p (``GetDensePart``).
+against the digest its reducer signed (rounds/dense.tree_digest: a Merkle root, so that one wrong value
+can be proven with one leaf). A peer without a direct channel (client mode, a port that cannot be
+reached) serves the same arrays over libp2p (``GetDensePart``).
 
 Why not hivemind's all-reduce: on the 2-core box it moves ~42-65 MB/s per peer and carries the integers
 as float64; this path moves int32 at ~355 MB/s per peer there, 2.5x raw TCP with the same bytes
@@ -211,8 +212,9 @@ class Session:
     async def fetch(self, name: str, count: int, into: np.ndarray | None = None) -> tuple[np.ndarray, bytes]:
         """Array ``name`` of ``count`` integers (in a wire type of rounds/dense.NARROW; ``count = 0``: a
         signed header, ``BLOB`` of at most MAX_HEADER_BYTES) as the peer stated it, checked against the
-        digest it stated; and that digest. Received straight into ``into`` where it has the stated type."""
-        meta = await self.meta(name)
+        digest it stated (a merged range ``m<i>``: its tree digest); and that digest. Received straight
+        into ``into`` where it has the stated type."""
+        meta, tree = await self.meta(name), name.startswith("m")
         size = meta.shape[0] if len(meta.shape) == 1 else -1
         blob = count == 0
         try:
@@ -228,7 +230,7 @@ class Session:
         array = into if fits else np.empty(size, dtype=np.dtype(meta.dtype))
         assert array is not None
         view = memoryview(array.view(np.uint8))
-        hasher = self._hasher(meta.dtype)
+        hasher = self._hasher(meta.dtype, tree)
         if self._conn is not None:
             try:
                 await asyncio.to_thread(self._read, name, view, hasher)
@@ -236,7 +238,7 @@ class Session:
             except OSError as e:  # the channel broke: this and the rest over libp2p
                 logger.info(f"direct channel to {self.peer_id} failed ({type(e).__name__}: {e}); libp2p")
                 self.close()
-                hasher = self._hasher(meta.dtype)
+                hasher = self._hasher(meta.dtype, tree)
         if self._conn is None:
             await self._fetch_p2p(name, view, hasher)
             self.bytes_p2p += view.nbytes
@@ -245,8 +247,8 @@ class Session:
         return array, meta.hash
 
     @staticmethod
-    def _hasher(dtype: str) -> Any:
-        return hashlib.sha256() if dtype == BLOB else dense.RangeHasher(dtype)
+    def _hasher(dtype: str, tree: bool) -> Any:
+        return hashlib.sha256() if dtype == BLOB else (dense.TreeHasher if tree else dense.RangeHasher)(dtype)
 
     def _read(self, name: str, view: memoryview, hasher: Hashing) -> None:
         with self._lock:
@@ -273,9 +275,9 @@ class Session:
             self._conn = None
 
 
-def _encoded(values: np.ndarray) -> tuple[np.ndarray, bytes]:
+def _encoded(values: np.ndarray, tree: bool = False) -> tuple[np.ndarray, bytes]:
     array = dense.encode(values)
-    return array, dense.digest(array)
+    return array, dense.tree_digest(array) if tree else dense.digest(array)
 
 
 @dataclass
@@ -314,19 +316,22 @@ async def reduce_scatter(
     bounds: Sequence[tuple[int, int]],
     q: np.ndarray,
     sign: Callable[[int, int, bytes], bytes],
-    check_header: Callable[[int, bytes, bytes], None],
+    check_header: Callable[[int, bytes, bytes, np.ndarray], None],
     check_part: Callable[[int, np.ndarray], None] | None,
     until: float,
     phases: dict[str, float] | None = None,
     prepared: Prepared | None = None,
+    finish: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The exact sum (int32 where every range fits, else int64) of every participant's ``q`` (this
     one's: ``q``), participant ``me`` reducing ``bounds[me]``. ``peers[j]`` is participant j's (peer id,
     addresses), None for ``me``. ``sign(lo, hi, digest)`` makes this node's signed header of its merged
-    range; ``check_header(j, header, digest)`` raises unless reducer j's header is right for the attempt
-    and names that digest; ``check_part(j, part)`` (optional) audits participant j's contribution to our
-    range. ``phases`` (optional) gets the seconds each phase took. ``prepared``: :func:`prepare`'s result,
-    when the caller readied it before (else it is readied here, while this node's own part is fetched).
+    range; ``check_header(j, header, digest, values)`` raises unless reducer j's header is right for the
+    attempt and names that digest (the tree digest of ``values``, its range as it served it);
+    ``check_part(j, part)`` (optional) audits participant j's contribution to our range. ``phases``
+    (optional) gets the seconds each phase took. ``prepared``: :func:`prepare`'s result, when the
+    caller readied it before (else it is readied here, while this node's own part is fetched).
+    ``finish`` (tests: a lying reducer) replaces this node's merged range before it is signed.
     Raises DenseUnavailable."""
     clock = [time.perf_counter()]
 
@@ -359,7 +364,7 @@ async def reduce_scatter(
         await asyncio.gather(*(reduce(j) for j in others))
         ready: Prepared = prepared or await pending  # type: ignore[misc]
         mark("reduce")
-        merged, digest = await asyncio.to_thread(_encoded, ready.acc)
+        merged, digest = await asyncio.to_thread(_encoded, finish(ready.acc) if finish else ready.acc, True)
         signed = sign(lo, hi, digest)
         service.offer(
             key,
@@ -375,7 +380,7 @@ async def reduce_scatter(
             header, _ = await sessions[j].fetch(f"h{j}", 0)
             begin, end = bounds[j]
             values, digest = await sessions[j].fetch(f"m{j}", end - begin, out[begin:end])
-            check_header(j, header.tobytes(), digest)
+            check_header(j, header.tobytes(), digest, values)
             if values.dtype.itemsize > out.dtype.itemsize:
                 wide[j] = values
             elif values.base is not out:

@@ -36,8 +36,10 @@ __all__ = [
     "SliceHeader",
     "SliceResult",
     "audit",
+    "merkle_levels",
     "merkle_proof",
     "merkle_root",
+    "proof_of",
     "slice_bounds",
     "verify_merkle",
 ]
@@ -89,37 +91,47 @@ def _leaves(values: np.ndarray) -> list[bytes]:
     return [_leaf(data[i : i + step]) for i in range(0, len(data), step)] or [_leaf(b"")]
 
 
-def _levels(leaves: list[bytes]) -> list[list[bytes]]:
+def merkle_levels(leaves: list[bytes], node: Callable[[bytes, bytes], bytes] = _node) -> list[list[bytes]]:
+    """Every level of the tree over ``leaves`` (hashes), the leaves first and the root last; an odd node is
+    paired with itself. ``node``: the inner hash (rounds/dense.py's tree uses BLAKE3)."""
     levels = [leaves]
     while len(levels[-1]) > 1:
         level = levels[-1]
         up = [
-            _node(level[i], level[i + 1] if i + 1 < len(level) else level[i]) for i in range(0, len(level), 2)
+            node(level[i], level[i + 1] if i + 1 < len(level) else level[i]) for i in range(0, len(level), 2)
         ]
         levels.append(up)
     return levels
 
 
-def merkle_root(values: np.ndarray) -> bytes:
-    """Root over the float64 little-endian bytes of ``values``, :data:`BLOCK` values per leaf (an odd node
-    is paired with itself; leaves and inner nodes are domain-separated)."""
-    return _levels(_leaves(values))[-1][0]
-
-
-def merkle_proof(values: np.ndarray, block: int) -> list[bytes]:
-    """The sibling hashes from leaf ``block`` up to the root."""
-    proof, index = [], block
-    for level in _levels(_leaves(values))[:-1]:
+def proof_of(levels: list[list[bytes]], leaf: int) -> list[bytes]:
+    """The sibling hashes from ``leaf`` up to the root of :func:`merkle_levels`' tree."""
+    proof, index = [], leaf
+    for level in levels[:-1]:
         sibling = index ^ 1
         proof.append(level[sibling] if sibling < len(level) else level[index])
         index //= 2
     return proof
 
 
-def verify_merkle(root: bytes, block: int, block_bytes: bytes, proof: Sequence[bytes]) -> bool:
-    h, index = _leaf(block_bytes), block
+def merkle_root(values: np.ndarray) -> bytes:
+    """Root over the float64 little-endian bytes of ``values``, :data:`BLOCK` values per leaf (an odd node
+    is paired with itself; leaves and inner nodes are domain-separated)."""
+    return merkle_levels(_leaves(values))[-1][0]
+
+
+def merkle_proof(values: np.ndarray, block: int) -> list[bytes]:
+    """The sibling hashes from leaf ``block`` up to the root."""
+    return proof_of(merkle_levels(_leaves(values)), block)
+
+
+def verify_merkle(
+    root: bytes, block: int, block_bytes: bytes, proof: Sequence[bytes],
+    leaf: Callable[[bytes], bytes] = _leaf, node: Callable[[bytes, bytes], bytes] = _node,
+) -> bool:  # fmt: skip
+    h, index = leaf(block_bytes), block
     for sibling in proof:
-        h = _node(h, sibling) if index % 2 == 0 else _node(sibling, h)
+        h = node(h, sibling) if index % 2 == 0 else node(sibling, h)
         index //= 2
     return index == 0 and h == root
 

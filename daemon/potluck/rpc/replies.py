@@ -143,10 +143,14 @@ def _aggregation(engine: RoundEngine) -> control_pb2.Aggregation:
         audited_slices=st.audited_slices,
         audited_coordinates=st.audited_coordinates,
         convicted=[
-            control_pb2.Conviction(node_id=node, round=round_, fault_id=fault)
+            control_pb2.Conviction(
+                node_id=node, round=round_, fault_id=fault, why=st.convicted_why.get(node, "")
+            )
             for node, (round_, fault) in sorted(st.convicted.items())
         ],
+        convictions=dict(st.convictions),
         bad_faults=st.bad_faults,
+        bad_faults_by_reason=dict(st.bad_faults_by),
         last_merge_s=st.last_merge_s,
         audited_sums=st.audited_sums,
         unaudited_sums=st.unaudited_sums,

@@ -236,7 +236,7 @@ class Probation(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., rounds_left: _Optional[int] = ...) -> None: ...
 
 class Aggregation(_message.Message):
-    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums", "placement_policy", "placement_reason", "pacing", "close_reason", "waiting_for", "last_phases", "commit_seconds", "damped")
+    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums", "placement_policy", "placement_reason", "pacing", "close_reason", "waiting_for", "last_phases", "commit_seconds", "damped", "convictions", "bad_faults_by_reason")
     class LastPhasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,20 @@ class Aggregation(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ConvictionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class BadFaultsByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     AUDITED_SLICES_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +282,8 @@ class Aggregation(_message.Message):
     LAST_PHASES_FIELD_NUMBER: _ClassVar[int]
     COMMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DAMPED_FIELD_NUMBER: _ClassVar[int]
+    CONVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    BAD_FAULTS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     placement: str
     audited_slices: int
@@ -285,7 +301,9 @@ class Aggregation(_message.Message):
     last_phases: _containers.ScalarMap[str, float]
     commit_seconds: Histogram
     damped: _containers.ScalarMap[str, float]
-    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ..., placement_policy: _Optional[str] = ..., placement_reason: _Optional[str] = ..., pacing: _Optional[str] = ..., close_reason: _Optional[str] = ..., waiting_for: _Optional[int] = ..., last_phases: _Optional[_Mapping[str, float]] = ..., commit_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., damped: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    convictions: _containers.ScalarMap[str, int]
+    bad_faults_by_reason: _containers.ScalarMap[str, int]
+    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ..., placement_policy: _Optional[str] = ..., placement_reason: _Optional[str] = ..., pacing: _Optional[str] = ..., close_reason: _Optional[str] = ..., waiting_for: _Optional[int] = ..., last_phases: _Optional[_Mapping[str, float]] = ..., commit_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., damped: _Optional[_Mapping[str, float]] = ..., convictions: _Optional[_Mapping[str, int]] = ..., bad_faults_by_reason: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("bounds", "counts", "sum", "count")
@@ -300,14 +318,16 @@ class Histogram(_message.Message):
     def __init__(self, bounds: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., sum: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Conviction(_message.Message):
-    __slots__ = ("node_id", "round", "fault_id")
+    __slots__ = ("node_id", "round", "fault_id", "why")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     FAULT_ID_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     round: int
     fault_id: str
-    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., fault_id: _Optional[str] = ...) -> None: ...
+    why: str
+    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., fault_id: _Optional[str] = ..., why: _Optional[str] = ...) -> None: ...
 
 class Bootstrap(_message.Message):
     __slots__ = ("state", "initial_peers", "attempts", "last_error", "next_retry_in_s")
