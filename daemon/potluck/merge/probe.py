@@ -33,31 +33,50 @@ the softmax's ``exp`` and ``log`` are Python's ``math`` (scalar libm: numpy's SI
 ``exp`` and ``log`` may differ in the last bit between CPUs), the sums over classes and samples
 ``math.fsum`` (correctly rounded, so order-free). Not covered: a libm that rounds ``exp`` / ``log``
 differently on another machine (glibc's are correctly rounded in practice), a numpy whose
-``add.reduce`` changed its order (the same assumption as :mod:`potluck.merge.batch`).
+``add.reduce`` changed its order (the same assumption as :mod:`potluck.merge.batch`). So that a
+last-bit difference left anyway decides less, :func:`probe_filter` compares the scores on a grid of
+2**-30 (:func:`quantize`); a score within one ulp of a grid point's rounding edge could still land on
+either side on two machines, and then their merges differ and the round gets no quorum of equal
+signatures (a failed round, never two silently different models). A probe loss that is not finite
+(an update that makes the model overflow) counts as :data:`LOSS_CAP`, so it scores like any other.
+
+A run opts in with the manifest's ``probe`` table (:func:`probe_args`: the set's hash ``set``, the cut
+``frac``, the task's ``per_class``); :class:`ProbeRule` is what the merge runs (rounds/merging.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "LOSS_CAP",
+    "PROBE_DEFAULTS",
     "ProbeError",
+    "ProbeRule",
     "ProbeSet",
     "mlp_class_losses",
+    "probe_args",
     "probe_cut",
     "probe_filter",
     "probe_keep",
     "probe_loss",
     "probe_scores",
+    "quantize",
 ]
 
 _DOMAIN = b"potluck-probe-v1\n"
 _CHUNK = 16  # probe samples per forward block: bounds the (chunk, out, in) product array
+LOSS_CAP = 1e30  # a probe loss above it (inf, NaN: an overflowing model) counts as this
+_GRID = float(1 << 30)  # scores are compared as multiples of 2**-30 (:func:`quantize`)
+PROBE_DEFAULTS: dict[str, Any] = {"frac": 0.5, "per_class": 10}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ProbeError(ValueError):
@@ -133,7 +152,8 @@ def probe_loss(state: Mapping[str, np.ndarray], layers: Sequence[str], probe: Pr
     """The class-balanced probe loss: the mean over the classes present of their mean cross-entropy."""
     losses = mlp_class_losses(state, layers, probe)
     present = sorted(set(probe.y.tolist()))
-    return math.fsum(losses[c] for c in present) / len(present)
+    loss = math.fsum(losses[c] for c in present) / len(present)
+    return loss if loss < LOSS_CAP else LOSS_CAP  # NaN too: the comparison is False
 
 
 def _key(delta: Mapping[str, np.ndarray]) -> bytes:
@@ -188,14 +208,20 @@ def probe_cut(scores: Sequence[float], frac: float = 0.5) -> float:
     return -frac * sorted(abs(s) for s in scores)[(len(scores) - 1) // 2]
 
 
-def probe_keep(n: int, scores_of: Callable[[list[int]], list[float]], frac: float = 0.5) -> list[int]:
+def probe_keep(
+    n: int,
+    scores_of: Callable[[list[int]], list[float]],
+    frac: float = 0.5,
+    dropped: list[tuple[int, float, float]] | None = None,
+) -> list[int]:
     """Indices (ascending) of the n updates to keep. ``scores_of(kept)``: the scores of the updates
     ``kept`` (indices) when only they are merged. While the lowest score of the kept updates is below
     :func:`probe_cut` of their scores, that update is dropped (ties: the later index) and the rest are
     scored again without it, never more than ``(n - 1) // 2`` of the n. Rescoring because
     leave-one-out scores interact: with several flippers an honest owner of the classes they relabel
     to can look bad until they are gone, and a flipper whose harm is masked by another's shows once
-    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse)."""
+    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse). ``dropped``,
+    if given, gets ``(index, score, cut)`` of each drop, in order."""
     kept = list(range(n))
     scores = scores_of(kept)
     cut = probe_cut(scores, frac)
@@ -203,10 +229,17 @@ def probe_keep(n: int, scores_of: Callable[[list[int]], list[float]], frac: floa
         worst = min(range(len(kept)), key=lambda t: (scores[t], -kept[t]))
         if scores[worst] >= cut:
             break
+        if dropped is not None:
+            dropped.append((kept[worst], scores[worst], cut))
         del kept[worst]
         scores = scores_of(kept)
         cut = probe_cut(scores, frac)
     return kept
+
+
+def quantize(score: float) -> float:
+    """``score`` rounded to the nearest multiple of 2**-30 (exact: a power-of-two scale, then ``round``)."""
+    return round(score * _GRID) / _GRID
 
 
 def probe_filter(
@@ -216,10 +249,54 @@ def probe_filter(
     probe: ProbeSet,
     scale: float = 1.0,
     frac: float = 0.5,
+    dropped: list[tuple[int, float, float]] | None = None,
 ) -> list[int]:
-    """:func:`probe_keep` with :func:`probe_scores`: the indices (ascending) of the deltas to merge."""
+    """:func:`probe_keep` with :func:`probe_scores` (quantized): the indices (ascending) of the deltas
+    to merge; ``dropped`` as :func:`probe_keep`'s."""
 
     def scores_of(kept: list[int]) -> list[float]:
-        return probe_scores(base, [deltas[i] for i in kept], layers, probe, scale)
+        return [quantize(s) for s in probe_scores(base, [deltas[i] for i in kept], layers, probe, scale)]
 
-    return probe_keep(len(deltas), scores_of, frac)
+    return probe_keep(len(deltas), scores_of, frac, dropped)
+
+
+def probe_args(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's ``probe`` table, checked, defaults filled in: ``set`` (the probe set's
+    :meth:`ProbeSet.digest`), ``frac`` (:func:`probe_keep`'s cut, in (0, 10]) and ``per_class`` (probe
+    samples per class the task hands, in [1, 10000]); {} stays {} (no probe)."""
+    if not isinstance(values, Mapping):
+        raise ProbeError("probe must be a table: set = HASH, frac = X, per_class = N")
+    if not values:
+        return {}
+    unknown = sorted(set(values) - {"set", *PROBE_DEFAULTS})
+    if unknown:
+        raise ProbeError(f"probe: unknown key(s) {unknown}; it takes set, frac, per_class")
+    if "set" not in values:
+        raise ProbeError("probe needs set = HASH, the probe set's SHA-256 (`potluck init --probe` writes it)")
+    out = PROBE_DEFAULTS | dict(values)
+    if not isinstance(out.get("set"), str) or not _HEX64.fullmatch(out["set"]):
+        got = str(out.get("set"))[:80]
+        raise ProbeError(f"probe.set must be the probe set's SHA-256 (64 lowercase hex), got {got!r}")
+    frac = out["frac"]
+    if type(frac) not in (int, float) or not 0 < frac <= 10:
+        raise ProbeError(f"probe.frac must be a number in (0, 10], got {frac!r}")
+    if type(out["per_class"]) is not int or not 1 <= out["per_class"] <= 10_000:
+        raise ProbeError(f"probe.per_class must be an integer in [1, 10000], got {out['per_class']!r}")
+    return {"frac": float(frac), "per_class": out["per_class"], "set": out["set"]}
+
+
+@dataclass(frozen=True)
+class ProbeRule:
+    """A run's probe rule as the merge runs it: the named set, the model's ``layers``, the cut."""
+
+    probe: ProbeSet
+    layers: tuple[str, ...]
+    frac: float
+
+    def excluded(
+        self, base: Mapping[str, np.ndarray], deltas: Sequence[Mapping[str, np.ndarray]], scale: float
+    ) -> dict[int, tuple[float, float]]:
+        """index -> (its score, the cut) of each delta :func:`probe_filter` drops, in drop order."""
+        dropped: list[tuple[int, float, float]] = []
+        probe_filter(base, deltas, self.layers, self.probe, scale, self.frac, dropped)
+        return {i: (score, cut) for i, score, cut in dropped}
