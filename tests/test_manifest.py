@@ -207,7 +207,7 @@ def test_a_probe_table_is_signed_canonical_and_round_trips_and_an_old_manifest_i
     _, old = _manifest()
     assert "probe" not in msgpack.unpackb(old.body())[1] and old.probe == {}  # the body as before
     _, m = _manifest(probe={"set": "cd" * 32, "per_class": 4})
-    assert m.probe == {"frac": 0.5, "per_class": 4, "set": "cd" * 32}
+    assert m.probe == {"floor": 0.0, "frac": 0.5, "per_class": 4, "set": "cd" * 32}
     assert msgpack.unpackb(m.body())[1]["probe"] == m.probe
     assert Manifest.from_bytes(m.to_bytes(), m.run_id) == m
     save_manifest(m, tmp_path / "run.toml")

@@ -343,10 +343,14 @@ def test_init_probe_names_the_tasks_probe_set_by_hash_and_merges_gathered(capsys
     from potluck.tasks.probing import probe_digest
 
     init = ("init", "--data-dir", str(tmp_path / "d"), "-o", str(tmp_path / "run.toml"))
-    proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--probe-frac", "0.25")
+    proc = in_process(
+        capsys, *init, "--task", "digits", "--probe", "8", "--probe-frac", "0.25", "--probe-floor", "0.01"
+    )
     assert proc.returncode == 0, proc.stderr
     probe = load_manifest(tmp_path / "run.toml").probe
-    assert probe == {"set": probe_digest("digits", {}, 8), "per_class": 8, "frac": 0.25}
+    assert probe == {"set": probe_digest("digits", {}, 8), "per_class": 8, "frac": 0.25, "floor": 0.01}
+    proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--probe-floor", "-1")
+    assert_config_error(proc, "probe.floor must be a number in [0, 100], got -1.0")
     proc = in_process(capsys, *init, "--task", "toy", "--probe", "8")
     assert_config_error(proc, "--probe", "task 'toy' hands no probe set")
     proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--placement", "allreduce")

@@ -14,6 +14,7 @@ from potluck.merge.probe import (
     ProbeSet,
     mlp_class_losses,
     probe_args,
+    probe_cut,
     probe_filter,
     probe_keep,
     probe_scores,
@@ -132,14 +133,16 @@ def test_keep_rescores_after_each_drop() -> None:
 def test_probe_args_fill_defaults_and_refuse_bad_tables_in_one_line() -> None:
     name = "ab" * 32
     assert probe_args({}) == {}
-    assert probe_args({"set": name}) == {"frac": 0.5, "per_class": 10, "set": name}
-    assert probe_args({"set": name, "frac": 1, "per_class": 3}) == {"frac": 1.0, "per_class": 3, "set": name}
+    assert probe_args({"set": name}) == {"floor": 0.0, "frac": 0.5, "per_class": 10, "set": name}
+    table = {"set": name, "frac": 1, "floor": 0, "per_class": 3}
+    assert probe_args(table) == {"floor": 0.0, "frac": 1.0, "per_class": 3, "set": name}
     bad = [
         ({"frac": 0.5}, "needs set = HASH"),
         ({"set": name.upper()}, "64 lowercase hex"),
         ({"set": name, "frac": 0.0}, r"frac must be a number in \(0, 10\]"),
         ({"set": name, "frac": True}, "frac must be a number"),
         ({"set": name, "per_class": 0}, r"per_class must be an integer in \[1, 10000\]"),
+        ({"set": name, "floor": float("nan")}, r"floor must be a number in \[0, 100\]"),
         ({"set": name, "cut": 1}, r"unknown key\(s\) \['cut'\]"),
     ]
     for table, message in bad:
@@ -183,3 +186,13 @@ def test_rule_reports_each_drop_with_its_score_and_cut() -> None:
     assert excluded == {i: (s, c) for i, s, c in dropped} and 4 in excluded
     assert sorted(set(range(5)) - set(excluded)) == kept
     assert all(s < c and s == quantize(s) for s, c in excluded.values())
+
+
+def test_the_floor_spares_scores_that_are_only_noise() -> None:
+    assert probe_cut([0.004, -0.003, 0.002], 0.5) == -0.5 * 0.003
+    assert probe_cut([0.004, -0.003, 0.002], 0.5, floor=0.01) == -0.01
+    assert probe_cut([0.4, -0.3, 0.2], 0.5, floor=0.01) == -0.5 * 0.3  # the relative cut where lower
+    noisy = [0.003, -0.002, 0.001, -0.004, 0.002]  # near-alike updates: every score near 0
+    scores_of = lambda kept: [noisy[i] for i in kept]  # noqa: E731
+    assert probe_keep(5, scores_of, 0.5) != [0, 1, 2, 3, 4]  # the relative cut drops some
+    assert probe_keep(5, scores_of, 0.5, floor=0.01) == [0, 1, 2, 3, 4]

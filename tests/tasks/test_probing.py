@@ -30,9 +30,9 @@ def test_the_digits_probe_set_is_fixed_per_class_and_disjoint_from_the_held_out_
 def test_run_probe_gives_the_rule_of_the_named_set_or_refuses_in_one_line(tmp_path):
     assert run_probe(write_run(tmp_path / "plain.toml", "digits").manifest) is None
     digest = probe_digest("digits", {}, 5)
-    good = write_run(tmp_path / "good.toml", "digits", probe={"set": digest, "per_class": 5, "frac": 0.25})
-    rule = run_probe(good.manifest)
-    assert rule is not None and rule.probe.digest() == digest and rule.frac == 0.25
+    probe = {"set": digest, "per_class": 5, "frac": 0.25, "floor": 0.01}
+    rule = run_probe(write_run(tmp_path / "good.toml", "digits", probe=probe).manifest)
+    assert rule is not None and rule.probe.digest() == digest and (rule.frac, rule.floor) == (0.25, 0.01)
     assert rule.layers == ("fc1", "fc2") and len(rule.probe.y) == 50
     wrong = write_run(tmp_path / "wrong.toml", "digits", probe={"set": digest, "per_class": 6})
     with pytest.raises(ProbeError, match=f"hashes to .*, the run names {digest[:16]}") as e:

@@ -140,6 +140,13 @@ def add_parsers(commands: Commands) -> None:
         help="the probe rule's cut: drop while the lowest score is below -X x the median |score| (0.5)",
     )
     init.add_argument(
+        "--probe-floor",
+        type=float,
+        default=0.0,
+        metavar="Y",
+        help="and only below -Y (probe loss units; default 0: off): spares IID honest updates' noise",
+    )
+    init.add_argument(
         "-o",
         "--output",
         type=output_file,
@@ -203,7 +210,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.probe:  # the hash of the set this install's task hands: every node checks its own against it
         try:
             probe = {"set": probe_digest(args.task, task_args, args.probe), "frac": args.probe_frac,
-                     "per_class": args.probe}  # fmt: skip
+                     "floor": args.probe_floor, "per_class": args.probe}  # fmt: skip
         except (ProbeError, TaskError) as e:
             raise ConfigError(f"--probe: {e}") from None
     try:

@@ -47,4 +47,5 @@ def run_probe(manifest: Manifest) -> ProbeRule | None:
             f"{named[:16]}: this install's task data differs from the run creator's (another potluck or "
             "scikit-learn version?)"
         )
-    return ProbeRule(probe, tuple(getattr(task, "layers")), float(manifest.probe["frac"]))  # noqa: B009
+    layers = tuple(getattr(task, "layers"))  # noqa: B009 (not part of the Task protocol: checked above)
+    return ProbeRule(probe, layers, float(manifest.probe["frac"]), float(manifest.probe["floor"]))
