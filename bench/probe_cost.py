@@ -3,8 +3,10 @@ task's probe set, per model size, as the daemon runs it (``potluck.rounds.mergin
 updates densified, leave-one-out scores, rescoring after each drop).
 
     python bench/probe_cost.py [--hidden 64,256,1024] [--updates 8] [--flippers 2] [--per-class 10]
+                               [--floor 0] [--pretrain 0]
 
-Each round: ``--updates`` signed updates, each 20 SGD steps from the seeded init on its own 200 training
+Each round: ``--updates`` signed updates, each 20 SGD steps from the base (the seeded init, or that
+trained ``--pretrain`` steps on the whole training split) on its own 200 training
 images, the last ``--flippers`` with labels ``9 - y`` (so the rule drops and rescores); each size is timed
 ``--repeat`` times and the fastest kept: wall clock and this process's CPU time (numpy single-threaded:
 the CPU time is the work; on a shared machine the wall clock is that times the contention).
@@ -56,12 +58,16 @@ def main() -> None:
     ap.add_argument("--flippers", type=int, default=2)
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--floor", type=float, default=0.0, help="the manifest's probe.floor")
+    ap.add_argument("--pretrain", type=int, default=0, help="train the base this many steps first")
     args = ap.parse_args()
     rows = []
     for hidden in [int(h) for h in args.hidden.split(",")]:
         task = get_task("digits", {"hidden": hidden})
         state = task.init_state(0)
-        rule = ProbeRule(task.probe_set(args.per_class), task.layers, 0.5)
+        if args.pretrain:
+            state, _ = task.train(state, task.local_data(None), steps=args.pretrain, seed=1)
+        rule = ProbeRule(task.probe_set(args.per_class), task.layers, 0.5, args.floor)
         weighted = [(10, u) for u in updates(task, state, args.updates, args.flippers)]
         best, cpu, excluded = float("inf"), float("inf"), {}
         for _ in range(args.repeat):
@@ -70,7 +76,8 @@ def main() -> None:
             best, cpu = min(best, time.perf_counter() - t), min(cpu, time.process_time() - c)
         params = sum(v.size for v in state.values())
         flipped = {u.update_id for _, u in weighted[len(weighted) - args.flippers :]}
-        row = {"hidden": hidden, "params": int(params), "updates": args.updates, "probe": len(rule.probe.y),
+        row = {"hidden": hidden, "floor": args.floor, "pretrain": args.pretrain, "params": int(params),
+               "updates": args.updates, "probe": len(rule.probe.y),
                "dropped": len(excluded), "flippers_dropped": len(set(excluded) & flipped),
                "scorings": len(excluded) + 1, "round_ms": round(best * 1e3, 1),
                "ms_per_update": round(best * 1e3 / args.updates, 2),
