@@ -9,10 +9,12 @@ run, in one line."""
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
 
+from potluck.cli import main
 from potluck.cli.format import format_status
 from potluck.cli.vcs import describe, format_show
 from potluck.identity import NodeIdentity
@@ -52,7 +54,7 @@ def _updates(task, run, r: int, base: str, state, authors, rng) -> list[bytes]:
     return out
 
 
-def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path):
+def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, capsys):
     task = get_task("digits")
     probe = {"set": task.probe_set(10).digest(), "per_class": 10, "frac": 0.5}
     run = write_run(
@@ -100,6 +102,16 @@ def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path):
     assert {u for u, row in rows.items() if row.get("excluded")} == flipped[1]
     assert all(rows[u]["weight"] == 0 for u in flipped[1])
     assert shown["total_weight"] == HONEST * SAMPLES
+    capsys.readouterr()
+    assert main(["blame", "--data-dir", str(keepers[0].data_dir), "--json"]) == 0  # what moved the model
+    blamed = json.loads(capsys.readouterr().out)
+    flippers = {a.public_key.hex() for a in authors[HONEST:]}
+    for tensor in blamed[
+        "tensors"
+    ]:  # the dropped updates moved nothing: the honest authors' shares add up to 1
+        rows = {r["author"]: r for r in tensor["authors"]}
+        assert all(rows[a]["share"] == 0 for a in flippers if a in rows), tensor
+        assert sum(r["share"] for a, r in rows.items() if a not in flippers) == pytest.approx(1), tensor
     report = potluck_json("verify", "--data-dir", str(keepers[1].data_dir))  # the same bytes everywhere
     assert report["ok"] and report["rounds"] == 2 and report["updates"] == 10, report
 
