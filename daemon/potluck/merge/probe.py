@@ -244,7 +244,8 @@ def probe_keep(
 
 
 def quantize(score: float) -> float:
-    """``score`` rounded to the nearest multiple of 2**-30 (exact: a power-of-two scale, then ``round``)."""
+    """``score`` rounded to the nearest multiple of 2**-30: a power-of-two scale and ``round`` (exact;
+    the grid point is exact below 2**23 in magnitude, correctly rounded above: the same bytes anywhere)."""
     return round(score * _GRID) / _GRID
 
 
