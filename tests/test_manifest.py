@@ -201,3 +201,20 @@ def test_a_tampered_allowlist_is_another_run_or_a_bad_signature(tmp_path):
     path.write_text(manifest_toml(m).replace('"' + "01" * 32 + '"', '"' + "02" * 32 + '"'))
     with pytest.raises(ManifestError, match="signature does not match"):
         load_manifest(path)
+
+
+def test_a_probe_table_is_signed_canonical_and_round_trips_and_an_old_manifest_is_unchanged(tmp_path):
+    _, old = _manifest()
+    assert "probe" not in msgpack.unpackb(old.body())[1] and old.probe == {}  # the body as before
+    _, m = _manifest(probe={"set": "cd" * 32, "per_class": 4})
+    assert m.probe == {"floor": 0.0, "frac": 0.5, "per_class": 4, "set": "cd" * 32}
+    assert msgpack.unpackb(m.body())[1]["probe"] == m.probe
+    assert Manifest.from_bytes(m.to_bytes(), m.run_id) == m
+    save_manifest(m, tmp_path / "run.toml")
+    assert load_manifest(tmp_path / "run.toml").run_id == m.run_id
+    save_manifest(old, tmp_path / "old.toml")
+    assert "[probe]" not in (tmp_path / "old.toml").read_text()
+    with pytest.raises(ManifestError, match="probe needs set = HASH"):
+        _manifest(probe={"per_class": 4})
+    with pytest.raises(ManifestError, match=r"probe\.frac must be"):
+        replace(m, probe={"set": "cd" * 32, "frac": -1.0})

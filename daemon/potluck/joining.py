@@ -15,6 +15,7 @@ from potluck.errors import ConfigError
 from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import PUBLIC_KEY_SIZE
 from potluck.manifest import Manifest, ManifestError, is_run_id
+from potluck.merge.probe import ProbeError, ProbeRule
 from potluck.rpc.address import DEFAULT_RPC_LISTEN
 from potluck.runfiles import genesis_path, load_manifest, manifest_cache, run_context
 from potluck.store.history import History
@@ -22,6 +23,7 @@ from potluck.store.versions import CorruptVersion, VersionStore, load_state
 from potluck.swarm.membership import LocalState, Membership
 from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
 from potluck.tasks import genesis as task_genesis
+from potluck.tasks.probing import run_probe
 from potluck.updates.validation import ValidationContext
 from potluck.vcs import revert
 
@@ -211,6 +213,15 @@ def in_history(manifest: Manifest | None, history: History | None, version: str)
     if manifest is None:
         return False
     return version == manifest.genesis or (history is not None and history.has_version(version))
+
+
+def probe_rule(manifest: Manifest) -> ProbeRule | None:
+    """The run's probe rule (None: it names no probe set); ConfigError in one line when this node's task
+    hands no probe set or one whose bytes do not hash to the manifest's: the node refuses to run."""
+    try:
+        return run_probe(manifest)
+    except ProbeError as e:
+        raise ConfigError(f"{e}; refusing to run") from None
 
 
 def evaluation_task(manifest: Manifest) -> TrainableTask | None:

@@ -32,6 +32,7 @@ import msgpack
 
 from potluck.groups import GroupError, GroupRules
 from potluck.identity import SIGNATURE_SIZE, NodeIdentity, verify
+from potluck.merge.probe import ProbeError, probe_args
 from potluck.wire import WireError, bounded_unpackb
 
 __all__ = ["DOMAIN", "MAX_MANIFEST_BYTES", "Manifest", "ManifestError", "create_manifest"]
@@ -56,6 +57,7 @@ TaskArg = str | int | float
 _OMITTED_AT_DEFAULT: dict[str, Any] = {
     "probation_rounds": 0, "placement": "auto", "pacing": "clock", "target_samples": 0, "groups": [],
     "max_rank": 64, "parent_run": "", "parent_version": "", "topk_scope": "tensor", "revert": "creator",
+    "probe": {},
 }  # fmt: skip
 
 
@@ -159,6 +161,7 @@ class Manifest:
       parent_run, parent_version: lineage of a fork (`potluck fork`): the run id and the version of
         it this run starts from (then ``genesis == parent_version``); both empty for a new run
       revert: who may propose a revert (`potluck revert`): "creator", "allowlist" (``allow``) or "anyone"
+      probe: {} (off), or the probe set the merge scores updates on (potluck.merge.probe ``probe_args``)
       creator: node id (hex) of the signer
       created: unix seconds of creation
       seed: seed of ``Task.init_state`` that produced ``genesis`` (unless it was pre-trained)
@@ -192,6 +195,7 @@ class Manifest:
     parent_run: str = ""
     parent_version: str = ""
     revert: str = "creator"
+    probe: Mapping[str, TaskArg] = field(default_factory=dict)
     created: float = 0.0
     seed: int = 0
     signature: bytes = b""
@@ -237,7 +241,8 @@ class Manifest:
         try:
             norm("groups", GroupRules.canonical(self.groups))
             GroupRules(self.groups)
-        except GroupError as e:
+            norm("probe", probe_args(self.probe))
+        except (GroupError, ProbeError) as e:
             raise ManifestError(str(e)) from None
         _check_int(self.probation_rounds, "probation_rounds", 0, 1 << 20)
         if self.parent_run or self.parent_version:
@@ -257,8 +262,8 @@ class Manifest:
     def field_values(self) -> dict[str, Any]:
         """The fields but the signature, keys sorted, as the canonical body holds them."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signature"}
-        values["task_args"] = dict(values["task_args"])
-        values["strategy_args"] = dict(values["strategy_args"])
+        for name in ("task_args", "strategy_args", "probe"):
+            values[name] = dict(values[name])
         values["allow"] = list(values["allow"])
         values["groups"] = list(values["groups"])
         for name, default in _OMITTED_AT_DEFAULT.items():
@@ -382,15 +387,10 @@ def create_manifest(
     if "signature" in rules or "creator" in rules:
         raise ManifestError("creator and signature come from the identity")
     unsigned = Manifest(
-        task=task,
-        genesis=genesis_hash,
-        creator=identity.node_id,
-        round_seconds=round_seconds,
-        start_time=now if start_time is None else start_time,
-        task_args=dict(task_args or {}),
-        created=now if created is None else created,
-        **rules,
-    )
+        task=task, genesis=genesis_hash, creator=identity.node_id, round_seconds=round_seconds,
+        start_time=now if start_time is None else start_time, task_args=dict(task_args or {}),
+        created=now if created is None else created, **rules,
+    )  # fmt: skip
     signature = identity.sign(hashlib.sha256(unsigned.body()).digest())
     return replace(unsigned, signature=signature)
 

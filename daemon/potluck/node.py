@@ -213,6 +213,7 @@ class Node:
                     slice_service=slice_service,
                     dense_service=self._dense,
                     defence=self.defence,
+                    probe=joining.probe_rule(self.manifest),  # the task's probe bytes, checked
                 )
             except StrategyError as e:
                 raise ConfigError(f"the run's merge strategy {self.manifest.strategy!r}: {e}") from None

@@ -1,6 +1,7 @@
 """A run on disk: the signed manifest as a TOML file, and the genesis weights beside it.
 
-The TOML file has flat keys, ``[task_args]`` and ``[strategy_args]`` tables and the signature in hex.
+The TOML file has flat keys, ``[task_args]`` and ``[strategy_args]`` tables (and ``[probe]`` in a run
+that names a probe set) and the signature in hex.
 Loading rebuilds the canonical body (potluck.manifest) from the values and verifies the signature, so
 the file may be reformatted by hand but not edited.
 
@@ -120,12 +121,12 @@ def manifest_toml(m: Manifest) -> str:
     if m.signed:
         lines.append(f"# run_id = {m.run_id} (informative: recomputed on load)")
     for key, value in m.field_values().items():
-        if key in ("task_args", "strategy_args") or value is None:
+        if key in ("task_args", "strategy_args", "probe") or value is None:
             continue  # TOML has no null: an absent max_update_norm is None
         lines.append(f"{key} = {_toml_value(value)}")
     lines.append(f"signature = {_toml_value(m.signature.hex())}")
     lines.append("")
-    for table in ("task_args", "strategy_args"):
+    for table in ("task_args", "strategy_args", "probe")[: 3 if m.probe else 2]:
         lines.append(f"[{table}]")
         for key, value in getattr(m, table).items():
             lines.append(f"{_toml_string(key)} = {_toml_value(value)}")

@@ -338,6 +338,27 @@ def test_init_fixes_a_placement_the_strategy_allows_or_refuses(capsys, tmp_path)
     assert in_process(capsys, *init, "--strategy", "history_clip", "--placement", "gathered").returncode == 0
 
 
+def test_init_probe_names_the_tasks_probe_set_by_hash_and_merges_gathered(capsys, tmp_path):
+    from potluck.runfiles import load_manifest
+    from potluck.tasks.probing import probe_digest
+
+    init = ("init", "--data-dir", str(tmp_path / "d"), "-o", str(tmp_path / "run.toml"))
+    proc = in_process(
+        capsys, *init, "--task", "digits", "--probe", "8", "--probe-frac", "0.25", "--probe-floor", "0.01"
+    )
+    assert proc.returncode == 0, proc.stderr
+    probe = load_manifest(tmp_path / "run.toml").probe
+    assert probe == {"set": probe_digest("digits", {}, 8), "per_class": 8, "frac": 0.25, "floor": 0.01}
+    proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--probe-floor", "-1")
+    assert_config_error(proc, "probe.floor must be a number in [0, 100], got -1.0")
+    proc = in_process(capsys, *init, "--task", "toy", "--probe", "8")
+    assert_config_error(proc, "--probe", "task 'toy' hands no probe set")
+    proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--placement", "allreduce")
+    assert_config_error(proc, "--placement allreduce", "a run with a probe set merges gathered")
+    proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--placement", "gathered")
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_init_groups_sign_their_rules_and_bad_syntax_is_one_line(capsys, tmp_path):
     from potluck.runfiles import load_manifest
 

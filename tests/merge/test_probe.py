@@ -7,7 +7,19 @@ import struct
 import numpy as np
 import pytest
 
-from potluck.merge.probe import ProbeError, ProbeSet, mlp_class_losses, probe_filter, probe_keep, probe_scores
+from potluck.merge.probe import (
+    LOSS_CAP,
+    ProbeError,
+    ProbeRule,
+    ProbeSet,
+    mlp_class_losses,
+    probe_args,
+    probe_cut,
+    probe_filter,
+    probe_keep,
+    probe_scores,
+    quantize,
+)
 
 LAYERS = ("fc1", "fc2")
 
@@ -116,3 +128,71 @@ def test_keep_rescores_after_each_drop() -> None:
     assert probe_keep(5, scores_of) == [0, 1, 2]
     with pytest.raises(ProbeError, match="NaN"):
         probe_keep(3, lambda kept: [float("nan")] * len(kept))
+
+
+def test_probe_args_fill_defaults_and_refuse_bad_tables_in_one_line() -> None:
+    name = "ab" * 32
+    assert probe_args({}) == {}
+    assert probe_args({"set": name}) == {"floor": 0.0, "frac": 0.5, "per_class": 10, "set": name}
+    table = {"set": name, "frac": 1, "floor": 0, "per_class": 3}
+    assert probe_args(table) == {"floor": 0.0, "frac": 1.0, "per_class": 3, "set": name}
+    bad = [
+        ({"frac": 0.5}, "needs set = HASH"),
+        ({"set": name.upper()}, "64 lowercase hex"),
+        ({"set": name, "frac": 0.0}, r"frac must be a number in \(0, 10\]"),
+        ({"set": name, "frac": True}, "frac must be a number"),
+        ({"set": name, "per_class": 0}, r"per_class must be an integer in \[1, 10000\]"),
+        ({"set": name, "floor": float("nan")}, r"floor must be a number in \[0, 100\]"),
+        ({"set": name, "cut": 1}, r"unknown key\(s\) \['cut'\]"),
+    ]
+    for table, message in bad:
+        with pytest.raises(ProbeError, match=message) as e:
+            probe_args(table)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ProbeError, match="must be a table"):
+        probe_args("set")  # type: ignore[arg-type]
+
+
+def test_quantize_rounds_to_the_grid_exactly() -> None:
+    assert quantize(0.0) == 0.0 and quantize(1.0) == 1.0
+    assert quantize(1e-10) == 0.0  # below half a step of 2**-30
+    assert quantize(3 * 2.0**-31) == 2 * 2.0**-30  # a tie rounds to even
+    x = 0.123456789123
+    assert quantize(x) * 2**30 == round(x * 2**30) and abs(quantize(x) - x) <= 2.0**-31
+
+
+def test_an_update_that_blows_up_the_probe_loss_scores_lowest_and_no_score_is_nan() -> None:
+    base, probe = _state(), _probe()
+    deltas = _deltas(4)
+    deltas[2] = {n: np.zeros(v.shape, np.float32) for n, v in base.items()}
+    deltas[2]["fc2.bias"] = np.array([3e38, -3e38, 0], np.float32)  # class 1's loss ~1e38: capped
+    scores = probe_scores(base, deltas, LAYERS, probe)
+    assert not any(np.isnan(scores))
+    assert min(range(4), key=scores.__getitem__) == 2 and scores[2] < -LOSS_CAP / 2
+    dropped: list[tuple[int, float, float]] = []
+    assert probe_filter(base, deltas, LAYERS, probe, dropped=dropped) == [0, 1, 3]
+    assert [i for i, _, _ in dropped] == [2]
+
+
+def test_rule_reports_each_drop_with_its_score_and_cut() -> None:
+    base, probe = _state(), _probe()
+    deltas = _deltas(5)
+    deltas[4] = {k: np.zeros_like(v) for k, v in base.items()}
+    deltas[4]["fc2.bias"] = np.array([0.0, 0.0, 8.0], np.float32)  # every probe sample pushed to class 2
+    rule = ProbeRule(probe, LAYERS, 0.5)
+    excluded = rule.excluded(base, deltas, 1.0)
+    dropped: list[tuple[int, float, float]] = []
+    kept = probe_filter(base, deltas, LAYERS, probe, 1.0, 0.5, dropped)
+    assert excluded == {i: (s, c) for i, s, c in dropped} and 4 in excluded
+    assert sorted(set(range(5)) - set(excluded)) == kept
+    assert all(s < c and s == quantize(s) for s, c in excluded.values())
+
+
+def test_the_floor_spares_scores_that_are_only_noise() -> None:
+    assert probe_cut([0.004, -0.003, 0.002], 0.5) == -0.5 * 0.003
+    assert probe_cut([0.004, -0.003, 0.002], 0.5, floor=0.01) == -0.01
+    assert probe_cut([0.4, -0.3, 0.2], 0.5, floor=0.01) == -0.5 * 0.3  # the relative cut where lower
+    noisy = [0.003, -0.002, 0.001, -0.004, 0.002]  # near-alike updates: every score near 0
+    scores_of = lambda kept: [noisy[i] for i in kept]  # noqa: E731
+    assert probe_keep(5, scores_of, 0.5) != [0, 1, 2, 3, 4]  # the relative cut drops some
+    assert probe_keep(5, scores_of, 0.5, floor=0.01) == [0, 1, 2, 3, 4]

@@ -22,7 +22,7 @@ def _status(**fields) -> dict:
             probation=[control_pb2.Probation(node_id="01" * 32, rounds_left=2)],
         ),
         aggregation=control_pb2.Aggregation(
-            last_phases={"entries": 0.5, "merge": 0.25, "commit": 0.125},
+            last_phases={"entries": 0.5, "merge": 0.25, "commit": 0.125}, probe_counts={"probe_worse": 3},
             commit_seconds=control_pb2.Histogram(bounds=[0.5, 1.0, 2.0], counts=[1, 3, 3], sum=3.5, count=4)),
         sync=control_pb2.Sync(version="12" * 32, started=1000.0, bytes=300, target_bytes=1200,
                               downloaded_bytes=5000, tensors_reused=4),
@@ -51,6 +51,7 @@ def test_the_status_becomes_prometheus_samples():
     assert samples[("potluck_bans", (("reason", "equivocation"),))] == 1
     assert samples[("potluck_probation_nodes", ())] == 1
     assert samples[("potluck_last_commit_phase_seconds", (("phase", "merge"),))] == 0.25
+    assert samples[("potluck_probe_excluded_total", (("reason", "probe_worse"),))] == 3
     assert samples[("potluck_heldout_score", ())] == 0.75
     assert samples[("potluck_sync_bytes_total", ())] == 5000
     assert samples[("potluck_sync_tensors_reused_total", ())] == 4

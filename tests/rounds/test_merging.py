@@ -11,10 +11,20 @@ from potluck.groups import GroupRules
 from potluck.identity import NodeIdentity
 from potluck.merge import StrategyError, get_strategy
 from potluck.merge.context import entries_digest
+from potluck.merge.probe import ProbeRule
 from potluck.rounds.fixedpoint import Layout
-from potluck.rounds.merging import HistoryGap, history_chain, history_steps, merge_round, run_merge
+from potluck.rounds.merging import (
+    HistoryGap,
+    history_chain,
+    history_steps,
+    merge_round,
+    probe_round,
+    run_merge,
+)
 from potluck.rounds.placement import PlacementError, check_policy
 from potluck.runfiles import write_run
+from potluck.tasks import get_task
+from potluck.tasks.data import LabeledData
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update
 from tests.support.history_strategy import StepClip
 
@@ -131,3 +141,78 @@ def test_damping_reads_the_strategys_factors_by_update_or_nothing(run):
         strategy.last_factors = bad
         assert damping(strategy, weighted) == {}
     assert damping(get_strategy("mean", {}), weighted) == {} and damping(None, weighted) == {}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    task = get_task("digits")
+    probe = task.probe_set(10)
+    run = write_run(
+        tmp_path_factory.mktemp("digits") / "run.toml", "digits", probe={"set": probe.digest()}, outer_lr=0.5
+    )
+    return run, ProbeRule(probe, task.layers, 0.5)
+
+
+def _digits_updates(run, n: int, bad: int | None = None):
+    """n signed updates, each 20 SGD steps on its own 200 training images; update ``bad``'s labels are
+    flipped (``9 - y``)."""
+    task, rng = get_task("digits"), np.random.default_rng(5)
+    train = task.local_data(None)
+    out = []
+    for i in range(n):
+        idx = rng.choice(len(train), 200, replace=False)
+        y = 9 - train.y[idx] if i == bad else train.y[idx]
+        new, _ = task.train(run.state, LabeledData(train.x[idx], y), steps=20, seed=i)
+        author = NodeIdentity.generate()
+        tensors = tuple(
+            SparseTensor(k, t.shape, np.arange(t.size), (new[k] - t).reshape(-1).astype(np.float32))
+            for k, t in sorted(run.state.items())
+        )
+        update = Update(run.manifest.run_id, 0, run.genesis_hash, author.public_key, i + 1, 10, tensors)
+        out.append(decode_update(encode_update(update, author)))
+    return out
+
+
+def test_the_probe_rule_drops_before_the_strategy_as_weight_0_whatever_the_order(digits):
+    run, probe = digits
+    updates = _digits_updates(run, 5, bad=3)
+    weighted = [(10, u) for u in updates]
+    layout = Layout.from_state(run.state)
+    kept, excluded = probe_round(run.state, weighted, probe, run.manifest.outer_lr)
+    assert excluded[updates[3].update_id].reason == "probe_worse" and len(excluded) <= 2  # (5 - 1) // 2
+    assert [u for _, u in kept] == updates
+    assert [w for w, _ in kept] == [0 if u.update_id in excluded else 10 for u in updates]
+    out: dict = {}
+    state, total = merge_round(run.state, layout, weighted, run.manifest, None, 0, probe=probe, excluded=out)
+    assert out == excluded and total == 10 * (5 - len(excluded))
+    plain, _ = merge_round(run.state, layout, kept, run.manifest, None, 0)  # the drop is weight 0, no more
+    assert all(np.array_equal(state[k], plain[k]) for k in state)
+    again, _ = merge_round(run.state, layout, weighted[::-1], run.manifest, None, 0, probe=probe)
+    assert all(np.array_equal(state[k], again[k]) for k in state)
+    strategy = get_strategy("trimmed_mean", {})  # a strategy sees only what the rule kept
+    by, _ = merge_round(run.state, layout, weighted, run.manifest, strategy, 0, probe=probe)
+    alone, _ = merge_round(run.state, layout, kept, run.manifest, strategy, 0)
+    assert all(np.array_equal(by[k], alone[k]) for k in by)
+
+
+def test_the_probe_rule_scores_only_counted_updates_and_nothing_under_3(digits):
+    run, probe = digits
+    updates = _digits_updates(run, 4, bad=0)
+    on_probation = [(10, updates[0]), (10, updates[1]), (0, updates[2]), (10, updates[3])]
+    kept, excluded = probe_round(run.state, on_probation, probe, run.manifest.outer_lr)
+    assert set(excluded) == {updates[0].update_id}  # 3 counted: (3 - 1) // 2 = 1 may go, the flipper
+    assert kept == [(0, updates[0]), *on_probation[1:]]  # the one on probation is not scored
+    two = [(10, updates[0]), (0, updates[2]), (10, updates[3])]
+    assert probe_round(run.state, two, probe, run.manifest.outer_lr) == (two, {})
+
+
+def test_a_run_with_a_probe_merges_gathered_only(digits):
+    _, probe = digits
+    how = run_merge("weighted_mean", {}, GroupRules(()), probe)
+    assert how.mean and how.merging is None and not how.spread_mean and not how.coordinate
+    assert run_merge("weighted_mean", {}, GroupRules(())).spread_mean
+    check_policy("gathered", how.spread_mean, how.coordinate, probe=True)
+    check_policy("auto", how.spread_mean, how.coordinate, probe=True)
+    for where in ("allreduce", "sliced", "dense"):
+        with pytest.raises(PlacementError, match=f"a run with a probe set merges gathered .*, not {where}"):
+            check_policy(where, True, True, probe=True)

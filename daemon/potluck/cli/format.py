@@ -23,6 +23,14 @@ def _round_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     if agg.get("damped"):  # the strategy's own factors: why those updates counted less
         factors = ", ".join(f"{u[:12]} x{f:.3f}" for u, f in sorted(agg["damped"].items()))
         rows.append(("damped", f"{len(agg['damped'])} update(s) by {agg.get('strategy')}: {factors}"))
+    for reason, n in sorted((agg.get("probe_counts") or {}).items()):  # the probe rule's drops, by reason
+        from potluck.rounds.merging import PROBE_REASONS  # only here: numpy and the strategies
+
+        why = PROBE_REASONS.get(reason, reason)
+        rows.append(("probe", f"excluded {n} update(s) since start ({reason}): {why}"))
+    if agg.get("probe_excluded"):
+        last = ", ".join(f"{u[:12]} ({r})" for u, r in sorted(agg["probe_excluded"].items()))
+        rows.append(("probe", f"the last merge excluded {last}"))
     if s.get("round_error"):
         rows.append(("round error", s["round_error"]))
     for i, c in enumerate(agg.get("convicted") or ()):  # reducers this node holds proven liars, and why

@@ -125,6 +125,28 @@ def add_parsers(commands: Commands) -> None:
         help="the largest rank of a low-rank (LoRA) update entry, unless its group sets one (default 64)",
     )
     init.add_argument(
+        "--probe",
+        type=non_negative_int,
+        default=0,
+        metavar="PER_CLASS",
+        help="keepers score every update on the task's public probe set (PER_CLASS samples a class; the "
+        "manifest names it by hash) and drop those the merge is better without (default 0: off; digits)",
+    )
+    init.add_argument(
+        "--probe-frac",
+        type=positive_float,
+        default=0.5,
+        metavar="X",
+        help="the probe rule's cut: drop while the lowest score is below -X x the median |score| (0.5)",
+    )
+    init.add_argument(
+        "--probe-floor",
+        type=float,
+        default=0.0,
+        metavar="Y",
+        help="and only below -Y (probe loss units; default 0: off): spares IID honest updates' noise",
+    )
+    init.add_argument(
         "-o",
         "--output",
         type=output_file,
@@ -167,10 +189,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     from potluck.identity import load_or_create
     from potluck.manifest import ManifestError
     from potluck.merge import StrategyError
+    from potluck.merge.probe import ProbeError
     from potluck.rounds.merging import run_merge
     from potluck.rounds.placement import PlacementError, check_policy
     from potluck.runfiles import write_run
     from potluck.tasks import TaskError
+    from potluck.tasks.probing import probe_digest
 
     task_args = _key_values(args.task_arg, "--task-arg")
     strategy_args = _key_values(args.strategy_arg, "--strategy-arg")
@@ -182,8 +206,16 @@ def cmd_init(args: argparse.Namespace) -> int:
         how = run_merge(args.strategy, strategy_args, groups)
     except StrategyError as e:
         raise ConfigError(f"--strategy {args.strategy} / --group: {e}") from None
+    probe: dict[str, str | int | float] = {}
+    if args.probe:  # the hash of the set this install's task hands: every node checks its own against it
+        try:
+            probe = {"set": probe_digest(args.task, task_args, args.probe), "frac": args.probe_frac,
+                     "floor": args.probe_floor, "per_class": args.probe}  # fmt: skip
+        except (ProbeError, TaskError) as e:
+            raise ConfigError(f"--probe: {e}") from None
     try:
-        check_policy(args.placement, how.mean, how.coordinate, repr(args.strategy), how.history)
+        mean, coordinate = how.mean and not probe, how.coordinate and not probe  # a probe merges gathered
+        check_policy(args.placement, mean, coordinate, repr(args.strategy), how.history, bool(probe))
     except PlacementError as e:
         raise ConfigError(f"--placement {args.placement}: {e}") from None
     if args.admission == "allowlist" and not args.allow:
@@ -217,6 +249,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             target_samples=args.target_samples,
             max_rank=args.max_rank,
             groups=tuple(args.group),
+            probe=probe,
         )
     except TaskError as e:
         raise ConfigError(f"--genesis {args.genesis}: {e}" if genesis_state is not None else str(e)) from None

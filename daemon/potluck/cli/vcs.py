@@ -127,6 +127,8 @@ def describe(repo: Any, version: str) -> dict[str, Any]:
         row: dict[str, Any] = {"update_id": u.update_id, "held": u.signed is not None}
         if u.update_id in damped:
             row["damped"] = damped[u.update_id]
+        if u.excluded:  # the run's probe rule dropped it (weight 0)
+            row["excluded"] = u.excluded
         if u.signed is not None:
             up = u.signed.update
             row |= {
@@ -186,7 +188,10 @@ def format_show(d: dict[str, Any]) -> str:
               for u in d["updates"] if u.get("reverts")]  # fmt: skip
     damped = [f"\n{u['update_id'][:16]} damped x{u['damped']:.3f} by {d['strategy']}"
               for u in d["updates"] if "damped" in u]  # fmt: skip
-    return "\n".join(lines) + (table if rows else "no updates merged") + "".join(undone) + "".join(damped)
+    excluded = [f"\n{u['update_id'][:16]} excluded by the probe set ({u['excluded']})"
+                for u in d["updates"] if "excluded" in u]  # fmt: skip
+    text = "\n".join(lines) + (table if rows else "no updates merged") + "".join(undone) + "".join(damped)
+    return text + "".join(excluded)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

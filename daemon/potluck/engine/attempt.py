@@ -19,7 +19,7 @@ from potluck.defence import probation
 from potluck.manifest import Manifest
 from potluck.rounds import fixedpoint
 from potluck.rounds.entries import RoundEntry
-from potluck.rounds.merging import round_seed
+from potluck.rounds.merging import Excluded, round_seed
 from potluck.updates.codec import SignedUpdate
 
 QUORUM_MARGIN_S = 0.5  # time left in an attempt for collecting commit signatures
@@ -80,6 +80,8 @@ class RoundStatus:
     placement: str = ""  # where the last attempt's merge ran (rounds/placement.py)
     placement_reason: str = ""  # and why
     damped: dict[str, float] = field(default_factory=dict)  # the last merge: update id -> factor below 1
+    probe_excluded: dict[str, str] = field(default_factory=dict)  # the last merge: update id -> reason
+    probe_counts: dict[str, int] = field(default_factory=dict)  # updates the probe dropped, by reason
     # the last commit's attempt, phase by phase (seconds): entries, merge, commit (signatures + store)
     last_phases: dict[str, float] = field(default_factory=dict)
     last_merge_s: float = 0.0  # the last commit: from the assignment to the merged version (all-reduce,
@@ -146,6 +148,7 @@ class Merged:
     participants: list[bytes]
     total_weight: int
     damped: dict[str, float] = field(default_factory=dict)  # update id -> the strategy's factor below 1
+    excluded: dict[str, Excluded] = field(default_factory=dict)  # update id -> why the probe dropped it
 
 
 async def sleep_until(t: float) -> None:

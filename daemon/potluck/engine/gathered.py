@@ -8,7 +8,8 @@ the updates (an update with ``reverts``, weight 0) adds its step, recomputed fro
 (vcs/revert.py), before the round's cast. Only this placement takes reverts: a node accepts one only in
 a weighted-mean run that merges gathered (``revert.unsupported``; under ``auto`` such a run always
 does, rounds/placement.py). A history-aware strategy merges only here, with the merged steps of the last
-commits (engine/history.py)."""
+commits (engine/history.py), and so does a run with a probe set: the probe rule runs first, inside
+``merge_round``, and the updates it drops are in the result (``Merged.excluded``)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from potluck.engine.updates import AcceptedUpdates, wait_for_updates
 from potluck.errors import ConfigError
 from potluck.identity import node_id_of
 from potluck.merge import Strategy
-from potluck.rounds.merging import damping, merge_round
+from potluck.merge.probe import ProbeRule
+from potluck.rounds.merging import Excluded, damping, merge_round
 from potluck.updates.codec import SignedUpdate
 from potluck.vcs import revert
 from potluck.vcs.repo import HistoryRepo
@@ -51,6 +53,7 @@ async def merge_gathered(
     strategy: Strategy | None,
     data_dir: Path | None = None,
     history: RoundHistory | None = None,
+    probe: ProbeRule | None = None,
 ) -> Merged:
     ids = sorted(a.assignment)
     updates = await wait_for_updates(exchange, ids, a.until)
@@ -61,9 +64,12 @@ async def merge_gathered(
         # on probation: weight 0, listed in the commit, not merged
         weighted = [(a.weight(u.update_id, u.update.sample_count), u) for u in updates]
         extra = revert_extra(data_dir, a, updates)
+        excluded: dict[str, Excluded] = {}
         new_state, total = merge_round(
-            a.state, a.layout, weighted, a.manifest, strategy, a.seed, extra, previous
+            a.state, a.layout, weighted, a.manifest, strategy, a.seed, extra, previous, probe, excluded
         )
-        return Merged(new_state, ids, authors, a.participants, total, damping(strategy, weighted))
+        counted = [(0 if u.update_id in excluded else w, u) for w, u in weighted]  # as the strategy saw them
+        damped = damping(strategy, counted)
+        return Merged(new_state, ids, authors, a.participants, total, damped, excluded)
 
     return await asyncio.to_thread(merge)

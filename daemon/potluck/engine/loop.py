@@ -50,6 +50,7 @@ from potluck.exchange.state import StateService
 from potluck.identity import NodeIdentity
 from potluck.manifest import Manifest
 from potluck.merge import DEFAULT_STRATEGY, StrategyError, get_strategy
+from potluck.merge.probe import ProbeRule
 from potluck.rounds import fixedpoint, placement, schedule
 from potluck.rounds.commit import Commit
 from potluck.rounds.entries import agreement_digest, assign, retry_holders, senior_ids
@@ -95,6 +96,7 @@ class RoundEngine:
         dense_service: DenseService | None = None,
         defence: DefenceService | None = None,
         conduct: Conduct | None = None,
+        probe: ProbeRule | None = None,
     ):
         self._host, self.manifest, self.run_id = host, manifest, manifest.run_id
         self._history, self._exchange, self._local = history, exchange, local
@@ -111,19 +113,19 @@ class RoundEngine:
         # same on every node (same layout): when the all-reduce starts after an attempt's start
         self.prep_s = ENTRY_WINDOW_S + ENTRY_GRACE_S + MATCHMAKING_S + self.layout.length / PREP_PARAMS_PER_S
         # where this run's strategy may merge: rounds/merging.py (run_merge), rounds/placement.py (allowed)
-        how = run_merge(manifest.strategy, manifest.strategy_args, manifest.group_rules)
+        assert bool(manifest.probe) == (probe is not None), "the node loads it: potluck.tasks.probing"
+        how = run_merge(manifest.strategy, manifest.strategy_args, manifest.group_rules, probe)
         self._strategy, self._mean = how.strategy, how.mean
         self._sliceable = slice_service is not None and how.coordinate
+        policy = (manifest.placement, how.spread_mean, self._sliceable, repr(manifest.strategy), how.history)
         try:
-            placement.check_policy(
-                manifest.placement, self._mean, self._sliceable, repr(manifest.strategy), how.history
-            )
+            placement.check_policy(*policy, probe is not None)
         except placement.PlacementError as e:
             raise StrategyError(str(e)) from None
         # a 50M-parameter model's dense preparation (~12 s) would not leave a 60 s round's 15 s window
         # room for one attempt: only runs that may need it make their attempts that long
         self._dense_prep = placement.dense_prep(
-            manifest.placement, self._mean, self._sliceable, manifest.density
+            manifest.placement, how.spread_mean, self._sliceable, manifest.density
         )
         # a run that may slice convicts lying reducers
         self._convicts = self._sliceable
@@ -144,7 +146,7 @@ class RoundEngine:
             sliceable=self._sliceable, host=host, identity=identity, exchange=exchange, conduct=conduct,
             status=self.status, peers=peers, restore_signals=restore_signals, prep_s=self.prep_s,
             faults=self._faults, slice_service=slice_service, dense_service=dense_service,
-            data_dir=history.path.parent,
+            data_dir=history.path.parent, probe=probe,
             history=RoundHistory(manifest=manifest, rounds=how.history, history=history, versions=versions,
                                  state_service=state_service, peers=peers) if how.history else None,
         )  # fmt: skip

@@ -23,7 +23,9 @@ from potluck.engine.updates import AcceptedUpdates
 from potluck.exchange.dense import DenseService
 from potluck.exchange.slices import SliceService
 from potluck.identity import NodeIdentity
+from potluck.merge.probe import ProbeRule
 from potluck.rounds import placement
+from potluck.rounds.merging import PROBE_REASONS
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.membership import PeerInfo
 
@@ -36,9 +38,10 @@ class Placer:
         identity: NodeIdentity, exchange: AcceptedUpdates, conduct: Conduct, status: RoundStatus,
         peers: Callable[[], list[PeerInfo]], restore_signals: Callable[[], None], prep_s: float,
         faults: Faults, slice_service: SliceService | None, dense_service: DenseService | None,
-        data_dir: Path | None = None, history: RoundHistory | None = None,
+        data_dir: Path | None = None, history: RoundHistory | None = None, probe: ProbeRule | None = None,
     ):  # fmt: skip
         self._strategy, self._mean, self._sliceable = strategy, mean, sliceable
+        self._probe = probe  # the run's probe rule: every merge gathered, scored first
         self._exchange, self._status = exchange, status
         self._data_dir = data_dir  # the history a revert's step is computed from (gathered only)
         self._history = history  # the merged steps a history-aware strategy needs (gathered only)
@@ -60,10 +63,34 @@ class Placer:
             )  # fmt: skip
         self.ran = ""  # the placement the last attempt ran (for its error line)
 
+    def _report_probe(self, a: Attempt, merged: Merged) -> None:
+        """Status and the log: which updates the probe rule dropped and why (counted by reason; an update
+        a retry of the same round drops again is counted once)."""
+        if self._probe is None:
+            return
+        last = self._status.probe_excluded
+        self._status.probe_excluded = {u: x.reason for u, x in merged.excluded.items()}
+        for uid, x in merged.excluded.items():
+            if uid not in last:
+                self._status.probe_counts[x.reason] = self._status.probe_counts.get(x.reason, 0) + 1
+        if not merged.excluded:
+            return
+        which = ", ".join(
+            f"{u[:12]} (score {x.score:.4g} < cut {x.cut:.4g})" for u, x in merged.excluded.items()
+        )
+        why = "; ".join(
+            f"{r}: {PROBE_REASONS[r]}" for r in sorted({x.reason for x in merged.excluded.values()})
+        )
+        logger.warning(
+            f"round {a.round} attempt {a.index}: the probe set excluded {len(merged.excluded)} of "
+            f"{len(a.assignment)} updates: {which}. Why: {why}"
+        )
+
     async def merge(self, a: Attempt) -> Merged:
         m = a.manifest
         choice = placement.choose(
-            m.placement, mean=self._mean, coordinate=self._sliceable, updates=len(a.assignment),
+            m.placement, mean=self._mean and self._probe is None, coordinate=self._sliceable,
+            updates=len(a.assignment),
             participants=len(a.participants), length=a.layout.length, density=m.density, values=m.values,
         )  # fmt: skip
         where, why = choice.placement, choice.reason
@@ -86,7 +113,10 @@ class Placer:
             return await self._sliced.merge(a)
         if where == "gathered":
             strategy = None if self._mean else self._strategy
-            merged = await merge_gathered(a, self._exchange, strategy, self._data_dir, self._history)
+            merged = await merge_gathered(
+                a, self._exchange, strategy, self._data_dir, self._history, self._probe
+            )
+            self._report_probe(a, merged)
             self._status.damped = merged.damped
             if merged.damped:  # why an update counts less than the others: the strategy's own factors
                 factors = ", ".join(f"{u[:12]} x{f:.3f}" for u, f in sorted(merged.damped.items()))

@@ -16,7 +16,9 @@ with classes of its own, so no rule over the round's updates alone tells them ap
   as the best class's gain); in the mean the honest shifts balance and what a flipper does to the
   classes it relabels stands out (bench/README.md);
 * :func:`probe_keep` drops the update with the lowest score while it is below the cut, ``-frac``
-  (default 0.5) times the lower-median absolute score of the updates still kept, and scores the
+  (default 0.5) times the lower-median absolute score of the updates still kept (or ``-floor`` when
+  lower: default 0, off; IID honest updates' scores are noise around 0, and a cut relative to that
+  noise drops some of them), and scores the
   rest again after each drop; never more than ``(n - 1) // 2`` of the n, so a probe set that
   disagrees with most contributors cannot empty a round. Cost per keeper and round: ``n + 1``
   forward passes over the probe set per scoring, one scoring more per drop. The kept updates then go to
@@ -33,31 +35,51 @@ the softmax's ``exp`` and ``log`` are Python's ``math`` (scalar libm: numpy's SI
 ``exp`` and ``log`` may differ in the last bit between CPUs), the sums over classes and samples
 ``math.fsum`` (correctly rounded, so order-free). Not covered: a libm that rounds ``exp`` / ``log``
 differently on another machine (glibc's are correctly rounded in practice), a numpy whose
-``add.reduce`` changed its order (the same assumption as :mod:`potluck.merge.batch`).
+``add.reduce`` changed its order (the same assumption as :mod:`potluck.merge.batch`). So that a
+last-bit difference left anyway decides less, :func:`probe_filter` compares the scores on a grid of
+2**-30 (:func:`quantize`); a score within one ulp of a grid point's rounding edge could still land on
+either side on two machines, and then their merges differ and the round gets no quorum of equal
+signatures (a failed round, never two silently different models; with quorum 1, the fork choice). A
+probe loss that is not finite or above :data:`LOSS_CAP` counts as that cap, so it scores like any other.
+
+A run opts in with the manifest's ``probe`` table (:func:`probe_args`: the set's hash ``set``, the
+cut's ``frac`` and ``floor``, the task's ``per_class``); :class:`ProbeRule` is what the merge runs
+(rounds/merging.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "LOSS_CAP",
+    "PROBE_DEFAULTS",
     "ProbeError",
+    "ProbeRule",
     "ProbeSet",
     "mlp_class_losses",
+    "probe_args",
     "probe_cut",
     "probe_filter",
     "probe_keep",
     "probe_loss",
     "probe_scores",
+    "quantize",
 ]
 
 _DOMAIN = b"potluck-probe-v1\n"
 _CHUNK = 16  # probe samples per forward block: bounds the (chunk, out, in) product array
+LOSS_CAP = 1e30  # a probe loss above it (inf, NaN: an overflowing model) counts as this
+_GRID = float(1 << 30)  # scores are compared as multiples of 2**-30 (:func:`quantize`)
+PROBE_DEFAULTS: dict[str, Any] = {"floor": 0.0, "frac": 0.5, "per_class": 10}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ProbeError(ValueError):
@@ -133,7 +155,8 @@ def probe_loss(state: Mapping[str, np.ndarray], layers: Sequence[str], probe: Pr
     """The class-balanced probe loss: the mean over the classes present of their mean cross-entropy."""
     losses = mlp_class_losses(state, layers, probe)
     present = sorted(set(probe.y.tolist()))
-    return math.fsum(losses[c] for c in present) / len(present)
+    loss = math.fsum(losses[c] for c in present) / len(present)
+    return loss if loss < LOSS_CAP else LOSS_CAP  # NaN too: the comparison is False
 
 
 def _key(delta: Mapping[str, np.ndarray]) -> bytes:
@@ -179,34 +202,51 @@ def probe_scores(
     ]
 
 
-def probe_cut(scores: Sequence[float], frac: float = 0.5) -> float:
-    """The score below which :func:`probe_keep` drops: ``-frac`` x the lower median absolute score."""
+def probe_cut(scores: Sequence[float], frac: float = 0.5, floor: float = 0.0) -> float:
+    """The score below which :func:`probe_keep` drops: ``-frac`` x the lower median absolute score, or
+    ``-floor`` (the probe loss's units) when that is lower: scores of near-alike honest updates are
+    noise, and a cut relative to noise drops some of them (bench/README.md)."""
     if not scores:
         return 0.0
     if any(math.isnan(s) for s in scores):
         raise ProbeError("probe scores: a score is NaN")
-    return -frac * sorted(abs(s) for s in scores)[(len(scores) - 1) // 2]
+    return -max(frac * sorted(abs(s) for s in scores)[(len(scores) - 1) // 2], floor)
 
 
-def probe_keep(n: int, scores_of: Callable[[list[int]], list[float]], frac: float = 0.5) -> list[int]:
+def probe_keep(
+    n: int,
+    scores_of: Callable[[list[int]], list[float]],
+    frac: float = 0.5,
+    dropped: list[tuple[int, float, float]] | None = None,
+    floor: float = 0.0,
+) -> list[int]:
     """Indices (ascending) of the n updates to keep. ``scores_of(kept)``: the scores of the updates
     ``kept`` (indices) when only they are merged. While the lowest score of the kept updates is below
     :func:`probe_cut` of their scores, that update is dropped (ties: the later index) and the rest are
     scored again without it, never more than ``(n - 1) // 2`` of the n. Rescoring because
     leave-one-out scores interact: with several flippers an honest owner of the classes they relabel
     to can look bad until they are gone, and a flipper whose harm is masked by another's shows once
-    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse)."""
+    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse). ``dropped``,
+    if given, gets ``(index, score, cut)`` of each drop, in order."""
     kept = list(range(n))
     scores = scores_of(kept)
-    cut = probe_cut(scores, frac)
+    cut = probe_cut(scores, frac, floor)
     while n - len(kept) < (n - 1) // 2:  # probe_cut has refused NaN scores
         worst = min(range(len(kept)), key=lambda t: (scores[t], -kept[t]))
         if scores[worst] >= cut:
             break
+        if dropped is not None:
+            dropped.append((kept[worst], scores[worst], cut))
         del kept[worst]
         scores = scores_of(kept)
-        cut = probe_cut(scores, frac)
+        cut = probe_cut(scores, frac, floor)
     return kept
+
+
+def quantize(score: float) -> float:
+    """``score`` rounded to the nearest multiple of 2**-30: a power-of-two scale and ``round`` (exact;
+    the grid point is exact below 2**23 in magnitude, correctly rounded above: the same bytes anywhere)."""
+    return round(score * _GRID) / _GRID
 
 
 def probe_filter(
@@ -216,10 +256,60 @@ def probe_filter(
     probe: ProbeSet,
     scale: float = 1.0,
     frac: float = 0.5,
+    dropped: list[tuple[int, float, float]] | None = None,
+    floor: float = 0.0,
 ) -> list[int]:
-    """:func:`probe_keep` with :func:`probe_scores`: the indices (ascending) of the deltas to merge."""
+    """:func:`probe_keep` with :func:`probe_scores` (quantized): the indices (ascending) of the deltas
+    to merge; ``dropped`` as :func:`probe_keep`'s."""
 
     def scores_of(kept: list[int]) -> list[float]:
-        return probe_scores(base, [deltas[i] for i in kept], layers, probe, scale)
+        return [quantize(s) for s in probe_scores(base, [deltas[i] for i in kept], layers, probe, scale)]
 
-    return probe_keep(len(deltas), scores_of, frac)
+    return probe_keep(len(deltas), scores_of, frac, dropped, floor)
+
+
+def probe_args(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's ``probe`` table, checked, defaults filled in: ``set`` (the probe set's
+    :meth:`ProbeSet.digest`), ``frac`` and ``floor`` (:func:`probe_cut`'s, in (0, 10] and [0, 100]) and
+    ``per_class`` (probe
+    samples per class the task hands, in [1, 10000]); {} stays {} (no probe)."""
+    if not isinstance(values, Mapping):
+        raise ProbeError("probe must be a table: set = HASH, frac = X, floor = Y, per_class = N")
+    if not values:
+        return {}
+    unknown = sorted(set(values) - {"set", *PROBE_DEFAULTS})
+    if unknown:
+        raise ProbeError(f"probe: unknown key(s) {unknown}; it takes set, frac, floor, per_class")
+    if "set" not in values:
+        raise ProbeError("probe needs set = HASH, the probe set's SHA-256 (`potluck init --probe` writes it)")
+    out = PROBE_DEFAULTS | dict(values)
+    if not isinstance(out.get("set"), str) or not _HEX64.fullmatch(out["set"]):
+        got = str(out.get("set"))[:80]
+        raise ProbeError(f"probe.set must be the probe set's SHA-256 (64 lowercase hex), got {got!r}")
+    frac = out["frac"]
+    if type(frac) not in (int, float) or not 0 < frac <= 10:
+        raise ProbeError(f"probe.frac must be a number in (0, 10], got {frac!r}")
+    if type(out["per_class"]) is not int or not 1 <= out["per_class"] <= 10_000:
+        raise ProbeError(f"probe.per_class must be an integer in [1, 10000], got {out['per_class']!r}")
+    floor = out["floor"]
+    if type(floor) not in (int, float) or not 0 <= floor <= 100:
+        raise ProbeError(f"probe.floor must be a number in [0, 100], got {floor!r}")
+    return {"floor": float(floor), "frac": float(frac), "per_class": out["per_class"], "set": out["set"]}
+
+
+@dataclass(frozen=True)
+class ProbeRule:
+    """A run's probe rule as the merge runs it: the named set, the model's ``layers``, the cut."""
+
+    probe: ProbeSet
+    layers: tuple[str, ...]
+    frac: float
+    floor: float = 0.0
+
+    def excluded(
+        self, base: Mapping[str, np.ndarray], deltas: Sequence[Mapping[str, np.ndarray]], scale: float
+    ) -> dict[int, tuple[float, float]]:
+        """index -> (its score, the cut) of each delta :func:`probe_filter` drops, in drop order."""
+        dropped: list[tuple[int, float, float]] = []
+        probe_filter(base, deltas, self.layers, self.probe, scale, self.frac, dropped, self.floor)
+        return {i: (score, cut) for i, score, cut in dropped}

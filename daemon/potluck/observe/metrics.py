@@ -89,6 +89,14 @@ def round_metrics(s: Status) -> Iterator[Metric]:
     yield _counter("potluck_bad_tensors", "synced tensors that did not match their commit", s["bad_tensors"])
     agg = s.get("aggregation") or {}
     yield _by(
+        CounterMetricFamily(
+            "potluck_probe_excluded",
+            "updates the run's probe set excluded from merges, by reason",
+            labels=["reason"],
+        ),
+        agg.get("probe_counts") or {},
+    )
+    yield _by(
         GaugeMetricFamily(
             "potluck_last_commit_phase_seconds",
             "the last commit's attempt: seconds in entries, merge and commit (signatures and store)",

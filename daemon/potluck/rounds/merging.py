@@ -9,6 +9,12 @@ A history-aware strategy (``history_rounds = N > 0``, merge/context.py) also get
 commits of the chain that ends at the round's base (:func:`history_chain` names their versions, the
 caller loads them: engine/history.py on a live node, vcs/replay.py in `potluck verify`) and the digest
 of the round's update ids. Such a strategy merges only where the updates are gathered (:func:`run_merge`).
+
+A run that names a probe set (the manifest's ``probe``, potluck.merge.probe) has every keeper score the
+round's counted updates on it before the strategy (:func:`probe_round`): the updates the probe rule
+drops weigh 0 in the merge, as an update on probation does (listed in the commit, not merged, not in
+its total weight), so `potluck verify` replays the same drops from the stored updates. Such a run merges
+gathered only: every keeper needs every update to score it.
 """
 
 from __future__ import annotations
@@ -30,16 +36,24 @@ from potluck.merge import (
     run_strategy,
     supports_columns,
 )
+from potluck.merge.batch import InputError, make_batch
 from potluck.merge.context import RoundContext, entries_digest, step_between
+from potluck.merge.probe import LOSS_CAP, ProbeError, ProbeRule
 from potluck.rounds import fixedpoint
 from potluck.updates.codec import SignedUpdate
 
 __all__ = [
-    "HistoryGap", "RunMerge", "damping", "history_chain", "history_rounds", "history_steps", "merge_round",
-    "round_seed", "run_merge",
+    "PROBE_REASONS", "Excluded", "HistoryGap", "RunMerge", "damping", "history_chain", "history_rounds",
+    "history_steps", "merge_round", "probe_round", "round_seed", "run_merge",
 ]  # fmt: skip
 
 MAX_HISTORY_ROUNDS = 64  # earlier versions a strategy may ask for: each is a whole model in memory
+# why the probe rule dropped an update, in words its author can act on (status, the log)
+PROBE_REASONS = {
+    "probe_worse": "the merge scores better on the run's public probe set without it: check that the "
+    "contributor's labels and data match the task's (a label flip or another class order looks like this)",
+    "probe_overflow": "with it the model's loss on the probe set is not finite: an update far too large",
+}
 
 
 class HistoryGap(Exception):
@@ -73,21 +87,69 @@ class RunMerge:
     mean: bool
     coordinate: bool
     history: int
+    probe: ProbeRule | None = None  # the run's probe set and cut (None: it names none)
 
     @property
     def merging(self) -> Strategy | None:
         """What :func:`merge_round` takes: None for the weighted mean."""
         return None if self.mean else self.strategy
 
+    @property
+    def spread_mean(self) -> bool:
+        """Whether the merge may run as the weighted mean's all-reduce or dense path (placement's
+        ``mean``): not with a probe, which every keeper runs on the gathered updates."""
+        return self.mean and self.probe is None
 
-def run_merge(strategy: str, args: Mapping, rules: GroupRules) -> RunMerge:
-    """The merge of a run with ``strategy`` (``args``) and parameter groups ``rules``, as the manifest
-    check at `potluck init`, the node and `potluck verify` all read it. A history-aware strategy is never
-    ``coordinate``: a reducer of one slice would merge without the history (gathered only)."""
+
+def run_merge(strategy: str, args: Mapping, rules: GroupRules, probe: ProbeRule | None = None) -> RunMerge:
+    """The merge of a run with ``strategy`` (``args``), parameter groups ``rules`` and probe rule ``probe``
+    (potluck.tasks.probing), as the manifest check at `potluck init`, the node and `potluck verify` all
+    read it. A history-aware strategy, or any with a probe, is never ``coordinate``: a reducer of one slice
+    would merge without the history, or without scoring the whole updates (gathered only)."""
     s = run_strategy(strategy, args, rules)
     history = history_rounds(s)
     mean = strategy == DEFAULT_STRATEGY and not isinstance(s, Grouped)
-    return RunMerge(s, mean, supports_columns(s) and history == 0, history)
+    return RunMerge(s, mean, supports_columns(s) and history == 0 and probe is None, history, probe)
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """An update the probe rule dropped: why (a key of :data:`PROBE_REASONS`), its score and the cut."""
+
+    reason: str
+    score: float
+    cut: float
+
+
+def probe_round(
+    base: Mapping[str, np.ndarray],
+    weighted: Sequence[tuple[int, SignedUpdate]],
+    probe: ProbeRule,
+    outer_lr: float,
+) -> tuple[list[tuple[int, SignedUpdate]], dict[str, Excluded]]:
+    """``weighted`` with the updates ``probe`` drops at weight 0, and those updates (id -> why). Only the
+    counted updates (weight > 0) are scored; with fewer than 3 the rule may drop none: nothing is scored."""
+    # scored in update-id order: probe_keep breaks a tie of scores by index, alike on every node
+    counted = sorted(
+        (i for i, (w, _) in enumerate(weighted) if w > 0), key=lambda i: weighted[i][1].update_id
+    )
+    if len(counted) < 3:
+        return list(weighted), {}
+    shapes = {k: tuple(np.shape(v)) for k, v in base.items()}
+    try:
+        batch = make_batch([weighted[i][1] for i in counted], [1.0] * len(counted), shapes=shapes)
+    except InputError as e:
+        raise ProbeError(f"probe: {e}") from None
+    dense: list[dict[str, np.ndarray]] = [{} for _ in counted]
+    for row, given in enumerate(batch.order):
+        dense[given] = batch.split(batch.matrix[row])
+    out, excluded = list(weighted), {}
+    for k, (score, cut) in probe.excluded(base, dense, outer_lr).items():
+        _, u = weighted[counted[k]]
+        out[counted[k]] = (0, u)
+        reason = "probe_overflow" if score <= -LOSS_CAP / 2 else "probe_worse"
+        excluded[u.update_id] = Excluded(reason, score, cut)
+    return out, excluded
 
 
 def damping(strategy: Strategy | None, weighted: Sequence[tuple[int, SignedUpdate]]) -> dict[str, float]:
@@ -134,6 +196,8 @@ def merge_round(
     seed: int,
     extra: Mapping[str, np.ndarray] | None = None,
     previous: Sequence[Mapping[str, np.ndarray]] | None = None,
+    probe: ProbeRule | None = None,
+    excluded: dict[str, Excluded] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """V_{r+1} and the total weight merged, from V_r and ``weighted`` = [(merge weight, SignedUpdate)].
 
@@ -143,8 +207,13 @@ def merge_round(
     revert's float64 step (vcs/revert.py), weighted mean only. ``previous``: the merged steps before the
     round (:func:`history_steps`), required by a history-aware strategy and passed in its context with
     the counted updates' authors and the digest of every update id of the round (sorted: the commit's
-    order).
+    order). ``probe``: the run's probe rule, run first (:func:`probe_round`); the updates it drops are
+    added to ``excluded`` when given.
     """
+    if probe is not None:
+        weighted, dropped = probe_round(base, weighted, probe, manifest.outer_lr)
+        if excluded is not None:
+            excluded.update(dropped)
     if strategy is None:
         c = fixedpoint.contribution(layout, weighted)
         new_state = fixedpoint.next_version(dict(base), layout, c.q, c.weight, manifest.outer_lr, extra)

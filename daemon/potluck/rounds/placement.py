@@ -28,7 +28,8 @@ the all-reduce's bytes, merge/linear.py), a coordinate strategy ``gathered`` or 
 whole-vector strategy ``gathered`` only. A manifest may fix one (``placement``); it must be allowed.
 Parameter groups that pick different strategies make the run's strategy merge.grouped.Grouped, a
 vector strategy: gathered only. So is a history-aware strategy (``history_rounds``, rounds/merging.py),
-whatever its kind: a reducer of one slice does not have the history it merges with.
+whatever its kind: a reducer of one slice does not have the history it merges with. And so is any merge
+of a run that names a probe set: every keeper scores the whole updates (rounds/merging.py).
 """
 
 from __future__ import annotations
@@ -81,12 +82,22 @@ def allowed(mean: bool, coordinate: bool) -> tuple[str, ...]:
 
 
 def check_policy(
-    policy: str, mean: bool, coordinate: bool, strategy: str = "the strategy", history: int = 0
+    policy: str,
+    mean: bool,
+    coordinate: bool,
+    strategy: str = "the strategy",
+    history: int = 0,
+    probe: bool = False,
 ) -> None:
     """PlacementError unless ``policy`` is ``auto`` or a placement the strategy allows (``history``: the
-    merged steps a history-aware strategy merges with, which only a gathered merge has)."""
+    merged steps a history-aware strategy merges with, which only a gathered merge has; ``probe``: the
+    run names a probe set, which every keeper scores the gathered updates on)."""
     if policy not in POLICIES:
         raise PlacementError(f"placement must be one of {list(POLICIES)}, got {policy!r}")
+    if probe and policy not in ("auto", "gathered"):
+        raise PlacementError(
+            f"a run with a probe set merges gathered (every keeper scores every update), not {policy}"
+        )
     if policy != "auto" and policy not in allowed(mean, coordinate):
         kind = "the weighted mean" if mean else "a coordinate" if coordinate else "a whole-vector"
         if history:

@@ -159,6 +159,8 @@ def _aggregation(engine: RoundEngine) -> control_pb2.Aggregation:
         waiting_for=engine.waiting_for,
         last_phases=st.last_phases,
         damped=st.damped,
+        probe_excluded=st.probe_excluded,
+        probe_counts=st.probe_counts,
         commit_seconds=control_pb2.Histogram(
             bounds=st.commit_seconds.bounds,
             counts=st.commit_seconds.counts,

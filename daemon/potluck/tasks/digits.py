@@ -7,6 +7,9 @@ the package, so no network) and a small MLP ``64 -> hidden -> 10`` (ReLU) traine
 * Features: pixel intensities 0..16 scaled to [0, 1], float32.
 * Weights: ``fc1.weight (hidden, 64)``, ``fc1.bias``, ``fc2.weight (10, hidden)``, ``fc2.bias``,
   float32, uniform in +-1/sqrt(fan_in) from PCG64(seed) (same bytes on every machine).
+* Probe set (:meth:`DigitsTask.probe_set`, for a run that names one: potluck.merge.probe): ``per_class``
+  images of each class of the training split, by another fixed PCG64 stream: public, disjoint from the
+  held-out split (a contributor's shard may hold some of them).
 * Task args: ``hidden`` (64), ``lr`` (0.05), ``batch`` (32), ``optimizer`` ("sgd" or "adam"),
   ``momentum`` (0.9, SGD only).
 """
@@ -17,6 +20,7 @@ import functools
 
 import numpy as np
 
+from potluck.merge.probe import ProbeSet
 from potluck.tasks import State, TaskError, register_task
 from potluck.tasks.data import LabeledData, MlpTask, check_number, uniform_init
 
@@ -26,6 +30,7 @@ FEATURES = 64
 CLASSES = 10
 TEST_FRACTION = 0.2
 _SPLIT_SEED = 20240917  # fixed: the held-out split is part of the task's definition
+_PROBE_SEED = 15  # fixed: so is the probe set
 
 
 @functools.cache
@@ -95,6 +100,14 @@ class DigitsTask(MlpTask):
 
     def split(self) -> tuple[LabeledData, LabeledData]:
         return digits_split()
+
+    def probe_set(self, per_class: int) -> ProbeSet:
+        """``per_class`` training images of each class (all of a class that has fewer), fixed."""
+        train = digits_split()[0]
+        rng = np.random.Generator(np.random.PCG64(_PROBE_SEED))
+        members = [rng.permutation(np.flatnonzero(train.y == c))[:per_class] for c in range(CLASSES)]
+        idx = np.sort(np.concatenate(members))
+        return ProbeSet(np.ascontiguousarray(train.x[idx]), train.y[idx].astype(np.int64), CLASSES)
 
 
 register_task("digits", DigitsTask)

@@ -236,7 +236,7 @@ class Probation(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., rounds_left: _Optional[int] = ...) -> None: ...
 
 class Aggregation(_message.Message):
-    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums", "placement_policy", "placement_reason", "pacing", "close_reason", "waiting_for", "last_phases", "commit_seconds", "damped", "convictions", "bad_faults_by_reason")
+    __slots__ = ("strategy", "placement", "audited_slices", "audited_coordinates", "convicted", "bad_faults", "last_merge_s", "audited_sums", "unaudited_sums", "placement_policy", "placement_reason", "pacing", "close_reason", "waiting_for", "last_phases", "commit_seconds", "damped", "convictions", "bad_faults_by_reason", "probe_excluded", "probe_counts")
     class LastPhasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +265,20 @@ class Aggregation(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ProbeExcludedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ProbeCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     AUDITED_SLICES_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +298,8 @@ class Aggregation(_message.Message):
     DAMPED_FIELD_NUMBER: _ClassVar[int]
     CONVICTIONS_FIELD_NUMBER: _ClassVar[int]
     BAD_FAULTS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROBE_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    PROBE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     placement: str
     audited_slices: int
@@ -303,7 +319,9 @@ class Aggregation(_message.Message):
     damped: _containers.ScalarMap[str, float]
     convictions: _containers.ScalarMap[str, int]
     bad_faults_by_reason: _containers.ScalarMap[str, int]
-    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ..., placement_policy: _Optional[str] = ..., placement_reason: _Optional[str] = ..., pacing: _Optional[str] = ..., close_reason: _Optional[str] = ..., waiting_for: _Optional[int] = ..., last_phases: _Optional[_Mapping[str, float]] = ..., commit_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., damped: _Optional[_Mapping[str, float]] = ..., convictions: _Optional[_Mapping[str, int]] = ..., bad_faults_by_reason: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    probe_excluded: _containers.ScalarMap[str, str]
+    probe_counts: _containers.ScalarMap[str, int]
+    def __init__(self, strategy: _Optional[str] = ..., placement: _Optional[str] = ..., audited_slices: _Optional[int] = ..., audited_coordinates: _Optional[int] = ..., convicted: _Optional[_Iterable[_Union[Conviction, _Mapping]]] = ..., bad_faults: _Optional[int] = ..., last_merge_s: _Optional[float] = ..., audited_sums: _Optional[int] = ..., unaudited_sums: _Optional[int] = ..., placement_policy: _Optional[str] = ..., placement_reason: _Optional[str] = ..., pacing: _Optional[str] = ..., close_reason: _Optional[str] = ..., waiting_for: _Optional[int] = ..., last_phases: _Optional[_Mapping[str, float]] = ..., commit_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., damped: _Optional[_Mapping[str, float]] = ..., convictions: _Optional[_Mapping[str, int]] = ..., bad_faults_by_reason: _Optional[_Mapping[str, int]] = ..., probe_excluded: _Optional[_Mapping[str, str]] = ..., probe_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("bounds", "counts", "sum", "count")

@@ -13,10 +13,11 @@ the version the commit names, what failed); nothing after it is checked:
    commit's contributors;
 4. the merge recomputed from those updates with the manifest's strategy (per parameter group where the
    groups pick their own), weights (probation counted in the history), round seed, the step of its
-   reverts (vcs/revert.py) and, for a history-aware strategy, the merged steps of the commits before it
-   (from the replayed versions; before ``start``, from the stored ones), onto the replayed previous
-   version, gives the total weight and the version hash the commit names (bit for bit: the hash covers
-   every byte);
+   reverts (vcs/revert.py), for a history-aware strategy the merged steps of the commits before it
+   (from the replayed versions; before ``start``, from the stored ones), and in a run with a probe set
+   the probe rule's drops (the set from the task, checked against the manifest's hash), onto the
+   replayed previous version, gives the total weight and the version hash the commit names (bit for
+   bit: the hash covers every byte);
 5. the version file stored for it, if any, hashes to its name.
 
 The replay carries its own recomputed state forward, so a damaged stored version shows at step 5 of
@@ -188,7 +189,9 @@ def _check_round(
             del recent[old]
     else:
         recent.clear()
-    new_state, total = merge_round(state, layout, weighted, manifest, how.merging, seed, extra, steps)
+    new_state, total = merge_round(
+        state, layout, weighted, manifest, how.merging, seed, extra, steps, how.probe
+    )
     if total != commit.total_weight:
         raise fail(f"the updates weigh {total} in all, the commit says {commit.total_weight}")
     got = version_hash(new_state)

@@ -4,13 +4,14 @@ A version is named by a hash prefix of at least :data:`MIN_PREFIX` hex digits, `
 or ``rN`` (the version committed in round N). The weights a commit's merge gave its updates are
 recomputed as the round did: ``manifest.update_weight(sample_count)``, or 0 for an author on probation,
 seniority counted in the committed history (defence/probation.py; a node whose history has gaps can
-under-count, as a late joiner does in a round).
+under-count, as a late joiner does in a round), or 0 for an update the run's probe rule dropped
+(rounds/merging.py ``probe_round``, recomputed from the round's base and updates when all are held).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,14 @@ from potluck.defence import probation
 from potluck.errors import ConfigError
 from potluck.manifest import Manifest
 from potluck.merge import Strategy, StrategyError
+from potluck.merge.probe import ProbeError
 from potluck.rounds.commit import Commit
-from potluck.rounds.merging import RunMerge, run_merge
+from potluck.rounds.merging import RunMerge, probe_round, run_merge
 from potluck.runfiles import cached_manifest
 from potluck.store.history import HISTORY_FILE, History
 from potluck.store.updates import UpdateStore
 from potluck.store.versions import CorruptVersion, VersionNotFound, VersionStore
+from potluck.tasks.probing import run_probe
 from potluck.updates.codec import SignedUpdate, decode_update
 from potluck.updates.reasons import UpdateRejected
 
@@ -55,6 +58,7 @@ class MergedUpdate:
     signed: SignedUpdate | None  # None: not held here
     weight: int | None
     error: str = ""  # why ``signed`` is None when the file is there but does not decode
+    excluded: str = ""  # why the run's probe rule dropped it (rounds/merging.py PROBE_REASONS), if it did
 
     @property
     def author(self) -> str | None:
@@ -70,10 +74,14 @@ def merge_weight(manifest: Manifest, author: str, sample_count: int, seniority: 
 
 def run_merge_of(manifest: Manifest) -> RunMerge:
     """How the run's rounds merge, as the engine reads it (rounds/merging.py's ``run_merge``: per-group
-    strategies, the history a strategy needs); :class:`RepoError` in one line for a strategy this
-    install cannot load."""
+    strategies, the history a strategy needs, the probe set the task hands); :class:`RepoError` in one
+    line for a strategy this install cannot load or a probe set it cannot give (tasks/probing.py)."""
     try:
-        return run_merge(manifest.strategy, manifest.strategy_args, manifest.group_rules)
+        probe = run_probe(manifest)
+    except ProbeError as e:
+        raise RepoError(str(e)) from None
+    try:
+        return run_merge(manifest.strategy, manifest.strategy_args, manifest.group_rules, probe)
     except StrategyError as e:
         raise RepoError(f"the run's merge strategy {manifest.strategy!r}: {e}") from None
 
@@ -213,4 +221,11 @@ class HistoryRepo:
             signed, why = self.load_update(uid)
             weight = self.weight(signed, seniority) if signed is not None and self.manifest else None
             out.append(MergedUpdate(uid, signed, weight, why if signed is None else ""))
+        if self.manifest is not None and self.manifest.probe and all(u.signed is not None for u in out):
+            probe = run_merge_of(self.manifest).probe
+            assert probe is not None  # run_merge_of refuses a run whose probe set it cannot give
+            weighted = [(u.weight or 0, u.signed) for u in out if u.signed is not None]
+            _, dropped = probe_round(self.state(commit.parent), weighted, probe, self.manifest.outer_lr)
+            out = [replace(u, weight=0, excluded=dropped[u.update_id].reason) if u.update_id in dropped else u
+                   for u in out]  # fmt: skip
         return out
