@@ -123,7 +123,7 @@ class RoundEngine:
         # a 50M-parameter model's dense preparation (~12 s) would not leave a 60 s round's 15 s window
         # room for one attempt: only runs that may need it make their attempts that long
         self._dense_prep = placement.dense_prep(
-            manifest.placement, self._mean, self._sliceable, manifest.density
+            manifest.placement, self._mean, self._sliceable, max(manifest.density, manifest.start_density)
         )
         # a run that may slice convicts lying reducers
         self._convicts = self._sliceable
