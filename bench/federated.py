@@ -47,7 +47,7 @@ from potluck.identity import NodeIdentity
 from potluck.rounds.fixedpoint import Layout, local_average
 from potluck.tasks import get_task
 from potluck.updates.codec import SparseTensor, Update, decode_update, encode_update, parse_update
-from potluck.updates.sparsify import SCOPES, ErrorFeedback
+from potluck.updates.sparsify import SCOPES, ErrorFeedback, scheduled_density
 
 RUN = "bench-federated"
 
@@ -72,6 +72,7 @@ def simulate(task, datas, genesis, args, *, sparse: bool, outer_lr: float, ident
     layout = Layout.from_state(genesis)
     state = {k: v.copy() for k, v in genesis.items()}
     feedback = [ErrorFeedback(args.density, args.values, args.scope) for _ in datas]
+    schedule = (args.density, args.start_density, args.start_rounds)
     acc, sent, overheads = [task.evaluate(state)], [0], []
     residual = []
     t_train = t_codec = t_merge = 0.0
@@ -86,6 +87,7 @@ def simulate(task, datas, genesis, args, *, sparse: bool, outer_lr: float, ident
             t1 = time.perf_counter()
             weight = min(samples, args.weight_cap)
             if sparse:
+                feedback[c].density = scheduled_density(r, *schedule)
                 tensors = feedback[c].compress(delta)
                 update = Update(RUN, r, base, identities[c].public_key, r + 1, samples, tuple(tensors))
                 blob = encode_update(update, identities[c], args.values)
@@ -132,6 +134,8 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=20)
     ap.add_argument("--density", type=float, default=0.01)
     ap.add_argument("--values", choices=["int8", "fp16", "sign"], default="sign")
+    ap.add_argument("--start-density", type=float, default=0.0, help="density of the first rounds (0: off)")
+    ap.add_argument("--start-rounds", type=int, default=0, help="rounds that use --start-density")
     ap.add_argument("--scope", choices=SCOPES, default="model", help="top-k of each tensor or of the model")
     ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's outer lr (FedAvg uses 1)")
     ap.add_argument("--hidden", type=int, default=1024)

@@ -227,9 +227,16 @@ def test_update_publish_on_a_client_mode_node_reaches_the_keepers_or_fails_loudl
 
 def test_a_run_with_sign_values_and_model_top_k_commits_its_contributors_updates(tmp_path):
     """Value encoding 2 and Rice indices (the smallest here) through the whole path: a contributor's
-    error feedback, the keeper's validator, the merge."""
+    error feedback, the keeper's validator, the merge; in the run's sparse start (2%, not 5%)."""
+    import numpy as np
+
+    from potluck.store.versions import load_state
+    from potluck.updates.codec import parse_update
+    from potluck.updates.sparsify import k_for
+
     run = write_run(tmp_path / "run.toml", "toy", round_seconds=16.0, start_time=time.time() + 15.0,
-                    density=0.05, values="sign", topk_scope="model")  # fmt: skip
+                    density=0.05, values="sign", topk_scope="model", start_density=0.02,
+                    start_rounds=100)  # fmt: skip
     with LocalSwarm.for_run(tmp_path / "swarm", run.manifest.run_id, run.path) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
         member = contributor(swarm, 0, 1).wait_ready()
@@ -241,3 +248,8 @@ def test_a_run_with_sign_values_and_model_top_k_commits_its_contributors_updates
         wait_for(
             lambda: member.status()["version"] == keeper.status()["version"], 20, "the contributor to follow"
         )
+        numel = sum(int(np.size(v)) for v in load_state(genesis_path(run.path)).values())
+        updates = [parse_update(p.read_bytes()) for p in (keeper.data_dir / "updates").glob("*.update")]
+        sent = [sum(t.nnz for t in u.tensors) for u in updates]
+        # the sign survivors may drop a few of the 2%; 5% would be 2.5 times as many
+        assert sent and all(k_for(numel, 0.02) // 2 < n <= k_for(numel, 0.02) for n in sent), (sent, numel)

@@ -117,7 +117,9 @@ def test_non_canonical_body_refused():
      {"allow": ["xyz"]}, {"outer_lr": float("nan")}, {"weight_cap": 0}, {"task_args": {"a": True}},
      {"task_args": {"a": [1]}}, {"weighting": "equal"}, {"placement": "butterfly"}, {"placement": ""},
      {"pacing": "eager"}, {"target_samples": -1}, {"target_samples": 1.5}, {"max_rank": 0},
-     {"groups": ["no-colon"]}, {"groups": "a:freeze"}, {"groups": ["a:max_rank=x"]}],
+     {"groups": ["no-colon"]}, {"groups": "a:freeze"}, {"groups": ["a:max_rank=x"]},
+     {"start_density": 0.005}, {"start_rounds": 30}, {"start_density": 1.5, "start_rounds": 3},
+     {"start_density": -0.1, "start_rounds": 3}, {"start_density": 0.01, "start_rounds": 2.5}],
 )  # fmt: skip
 def test_invalid_rules_raise(rules):
     with pytest.raises(ManifestError):
@@ -218,3 +220,17 @@ def test_a_probe_table_is_signed_canonical_and_round_trips_and_an_old_manifest_i
         _manifest(probe={"per_class": 4})
     with pytest.raises(ManifestError, match=r"probe\.frac must be"):
         replace(m, probe={"set": "cd" * 32, "frac": -1.0})
+
+
+def test_sparse_start_keeps_older_manifests_bytes_and_round_trips(tmp_path):
+    _, m = _manifest()
+    assert (m.start_density, m.start_rounds) == (0.0, 0)
+    assert not {"start_density", "start_rounds"} & set(msgpack.unpackb(m.body())[1])
+    _, p = _manifest(density=0.015, start_density=0.005, start_rounds=30)
+    values = msgpack.unpackb(p.body())[1]
+    assert (values["start_density"], values["start_rounds"]) == (0.005, 30) and p.run_id != m.run_id
+    assert Manifest.from_bytes(p.to_bytes(), p.run_id).start_rounds == 30
+    save_manifest(p, tmp_path / "run.toml")
+    assert load_manifest(tmp_path / "run.toml") == p
+    with pytest.raises(ManifestError, match="start_density in"):
+        _manifest(start_density=0.005)

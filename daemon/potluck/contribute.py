@@ -33,7 +33,7 @@ from potluck.store.versions import VersionStore
 from potluck.tasks import TaskError, TrainableTask, get_task, is_trainable
 from potluck.updates.codec import Update, encode_update
 from potluck.updates.lowrank import LowRankTensor, balance
-from potluck.updates.sparsify import ErrorFeedback
+from potluck.updates.sparsify import ErrorFeedback, scheduled_density
 from potluck.v1 import control_pb2
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,7 @@ class Contributor:
         frozen = manifest.group_rules.frozen(names)
         feedback = ErrorFeedback(manifest.density, manifest.values, manifest.topk_scope)
         limits = manifest.group_rules.limits(names, "max_density")
-        # a group's max_density below the run's density bounds its tensors' top-k
-        feedback.densities = {n: d for n, d in limits.items() if d < manifest.density}
+        schedule = (manifest.density, manifest.start_density, manifest.start_rounds)
         declared_ahead = -1  # the round we declared for as we published the one before
         identity = node.identity
         assert identity is not None
@@ -229,6 +228,9 @@ class Contributor:
             else:
                 delta = {k: np.subtract(trained[k], base_state[k], dtype=np.float32) for k in base_state
                          if np.issubdtype(base_state[k].dtype, np.floating) and k not in frozen}  # fmt: skip
+                feedback.density = scheduled_density(r, *schedule)  # a sparse start, if the run has one
+                # a group's max_density below the round's density bounds its tensors' top-k
+                feedback.densities = {n: d for n, d in limits.items() if d < feedback.density}
                 tensors = await asyncio.to_thread(feedback.compress, delta)
             update = Update(manifest.run_id, r, base_version, identity.public_key, time.time_ns() // 1000,
                             int(samples), tuple(tensors))  # fmt: skip

@@ -10,8 +10,7 @@ Canonical form:
   ``run_id = sha256(signed bytes)`` hex. A node that fetches a manifest by run id checks
   ``sha256(bytes) == run_id`` and then the signature (:meth:`Manifest.from_bytes` does both).
 
-On disk the manifest is a TOML file, next to the genesis weights: see :mod:`potluck.runfiles` (this
-module does no file I/O).
+On disk the manifest is a TOML file next to the genesis weights (:mod:`potluck.runfiles`; no I/O here).
 
 The genesis version is ``version_hash(get_task(task, task_args).init_state(seed))`` (potluck.tasks), or
 that of a pre-trained state of the same model (`potluck init --genesis`, potluck.runfiles).
@@ -57,7 +56,7 @@ TaskArg = str | int | float
 _OMITTED_AT_DEFAULT: dict[str, Any] = {
     "probation_rounds": 0, "placement": "auto", "pacing": "clock", "target_samples": 0, "groups": [],
     "max_rank": 64, "parent_run": "", "parent_version": "", "topk_scope": "tensor", "revert": "creator",
-    "probe": {},
+    "probe": {}, "start_density": 0.0, "start_rounds": 0,
 }  # fmt: skip
 
 
@@ -138,26 +137,23 @@ class Manifest:
       pacing: "clock" (every round lasts round_seconds) or "ready" (a round stops collecting once every
         contributor that declared itself for it has published, or ``target_samples`` are in; the next
         opens as soon as its base is committed; see potluck.rounds.schedule)
-      target_samples: under "ready" pacing, close a round once its updates carry this many samples
-        (0 = off)
-      placement: where the merge runs: "auto" (the cheapest the strategy allows, per attempt),
-        "gathered", "sliced", "allreduce" or "dense" (see potluck.rounds.placement)
+      target_samples: under "ready" pacing, close a round once its updates carry this many samples (0: off)
+      placement: where the merge runs: "auto" (the cheapest the strategy allows, per attempt), "gathered",
+        "sliced", "allreduce" or "dense" (see potluck.rounds.placement)
       weighting: "samples": an update weighs ``min(sample_count, weight_cap)``
       weight_cap: cap on one update's weight (<= 2**24, see potluck.rounds.fixedpoint)
       outer_lr: V_{r+1} = V_r + outer_lr * weighted mean delta
       density: fraction of each tensor's entries an update may carry (top-k), in (0, 1]
+      start_density, start_rounds: rounds below start_rounds use start_density (both 0: off; sparsify)
       values: value encoding of updates, "int8", "fp16" or "sign" (1 bit a value, with error feedback)
       topk_scope: "tensor" (the top ``density`` of each tensor) or "model" (of all entries together)
       admission: "open", or "allowlist" (only authors in ``allow`` are admitted)
       allow: node ids (hex) admitted under "allowlist"
       quorum: signatures on the same commit needed to consider a round committed (>= 1)
       max_update_norm: bound on an update's L2 norm, or None
-      max_rank: the largest rank of a low-rank tensor entry (docs/update-format.md), unless its group
-        sets another
-      groups: parameter-group rules, in order (``PATTERN:OPTION,...``, canonical text; see
-        potluck.groups): per group of tensors a merge strategy, a freeze, density and rank limits
-      probation_rounds: an author's updates weigh 0 until it has contributed to this many committed
-        rounds (0 = off; the rule is in potluck.defence.probation)
+      max_rank: the largest rank of a low-rank entry (docs/update-format.md) unless its group sets another
+      groups: parameter-group rules, in order (``PATTERN:OPTION,...``, potluck.groups): strategy, freeze, caps
+      probation_rounds: an author's updates weigh 0 for its first N committed rounds (0: off; defence)
       parent_run, parent_version: lineage of a fork (`potluck fork`): the run id and the version of
         it this run starts from (then ``genesis == parent_version``); both empty for a new run
       revert: who may propose a revert (`potluck revert`): "creator", "allowlist" (``allow``) or "anyone"
@@ -183,6 +179,8 @@ class Manifest:
     weight_cap: int = 10_000
     outer_lr: float = 1.0
     density: float = 0.01
+    start_density: float = 0.0
+    start_rounds: int = 0
     values: str = "int8"
     topk_scope: str = "tensor"
     admission: str = "open"
@@ -223,6 +221,10 @@ class Manifest:
         if density > 1:
             raise ManifestError(f"density must be in (0, 1], got {density}")
         norm("density", density)
+        norm("start_density", _check_float(self.start_density, "start_density"))
+        _check_int(self.start_rounds, "start_rounds", 0, 1 << 40)
+        if not 0 <= self.start_density <= 1 or (self.start_density > 0) != (self.start_rounds > 0):
+            raise ManifestError("start_density in (0, 1] with start_rounds >= 1, or both 0 (no sparse start)")
         _check_str(self.values, "values", VALUE_ENCODINGS)
         _check_str(self.topk_scope, "topk_scope", TOPK_SCOPES)
         _check_str(self.admission, "admission", ADMISSIONS)
@@ -342,11 +344,9 @@ class Manifest:
     def from_values(cls, values: Mapping[str, Any], signature: bytes) -> Manifest:
         """Rebuild a manifest from its field values (a decoded body, or a TOML file's keys); validates."""
         names = {f.name for f in fields(cls)} - {"signature"}
-        unknown = set(values) - names
-        if unknown:
+        if unknown := set(values) - names:
             raise ManifestError(f"unknown manifest fields: {sorted(unknown)}")
-        missing = {"task", "genesis", "creator"} - set(values)
-        if missing:
+        if missing := {"task", "genesis", "creator"} - set(values):
             raise ManifestError(f"missing manifest fields: {sorted(missing)}")
         values = dict(values)
         for name in ("allow", "groups"):

@@ -318,6 +318,17 @@ def test_init_writes_a_run_that_loads(capsys, tmp_path):
     )
 
 
+def test_init_signs_a_sparse_start_and_refuses_half_of_one(capsys, tmp_path):
+    from potluck.runfiles import load_manifest
+
+    init = ("init", "--data-dir", str(tmp_path / "d"), "--task", "toy", "-o", str(tmp_path / "run.toml"))
+    assert in_process(capsys, *init, "--start-density", "0.005", "--start-rounds", "30").returncode == 0
+    manifest = load_manifest(tmp_path / "run.toml")
+    assert (manifest.density, manifest.start_density, manifest.start_rounds) == (0.01, 0.005, 30)
+    proc = in_process(capsys, *init, "--start-density", "0.005")
+    assert_config_error(proc, "start_density in (0, 1] with start_rounds >= 1, or both 0")
+
+
 def test_init_fixes_a_placement_the_strategy_allows_or_refuses(capsys, tmp_path):
     from potluck.runfiles import load_manifest
 

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from potluck.updates.quantize import BLOCK, SIGN, roundtrip
-from potluck.updates.sparsify import ErrorFeedback, k_for, sign_survivors, sparsify, topk_indices
+from potluck.updates.sparsify import (
+    ErrorFeedback,
+    k_for,
+    scheduled_density,
+    sign_survivors,
+    sparsify,
+    topk_indices,
+)
 
 
 def test_topk_exact_on_sampled_path():
@@ -146,3 +153,12 @@ def test_model_scope_keeps_a_groups_density_cap():
     assert sent["b"].indices.size == 10
     top_b = np.sort(np.argsort(-np.abs(delta["b"]))[:10])
     np.testing.assert_array_equal(sent["b"].indices, top_b)  # the largest of b, in index order
+
+
+def test_scheduled_density_is_the_start_density_for_the_first_rounds_only():
+    assert [scheduled_density(r, 0.015, 0.005, 2) for r in range(4)] == [0.005, 0.005, 0.015, 0.015]
+    assert scheduled_density(0, 0.01) == scheduled_density(0, 0.01, 0.0, 0) == 0.01  # no sparse start
+    feedback = ErrorFeedback(0.015, "sign", "model")
+    delta = {"w": np.arange(1, 1001, dtype=np.float32)}
+    feedback.density = scheduled_density(0, 0.015, 0.005, 2)
+    assert sum(t.indices.size for t in feedback.compress(delta)) == 5  # the sparse start's k

@@ -47,6 +47,12 @@ def add_parsers(commands: Commands) -> None:
         "--start-in", type=float, default=0.0, metavar="SECONDS", help="round 0 starts this much later"
     )
     init.add_argument("--density", type=density, default=0.01, help="top-k density of updates (default 0.01)")
+    init.add_argument(
+        "--start-density", type=density, help="a sparse start: this density in the first rounds"
+    )
+    init.add_argument(
+        "--start-rounds", type=positive_int, help="rounds of the sparse start (--start-density)"
+    )
     init.add_argument("--values", choices=["int8", "fp16", "sign"], default="int8", help=_VALUES_HELP)
     init.add_argument("--topk-scope", choices=["tensor", "model"], default="tensor", help=_SCOPE_HELP)
     init.add_argument(
@@ -233,6 +239,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             round_seconds=args.round_seconds,
             start_time=time.time() + args.start_in,
             density=args.density,
+            start_density=args.start_density or 0.0,
+            start_rounds=args.start_rounds or 0,
             values=args.values,
             topk_scope=args.topk_scope,
             quorum=args.quorum,

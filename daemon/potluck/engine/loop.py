@@ -124,9 +124,7 @@ class RoundEngine:
             raise StrategyError(str(e)) from None
         # a 50M-parameter model's dense preparation (~12 s) would not leave a 60 s round's 15 s window
         # room for one attempt: only runs that may need it make their attempts that long
-        self._dense_prep = placement.dense_prep(
-            manifest.placement, how.spread_mean, self._sliceable, manifest.density
-        )
+        self._dense_prep = placement.dense_prep(*policy[:3], max(manifest.density, manifest.start_density))
         # a run that may slice convicts lying reducers
         self._convicts = self._sliceable
         column_strategy = self._strategy if self._sliceable else get_strategy(DEFAULT_STRATEGY, {})

@@ -35,6 +35,7 @@ __all__ = [
     "SCOPES",
     "ErrorFeedback",
     "k_for",
+    "scheduled_density",
     "sign_survivors",
     "sparsify",
     "topk_indices",
@@ -54,6 +55,13 @@ def k_for(numel: int, density: float) -> int:
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     return min(numel, max(1, round(density * numel)))
+
+
+def scheduled_density(r: int, density: float, start_density: float = 0.0, start_rounds: int = 0) -> float:
+    """The top-k density of round ``r``: ``start_density`` in the first ``start_rounds`` rounds, then
+    ``density`` (``start_density`` 0: no sparse start). A sparse start spends fewer bytes while the
+    model is far from converged and the full density for the final accuracy (bench/README.md)."""
+    return start_density if r < start_rounds and start_density > 0 else density
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
