@@ -22,10 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from potluck.engine.attempt import QUORUM_MARGIN_S, Attempt, AttemptFailed, Merged, RoundStatus
-from potluck.engine.averager import CanonicalAverager, next_power_of_two, shutdown_averager
 from potluck.engine.conduct import Conduct
 from potluck.engine.updates import AcceptedUpdates, wait_for_updates
 from potluck.identity import NodeIdentity, node_id_of
@@ -41,7 +39,7 @@ ALLREDUCE_TIMEOUT_S = 20.0
 
 def _load_linprog() -> None:
     """The averager child calls ``scipy.optimize.linprog`` (hivemind's load balancing), whose import
-    potluck defers (potluck/__init__.py): load it here, in the node, so that every averager child
+    potluck defers (potluck.lean): load it here, in the node, so that every averager child
     inherits it rather than spending ~0.3 s (more on a loaded machine) of its all-reduce on it."""
     import scipy.optimize
 
@@ -87,6 +85,10 @@ class AllReduce:
     async def _allreduce(
         self, a: Attempt, contribution: fixedpoint.Contribution, carried: list[str], authors: list[str]
     ) -> tuple[np.ndarray, int, list[str]]:
+        import torch  # here, not at start-up: a node that never runs a dense all-reduce needs no torch
+
+        from potluck.engine.averager import CanonicalAverager, next_power_of_two, shutdown_averager
+
         sentinel = fixedpoint.new_sentinel()
         packed = await asyncio.to_thread(fixedpoint.pack, a.layout, contribution.q, sentinel)
         participants = a.participants
