@@ -1,19 +1,21 @@
 """Imports deferred until first use, so that a node that never touches torch never loads it.
 
 `import torch` alone makes ~143 MB of anonymous memory in a process (measured here), and every node
-process reached it through hivemind: the package's ``__init__`` imports its averager, MoE and optimizer,
-``hivemind.utils``' imports ``tensor_descr``, and ``hivemind.utils.mpfuture`` (behind every DHT call) keeps
-each future's state in one byte of a shared torch tensor. Installed by ``potluck/__init__.py`` before
-anything imports hivemind:
+process imported it through hivemind: the package's ``__init__`` imports its averager, MoE and
+optimizer, ``hivemind.utils``' imports ``tensor_descr``, and ``hivemind.utils.mpfuture`` (behind every DHT
+call) keeps each future's state in one byte of a shared torch tensor. A keeper needs none of it (a
+contributor trains, and imports torch itself). Installed by ``potluck/__init__.py`` before anything
+imports hivemind:
 
 - ``scipy.optimize`` loads on first attribute use (``importlib.util.LazyLoader``): hivemind's averager
   imports it for one ``linprog`` call that only a dense all-reduce reaches (~0.4 s and ~35 MB).
 - ``hivemind`` and ``hivemind.utils``: the package's own ``from hivemind.X import name`` statements run
   when ``name`` is first asked for (``hivemind.DHT``, ``from hivemind.utils import MPFuture``), the rest
   of its ``__init__`` runs as usual; submodules import as always.
-- ``hivemind.utils.mpfuture`` runs with :class:`SharedBytesBackend` as its ``torch``: the same one byte of
-  shared memory per future (a memfd, passed to other processes as torch's ``file_descriptor`` strategy
-  passes its own), without torch.
+- ``hivemind.utils.mpfuture`` runs with a stand-in for the little of torch it uses
+  (:func:`_torch_for_mpfuture`): the same one byte of shared memory per future (:class:`SharedByte` of a
+  memfd-backed :class:`SharedBuffer`, passed to other processes by file descriptor as torch's
+  ``file_descriptor`` strategy passes its own).
 """
 
 from __future__ import annotations
