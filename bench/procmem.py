@@ -3,7 +3,10 @@
 RSS counts every resident page each process maps, so pages a forked child shares with its parent count
 twice; PSS splits each page among the processes that map it (a tree's PSS is what it adds to the
 machine, its shared libraries split with every other process using them); USS is the pages only one
-process maps (Private_Clean + Private_Dirty).
+process maps (Private_Clean + Private_Dirty). ANON is Pss_Anon: the process's share of anonymous memory
+(heaps, stacks; a forked child's pages still shared with its parent split between them), so a tree's sum
+counts each of its pages once and, unlike PSS, does not depend on what else runs on the machine (shared
+libraries are file pages).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-FIELDS = {"Rss": "rss", "Pss": "pss", "Private_Clean": "uss", "Private_Dirty": "uss"}
+FIELDS = {"Rss": "rss", "Pss": "pss", "Private_Clean": "uss", "Private_Dirty": "uss", "Pss_Anon": "anon"}
 
 
 def parents() -> dict[int, int]:
@@ -47,8 +50,8 @@ def comm(pid: int) -> str:
 
 
 def process_memory(pid: int) -> dict[str, int]:
-    """``rss``, ``pss``, ``uss`` of one process, bytes (all 0 once it has gone)."""
-    out = {"rss": 0, "pss": 0, "uss": 0}
+    """``rss``, ``pss``, ``uss``, ``anon`` of one process, bytes (all 0 once it has gone)."""
+    out = {"rss": 0, "pss": 0, "uss": 0, "anon": 0}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             name = FIELDS.get(line.split(":", 1)[0])
@@ -58,9 +61,9 @@ def process_memory(pid: int) -> dict[str, int]:
 
 
 def tree_memory(pid: int) -> dict[str, Any]:
-    """``rss``, ``pss``, ``uss`` of ``pid``'s tree summed, bytes, and ``processes``: each one's name
-    (/proc/PID/comm) with its own three."""
-    total = {"rss": 0, "pss": 0, "uss": 0}
+    """``rss``, ``pss``, ``uss``, ``anon`` of ``pid``'s tree summed, bytes, and ``processes``: each one's
+    name (/proc/PID/comm) with its own four."""
+    total = {"rss": 0, "pss": 0, "uss": 0, "anon": 0}
     processes = []
     for p in tree(pid):
         mem, name = process_memory(p), comm(p)

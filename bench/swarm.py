@@ -130,10 +130,10 @@ def memory_by_role(mem: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for role in ("keeper", "contributor", "hivemind_peer"):
         trees = [m for name, m in mem.items() if name.startswith(role)]
         if trees:
-            out[role] = {k: summary([m[k] for m in trees], MB) for k in ("rss", "pss", "uss")}
+            out[role] = {k: summary([m[k] for m in trees], MB) for k in ("rss", "pss", "uss", "anon")}
             typical = sorted(trees, key=lambda m: m["pss"])[len(trees) // 2]  # the median tree, by process
             out[role]["processes_MB"] = [
-                {"name": p["name"], **{k: round(p[k] / MB, 1) for k in ("rss", "pss", "uss")}}
+                {"name": p["name"], **{k: round(p[k] / MB, 1) for k in ("rss", "pss", "uss", "anon")}}
                 for p in typical["processes"]
             ]
     return out

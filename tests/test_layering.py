@@ -23,6 +23,7 @@ PACKAGE = ROOT / "daemon" / "potluck"
 # protobuf code, errors, bounded msgpack, keys, signed records, atomic writes, hashes, the data folder.
 # Then the pure core (updates < merge < manifest < rounds), then the shell that composes it.
 LAYERS: tuple[str, ...] = (
+    "lean",  # imports deferred until first use (torch, scipy.optimize): installed by the root package
     "potluck",  # the root package: __version__, AGENT
     "v1",  # generated protobuf code
     "errors",

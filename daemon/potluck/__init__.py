@@ -1,7 +1,5 @@
 """potluck: volunteers improve one shared model with signed sparse patches over a P2P swarm."""
 
-from typing import Any
-
 
 def __getattr__(name: str) -> str:
     """``__version__`` and ``AGENT``, looked up on first use: importlib.metadata costs a command that
@@ -18,29 +16,6 @@ def __getattr__(name: str) -> str:
     return globals()[name]
 
 
-def _install_deferred_imports() -> None:
-    """Modules a dependency imports at start-up but uses rarely load on first use instead: hivemind
-    imports ``scipy.optimize`` with its averager (for one ``linprog`` call in load balancing, reached
-    only by a dense all-reduce), ~0.4 s and ~35 MB resident in every node process otherwise."""
-    import importlib.abc
-    import importlib.util
-    import sys
+from potluck import lean  # noqa: E402  (before anything imports hivemind: see potluck.lean)
 
-    deferred = frozenset({"scipy.optimize"})
-
-    class LazyFinder(importlib.abc.MetaPathFinder):
-        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-            if name not in deferred:
-                return None
-            for finder in sys.meta_path:
-                spec = None if finder is self else finder.find_spec(name, path, target)
-                if spec is not None and spec.loader is not None:
-                    spec.loader = importlib.util.LazyLoader(spec.loader)
-                    return spec
-            return None
-
-    if not any(type(f).__name__ == "LazyFinder" for f in sys.meta_path):
-        sys.meta_path.insert(0, LazyFinder())
-
-
-_install_deferred_imports()
+lean.install()

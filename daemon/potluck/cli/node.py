@@ -297,6 +297,11 @@ def cmd_join(args: argparse.Namespace) -> int:
     _quiet_libraries(args)
     import asyncio
 
+    # a contributor trains, and the built-in tasks train with torch: import it now, as every node did
+    # before potluck.lean (a keeper does not), so that its DHT child forks sharing torch's pages and no
+    # training step pays for the import
+    import torch  # noqa: F401
+
     from potluck.contribute import Contributor
     from potluck.lifecycle import run_node
     from potluck.manifest import is_run_id

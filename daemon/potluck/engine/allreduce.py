@@ -22,10 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from potluck.engine.attempt import QUORUM_MARGIN_S, Attempt, AttemptFailed, Merged, RoundStatus
-from potluck.engine.averager import CanonicalAverager, next_power_of_two, shutdown_averager
 from potluck.engine.conduct import Conduct
 from potluck.engine.updates import AcceptedUpdates, wait_for_updates
 from potluck.identity import NodeIdentity, node_id_of
@@ -39,11 +37,15 @@ MATCHMAKING_S = 1.5  # hivemind forms the group before the scheduled all-reduce
 ALLREDUCE_TIMEOUT_S = 20.0
 
 
-def _load_linprog() -> None:
-    """The averager child calls ``scipy.optimize.linprog`` (hivemind's load balancing), whose import
-    potluck defers (potluck/__init__.py): load it here, in the node, so that every averager child
-    inherits it rather than spending ~0.3 s (more on a loaded machine) of its all-reduce on it."""
+def load_averager() -> None:
+    """torch and hivemind's averager, whose imports potluck defers (potluck.lean): a node that never
+    runs an all-reduce never loads them (~143 MB). Called in a worker thread, as importing them takes
+    seconds on a loaded machine, which on the event loop would stall the node (its matchmaking too).
+    The averager child calls ``scipy.optimize.linprog`` (hivemind's load balancing): load it here, in
+    the node, so that every averager child inherits it rather than spending ~0.3 s of its all-reduce."""
     import scipy.optimize
+
+    import potluck.engine.averager  # noqa: F401
 
     scipy.optimize.linprog  # noqa: B018  (the attribute access runs the deferred import)
 
@@ -87,6 +89,11 @@ class AllReduce:
     async def _allreduce(
         self, a: Attempt, contribution: fixedpoint.Contribution, carried: list[str], authors: list[str]
     ) -> tuple[np.ndarray, int, list[str]]:
+        await asyncio.to_thread(load_averager)  # once per process (a run fixing "allreduce": at start)
+        import torch
+
+        from potluck.engine.averager import CanonicalAverager, next_power_of_two, shutdown_averager
+
         sentinel = fixedpoint.new_sentinel()
         packed = await asyncio.to_thread(fixedpoint.pack, a.layout, contribution.q, sentinel)
         participants = a.participants
@@ -104,7 +111,6 @@ class AllReduce:
             allow_state_sharing=False,
             min_vector_size=fixedpoint.ROW,  # every peer's slice holds at least one sentinel
         )
-        await asyncio.to_thread(_load_linprog)  # once per process; the child inherits it
         with frozen_heap():  # the child shares our heap: see potluck.swarm.forks
             averager.run_in_background(await_ready=False)
         self._restore_signals()  # hivemind sets SIGINT to "ignore" in the host process

@@ -16,6 +16,10 @@ import signal
 import torch
 from hivemind.averaging import DecentralizedAverager
 
+from potluck.swarm.forks import share_tensors_by_descriptor
+
+share_tensors_by_descriptor()
+
 
 class CanonicalAverager(DecentralizedAverager):
     def run(self) -> None:

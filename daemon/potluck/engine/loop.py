@@ -178,6 +178,7 @@ class RoundEngine:
 
     def start(self) -> None:
         self._publish_version()
+        self._placer.prepare(self.manifest.placement)
         self._loop_task = asyncio.create_task(self._run_forever(), name="round-engine")
 
     async def stop(self) -> None:

@@ -6,12 +6,13 @@ also the all-reduce's and the dense path's retries), the weighted mean inside hi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from potluck.engine.allreduce import AllReduce
+from potluck.engine.allreduce import AllReduce, load_averager
 from potluck.engine.attempt import Attempt, AttemptFailed, Merged, RoundStatus
 from potluck.engine.conduct import Conduct
 from potluck.engine.dense import DenseMerge
@@ -62,6 +63,13 @@ class Placer:
                 status=status, faults=faults,
             )  # fmt: skip
         self.ran = ""  # the placement the last attempt ran (for its error line)
+        self._warming: asyncio.Future | None = None
+
+    def prepare(self, policy: str) -> None:
+        """A run that fixes the all-reduce loads its torch and averager now, in a thread, rather than
+        in its first attempt (where seconds of imports on a loaded machine could miss the matchmaking)."""
+        if policy == "allreduce" and self._warming is None:
+            self._warming = asyncio.ensure_future(asyncio.to_thread(load_averager))
 
     def _report_probe(self, a: Attempt, merged: Merged) -> None:
         """Status and the log: which updates the probe rule dropped and why (counted by reason; an update

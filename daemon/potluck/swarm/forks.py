@@ -11,13 +11,15 @@ import gc
 import os
 from collections.abc import Iterator
 
-import hivemind.utils.mpfuture  # noqa: F401  (sets its sharing strategy at import; ours must come after)
-from torch import multiprocessing as torch_mp
 
-# hivemind picks torch's "file_system" sharing at import, which makes torch start a torch_shm_manager
-# process per node (~65 MB PSS, measured) for the one small buffer hivemind's futures share. File
-# descriptors need no helper process; the variable hivemind reads still wins when it is set.
-torch_mp.set_sharing_strategy(os.environ.get("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor"))
+def share_tensors_by_descriptor() -> None:
+    """Where torch tensors cross processes (an averager's): by file descriptor. hivemind asks for torch's
+    "file_system" sharing, which makes torch start a torch_shm_manager process per node (~65 MB PSS,
+    measured); descriptors need no helper process. The variable hivemind reads still wins when it is
+    set. Called by the modules that import torch for an averager, not at start-up (see potluck.lean)."""
+    from torch import multiprocessing as torch_mp
+
+    torch_mp.set_sharing_strategy(os.environ.get("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor"))
 
 
 @contextlib.contextmanager

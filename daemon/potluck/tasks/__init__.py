@@ -123,22 +123,28 @@ def register_task(name: str, factory: TaskFactory) -> None:
     _BUILTINS[name] = factory
 
 
+# the built-in tasks' modules (each registers itself at import), imported only when named: the ones
+# that train import torch (~143 MB a process), which a node that never touches that task does not need
+_BUILTIN_MODULES = {"toy": "potluck.tasks.toy", "digits": "potluck.tasks.digits", "lm": "potluck.tasks.lm"}
+
+
 def builtin_tasks() -> list[str]:
-    _load_builtins()
+    for name in _BUILTIN_MODULES:
+        _load_builtin(name)
     return sorted(_BUILTINS)
 
 
-def _load_builtins() -> None:
-    if not {"toy", "digits", "lm"} <= _BUILTINS.keys():
-        from potluck.tasks import digits, lm, toy  # noqa: F401  (register themselves)
+def _load_builtin(name: str) -> None:
+    if name in _BUILTIN_MODULES and name not in _BUILTINS:
+        importlib.import_module(_BUILTIN_MODULES[name])
 
 
 def _resolve(spec: str) -> TaskFactory:
-    _load_builtins()
+    _load_builtin(spec)
     if spec in _BUILTINS:
         return _BUILTINS[spec]
     if not _ENTRY_POINT.fullmatch(spec):
-        raise TaskError(f"unknown task {spec!r}: use one of {sorted(_BUILTINS)} or 'package.module:factory'")
+        raise TaskError(f"unknown task {spec!r}: use one of {builtin_tasks()} or 'package.module:factory'")
     module_name, attr = spec.split(":")
     try:
         module = importlib.import_module(module_name)

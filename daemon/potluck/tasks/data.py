@@ -29,12 +29,14 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from potluck.tasks import State, TaskError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "PARTITION_SEED",
@@ -188,6 +190,8 @@ def uniform_init(seed: int, shapes: Mapping[str, tuple[int, ...]], fan_in: Mappi
 
 
 def _forward(params: Mapping[str, torch.Tensor], layers: Sequence[str], x: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
     for j, layer in enumerate(layers):
         x = F.linear(x, params[f"{layer}.weight"], params[f"{layer}.bias"])
         if j + 1 < len(layers):
@@ -199,10 +203,14 @@ class OneThread:
     """torch on one thread inside (restored after): polite on small machines, and deterministic."""
 
     def __enter__(self) -> None:
+        import torch
+
         self.before = torch.get_num_threads()
         torch.set_num_threads(1)
 
     def __exit__(self, *exc: object) -> None:
+        import torch
+
         torch.set_num_threads(self.before)
 
 
@@ -225,6 +233,9 @@ def train_mlp(
     new float32 state (same names; ``state`` is not modified) and the number of distinct samples
     the steps touched, ``min(steps * batch, len(data))``. Deterministic for a given ``seed``.
     """
+    import torch  # here: only training needs it (~143 MB a process), a keeper that scores does not
+    import torch.nn.functional as F
+
     check_training(steps, seed)
     n = len(data)
     if n == 0:
@@ -255,13 +266,18 @@ def train_mlp(
 
 
 def evaluate_mlp(state: Mapping[str, np.ndarray], data: LabeledData, *, layers: Sequence[str]) -> float:
-    """Accuracy (fraction correct, in [0, 1]) of the MLP ``state`` on ``data``."""
+    """Accuracy (fraction correct, in [0, 1]) of the MLP ``state`` on ``data``: the forward pass of
+    :func:`train_mlp`'s model (float32, ReLU between ``layers``) in numpy, so that a keeper, which
+    scores every version but trains nothing, does not load torch for it."""
     if len(data) == 0:
         return 0.0
-    with OneThread(), torch.no_grad():
-        params = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
-        logits = _forward(params, layers, torch.from_numpy(data.x))
-        return float((logits.argmax(dim=1) == torch.from_numpy(data.y)).double().mean())
+    x = np.asarray(data.x, dtype=np.float32)
+    for j, layer in enumerate(layers):
+        w = np.asarray(state[f"{layer}.weight"], dtype=np.float32)
+        x = x @ w.T + np.asarray(state[f"{layer}.bias"], dtype=np.float32)
+        if j + 1 < len(layers):
+            x = np.maximum(x, 0.0)
+    return float(np.mean(x.argmax(axis=1) == np.asarray(data.y)))
 
 
 class MlpTask:

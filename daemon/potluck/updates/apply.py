@@ -4,19 +4,27 @@ except the copy of a touched tensor when not in place."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from potluck.updates.codec import SignedUpdate, SparseTensor, Update
 
 __all__ = ["accumulate", "apply_update"]
 
 
+TORCH_COPY_MIN = 1 << 22  # elements: below this a node that has not loaded torch does not load it to copy
+
+
 def _copy(a: np.ndarray) -> np.ndarray:
     """A C-contiguous copy. torch's clone is multi-threaded and, measured on 100M floats here, ~3x
-    faster than ``ndarray.copy`` whose fresh pages fault in one thread."""
+    faster than ``ndarray.copy`` whose fresh pages fault in one thread; but importing torch costs a
+    process ~143 MB, so a small tensor is copied by numpy unless torch is loaded already (same bytes)."""
+    if a.size < TORCH_COPY_MIN and "torch" not in sys.modules:
+        return np.array(a, order="C")
+    import torch
+
     try:
         return torch.from_numpy(np.ascontiguousarray(a)).clone().numpy()
     except (TypeError, RuntimeError):  # a dtype torch lacks
