@@ -375,3 +375,28 @@ def test_lowrank_refuses_a_missing_tensor_or_a_rank_too_high(small, targets, ran
     with pytest.raises(TaskError, match=message):
         small.train_lowrank(small.init_state(0), small.local_data("plays"), steps=1, seed=0, rank=rank,
                             targets=targets)  # fmt: skip
+
+
+def test_lowrank_extras_train_whole_and_a_seed_shares_a(small):
+    from potluck.updates.lowrank import expand
+
+    state, data = small.init_state(0), small.local_data("plays")
+    targets = ["transformer.h.0.mlp.c_fc.weight"]
+    extras = ["transformer.h.0.ln_1.weight", "transformer.ln_f.bias"]
+    out, _ = small.train_lowrank(state, data, steps=10, seed=1, rank=2, targets=targets, extras=extras)
+    assert sorted(out) == sorted(targets + extras)
+    assert all(out[n].shape == state[n].shape and np.abs(out[n]).max() > 0 for n in extras)
+    patched = {n: state[n] + out[n] for n in extras} | {
+        targets[0]: state[targets[0]] + expand(*out[targets[0]])
+    }
+    patched = dict(state) | patched
+    assert small.evaluate(patched) < small.evaluate(state)
+
+    # A as drawn (0 steps): one a_seed gives two contributors (two seeds) the same A; without it, not
+    def a_of(seed: int, a_seed: int | None) -> np.ndarray:
+        out, _ = small.train_lowrank(state, data, steps=0, seed=seed, rank=2, targets=targets, a_seed=a_seed)
+        return out[targets[0]][0]
+
+    assert np.array_equal(a_of(1, 7), a_of(2, 7)) and not np.array_equal(a_of(1, None), a_of(2, None))
+    with pytest.raises(TaskError, match="beside the adapters"):
+        small.train_lowrank(state, data, steps=1, seed=0, rank=2, targets=targets, extras=targets)
