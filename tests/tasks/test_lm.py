@@ -230,7 +230,7 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
     from potluck.runfiles import write_run
     from potluck.store.updates import UpdateStore
     from potluck.store.versions import VersionStore
-    from potluck.updates.codec import SparseTensor, Update, encode_update, parse_update
+    from potluck.updates.codec import EncodedTensor, SparseTensor, Update, encode_update, parse_update
     from potluck.updates.lowrank import EncodedLowRank
     from tests.support.cli import potluck
 
@@ -242,7 +242,8 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
     with LocalSwarm.for_run(tmp_path / "swarm", run.manifest.run_id, run.path) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
         swarm.add_contributor("lora", "--shard", "0/2", "--local-steps", "20", "--lowrank", "4",
-                              "--lowrank-targets", "transformer.h.*.weight")  # fmt: skip
+                              "--lowrank-targets", "transformer.h.*.weight",
+                              "--lowrank-extras", "*.bias")  # fmt: skip
         swarm.add_contributor("sparse", "--shard", "1/2", "--local-steps", "20", "--seed", "1")
         for node in swarm.nodes:
             node.wait_ready()
@@ -284,6 +285,8 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
             for i in store.ids()
         }
         assert forms == {True, False}  # low-rank and sparse updates were merged
+        kinds = [{type(t) for t in parse_update(store.get(i)).tensors} for i in store.ids()]
+        assert {EncodedLowRank, EncodedTensor} in kinds  # the LoRA one carries its biases' entries too
         assert keeper.status()["aggregation"]["placement"] == "gathered"  # per-group strategies
 
 
