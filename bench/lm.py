@@ -13,9 +13,13 @@ domain's training documents split between them), each round training ``--local-s
 each keeping its own Adam state across rounds as ``potluck join`` does (``--fresh-optimizer``: a
 fresh Adam every round; LoRA adapters always start a fresh one):
 
-* ``potluck``: ``sparse`` top-k deltas (``--density``, int8 values, error feedback) and/or
-  ``lowrank`` LoRA factors (``--rank``, int8), merged by ``fixedpoint.local_average`` weighted by
-  sample count;
+* ``potluck``: ``sparse`` top-k deltas (``--density``, int8 values, error feedback), ``lowrank`` LoRA
+  factors (``--rank``, int8; ``--shared-a``: one A per round for every contributor), ``hybrid`` (those
+  factors, and the other tensors trained whole beside the adapters, sent at ``--extra-density``, 1:
+  every entry, in the same update; ``potluck join --lowrank-extras``) and/or ``factored`` (the whole
+  model trained as for sparse, each 2-D tensor sent as rank ``--rank`` SVD factors with error
+  feedback, the others at ``--extra-density``), merged by ``fixedpoint.local_average`` weighted by
+  sample count; ``--patch-steps`` gives them other local steps than FedAvg's;
 * ``fedavg``: the same rounds with dense fp32 deltas (bytes ``4 x params`` + a potluck envelope's
   non-payload bytes), merged the same way;
 * ``pooled``: one model trained on all six shards with the same compute (6 x K steps a round);
