@@ -11,6 +11,8 @@ one update (docs/update-format.md: a body's tensor entries may be of either kind
 
 The SVD runs only on the sender: LAPACK need not give the same bits everywhere, since receivers see
 the factors' bytes and expand them bit for bit alike (:func:`~potluck.updates.lowrank.expand`).
+bench/lm.py's ``factored`` patches use it; ``potluck join`` does not (it measured worse than LoRA
+adapters at the same rank there, bench/README.md#lm).
 """
 
 from __future__ import annotations
