@@ -13,9 +13,13 @@ domain's training documents split between them), each round training ``--local-s
 each keeping its own Adam state across rounds as ``potluck join`` does (``--fresh-optimizer``: a
 fresh Adam every round; LoRA adapters always start a fresh one):
 
-* ``potluck``: ``sparse`` top-k deltas (``--density``, int8 values, error feedback) and/or
-  ``lowrank`` LoRA factors (``--rank``, int8), merged by ``fixedpoint.local_average`` weighted by
-  sample count;
+* ``potluck``: ``sparse`` top-k deltas (``--density``, int8 values, error feedback), ``lowrank`` LoRA
+  factors (``--rank``, int8; ``--shared-a``: one A per round for every contributor), ``hybrid`` (those
+  factors, and the other tensors trained whole beside the adapters, sent at ``--extra-density``, 1:
+  every entry, in the same update; ``potluck join --lowrank-extras``) and/or ``factored`` (the whole
+  model trained as for sparse, each 2-D tensor sent as rank ``--rank`` SVD factors with error
+  feedback, the others at ``--extra-density``), merged by ``fixedpoint.local_average`` weighted by
+  sample count; ``--patch-steps`` gives them other local steps than FedAvg's;
 * ``fedavg``: the same rounds with dense fp32 deltas (bytes ``4 x params`` + a potluck envelope's
   non-payload bytes), merged the same way;
 * ``pooled``: one model trained on all six shards with the same compute (6 x K steps a round);
@@ -55,6 +59,7 @@ from potluck.tasks import get_task, pretrain
 from potluck.tasks.corpus import DOMAINS
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.lowrank import LowRankTensor, balance, expand
+from potluck.updates.lowrank_feedback import LowRankFeedback
 from potluck.updates.sparsify import ErrorFeedback
 
 RUN = "bench-lm"
@@ -83,8 +88,15 @@ def federated(task, genesis, datas, args) -> dict:
     n, params = len(datas), sum(v.size for v in genesis.values())
     layout = Layout.from_state(genesis)
     identities = [NodeIdentity.generate() for _ in datas]
-    feedback = [ErrorFeedback(args.density, args.values, args.scope) for _ in datas]
     targets = [k for k, v in sorted(genesis.items()) if v.ndim == 2 and fnmatchcase(k, args.targets)]
+    feedback = {
+        "sparse": [ErrorFeedback(args.density, args.values, args.scope) for _ in datas],
+        "hybrid": [ErrorFeedback(args.extra_density, args.values, args.scope) for _ in datas],
+        "factored": [
+            LowRankFeedback(args.rank, targets, ErrorFeedback(args.extra_density, args.values, args.scope))
+            for _ in datas
+        ],
+    }
     methods = ["fedavg", *args.patches.split(",")]
     states = {m: dict(genesis) for m in methods}
     # each contributor's own Adam state per method (--keep-optimizer), and each method's outer momentum
@@ -96,24 +108,28 @@ def federated(task, genesis, datas, args) -> dict:
         for method in methods:
             state, carried = states[method], []
             base = version_hash(state)
+            steps = args.local_steps if method == "fedavg" else args.patch_steps or args.local_steps
             for c, data in enumerate(datas):
                 seed = seed_of(args.seed, r, c)
-                if method == "lowrank":  # LoRA adapters from V_r, their factors published
+                if method in ("lowrank", "hybrid"):  # LoRA adapters from V_r, their factors published
+                    extras = [k for k in state if k not in targets] if method == "hybrid" else []
                     factors, samples = task.train_lowrank(
-                        state, data, steps=args.local_steps, seed=seed, rank=args.rank, targets=targets
+                        state, data, steps=steps, seed=seed, rank=args.rank, targets=targets, extras=extras,
+                        a_seed=seed_of(args.seed, r, 0) if args.shared_a else None,
                     )  # fmt: skip
                     tensors = tuple(LowRankTensor(k, state[k].shape, *balance(*factors[k])) for k in targets)
+                    if extras:  # trained whole beside the adapters: sparse entries in the same update
+                        tensors += tuple(feedback[method][c].compress({k: factors[k] for k in extras}))
                 else:
-                    new, samples = task.train(
-                        state, data, steps=args.local_steps, seed=seed, optimizer=opts[method][c]
-                    )
+                    new, samples = task.train(state, data, steps=steps, seed=seed, optimizer=opts[method][c])
                     delta = {k: new[k] - state[k] for k in state}
                     if method == "fedavg":
                         carried.append((samples, delta))
                         continue
-                    tensors = tuple(feedback[c].compress(delta))
+                    tensors = tuple(feedback[method][c].compress(delta))
                 update = Update(RUN, r, base, identities[c].public_key, r + 1, samples, tensors)
-                blob = encode_update(update, identities[c], "int8" if method == "lowrank" else args.values)
+                values = "int8" if method in ("lowrank", "hybrid") else args.values
+                blob = encode_update(update, identities[c], values)
                 sent[method] += len(blob)
                 overheads.append(len(blob) - sum(t.payload_size for t in parse_update(blob).tensors))
                 carried.append((samples, decode_update(blob)))
@@ -235,6 +251,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--local-steps", type=int, default=10)
+    ap.add_argument("--patch-steps", type=int, default=0, help="potluck's local steps (0: --local-steps)")
     ap.add_argument("--baselines", default="pooled,alone", help="federated: besides FedAvg ('' for none)")
     ap.add_argument("--patches", default="sparse,lowrank", help="potluck's patch kinds to run")
     ap.add_argument("--density", type=float, default=0.01, help="sparse: top-k fraction (error feedback)")
@@ -243,7 +260,11 @@ def main() -> None:
         "--scope", choices=["tensor", "model"], default="tensor", help="sparse: top-k of each tensor or all"
     )
     ap.add_argument("--rank", type=int, default=2, help="lowrank: adapter rank")
-    ap.add_argument("--targets", default="*", help="lowrank: glob of the 2-D tensors adapted")
+    ap.add_argument("--targets", default="*", help="lowrank, factored: glob of the 2-D tensors adapted")
+    ap.add_argument("--shared-a", action="store_true", help="lowrank, hybrid: one A per round for all")
+    ap.add_argument(
+        "--extra-density", type=float, default=1.0, help="factored: top-k density of the other tensors"
+    )
     ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's merge lr (FedAvg uses 1)")
     ap.add_argument(
         "--fresh-optimizer",

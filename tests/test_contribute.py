@@ -135,6 +135,7 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
           f"/ip4/127.0.0.1/tcp/1/p2p/{NodeIdentity.generate().peer_id}"], "could not join"),
         ([*base, "--run", "not-a-run-id"], "--run takes a run id"),
         ([*base, "--manifest", str(path), "--lowrank-targets", "*.w"], "--lowrank-targets needs --lowrank"),
+        ([*base, "--manifest", str(path), "--lowrank-extras", "*"], "--lowrank-extras needs --lowrank"),
         ([*base, "--manifest", str(path), "--lowrank", "2"], "cannot train low-rank adapters"),
     ]  # fmt: skip
     (tmp_path / "lm").mkdir()
@@ -148,6 +149,7 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
         ([*base, "--manifest", str(path), "--module", "m", "--shard", "0/1"], "takes no modules (lm does)"),
         ([*lm_base[:-1], "--module", "m", "--shard", "poetry", "--module-rank", "40"],
          "--module-rank 40 is above the limit 32"),
+        ([*lm_base, "2", "--lowrank-extras", "nope.*"], "matches no unfrozen tensor to train"),
     ]  # fmt: skip
     for args, needle in cases:
         proc = potluck(*args, timeout=60)

@@ -1,6 +1,7 @@
 """A contributor: a node that also trains. Each round it trains on its own data from V_r, turns the
 change into a signed sparse update (top-k with error feedback; or, with ``lowrank``, trains LoRA
-adapters and sends their factors), leaving out tensors of frozen parameter groups, and hands it
+adapters and sends their factors, and with ``lowrank_extras`` chosen other tensors trained whole
+beside them, every entry, in the same update), leaving out tensors of frozen parameter groups, and hands it
 to its node's one publish path (Node.publish), which validates, holds and announces it like any
 other update, or pushes it to keepers when the node runs in client mode. What it needs of the node
 is ContributingNode. Where the task's ``train`` takes an ``optimizer`` dict (the lm task), the contributor
@@ -97,16 +98,19 @@ def takes_optimizer(train: Callable) -> bool:
 class Contributor:
     def __init__(self, node: ContributingNode, *, task_spec: str | None, shard: str | None, local_steps: int,
                  seed: int, max_rounds: int | None = None, join_timeout: float = 60.0,
-                 lowrank: int | None = None, lowrank_targets: str = "*",
+                 lowrank: int | None = None, lowrank_targets: str = "*", lowrank_extras: str = "",
                  keep_optimizer: bool = True):  # fmt: skip
         """``lowrank``: train rank-``lowrank`` LoRA adapters on the 2-D tensors matching the glob
         ``lowrank_targets`` (the task needs ``train_lowrank``) and publish their factors instead.
+        ``lowrank_extras``: with ``lowrank``, also train the other (unfrozen) tensors matching this glob
+        whole beside the adapters (e.g. ``*``: the biases and LayerNorms) and send every entry of their
+        deltas, in the run's value format with error feedback, in the same update as the factors.
         ``keep_optimizer``: where the task's ``train`` takes an ``optimizer`` dict (the lm task's),
         hand it the same one every round, so its optimizer's state (Adam's moments) carries over
         rounds instead of restarting from each V_r; it stays on this machine, never in an update."""
         self._node = node
         self._optimizer: dict | None = {} if keep_optimizer else None
-        self._lowrank, self._lowrank_targets = lowrank, lowrank_targets
+        self._lowrank, self._lowrank_targets, self._lowrank_extras = lowrank, lowrank_targets, lowrank_extras
         self._task_spec, self._shard, self._steps, self._seed = task_spec, shard, local_steps, seed
         self._max_rounds = max_rounds
         self._join_timeout = join_timeout
@@ -151,6 +155,22 @@ class Contributor:
                 raise ConfigError(f"--lowrank {self._lowrank} is above the limit {limit} for {name}")
         return targets
 
+    def _extras(self, manifest: Manifest, task: TrainableTask, targets: list[str]) -> list[str]:
+        """The tensors ``--lowrank-extras`` trains whole beside the adapters (none without it)."""
+        if not self._lowrank_extras:
+            return []
+        if "extras" not in inspect.signature(task.train_lowrank).parameters:  # type: ignore[attr-defined]
+            raise ConfigError(f"task {manifest.task!r} cannot train tensors beside its adapters (no extras)")
+        state = self._node.versions.get(manifest.genesis)
+        frozen = manifest.group_rules.frozen(list(state))
+        extras = [n for n in sorted(state) if fnmatchcase(n, self._lowrank_extras) and n not in targets
+                  and n not in frozen and np.issubdtype(state[n].dtype, np.floating)]  # fmt: skip
+        if not extras:
+            raise ConfigError(
+                f"--lowrank-extras {self._lowrank_extras!r} matches no unfrozen tensor to train"
+            )
+        return extras
+
     async def run(self) -> None:
         """Contribute every round until stopped (or after ``max_rounds`` contributions)."""
         node = self._node
@@ -161,6 +181,8 @@ class Contributor:
         except TaskError as e:
             raise ConfigError(str(e)) from None
         targets = self._adapted(manifest, task)
+        extras = self._extras(manifest, task, targets)
+        lowrank_args = {"extras": extras} if extras else {}
         train = task.train_lowrank if targets else task.train  # type: ignore[attr-defined]
         kept = (
             {"optimizer": self._optimizer} if self._optimizer is not None and takes_optimizer(train) else {}
@@ -170,6 +192,9 @@ class Contributor:
         feedback = ErrorFeedback(manifest.density, manifest.values, manifest.topk_scope)
         limits = manifest.group_rules.limits(names, "max_density")
         schedule = (manifest.density, manifest.start_density, manifest.start_rounds)
+        # --lowrank-extras: every entry of their deltas (a group's max_density still bounds them)
+        whole = ErrorFeedback(1.0, manifest.values)
+        whole.densities = {n: d for n, d in limits.items() if d < 1.0}
         declared_ahead = -1  # the round we declared for as we published the one before
         identity = node.identity
         assert identity is not None
@@ -204,7 +229,7 @@ class Contributor:
                 if targets:
                     factors, samples = await asyncio.to_thread(
                         task.train_lowrank, base_state, data, steps=self._steps, seed=seed,  # type: ignore[attr-defined]
-                        rank=self._lowrank, targets=targets, progress=step, **kept,
+                        rank=self._lowrank, targets=targets, progress=step, **kept, **lowrank_args,
                     )  # fmt: skip
                 else:
                     trained, samples = await asyncio.to_thread(
@@ -225,6 +250,8 @@ class Contributor:
                 tensors: list = [
                     LowRankTensor(n, base_state[n].shape, *balance(*factors[n])) for n in targets
                 ]
+                if extras:  # the same update carries their sparse entries (docs/update-format.md)
+                    tensors += await asyncio.to_thread(whole.compress, {n: factors[n] for n in extras})
             else:
                 delta = {k: np.subtract(trained[k], base_state[k], dtype=np.float32) for k in base_state
                          if np.issubdtype(base_state[k].dtype, np.floating) and k not in frozen}  # fmt: skip
@@ -251,7 +278,7 @@ class Contributor:
                 declared_ahead = r + 1
             self.stats.bytes_sent += len(data_bytes)
             kind = (
-                f"rank-{self._lowrank} factors"
+                f"rank-{self._lowrank} factors" + (f" and {len(extras)} whole tensors" if extras else "")
                 if targets
                 else f"residual norm {feedback.residual_norm():.3g}"
             )

@@ -230,7 +230,7 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
     from potluck.runfiles import write_run
     from potluck.store.updates import UpdateStore
     from potluck.store.versions import VersionStore
-    from potluck.updates.codec import SparseTensor, Update, encode_update, parse_update
+    from potluck.updates.codec import EncodedTensor, SparseTensor, Update, encode_update, parse_update
     from potluck.updates.lowrank import EncodedLowRank
     from tests.support.cli import potluck
 
@@ -242,7 +242,8 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
     with LocalSwarm.for_run(tmp_path / "swarm", run.manifest.run_id, run.path) as swarm:
         keeper = swarm.add_node(name="keeper").wait_ready()
         swarm.add_contributor("lora", "--shard", "0/2", "--local-steps", "20", "--lowrank", "4",
-                              "--lowrank-targets", "transformer.h.*.weight")  # fmt: skip
+                              "--lowrank-targets", "transformer.h.*.weight",
+                              "--lowrank-extras", "*.bias")  # fmt: skip
         swarm.add_contributor("sparse", "--shard", "1/2", "--local-steps", "20", "--seed", "1")
         for node in swarm.nodes:
             node.wait_ready()
@@ -284,6 +285,8 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
             for i in store.ids()
         }
         assert forms == {True, False}  # low-rank and sparse updates were merged
+        kinds = [{type(t) for t in parse_update(store.get(i)).tensors} for i in store.ids()]
+        assert {EncodedLowRank, EncodedTensor} in kinds  # the LoRA one carries its biases' entries too
         assert keeper.status()["aggregation"]["placement"] == "gathered"  # per-group strategies
 
 
@@ -375,3 +378,28 @@ def test_lowrank_refuses_a_missing_tensor_or_a_rank_too_high(small, targets, ran
     with pytest.raises(TaskError, match=message):
         small.train_lowrank(small.init_state(0), small.local_data("plays"), steps=1, seed=0, rank=rank,
                             targets=targets)  # fmt: skip
+
+
+def test_lowrank_extras_train_whole_and_a_seed_shares_a(small):
+    from potluck.updates.lowrank import expand
+
+    state, data = small.init_state(0), small.local_data("plays")
+    targets = ["transformer.h.0.mlp.c_fc.weight"]
+    extras = ["transformer.h.0.ln_1.weight", "transformer.ln_f.bias"]
+    out, _ = small.train_lowrank(state, data, steps=10, seed=1, rank=2, targets=targets, extras=extras)
+    assert sorted(out) == sorted(targets + extras)
+    assert all(out[n].shape == state[n].shape and np.abs(out[n]).max() > 0 for n in extras)
+    patched = {n: state[n] + out[n] for n in extras} | {
+        targets[0]: state[targets[0]] + expand(*out[targets[0]])
+    }
+    patched = dict(state) | patched
+    assert small.evaluate(patched) < small.evaluate(state)
+
+    # A as drawn (0 steps): one a_seed gives two contributors (two seeds) the same A; without it, not
+    def a_of(seed: int, a_seed: int | None) -> np.ndarray:
+        out, _ = small.train_lowrank(state, data, steps=0, seed=seed, rank=2, targets=targets, a_seed=a_seed)
+        return out[targets[0]][0]
+
+    assert np.array_equal(a_of(1, 7), a_of(2, 7)) and not np.array_equal(a_of(1, None), a_of(2, None))
+    with pytest.raises(TaskError, match="beside the adapters"):
+        small.train_lowrank(state, data, steps=1, seed=0, rank=2, targets=targets, extras=targets)

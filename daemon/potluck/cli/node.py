@@ -183,6 +183,13 @@ def _join_parser(commands: Commands) -> None:
         help="with --lowrank: the 2-D tensors to adapt, by name (default '*': all of them)",
     )
     join.add_argument(
+        "--lowrank-extras",
+        default="",
+        metavar="GLOB",
+        help="with --lowrank: also train the other tensors matching GLOB whole (e.g. '*': the biases and "
+        "LayerNorms) and send every entry of theirs in the same update (the run's value format)",
+    )
+    join.add_argument(
         "--fresh-optimizer",
         action="store_true",
         help="restart the optimizer every round (default: keep its state across rounds where the task can)",
@@ -315,6 +322,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         )
     if args.lowrank_targets != "*" and args.lowrank is None:
         raise ConfigError("--lowrank-targets needs --lowrank RANK")
+    if args.lowrank_extras and args.lowrank is None:
+        raise ConfigError("--lowrank-extras needs --lowrank RANK")
     if args.dirichlet is not None and args.shard is None:
         raise ConfigError("--dirichlet needs --shard I/N (which of the N contributors you are)")
     shard = args.shard if args.dirichlet is None else f"dirichlet:{args.dirichlet}:{args.shard}"
@@ -334,7 +343,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         patches = Contributor(
             node, task_spec=args.task, shard=shard, local_steps=args.local_steps, seed=args.seed,
             max_rounds=args.rounds, join_timeout=args.join_timeout, lowrank=args.lowrank,
-            lowrank_targets=args.lowrank_targets, keep_optimizer=not args.fresh_optimizer,
+            lowrank_targets=args.lowrank_targets, lowrank_extras=args.lowrank_extras,
+            keep_optimizer=not args.fresh_optimizer,
         )  # fmt: skip
         if spec is None:
             return patches

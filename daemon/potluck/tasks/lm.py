@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,14 +207,19 @@ class LmTask:
 
     def train_lowrank(
         self, state: Mapping[str, np.ndarray], data: LmData, *, steps: int, seed: int, rank: int,
-        targets: list[str], progress: Callable[[int], None] | None = None,
-    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:  # fmt: skip
+        targets: list[str], progress: Callable[[int], None] | None = None, extras: Collection[str] = (),
+        a_seed: int | None = None,
+    ) -> tuple[dict[str, Any], int]:  # fmt: skip
         """LoRA: ``steps`` Adam steps on rank-``rank`` adapters of the 2-D tensors ``targets``, every
         model tensor frozen; returns ``{name: (A, B)}`` (A: rows x rank, B: rank x cols, delta A @ B,
         potluck.updates.lowrank) and the sample count. A starts seeded normal(0, 1/sqrt(rows)), B at
         zero (the first step starts from the base model). Deterministic like :meth:`train`. A fresh
         Adam every call: carrying it over rounds (A restarted from one seed) measured worse in
-        bench/lm.py (bench/README.md#lm), so this takes no ``optimizer``."""
+        bench/lm.py (bench/README.md#lm), so this takes no ``optimizer``. ``extras``: model tensors
+        (not targets; e.g. the biases and LayerNorms) trained whole alongside the adapters, their
+        deltas returned as ``{name: delta}`` in the same dict. ``a_seed``: draw A from this seed
+        instead of ``seed`` (contributors of one round that share it share A, so their merged
+        factors add up coherently)."""
         check_training(steps, seed)
         shapes = self.shapes()
         for name in targets:
@@ -222,9 +227,15 @@ class LmTask:
                 raise TaskError(f"lm: no 2-D tensor {name!r} to adapt (the model's: {sorted(shapes)[:3]}...)")
             if not 1 <= rank <= min(shapes[name]):
                 raise TaskError(f"lm: rank {rank} is not in [1, {min(shapes[name])}] for {name}")
-        rng = np.random.Generator(np.random.PCG64([seed, 5]))
+        extras = sorted(extras)
+        for name in extras:
+            if name not in shapes or name in targets:
+                raise TaskError(f"lm: {name!r} is not a model tensor to train beside the adapters")
+        rng = np.random.Generator(np.random.PCG64([seed if a_seed is None else a_seed, 5]))
         with OneThread():
             params = self._params(state)
+            for name in extras:
+                params[name].requires_grad_(True)
             adapters = {}
             for name in sorted(targets):
                 rows, cols = shapes[name]
@@ -235,11 +246,12 @@ class LmTask:
             def adapted() -> dict[str, torch.Tensor]:
                 return params | {n: params[n] + a @ b for n, (a, b) in adapters.items()}
 
-            trainable = [t for pair in adapters.values() for t in pair]
+            trainable = [t for pair in adapters.values() for t in pair] + [params[n] for n in extras]
             self._fit(trainable, adapted, data, steps, seed, progress, lr=self.lora_lr)
-            out = {
+            out: dict[str, Any] = {
                 n: (a.detach().numpy().copy(), b.detach().numpy().copy()) for n, (a, b) in adapters.items()
             }
+            out |= {n: params[n].detach().numpy() - np.asarray(state[n], np.float32) for n in extras}
         return out, min(steps * self.batch * self.context, len(data))
 
     def _fit(
