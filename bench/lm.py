@@ -490,7 +490,8 @@ def table(result: dict) -> str:
             alone = fed["alone"]["final"]
             row("alone (mean)", {d: float(np.mean([a[d] for a in alone])) for d in (*DOMAINS, "overall")})
     for name, s in result.get("retention", {}).get("bpb", {}).items():
-        row(name, s)
+        if name != "genesis":  # already the first row
+            row(name, s)
     return "\n".join([*lines, *retention_table(result.get("retention"))])
 
 
