@@ -29,9 +29,13 @@ fresh Adam every round; LoRA adapters always start a fresh one):
 method's merged delta alike; potluck's nodes do not run one (an exploration flag).
 
 ``retention`` -- the three domains' groups each fine-tune the genesis on their domain for
-``--finetune-steps`` (all of it, or rank ``--finetune-rank`` LoRA adapters); their deltas are
-merged by mean, task arithmetic, TIES and DARE (potluck.merge). A domain's gain is genesis BPB
-minus BPB on that domain's held-out text; it keeps ``merged gain / own model's gain`` of it.
+``--finetune-steps`` (all of it at ``--finetune-lr``, or rank ``--finetune-rank`` LoRA adapters);
+their deltas are merged once by mean, task arithmetic, TIES and DARE (potluck.merge), and, for
+comparison, by Fisher merging and a dataless localize-and-stitch (``--stitch-top``), and by the best
+linear combination on an oracle grid (``--grid``). ``--merge-every K``: the same groups and steps
+merged every K steps instead (``steps / K`` rounds, each group's Adam kept). A domain's gain is
+genesis BPB minus BPB on that domain's held-out text; it keeps ``merged gain / own model's gain`` of
+it. ``diagnosis``: what a domain keeps from its own delta / n alone, and what the others' / n give it.
 
 BPB (bits per byte, lower is better) on each domain's fixed held-out text and overall. JSON on stdout,
 progress on stderr.
@@ -40,6 +44,7 @@ progress on stderr.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -199,9 +204,10 @@ def dense_average(state: dict, carried: list[tuple[int, dict]]) -> dict:
     }
 
 
-def retention(task, genesis, args) -> dict:
-    base = task.evaluate_domains(genesis)
-    own, deltas, weights = {}, [], []
+def finetune(task, genesis, args) -> list[tuple[dict, int]]:
+    """Retention: each domain's group fine-tunes the genesis on its domain (``--finetune-steps``, the
+    whole model at ``--finetune-lr`` or rank ``--finetune-rank`` LoRA); its model and sample count."""
+    out = []
     for g, domain in enumerate(DOMAINS):
         log(f"  fine-tuning on {domain}")
         data = task.local_data(domain)
@@ -218,17 +224,163 @@ def retention(task, genesis, args) -> dict:
             tuned = {k: v + expand(*factors[k]) if k in factors else v for k, v in genesis.items()}
         else:
             tuned, samples = task.train(genesis, data, steps=args.finetune_steps, seed=100 + g)
-        own[domain] = task.evaluate_domains(tuned)
-        deltas.append({k: tuned[k] - genesis[k] for k in genesis})
-        weights.append(samples)
+        out.append((tuned, samples))
+    return out
+
+
+def retention(task, genesis, args, finetuner=None) -> dict:
+    """The merges' ``gain_kept`` per domain, and ``diagnosis``: what a domain keeps from its own delta
+    scaled by 1/n alone (``own_over_n``: the mean's dilution) and what the others' deltas / n alone give
+    it (``others_over_n``: their transfer, negative when they interfere). ``finetuner``: the task the
+    groups fine-tune with (the lm task at ``--finetune-lr``; the genesis is the same)."""
+    base = task.evaluate_domains(genesis)
+    tuned = finetune(finetuner or task, genesis, args)
+    own = {d: task.evaluate_domains(state) for d, (state, _) in zip(DOMAINS, tuned, strict=True)}
+    deltas = [{k: state[k] - genesis[k] for k in genesis} for state, _ in tuned]
+    weights = [samples for _, samples in tuned]
     rows = {"genesis": base, **{f"{d} alone": s for d, s in own.items()}}
+
+    def kept_of(scores: dict, d: str) -> float:
+        return (base[d] - scores[d]) / (base[d] - own[d][d])
+
     kept = {}
     for label, (name, strategy_args) in MERGES.items():
         merged = get_strategy(name, strategy_args).merge(deltas, weights, round_seed=args.seed)
         scores = task.evaluate_domains(next_state(genesis, merged, 1.0))
         rows[f"merged: {label}"] = scores
-        kept[label] = {d: (base[d] - scores[d]) / (base[d] - own[d][d]) for d in DOMAINS}
-    return {"bpb": rows, "gain_kept": kept}
+        kept[label] = {d: kept_of(scores, d) for d in DOMAINS}
+    # two merges outside potluck.merge, for comparison (bench/README.md#lm): Fisher-weighted averaging
+    # and localize-and-stitch without data (each delta's top --stitch-top % by magnitude)
+    fishers = [
+        fisher_diag(task, state, task.local_data(d), args.seed)
+        for d, (state, _) in zip(DOMAINS, tuned, strict=True)
+    ]
+    extra = {
+        "fisher": fisher_merge(deltas, fishers),
+        f"stitch {args.stitch_top:g}%": stitch(deltas, args.stitch_top),
+    }
+    for label, merged in extra.items():
+        scores = task.evaluate_domains(shifted(genesis, [merged]))
+        rows[f"merged: {label}"] = scores
+        kept[label] = {d: kept_of(scores, d) for d in DOMAINS}
+    if args.grid:
+        kept["best of grid"] = grid_search(task, genesis, deltas, kept_of, args.grid)
+    for every in [int(k) for k in args.merge_every.split(",") if k]:
+        for label, scores in merged_rounds(finetuner or task, genesis, args, every).items():
+            rows[f"merged: {label}"] = scores
+            kept[label] = {d: kept_of(scores, d) for d in DOMAINS}
+    n, diagnosis = len(deltas), {}
+    for i, d in enumerate(DOMAINS):
+        others = [delta for j, delta in enumerate(deltas) if j != i]
+        diagnosis[d] = {
+            "own_over_n": kept_of(task.evaluate_domains(shifted(genesis, [deltas[i]], 1 / n)), d),
+            "others_over_n": kept_of(task.evaluate_domains(shifted(genesis, others, 1 / n)), d),
+        }
+    gains = {d: base[d] - own[d][d] for d in DOMAINS}
+    return {"bpb": rows, "own_gain": gains, "gain_kept": kept, "diagnosis": diagnosis}
+
+
+def merged_rounds(task, genesis: dict, args, every: int) -> dict[str, dict]:
+    """The same groups and steps, merged every ``every`` steps instead of once: ``--finetune-steps //
+    every`` rounds, in each every group trains ``every`` steps from the merged model (its own Adam kept
+    across rounds, as ``potluck join`` does) and the deltas are merged by each of MERGES; BPB of each."""
+    out = {}
+    datas = [task.local_data(d) for d in DOMAINS]
+    for label, (name, strategy_args) in MERGES.items():
+        log(f"  {label}, merged every {every} steps")
+        strategy, state, opts = get_strategy(name, strategy_args), genesis, [{} for _ in datas]
+        for r in range(args.finetune_steps // every):
+            deltas, weights = [], []
+            for g, data in enumerate(datas):
+                new, samples = task.train(
+                    state, data, steps=every, seed=seed_of(args.seed, r, 100 + g), optimizer=opts[g]
+                )
+                deltas.append({k: new[k] - state[k] for k in state})
+                weights.append(samples)
+            state = next_state(state, strategy.merge(deltas, weights, round_seed=args.seed + r), 1.0)
+        out[f"{label}, every {every} steps"] = task.evaluate_domains(state)
+    return out
+
+
+def fisher_diag(task, state: dict, data, seed: int, batches: int = 16) -> dict:
+    """The diagonal empirical Fisher of ``state`` on ``data``: the mean squared gradient of ``batches``
+    seeded training batches (float64)."""
+    rng = np.random.Generator(np.random.PCG64([seed, 11]))
+    window = np.arange(task.context + 1)
+    params = task._params(state, grad=True)
+    out = {k: np.zeros(v.shape) for k, v in params.items()}
+    for _ in range(batches):
+        starts = rng.integers(0, len(data) - task.context, size=task.batch)
+        chunk = torch.from_numpy(data.text[starts[:, None] + window].astype(np.int64))
+        for v in params.values():
+            v.grad = None
+        logits = task.forward(params, chunk[:, :-1])
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1)
+        ).backward()
+        for k, v in params.items():
+            out[k] += v.grad.double().numpy() ** 2 / batches
+    return out
+
+
+def fisher_merge(deltas: list[dict], fishers: list[dict]) -> dict:
+    """Fisher merging (Matena & Raffel 2022): per coordinate ``sum(F_i d_i) / sum(F_i)`` (the mean where
+    no group's Fisher is positive), each group's Fisher taken at its own fine-tuned model on its data."""
+    out = {}
+    for k in deltas[0]:
+        total = sum(f[k] for f in fishers)
+        weighted = sum(f[k] * d[k].astype(np.float64) for f, d in zip(fishers, deltas, strict=True))
+        mean = sum(d[k].astype(np.float64) for d in deltas) / len(deltas)
+        out[k] = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), mean)
+    return out
+
+
+def stitch(deltas: list[dict], percent: float) -> dict:
+    """Localize-and-stitch without data (He et al. 2024's dataless variant): each delta keeps its top
+    ``percent``% of coordinates by magnitude (over the whole model); the kept values are averaged where
+    masks overlap, kept as they are elsewhere."""
+    keys = sorted(deltas[0])
+    flat = [np.concatenate([d[k].astype(np.float64).ravel() for k in keys]) for d in deltas]
+    kept = []
+    for f in flat:
+        mask = np.zeros(f.size, dtype=bool)
+        mask[np.argsort(-np.abs(f), kind="stable")[: int(percent / 100 * f.size)]] = True
+        kept.append(np.where(mask, f, 0.0))
+    merged = sum(kept) / np.maximum(sum((k != 0).astype(np.float64) for k in kept), 1.0)
+    out, at = {}, 0
+    for k in keys:
+        out[k] = merged[at : at + deltas[0][k].size].reshape(deltas[0][k].shape)
+        at += deltas[0][k].size
+    return out
+
+
+def grid_search(task, genesis: dict, deltas: list[dict], kept_of, step: float) -> dict:
+    """An upper bound for linear merges: ``sum(a_i d_i)`` for every ``a_i`` on the grid step, 2 step, ..,
+    0.6; the combination whose worst domain keeps most, judged on the held-out text itself (an oracle)."""
+    best: dict = {}
+    grid = np.arange(step, 0.6 + 1e-9, step)
+    for alphas in itertools.product(grid, repeat=len(deltas)):
+        merged = {
+            k: sum(a * d[k].astype(np.float64) for a, d in zip(alphas, deltas, strict=True)) for k in genesis
+        }
+        scores = task.evaluate_domains(shifted(genesis, [merged]))
+        kept = {d: kept_of(scores, d) for d in DOMAINS}
+        if not best or min(kept.values()) > min(best["kept"].values()):
+            best = {"alphas": [round(float(a), 4) for a in alphas], "kept": kept}
+    return best
+
+
+def shifted(genesis: dict, deltas: list[dict], scale: float = 1.0) -> dict:
+    """``genesis + scale * sum(deltas)`` in float64, cast back per tensor."""
+    return {
+        k: (v.astype(np.float64) + scale * sum(d[k].astype(np.float64) for d in deltas)).astype(v.dtype)
+        for k, v in genesis.items()
+    }
+
+
+def finetune_task(task, task_args: dict, lr: float):
+    """The lm task the retention groups fine-tune with: ``task`` itself, or a copy at learning rate ``lr``."""
+    return get_task("lm", {**task_args, "lr": lr}) if lr else task
 
 
 def lm_and_genesis(task_arg: list[str], pretrain_steps: int, seed: int) -> tuple[object, dict, dict]:
@@ -276,6 +428,16 @@ def main() -> None:
     )
     ap.add_argument("--finetune-steps", type=int, default=120)
     ap.add_argument("--finetune-rank", type=int, default=0, help="retention: LoRA rank (0: full fine-tuning)")
+    ap.add_argument(
+        "--finetune-lr", type=float, default=0.0, help="retention: full fine-tunes' Adam lr (0: the task's)"
+    )
+    ap.add_argument("--stitch-top", type=float, default=10.0, help="retention: stitch's top-k percent")
+    ap.add_argument(
+        "--grid", type=float, default=0.0, help="retention: oracle grid step (0: none; 0.1: 216 evals)"
+    )
+    ap.add_argument(
+        "--merge-every", default="10", help="retention: also merge every K steps (comma list; '' for none)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/out/lm.png", help="PNG plot ('' for none)")
     ap.add_argument("--json", default="", help="also write the JSON to this file")
@@ -315,7 +477,8 @@ def main() -> None:
         result["federated"] = fed
     if "retention" in parts:
         log("retention: one group per domain, merged")
-        result["retention"] = retention(task, genesis, args)
+        finetuner = finetune_task(task, task_args, args.finetune_lr)
+        result["retention"] = retention(task, genesis, args, finetuner)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     if args.out and "federated" in result:
         result["plot"] = plot(result, Path(args.out))
@@ -348,8 +511,27 @@ def table(result: dict) -> str:
             alone = fed["alone"]["final"]
             row("alone (mean)", {d: float(np.mean([a[d] for a in alone])) for d in (*DOMAINS, "overall")})
     for name, s in result.get("retention", {}).get("bpb", {}).items():
-        row(name, s)
-    return "\n".join(lines)
+        if name != "genesis":  # already the first row
+            row(name, s)
+    return "\n".join([*lines, *retention_table(result.get("retention"))])
+
+
+def retention_table(ret: dict | None) -> list[str]:
+    """Each merge's share of each domain's own gain kept, in percent (with the oracle grid's best), and
+    the diagnosis: each domain's own delta / n alone, and the others' deltas / n alone."""
+    if not ret:
+        return []
+    lines = ["", "| gain kept | " + " | ".join(DOMAINS) + " | worst |", "|---" * (len(DOMAINS) + 2) + "|"]
+
+    def row(label: str, k: dict) -> None:
+        cells = " | ".join(f"{100 * k[d]:.0f}%" for d in DOMAINS)
+        lines.append(f"| {label} | {cells} | {100 * min(k.values()):.0f}% |")
+
+    for label, kept in ret["gain_kept"].items():
+        row(f"{label} {kept['alphas']}" if "alphas" in kept else label, kept.get("kept", kept))
+    for key in ("own_over_n", "others_over_n"):
+        row(f"diagnosis: {key}", {d: diag[key] for d, diag in ret["diagnosis"].items()})
+    return lines
 
 
 def plot(result: dict, path: Path) -> str:
