@@ -92,6 +92,20 @@ def test_honest_round_is_the_mean_when_nothing_is_clipped():
     np.testing.assert_allclose(got, mean, rtol=0, atol=1e-12)
 
 
+def test_weights_count_up_to_their_median():
+    honest = orthogonal_sparse(6)
+    previous = [{"w": np.zeros(2000)}]
+    weights = [143, 144, 144, 143, 144, 144]  # honest sample counts: the weighted mean, nothing clipped
+    got = get_strategy("history_clip").merge(honest, weights, round_seed=0, context=ctx(6, previous))["w"]
+    want = sum(w * d["w"] for w, d in zip(weights, honest, strict=True)) / sum(weights)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    claimed = [144, 144, 144, 144, 144, 10**6]  # an over-claimed count weighs as the median, 144
+    s = get_strategy("history_clip")
+    got = s.merge(honest, claimed, round_seed=0, context=ctx(6, previous))["w"]
+    np.testing.assert_allclose(got, np.mean([d["w"] for d in honest], axis=0), rtol=0, atol=1e-12)
+    assert s.last_factors[:5] == (1.0,) * 5 and s.last_factors[5] == 144 / 10**6
+
+
 def test_bitwise_invariant_under_input_order():
     deltas = orthogonal_sparse(6, seed=4)
     previous = [{"w": np.mean([d["w"] for d in deltas], axis=0)}, {"w": deltas[0]["w"]}]

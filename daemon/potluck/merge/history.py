@@ -105,14 +105,16 @@ def cosines(rows: np.ndarray) -> list[list[float]]:
     return cos
 
 
-def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> tuple[np.ndarray, list[list[int]]]:
+def screen(
+    rows: np.ndarray, dup_cos: float, min_agree: float, weights: Sequence[float] | None = None
+) -> tuple[np.ndarray, list[list[int]]]:
     """Collapse near-copies, then drop rows that disagree with the others (see the module doc); the
     rows left and, for each, the input rows it is the mean of.
 
-    Rows with cosine >= ``dup_cos`` (transitively) become their mean, counted once (``dup_cos`` 1:
-    only exact directions); then a row whose median cosine with the other rows is below
-    ``min_agree`` is dropped, one at a time (the lowest; then the others are judged again without it)
-    and never more than ``(k - 1) // 2`` of the k rows.
+    Rows with cosine >= ``dup_cos`` (transitively) become their mean (weighted by ``weights``, default
+    all 1), counted once (``dup_cos`` 1: only exact directions); then a row whose median cosine with
+    the other rows is below ``min_agree`` is dropped, one at a time (the lowest; then the others are
+    judged again without it) and never more than ``(k - 1) // 2`` of the k rows.
     """
     cos = cosines(rows)
     k = rows.shape[0]
@@ -125,7 +127,8 @@ def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> tuple[np.ndarr
     roots = sorted({_root(group, i) for i in range(k)})
     members = [[i for i in range(k) if _root(group, i) == r] for r in roots]
     if len(roots) < k:
-        rows = np.stack([rowsum(rows[m]) / len(m) for m in members])
+        w = [1.0] * k if weights is None else [float(x) for x in weights]
+        rows = np.stack([_wmean(rows[m], [w[i] for i in m]) for m in members])
         cos = cosines(rows)
         k = rows.shape[0]
     keep = list(range(k))
@@ -136,6 +139,11 @@ def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> tuple[np.ndarr
             break
         del keep[worst]  # the most disagreeing row; the others' agreement is judged again without it
     return rows[keep], [members[i] for i in keep]
+
+
+def _wmean(rows: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """``sum_i w_i rows[i] / sum_i w_i``, rows added in order."""
+    return rowsum(rows * np.array(weights, dtype=np.float64)[:, None]) / math.fsum(weights)
 
 
 def _root(group: list[int], i: int) -> int:
@@ -231,20 +239,26 @@ class HistoryClip(BaseStrategy):
                 if xn > 0.0 and _dot(x[i], center) >= self.min_cos * xn * cnorm:
                     gated.append(i)
             kept = gated
-        factors = [0.0] * batch.n  # what each row (canonical order) weighs against a plain mean's 1
+        # weights capped at their lower median: a claimed sample count buys at most a median one
+        wmed = sorted(batch.weights.tolist())[(batch.n - 1) // 2]
+        w = [min(float(batch.weights[i]), wmed) for i in range(batch.n)]
+        factors = [0.0] * batch.n  # what each row (canonical order) weighs against its weight in a mean
         if not kept:  # every delta gated out: stay on the history
             return center, factors
-        rows, groups = screen(x[kept], self.dup_cos, self.min_agree)
+        rows, groups = screen(x[kept], self.dup_cos, self.min_agree, [w[i] for i in kept])
         groups = [[kept[i] for i in g] for g in groups]
+        rw = [math.fsum(w[i] for i in g) / len(g) for g in groups]  # a group of copies weighs as one
+        for g in groups:
+            for i in g:
+                factors[i] = w[i] / float(batch.weights[i]) / (len(g) if self.bucket == 1 else 1)
         if self.bucket > 1 and rows.shape[0] > 1:
             order = bucket_order(rows.shape[0], key)
             buckets = [order[j : j + self.bucket] for j in range(0, len(order), self.bucket)]
-            rows = np.stack([rowsum(rows[b]) / len(b) for b in buckets])
+            rows = np.stack([_wmean(rows[b], [rw[t] for t in b]) for b in buckets])
             groups = [[i for t in b for i in groups[t]] for b in buckets]
-        for g in groups:
-            for i in g:
-                factors[i] = 1.0 / len(g) if self.bucket == 1 else 1.0
+            rw = [math.fsum(rw[t] for t in b) for b in buckets]
         tau = self.clip * med
+        total = math.fsum(rw)
         v = center
         for _ in range(self.iterations):
             diffs = rows - v
@@ -252,9 +266,9 @@ class HistoryClip(BaseStrategy):
             for i in range(rows.shape[0]):
                 d = math.sqrt(sqnorm(diffs[i]))
                 scale.append(1.0 if d <= tau else tau / d)
-            diffs *= np.array(scale, dtype=np.float64)[:, None]
+            diffs *= np.array([s * a for s, a in zip(scale, rw, strict=True)], dtype=np.float64)[:, None]
             step = rowsum(diffs)
-            step /= rows.shape[0]
+            step /= total
             v = v + step
         for g, f in zip(groups, scale, strict=True):  # the last iteration's clipping
             for i in g:
