@@ -6,7 +6,9 @@ honest mean) and is averaged like an honest contributor. This rule also looks at
 been moving: the merged steps of the last rounds, which every node derives from the committed
 versions (:class:`~potluck.merge.context.RoundContext`), so every node merges bit for bit alike.
 
-Rule, for the n deltas of a round (canonical order, weights ignored like every robust strategy):
+Rule, for the n deltas of a round (canonical order) with weights ``w_i`` (sample counts) capped at
+their lower median (a count claimed above the median buys no more than a median one; fewer than half
+the weights cannot move the cap):
 
 * **center** ``c``: the momentum of the agreed merged steps ``p_0`` (last round), ``p_1``, ...:
   ``c = sum_k beta^k p_k / sum_k beta^k`` over the (at most ``history_rounds``) steps given. Without
@@ -19,24 +21,27 @@ Rule, for the n deltas of a round (canonical order, weights ignored like every r
   after round 3 (bench/README.md), so honest deltas sit at cosine ~0 with ``c`` and a gate at 0
   drops half of them;
 * **screen** (:func:`screen`): near-copies (pairwise cosine >= ``dup_cos``, default 0.9) become one
-  row, their mean (colluders sending one vector, a mimic and its model count once); then the row
-  whose median cosine with the other rows is lowest is dropped while it is below ``min_agree``
-  (default -0.08), judged again after each drop, at most ``(k - 1) // 2`` rows. Honest non-IID deltas
+  row, their weighted mean with the mean of their weights (colluders sending one vector, a mimic and
+  its model count once); then the row whose median cosine with the other rows is lowest is dropped
+  while it is below ``min_agree`` (default -0.08), judged again after each drop, at most
+  ``(k - 1) // 2`` rows. Honest non-IID deltas
   are nearly orthogonal (median cosine with the others -0.05..0 on the bench), while a delta pushing
   against the honest mean has cosine ``-c x 0.4`` with each (c: the share of the push in it), so the
   push an attacker can hide is bounded by the margin;
 * **bucketing** (``bucket = s > 1``): the remaining rows are permuted by ranks of
   ``sha256(digest || index)`` (``digest`` = the round's :func:`~potluck.merge.context.entries_digest`;
-  without one, the round seed) and averaged in consecutive groups of s (Karimireddy et al. 2022);
-* **centered clipping** around ``c`` (Karimireddy, He & Jaggi 2021): ``v <- v + (1/k) sum_i
-  clip_tau(y_i - v)`` from ``v = c`` over the k rows (buckets), ``iterations`` times, with
-  ``tau = clip * med``. A row within tau of v moves it exactly as the mean would, so with no row
-  clipped the result is the rows' mean (up to rounding); a row far from the history moves it by at
-  most ``tau / k`` per iteration.
+  without one, the round seed) and averaged (weighted) in consecutive groups of s, each weighing the
+  sum of its rows' weights (Karimireddy et al. 2022);
+* **centered clipping** around ``c`` (Karimireddy, He & Jaggi 2021): ``v <- v + sum_i a_i
+  clip_tau(y_i - v) / sum_i a_i`` from ``v = c`` over the k rows (buckets) with weights a_i,
+  ``iterations`` times, with ``tau = clip * med``. A row within tau of v moves it exactly as the
+  weighted mean would, so with no row clipped the result is the rows' weighted mean (up to rounding:
+  an honest round merges as ``weighted_mean``); a row far from the history moves it by at most
+  ``tau a_i / sum a`` per iteration.
 
 After each merge ``last_factors`` holds one number per delta, in the order passed: 0 when dropped,
-``1/g`` for one of g near-copies, times its clip factor (what a node reports as damping,
-rounds/merging.py).
+else its capped weight over its weight, divided by g for one of g near-copies, times its clip factor
+(what a node reports as damping, rounds/merging.py).
 
 Every sum over deltas is a row-by-row addition in a fixed order, every sum over coordinates numpy's
 add.reduce of a contiguous float64 vector (:mod:`potluck.merge.batch`), the permutation comes from
@@ -221,8 +226,9 @@ class HistoryClip(BaseStrategy):
     def merge_history(
         self, batch: Batch, previous: Sequence[Mapping[str, np.ndarray]], key: bytes
     ) -> tuple[np.ndarray, list[float]]:
-        """The merged flat delta and each row's factor (canonical order): 0 dropped, ``1/g`` for one of
-        ``g`` near-copies, times its clip factor (the last iteration's)."""
+        """The merged flat delta and each row's factor (canonical order): 0 dropped, else the capped
+        weight over the weight, ``/ g`` for one of ``g`` near-copies, times its clip factor (the last
+        iteration's)."""
         x = batch.matrix
         if previous:
             center = momentum_center(batch, previous, self.beta)
