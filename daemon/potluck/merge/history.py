@@ -62,6 +62,7 @@ import numpy as np
 from potluck.merge.base import Args, BaseStrategy, StrategyError, _seed
 from potluck.merge.batch import Batch, Delta, rowsum, sqnorm
 from potluck.merge.context import RoundContext
+from potluck.merge.linear import fixed_point_mean
 from potluck.merge.norm_filter import NormFilter
 
 __all__ = ["HistoryClip", "bucket_order", "momentum_center"]
@@ -257,7 +258,9 @@ class HistoryClip(BaseStrategy):
         for g in groups:
             for i in g:
                 factors[i] = w[i] / float(batch.weights[i]) / (len(g) if self.bucket == 1 else 1)
+        single = [g[0] for g in groups] if all(len(g) == 1 for g in groups) else []  # no copies
         if self.bucket > 1 and rows.shape[0] > 1:
+            single = []
             order = bucket_order(rows.shape[0], key)
             buckets = [order[j : j + self.bucket] for j in range(0, len(order), self.bucket)]
             rows = np.stack([_wmean(rows[b], [rw[t] for t in b]) for b in buckets])
@@ -272,6 +275,12 @@ class HistoryClip(BaseStrategy):
             for i in range(rows.shape[0]):
                 d = math.sqrt(sqnorm(diffs[i]))
                 scale.append(1.0 if d <= tau else tau / d)
+            if single and self.iterations == 1 and min(scale) == 1.0:
+                # nothing clipped, collapsed or bucketed: the rows' weighted mean, computed as
+                # weighted_mean computes it (the same bytes as that strategy on an honest round)
+                sub = Batch(slots=batch.slots, matrix=np.ascontiguousarray(x[single]),
+                            weights=np.array([w[i] for i in single]), int_weights=None)  # fmt: skip
+                return fixed_point_mean(sub, tuple(w[i] for i in single)), factors
             diffs *= np.array([s * a for s, a in zip(scale, rw, strict=True)], dtype=np.float64)[:, None]
             step = rowsum(diffs)
             step /= total
