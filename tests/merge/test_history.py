@@ -198,7 +198,10 @@ def test_last_factors_say_what_each_delta_weighed_in_the_order_passed():
     copy = {"w": honest[0]["w"].copy()}  # a mimic
     flip = {"w": -1000.0 * honest[1]["w"]}  # dropped by the norm cut
     s = get_strategy("history_clip")
-    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7))
+    history = [{"w": np.zeros(2000)}]
+    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7, history))
     assert s.last_factors == (0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
+    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7))  # round 0: no screen
+    assert s.last_factors == (0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     s.merge(honest, [1] * 5, round_seed=0, context=ctx(5, [{"w": np.zeros(2000)}]))
     assert s.last_factors == (1.0,) * 5
