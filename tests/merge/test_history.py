@@ -201,7 +201,12 @@ def test_last_factors_say_what_each_delta_weighed_in_the_order_passed():
     history = [{"w": np.zeros(2000)}]
     s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7, history))
     assert s.last_factors == (0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
-    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7))  # round 0: no screen
-    assert s.last_factors == (0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7))  # round 0: copies count once
+    assert s.last_factors == (0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
+    near = {"w": honest[0]["w"] + 0.3 * honest[1]["w"]}  # cosine ~0.95: a near-copy, or honest in round 0
+    s.merge([*honest, near], [1] * 6, round_seed=0, context=ctx(6, history))
+    assert s.last_factors == (0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
+    s.merge([*honest, near], [1] * 6, round_seed=0, context=ctx(6))
+    assert s.last_factors == (1.0,) * 6
     s.merge(honest, [1] * 5, round_seed=0, context=ctx(5, [{"w": np.zeros(2000)}]))
     assert s.last_factors == (1.0,) * 5

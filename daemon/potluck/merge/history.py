@@ -24,9 +24,9 @@ the weights cannot move the cap):
   row, their weighted mean with the mean of their weights (colluders sending one vector, a mimic and
   its model count once); then the row whose median cosine with the other rows is lowest is dropped
   while it is below ``min_agree`` (default -0.08), judged again after each drop, at most
-  ``(k - 1) // 2`` rows. Not without history (round 0): every delta then starts from the same
-  genesis, and honest contributors sharing classes send deltas at cosine >= 0.9 (bench, 10
-  contributors), which the screen would count as one. Honest non-IID deltas
+  ``(k - 1) // 2`` rows. Without history (round 0) only copies at cosine >= 0.99
+  (``ROUND0_DUP_COS``) count once: every delta then starts from the same genesis, and honest
+  contributors sharing classes send deltas at cosine 0.90-0.96 (bench, 10 contributors). Honest non-IID deltas
   are nearly orthogonal (median cosine with the others -0.05..0 on the bench), while a delta pushing
   against the honest mean has cosine ``-c x 0.4`` with each (c: the share of the push in it), so the
   push an attacker can hide is bounded by the margin;
@@ -67,7 +67,9 @@ from potluck.merge.context import RoundContext
 from potluck.merge.linear import fixed_point_mean
 from potluck.merge.norm_filter import NormFilter
 
-__all__ = ["HistoryClip", "bucket_order", "momentum_center"]
+__all__ = ["ROUND0_DUP_COS", "HistoryClip", "bucket_order", "momentum_center"]
+
+ROUND0_DUP_COS = 0.99  # near-copies in round 0, where honest deltas from one genesis are alike
 
 
 def momentum_center(batch: Batch, previous: Sequence[Mapping[str, np.ndarray]], beta: float) -> np.ndarray:
@@ -254,10 +256,9 @@ class HistoryClip(BaseStrategy):
         factors = [0.0] * batch.n  # what each row (canonical order) weighs against its weight in a mean
         if not kept:  # every delta gated out: stay on the history
             return center, factors
-        if previous:
-            rows, groups = screen(x[kept], self.dup_cos, self.min_agree, [w[i] for i in kept])
-        else:  # round 0: deltas from one genesis are alike (honest pairs at cosine >= 0.9): no screen
-            rows, groups = x[kept], [[t] for t in range(len(kept))]
+        # round 0: deltas from one genesis are alike (honest pairs up to cosine 0.96): exact copies only
+        dup = self.dup_cos if previous else max(self.dup_cos, ROUND0_DUP_COS)
+        rows, groups = screen(x[kept], dup, self.min_agree, [w[i] for i in kept])
         groups = [[kept[i] for i in g] for g in groups]
         rw = [math.fsum(w[i] for i in g) / len(g) for g in groups]  # a group of copies weighs as one
         for g in groups:
