@@ -15,10 +15,11 @@ float32 versions (``step_between``) and the digest of the round's sorted update 
 attackers (bench/attacks.py): each computes the delta an honest contributor would (training on its
 shard, its own error feedback; ``label_flip`` trains on flipped labels), then sends what its attack
 makes of it through the same codec at the same density, claiming its real sample count. The adaptive
-attacks run the strategy they face on candidate deltas, with the round's honest deltas and the same
-context, and send the most damaging. ``honest_only`` is the honest contributors alone with the
-``mean`` strategy: the accuracy robust merging should keep; ``weighted_mean`` under ``none`` is the
-plain rule an honest run is compared with. ``--seeds`` change the initial weights and every
+attacks run the strategy they face on candidate deltas, with the round's honest deltas, the round's
+weights and the same context, and send the most damaging; they claim the largest honest sample
+count. ``honest_only`` is the honest contributors alone with the ``mean`` strategy: the accuracy
+robust merging should keep; ``weighted_mean`` under ``none`` is the plain rule an honest run is
+compared with. ``--seeds`` change the initial weights and every
 contributor's training stream (the shards are fixed); ``--contributor-momentum beta`` makes every
 contributor send the momentum ``beta * m + (1 - beta) * delta`` of its deltas instead of the delta.
 A strategy label is one of ``STRATEGIES`` or ``name:key=value:...``. Output: JSON on stdout (final
