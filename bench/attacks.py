@@ -91,6 +91,7 @@ PROBE_BOOSTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # x the probe-trained delta, sma
 SCALES = (1.0, 2.0, 3.0, 4.0)  # x the median honest norm: up to norm_filter's and history_clip's cut
 TILTS = (0.0, 1.0)  # weight of the history's direction (against a rule with a history gate)
 COVER = (1.0, 0.3, 0.2, 0.12)  # share of the push in an adaptive delta (the rest: noise, see candidates)
+COVER0 = (0.98,)  # also in round 0 (no history), where history_clip collapses only exact copies
 
 Delta = Mapping[str, np.ndarray]
 
@@ -169,13 +170,14 @@ def candidates(
     """Per candidate, one flat delta per attacker: ``s * m * unit(c * unit(away + lam * unit(history))
     + sqrt(1 - c^2) * unit(cover))``, m the median honest norm, ``covers`` one per attacker (c < 1:
     the push hides in a delta that agrees with nothing, and the attackers' deltas differ). ``tilt``:
-    also lam = 1 (against a rule that gates on the history's direction)."""
+    also lam = 1 (against a rule that gates on the history's direction). Without history (round 0)
+    also the shares ``COVER0``: near-copies (pairwise cosine ~0.96) that count apart there."""
     m = sorted(math.sqrt(float(np.sum(h * h))) for h in honest)[(len(honest) - 1) // 2]
     tilts = TILTS if tilt and history is not None and np.any(history) else (0.0,)
     out = []
     for lam in tilts:
         d = _unit(_unit(away) + lam * _unit(history)) if lam else _unit(away)
-        for c in COVER:
+        for c in COVER + (COVER0 if history is None else ()):
             rows = [_unit(c * d + math.sqrt(1 - c * c) * _unit(cover)) for cover in covers]
             out += [[s * m * r for r in rows] for s in SCALES]
     return out

@@ -15,10 +15,11 @@ float32 versions (``step_between``) and the digest of the round's sorted update 
 attackers (bench/attacks.py): each computes the delta an honest contributor would (training on its
 shard, its own error feedback; ``label_flip`` trains on flipped labels), then sends what its attack
 makes of it through the same codec at the same density, claiming its real sample count. The adaptive
-attacks run the strategy they face on candidate deltas, with the round's honest deltas and the same
-context, and send the most damaging. ``honest_only`` is the honest contributors alone with the
-``mean`` strategy: the accuracy robust merging should keep; ``weighted_mean`` under ``none`` is the
-plain rule an honest run is compared with. ``--seeds`` change the initial weights and every
+attacks run the strategy they face on candidate deltas, with the round's honest deltas, the round's
+weights and the same context, and send the most damaging; they claim the largest honest sample
+count. ``honest_only`` is the honest contributors alone with the ``mean`` strategy: the accuracy
+robust merging should keep; ``weighted_mean`` under ``none`` is the plain rule an honest run is
+compared with. ``--seeds`` change the initial weights and every
 contributor's training stream (the shards are fixed); ``--contributor-momentum beta`` makes every
 contributor send the momentum ``beta * m + (1 - beta) * delta`` of its deltas instead of the delta.
 A strategy label is one of ``STRATEGIES`` or ``name:key=value:...``. Output: JSON on stdout (final
@@ -267,7 +268,7 @@ def attack_deltas(attack: str, r: int, cfg: dict, env: dict) -> dict[int, dict[s
     def damage(candidate: list[np.ndarray]) -> float:  # one flat delta per active attacker
         bad = dict(zip(active, (sent_as(x) for x in candidate), strict=True))
         deltas = honest + [bad.get(c, own[c]) for c in order]
-        merged = merge_round(env["strategy"], deltas, [1] * len(deltas), 0, env["steps"], env["authors"])
+        merged = merge_round(env["strategy"], deltas, env["weights"], 0, env["steps"], env["authors"])
         return float(np.sum(attacks.flatten(merged) * mean))
 
     tilt = getattr(env["strategy"], "min_cos", -1.0) > -1.0  # the attack knows the rule's code
@@ -340,6 +341,13 @@ def simulate(job: tuple[str, str, dict]) -> tuple[str, str, int, list[float], fl
             sent[c] = (feedback[c].compress(delta), samples)
         env["honest"] = [dense_of(sent[c][0], shapes) for c in members if c not in attackers]
         env["own"] = {c: dense_of(sent[c][0], shapes) for c in attackers}
+        if attack in attacks.ADAPTIVE:  # claim the largest honest count: what a weight cap lets through
+            top = max((sent[c][1] for c in members if c not in attackers), default=0)
+            sent.update({c: (sent[c][0], max(sent[c][1], top)) for c in attackers})
+        claimed = {c: min(sent[c][1], cfg["weight_cap"]) for c in members}
+        env["weights"] = [claimed[c] for c in members if c not in attackers] + [
+            claimed[c] for c in sorted(attackers)
+        ]
         for c, bad in attack_deltas(attack, r, cfg, env).items() if attackers else ():
             sent[c] = (to_sparse(bad, cfg["density"]), sent[c][1])
         updates, weights = [], []

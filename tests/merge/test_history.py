@@ -84,12 +84,34 @@ def test_without_history_it_is_robust_and_equal_with_none_or_empty_context():
     assert norm(a - mean) < 0.5 * norm(mean)  # the x1000 rows are dropped, the rest averaged
 
 
-def test_honest_round_is_the_mean_when_nothing_is_clipped():
+def weighted_mean(deltas, weights) -> np.ndarray:
+    return get_strategy("weighted_mean").merge(deltas, weights, round_seed=0)["w"]
+
+
+def test_honest_round_is_weighted_mean_bit_for_bit_when_nothing_is_clipped():
     honest = orthogonal_sparse(6)
     mean = np.mean([d["w"] for d in honest], axis=0)
     previous = [{"w": 0.5 * mean}]
     got = get_strategy("history_clip").merge(honest, [5] * 6, round_seed=0, context=ctx(6, previous))["w"]
-    np.testing.assert_allclose(got, mean, rtol=0, atol=1e-12)
+    assert got.tobytes() == weighted_mean(honest, [5] * 6).tobytes()
+    np.testing.assert_allclose(got, mean, rtol=0, atol=1e-7)  # weighted_mean's fixed point: 2**-24
+
+
+def test_weights_count_up_to_their_median():
+    honest = orthogonal_sparse(6)
+    previous = [{"w": np.zeros(2000)}]
+    weights = [143, 144, 144, 143, 144, 144]  # honest sample counts: the weighted mean, nothing clipped
+    got = get_strategy("history_clip").merge(honest, weights, round_seed=0, context=ctx(6, previous))["w"]
+    assert got.tobytes() == weighted_mean(honest, weights).tobytes()
+    claimed = [144, 144, 144, 144, 144, 10**6]  # an over-claimed count weighs as the median, 144
+    s = get_strategy("history_clip")
+    got = s.merge(honest, claimed, round_seed=0, context=ctx(6, previous))["w"]
+    assert got.tobytes() == weighted_mean(honest, [144] * 6).tobytes()
+    clipped = get_strategy("history_clip", {"clip": 0.5})  # the clipped path weighs alike
+    got = clipped.merge(honest, claimed, round_seed=0, context=ctx(6, previous))["w"]
+    want = clipped.merge(honest, [144] * 6, round_seed=0, context=ctx(6, previous))["w"]
+    assert min(clipped.last_factors) < 1.0 and got.tobytes() == want.tobytes()
+    assert s.last_factors[:5] == (1.0,) * 5 and s.last_factors[5] == 144 / 10**6
 
 
 def test_bitwise_invariant_under_input_order():
@@ -134,7 +156,7 @@ def test_clipping_bounds_an_outlier_and_the_gate_drops_a_reversal():
         got = get_strategy("history_clip", args).merge(
             [*honest, reversal], [1] * 7, round_seed=0, context=ctx(7, previous)
         )["w"]
-        np.testing.assert_allclose(got, mean, rtol=0, atol=1e-12)
+        assert got.tobytes() == weighted_mean(honest, [1] * 6).tobytes()  # the reversal is dropped
 
 
 def test_screen_collapses_copies_and_drops_the_most_disagreeing_rows():
@@ -176,7 +198,15 @@ def test_last_factors_say_what_each_delta_weighed_in_the_order_passed():
     copy = {"w": honest[0]["w"].copy()}  # a mimic
     flip = {"w": -1000.0 * honest[1]["w"]}  # dropped by the norm cut
     s = get_strategy("history_clip")
-    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7))
+    history = [{"w": np.zeros(2000)}]
+    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7, history))
     assert s.last_factors == (0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
+    s.merge([flip, *honest, copy], [1] * 7, round_seed=0, context=ctx(7))  # round 0: copies count once
+    assert s.last_factors == (0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
+    near = {"w": honest[0]["w"] + 0.3 * honest[1]["w"]}  # cosine ~0.95: a near-copy, or honest in round 0
+    s.merge([*honest, near], [1] * 6, round_seed=0, context=ctx(6, history))
+    assert s.last_factors == (0.5, 1.0, 1.0, 1.0, 1.0, 0.5)
+    s.merge([*honest, near], [1] * 6, round_seed=0, context=ctx(6))
+    assert s.last_factors == (1.0,) * 6
     s.merge(honest, [1] * 5, round_seed=0, context=ctx(5, [{"w": np.zeros(2000)}]))
     assert s.last_factors == (1.0,) * 5

@@ -6,7 +6,9 @@ honest mean) and is averaged like an honest contributor. This rule also looks at
 been moving: the merged steps of the last rounds, which every node derives from the committed
 versions (:class:`~potluck.merge.context.RoundContext`), so every node merges bit for bit alike.
 
-Rule, for the n deltas of a round (canonical order, weights ignored like every robust strategy):
+Rule, for the n deltas of a round (canonical order) with weights ``w_i`` (sample counts) capped at
+their lower median (a count claimed above the median buys no more than a median one; fewer than half
+the weights cannot move the cap):
 
 * **center** ``c``: the momentum of the agreed merged steps ``p_0`` (last round), ``p_1``, ...:
   ``c = sum_k beta^k p_k / sum_k beta^k`` over the (at most ``history_rounds``) steps given. Without
@@ -19,24 +21,29 @@ Rule, for the n deltas of a round (canonical order, weights ignored like every r
   after round 3 (bench/README.md), so honest deltas sit at cosine ~0 with ``c`` and a gate at 0
   drops half of them;
 * **screen** (:func:`screen`): near-copies (pairwise cosine >= ``dup_cos``, default 0.9) become one
-  row, their mean (colluders sending one vector, a mimic and its model count once); then the row
-  whose median cosine with the other rows is lowest is dropped while it is below ``min_agree``
-  (default -0.08), judged again after each drop, at most ``(k - 1) // 2`` rows. Honest non-IID deltas
+  row, their weighted mean with the mean of their weights (colluders sending one vector, a mimic and
+  its model count once); then the row whose median cosine with the other rows is lowest is dropped
+  while it is below ``min_agree`` (default -0.08), judged again after each drop, at most
+  ``(k - 1) // 2`` rows. Without history (round 0) only copies at cosine >= 0.99
+  (``ROUND0_DUP_COS``) count once: every delta then starts from the same genesis, and honest
+  contributors sharing classes send deltas at cosine 0.90-0.96 (bench, 10 contributors). Honest non-IID deltas
   are nearly orthogonal (median cosine with the others -0.05..0 on the bench), while a delta pushing
   against the honest mean has cosine ``-c x 0.4`` with each (c: the share of the push in it), so the
   push an attacker can hide is bounded by the margin;
 * **bucketing** (``bucket = s > 1``): the remaining rows are permuted by ranks of
   ``sha256(digest || index)`` (``digest`` = the round's :func:`~potluck.merge.context.entries_digest`;
-  without one, the round seed) and averaged in consecutive groups of s (Karimireddy et al. 2022);
-* **centered clipping** around ``c`` (Karimireddy, He & Jaggi 2021): ``v <- v + (1/k) sum_i
-  clip_tau(y_i - v)`` from ``v = c`` over the k rows (buckets), ``iterations`` times, with
-  ``tau = clip * med``. A row within tau of v moves it exactly as the mean would, so with no row
-  clipped the result is the rows' mean (up to rounding); a row far from the history moves it by at
-  most ``tau / k`` per iteration.
+  without one, the round seed) and averaged (weighted) in consecutive groups of s, each weighing the
+  sum of its rows' weights (Karimireddy et al. 2022);
+* **centered clipping** around ``c`` (Karimireddy, He & Jaggi 2021): ``v <- v + sum_i a_i
+  clip_tau(y_i - v) / sum_i a_i`` from ``v = c`` over the k rows (buckets) with weights a_i,
+  ``iterations`` times, with ``tau = clip * med``. A row within tau of v moves it exactly as the
+  weighted mean would, so with no row clipped the result is the rows' weighted mean (up to rounding:
+  an honest round merges as ``weighted_mean``); a row far from the history moves it by at most
+  ``tau a_i / sum a`` per iteration.
 
 After each merge ``last_factors`` holds one number per delta, in the order passed: 0 when dropped,
-``1/g`` for one of g near-copies, times its clip factor (what a node reports as damping,
-rounds/merging.py).
+else its capped weight over its weight, divided by g for one of g near-copies, times its clip factor
+(what a node reports as damping, rounds/merging.py).
 
 Every sum over deltas is a row-by-row addition in a fixed order, every sum over coordinates numpy's
 add.reduce of a contiguous float64 vector (:mod:`potluck.merge.batch`), the permutation comes from
@@ -57,9 +64,12 @@ import numpy as np
 from potluck.merge.base import Args, BaseStrategy, StrategyError, _seed
 from potluck.merge.batch import Batch, Delta, rowsum, sqnorm
 from potluck.merge.context import RoundContext
+from potluck.merge.linear import fixed_point_mean
 from potluck.merge.norm_filter import NormFilter
 
-__all__ = ["HistoryClip", "bucket_order", "momentum_center"]
+__all__ = ["ROUND0_DUP_COS", "HistoryClip", "bucket_order", "momentum_center"]
+
+ROUND0_DUP_COS = 0.99  # near-copies in round 0, where honest deltas from one genesis are alike
 
 
 def momentum_center(batch: Batch, previous: Sequence[Mapping[str, np.ndarray]], beta: float) -> np.ndarray:
@@ -105,14 +115,16 @@ def cosines(rows: np.ndarray) -> list[list[float]]:
     return cos
 
 
-def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> tuple[np.ndarray, list[list[int]]]:
+def screen(
+    rows: np.ndarray, dup_cos: float, min_agree: float, weights: Sequence[float] | None = None
+) -> tuple[np.ndarray, list[list[int]]]:
     """Collapse near-copies, then drop rows that disagree with the others (see the module doc); the
     rows left and, for each, the input rows it is the mean of.
 
-    Rows with cosine >= ``dup_cos`` (transitively) become their mean, counted once (``dup_cos`` 1:
-    only exact directions); then a row whose median cosine with the other rows is below
-    ``min_agree`` is dropped, one at a time (the lowest; then the others are judged again without it)
-    and never more than ``(k - 1) // 2`` of the k rows.
+    Rows with cosine >= ``dup_cos`` (transitively) become their mean (weighted by ``weights``, default
+    all 1), counted once (``dup_cos`` 1: only exact directions); then a row whose median cosine with
+    the other rows is below ``min_agree`` is dropped, one at a time (the lowest; then the others are
+    judged again without it) and never more than ``(k - 1) // 2`` of the k rows.
     """
     cos = cosines(rows)
     k = rows.shape[0]
@@ -125,7 +137,8 @@ def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> tuple[np.ndarr
     roots = sorted({_root(group, i) for i in range(k)})
     members = [[i for i in range(k) if _root(group, i) == r] for r in roots]
     if len(roots) < k:
-        rows = np.stack([rowsum(rows[m]) / len(m) for m in members])
+        w = [1.0] * k if weights is None else [float(x) for x in weights]
+        rows = np.stack([_wmean(rows[m], [w[i] for i in m]) for m in members])
         cos = cosines(rows)
         k = rows.shape[0]
     keep = list(range(k))
@@ -136,6 +149,11 @@ def screen(rows: np.ndarray, dup_cos: float, min_agree: float) -> tuple[np.ndarr
             break
         del keep[worst]  # the most disagreeing row; the others' agreement is judged again without it
     return rows[keep], [members[i] for i in keep]
+
+
+def _wmean(rows: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """``sum_i w_i rows[i] / sum_i w_i``, rows added in order."""
+    return rowsum(rows * np.array(weights, dtype=np.float64)[:, None]) / math.fsum(weights)
 
 
 def _root(group: list[int], i: int) -> int:
@@ -213,8 +231,9 @@ class HistoryClip(BaseStrategy):
     def merge_history(
         self, batch: Batch, previous: Sequence[Mapping[str, np.ndarray]], key: bytes
     ) -> tuple[np.ndarray, list[float]]:
-        """The merged flat delta and each row's factor (canonical order): 0 dropped, ``1/g`` for one of
-        ``g`` near-copies, times its clip factor (the last iteration's)."""
+        """The merged flat delta and each row's factor (canonical order): 0 dropped, else the capped
+        weight over the weight, ``/ g`` for one of ``g`` near-copies, times its clip factor (the last
+        iteration's)."""
         x = batch.matrix
         if previous:
             center = momentum_center(batch, previous, self.beta)
@@ -231,20 +250,30 @@ class HistoryClip(BaseStrategy):
                 if xn > 0.0 and _dot(x[i], center) >= self.min_cos * xn * cnorm:
                     gated.append(i)
             kept = gated
-        factors = [0.0] * batch.n  # what each row (canonical order) weighs against a plain mean's 1
+        # weights capped at their lower median: a claimed sample count buys at most a median one
+        wmed = sorted(batch.weights.tolist())[(batch.n - 1) // 2]
+        w = [min(float(batch.weights[i]), wmed) for i in range(batch.n)]
+        factors = [0.0] * batch.n  # what each row (canonical order) weighs against its weight in a mean
         if not kept:  # every delta gated out: stay on the history
             return center, factors
-        rows, groups = screen(x[kept], self.dup_cos, self.min_agree)
+        # round 0: deltas from one genesis are alike (honest pairs up to cosine 0.96): exact copies only
+        dup = self.dup_cos if previous else max(self.dup_cos, ROUND0_DUP_COS)
+        rows, groups = screen(x[kept], dup, self.min_agree, [w[i] for i in kept])
         groups = [[kept[i] for i in g] for g in groups]
-        if self.bucket > 1 and rows.shape[0] > 1:
-            order = bucket_order(rows.shape[0], key)
-            buckets = [order[j : j + self.bucket] for j in range(0, len(order), self.bucket)]
-            rows = np.stack([rowsum(rows[b]) / len(b) for b in buckets])
-            groups = [[i for t in b for i in groups[t]] for b in buckets]
+        rw = [math.fsum(w[i] for i in g) / len(g) for g in groups]  # a group of copies weighs as one
         for g in groups:
             for i in g:
-                factors[i] = 1.0 / len(g) if self.bucket == 1 else 1.0
+                factors[i] = w[i] / float(batch.weights[i]) / (len(g) if self.bucket == 1 else 1)
+        single = [g[0] for g in groups] if all(len(g) == 1 for g in groups) else []  # no copies
+        if self.bucket > 1 and rows.shape[0] > 1:
+            single = []
+            order = bucket_order(rows.shape[0], key)
+            buckets = [order[j : j + self.bucket] for j in range(0, len(order), self.bucket)]
+            rows = np.stack([_wmean(rows[b], [rw[t] for t in b]) for b in buckets])
+            groups = [[i for t in b for i in groups[t]] for b in buckets]
+            rw = [math.fsum(rw[t] for t in b) for b in buckets]
         tau = self.clip * med
+        total = math.fsum(rw)
         v = center
         for _ in range(self.iterations):
             diffs = rows - v
@@ -252,9 +281,15 @@ class HistoryClip(BaseStrategy):
             for i in range(rows.shape[0]):
                 d = math.sqrt(sqnorm(diffs[i]))
                 scale.append(1.0 if d <= tau else tau / d)
-            diffs *= np.array(scale, dtype=np.float64)[:, None]
+            if single and self.iterations == 1 and min(scale) == 1.0:
+                # nothing clipped, collapsed or bucketed: the rows' weighted mean, computed as
+                # weighted_mean computes it (the same bytes as that strategy on an honest round)
+                sub = Batch(slots=batch.slots, matrix=np.ascontiguousarray(x[single]),
+                            weights=np.array([w[i] for i in single]), int_weights=None)  # fmt: skip
+                return fixed_point_mean(sub, tuple(w[i] for i in single)), factors
+            diffs *= np.array([s * a for s, a in zip(scale, rw, strict=True)], dtype=np.float64)[:, None]
             step = rowsum(diffs)
-            step /= rows.shape[0]
+            step /= total
             v = v + step
         for g, f in zip(groups, scale, strict=True):  # the last iteration's clipping
             for i in g:
