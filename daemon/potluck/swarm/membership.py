@@ -9,10 +9,11 @@ record TTL (potluck.swarm.cadence). A new libp2p connection (checked with the lo
 A record stored in the DHT reaches a peer only at that peer's next view read, after the store's own
 lookup: 1-2.5 s on a loaded box. So the record is also pushed (given a bulletin and the DHT's
 validator): on the first publish to every peer this node knows (its initial peers and every peer p2pd
-is connected to: the DHT's routing table is among them), and to each peer that appears in its view
-later. A pushed record is checked by the DHT's own validator (signature over the run's key, subkey,
-value and expiry; size; sequence), refusals counted by reason beside the DHT's, and joins the view at
-once; bounded to MAX_PUSHED records. The push is only faster, never more trusted.
+is connected to, which the DHT's bootstrap lookup has just reached), and to each peer that appears in
+its view later (a peer that left the view and came back is told again). A pushed record is checked by
+the DHT's own validator (signature over the run's key, subkey, value and expiry; size; sequence),
+refusals counted by reason beside the DHT's, and joins the view at once; bounded to MAX_PUSHED
+records. The push is only faster, never more trusted.
 """
 
 from __future__ import annotations
