@@ -137,10 +137,11 @@ class Node:
             raise RuntimeError(f"p2pd peer id {self.host.peer_id} != node key's {self.identity.peer_id}")
         self.state_service = StateService(self.host, self.versions, self._manifest_bytes)
         await self.state_service.start()
-        self.membership = Membership(self.host, self.identity, self.run, self.local, ttl_s=cfg.record_ttl_s)
-        self.membership.start()
         self.bulletin = Bulletin(self.host, self.run, self._peer_ids)
-        await self.bulletin.start()
+        await self.bulletin.start()  # membership pushes our record with it, beside the DHT copy
+        push, ttl = (self.bulletin, validator), cfg.record_ttl_s
+        self.membership = Membership(self.host, self.identity, self.run, self.local, ttl_s=ttl, push=push)
+        self.membership.start()
         if self.manifest is None and is_run_id(self.run):
             # joined by run id alone: the rules come from peers; the rest starts once they have
             self._background.append(asyncio.create_task(self._join_run(), name="join-run"))

@@ -58,6 +58,7 @@ class Bulletin:
         self._posts: dict[str, int] = {}  # key -> records kept under it so far (a reader's "since")
         self._sends: set[asyncio.Task] = set()
         self._listeners: list[Callable[[str], None]] = []
+        self._claims: dict[str, Callable[[bytes, bytes, float], bool]] = {}
         self.received = 0
         self.dropped = 0  # pushes refused: wrong run, too large, expired, or a full cache
         self.store_after = 0.0  # a record with a relevance test is stored this much later (see above)
@@ -74,6 +75,11 @@ class Bulletin:
         """Call ``listener(key)`` on the event loop whenever a record arrives under a key."""
         self._listeners.append(listener)
 
+    def claim(self, key: str, take: Callable[[bytes, bytes, float], bool]) -> None:
+        """Posts under ``key`` go to ``take(subkey, value, expiration)``, which checks and keeps them
+        itself (True) or refuses them (False), instead of to the cache (the peer records: membership)."""
+        self._claims[key] = take
+
     # ---- posting ---------------------------------------------------------------------------------
 
     def post(
@@ -85,7 +91,8 @@ class Bulletin:
         test of whether the record still matters, :attr:`store_after` seconds later if it does.
         Nothing is awaited: a slow or dead peer, or a DHT waiting on one, delays nobody (a frozen peer
         held a round's entries up for 4 s in tests/engine/test_failures.py while stores were awaited)."""
-        self._keep(key, subkey, value, expiration)  # we read our own records like anyone's
+        if key not in self._claims:
+            self._keep(key, subkey, value, expiration)  # we read our own records like anyone's
         message = exchange_pb2.Post(key=key, subkey=subkey, value=value, expiration=expiration)
         me = self._host.peer_id
         for peer_id in set(self._peer_ids() if to is None else to) - {me}:
@@ -135,6 +142,13 @@ class Bulletin:
             or not now < expiration <= now + MAX_TTL_S
         ):
             return False
+        take = self._claims.get(key)
+        if take is not None:
+            try:
+                return take(subkey, value, expiration)
+            except Exception as e:  # a peer's bytes must not break the handler
+                logger.warning(f"a record posted under {key} failed: {type(e).__name__}: {e}")
+                return False
         values = self._cache.get(key)
         if values is None:
             if len(self._cache) >= MAX_KEYS:

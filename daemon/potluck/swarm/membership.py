@@ -5,6 +5,15 @@ most of an idle node's traffic: the view is read every ``view_interval_s`` while
 this node is alone, and half as often after each read that finds nothing new, up to a quarter of the
 record TTL (potluck.swarm.cadence). A new libp2p connection (checked with the local p2pd every
 ``view_interval_s``), :meth:`Membership.wake` and a failed read bring it back to the fast cadence.
+
+A record stored in the DHT reaches a peer only at that peer's next view read, after the store's own
+lookup: 1-2.5 s on a loaded box. So the record is also pushed (given a bulletin and the DHT's
+validator): on the first publish to every peer this node knows (its initial peers and every peer p2pd
+is connected to, which the DHT's bootstrap lookup has just reached), and to each peer that appears in
+its view later (a peer that left the view and came back is told again). A pushed record is checked by
+the DHT's own validator (signature over the run's key, subkey, value and expiry; size; sequence),
+refusals counted by reason beside the DHT's, and joins the view at once; bounded to MAX_PUSHED
+records. The push is only faster, never more trusted.
 """
 
 from __future__ import annotations
@@ -16,15 +25,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import DHTRecord
+from hivemind.utils.serializer import MSGPackSerializer
+
 from potluck.identity import NodeIdentity, node_id_of
+from potluck.swarm.bulletin import Bulletin
 from potluck.swarm.cadence import Cadence
 from potluck.swarm.host import SwarmHost
 from potluck.swarm.records import PeerRecord, RecordRejected, peers_key, public_key_in, subkey_for
+from potluck.swarm.validator import PeerRecordValidator
 
 logger = logging.getLogger(__name__)
 REJOIN_AFTER_S = 5.0  # alone this long (no live peer record): dial everyone we knew
 MAX_KNOWN_PEERS = 64
 MAX_VIEW_INTERVAL_S = 10.0
+MAX_PUSHED = 256  # pushed records held (one per node): more than a run has nodes
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class Membership:
         ttl_s: float,
         view_interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        push: tuple[Bulletin, PeerRecordValidator] | None = None,
     ):
         self._host, self._identity, self._local = host, identity, local
         self._key = peers_key(run)
@@ -71,6 +88,14 @@ class Membership:
         self.view = Cadence(view_interval_s, min(MAX_VIEW_INTERVAL_S, ttl_s / 4))
         self.view_reads = 0
         self.last_published = 0.0
+        self._push = push
+        self._key_id = DHTID.generate(source=self._key).to_bytes()  # the key as the DHT signs it
+        self._pushed: dict[str, PeerInfo] = {}  # node id -> the newest record pushed to us
+        self._signed: tuple[bytes, bytes, float] | None = None  # our record as the DHT holds it
+        self._told: set[str] = set()  # peer ids our record was pushed to
+        self._in_view: set[str] = set()  # peer ids in the view when we last looked
+        if push is not None:
+            push[0].claim(self._key, self.take_pushed)
 
     def start(self) -> None:
         self._tasks = [
@@ -114,6 +139,14 @@ class Membership:
             timestamp=now,
             sequence=self._next_sequence(),
         )
+        if self._push is not None:
+            first = self._signed is None
+            self._sign(record.encode(), now + self.ttl_s)
+            if first:  # before the store's lookup: whoever we know has our record in one round trip
+                known = {str(p) for p in self._host.bootstrap.initial_peers}
+                with contextlib.suppress(Exception):
+                    known |= await self._host.connected_peers()
+                self._tell(known | {p.record.peer_id for p in self.peers()})
         ok = await self._host.store(self._key, self._subkey, record.encode(), now + self.ttl_s)
         if ok:
             self.last_published = now
@@ -137,6 +170,53 @@ class Membership:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._republish.wait(), delay)
 
+    # ---- pushing ----------------------------------------------------------------------------------
+
+    def _sign(self, value: bytes, expiration: float) -> None:
+        """Our record exactly as the DHT child signs and stores it (hivemind serializes subkey and value)."""
+        assert self._push is not None
+        subkey, body = MSGPackSerializer.dumps(self._subkey), MSGPackSerializer.dumps(value)
+        signed = self._push[1].sign_value(DHTRecord(self._key_id, subkey, body, expiration))
+        self._signed = (subkey, signed, expiration)
+
+    def _tell(self, peer_ids: set[str]) -> None:
+        """Push our signed record to ``peer_ids`` (multiaddrs are cut to their peer id); nothing awaited."""
+        ids = {p.rsplit("/p2p/", 1)[-1] for p in peer_ids} - {self._identity.peer_id}
+        if self._push is None or self._signed is None or not ids:
+            return
+        self._told |= ids
+        self._push[0].post(self._key, *self._signed, to=ids, store=False)
+
+    def _tell_new_peers(self) -> None:
+        """Push our record to peers that appeared in the view since we last told; a peer that left the
+        view (a restart, a cut) is told again when it comes back."""
+        here = {p.record.peer_id for p in self.peers()}
+        self._told -= self._in_view - here
+        self._in_view = here
+        self._tell(here - self._told)
+
+    def take_pushed(self, subkey: bytes, value: bytes, expiration: float) -> bool:
+        """A peer record pushed to us (the bulletin's claim): checked as the DHT checks it, then viewed."""
+        assert self._push is not None
+        checked = self._push[1].check(DHTRecord(self._key_id, subkey, value, expiration))
+        if checked is None or checked.public_key == self._identity.public_key:
+            return False
+        now = self._clock()
+        node_id = node_id_of(checked.public_key)
+        if node_id not in self._pushed and len(self._pushed) >= MAX_PUSHED:
+            self._pushed = {k: p for k, p in self._pushed.items() if p.expires_at > now}
+            if len(self._pushed) >= MAX_PUSHED:
+                return False
+        info = PeerInfo(node_id, checked.record, expiration)
+        held = self._pushed.get(node_id)
+        if held is None or held.record.sequence <= info.record.sequence:
+            self._pushed[node_id] = info
+        held = self._peers.get(node_id)
+        if held is None or held.record.sequence < info.record.sequence:
+            self._peers[node_id] = info
+        self._tell_new_peers()
+        return True
+
     # ---- watching --------------------------------------------------------------------------------
 
     async def refresh_view(self) -> None:
@@ -154,7 +234,14 @@ class Membership:
                 logger.debug(f"skipping peer record: {e}")
                 continue
             fresh[node_id_of(public_key)] = PeerInfo(node_id_of(public_key), record, item.expiration_time)
+        for node_id, info in list(self._pushed.items()):  # pushed records the DHT has no newer copy of
+            held = fresh.get(node_id)
+            if info.expires_at <= now or (held is not None and held.record.sequence >= info.record.sequence):
+                del self._pushed[node_id]
+            elif held is None or held.record.sequence < info.record.sequence:
+                fresh[node_id] = info
         self._peers = fresh
+        self._tell_new_peers()
 
     def _view_signature(self) -> dict[str, tuple]:
         """What a change of the view means: who is there, where and in what role (not the version or the

@@ -13,6 +13,7 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from potluck.identity import NodeIdentity
 from potluck.swarm.records import (
     SIGNATURE_MARKER,
+    CheckedRecord,
     RecordReason,
     RecordRejected,
     check_signed_record,
@@ -64,6 +65,11 @@ class PeerRecordValidator(RecordValidatorBase):
         protected = record.key in self._protected_keys
         if not protected and not is_ours(record.subkey):
             return True
+        return self.check(record) is not None
+
+    def check(self, record: DHTRecord) -> CheckedRecord | None:
+        """The checked record, or None (the refusal counted by reason): what the DHT does to every record
+        under our keys, and what a node does to a peer record pushed to it (swarm/membership.py)."""
         try:
             checked = check_signed_record(
                 record.key, record.subkey, record.value, record.expiration_time, now=time.time()
@@ -74,13 +80,13 @@ class PeerRecordValidator(RecordValidatorBase):
         except RecordRejected as e:
             self._counters.add(e.reason)
             logger.info(f"rejected DHT record: {e}")
-            return False
+            return None
         except Exception as e:  # never let a peer's bytes crash the DHT process
             self._counters.add(RecordReason.MALFORMED)
             logger.warning(f"rejected DHT record ({type(e).__name__}: {e})")
-            return False
+            return None
         self._newest[checked.public_key] = checked.record.sequence
-        return True
+        return checked
 
     def sign_value(self, record: DHTRecord) -> bytes:
         if record.subkey.endswith(self._own_subkey):
