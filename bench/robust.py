@@ -154,7 +154,13 @@ class ProbeThen:
     def keep(self, dense: list[dict[str, np.ndarray]]) -> list[int]:
         cfg = self.cfg
         return probe_filter(
-            self.base, dense, setup(cfg).layers, cfg["probe_set"], cfg["outer_lr"], cfg["probe_frac"]
+            self.base,
+            dense,
+            setup(cfg).layers,
+            cfg["probe_set"],
+            cfg["outer_lr"],
+            cfg["probe_frac"],
+            floor=cfg["probe_floor"],
         )
 
     def merge(self, deltas, weights, *, round_seed: int, context: RoundContext | None = None):
@@ -442,6 +448,7 @@ def main() -> None:
     ap.add_argument("--sim", action="store_true", help="also the sparse-aware simulation")
     ap.add_argument("--probe", type=int, default=0, help="probe images per class (0: off; see the doc)")
     ap.add_argument("--probe-frac", type=float, default=0.5, help="probe_keep's cut: x the median score")
+    ap.add_argument("--probe-floor", type=float, default=0.0, help="probe_keep's cut at least -FLOOR (nats)")
     args = ap.parse_args()
     rounds = args.rounds or (12 if args.quick else 30)
     labels = list(QUICK if args.quick else STRATEGIES)
@@ -468,6 +475,7 @@ def main() -> None:
         "weight_cap": 1 << 20,
         "task_args": {"hidden": args.hidden, "lr": args.lr, "batch": 32, "momentum": 0.9},
         "probe_frac": args.probe_frac,
+        "probe_floor": args.probe_floor,
     }
     probe_info = {}
     if args.probe:
