@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import plots  # bench/plots.py: this script's folder is on the path
 import torch
+from lowrank_feedback import LowRankFeedback  # bench/lowrank_feedback.py: a method measured, not kept
 
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
@@ -64,7 +65,6 @@ from potluck.tasks import get_task, pretrain
 from potluck.tasks.corpus import DOMAINS
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.lowrank import LowRankTensor, balance, expand
-from potluck.updates.lowrank_feedback import LowRankFeedback
 from potluck.updates.sparsify import ErrorFeedback
 
 RUN = "bench-lm"

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from bench.lowrank_feedback import LowRankFeedback
 from potluck.updates.codec import SparseTensor, decode_update, encode_update
 from potluck.updates.lowrank import LowRankTensor
-from potluck.updates.lowrank_feedback import LowRankFeedback
 from potluck.updates.sparsify import ErrorFeedback
 from potluck.updates.validation import UpdateValidator, ValidationContext
 from tests.updates.builders import BASE, RUN, SHAPES, build

@@ -1,5 +1,8 @@
 """Error feedback that sends 2-D tensors as low-rank factors: one update mixing low-rank and sparse entries.
 
+bench/lm.py's `factored` method: measured worse than LoRA patches (bench/README.md#lm), so it lives
+here, beside the bench, not in the package; it builds updates only through potluck's public codec.
+
 A contributor trains the whole model (as for sparse patches) and hands its delta to
 :class:`LowRankFeedback`. For each chosen 2-D tensor the delta is added to a residual, the residual's
 best rank-r approximation (truncated SVD, the factors balanced) is published as a low-rank entry, and
