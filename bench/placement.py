@@ -7,7 +7,9 @@ For each code tree (``--baseline-tree``, then this checkout's): ``--keepers`` re
 processes on 127.0.0.1 (potluck.localswarm; the tree is their PYTHONPATH) serve a run of the toy task
 sized ``inputs x hidden`` with the default weighted mean. Every round, ``--contributors`` signed sparse
 updates (``--density``, fp32 deltas of the current version, each by its own key; generated in this
-process, not trained) are published at the round's start, spread over the keepers. Per round: whether
+process, not trained) are published at the round's start, spread over the keepers; with ``--train
+STEPS`` the contributors are real `potluck join` processes instead, each training ``STEPS`` local steps
+on its shard of the toy task a round (they share this box's cores with the keepers). Per round: whether
 every keeper committed it, whether they agree, the seconds from the end of collection (the schedule's
 aggregation start) until each keeper reports the commit (polled every 0.2 s), the placement the
 keepers report, and the round's error line when nothing was committed.
@@ -70,16 +72,28 @@ def run_tree(label: str, tree: Path, args, root: Path) -> dict:
     with LocalSwarm.for_run(root / label, manifest.run_id, written.path, record_ttl=12) as swarm:
         swarm.start(args.keepers, timeout=180)
         swarm.wait_all_see(args.keepers - 1, timeout=120)
-        keepers = swarm.nodes
+        keepers = list(swarm.nodes)
+        if args.train:
+            for j in range(args.contributors):
+                shard = f"{j}/{args.contributors}"
+                swarm.add_contributor(
+                    f"contributor{j}", "--shard", shard, "--local-steps", str(args.train), "--seed", str(j),
+                    manifest=written.path,
+                )  # fmt: skip
+            for node in swarm.nodes[len(keepers) :]:
+                node.wait_ready(600)
+            log(f"{label}: {args.contributors} contributors up")
         for _ in range(args.rounds):
             r = schedule.round_at(manifest, time.time()) + 1  # the next one: its updates onto our version
-            base = keepers[0].status()["version"]
-            state = VersionStore(keepers[0].data_dir / "versions").get(base)
-            datas = make_updates(manifest, state, base, r, authors, args.density, seed=r)
-            sizes = [len(d) for d in datas]
+            sizes = []
+            if not args.train:
+                base = keepers[0].status()["version"]
+                state = VersionStore(keepers[0].data_dir / "versions").get(base)
+                datas = make_updates(manifest, state, base, r, authors, args.density, seed=r)
+                sizes = [len(d) for d in datas]
             while time.time() < schedule.round_start(manifest, r) + 0.2:
                 time.sleep(0.05)
-            for j, data in enumerate(datas):
+            for j, data in enumerate([] if args.train else datas):
                 reply = keepers[j % len(keepers)].publish(data, timeout=60)
                 if not reply.accepted:
                     raise RuntimeError(f"{label}: update refused: {reply.reason} {reply.detail}")
@@ -100,6 +114,8 @@ def run_tree(label: str, tree: Path, args, root: Path) -> dict:
                 "update_bytes": sizes,
                 "collection_end_to_commit_s": [round(commit_s[i], 2) for i in sorted(commit_s)],
                 "last_merge_s": [s.get("aggregation", {}).get("last_merge_s", 0.0) for s in statuses],
+                "participants": [s.get("participants", 0) for s in statuses],
+                "phases": statuses[0].get("aggregation", {}).get("last_phases", {}),
                 "placement": sorted({s.get("aggregation", {}).get("placement", "") for s in statuses}),
                 "round_error": sorted({s.get("round_error", "") for s in statuses} - {""}),
             }
@@ -128,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--start-in", type=float, default=20.0, help="seconds from creation to round 0")
     parser.add_argument("--only", choices=("baseline", "this"), help="run one tree only")
+    parser.add_argument(
+        "--train", type=int, default=0, metavar="STEPS",
+        help="contributors are real `potluck join` processes training STEPS local steps a round",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     started = time.time()

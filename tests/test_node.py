@@ -33,10 +33,6 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def dht_child(node: LocalNode) -> psutil.Process:
-    return next(p for p in psutil.Process(node.pid).children() if p.name() != "p2pd" and "python" in p.name())
-
-
 def node_ids(node: LocalNode) -> set[str]:
     return {p["node_id"] for p in node.peers()}
 
@@ -105,29 +101,12 @@ def test_forged_peer_records_are_rejected_and_counted(swarm):
 def test_deeply_nested_payload_does_not_crash_the_dht(swarm):
     target = swarm.nodes[2]
     status = target.status()
-    dht_pid = dht_child(target).pid
     outcome = run_spawned(store_nested_value, swarm.nodes[0].multiaddr(), status["peer_id"], 200)
     assert outcome != "stored"
-    after = target.status()
+    after = target.status()  # the DHT serves from a thread of the daemon: this answer is the daemon alive
     assert after["rejected_records"]["too_deep"] > status["rejected_records"]["too_deep"]
-    assert after["dht_restarts"] == status["dht_restarts"] and dht_child(target).pid == dht_pid
-
-
-def test_killed_dht_child_is_restarted_and_the_node_seen_again(swarm):
-    node, observer = swarm.nodes[2], swarm.nodes[0]
-    node_id = node.status()["node_id"]
-    restarts = node.status()["dht_restarts"]
-    killed_at = time.time()
-    dht_child(node).kill()
-    wait_for(lambda: node.status()["dht_restarts"] == restarts + 1, 15, "the DHT child to be restarted")
-
-    def republished():
-        peers = {p["node_id"]: p for p in observer.peers()}
-        return node_id in peers and peers[node_id]["last_seen"] > killed_at
-
-    wait_for(republished, 20, "the restarted node's fresh record at its peers")
-    others = {n.status()["node_id"] for n in swarm.nodes[:2]}
-    wait_for(lambda: others <= node_ids(node), 10, "the restarted node to see its peers again")
+    assert after["dht_restarts"] == status["dht_restarts"]
+    assert psutil.Process(target.pid).is_running()
 
 
 def test_sigkilled_node_leaves_peer_lists_after_its_ttl(swarm):
@@ -158,7 +137,7 @@ def test_graceful_restart_keeps_identity_and_leaves_nothing_behind(swarm):
     wait_for(
         lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children),
         3,
-        "p2pd and the DHT child to exit",
+        "p2pd to exit",
     )
     assert not (node.data_dir / "api").exists()
     assert {Path(p) for p in Path("/tmp").glob("potluck-p2p-*")} < socket_dirs or not socket_dirs
@@ -229,14 +208,12 @@ def test_a_port_another_node_listens_on_is_refused_in_one_line(swarm, tmp_path):
     assert not (tmp_path / "second" / "api").exists()
 
 
-def test_a_node_is_its_python_its_dht_child_and_p2pd_and_nothing_else(swarm):
+def test_a_node_is_its_python_and_p2pd_and_nothing_else(swarm):
     for node in swarm.nodes:
-        names = sorted(p.name() for p in descendants(node.pid))
-        # no torch_shm_manager (potluck.swarm.forks), no averager before an all-reduce needs one
-        assert names == sorted(["p2pd", psutil.Process(node.pid).name()]), names
-        child = dht_child(node)
-        # forked with a frozen heap: most of the child's memory is still the parent's pages
-        assert child.memory_full_info().uss < child.memory_info().rss / 2
+        names = [p.name() for p in descendants(node.pid)]
+        # the DHT is a thread (potluck.swarm.dhtthread); no torch_shm_manager (potluck.swarm.forks),
+        # no averager before an all-reduce needs one
+        assert names == ["p2pd"], names
 
 
 def test_nothing_of_ours_is_left_after_the_swarm_stops(swarm):
@@ -247,7 +224,7 @@ def test_nothing_of_ours_is_left_after_the_swarm_stops(swarm):
     wait_for(
         lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
         5,
-        "every p2pd and DHT child to exit",
+        "every p2pd to exit",
     )
     assert not any(
         os.path.exists(f"/proc/{pid}") and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

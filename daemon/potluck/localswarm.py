@@ -123,7 +123,7 @@ class LocalNode:
             os.kill(self.proc.pid, sig)
 
     def kill_group(self) -> None:
-        """SIGKILL the node and every process it started (p2pd, DHT child): a machine losing power."""
+        """SIGKILL the node and every process it started (p2pd): a machine losing power."""
         if self.proc is not None and self.proc.returncode is None:  # not yet reaped: the pid is still ours
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)

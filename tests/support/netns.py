@@ -205,7 +205,7 @@ class NsNode:
                 os.kill(self.proc.pid, signal.SIGTERM)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL the whole process group (p2pd, the DHT child) after ``timeout``."""
+        """SIGTERM, then SIGKILL the whole process group (p2pd) after ``timeout``."""
         if self.proc is None:
             return
         if self.proc.returncode is None:

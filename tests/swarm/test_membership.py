@@ -39,7 +39,7 @@ class RecordingBulletin(Bulletin):
 
 
 def signed(identity: NodeIdentity, sequence: int, *, run: str = RUN, value: bytes | None = None):
-    """(subkey, value, expiration) of ``identity``'s record as its DHT child signs it."""
+    """(subkey, value, expiration) of ``identity``'s record as its DHT signs it."""
     now = time.time()
     addrs = ("/ip4/127.0.0.1/tcp/1",)
     body = PeerRecord(identity.peer_id, addrs, "keeper", "t", 0, "", now, sequence).encode()

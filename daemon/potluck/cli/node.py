@@ -230,7 +230,7 @@ def _join_parser(commands: Commands) -> None:
 def _quiet_libraries(args: argparse.Namespace) -> None:
     """Before hivemind and grpc are imported by a command that starts a node."""
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")
-    # The DHT child is forked from this process; it never uses gRPC, so gRPC's fork handlers are not needed.
+    # Averagers are forked from this process; they never use gRPC, so gRPC's fork handlers are not needed.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # errors reach the user as our own one-liners
     if args.log_format == "json":
@@ -304,9 +304,9 @@ def cmd_join(args: argparse.Namespace) -> int:
     _quiet_libraries(args)
     import asyncio
 
-    # a contributor trains, and the built-in tasks train with torch: import it now, as every node did
-    # before potluck.lean (a keeper does not), so that its DHT child forks sharing torch's pages and no
-    # training step pays for the import
+    # a contributor trains, and the built-in tasks train with torch: import it now (a keeper does not,
+    # see potluck.lean), so that no training step pays for the import (loaded later, from a worker
+    # thread, it made Ctrl-C take seconds longer: bench/README.md#idle)
     import torch  # noqa: F401
 
     from potluck.contribute import Contributor

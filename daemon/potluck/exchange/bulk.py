@@ -257,7 +257,7 @@ class BulkServer:
 
 
 def _close(sock: socket.socket) -> None:
-    """Shut the socket down, then close it: processes forked meanwhile (the DHT child, averagers) hold
+    """Shut the socket down, then close it: processes forked meanwhile (averagers) hold
     copies of its descriptor, and only a shutdown ends the connection (or the listening) for them too."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)

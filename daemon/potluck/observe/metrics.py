@@ -52,7 +52,7 @@ def node_metrics(s: Status) -> Iterator[Metric]:
     yield info
     yield _gauge("potluck_uptime_seconds", "seconds since the node started", s["uptime_s"])
     yield _gauge("potluck_peers", "other live nodes of the run this node sees", s["peers"])
-    yield _counter("potluck_dht_restarts", "times the DHT child process was restarted", s["dht_restarts"])
+    yield _counter("potluck_dht_restarts", "times the DHT was restarted", s["dht_restarts"])
     yield _by(
         CounterMetricFamily("potluck_records_rejected", "DHT records rejected, by reason", labels=["reason"]),
         s["rejected_records"],

@@ -1,6 +1,6 @@
-"""Keeping the node's forked children (the DHT process, averagers) light.
+"""Keeping the node's forked children (averagers) light.
 
-hivemind starts its DHT and averager processes with fork, so a child shares the parent's heap (torch,
+hivemind starts its averager processes with fork, so a child shares the parent's heap (torch,
 hivemind and potluck imported: ~180 MB) page by page until either side writes to a page.
 """
 

@@ -1,9 +1,10 @@
 """A depth limit on hivemind's msgpack ext decoding, the DHT's one crash-on-input path.
 
 hivemind decodes ext types (tuples, dictionary values) by recursing through a Python hook once per
-level; a 690-byte payload nested ~200 deep from any peer overflows the C stack of the DHT process
-before any validator runs (shared/HIVEMIND.md). Bounding the hook's depth turns that into a
-ValueError, which hivemind's RPC layer returns to the sender as an error.
+level; a 690-byte payload nested ~200 deep from any peer overflows the C stack of the process serving
+the DHT (the daemon itself: potluck.swarm.dhtthread) before any validator runs (shared/HIVEMIND.md).
+Bounding the hook's depth turns that into a ValueError, which hivemind's RPC layer returns to the
+sender as an error.
 """
 
 from __future__ import annotations

@@ -1,21 +1,18 @@
-"""The node's place in the swarm: its p2pd (libp2p host) and a supervised hivemind DHT child process.
+"""The node's place in the swarm: its p2pd (libp2p host) and a supervised hivemind DHT.
 
-The daemon's own process owns p2pd, so the peer id, the listen sockets and (later) our libp2p stream
-handlers survive a crash of the DHT child: the child only holds a replica of the p2pd connection.
-If the child dies (a peer can crash it with a hostile payload, see shared/HIVEMIND.md) the host
-starts a new one on the same p2pd, re-bootstraps and counts the restart.
+The daemon's own process owns p2pd, so the peer id, the listen sockets and our libp2p stream
+handlers outlive the DHT: it only holds a replica of the p2pd connection, on a thread of its own
+(potluck.swarm.dhtthread). Should its loop end, the host starts a new one on the same p2pd,
+re-bootstraps and counts the restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
-import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +37,7 @@ from potluck.swarm.addresses import (
     p2pd_reason,
     parse_initial_peer,
 )
-from potluck.swarm.forks import frozen_heap
+from potluck.swarm.dhtthread import ThreadDHT, call
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,18 +45,6 @@ T = TypeVar("T")
 HIVEMIND_SOCKET_PREFIX = P2P._UNIX_SOCKET_PREFIX  # hivemind's default, restored when a host stops
 BOOTSTRAP_BACKOFF_S = (1.0, 30.0)  # first retry delay, cap
 DHT_CALL_TIMEOUT_S = 15.0
-
-
-class SupervisedDHT(DHT):
-    """hivemind's DHT process that dies with its parent instead of outliving a SIGKILLed daemon."""
-
-    def run(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != self._parent_pid:  # parent already gone between fork and prctl
-            os._exit(1)
-        super().run()
 
 
 @dataclass
@@ -90,12 +75,12 @@ class SwarmHost:
         self._initial = [parse_initial_peer(p) for p in initial_peers]
         self._validators = list(validators)
         self._on_dht_restart = on_dht_restart
-        self.client_mode = client_mode  # behind NAT: the DHT child serves no requests, only makes them
+        self.client_mode = client_mode  # behind NAT: the DHT serves no requests, only makes them
         self.bootstrap = BootstrapState(initial_peers=list(initial_peers))
         self.dht_restarts = 0
         self.addrs: list[str] = []  # visible multiaddrs, refreshed by visible_addrs()
         self._p2p: P2P | None = None
-        self._dht: SupervisedDHT | None = None
+        self._dht: ThreadDHT | None = None
         self._dial_reasons: dict[str, str] = {}  # peer id -> why the last real dial failed
         self._socket_dir = ""
         self._tasks: list[asyncio.Task] = []
@@ -110,7 +95,7 @@ class SwarmHost:
         for addr in self._listen:  # p2pd shares a port with another p2pd (SO_REUSEPORT): refuse first
             check_port_free(addr)
         self._socket_dir = tempfile.mkdtemp(prefix="potluck-p2p-")
-        # p2pd, this process's client and every replica (DHT child, averagers) put their sockets here;
+        # p2pd, this process's client and every replica (the DHT, averagers) put their sockets here;
         # restored on stop, so other P2P users in the process (tests) get hivemind's default again
         P2P._UNIX_SOCKET_PREFIX = f"/unix{self._socket_dir}/"
         traffic.install_p2p_hooks()
@@ -152,39 +137,29 @@ class SwarmHost:
             P2P._UNIX_SOCKET_PREFIX = HIVEMIND_SOCKET_PREFIX
 
     @staticmethod
-    def _stop_dht(dht: DHT) -> None:
-        # The child keeps no state and p2pd (ours) goes down next, so SIGTERM is enough. hivemind's
-        # graceful DHT.shutdown() waits out its whole grace period and then terminates anyway.
-        dht.terminate()
-        dht.join(timeout=1)
-        if dht.is_alive():
-            dht.kill()
-            dht.join(timeout=1)
+    def _stop_dht(dht: ThreadDHT) -> None:
+        dht.shutdown(timeout=2)  # it keeps no state, and p2pd (ours) goes down next
 
     def _start_dht(self) -> None:
         assert self._p2p is not None
-        with frozen_heap():  # the child shares our heap: see potluck.swarm.forks
-            self._dht = SupervisedDHT(
-                p2p=self._p2p,
-                start=True,
-                record_validators=self._validators,
-                await_ready=True,
-                client_mode=self.client_mode,
-                # every potluck read asks the swarm for the latest value, so hivemind's background
-                # re-reads of values it cached (before they expire) are traffic nobody uses
-                cache_refresh_before_expiry=0,
-            )
+        self._dht = ThreadDHT(
+            p2p=self._p2p,
+            start=True,
+            record_validators=self._validators,
+            await_ready=True,
+            client_mode=self.client_mode,
+            # every potluck read asks the swarm for the latest value, so hivemind's background
+            # re-reads of values it cached (before they expire) are traffic nobody uses
+            cache_refresh_before_expiry=0,
+        )
 
     async def _supervise(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             if self._dht is None or self._dht.is_alive() or self._stopping:
                 continue
-            code = self._dht.exitcode
             self.dht_restarts += 1
-            logger.warning(
-                f"DHT process died (exit code {code}); restarting it (restart #{self.dht_restarts})"
-            )
+            logger.warning(f"the DHT stopped; restarting it (restart #{self.dht_restarts})")
             self._remove_stale_sockets()
             try:
                 await asyncio.to_thread(self._start_dht)
@@ -203,7 +178,7 @@ class SwarmHost:
             await asyncio.sleep(traffic.SAMPLE_S)
 
     def _remove_stale_sockets(self) -> None:
-        """A killed DHT child leaves its p2pd client socket behind; keep only the ones p2pd and we use."""
+        """A stopped DHT may leave its p2pd client socket behind; keep only the ones p2pd and we use."""
         assert self._p2p is not None
         alive = {self._p2p._daemon_listen_maddr["unix"], self._p2p._client_listen_maddr["unix"]}
         for entry in Path(self._socket_dir).iterdir():
@@ -301,7 +276,7 @@ class SwarmHost:
 
     @property
     def dht(self) -> DHT:
-        """The current DHT child's handle (replaced when the child is restarted)."""
+        """The current DHT's handle (replaced when it is restarted)."""
         return self._require_dht()
 
     @property
@@ -319,11 +294,10 @@ class SwarmHost:
     async def run_in_dht(
         self, fn: Callable[[DHT, DHTNode], Awaitable[T]], timeout: float = DHT_CALL_TIMEOUT_S
     ) -> T:
-        dht = self._require_dht()
-        return await asyncio.wait_for(_awaitable(dht.run_coroutine(fn, return_future=True)), timeout)
+        return await call(self._require_dht(), fn, timeout)
 
     async def store(self, key: str, subkey: bytes, value: bytes, expiration_time: float) -> bool:
-        kind = traffic.kind_of_key(key)  # the DHT child counts the call's bytes as this kind
+        kind = traffic.kind_of_key(key)  # the DHT counts the call's bytes as this kind
         return bool(
             await self.run_in_dht(
                 functools.partial(traffic.dht_store, kind, key, subkey, value, expiration_time)
@@ -357,26 +331,19 @@ class SwarmHost:
         return list(self._listen)
 
     def child_pids(self) -> list[int]:
-        """Processes this host started: p2pd and the DHT child (for tests and diagnostics)."""
-        pids = []
+        """Processes this host started: p2pd (for tests and diagnostics)."""
         if self._p2p is not None and self._p2p._child is not None:
-            pids.append(self._p2p._child.pid)
-        if self._dht is not None and self._dht.pid is not None:
-            pids.append(self._dht.pid)
-        return pids
+            return [self._p2p._child.pid]
+        return []
 
-    def _require_dht(self) -> DHT:
+    def _require_dht(self) -> ThreadDHT:
         if self._dht is None or not self._dht.is_alive():
-            raise ConnectionError("DHT process is not running (restarting)")
+            raise ConnectionError("the DHT is not running (restarting)")
         return self._dht
 
 
-async def _awaitable(future: Any) -> Any:
-    return await future
-
-
 async def _ping_and_populate(peers: list[PeerID], _dht: DHT, node: DHTNode) -> int:
-    """Runs inside the DHT child: ping the reached peers into the routing table, then look up our
+    """Runs on the DHT's loop: ping the reached peers into the routing table, then look up our
     own id so the table fills with our neighbours. Returns how many peers answered."""
     answers = await asyncio.gather(*(node.protocol.call_ping(peer) for peer in peers))
     responded = sum(answer is not None for answer in answers)

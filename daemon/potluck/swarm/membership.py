@@ -173,7 +173,7 @@ class Membership:
     # ---- pushing ----------------------------------------------------------------------------------
 
     def _sign(self, value: bytes, expiration: float) -> None:
-        """Our record exactly as the DHT child signs and stores it (hivemind serializes subkey and value)."""
+        """Our record exactly as the DHT signs and stores it (hivemind serializes subkey and value)."""
         assert self._push is not None
         subkey, body = MSGPackSerializer.dumps(self._subkey), MSGPackSerializer.dumps(value)
         signed = self._push[1].sign_value(DHTRecord(self._key_id, subkey, body, expiration))

@@ -1,6 +1,6 @@
 """Every byte on the wire, by kind: the kernel's count for the node's p2pd, and potluck's own share.
 
-Ground truth: the node's p2pd (one per node, a child of the daemon process; the DHT child and the
+Ground truth: the node's p2pd (one per node, a child of the daemon process; the DHT thread and the
 averagers hold replicas connected to it) does all the node's networking. :class:`Traffic` samples
 the TCP byte counters of p2pd's sockets from the kernel (potluck.swarm.sockdiag) every
 ``SAMPLE_S`` and keeps a running total: the last-seen counters of a socket that closed stay in the
@@ -59,7 +59,7 @@ _HANDLER_KINDS = {
 }
 STREAM_FRAMING = 9  # hivemind's marker byte and 8-byte length before each stream message
 MAX_KNOWN_KEYS = 4096
-SLOTS = 64  # processes counting at once per machine-wide fork tree (the daemon, its DHT child, averagers)
+SLOTS = 64  # processes counting at once per machine-wide fork tree (the daemon, its averagers)
 SAMPLE_S = 2.0
 WINDOW_S = 10.0
 
@@ -95,7 +95,7 @@ def kind_of_handler(name: str) -> str:
     return _HANDLER_KINDS.get(name, "other")
 
 
-_key_kinds: dict[bytes, str] = {}  # in the DHT child: the DHT ids of the keys potluck used -> their kind
+_key_kinds: dict[bytes, str] = {}  # on the DHT's thread: the DHT ids of the keys potluck used -> their kind
 
 
 def _remember(key: str, kind: str) -> None:
@@ -382,7 +382,7 @@ class Traffic:
         }
 
 
-# ---- potluck's DHT calls, run inside the DHT child under their kind ---------------------------------
+# ---- potluck's DHT calls, run on the DHT's loop under their kind ------------------------------------
 
 
 async def dht_store(

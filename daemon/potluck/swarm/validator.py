@@ -1,4 +1,4 @@
-"""The DHT record validator that guards potluck's keys inside hivemind's DHT process."""
+"""The DHT record validator that guards potluck's keys inside hivemind's DHT."""
 
 from __future__ import annotations
 
@@ -29,10 +29,8 @@ _REASONS = list(RecordReason)
 
 
 class RejectionCounters:
-    """Per-reason counters in shared memory: the DHT child increments, the daemon reads.
-
-    They live in the daemon's process, so a restarted DHT child keeps counting where the dead one stopped.
-    """
+    """Per-reason counters, kept outside the DHT (in shared memory: whichever process validates, the
+    daemon reads), so a restarted DHT keeps counting where the stopped one left off."""
 
     def __init__(self) -> None:
         self._array: mp.sharedctypes.SynchronizedArray = mp.get_context("fork").Array("Q", len(_REASONS))
@@ -81,7 +79,7 @@ class PeerRecordValidator(RecordValidatorBase):
             self._counters.add(e.reason)
             logger.info(f"rejected DHT record: {e}")
             return None
-        except Exception as e:  # never let a peer's bytes crash the DHT process
+        except Exception as e:  # never let a peer's bytes crash the DHT
             self._counters.add(RecordReason.MALFORMED)
             logger.warning(f"rejected DHT record ({type(e).__name__}: {e})")
             return None
