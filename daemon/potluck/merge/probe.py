@@ -52,8 +52,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ import numpy as np
 __all__ = [
     "LOSS_CAP",
     "PROBE_DEFAULTS",
+    "AuthorRecord",
     "ProbeError",
     "ProbeRule",
     "ProbeSet",
@@ -219,6 +220,8 @@ def probe_keep(
     frac: float = 0.5,
     dropped: list[tuple[int, float, float]] | None = None,
     floor: float = 0.0,
+    trusted: Collection[int] = (),
+    judged: dict[int, float] | None = None,
 ) -> list[int]:
     """Indices (ascending) of the n updates to keep. ``scores_of(kept)``: the scores of the updates
     ``kept`` (indices) when only they are merged. While the lowest score of the kept updates is below
@@ -226,21 +229,61 @@ def probe_keep(
     scored again without it, never more than ``(n - 1) // 2`` of the n. Rescoring because
     leave-one-out scores interact: with several flippers an honest owner of the classes they relabel
     to can look bad until they are gone, and a flipper whose harm is masked by another's shows once
-    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse). ``dropped``,
-    if given, gets ``(index, score, cut)`` of each drop, in order."""
+    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse). ``trusted``:
+    indices never dropped (authors with a positive :class:`AuthorRecord`). ``dropped``, if given, gets
+    ``(index, score, cut)`` of each drop, in order; ``judged``, if given, each update's last score over
+    the lower-median absolute score of that scoring (0 when that median is 0): what an
+    :class:`AuthorRecord` adds up."""
     kept = list(range(n))
     scores = scores_of(kept)
     cut = probe_cut(scores, frac, floor)
     while n - len(kept) < (n - 1) // 2:  # probe_cut has refused NaN scores
-        worst = min(range(len(kept)), key=lambda t: (scores[t], -kept[t]))
+        open_ = [t for t in range(len(kept)) if kept[t] not in trusted]
+        if not open_:
+            break
+        worst = min(open_, key=lambda t: (scores[t], -kept[t]))
         if scores[worst] >= cut:
             break
         if dropped is not None:
             dropped.append((kept[worst], scores[worst], cut))
+        if judged is not None:
+            judged[kept[worst]] = _relative(scores[worst], scores)
         del kept[worst]
         scores = scores_of(kept)
         cut = probe_cut(scores, frac, floor)
+    if judged is not None:
+        judged.update((i, _relative(s, scores)) for i, s in zip(kept, scores, strict=True))
     return kept
+
+
+def _relative(score: float, scores: Sequence[float]) -> float:
+    med = sorted(abs(s) for s in scores)[(len(scores) - 1) // 2] if scores else 0.0
+    return score / med if med > 0.0 else 0.0
+
+
+@dataclass
+class AuthorRecord:
+    """Each author's probe record over the rounds merged so far: ``decay`` x its record + its update's
+    score in the round over that scoring's median absolute score (``probe_keep``'s ``judged``). An
+    author whose record is positive is :meth:`trusted`: :func:`probe_keep` never drops it. Honest
+    non-IID authors score positive in most rounds and attackers that dilute or flip labels negative in
+    most (bench/README.md), so an honest update that scores badly once is kept while a repeat
+    offender is judged by the cut. Derived only from the scores of merged rounds: every node that
+    merged (or replays) the same rounds holds the same record (IEEE products and sums of the
+    quantized scores). Measured in bench/robust.py; the daemon does not carry it yet (a keeper would
+    need the scores of every earlier round it did not merge itself)."""
+
+    decay: float = 0.5
+    values: dict[str, float] = field(default_factory=dict)
+
+    def trusted(self, authors: Sequence[str]) -> set[int]:
+        """Indices of ``authors`` whose record is positive."""
+        return {i for i, a in enumerate(authors) if self.values.get(a, 0.0) > 0.0}
+
+    def add(self, authors: Sequence[str], judged: Mapping[int, float]) -> None:
+        """A merged round: ``judged`` (index -> relative score) of the updates by ``authors``."""
+        for i, a in enumerate(authors):
+            self.values[a] = self.decay * self.values.get(a, 0.0) + judged.get(i, 0.0)
 
 
 def quantize(score: float) -> float:
@@ -258,14 +301,16 @@ def probe_filter(
     frac: float = 0.5,
     dropped: list[tuple[int, float, float]] | None = None,
     floor: float = 0.0,
+    trusted: Collection[int] = (),
+    judged: dict[int, float] | None = None,
 ) -> list[int]:
     """:func:`probe_keep` with :func:`probe_scores` (quantized): the indices (ascending) of the deltas
-    to merge; ``dropped`` as :func:`probe_keep`'s."""
+    to merge; ``dropped``, ``trusted`` and ``judged`` as :func:`probe_keep`'s."""
 
     def scores_of(kept: list[int]) -> list[float]:
         return [quantize(s) for s in probe_scores(base, [deltas[i] for i in kept], layers, probe, scale)]
 
-    return probe_keep(len(deltas), scores_of, frac, dropped, floor)
+    return probe_keep(len(deltas), scores_of, frac, dropped, floor, trusted, judged)
 
 
 def probe_args(values: Mapping[str, Any]) -> dict[str, Any]:
