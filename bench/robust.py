@@ -147,10 +147,12 @@ class ProbeThen:
     def __init__(self, inner, cfg: dict, opts: dict | None = None) -> None:
         self.inner, self.cfg = inner, cfg
         opts = opts or {}
-        if set(opts) - {"record"}:
-            raise SystemExit(f"+probe takes ;record=DECAY only, got {sorted(opts)}")
-        # ;record=DECAY: a per-author record over the merged rounds (AuthorRecord); trusted authors stay
+        if set(opts) - {"record", "strict"}:
+            raise SystemExit(f"+probe takes ;record=DECAY;strict=X only, got {sorted(opts)}")
+        # ;record=DECAY: a per-author record over the merged rounds (AuthorRecord); an author it trusts
+        # is dropped only below probe_cut with frac = strict (default inf: never)
         self.record = AuthorRecord(float(opts["record"])) if "record" in opts else None
+        self.strict = float(opts.get("strict", "inf"))
         self.history_rounds = getattr(inner, "history_rounds", 0)
         self.base: dict[str, np.ndarray] = {}
         self.score_s, self.scored = 0.0, 0
@@ -172,6 +174,7 @@ class ProbeThen:
             floor=cfg["probe_floor"],
             trusted=record.trusted(authors) if record is not None else (),
             judged=judged,
+            strict=self.strict,
         )
         if commit and record is not None and judged is not None:
             record.add(authors, judged)

@@ -207,6 +207,9 @@ def test_trusted_updates_are_kept_and_judged_scores_are_relative_to_the_median()
     # the drop is judged against its scoring's median |score| (1.0), the kept against theirs (0.9)
     assert judged == {3: -2.0, 0: 1.0 / 0.9, 1: 1.0, 2: 1.1 / 0.9, 4: 0.8 / 0.9}
     assert probe_keep(5, scores_of, trusted={3}) == [0, 1, 2, 3, 4]
+    # strict: a trusted update is judged by the cut of frac = strict (-1.5 x 1.0 here; -2.0 is below)
+    assert probe_keep(5, scores_of, trusted={3}, strict=1.5) == [0, 1, 2, 4]
+    assert probe_keep(5, scores_of, trusted={3}, strict=2.5) == [0, 1, 2, 3, 4]
     many = [-5.0, -4.0, -3.0, -2.0, 1.0, 1.0, 1.0]  # the budget still counts only real drops
     assert probe_keep(7, lambda kept: [many[i] for i in kept], trusted={0}) == [0, 4, 5, 6]
 

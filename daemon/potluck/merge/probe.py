@@ -222,6 +222,7 @@ def probe_keep(
     floor: float = 0.0,
     trusted: Collection[int] = (),
     judged: dict[int, float] | None = None,
+    strict: float = math.inf,
 ) -> list[int]:
     """Indices (ascending) of the n updates to keep. ``scores_of(kept)``: the scores of the updates
     ``kept`` (indices) when only they are merged. While the lowest score of the kept updates is below
@@ -230,7 +231,8 @@ def probe_keep(
     leave-one-out scores interact: with several flippers an honest owner of the classes they relabel
     to can look bad until they are gone, and a flipper whose harm is masked by another's shows once
     that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse). ``trusted``:
-    indices never dropped (authors with a positive :class:`AuthorRecord`). ``dropped``, if given, gets
+    indices (authors with a positive :class:`AuthorRecord`) judged by the cut of ``frac = strict``
+    instead (default inf: never dropped). ``dropped``, if given, gets
     ``(index, score, cut)`` of each drop, in order; ``judged``, if given, each update's last score over
     the lower-median absolute score of that scoring (0 when that median is 0): what an
     :class:`AuthorRecord` adds up."""
@@ -238,14 +240,14 @@ def probe_keep(
     scores = scores_of(kept)
     cut = probe_cut(scores, frac, floor)
     while n - len(kept) < (n - 1) // 2:  # probe_cut has refused NaN scores
-        open_ = [t for t in range(len(kept)) if kept[t] not in trusted]
-        if not open_:
+        lenient = probe_cut(scores, strict, floor) if trusted else cut
+        cuts = [lenient if i in trusted else cut for i in kept]
+        below = [t for t in range(len(kept)) if scores[t] < cuts[t]]
+        if not below:
             break
-        worst = min(open_, key=lambda t: (scores[t], -kept[t]))
-        if scores[worst] >= cut:
-            break
+        worst = min(below, key=lambda t: (scores[t], -kept[t]))
         if dropped is not None:
-            dropped.append((kept[worst], scores[worst], cut))
+            dropped.append((kept[worst], scores[worst], cuts[worst]))
         if judged is not None:
             judged[kept[worst]] = _relative(scores[worst], scores)
         del kept[worst]
@@ -303,14 +305,15 @@ def probe_filter(
     floor: float = 0.0,
     trusted: Collection[int] = (),
     judged: dict[int, float] | None = None,
+    strict: float = math.inf,
 ) -> list[int]:
     """:func:`probe_keep` with :func:`probe_scores` (quantized): the indices (ascending) of the deltas
-    to merge; ``dropped``, ``trusted`` and ``judged`` as :func:`probe_keep`'s."""
+    to merge; ``dropped``, ``trusted``, ``judged`` and ``strict`` as :func:`probe_keep`'s."""
 
     def scores_of(kept: list[int]) -> list[float]:
         return [quantize(s) for s in probe_scores(base, [deltas[i] for i in kept], layers, probe, scale)]
 
-    return probe_keep(len(deltas), scores_of, frac, dropped, floor, trusted, judged)
+    return probe_keep(len(deltas), scores_of, frac, dropped, floor, trusted, judged, strict)
 
 
 def probe_args(values: Mapping[str, Any]) -> dict[str, Any]:
