@@ -32,8 +32,11 @@ held-out test split (a fixed PCG64 stream; no contributor trains on it), named b
 (``potluck.merge.probe``); every run of the invocation then scores accuracy on the rest of the test
 split, and a label ``S+probe`` (e.g. ``history_clip+probe``) drops updates by their probe scores
 (leave-one-out on the plain mean; ``probe_keep``: the lowest dropped while below ``-probe_frac`` x
-the median absolute score, the rest scored again) before strategy S merges the rest. The JSON's
-``probe`` holds the set's hash and the scoring time per update.
+the median absolute score, the rest scored again) before strategy S merges the rest;
+``S+probe;record=D;strict=X`` also keeps a per-author record (``AuthorRecord`` with decay D, updated
+on each round's real merge only, never on an adaptive attacker's trial merges): an author whose
+record is positive is dropped only below ``-X`` x the median absolute score. The JSON's ``probe``
+holds the set's hash and the scoring time per update.
 """
 
 from __future__ import annotations

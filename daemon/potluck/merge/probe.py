@@ -23,7 +23,11 @@ with classes of its own, so no rule over the round's updates alone tells them ap
   disagrees with most contributors cannot empty a round. Cost per keeper and round: ``n + 1``
   forward passes over the probe set per scoring, one scoring more per drop. The kept updates then go to
   the run's strategy (e.g. ``history_clip``); the scores judge them under a plain mean, not under
-  that strategy.
+  that strategy;
+* :class:`AuthorRecord` (bench/robust.py only so far: the manifest cannot name it and no node
+  carries it): each author's decayed sum of its relative scores over the rounds merged before; an
+  author whose record is positive is judged by a stricter cut (``strict``), so an honest update that
+  scores badly in one round is kept while a repeat offender is judged by the usual one.
 
 Determinism: every keeper must get the same scores bit for bit, whatever order the updates arrived
 in. The updates are summed in a canonical order (by the SHA-256 of each one's float64 bytes), so
@@ -267,13 +271,14 @@ def _relative(score: float, scores: Sequence[float]) -> float:
 class AuthorRecord:
     """Each author's probe record over the rounds merged so far: ``decay`` x its record + its update's
     score in the round over that scoring's median absolute score (``probe_keep``'s ``judged``). An
-    author whose record is positive is :meth:`trusted`: :func:`probe_keep` never drops it. Honest
-    non-IID authors score positive in most rounds and attackers that dilute or flip labels negative in
-    most (bench/README.md), so an honest update that scores badly once is kept while a repeat
-    offender is judged by the cut. Derived only from the scores of merged rounds: every node that
-    merged (or replays) the same rounds holds the same record (IEEE products and sums of the
-    quantized scores). Measured in bench/robust.py; the daemon does not carry it yet (a keeper would
-    need the scores of every earlier round it did not merge itself)."""
+    author whose record is positive is :meth:`trusted`: :func:`probe_keep` judges it by its ``strict``
+    cut. Honest non-IID authors score positive in most rounds and attackers that dilute or flip labels
+    negative in most (bench/README.md), so an honest update that scores badly once is kept while a
+    repeat offender is judged by the usual cut; an author absent from a round keeps its record.
+    Derived only from the scores of merged rounds: every node that merged (or replays) the same rounds
+    holds the same record (IEEE products and sums of the quantized scores). Measured in
+    bench/robust.py; the daemon does not carry it yet (a keeper would need the scores of every earlier
+    round it did not merge itself: in the commit, or replayed from the stored updates)."""
 
     decay: float = 0.5
     values: dict[str, float] = field(default_factory=dict)
