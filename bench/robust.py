@@ -32,8 +32,11 @@ held-out test split (a fixed PCG64 stream; no contributor trains on it), named b
 (``potluck.merge.probe``); every run of the invocation then scores accuracy on the rest of the test
 split, and a label ``S+probe`` (e.g. ``history_clip+probe``) drops updates by their probe scores
 (leave-one-out on the plain mean; ``probe_keep``: the lowest dropped while below ``-probe_frac`` x
-the median absolute score, the rest scored again) before strategy S merges the rest. The JSON's
-``probe`` holds the set's hash and the scoring time per update.
+the median absolute score, the rest scored again) before strategy S merges the rest;
+``S+probe;record=D;strict=X`` also keeps a per-author record (``AuthorRecord`` with decay D, updated
+on each round's real merge only, never on an adaptive attacker's trial merges): an author whose
+record is positive is dropped only below ``-X`` x the median absolute score. The JSON's ``probe``
+holds the set's hash and the scoring time per update.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.merge import get_strategy, next_state
 from potluck.merge.context import RoundContext, entries_digest, step_between
-from potluck.merge.probe import ProbeSet, probe_filter
+from potluck.merge.probe import AuthorRecord, ProbeSet, probe_filter
 from potluck.tasks import get_task
 from potluck.tasks.data import LabeledData, evaluate_mlp
 from potluck.updates.codec import SignedUpdate, SparseTensor, Update, decode_update, encode_update
@@ -118,8 +121,9 @@ def spec_of(label: str) -> tuple[str, dict]:
 
 
 def strategy_of(label: str, cfg: dict | None = None):
-    if label.endswith("+probe"):
-        return ProbeThen(strategy_of(label.removesuffix("+probe")), cfg)
+    if "+probe" in label:  # S+probe, or S+probe;key=value;... (ProbeThen's options)
+        inner, _, opts = label.partition("+probe")
+        return ProbeThen(strategy_of(inner), cfg, dict(o.split("=", 1) for o in opts.split(";") if o))
     name, args = spec_of(label)
     return get_strategy(name, args)
 
@@ -143,17 +147,27 @@ class ProbeThen:
     """The probe rule, then ``inner``: scores each delta on the probe set at ``base`` (set by the round
     loop), keeps ``probe_keep``'s and merges those with ``inner`` (the context's authors filtered alike)."""
 
-    def __init__(self, inner, cfg: dict) -> None:
+    def __init__(self, inner, cfg: dict, opts: dict | None = None) -> None:
         self.inner, self.cfg = inner, cfg
+        opts = opts or {}
+        if set(opts) - {"record", "strict"}:
+            raise SystemExit(f"+probe takes ;record=DECAY;strict=X only, got {sorted(opts)}")
+        # ;record=DECAY: a per-author record over the merged rounds (AuthorRecord); an author it trusts
+        # is dropped only below probe_cut with frac = strict (default inf: never)
+        self.record = AuthorRecord(float(opts["record"])) if "record" in opts else None
+        self.strict = float(opts.get("strict", "inf"))
         self.history_rounds = getattr(inner, "history_rounds", 0)
         self.base: dict[str, np.ndarray] = {}
         self.score_s, self.scored = 0.0, 0
         self.attackers: set[str] = set()  # authors (hex) the bench knows are attackers: for the tally only
         self.dropped = {"attacker": 0, "honest": 0}
 
-    def keep(self, dense: list[dict[str, np.ndarray]]) -> list[int]:
-        cfg = self.cfg
-        return probe_filter(
+    def keep(self, dense: list[dict[str, np.ndarray]], authors=None, commit: bool = False) -> list[int]:
+        """The indices probe_filter keeps; with a record and the deltas' ``authors``, trusted authors
+        are kept and ``commit`` (the round's real merge, not an attacker's trial) adds the round to it."""
+        cfg, record = self.cfg, self.record if authors else None
+        judged: dict[int, float] | None = {} if record is not None else None
+        kept = probe_filter(
             self.base,
             dense,
             setup(cfg).layers,
@@ -161,15 +175,22 @@ class ProbeThen:
             cfg["outer_lr"],
             cfg["probe_frac"],
             floor=cfg["probe_floor"],
+            trusted=record.trusted(authors) if record is not None else (),
+            judged=judged,
+            strict=self.strict,
         )
+        if commit and record is not None and judged is not None:
+            record.add(authors, judged)
+        return kept
 
     def merge(self, deltas, weights, *, round_seed: int, context: RoundContext | None = None):
         shapes = {k: v.shape for k, v in self.base.items()}
         dense = [dense_of(d.update.tensors, shapes) if isinstance(d, SignedUpdate) else d for d in deltas]
         started = time.perf_counter()
-        keep = self.keep(dense)
+        real = all(isinstance(d, SignedUpdate) for d in deltas)
+        keep = self.keep(dense, context.authors if context is not None else None, commit=real)
         # tally the round's merge only (signed updates), not an adaptive attack's trials (dense deltas)
-        if all(isinstance(d, SignedUpdate) for d in deltas):
+        if real:
             self.score_s += time.perf_counter() - started
             self.scored += len(dense)
             for i in sorted(set(range(len(deltas))) - set(keep)):
@@ -257,7 +278,7 @@ def attack_deltas(attack: str, r: int, cfg: dict, env: dict) -> dict[int, dict[s
             def passes(x: dict[str, np.ndarray], c: int = c) -> bool:
                 kept = dense_of(to_sparse(x, cfg["density"]), shapes)  # what the codec keeps of it
                 deltas = honest + [kept if o == c else sends[o] for o in order]
-                return len(honest) + order.index(c) in rule.keep(deltas)
+                return len(honest) + order.index(c) in rule.keep(deltas, env["authors"])
 
             sends[c] = attacks.probe_flip(own[c], boost, passes)
         return sends
@@ -456,9 +477,9 @@ def main() -> None:
     cols = args.attacks.split(",") if args.attacks else default
     if args.strategies:
         labels = args.strategies.split(",")
-    if any(s.endswith("+probe") for s in labels) and not args.probe:
+    if any("+probe" in s for s in labels) and not args.probe:
         ap.error("a '+probe' strategy needs --probe K (probe images per class)")
-    unknown = [s for s in labels if s.removesuffix("+probe") not in STRATEGIES and ":" not in s]
+    unknown = [s for s in labels if s.partition("+probe")[0] not in STRATEGIES and ":" not in s]
     unknown += [a for a in cols if a not in attacks.ATTACKS and not _is_ipm(a)]
     if unknown:
         ap.error(f"unknown strategy label(s) or attack(s) {unknown}; labels: {', '.join(STRATEGIES)}")
@@ -500,7 +521,7 @@ def main() -> None:
             "config": {
                 **{k: v for k, v in cfg.items() if k not in ("probe_set", "eval_set")},
                 "seeds": seeds,
-                "strategies": {s: list(spec_of(s.removesuffix("+probe"))) for s in labels},
+                "strategies": {s: list(spec_of(s.partition("+probe")[0])) for s in labels},
                 "attacks": cols,
             },
             "probe": probe_info,

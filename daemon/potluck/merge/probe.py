@@ -23,7 +23,11 @@ with classes of its own, so no rule over the round's updates alone tells them ap
   disagrees with most contributors cannot empty a round. Cost per keeper and round: ``n + 1``
   forward passes over the probe set per scoring, one scoring more per drop. The kept updates then go to
   the run's strategy (e.g. ``history_clip``); the scores judge them under a plain mean, not under
-  that strategy.
+  that strategy;
+* :class:`AuthorRecord` (bench/robust.py only so far: the manifest cannot name it and no node
+  carries it): each author's decayed sum of its relative scores over the rounds merged before; an
+  author whose record is positive is judged by a stricter cut (``strict``), so an honest update that
+  scores badly in one round is kept while a repeat offender is judged by the usual one.
 
 Determinism: every keeper must get the same scores bit for bit, whatever order the updates arrived
 in. The updates are summed in a canonical order (by the SHA-256 of each one's float64 bytes), so
@@ -52,8 +56,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +65,7 @@ import numpy as np
 __all__ = [
     "LOSS_CAP",
     "PROBE_DEFAULTS",
+    "AuthorRecord",
     "ProbeError",
     "ProbeRule",
     "ProbeSet",
@@ -219,6 +224,9 @@ def probe_keep(
     frac: float = 0.5,
     dropped: list[tuple[int, float, float]] | None = None,
     floor: float = 0.0,
+    trusted: Collection[int] = (),
+    judged: dict[int, float] | None = None,
+    strict: float = math.inf,
 ) -> list[int]:
     """Indices (ascending) of the n updates to keep. ``scores_of(kept)``: the scores of the updates
     ``kept`` (indices) when only they are merged. While the lowest score of the kept updates is below
@@ -226,21 +234,63 @@ def probe_keep(
     scored again without it, never more than ``(n - 1) // 2`` of the n. Rescoring because
     leave-one-out scores interact: with several flippers an honest owner of the classes they relabel
     to can look bad until they are gone, and a flipper whose harm is masked by another's shows once
-    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse). ``dropped``,
-    if given, gets ``(index, score, cut)`` of each drop, in order."""
+    that one is gone (bench/README.md measures one-shot and fixed-cut variants: worse). ``trusted``:
+    indices (authors with a positive :class:`AuthorRecord`) judged by the cut of ``frac = strict``
+    instead (default inf: never dropped). ``dropped``, if given, gets
+    ``(index, score, cut)`` of each drop, in order; ``judged``, if given, each update's last score over
+    the lower-median absolute score of that scoring (0 when that median is 0): what an
+    :class:`AuthorRecord` adds up."""
     kept = list(range(n))
     scores = scores_of(kept)
     cut = probe_cut(scores, frac, floor)
     while n - len(kept) < (n - 1) // 2:  # probe_cut has refused NaN scores
-        worst = min(range(len(kept)), key=lambda t: (scores[t], -kept[t]))
-        if scores[worst] >= cut:
+        lenient = probe_cut(scores, strict, floor) if trusted else cut
+        cuts = [lenient if i in trusted else cut for i in kept]
+        below = [t for t in range(len(kept)) if scores[t] < cuts[t]]
+        if not below:
             break
+        worst = min(below, key=lambda t: (scores[t], -kept[t]))
         if dropped is not None:
-            dropped.append((kept[worst], scores[worst], cut))
+            dropped.append((kept[worst], scores[worst], cuts[worst]))
+        if judged is not None:
+            judged[kept[worst]] = _relative(scores[worst], scores)
         del kept[worst]
         scores = scores_of(kept)
         cut = probe_cut(scores, frac, floor)
+    if judged is not None:
+        judged.update((i, _relative(s, scores)) for i, s in zip(kept, scores, strict=True))
     return kept
+
+
+def _relative(score: float, scores: Sequence[float]) -> float:
+    med = sorted(abs(s) for s in scores)[(len(scores) - 1) // 2] if scores else 0.0
+    return score / med if med > 0.0 else 0.0
+
+
+@dataclass
+class AuthorRecord:
+    """Each author's probe record over the rounds merged so far: ``decay`` x its record + its update's
+    score in the round over that scoring's median absolute score (``probe_keep``'s ``judged``). An
+    author whose record is positive is :meth:`trusted`: :func:`probe_keep` judges it by its ``strict``
+    cut. Honest non-IID authors score positive in most rounds and attackers that dilute or flip labels
+    negative in most (bench/README.md), so an honest update that scores badly once is kept while a
+    repeat offender is judged by the usual cut; an author absent from a round keeps its record.
+    Derived only from the scores of merged rounds: every node that merged (or replays) the same rounds
+    holds the same record (IEEE products and sums of the quantized scores). Measured in
+    bench/robust.py; the daemon does not carry it yet (a keeper would need the scores of every earlier
+    round it did not merge itself: in the commit, or replayed from the stored updates)."""
+
+    decay: float = 0.5
+    values: dict[str, float] = field(default_factory=dict)
+
+    def trusted(self, authors: Sequence[str]) -> set[int]:
+        """Indices of ``authors`` whose record is positive."""
+        return {i for i, a in enumerate(authors) if self.values.get(a, 0.0) > 0.0}
+
+    def add(self, authors: Sequence[str], judged: Mapping[int, float]) -> None:
+        """A merged round: ``judged`` (index -> relative score) of the updates by ``authors``."""
+        for i, a in enumerate(authors):
+            self.values[a] = self.decay * self.values.get(a, 0.0) + judged.get(i, 0.0)
 
 
 def quantize(score: float) -> float:
@@ -258,14 +308,17 @@ def probe_filter(
     frac: float = 0.5,
     dropped: list[tuple[int, float, float]] | None = None,
     floor: float = 0.0,
+    trusted: Collection[int] = (),
+    judged: dict[int, float] | None = None,
+    strict: float = math.inf,
 ) -> list[int]:
     """:func:`probe_keep` with :func:`probe_scores` (quantized): the indices (ascending) of the deltas
-    to merge; ``dropped`` as :func:`probe_keep`'s."""
+    to merge; ``dropped``, ``trusted``, ``judged`` and ``strict`` as :func:`probe_keep`'s."""
 
     def scores_of(kept: list[int]) -> list[float]:
         return [quantize(s) for s in probe_scores(base, [deltas[i] for i in kept], layers, probe, scale)]
 
-    return probe_keep(len(deltas), scores_of, frac, dropped, floor)
+    return probe_keep(len(deltas), scores_of, frac, dropped, floor, trusted, judged, strict)
 
 
 def probe_args(values: Mapping[str, Any]) -> dict[str, Any]:
