@@ -15,11 +15,14 @@ and N/2 contributors (``potluck join --run``, ``--local-steps``), real processes
   node's own meter, potluck.swarm.traffic, run by this bench on its p2pd and on its python, which
   holds the direct sync channel's sockets), sent + received, from round 0's commit on the first
   keeper to the last one's, per round; ``conflicting_rounds``: rounds 0..last of which two nodes'
-  histories hold different version hashes (the hash of the weights' bytes); ``skipped_node_rounds``:
+  histories hold different version hashes (the hash of the weights' bytes), read once every node holds
+  them and agrees, or after ``SETTLE_S`` (a round a keeper committed alone, as quorum 1 allows, is
+  replaced by the fork choice's winner when that keeper next reads the round's commits:
+  ``fork_switches``, summed over the nodes, counts those switches); ``skipped_node_rounds``:
   rounds a node never held because it fell behind and caught up past them; ``agree_every_round``: no
   conflict and every node holds the same last version.
-* memory once the last round committed: each node's process tree (python, DHT child, p2pd and any
-  averager) RSS, PSS and USS (bench/procmem.py), per role.
+* memory once the last round committed: each node's process tree (python, p2pd and any averager)
+  RSS, PSS and USS (bench/procmem.py), per role.
 
 Baseline (``hivemind``): N plain hivemind DHT peers started the same way (bench/discovery.py's
 ``baseline_discovery``): time from the last peer's DHT being up until each has seen the N-1 others in
@@ -54,6 +57,7 @@ from potluck.swarm.traffic import Traffic
 
 POLL_S = 0.05
 MB = 1 << 20
+SETTLE_S = 60.0  # after the last round: for every node to hold rounds 0..last and agree on them
 
 
 def log(message: str) -> None:
@@ -153,7 +157,8 @@ def run_potluck(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         out |= rounds(swarm, args, start_in + args.timeout)
         log(
             f"n={n}: rounds {out['round_s']['all']} s; conflicting rounds {out['conflicting_rounds']}, "
-            f"skipped {out['skipped_node_rounds']} node-rounds, agree: {out['agree_every_round']}"
+            f"skipped {out['skipped_node_rounds']} node-rounds, fork switches {out['fork_switches']}, "
+            f"agree: {out['agree_every_round']}"
         )
         swarm.stop()
     return out
@@ -186,6 +191,11 @@ def discovery(swarm: LocalSwarm, n: int, keepers: int, args: argparse.Namespace)
     }
 
 
+def conflicting(held: list[dict[int, str]], wanted: set[int]) -> list[int]:
+    """The rounds of ``wanted`` that two of the histories ``held`` hold with different versions."""
+    return [r for r in sorted(wanted) if len({h[r] for h in held if r in h}) > 1]
+
+
 def rounds(swarm: LocalSwarm, args: argparse.Namespace, first_timeout: float) -> dict[str, Any]:
     """Wait out round 0 and ``args.rounds`` more; their times, bytes, the nodes' memory and agreement."""
     first, last = swarm.nodes[0], args.rounds
@@ -200,13 +210,19 @@ def rounds(swarm: LocalSwarm, args: argparse.Namespace, first_timeout: float) ->
     commits = {e["round"]: e["time"] for e in keeper_log(first)}
     round_s = [round(commits[r] - commits[r - 1], 2) for r in range(1, last + 1)]
     wanted = set(range(last + 1))
-    with contextlib.suppress(TimeoutError):  # the slowest nodes may still be syncing the last version
-        wait_for(lambda: all(wanted <= set(versions(x)) for x in swarm.nodes), 30, "every node's history")
+
+    def settled() -> bool:  # the slowest nodes may still be syncing the last version, or switching to it
+        held = [versions(x) for x in swarm.nodes]
+        return all(wanted <= set(h) for h in held) and not conflicting(held, wanted)
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(settled, SETTLE_S, "every node's history to hold the same rounds")
     held = [versions(node) for node in swarm.nodes]
+    fork_switches = sum(node.status()["fork_switches"] for node in swarm.nodes)
     # a node that fell behind catches up to the latest commit, skipping the rounds between (commit.py):
     # it never holds those, so they count as skipped; two nodes holding different versions of a round
     # is a conflict
-    conflicts = [r for r in sorted(wanted) if len({h[r] for h in held if r in h}) > 1]
+    conflicts = conflicting(held, wanted)
     skipped = sum(r not in h for h in held for r in wanted)
     final = {h.get(last) for h in held}
     span = max(1, r1 - r0)
@@ -226,6 +242,7 @@ def rounds(swarm: LocalSwarm, args: argparse.Namespace, first_timeout: float) ->
         "bytes_rounds": f"{r0}..{r1}",
         "agree_every_round": not conflicts and len(final) == 1 and None not in final,
         "conflicting_rounds": conflicts,
+        "fork_switches": fork_switches,
         "skipped_node_rounds": f"{skipped}/{len(held) * len(wanted)}",
         "memory_MB": memory_by_role(mem),
     }
