@@ -56,6 +56,7 @@ import numpy as np
 import plots  # bench/plots.py: this script's folder is on the path
 import torch
 from lowrank_feedback import LowRankFeedback  # bench/lowrank_feedback.py: a method measured, not kept
+from masked_feedback import MaskedFeedback  # bench/masked_feedback.py: an exploration
 
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
@@ -101,6 +102,9 @@ def federated(task, genesis, datas, args) -> dict:
             LowRankFeedback(args.rank, targets, ErrorFeedback(args.extra_density, args.values, args.scope))
             for _ in datas
         ],
+        "masked": [MaskedFeedback(args.density, args.bits, "shared") for _ in datas],
+        "topkq": [MaskedFeedback(args.density, args.bits, "topk") for _ in datas],
+        "blockq": [MaskedFeedback(args.density, args.bits, f"block{args.block}") for _ in datas],
     }
     methods = ["fedavg", *args.patches.split(",")]
     states = {m: dict(genesis) for m in methods}
@@ -126,20 +130,39 @@ def federated(task, genesis, datas, args) -> dict:
                     if extras:  # trained whole beside the adapters: sparse entries in the same update
                         tensors += tuple(feedback[method][c].compress({k: factors[k] for k in extras}))
                 else:
-                    new, samples = task.train(state, data, steps=steps, seed=seed, optimizer=opts[method][c])
-                    delta = {k: new[k] - state[k] for k in state}
+                    start = state
+                    fb = feedback.get(method, [None] * n)[c]
+                    if method != "fedavg" and args.ef_decay != 1.0:
+                        for e in fb.residual.values():
+                            e *= np.float32(args.ef_decay)
+                    if method != "fedavg" and args.ef_space == "model" and fb.residual:
+                        # model-space error feedback: train on from V_r plus what is not yet sent
+                        start = {k: state[k] + fb.residual[k] for k in state}
+                    new, samples = task.train(start, data, steps=steps, seed=seed, optimizer=opts[method][c])
+                    delta = {k: new[k] - start[k] for k in state}
                     if method == "fedavg":
                         carried.append((samples, delta))
                         continue
-                    tensors = tuple(feedback[method][c].compress(delta))
+                    if method in ("masked", "topkq", "blockq"):
+                        tensors = tuple(fb.compress(delta, seed_of(args.seed, r, 0)))
+                    else:
+                        tensors = tuple(fb.compress(delta))
                 update = Update(RUN, r, base, identities[c].public_key, r + 1, samples, tensors)
                 values = "int8" if method in ("lowrank", "hybrid") else args.values
                 blob = encode_update(update, identities[c], values)
                 sent[method] += len(blob)
+                if method in ("masked", "topkq", "blockq"):  # b-bit values counted as such; a shared mask: no indices
+                    shared = method in ("masked", "blockq")
+                    wire = sum(len(t.value_bytes) + len(t.scale_bytes) + shared * len(t.index_bytes)
+                               for t in parse_update(blob).tensors)  # fmt: skip
+                    sent[method] += feedback[method][c].value_bytes - wire
+                    feedback[method][c].value_bytes = 0
                 overheads.append(len(blob) - sum(t.payload_size for t in parse_update(blob).tensors))
                 carried.append((samples, decode_update(blob)))
             if method == "fedavg":
                 merged = dense_average(state, carried)
+            elif args.merge_norm == "senders":
+                merged = senders_average(state, carried)
             else:
                 merged, _ = local_average(
                     state, layout, carried, 1.0 if args.outer_momentum else args.outer_lr
@@ -191,6 +214,20 @@ def outer_step(state: dict, merged: dict, momentum: dict, args) -> dict:
         m = momentum[k] = mu * momentum.get(k, 0.0) + d
         out[k] = (v + args.outer_lr * (d + mu * m)).astype(v.dtype)
     return out
+
+
+def senders_average(state: dict, carried: list) -> dict:
+    """Each coordinate: the weighted mean over the updates that sent it (float64; exploration only)."""
+    num = {k: np.zeros(v.size) for k, v in state.items()}
+    den = {k: np.zeros(v.size) for k, v in state.items()}
+    for w, u in carried:
+        for t in u.update.tensors:
+            num[t.name][t.indices] += w * t.values.astype(np.float64)
+            den[t.name][t.indices] += w
+    return {
+        k: (v.astype(np.float64) + (num[k] / np.maximum(den[k], 1)).reshape(v.shape)).astype(v.dtype)
+        for k, v in state.items()
+    }
 
 
 def dense_average(state: dict, carried: list[tuple[int, dict]]) -> dict:
@@ -411,12 +448,20 @@ def main() -> None:
     ap.add_argument(
         "--scope", choices=["tensor", "model"], default="tensor", help="sparse: top-k of each tensor or all"
     )
+    ap.add_argument("--block", type=int, default=8, help="blockq: entries per block")
+    ap.add_argument("--merge-norm", choices=["all", "senders"], default="all", help="patches' merge")
+    ap.add_argument("--bits", type=int, default=8, help="masked, topkq: bits per value")
     ap.add_argument("--rank", type=int, default=2, help="lowrank: adapter rank")
     ap.add_argument("--targets", default="*", help="lowrank, factored: glob of the 2-D tensors adapted")
     ap.add_argument("--shared-a", action="store_true", help="lowrank, hybrid: one A per round for all")
     ap.add_argument(
         "--extra-density", type=float, default=1.0, help="factored: top-k density of the other tensors"
     )
+    ap.add_argument(
+        "--ef-space", choices=["delta", "model"], default="delta",
+        help="sparse: error feedback added to the next delta, or trained from (V_r + residual)",
+    )  # fmt: skip
+    ap.add_argument("--ef-decay", type=float, default=1.0, help="sparse: residual x this each round")
     ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's merge lr (FedAvg uses 1)")
     ap.add_argument(
         "--fresh-optimizer",
