@@ -66,7 +66,7 @@ from potluck.tasks import get_task, pretrain
 from potluck.tasks.corpus import DOMAINS
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.lowrank import LowRankTensor, balance, expand
-from potluck.updates.sparsify import ErrorFeedback
+from potluck.updates.sparsify import ErrorFeedback, k_for, topk_indices
 
 RUN = "bench-lm"
 # small enough that 6 contributors x 12 rounds fit a few minutes of 2 cores
@@ -97,13 +97,15 @@ def federated(task, genesis, datas, args) -> dict:
     targets = [k for k, v in sorted(genesis.items()) if v.ndim == 2 and fnmatchcase(k, args.targets)]
     feedback = {
         "sparse": [ErrorFeedback(args.density, args.values, args.scope) for _ in datas],
+        "salient": [ErrorFeedback(args.density, args.values, args.scope) for _ in datas],
         "hybrid": [ErrorFeedback(args.extra_density, args.values, args.scope) for _ in datas],
         "factored": [
             LowRankFeedback(args.rank, targets, ErrorFeedback(args.extra_density, args.values, args.scope))
             for _ in datas
         ],
         "masked": [MaskedFeedback(args.density, args.bits, "shared") for _ in datas],
-        "topkq": [MaskedFeedback(args.density, args.bits, "topk") for _ in datas],
+        "topkq": [MaskedFeedback(args.density, args.bits, "topk", args.sticky, args.gain) for _ in datas],
+        "groupq": [MaskedFeedback(args.density, args.bits, f"group{args.block}") for _ in datas],
         "blockq": [MaskedFeedback(args.density, args.bits, f"block{args.block}") for _ in datas],
     }
     methods = ["fedavg", *args.patches.split(",")]
@@ -111,6 +113,7 @@ def federated(task, genesis, datas, args) -> dict:
     # each contributor's own Adam state per method (--keep-optimizer), and each method's outer momentum
     opts = {m: [None if args.fresh_optimizer else {} for _ in datas] for m in methods}
     momenta: dict[str, dict] = {m: {} for m in methods}
+    hots: dict[str, dict] = {}
     sent = dict.fromkeys(methods, 0)
     overheads: list[int] = []
     for r in range(args.rounds):
@@ -143,17 +146,22 @@ def federated(task, genesis, datas, args) -> dict:
                     if method == "fedavg":
                         carried.append((samples, delta))
                         continue
-                    if method in ("masked", "topkq", "blockq"):
-                        tensors = tuple(fb.compress(delta, seed_of(args.seed, r, 0)))
+                    if method in ("sparse", "salient") and args.start_rounds:  # potluck's start_density
+                        fb.density = args.start_density if r < args.start_rounds else args.density
+                    if method == "salient":  # top-k by |residual| x own Adam gradient scale ** s, as join
+                        scales = task.gradient_scale(opts[method][c])
+                        fb.weights = {k: g**args.salience for k, g in scales.items()}
+                    if method in ("masked", "topkq", "blockq", "groupq"):
+                        tensors = tuple(fb.compress(delta, seed_of(args.seed, r, 0), hots.get(method)))
                     else:
                         tensors = tuple(fb.compress(delta))
                 update = Update(RUN, r, base, identities[c].public_key, r + 1, samples, tensors)
                 values = "int8" if method in ("lowrank", "hybrid") else args.values
                 blob = encode_update(update, identities[c], values)
                 sent[method] += len(blob)
-                if method in ("masked", "topkq", "blockq"):  # b-bit values counted as such; a shared mask: no indices
-                    shared = method in ("masked", "blockq")
-                    wire = sum(len(t.value_bytes) + len(t.scale_bytes) + shared * len(t.index_bytes)
+                if method in ("masked", "topkq", "blockq", "groupq"):  # MaskedFeedback counts b-bit values
+                    # and the indices a receiver could not derive; the int8 codec's payload is not counted
+                    wire = sum(len(t.value_bytes) + len(t.scale_bytes) + len(t.index_bytes)
                                for t in parse_update(blob).tensors)  # fmt: skip
                     sent[method] += feedback[method][c].value_bytes - wire
                     feedback[method][c].value_bytes = 0
@@ -169,6 +177,11 @@ def federated(task, genesis, datas, args) -> dict:
                 )
             if args.outer_momentum:
                 merged = outer_step(state, merged, momenta[method], args)
+            if args.hot_density and method == "topkq":  # the merged delta's largest: known to every node
+                hots[method] = {
+                    k: topk_indices(np.abs(merged[k] - v).reshape(-1), k_for(v.size, args.hot_density))
+                    for k, v in state.items()
+                }
             states[method] = merged
         log(f"  round {r + 1}/{args.rounds}")
     # FedAvg's dense fp32 deltas: 4 bytes a parameter plus a potluck envelope's non-payload bytes
@@ -450,6 +463,12 @@ def main() -> None:
     )
     ap.add_argument("--block", type=int, default=8, help="blockq: entries per block")
     ap.add_argument("--merge-norm", choices=["all", "senders"], default="all", help="patches' merge")
+    ap.add_argument("--sticky", type=int, default=1, help="topkq: a mask chosen every K rounds, reused")
+    ap.add_argument("--hot-density", type=float, default=0.0, help="topkq: + the merged delta's top (free)")
+    ap.add_argument("--gain", type=float, default=1.0, help="topkq, 1 bit: scale = gain x mean|v|")
+    ap.add_argument("--start-density", type=float, default=0.0, help="sparse: density of the first rounds")
+    ap.add_argument("--start-rounds", type=int, default=0, help="sparse: rounds at --start-density")
+    ap.add_argument("--salience", type=float, default=0.5, help="salient: top-k of |e| g^s (join --salience)")
     ap.add_argument("--bits", type=int, default=8, help="masked, topkq: bits per value")
     ap.add_argument("--rank", type=int, default=2, help="lowrank: adapter rank")
     ap.add_argument("--targets", default="*", help="lowrank, factored: glob of the 2-D tensors adapted")
