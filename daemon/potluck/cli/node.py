@@ -196,11 +196,11 @@ def _join_parser(commands: Commands) -> None:
     )
     join.add_argument(
         "--salience",
-        type=float,
+        type=positive_float,
         default=0.0,
         metavar="S",
         help="sparse patches: send first the entries largest in |delta| x (Adam's gradient scale)^S "
-        "(0: largest |delta|; 0.5 measured best with --values sign, bench/README.md#lm)",
+        "(default: largest |delta|; 0.5 measured best in a run with sign values, bench/README.md#lm)",
     )
     join.add_argument(
         "--client-mode",
