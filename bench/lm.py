@@ -19,7 +19,13 @@ fresh Adam every round; LoRA adapters always start a fresh one):
   every entry, in the same update; ``potluck join --lowrank-extras``) and/or ``factored`` (the whole
   model trained as for sparse, each 2-D tensor sent as rank ``--rank`` SVD factors with error
   feedback, the others at ``--extra-density``), merged by ``fixedpoint.local_average`` weighted by
-  sample count; ``--patch-steps`` gives them other local steps than FedAvg's;
+  sample count; ``--patch-steps`` gives them other local steps than FedAvg's; ``salient``: sparse,
+  the top-k ranked by ``|residual| x g ** --salience``, ``g`` the contributor's own Adam gradient
+  scale (``potluck join --salience``; the wire is unchanged). Explorations (bench/masked_feedback.py,
+  bytes counted, not encoded as such): ``topkq`` top-k at ``--bits`` per value, ``masked`` a random
+  mask shared by the round's contributors, ``blockq`` top blocks of ``--block`` entries, ``groupq`` the
+  largest of each group of ``--block``; ``--ef-space``, ``--ef-decay``, ``--merge-norm``, ``--sticky``,
+  ``--hot-density``, ``--gain``, ``--start-density``/``--start-rounds`` vary the sparse methods;
 * ``fedavg``: the same rounds with dense fp32 deltas (bytes ``4 x params`` + a potluck envelope's
   non-payload bytes), merged the same way;
 * ``pooled``: one model trained on all six shards with the same compute (6 x K steps a round);
