@@ -19,7 +19,13 @@ fresh Adam every round; LoRA adapters always start a fresh one):
   every entry, in the same update; ``potluck join --lowrank-extras``) and/or ``factored`` (the whole
   model trained as for sparse, each 2-D tensor sent as rank ``--rank`` SVD factors with error
   feedback, the others at ``--extra-density``), merged by ``fixedpoint.local_average`` weighted by
-  sample count; ``--patch-steps`` gives them other local steps than FedAvg's;
+  sample count; ``--patch-steps`` gives them other local steps than FedAvg's; ``salient``: sparse,
+  the top-k ranked by ``|residual| x g ** --salience``, ``g`` the contributor's own Adam gradient
+  scale (``potluck join --salience``; the wire is unchanged). Explorations (bench/masked_feedback.py,
+  bytes counted, not encoded as such): ``topkq`` top-k at ``--bits`` per value, ``masked`` a random
+  mask shared by the round's contributors, ``blockq`` top blocks of ``--block`` entries, ``groupq`` the
+  largest of each group of ``--block``; ``--ef-space``, ``--ef-decay``, ``--merge-norm``, ``--sticky``,
+  ``--hot-density``, ``--gain``, ``--start-density``/``--start-rounds`` vary the sparse methods;
 * ``fedavg``: the same rounds with dense fp32 deltas (bytes ``4 x params`` + a potluck envelope's
   non-payload bytes), merged the same way;
 * ``pooled``: one model trained on all six shards with the same compute (6 x K steps a round);
@@ -56,6 +62,7 @@ import numpy as np
 import plots  # bench/plots.py: this script's folder is on the path
 import torch
 from lowrank_feedback import LowRankFeedback  # bench/lowrank_feedback.py: a method measured, not kept
+from masked_feedback import MaskedFeedback  # bench/masked_feedback.py: an exploration
 
 from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
@@ -65,7 +72,7 @@ from potluck.tasks import get_task, pretrain
 from potluck.tasks.corpus import DOMAINS
 from potluck.updates.codec import Update, decode_update, encode_update, parse_update
 from potluck.updates.lowrank import LowRankTensor, balance, expand
-from potluck.updates.sparsify import ErrorFeedback
+from potluck.updates.sparsify import ErrorFeedback, k_for, topk_indices
 
 RUN = "bench-lm"
 # small enough that 6 contributors x 12 rounds fit a few minutes of 2 cores
@@ -96,17 +103,23 @@ def federated(task, genesis, datas, args) -> dict:
     targets = [k for k, v in sorted(genesis.items()) if v.ndim == 2 and fnmatchcase(k, args.targets)]
     feedback = {
         "sparse": [ErrorFeedback(args.density, args.values, args.scope) for _ in datas],
+        "salient": [ErrorFeedback(args.density, args.values, args.scope) for _ in datas],
         "hybrid": [ErrorFeedback(args.extra_density, args.values, args.scope) for _ in datas],
         "factored": [
             LowRankFeedback(args.rank, targets, ErrorFeedback(args.extra_density, args.values, args.scope))
             for _ in datas
         ],
+        "masked": [MaskedFeedback(args.density, args.bits, "shared") for _ in datas],
+        "topkq": [MaskedFeedback(args.density, args.bits, "topk", args.sticky, args.gain) for _ in datas],
+        "groupq": [MaskedFeedback(args.density, args.bits, f"group{args.block}") for _ in datas],
+        "blockq": [MaskedFeedback(args.density, args.bits, f"block{args.block}") for _ in datas],
     }
     methods = ["fedavg", *args.patches.split(",")]
     states = {m: dict(genesis) for m in methods}
     # each contributor's own Adam state per method (--keep-optimizer), and each method's outer momentum
     opts = {m: [None if args.fresh_optimizer else {} for _ in datas] for m in methods}
     momenta: dict[str, dict] = {m: {} for m in methods}
+    hots: dict[str, dict] = {}
     sent = dict.fromkeys(methods, 0)
     overheads: list[int] = []
     for r in range(args.rounds):
@@ -126,26 +139,55 @@ def federated(task, genesis, datas, args) -> dict:
                     if extras:  # trained whole beside the adapters: sparse entries in the same update
                         tensors += tuple(feedback[method][c].compress({k: factors[k] for k in extras}))
                 else:
-                    new, samples = task.train(state, data, steps=steps, seed=seed, optimizer=opts[method][c])
-                    delta = {k: new[k] - state[k] for k in state}
+                    start = state
+                    fb = feedback.get(method, [None] * n)[c]
+                    if method != "fedavg" and args.ef_decay != 1.0:
+                        for e in fb.residual.values():
+                            e *= np.float32(args.ef_decay)
+                    if method != "fedavg" and args.ef_space == "model" and fb.residual:
+                        # model-space error feedback: train on from V_r plus what is not yet sent
+                        start = {k: state[k] + fb.residual[k] for k in state}
+                    new, samples = task.train(start, data, steps=steps, seed=seed, optimizer=opts[method][c])
+                    delta = {k: new[k] - start[k] for k in state}
                     if method == "fedavg":
                         carried.append((samples, delta))
                         continue
-                    tensors = tuple(feedback[method][c].compress(delta))
+                    if method in ("sparse", "salient") and args.start_rounds:  # potluck's start_density
+                        fb.density = args.start_density if r < args.start_rounds else args.density
+                    if method == "salient":  # top-k by |residual| x own Adam gradient scale ** s, as join
+                        scales = task.gradient_scale(opts[method][c])
+                        fb.weights = {k: g**args.salience for k, g in scales.items()}
+                    if method in ("masked", "topkq", "blockq", "groupq"):
+                        tensors = tuple(fb.compress(delta, seed_of(args.seed, r, 0), hots.get(method)))
+                    else:
+                        tensors = tuple(fb.compress(delta))
                 update = Update(RUN, r, base, identities[c].public_key, r + 1, samples, tensors)
                 values = "int8" if method in ("lowrank", "hybrid") else args.values
                 blob = encode_update(update, identities[c], values)
                 sent[method] += len(blob)
+                if method in ("masked", "topkq", "blockq", "groupq"):  # MaskedFeedback counts b-bit values
+                    # and the indices a receiver could not derive; the int8 codec's payload is not counted
+                    wire = sum(len(t.value_bytes) + len(t.scale_bytes) + len(t.index_bytes)
+                               for t in parse_update(blob).tensors)  # fmt: skip
+                    sent[method] += feedback[method][c].value_bytes - wire
+                    feedback[method][c].value_bytes = 0
                 overheads.append(len(blob) - sum(t.payload_size for t in parse_update(blob).tensors))
                 carried.append((samples, decode_update(blob)))
             if method == "fedavg":
                 merged = dense_average(state, carried)
+            elif args.merge_norm == "senders":
+                merged = senders_average(state, carried)
             else:
                 merged, _ = local_average(
                     state, layout, carried, 1.0 if args.outer_momentum else args.outer_lr
                 )
             if args.outer_momentum:
                 merged = outer_step(state, merged, momenta[method], args)
+            if args.hot_density and method == "topkq":  # the merged delta's largest: known to every node
+                hots[method] = {
+                    k: topk_indices(np.abs(merged[k] - v).reshape(-1), k_for(v.size, args.hot_density))
+                    for k, v in state.items()
+                }
             states[method] = merged
         log(f"  round {r + 1}/{args.rounds}")
     # FedAvg's dense fp32 deltas: 4 bytes a parameter plus a potluck envelope's non-payload bytes
@@ -191,6 +233,20 @@ def outer_step(state: dict, merged: dict, momentum: dict, args) -> dict:
         m = momentum[k] = mu * momentum.get(k, 0.0) + d
         out[k] = (v + args.outer_lr * (d + mu * m)).astype(v.dtype)
     return out
+
+
+def senders_average(state: dict, carried: list) -> dict:
+    """Each coordinate: the weighted mean over the updates that sent it (float64; exploration only)."""
+    num = {k: np.zeros(v.size) for k, v in state.items()}
+    den = {k: np.zeros(v.size) for k, v in state.items()}
+    for w, u in carried:
+        for t in u.update.tensors:
+            num[t.name][t.indices] += w * t.values.astype(np.float64)
+            den[t.name][t.indices] += w
+    return {
+        k: (v.astype(np.float64) + (num[k] / np.maximum(den[k], 1)).reshape(v.shape)).astype(v.dtype)
+        for k, v in state.items()
+    }
 
 
 def dense_average(state: dict, carried: list[tuple[int, dict]]) -> dict:
@@ -411,12 +467,26 @@ def main() -> None:
     ap.add_argument(
         "--scope", choices=["tensor", "model"], default="tensor", help="sparse: top-k of each tensor or all"
     )
+    ap.add_argument("--block", type=int, default=8, help="blockq: entries per block")
+    ap.add_argument("--merge-norm", choices=["all", "senders"], default="all", help="patches' merge")
+    ap.add_argument("--sticky", type=int, default=1, help="topkq: a mask chosen every K rounds, reused")
+    ap.add_argument("--hot-density", type=float, default=0.0, help="topkq: + the merged delta's top (free)")
+    ap.add_argument("--gain", type=float, default=1.0, help="topkq, 1 bit: scale = gain x mean|v|")
+    ap.add_argument("--start-density", type=float, default=0.0, help="sparse: density of the first rounds")
+    ap.add_argument("--start-rounds", type=int, default=0, help="sparse: rounds at --start-density")
+    ap.add_argument("--salience", type=float, default=0.5, help="salient: top-k of |e| g^s (join --salience)")
+    ap.add_argument("--bits", type=int, default=8, help="masked, topkq: bits per value")
     ap.add_argument("--rank", type=int, default=2, help="lowrank: adapter rank")
     ap.add_argument("--targets", default="*", help="lowrank, factored: glob of the 2-D tensors adapted")
     ap.add_argument("--shared-a", action="store_true", help="lowrank, hybrid: one A per round for all")
     ap.add_argument(
         "--extra-density", type=float, default=1.0, help="factored: top-k density of the other tensors"
     )
+    ap.add_argument(
+        "--ef-space", choices=["delta", "model"], default="delta",
+        help="sparse: error feedback added to the next delta, or trained from (V_r + residual)",
+    )  # fmt: skip
+    ap.add_argument("--ef-decay", type=float, default=1.0, help="sparse: residual x this each round")
     ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's merge lr (FedAvg uses 1)")
     ap.add_argument(
         "--fresh-optimizer",

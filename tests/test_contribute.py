@@ -137,6 +137,8 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
         ([*base, "--manifest", str(path), "--lowrank-targets", "*.w"], "--lowrank-targets needs --lowrank"),
         ([*base, "--manifest", str(path), "--lowrank-extras", "*"], "--lowrank-extras needs --lowrank"),
         ([*base, "--manifest", str(path), "--lowrank", "2"], "cannot train low-rank adapters"),
+        ([*base, "--manifest", str(path), "--salience", "0.5"], "a task with gradient_scale"),
+        ([*base, "--manifest", str(path), "--salience", "-1"], "--salience: must be > 0"),
     ]  # fmt: skip
     (tmp_path / "lm").mkdir()
     lm = write_run(tmp_path / "lm" / "run.toml", "lm", task_args={"n_layer": 1, "d_model": 32, "n_head": 2},
@@ -150,6 +152,8 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
         ([*lm_base[:-1], "--module", "m", "--shard", "poetry", "--module-rank", "40"],
          "--module-rank 40 is above the limit 32"),
         ([*lm_base, "2", "--lowrank-extras", "nope.*"], "matches no unfrozen tensor to train"),
+        ([*lm_base, "2", "--salience", "0.5"], "--salience needs whole-model training"),
+        ([*lm_base[:-1], "--fresh-optimizer", "--salience", "0.5"], "--salience needs whole-model training"),
     ]  # fmt: skip
     for args, needle in cases:
         proc = potluck(*args, timeout=60)

@@ -99,7 +99,7 @@ class Contributor:
     def __init__(self, node: ContributingNode, *, task_spec: str | None, shard: str | None, local_steps: int,
                  seed: int, max_rounds: int | None = None, join_timeout: float = 60.0,
                  lowrank: int | None = None, lowrank_targets: str = "*", lowrank_extras: str = "",
-                 keep_optimizer: bool = True):  # fmt: skip
+                 keep_optimizer: bool = True, salience: float = 0.0):  # fmt: skip
         """``lowrank``: train rank-``lowrank`` LoRA adapters on the 2-D tensors matching the glob
         ``lowrank_targets`` (the task needs ``train_lowrank``) and publish their factors instead.
         ``lowrank_extras``: with ``lowrank``, also train the other (unfrozen) tensors matching this glob
@@ -107,12 +107,18 @@ class Contributor:
         deltas, in the run's value format with error feedback, in the same update as the factors.
         ``keep_optimizer``: where the task's ``train`` takes an ``optimizer`` dict (the lm task's),
         hand it the same one every round, so its optimizer's state (Adam's moments) carries over
-        rounds instead of restarting from each V_r; it stays on this machine, never in an update."""
+        rounds instead of restarting from each V_r; it stays on this machine, never in an update.
+        ``salience``: rank the sparse top-k by ``|residual| * g ** salience``, ``g`` the kept optimizer's
+        per-entry gradient scale (the task's ``gradient_scale``), instead of by ``|residual|`` (0):
+        entries where the loss is more sensitive go first (bench/README.md#lm); the wire is unchanged."""
         self._node = node
         self._optimizer: dict | None = {} if keep_optimizer else None
         self._lowrank, self._lowrank_targets, self._lowrank_extras = lowrank, lowrank_targets, lowrank_extras
         self._task_spec, self._shard, self._steps, self._seed = task_spec, shard, local_steps, seed
         self._max_rounds = max_rounds
+        if not (salience >= 0 and np.isfinite(salience)):
+            raise ConfigError(f"--salience must be a finite number >= 0, got {salience}")
+        self._salience = salience
         self._join_timeout = join_timeout
         self.stats = ContributorStats()
         self._stop = threading.Event()
@@ -188,6 +194,11 @@ class Contributor:
             {"optimizer": self._optimizer} if self._optimizer is not None and takes_optimizer(train) else {}
         )
         names = list(self._node.versions.get(manifest.genesis))
+        if self._salience and (targets or "optimizer" not in kept or not hasattr(task, "gradient_scale")):
+            raise ConfigError(
+                "--salience needs whole-model training that keeps its optimizer state (not --lowrank or "
+                "--fresh-optimizer) and a task with gradient_scale"
+            )
         frozen = manifest.group_rules.frozen(names)
         feedback = ErrorFeedback(manifest.density, manifest.values, manifest.topk_scope)
         limits = manifest.group_rules.limits(names, "max_density")
@@ -258,6 +269,9 @@ class Contributor:
                 feedback.density = scheduled_density(r, *schedule)  # a sparse start, if the run has one
                 # a group's max_density below the round's density bounds its tensors' top-k
                 feedback.densities = {n: d for n, d in limits.items() if d < feedback.density}
+                if self._salience:  # the top-k by |residual| * gradient scale ** s (the wire is unchanged)
+                    scales = task.gradient_scale(self._optimizer)  # type: ignore[attr-defined]
+                    feedback.weights = {n: g**self._salience for n, g in scales.items() if n in delta}
                 tensors = await asyncio.to_thread(feedback.compress, delta)
             update = Update(manifest.run_id, r, base_version, identity.public_key, time.time_ns() // 1000,
                             int(samples), tuple(tensors))  # fmt: skip

@@ -102,6 +102,23 @@ def test_training_continues_the_optimizer_it_is_handed(small):
     assert {s["step"].item() for s in carry["adam"]["state"].values()} == {6}
 
 
+def test_gradient_scale_is_adams_second_moment_per_tensor(small):
+    """What ``potluck join --salience`` weights its top-k by: sqrt(exp_avg_sq) of each tensor, by name."""
+    state, data = small.init_state(0), small.local_data("0/3")
+    carry: dict = {}
+    assert small.gradient_scale(carry) == {}
+    small.train(state, data, steps=2, seed=1, optimizer=carry)
+    scales = small.gradient_scale(carry)
+    assert {k: v.shape for k, v in scales.items()} == {k: v.shape for k, v in state.items()}
+    moments = carry["adam"]["state"]
+    wte = list(small.shapes()).index("transformer.wte.weight")
+    np.testing.assert_array_equal(
+        scales["transformer.wte.weight"], np.sqrt(moments[wte]["exp_avg_sq"].numpy())
+    )
+    assert all((v >= 0).all() and v.dtype == np.float32 for v in scales.values())
+    assert any(v.max() > 0 for v in scales.values())
+
+
 def test_lora_lr_sets_the_adapters_learning_rate_only(small):
     state, data = small.init_state(0), small.local_data("0/3")
     targets = ["transformer.h.0.mlp.c_fc.weight"]
@@ -244,7 +261,8 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
         swarm.add_contributor("lora", "--shard", "0/2", "--local-steps", "20", "--lowrank", "4",
                               "--lowrank-targets", "transformer.h.*.weight",
                               "--lowrank-extras", "*.bias")  # fmt: skip
-        swarm.add_contributor("sparse", "--shard", "1/2", "--local-steps", "20", "--seed", "1")
+        swarm.add_contributor("sparse", "--shard", "1/2", "--local-steps", "20", "--seed", "1",
+                              "--salience", "0.5")  # fmt: skip
         for node in swarm.nodes:
             node.wait_ready()
 

@@ -85,6 +85,27 @@ def test_error_feedback_keeps_a_tensors_own_density():
     assert (sent["a"].indices.size, sent["b"].indices.size) == (100, 10)
 
 
+def test_error_feedback_weights_choose_the_entries_and_lose_nothing():
+    """``weights``: top-k of |residual| x weight (join --salience), per tensor and model-wide; the sum
+    of what is sent plus the residual is still every delta given; bad weights: a clear error."""
+    delta = {"a": np.array([1.0, -2.0, 3.0, 4.0], np.float32), "b": np.array([5.0, 1.0], np.float32)}
+    for scope, want in (("tensor", {"a": [0], "b": [1]}), ("model", {"a": [0]})):
+        feedback = ErrorFeedback(0.25 if scope == "tensor" else 1 / 6, "fp16", scope)
+        feedback.weights = {"a": np.array([10, 1, 1, 1], np.float32), "b": np.array([0.1, 9], np.float32)}
+        sent = {t.name: t for t in feedback.compress(delta)}
+        assert {n: t.indices.tolist() for n, t in sent.items()} == want
+        for name, d in delta.items():
+            back = np.zeros_like(d)
+            if name in sent:
+                back[sent[name].indices] = sent[name].values
+            np.testing.assert_array_equal(back + feedback.residual[name], d)
+    unweighted = ErrorFeedback(0.25, "fp16")
+    assert [t.indices.tolist() for t in unweighted.compress(delta)] == [[3], [0]]
+    feedback.weights = {"a": np.ones(3, np.float32)}
+    with pytest.raises(ValueError, match="a: top-k weights must be 4 finite non-negative values"):
+        feedback.compress(delta)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6, width=32).filter(lambda x: x != 0), min_size=1, max_size=700))
 def test_sign_survivors_never_grow_an_entry(values):

@@ -195,6 +195,14 @@ def _join_parser(commands: Commands) -> None:
         help="restart the optimizer every round (default: keep its state across rounds where the task can)",
     )
     join.add_argument(
+        "--salience",
+        type=positive_float,
+        default=0.0,
+        metavar="S",
+        help="sparse patches: send first the entries largest in |delta| x (Adam's gradient scale)^S "
+        "(default: largest |delta|; 0.5 measured best in a run with sign values, bench/README.md#lm)",
+    )
+    join.add_argument(
         "--client-mode",
         action="store_true",
         help="behind NAT/firewall: nobody dials us; updates are pushed to keepers, versions pulled",
@@ -344,7 +352,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             node, task_spec=args.task, shard=shard, local_steps=args.local_steps, seed=args.seed,
             max_rounds=args.rounds, join_timeout=args.join_timeout, lowrank=args.lowrank,
             lowrank_targets=args.lowrank_targets, lowrank_extras=args.lowrank_extras,
-            keep_optimizer=not args.fresh_optimizer,
+            keep_optimizer=not args.fresh_optimizer, salience=args.salience,
         )  # fmt: skip
         if spec is None:
             return patches

@@ -14,7 +14,8 @@ better) on each domain's held-out documents.
 * Training: ``steps`` Adam steps on ``batch`` windows of ``context + 1`` bytes at seeded random
   offsets in the shard's text, gradients clipped to norm 1, on one thread (deterministic); given an
   ``optimizer`` dict, Adam continues from the state a previous call left there (a contributor's
-  rounds, potluck.contribute).
+  rounds, potluck.contribute); :meth:`LmTask.gradient_scale` reads that state's per-entry gradient
+  scale (``potluck join --salience`` ranks its top-k by it).
 * Low-rank training (:meth:`LmTask.train_lowrank`, ``potluck join --lowrank``): LoRA adapters on
   chosen 2-D tensors, the model frozen, at learning rate ``lora_lr``; the adapters are published
   as low-rank update entries.
@@ -253,6 +254,19 @@ class LmTask:
             }
             out |= {n: params[n].detach().numpy() - np.asarray(state[n], np.float32) for n in extras}
         return out, min(steps * self.batch * self.context, len(data))
+
+    def gradient_scale(self, optimizer: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Each tensor's per-entry gradient scale, sqrt of Adam's second moment, from an ``optimizer``
+        dict :meth:`train` left (empty before the first call): ``potluck join --salience`` ranks its
+        top-k by ``|residual| * scale ** s`` (bench/README.md#lm)."""
+        if "adam" not in optimizer:
+            return {}
+        moments = optimizer["adam"]["state"]
+        return {
+            name: np.sqrt(moments[i]["exp_avg_sq"].numpy()).astype(np.float32)
+            for i, name in enumerate(self.shapes())
+            if i in moments
+        }
 
     def _fit(
         self, trainable: list[torch.Tensor], params: Callable[[], Mapping[str, torch.Tensor]], data: LmData,

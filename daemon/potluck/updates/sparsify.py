@@ -165,7 +165,8 @@ class ErrorFeedback:
     ``residual[name]`` holds the part of the accumulated delta not yet published. Each
     :meth:`compress` adds the new delta to it, publishes its top-k (as the receiver will see it
     after quantization) and keeps the rest, so the sum of everything published plus the residual
-    always equals the sum of all deltas given: nothing is lost, only delayed.
+    always equals the sum of all deltas given: nothing is lost, only delayed. ``weights`` changes
+    which entries are published first (top-k of ``|residual| * weight``), never what is kept.
     """
 
     def __init__(self, density: float = DEFAULT_DENSITY, values: str = "int8", scope: str = "tensor") -> None:
@@ -180,6 +181,9 @@ class ErrorFeedback:
         k_for(1, density)  # validates density
         self.density = density
         self.densities: dict[str, float] = {}  # per tensor, where it differs from ``density``
+        # per tensor, a non-negative weight per entry: top-k of |residual| * weight (the sender's choice
+        # of entries; the wire is unchanged). potluck join --salience: Adam's gradient scale ** s
+        self.weights: dict[str, np.ndarray] = {}
         self.value_encoding = VALUE_ENCODINGS[values]
         self.scope = scope
         self.residual: dict[str, np.ndarray] = {}
@@ -207,17 +211,28 @@ class ErrorFeedback:
             out.append(SparseTensor(name, tuple(acc.shape), idx, sent))
         return out
 
+    def _score(self, name: str) -> np.ndarray:
+        """What top-k ranks a tensor's entries by: |residual|, times its weights where it has them."""
+        flat = self.residual[name].reshape(-1)
+        w = self.weights.get(name)
+        if w is None:
+            return flat
+        w = np.asarray(w, np.float32).reshape(-1)
+        if w.size != flat.size or not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"{name}: top-k weights must be {flat.size} finite non-negative values")
+        return np.abs(flat) * w
+
     def _tensor_topk(self, names: list[str]) -> dict[str, np.ndarray]:
         out = {}
         for name in names:
             acc = self.residual[name]
-            flat = acc.reshape(-1)
+            score = self._score(name)
             density = self.densities.get(name, self.density)
-            out[name] = topk_indices(flat, k_for(flat.size, density), row=acc.shape[-1] if acc.ndim else 1)
+            out[name] = topk_indices(score, k_for(score.size, density), row=acc.shape[-1] if acc.ndim else 1)
         return out
 
     def _model_topk(self, names: list[str]) -> dict[str, np.ndarray]:
-        flats = [self.residual[name].reshape(-1) for name in names]
+        flats = [self._score(name) for name in names]
         ends = np.cumsum([f.size for f in flats])
         idx = topk_indices(np.concatenate(flats), k_for(int(ends[-1]), self.density))
         cuts = np.searchsorted(idx, ends)
@@ -229,7 +244,7 @@ class ErrorFeedback:
         for name, density in self.densities.items():  # a group's max_density caps its tensors' share
             cap = k_for(self.residual[name].size, density) if name in out else 0
             if name in out and out[name].size > cap:
-                flat = self.residual[name].reshape(-1)
+                flat = self._score(name)
                 out[name] = out[name][np.sort(np.argsort(-np.abs(flat[out[name]]), kind="stable")[:cap])]
         return out
 
