@@ -77,7 +77,9 @@ class PeerRecordValidator(RecordValidatorBase):
                 raise RecordRejected(RecordReason.REPLAYED, f"sequence {checked.record.sequence} < {seen}")
         except RecordRejected as e:
             self._counters.add(e.reason)
-            logger.info(f"rejected DHT record: {e}")
+            # an older copy of a live record (a replica answering late) is routine: counted, not logged
+            level = logging.DEBUG if e.reason is RecordReason.REPLAYED else logging.INFO
+            logger.log(level, f"rejected DHT record: {e}")
             return None
         except Exception as e:  # never let a peer's bytes crash the DHT
             self._counters.add(RecordReason.MALFORMED)
