@@ -48,6 +48,10 @@ def test_the_dht_serves_from_a_thread_and_a_forked_process_reaches_it(tmp_path):
             expiration = time.time() + 60
             assert await a.store("t/key", b"a", b"from a", expiration)
             assert (await b.get("t/key"))[b"a"].value == b"from a"
+            # hivemind's own API from this process (as an averager's constructor calls it) does not hang
+            found = await asyncio.wait_for(asyncio.to_thread(b.dht.get, "t/key", True), 20)
+            assert found.value[b"a"].value == b"from a"
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: b.dht.peer_id), 20) == b.p2p.peer_id
             # a forked child (an averager's way) sends its call down hivemind's pipe to B's thread
             here, there = mp.Pipe(duplex=False)
             child = mp.get_context("fork").Process(target=_get_in_child, args=(b.dht, "t/key", there))

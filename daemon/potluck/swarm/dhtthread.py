@@ -36,7 +36,8 @@ class ThreadDHT(DHT):
     """A hivemind DHT whose node runs on a thread of this process (see the module docstring)."""
 
     _thread: threading.Thread | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
+    _loop: asyncio.AbstractEventLoop | None = None  # the thread's, while the node serves
+    _stop: asyncio.Event | None = None  # set on that loop to end the thread
 
     def run_in_background(self, await_ready: bool = True, timeout: float | None = None) -> None:
         self._thread = threading.Thread(target=self._serve, name="dht", daemon=True)
@@ -100,8 +101,6 @@ class ThreadDHT(DHT):
         pass
 
     # ---- the thread ---------------------------------------------------------------------------------
-
-    _stop: asyncio.Event | None = None
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
@@ -186,8 +185,3 @@ def _forward(source: concurrent.futures.Future[T], target: MPFuture[T]) -> None:
             target.set_result(f.result())
 
     source.add_done_callback(done)
-
-
-async def call(dht: ThreadDHT, fn: Callable[[DHT, DHTNode], Awaitable[T]], timeout: float) -> T:
-    """Await ``fn(dht, node)`` from another event loop, at most ``timeout`` seconds."""
-    return await asyncio.wait_for(asyncio.wrap_future(dht.call(fn)), timeout)

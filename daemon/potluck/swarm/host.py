@@ -37,7 +37,7 @@ from potluck.swarm.addresses import (
     p2pd_reason,
     parse_initial_peer,
 )
-from potluck.swarm.dhtthread import ThreadDHT, call
+from potluck.swarm.dhtthread import ThreadDHT
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -294,7 +294,7 @@ class SwarmHost:
     async def run_in_dht(
         self, fn: Callable[[DHT, DHTNode], Awaitable[T]], timeout: float = DHT_CALL_TIMEOUT_S
     ) -> T:
-        return await call(self._require_dht(), fn, timeout)
+        return await asyncio.wait_for(asyncio.wrap_future(self._require_dht().call(fn)), timeout)
 
     async def store(self, key: str, subkey: bytes, value: bytes, expiration_time: float) -> bool:
         kind = traffic.kind_of_key(key)  # the DHT counts the call's bytes as this kind
