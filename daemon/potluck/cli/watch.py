@@ -9,7 +9,9 @@ dependency of transformers, and redrawing a table needs three escape codes.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 
 from potluck.cli.common import Commands, call_node, data_dir_arg, positive_float, run_metric
@@ -107,25 +109,39 @@ def frame(args: argparse.Namespace) -> str:
 
 def watch_status(args: argparse.Namespace) -> int:
     """Redraw until Ctrl-C (exit 0). On a terminal each frame overwrites the last, line by line (no
-    flicker of a full clear); piped, frames follow one another."""
+    flicker of a full clear); piped, frames follow one another.
+
+    Ctrl-C sets a flag rather than raising: a KeyboardInterrupt raised inside a gRPC call can leave
+    grpc's threads so that the process never exits. The frame being drawn finishes (within --timeout)
+    and the loop ends; a second Ctrl-C interrupts at once."""
     if args.json:
         raise ConfigError("--watch draws for people; use --json without --watch in scripts")
     tty = sys.stdout.isatty()
     out = sys.stdout
+    stop = threading.Event()
+
+    def on_sigint(signum, frame_) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         if tty:
             out.write(HIDE_CURSOR + HOME + CLEAR_BELOW)
-        while True:
+        while not stop.is_set():
             text = frame(args)
             if tty:
                 out.write(HOME + "".join(f"{line}{CLEAR_LINE}\n" for line in text.splitlines()) + CLEAR_BELOW)
             else:
                 out.write(text + "\n\n")
             out.flush()
-            time.sleep(args.interval)
+            stop.wait(args.interval)
     except KeyboardInterrupt:
-        return 0
+        pass
     finally:
+        signal.signal(signal.SIGINT, previous)
         if tty:
             out.write(SHOW_CURSOR)
             out.flush()
+    return 0

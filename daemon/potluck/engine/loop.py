@@ -229,6 +229,8 @@ class RoundEngine:
         m = self.manifest
         while True:
             self._wake.clear()  # whatever was pushed so far, this catch-up sees
+            if m.pacing != "ready" and time.time() >= m.start_time:
+                self._follow_clock(schedule.round_at(m, time.time()))
             try:
                 await self.catch_up()
             except asyncio.CancelledError:
@@ -258,12 +260,18 @@ class RoundEngine:
             await asyncio.wait_for(self._wake.wait(), max(0.0, until - time.time()))
         self._wake.clear()
 
-    async def _clock_round(self, now: float) -> None:
+    def _follow_clock(self, r: int) -> None:
+        """Round ``r`` has begun by the clock: take its updates now, even while a catch-up (network
+        reads, a download) still holds the loop; a contributor publishes as soon as its clock says so."""
         m = self.manifest
-        r = schedule.round_at(m, now)
         self.status.round, self.status.deadline = r, schedule.deadline(m, r)
         self.status.closes_at = schedule.aggregation_start(m, r)
         self._exchange.set_context(round=max(r, self.committed_round + 1), known_bases=self.known_bases())
+
+    async def _clock_round(self, now: float) -> None:
+        m = self.manifest
+        r = schedule.round_at(m, now)
+        self._follow_clock(r)
         if self.committed_round >= r:  # V_{r+1} is already here (synced, or committed)
             self.status.phase = "committed"
             await self._nap(min(schedule.deadline(m, r), now + CATCH_UP_PERIOD_S))
