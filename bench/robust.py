@@ -59,7 +59,8 @@ from potluck.hashing import version_hash
 from potluck.identity import NodeIdentity
 from potluck.merge import get_strategy, next_state
 from potluck.merge.context import RoundContext, entries_digest, step_between
-from potluck.merge.probe import AuthorRecord, ProbeSet, probe_filter
+from potluck.merge.probe import ProbeSet, probe_filter
+from potluck.merge.record import AuthorRecord
 from potluck.tasks import get_task
 from potluck.tasks.data import LabeledData, evaluate_mlp
 from potluck.updates.codec import SignedUpdate, SparseTensor, Update, decode_update, encode_update

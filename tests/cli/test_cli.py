@@ -360,6 +360,12 @@ def test_init_probe_names_the_tasks_probe_set_by_hash_and_merges_gathered(capsys
     assert proc.returncode == 0, proc.stderr
     probe = load_manifest(tmp_path / "run.toml").probe
     assert probe == {"set": probe_digest("digits", {}, 8), "per_class": 8, "frac": 0.25, "floor": 0.01}
+    proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--probe-record", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert load_manifest(tmp_path / "run.toml").probe["record"] == 0.5
+    assert load_manifest(tmp_path / "run.toml").probe["strict"] == 1.0
+    proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--probe-record", "1")
+    assert_config_error(proc, "probe.record must be a number in [0, 1) (the decay; 0: off), got 1.0")
     proc = in_process(capsys, *init, "--task", "digits", "--probe", "8", "--probe-floor", "-1")
     assert_config_error(proc, "probe.floor must be a number in [0, 100], got -1.0")
     proc = in_process(capsys, *init, "--task", "toy", "--probe", "8")

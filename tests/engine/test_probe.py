@@ -1,10 +1,11 @@
 """The probe set between real nodes (issue 15): 3 keepers of a digits run that names the task's probe set
-(``potluck init --probe``) merge 2 rounds of 5 updates each, 2 of them by label flippers (trained on
-``9 - label``). Every keeper scores every update on the probe set before the strategy and drops the
-same two: the versions are the same bytes on every keeper (a quorum of 3 equal signatures), status and
-the log name the flippers' updates and the reason, `potluck show` lists them at weight 0 and `potluck
-verify` replays the drops. And a node whose manifest names a probe set its task does not hand refuses to
-run, in one line."""
+and keeps a per-author record (``potluck init --probe --probe-record``) merge 2 rounds of 5 updates
+each, 2 of them by label flippers (trained on ``9 - label``). Every keeper scores every update on the
+probe set before the strategy and drops the same two: the versions are the same bytes on every keeper
+(a quorum of 3 equal signatures), each commit names the same record (the flippers' below every honest
+author's), status and the log name the flippers' updates and the reason, `potluck show` lists them at
+weight 0 and `potluck verify` replays the drops and the record. And a node whose manifest names a probe
+set its task does not hand refuses to run, in one line."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _updates(task, run, r: int, base: str, state, authors, rng) -> list[bytes]:
 
 def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, capsys):
     task = get_task("digits")
-    probe = {"set": task.probe_set(10).digest(), "per_class": 10, "frac": 0.5}
+    probe = {"set": task.probe_set(10).digest(), "per_class": 10, "frac": 0.5, "record": 0.5, "strict": 1.0}
     run = write_run(
         tmp_path / "run.toml", "digits", round_seconds=ROUND_S, density=DENSITY, pacing="ready",
         target_samples=(HONEST + FLIPPERS) * SAMPLES, quorum=3, probe=probe,
@@ -84,10 +85,16 @@ def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, c
         text = format_status(statuses[0])  # what `potluck status` prints
         node_log = keepers[0].log_path.read_text()
 
-    logs = []
+    logs, records = [], []
     for k in keepers:
         with History(k.data_dir / HISTORY_FILE, readonly=True) as h:
             logs.append(h.log())
+            records.append([dict(h.get(r).record) for r in range(2)])
+    assert all(r == records[0] for r in records), records  # signed by all 3: the same record everywhere
+    flippers = {a.public_key.hex() for a in authors[HONEST:]}
+    for record in records[0]:  # after each round: every author, the flippers below every honest one
+        assert set(record) == {a.public_key.hex() for a in authors}, record
+        assert max(record[a] for a in flippers) < min(v for a, v in record.items() if a not in flippers)
     assert len({s["version"] for s in statuses}) == 1, statuses
     assert all([e["version"] for e in log] == [e["version"] for e in logs[0]] for log in logs), logs
     assert [(e["updates"], e["signatures"]) for e in logs[0]] == [(5, 3), (5, 3)]  # 3 equal signatures
@@ -105,7 +112,6 @@ def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, c
     capsys.readouterr()
     assert main(["blame", "--data-dir", str(keepers[0].data_dir), "--json"]) == 0  # what moved the model
     blamed = json.loads(capsys.readouterr().out)
-    flippers = {a.public_key.hex() for a in authors[HONEST:]}
     for tensor in blamed[
         "tensors"
     ]:  # the dropped updates moved nothing: the honest authors' shares add up to 1

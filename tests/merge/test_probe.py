@@ -9,7 +9,6 @@ import pytest
 
 from potluck.merge.probe import (
     LOSS_CAP,
-    AuthorRecord,
     ProbeError,
     ProbeRule,
     ProbeSet,
@@ -212,13 +211,3 @@ def test_trusted_updates_are_kept_and_judged_scores_are_relative_to_the_median()
     assert probe_keep(5, scores_of, trusted={3}, strict=2.5) == [0, 1, 2, 3, 4]
     many = [-5.0, -4.0, -3.0, -2.0, 1.0, 1.0, 1.0]  # the budget still counts only real drops
     assert probe_keep(7, lambda kept: [many[i] for i in kept], trusted={0}) == [0, 4, 5, 6]
-
-
-def test_author_record_trusts_authors_whose_decayed_scores_add_up_positive() -> None:
-    record = AuthorRecord(0.5)
-    assert record.trusted(["a", "b"]) == set()  # no record yet: nobody is trusted
-    record.add(["a", "b", "c"], {0: 1.0, 1: -2.0, 2: 0.5})
-    assert record.trusted(["b", "c", "a"]) == {1, 2}
-    record.add(["a", "b"], {0: -0.6, 1: 1.5})  # a: 0.5 - 0.6 < 0; b: -1 + 1.5 > 0; c absent: kept
-    assert record.values == {"a": -0.09999999999999998, "b": 0.5, "c": 0.5}
-    assert record.trusted(["a", "b", "c"]) == {1, 2}

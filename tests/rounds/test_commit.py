@@ -24,6 +24,7 @@ def _commit(round_=3, seed=0, participants=NODES[:4], **kw) -> Commit:
         run_id=RUN, round=round_, parent="11" * 32, version=version_hash(state),
         tensor_hashes=tensor_hashes(state), updates=kw.get("updates", ["ff" * 32, "01" * 32]),
         contributors=[NODES[0].node_id], participants=[n.node_id for n in participants], total_weight=42,
+        record=kw.get("record", ()),
     )  # fmt: skip
 
 
@@ -35,6 +36,36 @@ def test_canonical_body_and_round_trip():
     back = Commit.from_bytes(c.to_bytes())
     assert back == c and commit_id(back) == commit_id(c) == c.id
     assert commit_id(_commit(seed=1)) != c.id
+
+
+def test_a_record_runs_commit_names_its_record_in_v2_and_every_other_stays_v1():
+    scores = [(NODES[2].node_id, -1.5), (NODES[0].node_id, 0.25)]
+    c = _commit(record=scores)
+    assert c.record == tuple(sorted(scores))  # sorted by author on construction
+    domain, *fields = msgpack.unpackb(c.body())
+    assert domain == "potluck/commit/v2" and fields[:9] == msgpack.unpackb(_commit().body())[1:]
+    assert fields[9] == [[bytes.fromhex(a), s] for a, s in sorted(scores)]
+    back = Commit.from_bytes(c.to_bytes())
+    assert back == c and back.id == c.id != _commit().id  # the record is signed with the rest
+    assert _commit(record=[(NODES[2].node_id, -1.25), (NODES[0].node_id, 0.25)]).id != c.id
+    for bad, message in [
+        ([(NODES[0].node_id, 1.0), (NODES[0].node_id, 2.0)], "duplicate recorded author"),
+        ([(NODES[0].node_id, float("nan"))], "must be a float within 1e12"),
+        ([(NODES[0].node_id, 1)], "must be a float"),
+        ([("zz", 1.0)], "64 lowercase hex"),
+    ]:
+        with pytest.raises(CommitError, match=message):
+            _commit(record=bad)
+    v1 = msgpack.unpackb(_commit().body())
+    for fields_v2 in [
+        ["potluck/commit/v2", *v1[1:], []],  # v2 only with a record: else a v1 commit would have two bodies
+        ["potluck/commit/v2", *v1[1:], [[bytes.fromhex(NODES[0].node_id), 1]]],
+        ["potluck/commit/v2", *v1[1:], [[b"x", 1.0]]],
+        ["potluck/commit/v2", *v1[1:]],
+        ["potluck/commit/v1", *v1[1:], [[bytes.fromhex(NODES[0].node_id), 1.0]]],
+    ]:
+        with pytest.raises(CommitError):
+            Commit.from_bytes(msgpack.packb(fields_v2))
 
 
 def test_sign_and_verify():

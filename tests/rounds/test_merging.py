@@ -4,6 +4,8 @@ from, and where such a strategy may merge."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -216,3 +218,27 @@ def test_a_run_with_a_probe_merges_gathered_only(digits):
     for where in ("allreduce", "sliced", "dense"):
         with pytest.raises(PlacementError, match=f"a run with a probe set merges gathered .*, not {where}"):
             check_policy(where, True, True, probe=True)
+
+
+def test_a_probe_record_spares_a_trusted_author_and_the_round_yields_its_scores(digits):
+    run, plain = digits
+    rule = dataclasses.replace(plain, decay=0.5, strict=10.0)  # a trusted author is all but never cut
+    updates = _digits_updates(run, 5, bad=3)
+    weighted = [(10, u) for u in updates]
+    authors = [u.update.author.hex() for u in updates]
+    scores: dict[str, float] = {}
+    _, excluded = probe_round(run.state, weighted, rule, run.manifest.outer_lr, {}, scores)
+    assert updates[3].update_id in excluded  # no record yet: the usual cut
+    # what the commit names: each author's score over the round's median |score|, the flipper's lowest
+    assert set(scores) == set(authors) and scores[authors[3]] == min(scores.values()) < 0
+    again: dict[str, float] = {}
+    probe_round(run.state, weighted[::-1], rule, run.manifest.outer_lr, {}, again)
+    assert again == scores  # whatever order the updates arrived in
+    record = {authors[3]: 0.5, authors[0]: -1.0}  # the flipper had scored well before
+    _, spared = probe_round(run.state, weighted, rule, run.manifest.outer_lr, record, {})
+    assert updates[3].update_id not in spared  # judged by the strict cut, -10 x the median
+    layout = Layout.from_state(run.state)
+    by, _ = merge_round(run.state, layout, weighted, run.manifest, None, 0, probe=rule, record=record)
+    kept, _ = merge_round(run.state, layout, [(10 * (u.update_id not in spared), u) for u in updates],
+                          run.manifest, None, 0)  # fmt: skip
+    assert all(np.array_equal(by[k], kept[k]) for k in by)

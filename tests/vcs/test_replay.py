@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+from potluck.rounds.commit import sign_commit
 from potluck.store.history import HISTORY_FILE, History
+from potluck.store.versions import VersionStore
 from potluck.vcs.replay import verify
 from potluck.vcs.repo import HistoryRepo
 from tests.cli.test_cli import in_process
@@ -126,3 +129,15 @@ def test_a_round_that_merged_nothing_is_no_step_of_the_history(tmp_path) -> None
         assert repo.history.parent_of(b.versions[2]) == b.versions[0]
         report = verify(repo)
     assert report["ok"] and report["rounds"] == 3, report
+
+
+def test_a_commit_that_names_a_record_the_run_does_not_keep_fails_at_its_round(tmp_path) -> None:
+    """Signed by its participants, yet a probe record in a run without one: the replay says so."""
+    b = build_history(tmp_path, rounds=2)
+    with History(b.data_dir / HISTORY_FILE, VersionStore(b.data_dir / "versions")) as history:
+        commit = dataclasses.replace(history.get(1), record=((b.authors[0].node_id, 1.0),))
+        history.record(commit, [sign_commit(commit, i) for i in b.authors], replace=True)
+    with HistoryRepo(b.data_dir) as repo:
+        report = verify(repo)
+    assert (report["ok"], report["round"]) == (False, 1), report
+    assert report["what"] == "it names a probe record, and the run keeps none"

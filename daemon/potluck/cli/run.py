@@ -153,6 +153,21 @@ def add_parsers(commands: Commands) -> None:
         help="and only below -Y (probe loss units; default 0: off): spares IID honest updates' noise",
     )
     init.add_argument(
+        "--probe-record",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="keep each author's probe record (its scores, decayed by DECAY a round; in [0, 1), default 0: "
+        "off): an author whose record is positive is cut only at -STRICT x the median (bench/README.md)",
+    )
+    init.add_argument(
+        "--probe-strict",
+        type=positive_float,
+        default=1.0,
+        metavar="STRICT",
+        help="with --probe-record: the cut of an author whose record is positive (default 1.0)",
+    )
+    init.add_argument(
         "-o",
         "--output",
         type=output_file,
@@ -217,6 +232,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         try:
             probe = {"set": probe_digest(args.task, task_args, args.probe), "frac": args.probe_frac,
                      "floor": args.probe_floor, "per_class": args.probe}  # fmt: skip
+            if args.probe_record:  # no keys without a record: such a run reads as before records
+                probe |= {"record": args.probe_record, "strict": args.probe_strict}
         except (ProbeError, TaskError) as e:
             raise ConfigError(f"--probe: {e}") from None
     try:

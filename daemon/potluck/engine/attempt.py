@@ -149,6 +149,7 @@ class Merged:
     total_weight: int
     damped: dict[str, float] = field(default_factory=dict)  # update id -> the strategy's factor below 1
     excluded: dict[str, Excluded] = field(default_factory=dict)  # update id -> why the probe dropped it
+    record: dict[str, float] = field(default_factory=dict)  # author -> probe record after the round
 
 
 async def sleep_until(t: float) -> None:

@@ -96,6 +96,7 @@ class Committer:
             contributors=tuple(merged.contributors),
             participants=tuple(sorted(node_id_of(p) for p in merged.participants)),
             total_weight=merged.total_weight,
+            record=tuple(merged.record.items()),
         )
         mine = sign_commit(commit, self._identity)
         signatures = await self._collect_quorum(commit, mine, attempt.until)

@@ -9,7 +9,9 @@ the updates (an update with ``reverts``, weight 0) adds its step, recomputed fro
 a weighted-mean run that merges gathered (``revert.unsupported``; under ``auto`` such a run always
 does, rounds/placement.py). A history-aware strategy merges only here, with the merged steps of the last
 commits (engine/history.py), and so does a run with a probe set: the probe rule runs first, inside
-``merge_round``, and the updates it drops are in the result (``Merged.excluded``)."""
+``merge_round``, and the updates it drops are in the result (``Merged.excluded``); where it keeps a
+per-author record, from the record before the round, and the record after it goes into the result
+(``Merged.record``) and so into its commit."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from potluck.errors import ConfigError
 from potluck.identity import node_id_of
 from potluck.merge import Strategy
 from potluck.merge.probe import ProbeRule
+from potluck.merge.record import next_record
 from potluck.rounds.merging import Excluded, damping, merge_round
 from potluck.updates.codec import SignedUpdate
 from potluck.vcs import revert
@@ -58,6 +61,11 @@ async def merge_gathered(
     ids = sorted(a.assignment)
     updates = await wait_for_updates(exchange, ids, a.until)
     previous = await history.previous(a) if history is not None else None
+    record = None
+    if probe is not None and probe.decay > 0:
+        if history is None:  # the engine builds one for such a run
+            raise AttemptFailed(f"round {a.round}: the probe record needs the history, and none is wired")
+        record = await history.record(a)
 
     def merge() -> Merged:
         authors = sorted({node_id_of(u.update.author) for u in updates})
@@ -65,11 +73,14 @@ async def merge_gathered(
         weighted = [(a.weight(u.update_id, u.update.sample_count), u) for u in updates]
         extra = revert_extra(data_dir, a, updates)
         excluded: dict[str, Excluded] = {}
+        scores: dict[str, float] = {}
         new_state, total = merge_round(
-            a.state, a.layout, weighted, a.manifest, strategy, a.seed, extra, previous, probe, excluded
-        )
+            a.state, a.layout, weighted, a.manifest, strategy, a.seed, extra, previous, probe, excluded,
+            record, scores,
+        )  # fmt: skip
         counted = [(0 if u.update_id in excluded else w, u) for w, u in weighted]  # as the strategy saw them
         damped = damping(strategy, counted)
-        return Merged(new_state, ids, authors, a.participants, total, damped, excluded)
+        after = next_record(record, scores, probe.decay) if probe is not None and record is not None else {}
+        return Merged(new_state, ids, authors, a.participants, total, damped, excluded, after)
 
     return await asyncio.to_thread(merge)

@@ -14,6 +14,10 @@ quorum signed, so every node derives the same bytes whatever it happened to see:
   (``StateService.fetch_version``: the tensor list must make up the hash, each tensor its hash) and
   stored.
 
+A run whose probe keeps a per-author record (potluck.merge.record) needs one commit, the one that made
+V_r, which names the record before the round; fetched the same way if this node lacks it
+(:meth:`RoundHistory.record`).
+
 What cannot be had fails the attempt with one line (its round, the version, why); the node then follows
 the round's commit like a client, and the next attempt or round asks again.
 """
@@ -73,15 +77,28 @@ class RoundHistory:
         fetched = self._fetched.get(version)
         return fetched[0].parent if fetched is not None else self._history.parent_of(version)
 
+    async def _chain(self, a: Attempt, rounds: int) -> list[str]:
+        """:func:`history_chain` of ``a``'s base, fetching the commits this node's history lacks."""
+        while True:
+            try:
+                return history_chain(a.version, self._manifest.genesis, self._parent_of, rounds)
+            except HistoryGap as e:
+                await self._fetch_commit(a, e.version)
+
+    async def record(self, a: Attempt) -> dict[str, float]:
+        """The probe record before ``a``'s round: that of the commit that made its base (none: genesis)."""
+        if a.version == self._manifest.genesis:
+            return {}
+        made = self._fetched.get(a.version) or await asyncio.to_thread(self._history.made, a.version)
+        if made is None:
+            await self._fetch_commit(a, a.version)
+            made = self._fetched[a.version]
+        return dict(made[0].record)
+
     async def previous(self, a: Attempt) -> tuple[State, ...]:
         """The steps of the last ``rounds`` commits before ``a``'s round; :class:`AttemptFailed` (one line)
         when this node cannot get the commits or versions they need."""
-        while True:
-            try:
-                chain = history_chain(a.version, self._manifest.genesis, self._parent_of, self._rounds)
-                break
-            except HistoryGap as e:
-                await self._fetch_commit(a, e.version)
+        chain = await self._chain(a, self._rounds)
         states = [a.state] + [await self._state(a, v) for v in chain[1:]]
         self._cache = dict(zip(chain, states, strict=True))
         for version in chain:

@@ -146,7 +146,8 @@ class RoundEngine:
             faults=self._faults, slice_service=slice_service, dense_service=dense_service,
             data_dir=history.path.parent, probe=probe,
             history=RoundHistory(manifest=manifest, rounds=how.history, history=history, versions=versions,
-                                 state_service=state_service, peers=peers) if how.history else None,
+                                 state_service=state_service, peers=peers) if how.history or how.keeps_record
+            else None,
         )  # fmt: skip
         self._committer = Committer(
             bulletin=bulletin, identity=identity, manifest=manifest, versions=versions, history=history,
@@ -261,11 +262,9 @@ class RoundEngine:
         self._wake.clear()
 
     def _follow_clock(self, r: int) -> None:
-        """Round ``r`` has begun by the clock: take its updates now, even while a catch-up (network
-        reads, a download) still holds the loop; a contributor publishes as soon as its clock says so."""
-        m = self.manifest
-        self.status.round, self.status.deadline = r, schedule.deadline(m, r)
-        self.status.closes_at = schedule.aggregation_start(m, r)
+        """Round ``r`` began by the clock: take its updates now, even while a catch-up holds the loop."""
+        self.status.round, self.status.deadline = r, schedule.deadline(self.manifest, r)
+        self.status.closes_at = schedule.aggregation_start(self.manifest, r)
         self._exchange.set_context(round=max(r, self.committed_round + 1), known_bases=self.known_bases())
 
     async def _clock_round(self, now: float) -> None:

@@ -24,10 +24,12 @@ with classes of its own, so no rule over the round's updates alone tells them ap
   forward passes over the probe set per scoring, one scoring more per drop. The kept updates then go to
   the run's strategy (e.g. ``history_clip``); the scores judge them under a plain mean, not under
   that strategy;
-* :class:`AuthorRecord` (bench/robust.py only so far: the manifest cannot name it and no node
-  carries it): each author's decayed sum of its relative scores over the rounds merged before; an
-  author whose record is positive is judged by a stricter cut (``strict``), so an honest update that
-  scores badly in one round is kept while a repeat offender is judged by the usual one.
+* :class:`~potluck.merge.record.AuthorRecord` (a run opts in with ``record = DECAY``): each
+  author's decayed sum of its relative scores over the rounds merged before; an author whose record
+  is positive is judged by a looser cut (``strict``), so an honest update that scores badly in one
+  round is kept while a repeat offender is judged by the usual one. Each commit of such a run names
+  the record after its round (rounds/commit.py), so every keeper, and `potluck verify`, starts a round
+  from the same record (potluck.merge.record).
 
 Determinism: every keeper must get the same scores bit for bit, whatever order the updates arrived
 in. The updates are summed in a canonical order (by the SHA-256 of each one's float64 bytes), so
@@ -47,8 +49,8 @@ signatures (a failed round, never two silently different models; with quorum 1, 
 probe loss that is not finite or above :data:`LOSS_CAP` counts as that cap, so it scores like any other.
 
 A run opts in with the manifest's ``probe`` table (:func:`probe_args`: the set's hash ``set``, the
-cut's ``frac`` and ``floor``, the task's ``per_class``); :class:`ProbeRule` is what the merge runs
-(rounds/merging.py).
+cut's ``frac`` and ``floor``, the task's ``per_class``, and for a record its ``record`` and
+``strict``); :class:`ProbeRule` is what the merge runs (rounds/merging.py).
 """
 
 from __future__ import annotations
@@ -57,15 +59,16 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from potluck.merge.record import RECORD_DEFAULTS, record_args
+
 __all__ = [
     "LOSS_CAP",
     "PROBE_DEFAULTS",
-    "AuthorRecord",
     "ProbeError",
     "ProbeRule",
     "ProbeSet",
@@ -267,32 +270,6 @@ def _relative(score: float, scores: Sequence[float]) -> float:
     return score / med if med > 0.0 else 0.0
 
 
-@dataclass
-class AuthorRecord:
-    """Each author's probe record over the rounds merged so far: ``decay`` x its record + its update's
-    score in the round over that scoring's median absolute score (``probe_keep``'s ``judged``). An
-    author whose record is positive is :meth:`trusted`: :func:`probe_keep` judges it by its ``strict``
-    cut. Honest non-IID authors score positive in most rounds and attackers that dilute or flip labels
-    negative in most (bench/README.md), so an honest update that scores badly once is kept while a
-    repeat offender is judged by the usual cut; an author absent from a round keeps its record.
-    Derived only from the scores of merged rounds: every node that merged (or replays) the same rounds
-    holds the same record (IEEE products and sums of the quantized scores). Measured in
-    bench/robust.py; the daemon does not carry it yet (a keeper would need the scores of every earlier
-    round it did not merge itself: in the commit, or replayed from the stored updates)."""
-
-    decay: float = 0.5
-    values: dict[str, float] = field(default_factory=dict)
-
-    def trusted(self, authors: Sequence[str]) -> set[int]:
-        """Indices of ``authors`` whose record is positive."""
-        return {i for i, a in enumerate(authors) if self.values.get(a, 0.0) > 0.0}
-
-    def add(self, authors: Sequence[str], judged: Mapping[int, float]) -> None:
-        """A merged round: ``judged`` (index -> relative score) of the updates by ``authors``."""
-        for i, a in enumerate(authors):
-            self.values[a] = self.decay * self.values.get(a, 0.0) + judged.get(i, 0.0)
-
-
 def quantize(score: float) -> float:
     """``score`` rounded to the nearest multiple of 2**-30: a power-of-two scale and ``round`` (exact;
     the grid point is exact below 2**23 in magnitude, correctly rounded above: the same bytes anywhere)."""
@@ -330,9 +307,11 @@ def probe_args(values: Mapping[str, Any]) -> dict[str, Any]:
         raise ProbeError("probe must be a table: set = HASH, frac = X, floor = Y, per_class = N")
     if not values:
         return {}
-    unknown = sorted(set(values) - {"set", *PROBE_DEFAULTS})
+    unknown = sorted(set(values) - {"set", *PROBE_DEFAULTS, *RECORD_DEFAULTS})
     if unknown:
-        raise ProbeError(f"probe: unknown key(s) {unknown}; it takes set, frac, floor, per_class")
+        raise ProbeError(
+            f"probe: unknown key(s) {unknown}; it takes set, frac, floor, per_class, record, strict"
+        )
     if "set" not in values:
         raise ProbeError("probe needs set = HASH, the probe set's SHA-256 (`potluck init --probe` writes it)")
     out = PROBE_DEFAULTS | dict(values)
@@ -347,22 +326,43 @@ def probe_args(values: Mapping[str, Any]) -> dict[str, Any]:
     floor = out["floor"]
     if type(floor) not in (int, float) or not 0 <= floor <= 100:
         raise ProbeError(f"probe.floor must be a number in [0, 100], got {floor!r}")
-    return {"floor": float(floor), "frac": float(frac), "per_class": out["per_class"], "set": out["set"]}
+    checked = {"floor": float(floor), "frac": float(frac), "per_class": out["per_class"], "set": out["set"]}
+    try:
+        return checked | record_args(RECORD_DEFAULTS | dict(values))
+    except ValueError as e:
+        raise ProbeError(str(e)) from None
 
 
 @dataclass(frozen=True)
 class ProbeRule:
-    """A run's probe rule as the merge runs it: the named set, the model's ``layers``, the cut."""
+    """A run's probe rule as the merge runs it: the named set, the model's ``layers``, the cut, and
+    the record's ``decay`` (0: none) and ``strict`` cut."""
 
     probe: ProbeSet
     layers: tuple[str, ...]
     frac: float
     floor: float = 0.0
+    decay: float = 0.0
+    strict: float = 1.0
+
+    def judge(
+        self,
+        base: Mapping[str, np.ndarray],
+        deltas: Sequence[Mapping[str, np.ndarray]],
+        scale: float,
+        trusted: Collection[int] = (),
+    ) -> tuple[dict[int, tuple[float, float]], dict[int, float]]:
+        """(index -> (its score, the cut) of each delta :func:`probe_filter` drops, in drop order;
+        index -> its relative score, ``judged``). ``trusted``: indices judged by the ``strict`` cut."""
+        dropped: list[tuple[int, float, float]] = []
+        judged: dict[int, float] = {}
+        strict = self.strict if trusted else math.inf
+        probe_filter(base, deltas, self.layers, self.probe, scale, self.frac, dropped, self.floor, trusted,
+                     judged, strict)  # fmt: skip
+        return {i: (score, cut) for i, score, cut in dropped}, judged
 
     def excluded(
         self, base: Mapping[str, np.ndarray], deltas: Sequence[Mapping[str, np.ndarray]], scale: float
     ) -> dict[int, tuple[float, float]]:
         """index -> (its score, the cut) of each delta :func:`probe_filter` drops, in drop order."""
-        dropped: list[tuple[int, float, float]] = []
-        probe_filter(base, deltas, self.layers, self.probe, scale, self.frac, dropped, self.floor)
-        return {i: (score, cut) for i, score, cut in dropped}
+        return self.judge(base, deltas, scale)[0]

@@ -5,6 +5,11 @@ Body = canonical msgpack ``["potluck/commit/v1", run_id, round, parent, version,
 hashes and node ids as 32-byte bins, every list sorted and unique. Every participant computes the
 same body from the same round (no timestamps, no per-node fields), so their signatures add up.
 
+A run whose probe rule keeps a per-author record (potluck.merge.record) commits
+``["potluck/commit/v2", <the nine fields>, [[author, record], ...]]``: each author's probe record after
+the round (32-byte bin, float64), sorted by author. Every other commit, and one whose record is empty,
+is v1, so the ids of commits of runs without a record are what they were.
+
 ``commit_id = sha256(body)`` hex; a signature is Ed25519 over those 32 bytes, so a signature can be
 checked against a commit id before the body arrives. Bytes from peers are decoded with bounded
 msgpack and :class:`CommitError` is the only exception they raise.
@@ -40,6 +45,7 @@ __all__ = [
 ]
 
 DOMAIN = "potluck/commit/v1"
+DOMAIN_V2 = "potluck/commit/v2"  # v1's fields and the probe record after the round
 SIGNATURE_DOMAIN = "potluck/commit-signature/v1"
 MAX_COMMIT_BYTES = 16 << 20
 MAX_TENSORS = 1 << 16
@@ -58,6 +64,10 @@ class CommitError(RecordError):
 BODY = RecordFormat(DOMAIN, fields=9, max_bytes=MAX_COMMIT_BYTES, max_depth=3, error=CommitError,
                     max_str_len=max(MAX_NAME_LEN, MAX_RUN_LEN, len(DOMAIN)), max_bin_len=32,
                     max_array_len=max(MAX_TENSORS, MAX_UPDATES, MAX_NODES), max_map_len=0)  # fmt: skip
+BODY_V2 = RecordFormat(DOMAIN_V2, fields=10, max_bytes=MAX_COMMIT_BYTES, max_depth=3, error=CommitError,
+                       max_str_len=max(MAX_NAME_LEN, MAX_RUN_LEN, len(DOMAIN_V2)), max_bin_len=32,
+                       max_array_len=max(MAX_TENSORS, MAX_UPDATES, MAX_NODES), max_map_len=0)  # fmt: skip
+MAX_RECORD = 1e12  # a record's bound (sums of scores over their round's median: far below)
 SIGNATURE = RecordFormat(SIGNATURE_DOMAIN, fields=3, max_bytes=256, max_depth=1, error=CommitError,
                          max_str_len=len(SIGNATURE_DOMAIN), max_bin_len=64, max_array_len=4,
                          max_map_len=0)  # fmt: skip
@@ -89,6 +99,7 @@ class Commit:
     contributors: tuple[str, ...] = ()  # node ids of their authors
     participants: tuple[str, ...] = ()  # node ids of the group that aggregated (and may sign)
     total_weight: int = 0
+    record: tuple[tuple[str, float], ...] = ()  # (author node id, probe record after the round)
 
     def __post_init__(self) -> None:
         if not isinstance(self.run_id, str) or not 0 < len(self.run_id) <= MAX_RUN_LEN:
@@ -113,18 +124,27 @@ class Commit:
             object.__setattr__(self, name, _sorted_unique(getattr(self, name), name[:-1]))
         if not self.participants:
             raise CommitError("a commit has at least one participant")
+        record = tuple(sorted((tuple(pair) for pair in self.record), key=lambda pair: pair[0]))
+        _sorted_unique((author for author, _ in record), "recorded author")
+        for author, value in record:
+            if type(value) is not float or not abs(value) <= MAX_RECORD:
+                raise CommitError(f"the record of {author[:16]} must be a float within 1e12, got {value!r}")
+        object.__setattr__(self, "record", record)
 
     def __hash__(self) -> int:
         return hash(self.body())
 
     def body(self) -> bytes:
-        """The canonical encoding (what :func:`commit_id` hashes)."""
-        return BODY.body(
+        """The canonical encoding (what :func:`commit_id` hashes): v2 only where there is a record."""
+        fields = (
             self.run_id, self.round, bytes.fromhex(self.parent), bytes.fromhex(self.version),
             [[name, bytes.fromhex(h)] for name, h in self.tensor_hashes.items()],
             [bytes.fromhex(u) for u in self.updates], [bytes.fromhex(c) for c in self.contributors],
             [bytes.fromhex(p) for p in self.participants], self.total_weight,
         )  # fmt: skip
+        if not self.record:
+            return BODY.body(*fields)
+        return BODY_V2.body(*fields, [[bytes.fromhex(a), v] for a, v in self.record])
 
     @property
     def id(self) -> str:
@@ -145,7 +165,15 @@ class Commit:
 
     @classmethod
     def _decode(cls, data: bytes) -> Commit:
-        fields = BODY.fields_of(data)
+        try:
+            fields, recorded = BODY.fields_of(data), []
+        except CommitError:
+            *fields, recorded = BODY_V2.fields_of(data)  # its error, if neither: the newer format's
+            if type(recorded) is not list or not recorded or not all(
+                type(p) is list and len(p) == 2 and type(p[0]) is bytes and len(p[0]) == 32
+                and type(p[1]) is float for p in recorded
+            ):  # fmt: skip
+                raise CommitError("record must be a non-empty [[32-byte author, float], ...]") from None
         run_id, round_, parent, version, tensors, updates, contributors, participants, weight = fields
 
         def hashes(items: Any, what: str, limit: int) -> list[str]:
@@ -175,6 +203,7 @@ class Commit:
             tuple(hashes(updates, "updates", MAX_UPDATES)),
             tuple(hashes(contributors, "contributors", MAX_NODES)),
             tuple(hashes(participants, "participants", MAX_NODES)), weight,
+            tuple((author.hex(), value) for author, value in recorded),
         )  # fmt: skip
         if commit.body() != data:
             raise CommitError("commit is not canonical (unsorted lists or non-minimal encoding)")

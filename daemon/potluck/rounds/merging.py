@@ -14,7 +14,10 @@ A run that names a probe set (the manifest's ``probe``, potluck.merge.probe) has
 round's counted updates on it before the strategy (:func:`probe_round`): the updates the probe rule
 drops weigh 0 in the merge, as an update on probation does (listed in the commit, not merged, not in
 its total weight), so `potluck verify` replays the same drops from the stored updates. Such a run merges
-gathered only: every keeper needs every update to score it.
+gathered only: every keeper needs every update to score it. Where the probe keeps a per-author record
+(potluck.merge.record), the round takes the record before it (``record``: the caller reads it from the
+commit that made V_r, engine/history.py on a live node, vcs/replay.py in `potluck verify`) and yields
+its relative scores by author, from which the caller makes the record its commit names.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from potluck.merge import (
 from potluck.merge.batch import InputError, make_batch
 from potluck.merge.context import RoundContext, entries_digest, step_between
 from potluck.merge.probe import LOSS_CAP, ProbeError, ProbeRule
+from potluck.merge.record import round_scores
 from potluck.rounds import fixedpoint
 from potluck.updates.codec import SignedUpdate
 
@@ -95,6 +99,11 @@ class RunMerge:
         return None if self.mean else self.strategy
 
     @property
+    def keeps_record(self) -> bool:
+        """Whether the run's probe keeps a per-author record (its commits name it)."""
+        return self.probe is not None and self.probe.decay > 0
+
+    @property
     def spread_mean(self) -> bool:
         """Whether the merge may run as the weighted mean's all-reduce or dense path (placement's
         ``mean``): not with a probe, which every keeper runs on the gathered updates."""
@@ -126,9 +135,13 @@ def probe_round(
     weighted: Sequence[tuple[int, SignedUpdate]],
     probe: ProbeRule,
     outer_lr: float,
+    record: Mapping[str, float] | None = None,
+    scores: dict[str, float] | None = None,
 ) -> tuple[list[tuple[int, SignedUpdate]], dict[str, Excluded]]:
     """``weighted`` with the updates ``probe`` drops at weight 0, and those updates (id -> why). Only the
-    counted updates (weight > 0) are scored; with fewer than 3 the rule may drop none: nothing is scored."""
+    counted updates (weight > 0) are scored; with fewer than 3 the rule may drop none: nothing is scored.
+    ``record``: author -> its record before the round (a positive one is judged by the strict cut);
+    ``scores``, if given, gets the round's relative scores by author (potluck.merge.record)."""
     # scored in update-id order: probe_keep breaks a tie of scores by index, alike on every node
     counted = sorted(
         (i for i, (w, _) in enumerate(weighted) if w > 0), key=lambda i: weighted[i][1].update_id
@@ -143,8 +156,13 @@ def probe_round(
     dense: list[dict[str, np.ndarray]] = [{} for _ in counted]
     for row, given in enumerate(batch.order):
         dense[given] = batch.split(batch.matrix[row])
+    authors = [weighted[i][1].update.author.hex() for i in counted]
+    trusted = {k for k, a in enumerate(authors) if (record or {}).get(a, 0.0) > 0.0}
+    drops, judged = probe.judge(base, dense, outer_lr, trusted)
+    if scores is not None:
+        scores.update(round_scores(authors, judged))
     out, excluded = list(weighted), {}
-    for k, (score, cut) in probe.excluded(base, dense, outer_lr).items():
+    for k, (score, cut) in drops.items():
         _, u = weighted[counted[k]]
         out[counted[k]] = (0, u)
         reason = "probe_overflow" if score <= -LOSS_CAP / 2 else "probe_worse"
@@ -198,6 +216,8 @@ def merge_round(
     previous: Sequence[Mapping[str, np.ndarray]] | None = None,
     probe: ProbeRule | None = None,
     excluded: dict[str, Excluded] | None = None,
+    record: Mapping[str, float] | None = None,
+    scores: dict[str, float] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """V_{r+1} and the total weight merged, from V_r and ``weighted`` = [(merge weight, SignedUpdate)].
 
@@ -207,11 +227,11 @@ def merge_round(
     revert's float64 step (vcs/revert.py), weighted mean only. ``previous``: the merged steps before the
     round (:func:`history_steps`), required by a history-aware strategy and passed in its context with
     the counted updates' authors and the digest of every update id of the round (sorted: the commit's
-    order). ``probe``: the run's probe rule, run first (:func:`probe_round`); the updates it drops are
-    added to ``excluded`` when given.
+    order). ``probe``: the run's probe rule, run first (:func:`probe_round`, with ``record`` and
+    ``scores``); the updates it drops are added to ``excluded`` when given.
     """
     if probe is not None:
-        weighted, dropped = probe_round(base, weighted, probe, manifest.outer_lr)
+        weighted, dropped = probe_round(base, weighted, probe, manifest.outer_lr, record, scores)
         if excluded is not None:
             excluded.update(dropped)
     if strategy is None:

@@ -48,4 +48,6 @@ def run_probe(manifest: Manifest) -> ProbeRule | None:
             "scikit-learn version?)"
         )
     layers = tuple(getattr(task, "layers"))  # noqa: B009 (not part of the Task protocol: checked above)
-    return ProbeRule(probe, layers, float(manifest.probe["frac"]), float(manifest.probe["floor"]))
+    p = manifest.probe
+    decay, strict = float(p.get("record", 0.0)), float(p.get("strict", 1.0))
+    return ProbeRule(probe, layers, float(p["frac"]), float(p["floor"]), decay, strict)

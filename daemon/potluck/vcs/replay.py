@@ -15,9 +15,10 @@ the version the commit names, what failed); nothing after it is checked:
    groups pick their own), weights (probation counted in the history), round seed, the step of its
    reverts (vcs/revert.py), for a history-aware strategy the merged steps of the commits before it
    (from the replayed versions; before ``start``, from the stored ones), and in a run with a probe set
-   the probe rule's drops (the set from the task, checked against the manifest's hash), onto the
-   replayed previous version, gives the total weight and the version hash the commit names (bit for
-   bit: the hash covers every byte);
+   the probe rule's drops (the set from the task, checked against the manifest's hash; where it keeps
+   a record, from that of the commit that made the previous version), onto the replayed previous
+   version, gives the total weight, the version hash (bit for bit: the hash covers every byte) and the
+   probe record the commit names;
 5. the version file stored for it, if any, hashes to its name.
 
 The replay carries its own recomputed state forward, so a damaged stored version shows at step 5 of
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from potluck.hashing import tensor_hashes, version_hash
+from potluck.merge.record import next_record
 from potluck.rounds.commit import Commit
 from potluck.rounds.fixedpoint import Layout
 from potluck.rounds.merging import (
@@ -102,6 +104,16 @@ def verify(
             progress({"round": commit.round, "version": commit.version, "updates": len(commit.updates)})
     report["latest"] = base
     return report
+
+
+def _record_before(repo: HistoryRepo, base: str, fail: Callable[[str], Divergence]) -> dict[str, float]:
+    """The probe record before the round onto ``base``: that of the recorded commit that made it."""
+    if base == repo.need_manifest().genesis:
+        return {}
+    made = repo.history.made(base)
+    if made is None:
+        raise fail(f"its probe record is that of the commit of {base[:16]}, which is not recorded here")
+    return dict(made[0].record)
 
 
 def _failed(report: dict, d: Divergence) -> dict:
@@ -189,9 +201,15 @@ def _check_round(
             del recent[old]
     else:
         recent.clear()
+    record, scores = _record_before(repo, base, fail) if how.keeps_record else None, {}
     new_state, total = merge_round(
-        state, layout, weighted, manifest, how.merging, seed, extra, steps, how.probe
+        state, layout, weighted, manifest, how.merging, seed, extra, steps, how.probe, None, record, scores
     )
+    if record is not None and how.probe is not None:
+        if next_record(record, scores, how.probe.decay) != dict(commit.record):
+            raise fail("the probe record it names is not the one its recomputed merge gives")
+    elif commit.record:
+        raise fail("it names a probe record, and the run keeps none")
     if total != commit.total_weight:
         raise fail(f"the updates weigh {total} in all, the commit says {commit.total_weight}")
     got = version_hash(new_state)
