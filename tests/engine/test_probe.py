@@ -1,7 +1,8 @@
 """The probe set between real nodes (issue 15): 3 keepers of a digits run that names the task's probe set
-and keeps a per-author record (``potluck init --probe --probe-record``) merge 2 rounds of 5 updates
-each, 2 of them by label flippers (trained on ``9 - label``). Every keeper scores every update on the
-probe set before the strategy and drops the same two: the versions are the same bytes on every keeper
+and keeps a per-author record (``potluck init --probe --probe-record``) merge 3 rounds of 5 updates
+each, 2 of them by label flippers (trained on ``9 - label``), merged by ``history_clip`` after the probe
+rule (the defence bench/README.md measures). Every keeper scores every update on the probe set before
+the strategy and drops the same two: the versions are the same bytes on every keeper
 (a quorum of 3 equal signatures), each commit names the same record (the flippers' below every honest
 author's), status and the log name the flippers' updates and the reason, `potluck show` lists them at
 weight 0 and `potluck verify` replays the drops and the record. And a node whose manifest names a probe
@@ -34,7 +35,7 @@ from tests.support.swarm import connected_swarm
 
 pytestmark = pytest.mark.multiprocess
 ROUND_S = 30.0  # "ready" pacing: a round closes once a keeper holds its 5 updates (target_samples)
-HONEST, FLIPPERS, SAMPLES, DENSITY = 3, 2, 10, 0.25
+HONEST, FLIPPERS, SAMPLES, DENSITY, ROUNDS = 3, 2, 10, 0.25, 3
 
 
 def _committed(keepers, r: int) -> bool:
@@ -57,17 +58,18 @@ def _updates(task, run, r: int, base: str, state, authors, rng) -> list[bytes]:
 
 def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, capsys):
     task = get_task("digits")
-    probe = {"set": task.probe_set(10).digest(), "per_class": 10, "frac": 0.5, "record": 0.5, "strict": 1.0}
+    # the defence bench/README.md recommends: history_clip after the probe rule with a record
+    probe = {"set": task.probe_set(10).digest(), "per_class": 10, "frac": 0.75, "record": 0.5, "strict": 1.0}
     run = write_run(
         tmp_path / "run.toml", "digits", round_seconds=ROUND_S, density=DENSITY, pacing="ready",
-        target_samples=(HONEST + FLIPPERS) * SAMPLES, quorum=3, probe=probe,
+        target_samples=(HONEST + FLIPPERS) * SAMPLES, quorum=3, probe=probe, strategy="history_clip",
     )  # fmt: skip
     authors = [NodeIdentity.generate() for _ in range(HONEST + FLIPPERS)]
     rng = np.random.default_rng(15)
     flipped: list[set[str]] = []
     with connected_swarm(tmp_path / "swarm", 3, manifest=run.path) as swarm:
         keepers = list(swarm.nodes)
-        for r in range(2):
+        for r in range(ROUNDS):
             wait_for(functools.partial(_committed, keepers, r - 1), 60, f"V_{r} everywhere")
             base = keepers[0].status()["version"]
             state = VersionStore(keepers[0].data_dir / "versions").get(base)
@@ -89,7 +91,7 @@ def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, c
     for k in keepers:
         with History(k.data_dir / HISTORY_FILE, readonly=True) as h:
             logs.append(h.log())
-            records.append([dict(h.get(r).record) for r in range(2)])
+            records.append([dict(h.get(r).record) for r in range(ROUNDS)])
     assert all(r == records[0] for r in records), records  # signed by all 3: the same record everywhere
     flippers = {a.public_key.hex() for a in authors[HONEST:]}
     for record in records[0]:  # after each round: every author, the flippers below every honest one
@@ -97,11 +99,11 @@ def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, c
         assert max(record[a] for a in flippers) < min(v for a, v in record.items() if a not in flippers)
     assert len({s["version"] for s in statuses}) == 1, statuses
     assert all([e["version"] for e in log] == [e["version"] for e in logs[0]] for log in logs), logs
-    assert [(e["updates"], e["signatures"]) for e in logs[0]] == [(5, 3), (5, 3)]  # 3 equal signatures
-    assert all(s["aggregation"]["probe_counts"] == {"probe_worse": 4} for s in statuses), statuses
-    assert "excluded 4 update(s) since start (probe_worse): the merge scores better" in text, text
+    assert [(e["updates"], e["signatures"]) for e in logs[0]] == [(5, 3)] * ROUNDS  # 3 equal signatures
+    assert all(s["aggregation"]["probe_counts"] == {"probe_worse": 2 * ROUNDS} for s in statuses), statuses
+    assert f"excluded {2 * ROUNDS} update(s) since start (probe_worse): the merge scores better" in text, text
     assert "the probe set excluded 2 of 5 updates" in node_log
-    assert all(u[:12] in node_log for u in flipped[0] | flipped[1])
+    assert all(u[:12] in node_log for u in set().union(*flipped))
     with HistoryRepo(keepers[0].data_dir) as repo:  # what `potluck show r1` prints
         shown = describe(repo, repo.resolve("r1"))
         assert "excluded by the probe set (probe_worse)" in format_show(shown)
@@ -119,7 +121,7 @@ def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, c
         assert all(rows[a]["share"] == 0 for a in flippers if a in rows), tensor
         assert sum(r["share"] for a, r in rows.items() if a not in flippers) == pytest.approx(1), tensor
     report = potluck_json("verify", "--data-dir", str(keepers[1].data_dir))  # the same bytes everywhere
-    assert report["ok"] and report["rounds"] == 2 and report["updates"] == 10, report
+    assert report["ok"] and report["rounds"] == ROUNDS and report["updates"] == 5 * ROUNDS, report
 
 
 def test_a_node_refuses_a_run_whose_probe_set_its_task_does_not_hand(tmp_path):
