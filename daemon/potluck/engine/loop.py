@@ -72,7 +72,7 @@ SERIES_STRIDE = 16  # "ready" pacing: attempt indices of a round's n-th series s
 
 class RoundEngine:
     """Public: ``status``, ``manifest``, ``placement``, the current ``version``/``state``/
-    ``committed_round``, ``start``/``stop``, ``adopt`` and ``catch_up``. ``conduct`` is the seam for a
+    ``committed_round``, ``start``/``stop`` and ``catch_up``. ``conduct`` is the seam for a
     test's adversary (engine/conduct.py); None is the honest node."""
 
     def __init__(
@@ -188,12 +188,6 @@ class RoundEngine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop_task
         await self._evaluator.stop()
-
-    def adopt(self, commit: Commit, state: dict[str, np.ndarray]) -> None:
-        """Take a version committed elsewhere (a late joiner's sync): it becomes our V."""
-        self.version, self.state, self.committed_round = commit.version, state, commit.round
-        self.status.commits += 1
-        self._publish_version()
 
     async def catch_up(self) -> bool:
         """Move to the run's winning history when peers report another committed version (commit.py)."""
