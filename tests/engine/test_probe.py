@@ -107,6 +107,8 @@ def test_keepers_drop_the_label_flippers_alike_and_verify_replays_it(tmp_path, c
     with HistoryRepo(keepers[0].data_dir) as repo:  # what `potluck show r1` prints
         shown = describe(repo, repo.resolve("r1"))
         assert "excluded by the probe set (probe_worse)" in format_show(shown)
+        for a in flippers:  # and each author's record after the round
+            assert f"{a[:16]} probe record -" in format_show(shown) and shown["probe_record"][a] < 0
     rows = {u["update_id"]: u for u in shown["updates"]}
     assert {u for u, row in rows.items() if row.get("excluded")} == flipped[1]
     assert all(rows[u]["weight"] == 0 for u in flipped[1])

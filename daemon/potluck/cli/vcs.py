@@ -150,7 +150,7 @@ def describe(repo: Any, version: str) -> dict[str, Any]:
         "signatures": [{"node_id": s.node_id, "valid": s.node_id in valid} for s in signatures],
         "quorum": m.quorum if m else None, "quorum_met": (len(valid) >= m.quorum) if m else None,
         "metric": metric, "score": entry["accuracy"], "time": entry["time"],
-        "stored": repo.versions.has(version),
+        "stored": repo.versions.has(version), "probe_record": dict(commit.record),
     }  # fmt: skip
 
 
@@ -191,7 +191,10 @@ def format_show(d: dict[str, Any]) -> str:
     excluded = [f"\n{u['update_id'][:16]} excluded by the probe set ({u['excluded']})"
                 for u in d["updates"] if "excluded" in u]  # fmt: skip
     text = "\n".join(lines) + (table if rows else "no updates merged") + "".join(undone) + "".join(damped)
-    return text + "".join(excluded)
+    # the run's probe record after this round: an author at or below 0 is judged by the usual cut
+    record = [f"\n{a[:16]} probe record {v:+.3f}" + ("" if v > 0 else " (judged by the usual cut)")
+              for a, v in sorted(d.get("probe_record", {}).items(), key=lambda kv: kv[1])]  # fmt: skip
+    return text + "".join(excluded) + "".join(record)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
