@@ -273,6 +273,7 @@ class Contributor:
                     scales = task.gradient_scale(self._optimizer)  # type: ignore[attr-defined]
                     feedback.weights = {n: g**self._salience for n, g in scales.items() if n in delta}
                 tensors = await asyncio.to_thread(feedback.compress, delta)
+                del trained, delta  # two models' worth that would otherwise live through the next training
             update = Update(manifest.run_id, r, base_version, identity.public_key, time.time_ns() // 1000,
                             int(samples), tuple(tensors))  # fmt: skip
             data_bytes = await asyncio.to_thread(encode_update, update, identity, manifest.values)

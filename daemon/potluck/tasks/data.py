@@ -261,7 +261,7 @@ def train_mlp(
             opt.step()
             if progress is not None:
                 progress(step + 1)
-        out = {k: p.detach().numpy().copy() for k, p in params.items()}
+        out = {k: p.detach().numpy() for k, p in params.items()}  # views: the tensors are ours alone
     return out, min(steps * batch, n)
 
 
