@@ -114,7 +114,10 @@ def federated(task, genesis, datas, args) -> dict:
         "groupq": [MaskedFeedback(args.density, args.bits, f"group{args.block}") for _ in datas],
         "blockq": [MaskedFeedback(args.density, args.bits, f"block{args.block}") for _ in datas],
     }
+    for fb in feedback["sparse"] + feedback["salient"]:
+        fb.sign_scale, fb.floor = args.sign_scale, args.floor
     methods = ["fedavg", *args.patches.split(",")]
+    trace: dict[str, list[float]] = {m: [] for m in methods}
     states = {m: dict(genesis) for m in methods}
     # each contributor's own Adam state per method (--keep-optimizer), and each method's outer momentum
     opts = {m: [None if args.fresh_optimizer else {} for _ in datas] for m in methods}
@@ -189,7 +192,9 @@ def federated(task, genesis, datas, args) -> dict:
                     for k, v in state.items()
                 }
             states[method] = merged
-        log(f"  round {r + 1}/{args.rounds}")
+            if args.trace:
+                trace[method].append(round(task.evaluate_domains(merged)["overall"], 4))
+        log(f"  round {r + 1}/{args.rounds}" + (f" {trace}" if args.trace else ""))
     # FedAvg's dense fp32 deltas: 4 bytes a parameter plus a potluck envelope's non-payload bytes
     sent["fedavg"] = n * args.rounds * (4 * params + int(np.median(overheads)))
     out = {
@@ -197,6 +202,8 @@ def federated(task, genesis, datas, args) -> dict:
         for m in methods
     }
     out["envelope_overhead_bytes"] = int(np.median(overheads))
+    if args.trace:
+        out["trace"] = trace
 
     if "pooled" not in args.baselines.split(","):
         return out
@@ -475,6 +482,11 @@ def main() -> None:
     ap.add_argument("--start-density", type=float, default=0.0, help="sparse: density of the first rounds")
     ap.add_argument("--start-rounds", type=int, default=0, help="sparse: rounds at --start-density")
     ap.add_argument("--salience", type=float, default=0.5, help="salient: top-k of |e| g^s (join --salience)")
+    ap.add_argument("--sign-scale", choices=["max", "mean"], default="max", help="sparse signs: block scale")
+    ap.add_argument(
+        "--floor", type=float, default=0.0, help="sparse, scope model: each tensor's own top first"
+    )
+    ap.add_argument("--trace", action="store_true", help="overall BPB of every method after every round")
     ap.add_argument("--bits", type=int, default=8, help="masked, topkq: bits per value")
     ap.add_argument("--rank", type=int, default=2, help="lowrank: adapter rank")
     ap.add_argument("--targets", default="*", help="lowrank, factored: glob of the 2-D tensors adapted")
