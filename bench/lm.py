@@ -114,8 +114,9 @@ def federated(task, genesis, datas, args) -> dict:
         "groupq": [MaskedFeedback(args.density, args.bits, f"group{args.block}") for _ in datas],
         "blockq": [MaskedFeedback(args.density, args.bits, f"block{args.block}") for _ in datas],
     }
+    own_decay = args.ef_space == "delta"  # sparse, salient: ErrorFeedback's decay (join --residual-decay)
     for fb in feedback["sparse"] + feedback["salient"]:
-        fb.sign_scale, fb.floor = args.sign_scale, args.floor
+        fb.decay = args.ef_decay if own_decay else 1.0
     methods = ["fedavg", *args.patches.split(",")]
     trace: dict[str, list[float]] = {m: [] for m in methods}
     states = {m: dict(genesis) for m in methods}
@@ -144,7 +145,8 @@ def federated(task, genesis, datas, args) -> dict:
                 else:
                     start = state
                     fb = feedback.get(method, [None] * n)[c]
-                    if method != "fedavg" and args.ef_decay != 1.0:
+                    decays_itself = own_decay and method in ("sparse", "salient")
+                    if method != "fedavg" and args.ef_decay != 1.0 and not decays_itself:
                         for e in fb.residual.values():
                             e *= np.float32(args.ef_decay)
                     if method != "fedavg" and args.ef_space == "model" and fb.residual:
@@ -482,10 +484,6 @@ def main() -> None:
     ap.add_argument("--start-density", type=float, default=0.0, help="sparse: density of the first rounds")
     ap.add_argument("--start-rounds", type=int, default=0, help="sparse: rounds at --start-density")
     ap.add_argument("--salience", type=float, default=0.5, help="salient: top-k of |e| g^s (join --salience)")
-    ap.add_argument("--sign-scale", choices=["max", "mean"], default="max", help="sparse signs: block scale")
-    ap.add_argument(
-        "--floor", type=float, default=0.0, help="sparse, scope model: each tensor's own top first"
-    )
     ap.add_argument("--trace", action="store_true", help="overall BPB of every method after every round")
     ap.add_argument("--bits", type=int, default=8, help="masked, topkq: bits per value")
     ap.add_argument("--rank", type=int, default=2, help="lowrank: adapter rank")

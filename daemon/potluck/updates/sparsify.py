@@ -167,6 +167,9 @@ class ErrorFeedback:
     after quantization) and keeps the rest, so the sum of everything published plus the residual
     always equals the sum of all deltas given: nothing is lost, only delayed. ``weights`` changes
     which entries are published first (top-k of ``|residual| * weight``), never what is kept.
+    ``decay`` < 1 multiplies the residual by it before each delta is added: what stays unsent for
+    rounds fades instead (bench/README.md#lm: with a model-wide top-k, a tensor left out for rounds
+    otherwise sends its whole stale residual at once, and the model's loss jumps).
     """
 
     def __init__(self, density: float = DEFAULT_DENSITY, values: str = "int8", scope: str = "tensor") -> None:
@@ -186,12 +189,16 @@ class ErrorFeedback:
         self.weights: dict[str, np.ndarray] = {}
         self.value_encoding = VALUE_ENCODINGS[values]
         self.scope = scope
-        self.sign_scale = "max"
-        self.floor = 0.0
+        # the residual's factor before each compress adds a delta (1: nothing is lost, only delayed;
+        # potluck join --residual-decay)
+        self.decay = 1.0
         self.residual: dict[str, np.ndarray] = {}
 
     def compress(self, delta: Mapping[str, np.ndarray]) -> list[SparseTensor]:
         """Add ``delta`` to the residual and take the top-k (of each tensor, or of the model) out of it."""
+        if self.decay != 1.0:  # the unsent rest fades: a stale residual is not sent late, in a burst
+            for acc in self.residual.values():
+                acc *= np.float32(self.decay)
         for name in sorted(delta):
             d = np.asarray(delta[name])
             acc = self.residual.get(name)
@@ -208,23 +215,10 @@ class ErrorFeedback:
             flat = acc.reshape(-1)
             if self.value_encoding == SIGN:
                 idx = idx[sign_survivors(flat[idx])]
-            sent = roundtrip(self._sign_mean(flat[idx]) if self.sign_scale == "mean" else flat[idx],
-                             self.value_encoding)  # fmt: skip
+            sent = roundtrip(flat[idx], self.value_encoding)
             flat[idx] -= sent  # what the receiver won't see stays here
             out.append(SparseTensor(name, tuple(acc.shape), idx, sent))
         return out
-
-    @staticmethod
-    def _sign_mean(v: np.ndarray) -> np.ndarray:
-        """EXPERIMENT: each block's survivors as sign(v) * mean|v| of the block."""
-        if v.size == 0:
-            return v
-        nblocks = -(-v.size // BLOCK)
-        padded = np.zeros(nblocks * BLOCK, np.float32)
-        padded[: v.size] = np.abs(v)
-        counts = np.minimum(BLOCK, v.size - np.arange(nblocks) * BLOCK)
-        means = (padded.reshape(nblocks, BLOCK).sum(axis=1, dtype=np.float64) / counts).astype(np.float32)
-        return np.where(v < 0, -1, 1).astype(np.float32) * np.repeat(means, BLOCK)[: v.size]
 
     def _score(self, name: str) -> np.ndarray:
         """What top-k ranks a tensor's entries by: |residual|, times its weights where it has them."""
@@ -248,11 +242,6 @@ class ErrorFeedback:
 
     def _model_topk(self, names: list[str]) -> dict[str, np.ndarray]:
         flats = [self._score(name) for name in names]
-        if self.floor > 0:  # EXPERIMENT: each tensor's own top ``floor`` first, the rest model-wide
-            flats = [f.copy() for f in flats]
-            for f, name in zip(flats, names, strict=True):
-                acc = self.residual[name]
-                f[topk_indices(f, k_for(f.size, self.floor), row=acc.shape[-1] if acc.ndim else 1)] = np.inf
         ends = np.cumsum([f.size for f in flats])
         idx = topk_indices(np.concatenate(flats), k_for(int(ends[-1]), self.density))
         cuts = np.searchsorted(idx, ends)
