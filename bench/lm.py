@@ -21,10 +21,12 @@ fresh Adam every round; LoRA adapters always start a fresh one):
   feedback, the others at ``--extra-density``), merged by ``fixedpoint.local_average`` weighted by
   sample count; ``--patch-steps`` gives them other local steps than FedAvg's; ``salient``: sparse,
   the top-k ranked by ``|residual| x g ** --salience``, ``g`` the contributor's own Adam gradient
-  scale (``potluck join --salience``; the wire is unchanged). Explorations (bench/masked_feedback.py,
+  scale (``potluck join --salience``; the wire is unchanged), ``--scope model`` one top-k over the whole
+  model (``potluck init --topk-scope model``) and ``--ef-decay`` the residual x that each round
+  (``potluck join --residual-decay``). Explorations (bench/masked_feedback.py,
   bytes counted, not encoded as such): ``topkq`` top-k at ``--bits`` per value, ``masked`` a random
   mask shared by the round's contributors, ``blockq`` top blocks of ``--block`` entries, ``groupq`` the
-  largest of each group of ``--block``; ``--ef-space``, ``--ef-decay``, ``--merge-norm``, ``--sticky``,
+  largest of each group of ``--block``; ``--ef-space``, ``--merge-norm``, ``--sticky``,
   ``--hot-density``, ``--gain``, ``--start-density``/``--start-rounds`` vary the sparse methods;
 * ``fedavg``: the same rounds with dense fp32 deltas (bytes ``4 x params`` + a potluck envelope's
   non-payload bytes), merged the same way;
@@ -43,8 +45,8 @@ merged every K steps instead (``steps / K`` rounds, each group's Adam kept). A d
 genesis BPB minus BPB on that domain's held-out text; it keeps ``merged gain / own model's gain`` of
 it. ``diagnosis``: what a domain keeps from its own delta / n alone, and what the others' / n give it.
 
-BPB (bits per byte, lower is better) on each domain's fixed held-out text and overall. JSON on stdout,
-progress on stderr.
+BPB (bits per byte, lower is better) on each domain's fixed held-out text and overall (``--trace``:
+also each federated method's overall BPB after every round). JSON on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -496,7 +498,12 @@ def main() -> None:
         "--ef-space", choices=["delta", "model"], default="delta",
         help="sparse: error feedback added to the next delta, or trained from (V_r + residual)",
     )  # fmt: skip
-    ap.add_argument("--ef-decay", type=float, default=1.0, help="sparse: residual x this each round")
+    ap.add_argument(
+        "--ef-decay",
+        type=float,
+        default=1.0,
+        help="sparse: residual x this each round (join --residual-decay)",
+    )
     ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's merge lr (FedAvg uses 1)")
     ap.add_argument(
         "--fresh-optimizer",
