@@ -21,10 +21,12 @@ fresh Adam every round; LoRA adapters always start a fresh one):
   feedback, the others at ``--extra-density``), merged by ``fixedpoint.local_average`` weighted by
   sample count; ``--patch-steps`` gives them other local steps than FedAvg's; ``salient``: sparse,
   the top-k ranked by ``|residual| x g ** --salience``, ``g`` the contributor's own Adam gradient
-  scale (``potluck join --salience``; the wire is unchanged). Explorations (bench/masked_feedback.py,
+  scale (``potluck join --salience``; the wire is unchanged), ``--scope model`` one top-k over the whole
+  model (``potluck init --topk-scope model``) and ``--ef-decay`` the residual x that each round
+  (``potluck join --residual-decay``). Explorations (bench/masked_feedback.py,
   bytes counted, not encoded as such): ``topkq`` top-k at ``--bits`` per value, ``masked`` a random
   mask shared by the round's contributors, ``blockq`` top blocks of ``--block`` entries, ``groupq`` the
-  largest of each group of ``--block``; ``--ef-space``, ``--ef-decay``, ``--merge-norm``, ``--sticky``,
+  largest of each group of ``--block``; ``--ef-space``, ``--merge-norm``, ``--sticky``,
   ``--hot-density``, ``--gain``, ``--start-density``/``--start-rounds`` vary the sparse methods;
 * ``fedavg``: the same rounds with dense fp32 deltas (bytes ``4 x params`` + a potluck envelope's
   non-payload bytes), merged the same way;
@@ -43,8 +45,8 @@ merged every K steps instead (``steps / K`` rounds, each group's Adam kept). A d
 genesis BPB minus BPB on that domain's held-out text; it keeps ``merged gain / own model's gain`` of
 it. ``diagnosis``: what a domain keeps from its own delta / n alone, and what the others' / n give it.
 
-BPB (bits per byte, lower is better) on each domain's fixed held-out text and overall. JSON on stdout,
-progress on stderr.
+BPB (bits per byte, lower is better) on each domain's fixed held-out text and overall (``--trace``:
+also each federated method's overall BPB after every round). JSON on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -114,7 +116,11 @@ def federated(task, genesis, datas, args) -> dict:
         "groupq": [MaskedFeedback(args.density, args.bits, f"group{args.block}") for _ in datas],
         "blockq": [MaskedFeedback(args.density, args.bits, f"block{args.block}") for _ in datas],
     }
+    own_decay = args.ef_space == "delta"  # sparse, salient: ErrorFeedback's decay (join --residual-decay)
+    for fb in feedback["sparse"] + feedback["salient"]:
+        fb.decay = args.ef_decay if own_decay else 1.0
     methods = ["fedavg", *args.patches.split(",")]
+    trace: dict[str, list[float]] = {m: [] for m in methods}
     states = {m: dict(genesis) for m in methods}
     # each contributor's own Adam state per method (--keep-optimizer), and each method's outer momentum
     opts = {m: [None if args.fresh_optimizer else {} for _ in datas] for m in methods}
@@ -141,7 +147,8 @@ def federated(task, genesis, datas, args) -> dict:
                 else:
                     start = state
                     fb = feedback.get(method, [None] * n)[c]
-                    if method != "fedavg" and args.ef_decay != 1.0:
+                    decays_itself = own_decay and method in ("sparse", "salient")
+                    if method != "fedavg" and args.ef_decay != 1.0 and not decays_itself:
                         for e in fb.residual.values():
                             e *= np.float32(args.ef_decay)
                     if method != "fedavg" and args.ef_space == "model" and fb.residual:
@@ -189,7 +196,9 @@ def federated(task, genesis, datas, args) -> dict:
                     for k, v in state.items()
                 }
             states[method] = merged
-        log(f"  round {r + 1}/{args.rounds}")
+            if args.trace:
+                trace[method].append(round(task.evaluate_domains(merged)["overall"], 4))
+        log(f"  round {r + 1}/{args.rounds}" + (f" {trace}" if args.trace else ""))
     # FedAvg's dense fp32 deltas: 4 bytes a parameter plus a potluck envelope's non-payload bytes
     sent["fedavg"] = n * args.rounds * (4 * params + int(np.median(overheads)))
     out = {
@@ -197,6 +206,8 @@ def federated(task, genesis, datas, args) -> dict:
         for m in methods
     }
     out["envelope_overhead_bytes"] = int(np.median(overheads))
+    if args.trace:
+        out["trace"] = trace
 
     if "pooled" not in args.baselines.split(","):
         return out
@@ -475,6 +486,7 @@ def main() -> None:
     ap.add_argument("--start-density", type=float, default=0.0, help="sparse: density of the first rounds")
     ap.add_argument("--start-rounds", type=int, default=0, help="sparse: rounds at --start-density")
     ap.add_argument("--salience", type=float, default=0.5, help="salient: top-k of |e| g^s (join --salience)")
+    ap.add_argument("--trace", action="store_true", help="overall BPB of every method after every round")
     ap.add_argument("--bits", type=int, default=8, help="masked, topkq: bits per value")
     ap.add_argument("--rank", type=int, default=2, help="lowrank: adapter rank")
     ap.add_argument("--targets", default="*", help="lowrank, factored: glob of the 2-D tensors adapted")
@@ -486,7 +498,12 @@ def main() -> None:
         "--ef-space", choices=["delta", "model"], default="delta",
         help="sparse: error feedback added to the next delta, or trained from (V_r + residual)",
     )  # fmt: skip
-    ap.add_argument("--ef-decay", type=float, default=1.0, help="sparse: residual x this each round")
+    ap.add_argument(
+        "--ef-decay",
+        type=float,
+        default=1.0,
+        help="sparse: residual x this each round (join --residual-decay)",
+    )
     ap.add_argument("--outer-lr", type=float, default=1.0, help="potluck's merge lr (FedAvg uses 1)")
     ap.add_argument(
         "--fresh-optimizer",

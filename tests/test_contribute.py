@@ -139,6 +139,8 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
         ([*base, "--manifest", str(path), "--lowrank", "2"], "cannot train low-rank adapters"),
         ([*base, "--manifest", str(path), "--salience", "0.5"], "a task with gradient_scale"),
         ([*base, "--manifest", str(path), "--salience", "-1"], "--salience: must be > 0"),
+        ([*base, "--manifest", str(path), "--residual-decay", "1.5"], "--residual-decay: must be in (0, 1]"),
+        ([*base, "--manifest", str(path), "--residual-decay", "0"], "--residual-decay: must be > 0"),
     ]  # fmt: skip
     (tmp_path / "lm").mkdir()
     lm = write_run(tmp_path / "lm" / "run.toml", "lm", task_args={"n_layer": 1, "d_model": 32, "n_head": 2},
@@ -153,6 +155,7 @@ def test_join_refuses_bad_input_with_exit_code_2(tmp_path):
          "--module-rank 40 is above the limit 32"),
         ([*lm_base, "2", "--lowrank-extras", "nope.*"], "matches no unfrozen tensor to train"),
         ([*lm_base, "2", "--salience", "0.5"], "--salience needs whole-model training"),
+        ([*lm_base, "2", "--residual-decay", "0.9"], "--residual-decay applies to sparse patches"),
         ([*lm_base[:-1], "--fresh-optimizer", "--salience", "0.5"], "--salience needs whole-model training"),
     ]  # fmt: skip
     for args, needle in cases:

@@ -99,7 +99,8 @@ class Contributor:
     def __init__(self, node: ContributingNode, *, task_spec: str | None, shard: str | None, local_steps: int,
                  seed: int, max_rounds: int | None = None, join_timeout: float = 60.0,
                  lowrank: int | None = None, lowrank_targets: str = "*", lowrank_extras: str = "",
-                 keep_optimizer: bool = True, salience: float = 0.0):  # fmt: skip
+                 keep_optimizer: bool = True, salience: float = 0.0,
+                 residual_decay: float = 1.0):  # fmt: skip
         """``lowrank``: train rank-``lowrank`` LoRA adapters on the 2-D tensors matching the glob
         ``lowrank_targets`` (the task needs ``train_lowrank``) and publish their factors instead.
         ``lowrank_extras``: with ``lowrank``, also train the other (unfrozen) tensors matching this glob
@@ -110,7 +111,9 @@ class Contributor:
         rounds instead of restarting from each V_r; it stays on this machine, never in an update.
         ``salience``: rank the sparse top-k by ``|residual| * g ** salience``, ``g`` the kept optimizer's
         per-entry gradient scale (the task's ``gradient_scale``), instead of by ``|residual|`` (0):
-        entries where the loss is more sensitive go first (bench/README.md#lm); the wire is unchanged."""
+        entries where the loss is more sensitive go first (bench/README.md#lm); the wire is unchanged.
+        ``residual_decay``: the sparse error feedback's residual is multiplied by it each round
+        (``ErrorFeedback.decay``; 1: nothing unsent is dropped); also only the sender's choice."""
         self._node = node
         self._optimizer: dict | None = {} if keep_optimizer else None
         self._lowrank, self._lowrank_targets, self._lowrank_extras = lowrank, lowrank_targets, lowrank_extras
@@ -119,6 +122,9 @@ class Contributor:
         if not (salience >= 0 and np.isfinite(salience)):
             raise ConfigError(f"--salience must be a finite number >= 0, got {salience}")
         self._salience = salience
+        if not 0 < residual_decay <= 1:
+            raise ConfigError(f"--residual-decay must be in (0, 1], got {residual_decay}")
+        self._residual_decay = residual_decay
         self._join_timeout = join_timeout
         self.stats = ContributorStats()
         self._stop = threading.Event()
@@ -199,8 +205,11 @@ class Contributor:
                 "--salience needs whole-model training that keeps its optimizer state (not --lowrank or "
                 "--fresh-optimizer) and a task with gradient_scale"
             )
+        if self._residual_decay != 1 and targets:
+            raise ConfigError("--residual-decay applies to sparse patches, not --lowrank")
         frozen = manifest.group_rules.frozen(names)
         feedback = ErrorFeedback(manifest.density, manifest.values, manifest.topk_scope)
+        feedback.decay = self._residual_decay
         limits = manifest.group_rules.limits(names, "max_density")
         schedule = (manifest.density, manifest.start_density, manifest.start_rounds)
         # --lowrank-extras: every entry of their deltas (a group's max_density still bounds them)

@@ -262,7 +262,7 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
                               "--lowrank-targets", "transformer.h.*.weight",
                               "--lowrank-extras", "*.bias")  # fmt: skip
         swarm.add_contributor("sparse", "--shard", "1/2", "--local-steps", "20", "--seed", "1",
-                              "--salience", "0.5")  # fmt: skip
+                              "--salience", "0.5", "--residual-decay", "0.9")  # fmt: skip
         for node in swarm.nodes:
             node.wait_ready()
 

@@ -106,6 +106,25 @@ def test_error_feedback_weights_choose_the_entries_and_lose_nothing():
         feedback.compress(delta)
 
 
+def test_error_feedback_decay_fades_only_what_was_not_sent():
+    """``decay`` (join --residual-decay): the residual is multiplied by it before each delta is added, so
+    published + residual = sum of decay^(rounds since) x each delta's unsent part; 1 loses nothing."""
+    rng = np.random.default_rng(7)
+    deltas = [{"a": rng.standard_normal(200).astype(np.float32)} for _ in range(3)]
+    norms = []
+    for decay in (1.0, 0.5):
+        feedback, want = ErrorFeedback(0.05, "fp16", "model"), np.zeros(200, np.float32)
+        feedback.decay = decay
+        for delta in deltas:
+            (t,) = feedback.compress(delta)
+            want = want * np.float32(decay) + delta["a"]  # what is left to send, before this round's
+            want[t.indices] -= t.values
+            np.testing.assert_allclose(feedback.residual["a"], want, rtol=1e-6, atol=1e-6)
+        assert t.indices.size == 10  # the top-k itself is unchanged: 5% of 200
+        norms.append(feedback.residual_norm())
+    assert norms[1] < 0.8 * norms[0]  # decay 0.5 keeps less of the unsent rest
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6, width=32).filter(lambda x: x != 0), min_size=1, max_size=700))
 def test_sign_survivors_never_grow_an_entry(values):

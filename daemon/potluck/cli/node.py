@@ -10,6 +10,7 @@ from pathlib import Path
 from potluck.cli.common import (
     Commands,
     data_dir_arg,
+    density,
     non_negative_int,
     positive_float,
     positive_int,
@@ -203,6 +204,11 @@ def _join_parser(commands: Commands) -> None:
         "(default: largest |delta|; 0.5 measured best in a run with sign values, bench/README.md#lm)",
     )
     join.add_argument(
+        "--residual-decay", type=density, default=1.0, metavar="B",
+        help="sparse patches: multiply the unsent residual by B (<= 1) each round (default 1: keep it all; "
+        "0.9 with --salience 0.5 in a run with sign values and --topk-scope model: bench/README.md#lm)",
+    )  # fmt: skip
+    join.add_argument(
         "--client-mode",
         action="store_true",
         help="behind NAT/firewall: nobody dials us; updates are pushed to keepers, versions pulled",
@@ -353,6 +359,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             max_rounds=args.rounds, join_timeout=args.join_timeout, lowrank=args.lowrank,
             lowrank_targets=args.lowrank_targets, lowrank_extras=args.lowrank_extras,
             keep_optimizer=not args.fresh_optimizer, salience=args.salience,
+            residual_decay=args.residual_decay,
         )  # fmt: skip
         if spec is None:
             return patches

@@ -167,6 +167,9 @@ class ErrorFeedback:
     after quantization) and keeps the rest, so the sum of everything published plus the residual
     always equals the sum of all deltas given: nothing is lost, only delayed. ``weights`` changes
     which entries are published first (top-k of ``|residual| * weight``), never what is kept.
+    ``decay`` < 1 multiplies the residual by it before each delta is added: what stays unsent for
+    rounds fades instead of going out late in one burst (bench/README.md#lm: with ``weights``, an
+    entry's residual can grow unsent for rounds; a 0.9 decay steadied the lm bench's loss).
     """
 
     def __init__(self, density: float = DEFAULT_DENSITY, values: str = "int8", scope: str = "tensor") -> None:
@@ -186,10 +189,16 @@ class ErrorFeedback:
         self.weights: dict[str, np.ndarray] = {}
         self.value_encoding = VALUE_ENCODINGS[values]
         self.scope = scope
+        # the residual's factor before each compress adds a delta (1: nothing is lost, only delayed;
+        # potluck join --residual-decay)
+        self.decay = 1.0
         self.residual: dict[str, np.ndarray] = {}
 
     def compress(self, delta: Mapping[str, np.ndarray]) -> list[SparseTensor]:
         """Add ``delta`` to the residual and take the top-k (of each tensor, or of the model) out of it."""
+        if self.decay != 1.0:  # the unsent rest fades: a stale residual is not sent late, in a burst
+            for acc in self.residual.values():
+                acc *= np.float32(self.decay)
         for name in sorted(delta):
             d = np.asarray(delta[name])
             acc = self.residual.get(name)
