@@ -16,7 +16,7 @@ Why (bench/README.md#lm): summed plain fine-tunes lose most of every domain's ga
 is held to an RMS of 0.001 (and make the domains worse than the genesis at larger ones); the KL is what
 let the sum work there (the reading that fits: each fine-tune first moves the model's predictions on
 all text, its domain's byte prior, and the anchor charges for that), the radius keeps the rest small
-enough to add. Measured: task arithmetic keeps >= 90% of every domain's own gain in 8 runs of 11 (every
+enough to add. Measured: task arithmetic keeps >= 90% of every domain's own gain in 8 runs of 12 (every
 seed at 120k with 4096 samples), but the own gains shrink to a quarter-half and the merged model's BPB
 stays above the plain fine-tunes' mean merge, so neither potluck nor ``potluck join`` uses it.
 Deterministic: the samples and batches are seeded.
