@@ -37,8 +37,11 @@ fresh Adam every round; LoRA adapters always start a fresh one):
 method's merged delta alike; potluck's nodes do not run one (an exploration flag).
 
 ``retention`` -- the three domains' groups each fine-tune the genesis on their domain for
-``--finetune-steps`` (all of it at ``--finetune-lr``, or rank ``--finetune-rank`` LoRA adapters);
-their deltas are merged once by mean, task arithmetic, TIES and DARE (potluck.merge), and, for
+``--finetune-steps`` (all of it at ``--finetune-lr``, or rank ``--finetune-rank`` LoRA adapters, or
+anchored near the genesis, bench/anchored.py: ``--finetune-kl`` times the KL to the genesis on
+``--finetune-samples`` of its own samples, the delta's RMS at most ``--finetune-radius``);
+their deltas are merged once by mean, task arithmetic, TIES and DARE (potluck.merge; TIES and DARE
+also at lambda n, so that they sum the deltas as task arithmetic does), and, for
 comparison, by Fisher merging and a dataless localize-and-stitch (``--stitch-top``), and by the best
 linear combination on an oracle grid (``--grid``). ``--merge-every K``: the same groups and steps
 merged every K steps instead (``steps / K`` rounds, each group's Adam kept). A domain's gain is
@@ -63,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import plots  # bench/plots.py: this script's folder is on the path
 import torch
+from anchored import anchored_finetune  # bench/anchored.py: the retention part's anchored fine-tunes
 from lowrank_feedback import LowRankFeedback  # bench/lowrank_feedback.py: a method measured, not kept
 from masked_feedback import MaskedFeedback  # bench/masked_feedback.py: an exploration
 
@@ -289,6 +293,11 @@ def finetune(task, genesis, args) -> list[tuple[dict, int]]:
                 targets=targets,
             )
             tuned = {k: v + expand(*factors[k]) if k in factors else v for k, v in genesis.items()}
+        elif args.finetune_kl or args.finetune_radius:  # near the genesis: bench/anchored.py
+            tuned, samples = anchored_finetune(
+                task, genesis, data, steps=args.finetune_steps, seed=100 + g, lr=task.lr,
+                kl=args.finetune_kl, samples=args.finetune_samples, radius=args.finetune_radius,
+            )  # fmt: skip
         else:
             tuned, samples = task.train(genesis, data, steps=args.finetune_steps, seed=100 + g)
         out.append((tuned, samples))
@@ -311,7 +320,11 @@ def retention(task, genesis, args, finetuner=None) -> dict:
         return (base[d] - scores[d]) / (base[d] - own[d][d])
 
     kept = {}
-    for label, (name, strategy_args) in MERGES.items():
+    n = len(deltas)  # TIES and DARE also at lambda n: their merged deltas summed, as task arithmetic's
+    sums = {
+        f"{k}, lambda {n}": (MERGES[k][0], {**MERGES[k][1], "lambda": float(n)}) for k in ("ties", "dare")
+    }
+    for label, (name, strategy_args) in {**MERGES, **sums}.items():
         merged = get_strategy(name, strategy_args).merge(deltas, weights, round_seed=args.seed)
         scores = task.evaluate_domains(next_state(genesis, merged, 1.0))
         rows[f"merged: {label}"] = scores
@@ -336,7 +349,7 @@ def retention(task, genesis, args, finetuner=None) -> dict:
         for label, scores in merged_rounds(finetuner or task, genesis, args, every).items():
             rows[f"merged: {label}"] = scores
             kept[label] = {d: kept_of(scores, d) for d in DOMAINS}
-    n, diagnosis = len(deltas), {}
+    diagnosis = {}
     for i, d in enumerate(DOMAINS):
         others = [delta for j, delta in enumerate(deltas) if j != i]
         diagnosis[d] = {
@@ -518,6 +531,12 @@ def main() -> None:
     ap.add_argument(
         "--finetune-lr", type=float, default=0.0, help="retention: full fine-tunes' Adam lr (0: the task's)"
     )
+    for flag, kind, default, text in (  # the anchored fine-tunes of bench/anchored.py
+        ("--finetune-kl", float, 0.0, "retention: KL weight on genesis samples (0: none)"),
+        ("--finetune-samples", int, 1024, "retention: genesis samples for the KL"),
+        ("--finetune-radius", float, 0.0, "retention: the delta's RMS at most this (0: any)"),
+    ):
+        ap.add_argument(flag, type=kind, default=default, help=text)
     ap.add_argument("--stitch-top", type=float, default=10.0, help="retention: stitch's top-k percent")
     ap.add_argument(
         "--grid", type=float, default=0.0, help="retention: oracle grid step (0: none; 0.1: 216 evals)"
