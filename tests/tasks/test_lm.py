@@ -308,6 +308,44 @@ def test_low_rank_and_sparse_contributors_merge_alike_and_a_frozen_group_is_refu
         assert keeper.status()["aggregation"]["placement"] == "gathered"  # per-group strategies
 
 
+@pytest.mark.multiprocess
+def test_the_bytes_target_setting_runs_between_real_nodes(tmp_path):
+    """The setting that met the lm bytes target (bench/README.md): a run of sparse signs at 15% over one
+    model-wide top-k, and contributors that rank by salience 0.5 and decay their residual x0.9 a round.
+    Two `potluck join` contributors and a keeper commit two rounds; every node holds the same versions,
+    and each update the keeper merged carries signs and at most 15% of the model's entries."""
+    import time
+
+    from potluck.localswarm import LocalSwarm, wait_for
+    from potluck.runfiles import write_run
+    from potluck.store.updates import UpdateStore
+    from potluck.updates.codec import parse_update
+    from potluck.updates.quantize import SIGN
+
+    run = write_run(
+        tmp_path / "run.toml", "lm", task_args=SMALL, round_seconds=16.0, start_time=time.time() + 20.0,
+        density=0.15, values="sign", topk_scope="model",
+    )  # fmt: skip
+    with LocalSwarm.for_run(tmp_path / "swarm", run.manifest.run_id, run.path) as swarm:
+        keeper = swarm.add_node(name="keeper").wait_ready()
+        for i in range(2):
+            swarm.add_contributor(f"c{i}", "--shard", f"{i}/2", "--local-steps", "10", "--seed", str(i),
+                                  "--salience", "0.5", "--residual-decay", "0.9")  # fmt: skip
+        for node in swarm.nodes:
+            node.wait_ready()
+        until = run.manifest.start_time + 5 * run.manifest.round_seconds - time.time()
+        wait_for(lambda: all(n.status()["committed_round"] >= 1 for n in swarm.nodes), until, "two rounds")
+        logs = [[(e["round"], e["version"], len(e["contributors"])) for e in _log(n)] for n in swarm.nodes]
+        assert all(log[:2] == logs[0][:2] for log in logs), logs
+        assert [c for _, _, c in logs[0][:2]] == [2, 2], logs
+        total = sum(int(np.prod(s)) for s in get_task("lm", SMALL).shapes().values())
+        store = UpdateStore(keeper.data_dir / "updates")
+        for uid in store.ids():
+            tensors = parse_update(store.get(uid)).tensors
+            assert {t.value_encoding for t in tensors} == {SIGN}, uid
+            assert 0 < sum(t.nnz for t in tensors) <= 0.15 * total
+
+
 def _log(node):
     from potluck.demo import keeper_log
 
