@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from potluck.exchange.state import StateService, SyncFailed
 from potluck.identity import PUBLIC_KEY_SIZE
 from potluck.manifest import Manifest, ManifestError, is_run_id
 from potluck.merge.probe import ProbeError, ProbeRule
+from potluck.rounds import schedule
 from potluck.rpc.address import DEFAULT_RPC_LISTEN
 from potluck.runfiles import genesis_path, load_manifest, manifest_cache, run_context
 from potluck.store.history import History
@@ -167,7 +169,8 @@ def validation_context(
     """What updates are checked against: the run's manifest if there is one, else the node's flags."""
     if manifest is not None:  # a revert is checked against this node's history (vcs/revert.py)
         hook = revert.validation_hook(config.data_dir, manifest)
-        return dataclasses.replace(run_context(manifest, versions), check_revert=hook)
+        clock = None if manifest.pacing == "ready" else lambda: schedule.round_at(manifest, time.time())
+        return dataclasses.replace(run_context(manifest, versions), check_revert=hook, round_now=clock)
     return loose_context(
         run, local, versions, model=config.model, allow=config.allow, max_update_norm=config.max_update_norm
     )

@@ -95,6 +95,16 @@ def test_stale_and_future_round(valid):
     v.validate(valid(round=6, seq=2))
 
 
+def test_the_clocks_round_is_on_time_before_the_node_moves_on(valid):
+    clock = [5]
+    v = UpdateValidator(_context(round_now=lambda: clock[0]))
+    _reject(v, valid(round=6, seq=1), Reason.FUTURE_ROUND)
+    clock[0] = 6  # the clock says round 6 began; the node's context still says 5
+    v.validate(valid(round=6, seq=2))
+    v.validate(valid(round=5, seq=3))  # the round the node is still on stays open
+    _reject(v, valid(round=7, seq=4), Reason.FUTURE_ROUND)
+
+
 def test_unknown_base(valid):
     _reject(UpdateValidator(_context()), valid(base="cd" * 32), Reason.UNKNOWN_BASE)
 
