@@ -324,7 +324,8 @@ def retention(task, genesis, args, finetuner=None) -> dict:
     sums = {
         f"{k}, lambda {n}": (MERGES[k][0], {**MERGES[k][1], "lambda": float(n)}) for k in ("ties", "dare")
     }
-    for label, (name, strategy_args) in {**MERGES, **sums}.items():
+    extra_merges = round_merges(args.extra_merges) if args.extra_merges else {}
+    for label, (name, strategy_args) in {**MERGES, **sums, **extra_merges}.items():
         merged = get_strategy(name, strategy_args).merge(deltas, weights, round_seed=args.seed)
         scores = task.evaluate_domains(next_state(genesis, merged, 1.0))
         rows[f"merged: {label}"] = scores
@@ -366,7 +367,7 @@ def merged_rounds(task, genesis: dict, args, every: int) -> dict[str, dict]:
     across rounds, as ``potluck join`` does) and the deltas are merged by each of MERGES; BPB of each."""
     out = {}
     datas = [task.local_data(d) for d in DOMAINS]
-    for label, (name, strategy_args) in MERGES.items():
+    for label, (name, strategy_args) in round_merges(args.round_merges).items():
         log(f"  {label}, merged every {every} steps")
         strategy, state, opts = get_strategy(name, strategy_args), genesis, [{} for _ in datas]
         for r in range(args.finetune_steps // every):
@@ -379,6 +380,18 @@ def merged_rounds(task, genesis: dict, args, every: int) -> dict[str, dict]:
                 weights.append(samples)
             state = next_state(state, strategy.merge(deltas, weights, round_seed=args.seed + r), 1.0)
         out[f"{label}, every {every} steps"] = task.evaluate_domains(state)
+    return out
+
+
+def round_merges(spec: str) -> dict[str, tuple[str, dict]]:
+    """``--round-merges``: "name[:key=value,...];..." (e.g. "ties:k=100;dare"), or MERGES when empty."""
+    if not spec:
+        return MERGES
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        name, _, rest = part.partition(":")
+        pairs = [kv.split("=", 1) for kv in rest.split(",") if kv]
+        out[part] = (name, {**MERGES.get(name, (name, {}))[1], **{k: float(v) for k, v in pairs}})
     return out
 
 
@@ -543,6 +556,15 @@ def main() -> None:
     )
     ap.add_argument(
         "--merge-every", default="10", help="retention: also merge every K steps (comma list; '' for none)"
+    )
+    ap.add_argument(
+        "--round-merges",
+        default="",
+        help='retention, merged every K steps: "name[:key=value,...];..." (default: mean, task_arithmetic, '
+        "ties, dare)",
+    )
+    ap.add_argument(
+        "--extra-merges", default="", help="retention, once: more merges, in --round-merges' form"
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/out/lm.png", help="PNG plot ('' for none)")

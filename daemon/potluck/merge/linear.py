@@ -138,6 +138,11 @@ class Ties(BaseStrategy):
     3. Disjoint mean: the mean of the trimmed values whose sign agrees with the elected one (0 where
        none does), times ``lambda``.
 
+    Where contributors pull apart (fine-tunes on different domains), the election drops the minority's
+    move at each coordinate it loses: on the lm task's three domains TIES kept >= 90% of every domain's
+    own gain in 1 of 44 runs (k, lambda, one-shot or every round), where the mean merged every round
+    keeps it all (bench/README.md, lm: "TIES, tried further").
+
     Args: ``k`` (percent in (0, 100], default 20), ``lambda`` (> 0, default 1.0).
 
     On a window (``merge_columns``) the trim is still decided on each whole update, from its sparse
