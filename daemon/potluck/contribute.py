@@ -89,6 +89,13 @@ class ContributingNode(Protocol):
     async def publish(self, data: bytes) -> control_pb2.PublishUpdateResponse: ...
 
 
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A view of ``a`` that refuses writes (a task that trained in place would raise, not corrupt V_r)."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def takes_optimizer(train: Callable) -> bool:
     """Whether a task's ``train`` (or ``train_lowrank``) takes an ``optimizer`` dict to carry its
     optimizer's state between calls."""
@@ -233,7 +240,9 @@ class Contributor:
             if node.authored(r):
                 self.stats.last_round = r  # published before a restart: a second update would be equivocation
                 continue
-            base_version, base_state = opened.version, {k: v.copy() for k, v in opened.state.items()}
+            # the node's V_r itself, read-only: a version's arrays are never written (later versions
+            # share the unchanged ones), so no copy of the model is needed beside the one training makes
+            base_version, base_state = opened.version, {k: read_only(v) for k, v in opened.state.items()}
             self.stats.last_round = r
             if r != declared_ahead:  # declared with our last update already
                 await node.declare(r, base_version)
