@@ -324,8 +324,7 @@ def retention(task, genesis, args, finetuner=None) -> dict:
     sums = {
         f"{k}, lambda {n}": (MERGES[k][0], {**MERGES[k][1], "lambda": float(n)}) for k in ("ties", "dare")
     }
-    extra_merges = round_merges(args.extra_merges) if args.extra_merges else {}
-    for label, (name, strategy_args) in {**MERGES, **sums, **extra_merges}.items():
+    for label, (name, strategy_args) in {**MERGES, **sums, **parse_merges(args.extra_merges)}.items():
         merged = get_strategy(name, strategy_args).merge(deltas, weights, round_seed=args.seed)
         scores = task.evaluate_domains(next_state(genesis, merged, 1.0))
         rows[f"merged: {label}"] = scores
@@ -367,7 +366,7 @@ def merged_rounds(task, genesis: dict, args, every: int) -> dict[str, dict]:
     across rounds, as ``potluck join`` does) and the deltas are merged by each of MERGES; BPB of each."""
     out = {}
     datas = [task.local_data(d) for d in DOMAINS]
-    for label, (name, strategy_args) in round_merges(args.round_merges).items():
+    for label, (name, strategy_args) in (parse_merges(args.round_merges) or MERGES).items():
         log(f"  {label}, merged every {every} steps")
         strategy, state, opts = get_strategy(name, strategy_args), genesis, [{} for _ in datas]
         for r in range(args.finetune_steps // every):
@@ -383,10 +382,9 @@ def merged_rounds(task, genesis: dict, args, every: int) -> dict[str, dict]:
     return out
 
 
-def round_merges(spec: str) -> dict[str, tuple[str, dict]]:
-    """``--round-merges``: "name[:key=value,...];..." (e.g. "ties:k=100;dare"), or MERGES when empty."""
-    if not spec:
-        return MERGES
+def parse_merges(spec: str) -> dict[str, tuple[str, dict]]:
+    """``--round-merges`` / ``--extra-merges``: "name[:key=value,...];..." (e.g. "ties:k=100;dare"),
+    each on top of MERGES' defaults for that name; {} for ""."""
     out = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         name, _, rest = part.partition(":")
